@@ -1,0 +1,132 @@
+"""Base classes for attacks, after foolbox 3's split into fixed-epsilon and minimisation attacks.
+
+A fixed-epsilon attack gets a budget eps and returns a point inside the eps ball. A minimisation
+attack looks for the smallest adversarial perturbation it can find; `success_at(eps)` then tells
+which points it broke within a budget, so one run serves every eps.
+
+Attacks switch the model to eval mode for their run and restore its mode afterwards; they take
+gradients with respect to the input only, so parameters and their `.grad` are never touched.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import torch
+from torch import nn
+
+from attacks.norms import flat_norm
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor  # adversarial inputs where found, the clean input elsewhere
+    success: torch.Tensor  # bool (N,): the criterion holds at x_adv
+    norm: str
+
+    @property
+    def perturbation(self) -> torch.Tensor:
+        """Per-point size of the perturbation in the attack's norm (0 where nothing was found)."""
+        return self._size
+
+    def __post_init__(self) -> None:
+        self._size = torch.zeros(len(self.success), device=self.x_adv.device)
+
+    def with_clean(self, x: torch.Tensor) -> "AttackResult":
+        self._size = flat_norm(self.x_adv - x, self.norm)
+        return self
+
+    def success_at(self, eps: float, tol: float = 1e-6) -> torch.Tensor:
+        """Points broken within budget eps (a tiny tolerance absorbs float error in projections)."""
+        return self.success & (self._size <= eps + tol)
+
+
+class Criterion:
+    """Untargeted (prediction != label) or targeted (prediction == target) misclassification."""
+
+    def __init__(self, labels: torch.Tensor, targets: torch.Tensor | None = None):
+        self.labels = labels
+        self.targets = targets
+
+    @property
+    def targeted(self) -> bool:
+        return self.targets is not None
+
+    @property
+    def attack_labels(self) -> torch.Tensor:
+        """The labels a loss is computed against: the target when targeted, else the true label."""
+        return self.targets if self.targets is not None else self.labels
+
+    def __call__(self, logits: torch.Tensor, idx: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        pred = logits.argmax(1)
+        if self.targets is not None:
+            return pred == self.targets[idx]
+        return pred != self.labels[idx]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, d sum(loss) / dx) in one forward and one backward pass."""
+    x = x.detach().requires_grad_(True)
+    logits = model(x)
+    grad = torch.autograd.grad(loss_fn(logits).sum(), x)[0]
+    return logits.detach(), grad
+
+
+class Attack(ABC):
+    """An attack on a classifier that maps [0, 1] inputs to logits (N, classes)."""
+
+    name: ClassVar[str]
+    norm: ClassVar[str]  # "linf" or "l2": the norm in which perturbations are measured
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: float | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> AttackResult:
+        if eps is not None and eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        criterion = Criterion(y, targets)
+        with eval_mode(model), torch.enable_grad():
+            x_adv, success = self.run(model, x.detach(), criterion, eps, generator)
+        return AttackResult(x_adv.detach(), success, self.norm).with_clean(x)
+
+    @abstractmethod
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        criterion: Criterion,
+        eps: float | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x_adv, success)."""
+
+
+class FixedEpsilonAttack(Attack):
+    """Finds an adversarial point within a given budget eps (required)."""
+
+    minimization: ClassVar[bool] = False
+
+
+class MinimizationAttack(Attack):
+    """Looks for the smallest adversarial perturbation; eps, if given, is ignored by the search."""
+
+    minimization: ClassVar[bool] = True

@@ -1,0 +1,99 @@
+"""Carlini-Wagner L2 attack (Carlini & Wagner 2017, section V.A)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from attacks.base import Criterion, MinimizationAttack
+from attacks.losses import margin
+
+
+class CarliniWagnerL2(MinimizationAttack):
+    """minimise ||delta||_2^2 + c * f(x + delta), with x + delta = (tanh(w) + 1) / 2.
+
+    f = max(Z_y - max_{i != y} Z_i + kappa, 0) untargeted, max(max_{i != t} Z_i - Z_t + kappa, 0)
+    targeted (eq. 6 of the paper, written with the true margin: other classes are masked with
+    -inf, never multiplied by (1 - onehot)). Adam; a per-point binary search over c
+    starting at `initial_const` (x10 until the first success, then bisection); each search step
+    aborts early once the total loss stops falling (checked every tenth of the steps). The
+    smallest adversarial perturbation found over all steps is kept.
+
+    Choice: lr defaults to 0.1, not the paper's 1e-2. The paper runs 10,000 steps; at our default
+    of 100, lr 1e-2 cannot move pixels that sit at 0 or 1 (tanh is saturated there, and 82% of
+    MNIST pixels are), and the attack found only 42% of the adversarials that lr 0.1 finds (100%,
+    same median L2) on the built-in mnist-cnn. Foolbox's success counts here can mislead: it starts
+    its best adversarial at the all-zero image, which many classifiers already misclassify.
+    """
+
+    name = "cw"
+    norm = "l2"
+
+    def __init__(
+        self,
+        steps: int = 100,
+        binary_search_steps: int = 5,
+        initial_const: float = 1e-2,
+        confidence: float = 0.0,
+        lr: float = 0.1,
+        abort_early: bool = True,
+    ):
+        self.steps = steps
+        self.binary_search_steps = binary_search_steps
+        self.initial_const = initial_const
+        self.confidence = confidence
+        self.lr = lr
+        self.abort_early = abort_early
+
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        criterion: Criterion,
+        eps: float | None,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x)
+        labels = criterion.attack_labels
+        sign = -1.0 if criterion.targeted else 1.0  # untargeted: push the label's margin down
+        w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        const = torch.full((n,), self.initial_const, device=x.device)
+        lower = torch.zeros(n, device=x.device)
+        upper = torch.full((n,), math.inf, device=x.device)
+        best_norm = torch.full((n,), math.inf, device=x.device)
+        best_adv = x.clone()
+        check_every = max(1, math.ceil(self.steps / 10))
+
+        for _ in range(self.binary_search_steps):
+            w = w0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=self.lr)
+            found = torch.zeros(n, dtype=torch.bool, device=x.device)
+            prev = math.inf
+            for step in range(self.steps):
+                xa = (torch.tanh(w) + 1) / 2
+                logits = model(xa)
+                m = sign * margin(logits, labels)  # > 0 while the attack has not succeeded
+                f = (m + self.confidence).clamp_min(0)
+                dist = (xa - x).flatten(1).pow(2).sum(1)
+                loss = (dist + const * f).sum()
+                # Gradient w.r.t. w only: model parameters and their .grad stay untouched.
+                (w.grad,) = torch.autograd.grad(loss, w)
+                opt.step()
+                with torch.no_grad():
+                    adv = criterion(logits) & (m <= -self.confidence)
+                    l2 = dist.sqrt()
+                    better = adv & (l2 < best_norm)
+                    best_norm = torch.where(better, l2, best_norm)
+                    best_adv[better] = xa.detach()[better]
+                    found |= adv
+                if self.abort_early and step % check_every == 0:
+                    if loss.item() > 0.9999 * prev:
+                        break
+                    prev = loss.item()
+            upper = torch.where(found, torch.minimum(upper, const), upper)
+            lower = torch.where(found, lower, torch.maximum(lower, const))
+            const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
+        success = torch.isfinite(best_norm)
+        return best_adv, success

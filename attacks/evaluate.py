@@ -1,0 +1,181 @@
+"""Robust-accuracy evaluation: several attacks and budgets over a dataset, worst case per point.
+
+A point counts as robust at (norm, eps) only if it is classified correctly and every attack (and
+every restart) failed on it (RobustBench's rule). Points the model already gets wrong are not
+attacked.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from attacks.base import Attack, eval_mode
+
+WORST_CASE = "worst-case"
+
+
+@dataclass
+class AttackOutcome:
+    attack: str
+    norm: str
+    eps: float
+    robust: torch.Tensor  # bool (N,): correct and not broken
+    broken: torch.Tensor  # bool (N,): the attack succeeded within eps on a correctly classified point
+    perturbation: torch.Tensor  # float (N,): size of the successful perturbation, nan elsewhere
+    time_s: float
+    attacked: int  # points attacked (correctly classified ones)
+
+    @property
+    def robust_accuracy(self) -> float:
+        return self.robust.float().mean().item() if len(self.robust) else math.nan
+
+    @property
+    def success_rate(self) -> float:
+        return self.broken.sum().item() / self.attacked if self.attacked else 0.0
+
+    @property
+    def median_perturbation(self) -> float:
+        p = self.perturbation[~torch.isnan(self.perturbation)]
+        return p.median().item() if len(p) else math.nan
+
+    @property
+    def images_per_s(self) -> float:
+        return self.attacked / self.time_s if self.time_s > 0 else math.inf
+
+    def summary(self) -> dict:
+        return {
+            "attack": self.attack,
+            "norm": self.norm,
+            "eps": self.eps,
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": self.success_rate,
+            "median_perturbation": None if math.isnan(self.median_perturbation) else self.median_perturbation,
+            "time_s": self.time_s,
+            "images_per_s": self.images_per_s,
+        }
+
+
+@dataclass
+class Evaluation:
+    clean_correct: torch.Tensor  # bool (N,)
+    outcomes: list[AttackOutcome]
+    adversarials: dict[str, torch.Tensor]  # "attack/norm/eps" -> x_adv (N, ...) on the CPU
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.clean_correct.float().mean().item()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    with eval_mode(model):
+        return torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+
+
+def batch_generator(seed: int, start: int, device: torch.device) -> torch.Generator:
+    """Random starts depend on the seed and the batch's first index only, so shards reproduce them."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[tuple[Attack, Sequence[float]]],
+    *,
+    device: torch.device,
+    batch_size: int = 256,
+    seed: int = 0,
+    targets: torch.Tensor | None = None,
+    keep_adversarials: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Run each attack at each of its budgets; add a worst-case row per (norm, eps) over attacks.
+
+    `on_batch(n)` is called after each batch of each attack with the number of points done.
+    """
+    n = len(y)
+    clean_correct = predict(model, x, batch_size, device) == y
+    outcomes: list[AttackOutcome] = []
+    adversarials: dict[str, torch.Tensor] = {}
+    for attack, eps_list in attacks:
+        budgets = [None] if attack.minimization else list(eps_list)
+        per_budget = {b: (torch.zeros(n, dtype=torch.bool), torch.full((n,), math.nan), x.clone()) for b in budgets}
+        elapsed = {b: 0.0 for b in budgets}
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            todo = clean_correct[sl].nonzero().squeeze(1) + start
+            for b in budgets:
+                if len(todo) == 0:
+                    continue
+                t0 = time.perf_counter()
+                result = attack(
+                    model,
+                    x[todo].to(device),
+                    y[todo].to(device),
+                    b,
+                    targets=None if targets is None else targets[todo].to(device),
+                    generator=batch_generator(seed, start, device),
+                )
+                elapsed[b] += time.perf_counter() - t0
+                success, size, x_adv = per_budget[b]
+                success[todo] = result.success.cpu()
+                size[todo] = torch.where(result.success, result.perturbation, torch.nan).cpu()
+                x_adv[todo] = result.x_adv.cpu()
+            if on_batch is not None:
+                on_batch(min(batch_size, n - start))
+        attacked = int(clean_correct.sum())
+        for eps in eps_list:
+            success, size, x_adv = per_budget[None if attack.minimization else eps]
+            broken = success & ~torch.isnan(size) & (torch.nan_to_num(size, nan=math.inf) <= eps + 1e-6)
+            outcome = AttackOutcome(
+                attack.name,
+                attack.norm,
+                float(eps),
+                clean_correct & ~broken,
+                broken,
+                torch.where(broken, size, torch.nan),
+                elapsed[None if attack.minimization else eps],
+                attacked,
+            )
+            outcomes.append(outcome)
+            if keep_adversarials:
+                adversarials[f"{attack.name}/{attack.norm}/{eps:g}"] = torch.where(
+                    broken.view(-1, *([1] * (x.dim() - 1))), x_adv, x
+                )
+    outcomes += worst_case(outcomes)
+    return Evaluation(clean_correct, outcomes, adversarials)
+
+
+def worst_case(outcomes: Sequence[AttackOutcome]) -> list[AttackOutcome]:
+    """Per (norm, eps) with more than one attack: robust only where every attack failed."""
+    groups: dict[tuple[str, float], list[AttackOutcome]] = {}
+    for o in outcomes:
+        groups.setdefault((o.norm, o.eps), []).append(o)
+    rows = []
+    for (norm, eps), group in groups.items():
+        if len(group) < 2:
+            continue
+        robust = torch.stack([o.robust for o in group]).all(0)
+        broken = torch.stack([o.broken for o in group]).any(0)
+        sizes = torch.stack([o.perturbation for o in group])
+        smallest = torch.nan_to_num(sizes, nan=math.inf).amin(0)
+        rows.append(
+            AttackOutcome(
+                WORST_CASE,
+                norm,
+                eps,
+                robust,
+                broken,
+                torch.where(broken, smallest, torch.nan),
+                sum(o.time_s for o in group),
+                group[0].attacked,
+            )
+        )
+    return rows

@@ -1,0 +1,69 @@
+"""foolbox 3's implementation of the same attacks, so a user can cross-check a number."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
+
+
+def _foolbox_attack(name: str, steps: int | None, options: dict):
+    import foolbox as fb
+
+    if name == "fgsm":
+        return fb.attacks.FGSM()
+    if name == "pgd":
+        steps = steps or 40
+        return fb.attacks.LinfPGD(steps=steps, rel_stepsize=2.5 / steps)
+    if name == "pgd-l2":
+        steps = steps or 40
+        return fb.attacks.L2PGD(steps=steps, rel_stepsize=2.5 / steps)
+    if name == "cw":
+        return fb.attacks.L2CarliniWagnerAttack(
+            steps=steps or 100,
+            binary_search_steps=options.get("binary_search_steps", 5),
+            initial_const=options.get("initial_const", 1e-2),
+            confidence=options.get("confidence", 0.0),
+        )
+    raise KeyError(name)
+
+
+class _FoolboxMixin:
+    def __init__(self, name: str, norm: str, steps: int | None = None, restarts: int | None = None, **options):
+        self.name = f"{name}[foolbox]"
+        self.norm = norm
+        self.restarts = restarts or 1
+        self.fb_attack = _foolbox_attack(name, steps, options)
+
+    def run(self, model: nn.Module, x: torch.Tensor, criterion: Criterion, eps, generator):
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+        crit = (
+            fb.criteria.TargetedMisclassification(criterion.targets)
+            if criterion.targeted
+            else fb.criteria.Misclassification(criterion.labels)
+        )
+        if generator is not None:  # foolbox draws random starts from torch's global generator
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device)))
+        x_adv, success = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            _, clipped, ok = self.fb_attack(fmodel, x, crit, epsilons=eps)
+            new = ok & ~success
+            x_adv[new] = clipped[new]
+            success |= ok
+        return x_adv, success
+
+
+class FoolboxFixedEpsilon(_FoolboxMixin, FixedEpsilonAttack):
+    pass
+
+
+class FoolboxMinimization(_FoolboxMixin, MinimizationAttack):
+    pass
+
+
+def make_foolbox_attack(name: str, norm: str, minimization: bool, **options):
+    cls = FoolboxMinimization if minimization else FoolboxFixedEpsilon
+    return cls(name, norm, **options)

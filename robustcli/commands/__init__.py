@@ -1,0 +1,6 @@
+"""One module per command; `COMMANDS` lists the modules whose `command` the CLI registers."""
+
+COMMANDS = [
+    "robustcli.commands.models",
+    "robustcli.commands.attack",
+]

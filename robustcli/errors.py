@@ -1,0 +1,11 @@
+"""The one exception type the CLI turns into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad input from the user: a file, a name, a value. The message says what and how to fix it."""
+
+
+class CheckFailed(Exception):
+    """A check the user asked for failed (gates, --strict): exit code 1."""

@@ -1,0 +1,180 @@
+"""Loading and saving models: built-in names, TorchScript, torch.export, safetensors, state dicts.
+
+Model files are untrusted input: nothing is unpickled beyond tensors (`weights_only=True`) unless
+the user opts in with `allow_pickle`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.errors import InputError
+
+META_PREFIX = "robustcli."
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    name: str  # what the user passed
+    arch: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+    dataset: str | None = None  # bundled dataset a built-in model was trained on
+
+
+def wrap_normalization(model: nn.Module, mean: list[float] | None, std: list[float] | None) -> nn.Module:
+    if mean is None and std is None:
+        return model
+    if mean is None or std is None:
+        raise InputError("--mean and --std go together; pass both (one value per channel)")
+    if len(mean) != len(std):
+        raise InputError(f"--mean has {len(mean)} values but --std has {len(std)}; give one per channel")
+    if any(s <= 0 for s in std):
+        raise InputError("--std values must be positive")
+    return Normalized(model, mean, std)
+
+
+def save_model(model: nn.Module, path: str | Path, arch: str, extra: dict[str, str] | None = None) -> None:
+    """Write weights as safetensors with the architecture and normalisation in the metadata, atomically."""
+    from safetensors.torch import save_file
+
+    meta = {META_PREFIX + "arch": arch}
+    if isinstance(model, Normalized):
+        meta[META_PREFIX + "mean"] = json.dumps(model.mean.flatten().tolist())
+        meta[META_PREFIX + "std"] = json.dumps(model.std.flatten().tolist())
+        inner = model.model
+    else:
+        inner = model
+    meta.update({META_PREFIX + k: str(v) for k, v in (extra or {}).items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_safetensors_model(path: Path, arch: str | None) -> tuple[nn.Module, str, dict[str, str]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - header or payload corrupt
+        raise InputError(f"cannot read model {path.name}: corrupt safetensors file ({str(e).splitlines()[0]})") from None
+    meta = {k[len(META_PREFIX) :]: v for k, v in raw_meta.items() if k.startswith(META_PREFIX)}
+    arch = arch or meta.get("arch")
+    if arch is None:
+        raise InputError(f"{path.name} does not say its architecture; pass --arch NAME or --arch package.module:factory")
+    model = _load_state(build_arch(arch), state, path.name)
+    if "mean" in meta:
+        model = Normalized(model, json.loads(meta["mean"]), json.loads(meta["std"]))
+    return model, arch, meta
+
+
+def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise InputError(f"weights in {source} do not fit the architecture: {first} {detail}".strip()) from None
+    return model
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[nn.Module, str | None]:
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module(), None
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"cannot read {path.name} as a torch.export program: {str(e).splitlines()[0]}") from None
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu"), None
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"cannot read TorchScript model {path.name}: {str(e).splitlines()[0]}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e)
+        if "Weights only load failed" not in msg and "weights_only" not in msg:
+            raise InputError(f"cannot read model {path.name}: not a valid model file ({msg.splitlines()[0]})") from None
+        if not allow_pickle:
+            raise InputError(
+                f"{path.name} is a pickled Python object, which can run arbitrary code when loaded; "
+                "save a state dict, TorchScript or .safetensors instead, or pass --allow-pickle "
+                "if you trust the file"
+            ) from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise InputError(f"cannot unpickle {path.name}: {str(e2).splitlines()[0]}") from None
+    if isinstance(obj, nn.Module):
+        return obj, None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if arch is None:
+            raise InputError(
+                f"{path.name} holds a state dict (weights only); pass its architecture with --arch "
+                f"(built-in: {', '.join(ARCHS)}) or --arch package.module:factory"
+            )
+        return _load_state(build_arch(arch), obj, path.name), arch
+    raise InputError(f"{path.name} holds a {type(obj).__name__}, not a model or state dict")
+
+
+def load_model(
+    spec: str,
+    *,
+    arch: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    allow_pickle: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> LoadedModel:
+    """A built-in model by name (trained and cached on first use) or a model file by path."""
+    path = Path(spec)
+    if spec in ARCHS and not path.exists():
+        from robustcli.zoo import builtin_model
+
+        module = builtin_model(spec, progress=progress)
+        loaded = LoadedModel(module, spec, arch=spec, dataset=ARCHS[spec].dataset)
+    elif not path.exists():
+        raise InputError(
+            f"model {spec!r} is neither a built-in model (see `robust models`) nor an existing file"
+        )
+    elif path.is_dir():
+        raise InputError(f"--model {spec} is a folder; pass a model file")
+    elif path.suffix == ".safetensors":
+        module, arch_name, meta = read_safetensors_model(path, arch)
+        loaded = LoadedModel(module, spec, arch=arch_name, meta=meta)
+    else:
+        module, arch_name = read_torch_file(path, arch, allow_pickle)
+        loaded = LoadedModel(module, spec, arch=arch_name)
+    loaded.module = wrap_normalization(loaded.module, mean, std).to(device).eval()
+    return loaded

@@ -1,0 +1,103 @@
+"""Reports: atomic JSON and tensor files, Rich tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from robustcli.errors import InputError
+
+stdout = Console()
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renamed onto it only if the block succeeds."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, torch.Tensor):
+        return _jsonable(v.tolist())
+    if isinstance(v, (np.floating, np.integer)):
+        return _jsonable(v.item())
+    return v
+
+
+def write_json(path: str | Path, report: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors for `.safetensors`, numpy's npz for `.npz`."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".npz"):
+        raise InputError(f"cannot save to {path.name}: use a .safetensors or .npz file name")
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        else:
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k: v.detach().cpu().numpy() for k, v in tensors.items()})
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None or math.isnan(v) else f"{100 * v:.1f}%"
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
+    table = Table(title=title, caption=caption)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[x if isinstance(x, str) else fmt(x) for x in row])
+    stdout.print(table)
+
+
+def base_report(command: str, workload, seed: int) -> dict:
+    """The fields every report starts with."""
+    return {
+        "command": command,
+        "model": workload.model.name,
+        "arch": workload.model.arch,
+        "data": workload.data.name,
+        "n": len(workload.data),
+        "seed": seed,
+        "device": str(workload.device),
+    }

@@ -1,0 +1,73 @@
+"""Loading a model and its data together, with the checks that catch a mismatch early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robustcli.data import Dataset, load_dataset
+from robustcli.device import resolve_device
+from robustcli.errors import InputError
+from robustcli.models import LoadedModel, load_model
+
+
+@dataclass
+class Workload:
+    model: LoadedModel
+    data: Dataset
+    device: torch.device
+    num_classes: int
+
+
+def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.device) -> int:
+    """Run the model on two points; return its number of classes or raise a one-line InputError."""
+    probe = data.x[:2].to(device)
+    try:
+        with torch.no_grad():
+            out = model.eval()(probe)
+    except Exception as e:  # noqa: BLE001 - any failure here means the model does not fit the data
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"the model does not accept the data's input shape {tuple(data.input_shape)} "
+            f"(batch shape {tuple(probe.shape)}): {first}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(probe):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"the model returns {shape}; it must return logits of shape (N, classes)")
+    if not out.is_floating_point():
+        raise InputError(f"the model returns {out.dtype} values; it must return float logits")
+    classes = int(out.shape[1])
+    if int(data.y.max()) >= classes:
+        raise InputError(
+            f"labels go up to {int(data.y.max())} but the model has {classes} classes; "
+            "check that the data matches the model"
+        )
+    return classes
+
+
+def open_workload(
+    model: str,
+    data: str | None,
+    *,
+    arch: str | None = None,
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+    allow_pickle: bool = False,
+    device: str = "auto",
+    n: int | None = None,
+    split: str = "test",
+) -> Workload:
+    dev = resolve_device(device)
+    loaded = load_model(
+        model, arch=arch, mean=list(mean) or None, std=list(std) or None, allow_pickle=allow_pickle, device=dev
+    )
+    if data is None:
+        data = loaded.dataset or loaded.meta.get("trained_on", "").split(":")[0] or None
+        if data is None:
+            raise InputError(f"{model} is not a built-in model, so pass --data (mnist, digits or a file)")
+    dataset = load_dataset(data, split).head(n)
+    if len(dataset) == 0:
+        raise InputError(f"data {data!r} is empty; it needs at least one image")
+    classes = check_model_on_data(loaded.module, dataset, dev)
+    return Workload(loaded, dataset, dev, classes)
