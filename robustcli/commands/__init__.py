@@ -4,4 +4,5 @@ COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
     "robustcli.commands.analyze",
+    "robustcli.commands.eval",
 ]
