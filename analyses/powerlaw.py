@@ -69,7 +69,7 @@ def fit_power_law(eps: np.ndarray, err: np.ndarray, *, level: float = 0.95) -> P
 
     Raises ValueError with fewer than two points or non-positive values.
     """
-    from scipy import stats
+    from scipy.special import stdtrit  # Student-t quantile; scipy.stats costs seconds to import
 
     eps = np.asarray(eps, dtype=float)
     err = np.asarray(err, dtype=float)
@@ -93,7 +93,7 @@ def fit_power_law(eps: np.ndarray, err: np.ndarray, *, level: float = 0.95) -> P
     k = len(eps)
     if k > 2:
         se = math.sqrt(ss_res / (k - 2) / sxx)
-        half = float(stats.t.ppf(0.5 + level / 2, k - 2)) * se
+        half = float(stdtrit(k - 2, 0.5 + level / 2)) * se
         ci = (gamma - half, gamma + half)
     else:
         se, ci = math.nan, (math.nan, math.nan)

@@ -73,10 +73,21 @@ def nearest_centroid(x: torch.Tensor, t: torch.Tensor) -> LinearClassifier:
     return LinearClassifier(w, float(-w @ (m_i + m_j) / 2))
 
 
+def _angles(w: torch.Tensor, w_nc: torch.Tensor) -> torch.Tensor:
+    """Angles in degrees between the rows of w (M, d) and w_nc (d,).
+
+    atan2(orthogonal part, parallel part) rather than acos(cos): acos loses half the digits near 0.
+    """
+    u = w_nc.double() / w_nc.double().norm().clamp_min(1e-300)
+    w = w.double()
+    parallel = w @ u
+    orthogonal = (w - parallel[:, None] * u[None, :]).norm(dim=1)
+    return torch.rad2deg(torch.atan2(orthogonal, parallel))
+
+
 def deviation_angle(w: torch.Tensor, w_nc: torch.Tensor) -> float:
-    """Angle in degrees between two normals (section 3)."""
-    cos = (w.double() @ w_nc.double()) / (w.double().norm() * w_nc.double().norm()).clamp_min(1e-300)
-    return math.degrees(math.acos(float(cos.clamp(-1.0, 1.0))))
+    """Angle in degrees between a classifier's normal and the nearest-centroid normal (section 3)."""
+    return float(_angles(w.flatten()[None, :], w_nc.flatten())[0])
 
 
 def adversarial_distance(c: LinearClassifier, x: torch.Tensor, t: torch.Tensor) -> float:
@@ -238,8 +249,7 @@ def local_tilting(
             xb = x[start : start + batch_size].to(device)
             logits, grad = input_gradient(model, xb, lambda z: z[:, class_j] - z[:, class_i])
             g = grad.flatten(1).double()
-            cos = (g @ w_nc) / (g.norm(dim=1) * w_nc.norm()).clamp_min(1e-300)
-            angles.append(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))))
+            angles.append(_angles(g, w_nc))
             diff = (logits[:, class_j] - logits[:, class_i]).double()
             dists.append(diff.abs() / g.norm(dim=1).clamp_min(1e-300))
             correct.append((diff > 0) == (t[start : start + batch_size].to(device) > 0))

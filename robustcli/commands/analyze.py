@@ -124,7 +124,7 @@ def scaling_tables(report: dict) -> None:
 @config_option
 @model_options
 @data_options
-@click.option("--attack", "attack_names", cls=MultiOption, type=click.Choice(list(ATTACKS)), help="Attacks (default fgsm pgd).")
+@click.option("--attack", "attack", cls=MultiOption, type=click.Choice(list(ATTACKS)), help="Attacks (default fgsm pgd).")
 @click.option("--eps-min", type=float, default=None, help=f"Smallest Linf eps of the grid (default {DEFAULT_RANGE['linf'][0]:g}).")
 @click.option("--eps-max", type=float, default=None, help=f"Largest Linf eps of the grid (default {DEFAULT_RANGE['linf'][1]:g}).")
 @click.option("--eps-l2-min", type=float, default=None, help=f"Smallest L2 eps (default {DEFAULT_RANGE['l2'][0]:g}).")
@@ -140,7 +140,7 @@ def scaling_tables(report: dict) -> None:
 @json_option
 @png_option
 def scaling(
-    model, arch, mean, std, allow_pickle, data, n, attack_names, eps_min, eps_max, eps_l2_min, eps_l2_max, points,
+    model, arch, mean, std, allow_pickle, data, n, attack, eps_min, eps_max, eps_l2_min, eps_l2_max, points,
     steps, restarts, max_error, min_broken, level, resamples, device, batch_size, seed, json_path, png_path,
 ) -> None:  # fmt: skip
     """Adversarial error vs eps on a log grid, power-law fit, and the logit-gap prediction (Cubuk et al. 2017).
@@ -148,7 +148,7 @@ def scaling(
     \b
     robust analyze scaling --model mnist-mlp --attack fgsm pgd --n 500 --png scaling.png
     """
-    names = tuple(dict.fromkeys(attack_names or ("fgsm", "pgd")))
+    names = tuple(dict.fromkeys(attack or ("fgsm", "pgd")))
     if points < 3:
         raise InputError(f"--points must be >= 3 (a fit with an interval needs 3), got {points}")
     for flag, v in (("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size), ("--min-broken", min_broken)):
@@ -217,7 +217,7 @@ def tilting_rows_table(report: dict) -> None:
 @config_option
 @click.option("--data", default="mnist", show_default=True, help="mnist, digits, or a data file (used for both fit and test).")
 @click.option("--classes", cls=MultiOption, type=int, help="The two classes I and J (default 3 7).")
-@click.option("--weight-decay", "weight_decays", cls=MultiOption, type=float, help="L2 weight decays to sweep (default 0 1e-4 1e-3 1e-2 1e-1).")
+@click.option("--weight-decay", "weight_decay", cls=MultiOption, type=float, help="L2 weight decays to sweep (default 0 1e-4 1e-3 1e-2 1e-1).")
 @click.option("--max-iter", type=int, default=500, show_default=True, help="L-BFGS iterations per fit.")
 @click.option("--model", default=None, help="Instead of a sweep: the local linear map of this model at each test point.")
 @click.option("--arch", default=None, help="Architecture for a state dict (with --model).")
@@ -227,7 +227,7 @@ def tilting_rows_table(report: dict) -> None:
 @json_option
 @png_option
 def tilting(
-    data, classes, weight_decays, max_iter, model, arch, allow_pickle, n, device, batch_size, seed, json_path, png_path,
+    data, classes, weight_decay, max_iter, model, arch, allow_pickle, n, device, batch_size, seed, json_path, png_path,
 ) -> None:  # fmt: skip
     """Deviation angle from the nearest-centroid classifier and adversarial strength (Tanay & Griffin 2016).
 
@@ -240,6 +240,7 @@ def tilting(
         raise InputError(f"--classes needs two different class labels, got {' '.join(map(str, classes)) or 'none'}")
     if any(c < 0 for c in classes):
         raise InputError("--classes must be non-negative labels")
+    weight_decays = tuple(weight_decay)
     if model and weight_decays:
         raise InputError("--weight-decay sweeps logistic regressions; with --model the model's local linear map is analysed instead: pass one of them")
     if max_iter < 1:
