@@ -5,17 +5,13 @@ from __future__ import annotations
 from robustcli.checks.attack import ATTACK_CHECK
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.scaling import SCALING_CHECK
+from robustcli.checks.strong import STRONG_CHECK
 
-CHECK_TYPES: dict[str, CheckType] = {c.name: c for c in (ATTACK_CHECK, SCALING_CHECK)}
+CHECK_TYPES: dict[str, CheckType] = {c.name: c for c in (ATTACK_CHECK, STRONG_CHECK, SCALING_CHECK)}
 
 # Names a config may use that need an engine this build does not contain: name -> why.
 NOT_AVAILABLE: dict[str, str] = {
     "certify": "check type 'certify' needs the certification engine (certify/, issue #3), which this build lacks",
-    "strong": "check type 'strong' needs the strong attack suite (issue #5), which this build lacks",
-    "no_masking_warnings": (
-        "gate 'no_masking_warnings' needs the gradient-masking diagnostics (attacks/diagnostics.py, issue #5), "
-        "which this build lacks"
-    ),
 }
 
 __all__ = ["CHECK_TYPES", "NOT_AVAILABLE", "CheckOutcome", "CheckType", "EvalContext", "KeySpec", "MetricSpec"]

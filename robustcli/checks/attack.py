@@ -2,7 +2,9 @@
 
 Metrics: `clean_accuracy`; per eps `robust_accuracy` and `success_rate`, by default the worst case
 over the check's attacks (robust only if every attack failed on the point), or one attack's own
-value when the gate names `attack`.
+value when the gate names `attack`. The flag gate `no_masking_warnings` (and the metric
+`masking_warnings`) run the gradient-masking diagnostics of `attacks.diagnostics` on the
+check's evaluation.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from attacks.evaluate import WORST_CASE, evaluate
 from attacks.registry import ATTACKS, make_attack
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.masking import FLAG, METRIC, add_masking
 
 
 def _eps(options: dict) -> tuple[float, ...]:
@@ -31,7 +34,7 @@ def _validate(options: dict) -> tuple[str, str] | None:
     return None
 
 
-def run_attack_check(ctx: EvalContext, options: dict, flags: set[str]) -> CheckOutcome:
+def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
     w = ctx.workload
     names = _attacks(options)
     eps = list(_eps(options))
@@ -52,6 +55,8 @@ def run_attack_check(ctx: EvalContext, options: dict, flags: set[str]) -> CheckO
             out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
             out.values[("success_rate", None, o.eps)] = o.success_rate
     out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    if wanted & {FLAG, METRIC} or options.get("diagnostics", False):
+        add_masking(out, ctx, result)
     return out
 
 
@@ -63,13 +68,15 @@ ATTACK_CHECK = CheckType(
         "eps": KeySpec("floats", required=True, minimum=0.0, help="budgets"),
         "steps": KeySpec("int", minimum=1, help="iterations (PGD default 40)"),
         "restarts": KeySpec("int", minimum=1, help="PGD restarts"),
+        "diagnostics": KeySpec("bool", help="run the gradient-masking diagnostics even without a gate on them"),
     },
     metrics={
         "clean_accuracy": MetricSpec(per_eps=False),
         "robust_accuracy": MetricSpec(per_eps=True, per_attack=True),
         "success_rate": MetricSpec(per_eps=True, per_attack=True),
+        METRIC: MetricSpec(per_eps=False, help="number of gradient-masking warnings"),
     },
-    flags={},
+    flags={FLAG: "the gradient-masking diagnostics raise no warning"},
     run=run_attack_check,
     eps_of=_eps,
     attacks_of=lambda options: (*_attacks(options), WORST_CASE),

@@ -68,7 +68,7 @@ class CheckType:
     keys: dict[str, KeySpec]
     metrics: dict[str, MetricSpec]
     flags: dict[str, str]  # flag gate -> what it asserts
-    run: Callable[[EvalContext, dict, set[str]], CheckOutcome]  # (context, options, flag gates asked for)
+    run: Callable[[EvalContext, dict, set[str]], CheckOutcome]  # (context, options, metrics and flags gates name)
     eps_of: Callable[[dict], tuple[float, ...]] = lambda options: ()
     attacks_of: Callable[[dict], tuple[str, ...]] = lambda options: ()
     # cross-key validation: returns (key, message) for the first problem, None if fine

@@ -34,7 +34,7 @@ def _validate(options: dict) -> tuple[str, str] | None:
     return None
 
 
-def run_scaling_check(ctx: EvalContext, options: dict, flags: set[str]) -> CheckOutcome:
+def run_scaling_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
     w = ctx.workload
     attacks = [make_attack(a, steps=options.get("steps")) for a in _attacks(options)]
     norm = attacks[0].norm

@@ -40,8 +40,8 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
     checks = []
     clean = None
     for check in config.checks:
-        flags = {g.metric for g in check.gates if g.is_flag}
-        outcome = check.check_type.run(ctx, check.options, flags)
+        wanted = {g.metric for g in check.gates}
+        outcome = check.check_type.run(ctx, check.options, wanted)
         results = [evaluate_gate(check.name, g, outcome) for g in check.gates]
         clean = outcome.values.get(("clean_accuracy", None, None), clean)
         checks.append(
