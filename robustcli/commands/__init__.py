@@ -3,6 +3,8 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.certify",
+    "robustcli.commands.tightness",
     "robustcli.commands.analyze",
     "robustcli.commands.eval",
 ]
