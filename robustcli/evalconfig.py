@@ -59,7 +59,8 @@ GATE_KEYS: dict[str, KeySpec] = {
     "op": KeySpec("str", required=True, choices=tuple(OPS)),
     "value": KeySpec("float", required=True),
     "eps": KeySpec("float", minimum=0.0),
-    "attack": KeySpec("str"),
+    "attack": KeySpec("str", help="one attack's row instead of the worst case"),
+    "method": KeySpec("str", help="one bound method's row (certify checks)"),
 }
 
 
@@ -244,7 +245,9 @@ def _parse_gate(raw: Any, at: tuple, lines: _Lines) -> Gate:
             raise lines.error(at, str(e)) from None
     if isinstance(raw, dict):
         g = _read_mapping(raw, GATE_KEYS, at, lines, "a gate")
-        return Gate(g["metric"], g["op"], g["value"], g.get("eps"), g.get("attack"))
+        if "attack" in g and "method" in g:
+            raise lines.error(at, "a gate names either an attack or a bound method, not both")
+        return Gate(g["metric"], g["op"], g["value"], g.get("eps"), g.get("attack", g.get("method")))
     raise lines.error(at, f"a gate must be a string such as 'robust_accuracy >= 0.6 at eps=0.1' or a mapping, got {raw!r}")
 
 
@@ -282,10 +285,10 @@ def _check_gate(gate: Gate, ctype: CheckType, options: dict, at: tuple, lines: _
         raise lines.error(at, f"{name!r} is not measured per eps; drop 'at eps={eps:g}' from the gate")
     if gate.attack is not None:
         if not spec.per_attack:
-            raise lines.error(at, f"{name!r} is not measured per attack; drop 'attack' from the gate")
+            raise lines.error(at, f"{name!r} is not measured per attack or method; drop 'attack'/'method' from the gate")
         attacks = ctype.attacks_of(options)
         if gate.attack not in attacks:
-            raise lines.error(at, f"gate names attack {gate.attack!r}, which the check does not run (its attacks: {', '.join(attacks)})")
+            raise lines.error(at, f"gate names {gate.attack!r}, which the check does not run (it runs: {', '.join(attacks)})")
     return Gate(gate.metric, gate.op, gate.value, eps, gate.attack)
 
 

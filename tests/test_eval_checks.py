@@ -89,3 +89,37 @@ def test_scaling_check_without_a_fit_fails_with_the_reason(run_cli, tmp_path):
     r = run_cli("eval", cfg, "--markdown", tmp_path / "p.md")
     assert r.exit_code == 1
     assert "no power-law fit" in (tmp_path / "p.md").read_text()
+
+
+def test_certify_check_gates_per_method_and_any_method(run_cli, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        """\
+model: digits-mlp
+n: 40
+checks:
+  - name: cert
+    type: certify
+    methods: [ibp]
+    eps: [0.01, 0.05]
+    pgd_steps: 5
+    gates:
+      - verified_accuracy >= 0.0 at eps=0.05
+      - metric: verified_accuracy
+        method: ibp
+        op: ">="
+        value: 0.0
+        eps: 0.05
+      - pgd_accuracy >= 0.0 at eps=0.05
+      - clean_accuracy >= 0.0
+"""
+    )
+    r = run_cli("eval", cfg, "--json", tmp_path / "c.json")
+    assert r.exit_code == 0, r.output
+    any_method, ibp, pgd, clean = (g["value"] for g in json.loads((tmp_path / "c.json").read_text())["checks"][0]["gates"])
+    assert any_method == ibp  # one method: the union is that method
+    assert ibp <= pgd <= clean  # verified <= PGD-robust <= clean
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("method: ibp", "method: crown"))
+    r = run_cli("eval", bad)
+    assert r.exit_code == 2 and "bad.yaml:11:" in r.stderr and "crown" in r.stderr

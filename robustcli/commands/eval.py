@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from robustcli.checks import EvalContext
 from robustcli.errors import CheckFailed, InputError
@@ -93,7 +94,7 @@ def command(config_path, json_path, junit_path, markdown_path) -> None:
     config = load_eval_config(config_path)
     report = run_config(config)
     rows = [
-        [c["name"], c["type"], g["gate"], "-" if g["value"] is None else f"{g['value']:.4g}", "[green]pass" if g["passed"] else "[red]FAIL"]
+        [escape(c["name"]), c["type"], escape(g["gate"]), "-" if g["value"] is None else f"{g['value']:.4g}", "[green]pass" if g["passed"] else "[red]FAIL"]
         for c in report["checks"]
         for g in c["gates"]
     ]
