@@ -75,7 +75,7 @@ class ErrorCurve:
 class ScalingResult:
     clean_accuracy: float
     curves: list[ErrorCurve]
-    gaps: LogitGaps  # on the CPU
+    gaps: LogitGaps  # on the device of evaluate()'s results
     max_error: float
     min_broken: int
     extra: dict = field(default_factory=dict)
@@ -152,8 +152,9 @@ def scaling_analysis(
     correct = result.clean_correct
     norms = tuple(dict.fromkeys(a.norm for a in attacks))
     gaps = logit_gaps(model, x, y, norms, device=device, batch_size=batch_size, on_batch=on_batch)
+    home = correct.device  # where evaluate() keeps its per-point results
     gaps = LogitGaps(
-        gaps.correct.cpu(), gaps.gap.cpu(), gaps.sorted_gaps.cpu(), {k: v.cpu() for k, v in gaps.grad_norm.items()}
+        gaps.correct.to(home), gaps.gap.to(home), gaps.sorted_gaps.to(home), {k: v.to(home) for k, v in gaps.grad_norm.items()}
     )
     by_curve: dict[tuple[str, str], list] = {}
     for o in result.outcomes:
