@@ -73,3 +73,17 @@ def test_scaling_config_runs(run_cli, tmp_path, config):
     r = run_cli("analyze", "scaling", "--config", config, "--n", "80", "--resamples", "100", "--json", tmp_path / "r.json")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "r.json").read_text())["curves"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_engines_run_on_cuda():
+    from analyses.tilting import tilting_sweep
+
+    model, x, y = linear_problem(n=100)
+    cpu = scaling_analysis(model, x, y, [make_attack("fgsm")], grids={"linf": log_grid(1e-3, 0.25, 6)}, device=torch.device("cpu"), resamples=20)
+    dev = torch.device("cuda")
+    gpu = scaling_analysis(model.to(dev), x, y, [make_attack("fgsm")], grids={"linf": log_grid(1e-3, 0.25, 6)}, device=dev, resamples=20)
+    assert np.abs(gpu.curves[0].err - cpu.curves[0].err).max() <= 0.02
+    t = torch.where(y == 1, 1.0, -1.0)
+    rows = tilting_sweep(x.to(dev), t.to(dev), x.to(dev), t.to(dev), [0.0, 0.1], seed=0)
+    assert rows[0].angle_deg == pytest.approx(0.0, abs=1e-9) and rows[1].angle_deg > rows[2].angle_deg
