@@ -71,7 +71,7 @@ def scaling_tables(report: dict) -> None:
     for c in report["curves"]:
         f = c["fit"]
         if f is None:
-            rows.append([c["attack"], c["norm"], "-", "0", "-", "-", "-", "-"])
+            rows.append([c["attack"], c["norm"], "-", str(sum(c["in_fit"])), "-", "-", "-", "-"])
             continue
         rows.append(
             [
@@ -93,9 +93,9 @@ def scaling_tables(report: dict) -> None:
         rows,
         caption=f"regime: {report['regime_rule']}",
     )
-    for c in report["curves"]:
-        if c["fit"] is None:
-            print_table(f"{c['attack']}: no fit", ["reason"], [[c["fit_problem"]]])
+    no_fit = [[c["attack"], c["fit_problem"]] for c in report["curves"] if c["fit"] is None]
+    if no_fit:
+        print_table("Curves without a fit", ["attack", "reason"], no_fit)
     norms = list(dict.fromkeys(c["norm"] for c in report["curves"]))
     for norm in norms:
         curves = [c for c in report["curves"] if c["norm"] == norm]
