@@ -45,6 +45,7 @@ TOP_KEYS: dict[str, KeySpec] = {
     "device": KeySpec("str", default="auto", choices=("auto", "cpu", "cuda")),
     "batch_size": KeySpec("int", default=256, minimum=1),
     "arch": KeySpec("str", help="architecture for a state dict"),
+    "allow_pickle": KeySpec("bool", default=False, help="load a pickled whole model (runs code: trusted files only)"),
     "mean": KeySpec("floats", help="per-channel mean for normalisation inside the model"),
     "std": KeySpec("floats", minimum=0.0, help="per-channel std"),
     "checks": KeySpec("list", required=True, help="list of checks"),
@@ -88,9 +89,11 @@ class EvalConfig:
     device: str
     batch_size: int
     arch: str | None
+    allow_pickle: bool
     mean: tuple[float, ...]
     std: tuple[float, ...]
     checks: list[CheckConfig] = field(default_factory=list)
+    model_line: int = 1
 
     def summary(self) -> dict:
         return {
@@ -365,7 +368,9 @@ def load_eval_config(path: str | Path) -> EvalConfig:
         device=top["device"],
         batch_size=top["batch_size"],
         arch=top.get("arch"),
+        allow_pickle=top["allow_pickle"],
         mean=top.get("mean", ()),
         std=top.get("std", ()),
         checks=checks,
+        model_line=lines.lines.get(("model",), 1),
     )

@@ -158,3 +158,11 @@ def test_relative_model_path_resolves_next_to_the_config(tmp_path):
     config = load_eval_config(cfg)
     assert Path(config.model) == tmp_path / "sub" / "m.pt"
     assert config.checks[0].gates[0] == Gate("clean_accuracy", ">", 0.5)
+
+
+def test_a_model_that_fails_to_load_names_the_config_line(run_cli, tmp_path):
+    (tmp_path / "broken.pt").write_bytes(b"not a model")
+    cfg = write(tmp_path, "n: 5\nmodel: broken.pt\ndata: digits\nchecks: [{type: attack, attacks: pgd, eps: 0.1, gates: [clean_accuracy > 0.5]}]\n")
+    r = run_cli("eval", cfg, *reports(tmp_path))
+    assert r.exit_code == 2 and "c.yaml:2:" in r.stderr and "broken.pt" in r.stderr
+    assert not (tmp_path / "r.json").exists()

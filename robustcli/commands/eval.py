@@ -30,9 +30,13 @@ def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> Non
 
 def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
     """Run every check of a validated config and evaluate its gates; returns the report dict."""
-    w = open_workload(
-        config.model, config.data, arch=config.arch, mean=config.mean, std=config.std, device=config.device, n=config.n
-    )
+    try:
+        w = open_workload(
+            config.model, config.data, arch=config.arch, mean=config.mean, std=config.std,
+            allow_pickle=config.allow_pickle, device=config.device, n=config.n,
+        )  # fmt: skip
+    except InputError as e:
+        raise InputError(f"{config.path}:{config.model_line}: {e}") from None
 
     def progress(description: str, total: int):
         return progress_bar(description, total, enabled=show_progress)
@@ -42,7 +46,10 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
     clean = None
     for check in config.checks:
         wanted = {g.metric for g in check.gates}
-        outcome = check.check_type.run(ctx, check.options, wanted)
+        try:
+            outcome = check.check_type.run(ctx, check.options, wanted)
+        except InputError as e:  # e.g. a layer the bound method cannot handle: a config problem
+            raise InputError(f"{config.path}:{check.line}: check {check.name!r}: {e}") from None
         results = [evaluate_gate(check.name, g, outcome) for g in check.gates]
         clean = outcome.values.get(("clean_accuracy", None, None), clean)
         checks.append(
