@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustcli.errors import InputError
+from robustcli.errors import InputError, first_line
 from robustcli.report import atomic_path
 
 
@@ -79,7 +79,7 @@ class Checkpointer:
         except (RuntimeError, KeyError, ValueError) as e:
             raise InputError(
                 f"--resume: checkpoint {self.checkpoint_path} does not match this run "
-                f"({str(e).splitlines()[0]}); use the same options or start without --resume"
+                f"({first_line(e)}); use the same options or start without --resume"
             ) from None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
