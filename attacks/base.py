@@ -23,7 +23,7 @@ from attacks.norms import flat_norm
 
 @dataclass
 class AttackResult:
-    x_adv: torch.Tensor  # adversarial inputs where found, the clean input elsewhere
+    x_adv: torch.Tensor  # adversarial inputs where found; elsewhere the attack's best try or the input
     success: torch.Tensor  # bool (N,): the criterion holds at x_adv
     norm: str
 

@@ -20,7 +20,7 @@ class GradientAttack(FixedEpsilonAttack):
 
     Each step costs one forward and one backward pass. A point leaves the active batch as soon as
     the criterion holds for it, so already-broken points cost nothing more; the adversarial point
-    is recorded at that moment. With several restarts, a point counts as robust only if every
+    is recorded at that moment; a point never broken returns its last iterate. With several restarts, a point counts as robust only if every
     restart failed (worst case per point).
     """
 
@@ -94,6 +94,7 @@ class GradientAttack(FixedEpsilonAttack):
                     if step < self.steps:
                         grad = grad[keep]
                 if step == self.steps or len(idx) == 0:
+                    x_adv[idx] = xa  # unbroken points keep their last iterate (success stays False)
                     break
                 delta = self.project(xa + stepsize * self.ascent_direction(grad) - x0, eps)
                 xa = (x0 + delta).clamp(0, 1)

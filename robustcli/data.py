@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustcli.errors import InputError
+from robustcli.errors import InputError, first_line
 
 BUILTIN_DATASETS = ("mnist", "digits")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -111,7 +111,7 @@ def _read_torch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means an unreadable file
-        raise InputError(f"cannot read {path.name} as tensors: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot read {path.name} as tensors: {first_line(e)}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path.name} must hold a dict with tensors 'x' and 'y', found {type(obj).__name__}")
     return _pick_xy(obj, path)
@@ -125,7 +125,7 @@ def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"cannot read {path.name} as safetensors: {str(e).splitlines()[0]}") from None
+        raise InputError(f"cannot read {path.name} as safetensors: {first_line(e)}") from None
 
 
 def _pick_xy(d: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:

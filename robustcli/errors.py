@@ -9,3 +9,9 @@ class InputError(Exception):
 
 class CheckFailed(Exception):
     """A check the user asked for failed (gates, --strict): exit code 1."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

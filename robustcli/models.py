@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
-from robustcli.errors import InputError
+from robustcli.errors import InputError, first_line
 
 META_PREFIX = "robustcli."
 
@@ -77,7 +77,7 @@ def read_safetensors_model(path: Path, arch: str | None) -> tuple[nn.Module, str
             raw_meta = f.metadata() or {}
         state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - header or payload corrupt
-        raise InputError(f"cannot read model {path.name}: corrupt safetensors file ({str(e).splitlines()[0]})") from None
+        raise InputError(f"cannot read model {path.name}: corrupt safetensors file ({first_line(e)})") from None
     meta = {k[len(META_PREFIX) :]: v for k, v in raw_meta.items() if k.startswith(META_PREFIX)}
     arch = arch or meta.get("arch")
     if arch is None:
@@ -92,10 +92,25 @@ def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        first = first_line(e) if str(e) else "mismatch"
         detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])
         raise InputError(f"weights in {source} do not fit the architecture: {first} {detail}".strip()) from None
     return model
+
+
+class ExportedModule(nn.Module):
+    """A torch.export program as a module; such programs reject .eval()/.train(), which are no-ops here."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.program = module
+
+    def train(self, mode: bool = True) -> "ExportedModule":
+        self.training = mode  # the exported graph was traced in its own mode; nothing to switch
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -109,20 +124,20 @@ def _is_torchscript(path: Path) -> bool:
 def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[nn.Module, str | None]:
     if path.suffix == ".pt2":
         try:
-            return torch.export.load(str(path)).module(), None
+            return ExportedModule(torch.export.load(str(path)).module()), None
         except Exception as e:  # noqa: BLE001
-            raise InputError(f"cannot read {path.name} as a torch.export program: {str(e).splitlines()[0]}") from None
+            raise InputError(f"cannot read {path.name} as a torch.export program: {first_line(e)}") from None
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu"), None
         except Exception as e:  # noqa: BLE001
-            raise InputError(f"cannot read TorchScript model {path.name}: {str(e).splitlines()[0]}") from None
+            raise InputError(f"cannot read TorchScript model {path.name}: {first_line(e)}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        msg = str(e)
-        if "Weights only load failed" not in msg and "weights_only" not in msg:
-            raise InputError(f"cannot read model {path.name}: not a valid model file ({msg.splitlines()[0]})") from None
+        # Only a pickle that names Python classes or functions needs --allow-pickle; anything else is corrupt.
+        if "Unsupported global" not in str(e) and "safe_globals" not in str(e):
+            raise InputError(f"cannot read model {path.name}: not a valid model file ({first_line(e)})") from None
         if not allow_pickle:
             raise InputError(
                 f"{path.name} is a pickled Python object, which can run arbitrary code when loaded; "
@@ -132,7 +147,7 @@ def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[n
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001
-            raise InputError(f"cannot unpickle {path.name}: {str(e2).splitlines()[0]}") from None
+            raise InputError(f"cannot unpickle {path.name}: {first_line(e2)}") from None
     if isinstance(obj, nn.Module):
         return obj, None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

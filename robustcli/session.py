@@ -8,7 +8,7 @@ import torch
 
 from robustcli.data import Dataset, load_dataset
 from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.errors import InputError, first_line
 from robustcli.models import LoadedModel, load_model
 
 
@@ -27,7 +27,7 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
         with torch.no_grad():
             out = model.eval()(probe)
     except Exception as e:  # noqa: BLE001 - any failure here means the model does not fit the data
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
             f"(batch shape {tuple(probe.shape)}): {first}"

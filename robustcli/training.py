@@ -51,4 +51,5 @@ def train_natural(
             total += loss.item() * len(idx)
         if on_epoch is not None:
             on_epoch(epoch, total / len(data))
+    opt.zero_grad(set_to_none=True)
     return model.eval()
