@@ -3,4 +3,5 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.train_ibp",
 ]
