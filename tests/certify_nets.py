@@ -101,3 +101,12 @@ def pgd_min_spec(model, x, spec, eps, norm, steps=40, g=None) -> torch.Tensor:
                 delta = delta * torch.clamp(eps / dn.clamp_min(1e-12), max=1.0)
             delta = (xs + delta).clamp(0, 1) - xs
     return best.view(n, s)
+
+
+def tanh_digits_mlp() -> nn.Module:
+    """A digits-shaped MLP with a Tanh: not piecewise linear, so native IBP must refuse it."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+
+def maxpool_digits_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
