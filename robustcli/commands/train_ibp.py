@@ -137,6 +137,10 @@ def command(
     from certify.training import recipe_config, train_ibp
 
     _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup)
+    if method == "crown-ibp":
+        from certify.lirpa import auto_lirpa
+
+        auto_lirpa("crown-ibp")  # exit 2 with the install hint before any work when it is missing
     dev = resolve_device(device)
     arch = arch or DEFAULT_ARCH.get(data)
     if arch is None:
