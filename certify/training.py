@@ -189,6 +189,7 @@ def train_ibp(
     resume: bool = False,
     crown_ibp_bounds: BoundFn | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    on_resume: Callable[[dict[str, tuple]], None] | None = None,
 ) -> TrainResult:
     """Train `model` (already initialised, on its device) in place on pixel-space data x, y.
 
@@ -197,6 +198,9 @@ def train_ibp(
       run continues from its checkpoint (raises InputError when there is none).
     crown_ibp_bounds: (model, x, eps, norm, C) -> lower margin bounds; required for method crown-ibp.
     on_epoch: called after each completed (and checkpointed) epoch.
+    on_resume: called after a resume with {option: (checkpoint's value, this run's value)} for
+      every option that differs (an empty dict when none does); changed options are allowed (for
+      example a lower lr after a divergence) but break the equality with an uninterrupted run.
     Raises InputError when the loss turns NaN/inf (the last good checkpoint stays).
     """
     if config.method == "crown-ibp" and crown_ibp_bounds is None:
@@ -216,7 +220,12 @@ def train_ibp(
     if resume:
         if checkpointer is None:
             raise ValueError("resume needs a checkpointer")
-        first_epoch, _ = checkpointer.load(model=model, optimizers={"adam": opt}, generators={"data_order": order_gen})
+        first_epoch, extra = checkpointer.load(
+            model=model, optimizers={"adam": opt}, generators={"data_order": order_gen}
+        )
+        if on_resume is not None:
+            before, now = extra.get("config", {}), config.as_dict()
+            on_resume({k: (before.get(k), v) for k, v in now.items() if before.get(k) != v})
     elif checkpointer is not None:
         checkpointer.start_fresh()
     result.resumed_from = first_epoch

@@ -129,6 +129,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(run_cli, t
     before = ckpt.read_bytes()
     r = run_cli(*args, "--epochs", "3", "--resume", "--lr", "1e30")
     assert r.exit_code == 2
+    assert "changed options (epochs 1 -> 3, lr 0.0005 -> 1e+30)" in r.stderr
     assert "training diverged" in r.stderr and "epoch 2" in r.stderr and str(ckpt) in r.stderr
     assert "Traceback" not in r.output
     assert ckpt.read_bytes() == before  # the last good checkpoint is untouched

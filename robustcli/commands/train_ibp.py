@@ -186,10 +186,15 @@ def command(
                 step, loss=s.loss, clean=pct(s.holdout_accuracy), verified=pct(s.holdout_verified), eps=f"{s.eps:.4g}"
             )
 
+        def on_resume(changed: dict) -> None:
+            if changed:
+                what = ", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in changed.items()))
+                click.echo(f"note: resuming with changed options ({what})", err=True)
+
         try:
             result = train_ibp(
                 model, train.x, train.y, config, holdout=(held.x, held.y), checkpointer=ckpt, resume=resume,
-                crown_ibp_bounds=crown, on_epoch=on_epoch,
+                crown_ibp_bounds=crown, on_epoch=on_epoch, on_resume=on_resume,
             )  # fmt: skip
         except KeyboardInterrupt:
             kept = (
