@@ -30,8 +30,18 @@ from robustcli.commands.train_ibp import build_model
 from robustcli.data import load_dataset
 
 
-def run(recipe: str, eps: float, args, train, test) -> dict:
-    config = recipe_config(recipe, eps, args.epochs, batch_size=args.batch_size, seed=args.seed)
+# "short-plain": the short schedule with vanilla's init and no regularisers (an ablation that
+# separates the shorter ramp from IBP init + warmup regularisers).
+VARIANTS = {
+    "vanilla": ("vanilla", {}),
+    "short": ("short", {}),
+    "short-plain": ("short", {"init": "default", "regularize": False}),
+}
+
+
+def run(name: str, eps: float, args, train, test) -> dict:
+    recipe, overrides = VARIANTS[name]
+    config = recipe_config(recipe, eps, args.epochs, batch_size=args.batch_size, seed=args.seed, **overrides)
     model = build_model(args.arch, "mnist", (), (), config.init, args.seed)
     curve: list[dict] = []
 
@@ -39,7 +49,7 @@ def run(recipe: str, eps: float, args, train, test) -> dict:
         clean, verified = ibp_verified_accuracy(model, test.x, test.y, eps)
         curve.append({"epoch": stats.epoch + 1, "eps": stats.eps, "loss": stats.loss, "clean": clean, "verified": verified})
         print(
-            f"  {recipe:7s} eps={eps:g} epoch {stats.epoch + 1:2d}/{args.epochs}  train eps={stats.eps:.3f}  "
+            f"  {name:11s} eps={eps:g} epoch {stats.epoch + 1:2d}/{args.epochs}  train eps={stats.eps:.3f}  "
             f"loss={stats.loss:.3f}  clean={clean:.3f}  verified={verified:.3f}  ({stats.time_s:.1f}s)",
             flush=True,
         )
@@ -48,7 +58,7 @@ def run(recipe: str, eps: float, args, train, test) -> dict:
     t0 = time.perf_counter()
     ev = evaluate(model, test.x, test.y, [(make_attack("pgd", steps=40), [eps])], device=torch.device("cpu"), seed=0)
     return {
-        "recipe": recipe,
+        "recipe": name,
         "eps": eps,
         "config": config.as_dict(),
         "clean": curve[-1]["clean"],
@@ -72,6 +82,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=["vanilla", "short"], choices=list(VARIANTS),
+                   help="vanilla is always run first (it sets the target)")
     p.add_argument("--n-train", type=int, default=None, help="smoke tests only: fewer training points")
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -80,7 +92,8 @@ def main() -> None:
     print(f"mnist {len(train)} train / {len(test)} test, {args.arch}, {args.epochs} epochs, batch {args.batch_size}")
     rows = []
     for eps in args.eps:
-        runs = {r: run(r, eps, args, train, test) for r in ("vanilla", "short")}
+        names = ["vanilla"] + [v for v in args.variants if v != "vanilla"]
+        runs = {r: run(r, eps, args, train, test) for r in names}
         target = runs["vanilla"]["verified"]
         for r in runs.values():
             r["target_vanilla_final_verified"] = target

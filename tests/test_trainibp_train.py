@@ -163,6 +163,12 @@ def test_example_configs(run_cli, tmp_path, monkeypatch):
 
     loaded = load_model(str(tmp_path / "digits-ibp.safetensors"))  # no --arch needed
     assert loaded.arch == "digits-mlp-bn" and loaded.meta["trained_on"] == "digits:train"
+
+
+@pytest.mark.slow
+def test_mnist_example_config_runs(run_cli, tmp_path, monkeypatch):
+    """Slow only because parsing the bundled MNIST takes 10-30 s on a loaded machine."""
+    monkeypatch.chdir(tmp_path)
     # The mnist example parses and starts (cut down to seconds by command-line overrides).
     r = run_cli(
         "train-ibp", "--config", CONFIGS / "train-ibp-mnist.yaml", "--epochs", "2", "--start", "1", "--warmup", "1",
