@@ -71,6 +71,9 @@ def run(name: str, eps: float, args, train, test) -> dict:
 
 
 def first_epoch_reaching(curve: list[dict], target: float) -> int | None:
+    """None when the target is 0 (every epoch trivially reaches it) or is never reached."""
+    if target <= 0:
+        return None
     return next((c["epoch"] for c in curve if c["verified"] >= target), None)
 
 
@@ -104,10 +107,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         reach = r["first_epoch_reaching_target"]
+        target0 = r["target_vanilla_final_verified"] <= 0
         print(
             f"| {r['eps']:g} | {r['recipe']} (start {r['config']['start']}, ramp {r['config']['warmup']}) "
             f"| {100 * r['clean']:.1f}% | {100 * r['pgd']:.1f}% | {100 * r['verified']:.1f}% "
-            f"| {r['train_time_s']:.0f}s | {reach if reach is not None else 'never'} of {args.epochs} |"
+            f"| {r['train_time_s']:.0f}s | "
+            + (f"{reach} of {args.epochs}" if reach is not None else "n/a (target 0%)" if target0 else "never")
+            + " |"
         )
     if args.json:
         with open(args.json, "w") as f:
