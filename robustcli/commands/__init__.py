@@ -3,4 +3,6 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.vnncomp",
+    "robustcli.commands.verify_spec",
 ]
