@@ -12,7 +12,7 @@ and ReLUs. It is split into affine blocks z_0 = A_0(x), z_i = A_i(relu(z_{i-1}))
   are intersected with IBP's, which is sound and never looser.
 - alpha-CROWN (Xu et al. 2021, sec. 3.1): the lower slopes a in [0, 1] become variables, one set
   per bounded quantity (each intermediate layer and the specification), optimised by projected
-  Adam (lr 0.1, as auto_LiRPA) on the specification's bound; every iterate is a sound bound, so
+  Adam (lr 0.1, betas 0.9/0.999, as auto_LiRPA's defaults) on the specification's bound; every iterate is a sound bound, so
   the best bound per row over the iterations is kept.
 
 All bounds are sound for any slopes in [0, 1]; floating point error is guarded by computing in
@@ -92,6 +92,7 @@ def _as_dtype(m: nn.Module, dtype: torch.dtype) -> nn.Module:
 
     m = copy.deepcopy(m)
     m.eval()
+    m.requires_grad_(False)  # bounds are functions of the input box only
     return m.to(dtype)
 
 
@@ -261,6 +262,7 @@ def alpha_crown_spec(
     them). Returns the best lower bound (B, K) per row over the iterations.
     """
     B, L, K = lo.shape[0], len(chain.blocks) - 1, C.shape[0]
+    bounds = [(l.detach(), u.detach()) for l, u in bounds]
     # Slopes start at CROWN's adaptive choice so iteration 0 reproduces CROWN.
     def init(rows: int, j: int) -> torch.Tensor:
         l, u = (t.reshape(B, 1, -1) for t in bounds[j])
@@ -270,7 +272,10 @@ def alpha_crown_spec(
     inter = [[init(2 * sizes[i], j) for j in range(i)] for i in range(L)]
     final = [init(K, j) for j in range(L)]
     params = [a for row in inter for a in row] + final
-    opt = torch.optim.Adam(params, lr=lr)
+    # Adam by hand: importing torch.optim pulls in torch._dynamo, seconds of start-up per process.
+    m1 = [torch.zeros_like(a) for a in params]
+    m2 = [torch.zeros_like(a) for a in params]
+    beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=chain.dtype, device=chain.device)
     A = C.reshape(K, *chain.out_shapes[-1])
     for it in range(iterations):
@@ -283,10 +288,13 @@ def alpha_crown_spec(
             if (stop_when_positive and bool((best > 0).all())) or (deadline is not None and time.monotonic() > deadline):
                 break
             loss = -low.clamp(max=1e-2).sum()  # proven rows stop pulling on the shared slopes
-            opt.zero_grad()
-            loss.backward()
-        opt.step()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
-            for a in params:
-                a.clamp_(0, 1)
+            for a, g, v1, v2 in zip(params, grads, m1, m2):
+                if g is None:
+                    continue
+                v1.mul_(beta1).add_(g, alpha=1 - beta1)
+                v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
+                a.sub_(step).clamp_(0, 1)
     return best

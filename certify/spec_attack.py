@@ -79,7 +79,7 @@ def spec_pgd(
             hit = obj.detach() < 0
             if hit.any():
                 for i in hit.nonzero().flatten().tolist():
-                    found.append((float(obj[i]), x[i].detach().clone()))
+                    found.append((float(obj[i].detach()), x[i].detach().clone()))
                 if len(found) >= 3:
                     break
             if grad is None or (deadline is not None and time.monotonic() > deadline):
