@@ -191,12 +191,18 @@ def backward_lower(
     hi: torch.Tensor,
     bounds: list[tuple[torch.Tensor, torch.Tensor]],
     alphas: list[torch.Tensor] | None = None,
+    split_terms: list[torch.Tensor | None] | None = None,
+    record: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound (B, R) of A . z_upto over the box, A (R, *shape of z_upto) or (B, R, ...).
 
     `alphas[j]` (B, R, n_j) or None: lower slopes for ReLU j's unstable neurons (else adaptive).
+    `split_terms[j]` (B, R, n_j): Lagrangian terms -beta * sign added to the coefficients of z_j
+    (beta-CROWN, Wang et al. 2021, eq. 7; see certify/bab.py). `record[j]` receives the
+    coefficients of ReLU j's output, which branching heuristics read.
+    B is the batch of the intermediate bounds (domains); the input box may have batch 1.
     """
-    B = lo.shape[0]
+    B = bounds[0][0].shape[0] if bounds else lo.shape[0]
     R = A.shape[-1 - len(chain.out_shapes[upto])]
     A = A.expand(B, *A.shape[-1 - len(chain.out_shapes[upto]):]) if A.dim() == 1 + len(chain.out_shapes[upto]) else A
     bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
@@ -211,11 +217,15 @@ def backward_lower(
         up_s, up_t, low_s, unstable = _relu_lines(l, u)
         if alphas is not None and alphas[j - 1] is not None:
             low_s = torch.where(unstable, alphas[j - 1], low_s)
+        if record is not None:
+            record[j - 1] = A
         pos, neg = A.clamp(min=0), A.clamp(max=0)
         bias = bias + (neg * up_t).sum(-1)
         A = pos * low_s + neg * up_s
-    c = ((hi + lo) / 2).reshape(B, 1, -1)
-    r = ((hi - lo) / 2).reshape(B, 1, -1)
+        if split_terms is not None and split_terms[j - 1] is not None:
+            A = A + split_terms[j - 1]
+    c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1)
+    r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1)
     return (A * c).sum(-1) - (A.abs() * r).sum(-1) + bias
 
 
@@ -255,11 +265,13 @@ def alpha_crown_spec(
     chain: Chain, lo, hi, C, d, bounds, *, iterations: int = 20, lr: float = 0.1,
     deadline: float | None = None, stop_when_positive: bool = True,
     on_iteration: Callable[[int, torch.Tensor], None] | None = None,
+    tightened_out: list | None = None,
 ) -> torch.Tensor:
     """alpha-CROWN: optimise lower slopes for every intermediate layer and the specification.
 
     `bounds` are CROWN intermediate bounds (kept as a floor: optimised ones are intersected with
-    them). Returns the best lower bound (B, K) per row over the iterations.
+    them). Returns the best lower bound (B, K) per row over the iterations; if `tightened_out` is
+    a list, it receives the tightest intermediate bounds seen (for branch and bound).
     """
     B, L, K = lo.shape[0], len(chain.blocks) - 1, C.shape[0]
     bounds = [(l.detach(), u.detach()) for l, u in bounds]
@@ -277,12 +289,17 @@ def alpha_crown_spec(
     m2 = [torch.zeros_like(a) for a in params]
     beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=chain.dtype, device=chain.device)
+    tightened = [(l.clone(), u.clone()) for l, u in bounds] if tightened_out is not None else None
     A = C.reshape(K, *chain.out_shapes[-1])
     for it in range(iterations):
         with torch.enable_grad():
             bnd = crown_intermediate(chain, lo, hi, inter, base=bounds) if L > 1 else bounds
             low = backward_lower(chain, L, A, lo, hi, bnd, final) + d
             best = torch.maximum(best, low.detach())
+            if tightened is not None:  # every iterate's intermediate bounds are sound: keep the tightest
+                for k, (l, u) in enumerate(bnd):
+                    tl, tu = tightened[k]
+                    tightened[k] = (torch.maximum(tl, l.detach()), torch.minimum(tu, u.detach()))
             if on_iteration is not None:
                 on_iteration(it, best)
             if (stop_when_positive and bool((best > 0).all())) or (deadline is not None and time.monotonic() > deadline):
@@ -297,4 +314,6 @@ def alpha_crown_spec(
                 v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
                 a.sub_(step).clamp_(0, 1)
+    if tightened_out is not None:
+        tightened_out[:] = tightened
     return best

@@ -5,7 +5,12 @@ Answers (VNN-COMP 2021 words):
   ONNX files, else the model itself) puts its outputs in the violation region. Nothing else earns
   this answer: a candidate the reference does not confirm is discarded.
 - `holds`: every violation conjunction of every box is refuted by a sound lower bound > 0 on one
-  of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py).
+  of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py), or by branch and
+  bound on ReLU splits (certify/bab.py) for the conjunctions those leave open.
+
+Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
+the steps) before branching, because the bound stages leave open exactly the instances where a
+counterexample is most likely.
 - `unknown`: every stage ran and none decided; `timeout`: the time budget ran out first.
 """
 
@@ -19,10 +24,11 @@ import torch
 from torch import nn
 
 from certify import chain_bounds as cb
+from certify.bab import bab_refute
 from certify.spec_attack import spec_pgd
 from certify.vnnlib import SpecCase, VnnlibProperty
 
-METHODS = ("attack", "ibp", "crown", "alpha-crown")
+METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 
 
 @dataclass
@@ -96,6 +102,20 @@ def verify_property(
     proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
     chains: dict[int, cb.Chain] = {}
     bounds: dict[tuple[int, str], list] = {}
+    def attack(steps: int, restarts: int, until: float | None) -> tuple[SpecResult | None, str]:
+        note = ""
+        for case in prop.cases:
+            cands = spec_pgd(model, case, input_shape, steps=steps, restarts=restarts, generator=g, deadline=until)
+            for x in cands[:3]:
+                y = reference(x[None].cpu())
+                if _in_box(x, case) and bool(case.violated_by(y).all()):
+                    stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "counterexample"})
+                    return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
+                                confirmed_by=reference_name), ""
+            if len(cands):
+                note = f"{len(cands)} candidate(s) not confirmed by {reference_name}"
+        return None, note
+
     for method in methods:
         if out_of_time():
             return done("timeout", None)
@@ -104,19 +124,16 @@ def verify_property(
         t0 = time.monotonic()
         note = ""
         if method == "attack":
-            for case in prop.cases:
-                cands = spec_pgd(model, case, input_shape, steps=attack_steps, restarts=attack_restarts,
-                                 generator=g, deadline=deadline)
-                for x in cands[:3]:
-                    y = reference(x[None].cpu())
-                    if _in_box(x, case) and bool(case.violated_by(y).all()):
-                        stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "counterexample"})
-                        return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
-                                    confirmed_by=reference_name)
-                if len(cands):
-                    note = f"{len(cands)} candidate(s) not confirmed by {reference_name}"
+            found, note = attack(attack_steps, attack_restarts, deadline)
+            if found is not None:
+                return found
             stages.append({"method": method, "seconds": time.monotonic() - t0, "note": note or "none found"})
             continue
+        if method == "bab":
+            until = t0 + (deadline - t0) / 4 if deadline is not None else None
+            found, note = attack(2 * attack_steps, 5 * attack_restarts, until)
+            if found is not None:
+                return found
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
         for ci, case in enumerate(prop.cases):
@@ -134,6 +151,25 @@ def verify_property(
             lo = case.lower.to(chain.device, chain.dtype).reshape(1, *input_shape)
             hi = case.upper.to(chain.device, chain.dtype).reshape(1, *input_shape)
             with torch.no_grad():
+                if method == "bab":
+                    inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
+                    if inter is None:
+                        inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi)
+                    _, _, rows = case.stacked()
+                    open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
+                    R = max(rows[j].stop - rows[j].start for j in open_)
+                    Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
+                    db = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
+                    for k, j in enumerate(open_):
+                        n = rows[j].stop - rows[j].start
+                        Cb[k, :n], db[k, :n] = C[rows[j]], d[rows[j]]
+                    outcome = bab_refute(chain, lo, hi, Cb, db, inter, deadline=deadline)
+                    if outcome.proved:
+                        proved[ci][:] = True
+                    note = f"{outcome.domains} domains" + ("" if outcome.proved else f", {outcome.reason}")
+                    if not outcome.proved:
+                        break  # an open case keeps the property open
+                    continue
                 if method == "ibp":
                     lower = cb.ibp_spec(chain, lo, hi, C, d)
                 elif method == "crown":
@@ -142,8 +178,12 @@ def verify_property(
                     inter = bounds.get((ci, "crown"))
                     if inter is None:
                         inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi)
+                    tight: list = []
+                    # At most 40% of the remaining time, so branch and bound keeps some.
+                    until = t0 + 0.4 * (deadline - t0) if deadline is not None and "bab" in methods else deadline
                     lower = cb.alpha_crown_spec(chain, lo, hi, C, d, inter, iterations=alpha_iterations,
-                                                deadline=deadline)
+                                                deadline=until, tightened_out=tight)
+                    bounds[(ci, "alpha")] = tight
             proved[ci] |= refuted(lower, case)[0].cpu()
             if out_of_time():
                 break

@@ -174,3 +174,27 @@ def test_verify_spec_config(tmp_path, run_cli):
     r = run_cli("verify-spec", "--config", CONFIGS / "verify-spec-crown.yaml", "--model", net, "--spec", spec)
     assert r.exit_code == 0, r.output
     assert "result: holds" in r.stdout
+
+
+def test_branch_and_bound_proves_what_crown_cannot_and_never_proves_a_violation():
+    from certify.bab import bab_refute
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(2, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 2)).double().eval()
+    lo, hi = torch.tensor([[-1.0, -1.0]], dtype=torch.float64), torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 401), torch.linspace(-1, 1, 401), indexing="ij"), -1)
+    with torch.no_grad():
+        m = (model(grid.reshape(-1, 2).double()) @ C.T).squeeze(1)
+    true_min, spread = m.min().item(), (m.max() - m.min()).item()
+    chain = cb.Chain.of(model, (2,))
+    for offset, should_hold in ((0.03, True), (-0.03, False)):
+        d = torch.tensor([-true_min + offset * spread], dtype=torch.float64)
+        crown, inter = cb.crown_spec(chain, lo, hi, C, d)
+        out = bab_refute(chain, lo, hi, C[None], d[None], inter, deadline=None,
+                         max_domains=20_000)
+        if should_hold:
+            assert crown[0, 0] <= 0  # CROWN alone cannot prove it: branching is needed
+            assert out.proved
+        else:
+            assert not out.proved  # a grid point violates: no proof may exist
