@@ -98,25 +98,27 @@ def _confirm_with_onnxruntime(net: Path, spec: Path, ce: Path) -> None:
     torch.testing.assert_close(y[0], y_file)
 
 
-def test_verify_spec_violated_writes_a_confirmed_counterexample(tmp_path, run_cli):
+def test_certify_spec_violated_writes_a_confirmed_counterexample(tmp_path, run_cli):
     net, _, grid, y = _net_and_points(tmp_path)
     spec, _ = _violated_spec(tmp_path, grid, y)
     ce, out = tmp_path / "ce.txt", tmp_path / "r.json"
-    r = run_cli("verify-spec", "--model", net, "--spec", spec, "--counterexample", ce, "--json", out)
+    r = run_cli("certify", "--model", net, "--spec", spec, "--counterexample", ce, "--json", out)
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["status"] == "violated" and report["confirmed_by"] == "onnxruntime"
     assert "result: violated" in r.stdout
     _confirm_with_onnxruntime(net, spec, ce)
-    r = run_cli("verify-spec", "--model", net, "--spec", spec, "--counterexample", ce, "--strict")
-    assert r.exit_code == 1
+    r = run_cli("certify", "--model", net, "--spec", spec, "--data", "digits")
+    assert r.exit_code == 2 and "--spec replaces" in r.stderr
+    r = run_cli("certify", "--model", net, "--spec", spec, "--method", "crown-ibp")
+    assert r.exit_code == 2 and "not available with --spec" in r.stderr
 
 
-def test_verify_spec_holds(tmp_path, run_cli):
+def test_certify_spec_holds(tmp_path, run_cli):
     net, _, grid, y = _net_and_points(tmp_path)
     spec = _holds_spec(tmp_path, grid, y)
     out = tmp_path / "r.json"
-    r = run_cli("verify-spec", "--model", net, "--spec", spec, "--method", "ibp", "crown", "--strict", "--json", out)
+    r = run_cli("certify", "--model", net, "--spec", spec, "--method", "ibp", "crown", "--json", out)
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["status"] == "holds" and report["method"] in ("ibp", "crown")
@@ -168,10 +170,10 @@ def test_vnncomp_command_and_config(tmp_path, run_cli):
     assert r.exit_code == 2 and "missing.vnnlib" in r.stderr and not (tmp_path / "none.csv").exists()
 
 
-def test_verify_spec_config(tmp_path, run_cli):
+def test_certify_spec_config(tmp_path, run_cli):
     net, _, grid, y = _net_and_points(tmp_path)
     spec = _holds_spec(tmp_path, grid, y)
-    r = run_cli("verify-spec", "--config", CONFIGS / "verify-spec-crown.yaml", "--model", net, "--spec", spec)
+    r = run_cli("certify", "--config", CONFIGS / "certify-spec-crown.yaml", "--model", net, "--spec", spec)
     assert r.exit_code == 0, r.output
     assert "result: holds" in r.stdout
 

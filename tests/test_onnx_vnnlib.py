@@ -86,6 +86,6 @@ def test_cli_names_the_bad_line(tmp_path, run_cli):
     net = mlp_onnx(tmp_path / "m.onnx", sizes=(2, 4, 3))
     spec = tmp_path / "bad.vnnlib"
     spec.write_text(HEAD + BOX + "(assert (>= (* Y_0 Y_1) 0))\n")
-    r = run_cli("verify-spec", "--model", net, "--spec", spec)
+    r = run_cli("certify", "--model", net, "--spec", spec)
     assert r.exit_code == 2
     assert "bad.vnnlib:10:" in r.stderr and "Traceback" not in r.output

@@ -3,6 +3,7 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.certify",
+    "robustcli.commands.tightness",
     "robustcli.commands.vnncomp",
-    "robustcli.commands.verify_spec",
 ]

@@ -1,7 +1,7 @@
-"""`robust verify-spec`: check a VNNLIB property on a model (holds / violated / unknown).
+"""`robust certify --spec prop.vnnlib`: check a VNNLIB property on a model (holds / violated / unknown).
 
 The input box and the output property come from the .vnnlib file; see certify/spec_verify.py.
-`run_spec_check` is shared with other commands that accept `--spec`.
+CLI-layer glue only: option checks, the counterexample file, the table and the JSON report.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from certify.spec_verify import METHODS, SpecResult, verify_property
 from certify.vnnlib import read_vnnlib
 from certify.vnncomp import write_counterexample
 from robustcli.archs import ARCHS
+from robustcli.errors import InputError
 from robustcli.device import resolve_device
-from robustcli.errors import CheckFailed, InputError
 from robustcli.models import LoadedModel, load_model
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option, model_options
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, print_table, write_json
 
@@ -38,7 +37,7 @@ def model_input_shape(loaded: LoadedModel, n_inputs: int, given: tuple[int, ...]
         shape = (n_inputs,)
     if math.prod(shape) != n_inputs:
         raise InputError(f"the property has {n_inputs} inputs X_i but the model's input shape {shape} has "
-                         f"{math.prod(shape)} values; pass --input-shape matching the property")
+                         f"{math.prod(shape)} values; the property does not fit this model")
     return shape
 
 
@@ -112,54 +111,46 @@ def spec_tables(report: dict) -> None:
                + f" in {report['seconds']:.2f}s" + extra)
 
 
-def spec_methods(method: tuple[str, ...], no_attack: bool) -> tuple[str, ...]:
+def spec_methods(method: tuple[str, ...]) -> tuple[str, ...]:
+    """The attack, then the chosen bound methods in order of cost (all of them, with branch and
+    bound last, when none is chosen). Methods only auto_LiRPA offers have no spec engine here."""
+    unsupported = [m for m in method if m not in BOUND_METHODS]
+    if unsupported:
+        raise InputError(f"--method {unsupported[0]} is not available with --spec; use "
+                         f"{', '.join(BOUND_METHODS)} (default: all, in that order)")
     chosen = [m for m in BOUND_METHODS if m in set(method)] if method else list(BOUND_METHODS)
-    return tuple(([] if no_attack else ["attack"]) + chosen)
+    return tuple(["attack"] + chosen)
 
 
-@click.command("verify-spec", cls=RobustCommand)
-@config_option
-@model_options
-@click.option("--spec", required=True, type=click.Path(dir_okay=False), help="VNNLIB property file.")
-@click.option("--method", cls=MultiOption, type=click.Choice(BOUND_METHODS),
-              help="Bound engines to try, cheapest first (default ibp crown alpha-crown).")
-@click.option("--no-attack", is_flag=True, help="Skip the counterexample search (PGD on the property's margins).")
-@click.option("--timeout", type=float, default=None, help="Seconds before giving up (answer: timeout).")
-@click.option("--input-shape", cls=MultiOption, type=int, help="Per-point input shape if the model does not say.")
-@click.option("--counterexample", type=click.Path(dir_okay=False), help="Where to write a counterexample.")
-@click.option("--attack-steps", type=int, default=50, show_default=True)
-@click.option("--attack-restarts", type=int, default=10, show_default=True)
-@click.option("--alpha-iterations", type=int, default=20, show_default=True)
-@click.option("--strict", is_flag=True, help="Exit 1 unless the property is proved to hold.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@json_option
-def command(
-    model, arch, mean, std, allow_pickle, spec, method, no_attack, timeout, input_shape, counterexample,
-    attack_steps, attack_restarts, alpha_iterations, strict, device, seed, json_path,
+
+
+def certify_spec(
+    model: str, *, arch, mean, std, allow_pickle, data, n, eps, method, pgd_steps, pgd_restarts,
+    alpha_iterations, spec, timeout, counterexample, device, seed, json_path,
 ) -> None:  # fmt: skip
-    """Prove or refute a VNNLIB property: holds, violated (with a checked counterexample) or unknown.
-
-    \b
-    robust verify-spec --model net.onnx --spec prop.vnnlib
-    robust verify-spec --model net.onnx --spec prop.vnnlib --method crown --timeout 10
-    """
-    for flag, v in (("--attack-steps", attack_steps), ("--attack-restarts", attack_restarts),
-                    ("--alpha-iterations", alpha_iterations)):
-        if v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
+    """`robust certify --spec`: the property file gives the input box and the output condition."""
+    if data is not None or n is not None or eps:
+        raise InputError("--spec replaces --data, --n and --eps: the input box comes from the property file")
     if timeout is not None and not timeout > 0:
         raise InputError(f"--timeout must be > 0, got {timeout}")
+    ctx = click.get_current_context()
+    explicit = lambda name: ctx.get_parameter_source(name) not in (  # noqa: E731
+        click.core.ParameterSource.DEFAULT, None)
+    # The spec attack's own defaults (50 steps, 10 restarts) unless --pgd-steps/--pgd-restarts are given.
+    steps = pgd_steps if explicit("pgd_steps") else 50
+    restarts = pgd_restarts if explicit("pgd_restarts") else 10
+    for flag, v in (("--pgd-steps", steps), ("--pgd-restarts", restarts), ("--alpha-iterations", alpha_iterations)):
+        if v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    methods = spec_methods(tuple(method))
     dev = resolve_device(device)
     loaded = load_model(model, arch=arch, mean=list(mean) or None, std=list(std) or None,
                         allow_pickle=allow_pickle, device=dev)
     _, report = run_spec_check(
-        loaded, spec, methods=spec_methods(method, no_attack), timeout=timeout, seed=seed,
-        input_shape=tuple(input_shape), counterexample=counterexample, attack_steps=attack_steps,
-        attack_restarts=attack_restarts, alpha_iterations=alpha_iterations,
+        loaded, spec, methods=methods, timeout=timeout, seed=seed, counterexample=counterexample,
+        attack_steps=steps, attack_restarts=restarts, alpha_iterations=alpha_iterations,
     )
     spec_tables(report)
     if json_path:
-        write_json(json_path, report | {"seed": seed, "device": str(dev)})
-    if strict and report["status"] != "holds":
-        raise CheckFailed(f"the property is {report['status']}, not proved to hold")
+        write_json(json_path, {"command": "certify", **report, "methods": list(methods), "seed": seed,
+                               "device": str(dev)})
