@@ -21,7 +21,9 @@ def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Call
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    from certify.onnx_import import onnx_bytes
+
+    session = ort.InferenceSession(onnx_bytes(path), sess_options=opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -51,12 +51,26 @@ def _require_onnx() -> Any:
     return onnx
 
 
+def onnx_bytes(path: str | Path) -> bytes:
+    """The file's bytes, gunzipped for `.onnx.gz` (how VNN-COMP 2022+ ships networks)."""
+    import gzip
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
 def load_onnx(path: str | Path) -> Any:
     onnx = _require_onnx()
     path = Path(path)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load_model_from_string(onnx_bytes(path))
         onnx.checker.check_model(model)
+    except InputError:
+        raise
     except Exception as e:  # noqa: BLE001 - protobuf or checker failure: a bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot read {path.name} as an ONNX model: {first}") from None

@@ -312,9 +312,14 @@ def _box(atoms: list[_Atom], n_in: int, r: _Reader,
 
 
 def read_vnnlib(path: str | Path) -> VnnlibProperty:
+    import gzip
+
     path = Path(path)
     try:
-        text = path.read_text()
+        # `.vnnlib.gz` is how VNN-COMP 2022+ ships properties
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    except (EOFError, gzip.BadGzipFile):
+        raise InputError(f"{path} is not a valid gzip file") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:

@@ -170,7 +170,7 @@ def load_model(
         )
     elif path.is_dir():
         raise InputError(f"--model {spec} is a folder; pass a model file")
-    elif path.suffix == ".onnx":
+    elif path.suffix == ".onnx" or path.name.endswith(".onnx.gz"):
         from certify.onnx_import import onnx_to_torch
 
         conv = onnx_to_torch(path)

@@ -151,17 +151,22 @@ def test_vnncomp_command_and_config(tmp_path, run_cli):
     net, _, grid, y = _net_and_points(tmp_path)
     violated, _ = _violated_spec(tmp_path, grid, y)
     holds = _holds_spec(tmp_path, grid, y)
-    (tmp_path / "instances.csv").write_text(f"net.onnx,{holds.name},30\nnet.onnx,{violated.name},30\n")
+    import gzip
+
+    (tmp_path / "net.onnx.gz").write_bytes(gzip.compress(net.read_bytes()))  # VNN-COMP 2022+ ships .gz
+    (tmp_path / "holds.vnnlib.gz").write_bytes(gzip.compress(holds.read_bytes()))
+    (tmp_path / "instances.csv").write_text(
+        f"net.onnx,{holds.name},30\nnet.onnx,{violated.name},30\nnet.onnx.gz,holds.vnnlib.gz,30\n")
     out, js = tmp_path / "results.csv", tmp_path / "r.json"
     r = run_cli("vnncomp", tmp_path / "instances.csv", "--config", CONFIGS / "vnncomp-quick.yaml",
                 "--out", out, "--json", js)
     assert r.exit_code == 0, r.output
     lines = out.read_text().splitlines()
-    assert [ln.split(",")[4] for ln in lines] == ["holds", "violated"]
+    assert [ln.split(",")[4] for ln in lines] == ["holds", "violated", "holds"]
     assert lines[0].split(",")[:3] == [tmp_path.name, "./net.onnx", "./holds.vnnlib"]
     assert all(float(ln.split(",")[5]) >= 0 for ln in lines)
     report = json.loads(js.read_text())
-    assert report["counts"]["holds"] == 1 and report["counts"]["violated"] == 1
+    assert report["counts"]["holds"] == 2 and report["counts"]["violated"] == 1
     ce = Path(report["results"][1]["counterexample"])
     _confirm_with_onnxruntime(net, violated, ce)
     # bad instances file: exit 2, no results file
