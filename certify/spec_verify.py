@@ -6,7 +6,9 @@ Answers (VNN-COMP 2021 words):
   this answer: a candidate the reference does not confirm is discarded.
 - `holds`: every violation conjunction of every box is refuted by a sound lower bound > 0 on one
   of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py), or by branch and
-  bound on ReLU splits (certify/bab.py) for the conjunctions those leave open.
+  bound on ReLU splits (certify/bab.py) for the conjunctions those leave open. Models that are
+  not chains (ONNX graphs with residual adds) are bounded by auto_LiRPA instead
+  (certify/spec_lirpa.py), without branch and bound.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -25,8 +27,10 @@ from torch import nn
 
 from certify import chain_bounds as cb
 from certify.bab import bab_refute
+from certify.spec_lirpa import lirpa_box_lower
 from certify.spec_attack import spec_pgd
 from certify.vnnlib import SpecCase, VnnlibProperty
+from robustcli.errors import InputError
 
 METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 
@@ -100,7 +104,8 @@ def verify_property(
         return done("holds", "parse")  # no input satisfies the input constraints
     g = torch.Generator().manual_seed(seed)
     proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
-    chains: dict[int, cb.Chain] = {}
+    chains: dict[int, cb.Chain | None] = {}
+    not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
     def attack(steps: int, restarts: int, until: float | None) -> tuple[SpecResult | None, str]:
         note = ""
@@ -143,9 +148,24 @@ def verify_property(
                 try:
                     chains[ci] = cb.Chain.of(model, input_shape)
                 except cb.NotAChain as e:
-                    note = str(e)
-                    break
+                    chains[ci] = None
+                    not_chain = str(e)
             chain = chains[ci]
+            if chain is None:  # a graph model: auto_LiRPA bounds it if it can; no branch and bound
+                if method == "bab":
+                    note = f"branch and bound needs a chain model ({not_chain})"
+                    break
+                C, d, _ = case.stacked()
+                try:
+                    lower = lirpa_box_lower(model, case.lower.reshape(1, *input_shape).to(device),
+                                            case.upper.reshape(1, *input_shape).to(device), C.to(device),
+                                            d.to(device), method, alpha_iterations=alpha_iterations)
+                except InputError as e:
+                    note = f"{not_chain}; {e}"
+                    break
+                note = "auto_LiRPA (graph model)"
+                proved[ci] |= refuted(lower, case)[0].cpu()
+                continue
             C, d, _ = case.stacked()
             C, d = C.to(chain.device, chain.dtype), d.to(chain.device, chain.dtype)
             lo = case.lower.to(chain.device, chain.dtype).reshape(1, *input_shape)

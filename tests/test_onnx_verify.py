@@ -205,3 +205,37 @@ def test_branch_and_bound_proves_what_crown_cannot_and_never_proves_a_violation(
             assert out.proved
         else:
             assert not out.proved  # a grid point violates: no proof may exist
+
+
+def test_graph_model_is_bounded_through_auto_lirpa(tmp_path):
+    from certify.lirpa import lirpa_available
+
+    if not lirpa_available():
+        pytest.skip("auto_LiRPA is not installed")
+    from onnx_helpers import helper, save, tensor
+
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w0", "b0"], ["a"], transB=1),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Gemm", ["r", "w1", "b1"], ["c"], transB=1),
+        helper.make_node("Add", ["c", "a"], ["s"]),  # residual: not a chain
+        helper.make_node("Relu", ["s"], ["s2"]),
+        helper.make_node("Gemm", ["s2", "w2", "b2"], ["y"], transB=1),
+    ]
+    inits = [tensor(f"{k}{i}", rng.standard_normal(shape).astype(np.float32))
+             for i, (ws, bs) in enumerate([((6, 5), 6), ((6, 6), 6), ((3, 6), 3)])
+             for k, shape in (("w", ws), ("b", (bs,)))]
+    conv = onnx_to_torch(save(tmp_path / "res.onnx", nodes, inits, (1, 5), (1, 3)))
+    assert not conv.chain
+    x = torch.rand(20000, 5) * 0.2
+    with torch.no_grad():
+        m = conv.module(x) @ torch.tensor([1.0, 0.0, -1.0])
+    assert float(m.min()) > 0  # Y_0 > Y_2 on the box (sampled): the property below holds
+    holds = vnnlib_box([0.0] * 5, [0.2] * 5, 0, 3, extra_outputs="(assert (<= Y_0 Y_2))")
+    res = verify_property(conv.module, parse_vnnlib(holds), conv.input_shape)
+    assert res.status == "holds" and res.method in ("crown", "alpha-crown")
+    assert any("auto_LiRPA" in s.get("note", "") for s in res.stages)
+    shifted = vnnlib_box([0.0] * 5, [0.2] * 5, 0, 3, extra_outputs="(assert (<= Y_0 (+ Y_2 5.0)))")
+    res = verify_property(conv.module, parse_vnnlib(shifted), conv.input_shape)
+    assert res.status == "violated"  # Y_0 - Y_2 < 5 at some point: found and confirmed, never proved
