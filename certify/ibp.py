@@ -99,16 +99,14 @@ def input_bounds(x: torch.Tensor, eps: float | torch.Tensor, norm: str = "linf")
     return Bounds.from_interval((x - e).clamp(0, 1), (x + e).clamp(0, 1))
 
 
-def _elementwise_affine(state: _State, a: torch.Tensor, b: torch.Tensor, clean_a=None, clean_b=None) -> _State:
+def _elementwise_affine(state: _State, a: torch.Tensor, b: torch.Tensor) -> _State:
     """y = a * x + b with a, b broadcastable per channel (normalisation, BN)."""
     box = Bounds(a * state.box.centre + b, a.abs() * state.box.radius)
     ball = None
     if state.ball is not None:
         c = a * state.ball.centre + b
         ball = _L2Ball(c, state.ball.eps, (a.abs() * state.ball.scale).expand_as(c))
-    clean = None if state.clean is None else (clean_a if clean_a is not None else a) * state.clean + (
-        clean_b if clean_b is not None else b
-    )
+    clean = None if state.clean is None else a * state.clean + b
     return _State(box, clean, ball, state.relu_mode)
 
 
