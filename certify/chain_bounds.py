@@ -284,6 +284,12 @@ def alpha_crown_spec(
     inter = [[init(2 * sizes[i], j) for j in range(i)] for i in range(L)]
     final = [init(K, j) for j in range(L)]
     params = [a for row in inter for a in row] + final
+    if not params or K == 0:  # no ReLU (CROWN is exact) or no margin: nothing to optimise
+        with torch.no_grad():
+            low = backward_lower(chain, L, C.reshape(K, *chain.out_shapes[-1]), lo, hi, bounds) + d
+        if tightened_out is not None:
+            tightened_out[:] = bounds
+        return low
     # Adam by hand: importing torch.optim pulls in torch._dynamo, seconds of start-up per process.
     m1 = [torch.zeros_like(a) for a in params]
     m2 = [torch.zeros_like(a) for a in params]

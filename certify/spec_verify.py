@@ -144,13 +144,13 @@ def verify_property(
         for ci, case in enumerate(prop.cases):
             if bool(proved[ci].all()):
                 continue
-            if ci not in chains:
+            if not chains:  # one float64 copy of the model serves every case
                 try:
-                    chains[ci] = cb.Chain.of(model, input_shape)
+                    chains[0] = cb.Chain.of(model, input_shape)
                 except cb.NotAChain as e:
-                    chains[ci] = None
+                    chains[0] = None
                     not_chain = str(e)
-            chain = chains[ci]
+            chain = chains[0]
             if chain is None:  # a graph model: auto_LiRPA bounds it if it can; no branch and bound
                 if method == "bab":
                     note = f"branch and bound needs a chain model ({not_chain})"
@@ -178,6 +178,10 @@ def verify_property(
                     _, _, rows = case.stacked()
                     open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
                     R = max(rows[j].stop - rows[j].start for j in open_)
+                    if R == 0 or not inter:
+                        # no output condition (any input violates), or no ReLU (CROWN is exact)
+                        note = "nothing to branch on"
+                        break
                     Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
                     db = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
                     for k, j in enumerate(open_):
