@@ -112,6 +112,8 @@ def test_certify_spec_violated_writes_a_confirmed_counterexample(tmp_path, run_c
     assert r.exit_code == 2 and "--spec replaces" in r.stderr
     r = run_cli("certify", "--model", net, "--spec", spec, "--method", "crown-ibp")
     assert r.exit_code == 2 and "not available with --spec" in r.stderr
+    r = run_cli("certify", "--model", net, "--data", "digits", "--method", "bab")
+    assert r.exit_code == 2 and "go with --spec" in r.stderr
 
 
 def test_certify_spec_holds(tmp_path, run_cli):
