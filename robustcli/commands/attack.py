@@ -212,7 +212,7 @@ def command(
             keep_adversarials=bool(save_adv),
         )
     if suite:
-        with progress_bar(f"{suite} suite", 3 * len(w.data)) as advance:
+        with progress_bar(f"{suite} suite", 3 * len(w.data) * len(eps_by_norm["linf"])) as advance:
             strong = run_strong_suite(
                 w.model.module,
                 w.data.x,
