@@ -3,4 +3,7 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.train",
+    "robustcli.commands.distill",
+    "robustcli.commands.threshold",
 ]
