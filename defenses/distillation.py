@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attacks.apgd import APGD
 from attacks.base import Attack, eval_mode, input_gradient
 from attacks.cw import CarliniWagnerL2
 from attacks.evaluate import Evaluation, evaluate
@@ -119,12 +120,15 @@ class PGDMarginLinf(PGDLinf):
 def distillation_attacks(
     eps: float, steps: int = 40, cw_steps: int = 100, cw_search_steps: int = 5
 ) -> list[tuple[Attack, list[float]]]:
-    """The seed report's comparison: FGSM and PGD on CE, PGD on the margin (same Linf eps), and
-    CW-L2 without a budget (success = any adversarial found; its median L2 tells how far)."""
+    """The seed report's comparison: FGSM and PGD on CE, PGD on the margin and APGD on the
+    (scale-invariant) DLR loss at the same Linf eps, and CW-L2 without a budget (success = any
+    adversarial found; its median L2 tells how far). APGD-DLR is there for the gradient-masking
+    diagnostics, whose margin-vs-CE check compares it with PGD-CE at the same budget."""
     return [
         (FGSM(), [eps]),
         (PGDLinf(steps=steps), [eps]),
         (PGDMarginLinf(steps=steps), [eps]),
+        (APGD(norm="linf", loss="dlr", steps=steps), [eps]),
         (CarliniWagnerL2(steps=cw_steps, binary_search_steps=cw_search_steps), [math.inf]),
     ]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from attacks.diagnostics import run_diagnostics
 from defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
 from robustcli.archs import Normalized, build_arch
 from robustcli.data import load_dataset
@@ -53,30 +54,38 @@ def test_ce_gradients_vanish_on_the_distilled_model_only(trained):
     assert (base < 1e-12).float().mean() < 0.05
 
 
-def test_ce_attacks_collapse_while_margin_attacks_succeed(trained):
+def test_ce_attacks_collapse_margin_attacks_succeed_and_diagnostics_flag_it(trained):
     _, student, baseline, test = trained
     x, y = test.x[:60], test.y[:60]
-    dist = {o.attack: o.success_rate for o in attack_distilled(student, x, y, eps=0.2, steps=20, cw_steps=30, cw_search_steps=3).outcomes}
-    base = {o.attack: o.success_rate for o in attack_distilled(baseline, x, y, eps=0.2, steps=20, cw_steps=30, cw_search_steps=3).outcomes}
+    evaluations = {
+        name: attack_distilled(model, x, y, eps=0.2, steps=20, cw_steps=30, cw_search_steps=3)
+        for name, model in (("distilled", student), ("baseline", baseline))
+    }
+    dist, base = ({o.attack: o.success_rate for o in evaluations[k].outcomes} for k in ("distilled", "baseline"))
     assert base["fgsm"] > 0.8 and base["pgd"] > 0.9
     assert dist["fgsm"] < base["fgsm"] - 0.3 and dist["pgd"] < base["pgd"] - 0.3, (dist, base)
-    assert dist["pgd-margin"] > 0.9 and dist["cw"] > 0.95, dist
+    assert dist["pgd-margin"] > 0.9 and dist["apgd-dlr-untargeted"] > 0.9 and dist["cw"] > 0.95, dist
+    flagged = {w.code for w in run_diagnostics(evaluations["distilled"], student, x, y, probe_points=30).warnings}
+    assert {"margin-stronger-than-ce", "vanishing-gradients"} <= flagged, flagged
+    assert not run_diagnostics(evaluations["baseline"], baseline, x, y, probe_points=30).warnings
 
 
 def test_distill_cli_evaluate_and_resume(run_cli, tmp_path):
     out = tmp_path / "d.safetensors"
     args = ["distill", "--config", str(ROOT / "configs" / "distill-mnist.yaml"), "--data", "digits",
             "--arch", "digits-mlp", "--temperature", "20", "--epochs", "2", "--train-n", "300",
-            "--eval-n", "15", "--eval-eps", "0.2", "--out", str(out)]  # fmt: skip
+            "--eval-n", "10", "--eval-eps", "0.2", "--out", str(out)]  # fmt: skip
     r = run_cli(*args, "--json", str(tmp_path / "d.json"))
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "d.json").read_text())
     names = [m["model"] for m in report["evaluation"]["models"]]
     assert names == ["baseline (T=1)", "distilled (T=20)"]
-    assert set(report["evaluation"]["models"][1]["attacks"]) >= {"fgsm", "pgd", "pgd-margin", "cw"}
+    distilled = report["evaluation"]["models"][1]
+    assert set(distilled["attacks"]) >= {"fgsm", "pgd", "pgd-margin", "apgd-dlr-untargeted", "cw"}
+    assert {c["code"] for c in distilled["diagnostics"]} >= {"margin-stronger-than-ce", "vanishing-gradients"}
     assert (tmp_path / "d.teacher.safetensors").exists()
     before = load_file(str(out))
-    r = run_cli(*args, "--resume")
+    r = run_cli(*args, "--resume", "--no-evaluate")
     assert r.exit_code == 0, r.output
     after = load_file(str(out))  # every phase was complete: resuming changes no weight
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -9,8 +9,10 @@ from pathlib import Path
 import click
 import torch
 
+from attacks.diagnostics import run_diagnostics
 from defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
 from robustcli.checkpoint import Checkpointer
+from robustcli.commands.attack import diagnostics_table
 from robustcli.commands._training import (
     apply_options,
     check_out,
@@ -25,7 +27,7 @@ from robustcli.errors import InputError
 from robustcli.models import load_model, save_model
 from robustcli.options import RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar
-from robustcli.report import fmt, pct, print_table, write_json
+from robustcli.report import fmt, pct, print_table, stdout, write_json
 from robustcli.session import check_model_on_data
 from robustcli.training import accuracy
 
@@ -48,7 +50,7 @@ def _phase(model, x, target, temperature, path, resume, first, *, epochs, lr, ba
         )  # fmt: skip
 
 
-def _summary(name: str, model, x, y, evaluation) -> dict:
+def _summary(name: str, model, x, y, evaluation, diagnostics) -> dict:
     grads = ce_gradient_norms(model, x[evaluation.clean_correct], y[evaluation.clean_correct]).cpu()
     rows = {f"{o.attack}": o.summary() for o in evaluation.outcomes if o.attack != "worst-case"}
     return {
@@ -58,6 +60,8 @@ def _summary(name: str, model, x, y, evaluation) -> dict:
         "ce_gradient_vanished_share": (grads < VANISHED).float().mean().item() if len(grads) else math.nan,
         "ce_gradient_norm_median": grads.median().item() if len(grads) else math.nan,
         "attacks": rows,
+        "diagnostics": [vars(c) for c in diagnostics.checks],
+        "warnings": [w.to_dict() for w in diagnostics.warnings],
     }
 
 
@@ -67,7 +71,7 @@ def _summary(name: str, model, x, y, evaluation) -> dict:
 @click.option("--temperature", type=float, default=100.0, show_default=True, help="Softmax temperature T of training.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Use this model as the teacher instead of training one.")
 @click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
-@click.option("--evaluate", is_flag=True, help="Attack the distilled model and a T=1 baseline: FGSM, PGD-CE, PGD-margin, CW.")
+@click.option("--evaluate/--no-evaluate", default=False, help="Attack the distilled model and a T=1 baseline: FGSM, PGD-CE, PGD-margin, CW.")
 @click.option("--eval-eps", type=float, default=0.3, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
 @click.option("--eval-n", type=int, default=100, show_default=True, help="Test points attacked in --evaluate.")
 @json_option
@@ -135,13 +139,16 @@ def command(
         baseline, _ = new_model(arch, data, train, dev, seed + 2)
         _phase(baseline, train.x, train.y, 1.0, sibling(path, "baseline"), resume, False, role="baseline", **kw)
         sub = test.head(eval_n)
-        results = []
+        results, diagnosed = [], None
         for name, model in (("baseline (T=1)", baseline), (f"distilled (T={temperature:g})", student)):
-            with progress_bar(f"attacking {name}", 4 * len(sub)) as advance:
+            with progress_bar(f"attacking {name}", 5 * len(sub)) as advance:
                 ev = attack_distilled(model, sub.x, sub.y, eps=eval_eps, seed=seed, on_batch=advance)
-            results.append(_summary(name, model, sub.x, sub.y, ev))
+            diagnosed = run_diagnostics(ev, model, sub.x, sub.y, device=dev, seed=seed)
+            results.append(_summary(name, model, sub.x, sub.y, ev, diagnosed))
         report["evaluation"] = {"eps": eval_eps, "n": len(sub), "models": results}
         _evaluation_table(report["evaluation"], sub.name)
+        stdout.print(f"Diagnostics of the distilled model ({len(diagnosed.warnings)} warnings):")
+        diagnostics_table(diagnosed)
     else:
         print_table(
             f"Defensive distillation of {arch_name} on {train.name} ({epochs} epochs per model)",
@@ -153,7 +160,8 @@ def command(
 
 
 def _evaluation_table(ev: dict, data_name: str) -> None:
-    columns = ["model", "clean acc", "logit spread", "CE grad = 0", "FGSM", "PGD-CE", "PGD-margin", "CW-L2 (median L2)"]
+    columns = ["model", "clean", "logit spread", "CE grad 0", "FGSM", "PGD-CE", "PGD-mrg", "APGD-DLR", "CW (L2)",
+               "flags"]  # fmt: skip
     rows = []
     for m in ev["models"]:
         a = m["attacks"]
@@ -167,12 +175,14 @@ def _evaluation_table(ev: dict, data_name: str) -> None:
                 pct(a["fgsm"]["success_rate"]),
                 pct(a["pgd"]["success_rate"]),
                 pct(a["pgd-margin"]["success_rate"]),
+                pct(a["apgd-dlr-untargeted"]["success_rate"]),
                 f"{pct(cw['success_rate'])} ({fmt(cw['median_perturbation'], 3)})",
+                str(len(m["warnings"])),
             ]
         )
     print_table(
         f"Attack success on {data_name} (n={ev['n']}, Linf eps {ev['eps']:g}; CW unbounded)",
         columns,
         rows,
-        caption="success = share of correctly classified points the attack broke",
+        caption="success = share of correctly classified points the attack broke; flags = masking warnings",
     )
