@@ -6,4 +6,5 @@ COMMANDS = [
     "robustcli.commands.train",
     "robustcli.commands.distill",
     "robustcli.commands.threshold",
+    "robustcli.commands.train_moe",
 ]
