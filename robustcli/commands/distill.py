@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import click
-import torch
 
 from attacks.diagnostics import run_diagnostics
 from defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
