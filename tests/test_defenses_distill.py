@@ -73,8 +73,8 @@ def test_ce_attacks_collapse_margin_attacks_succeed_and_diagnostics_flag_it(trai
 def test_distill_cli_evaluate_and_resume(run_cli, tmp_path):
     out = tmp_path / "d.safetensors"
     args = ["distill", "--config", str(ROOT / "configs" / "distill-mnist.yaml"), "--data", "digits",
-            "--arch", "digits-mlp", "--temperature", "20", "--epochs", "2", "--train-n", "300",
-            "--eval-n", "10", "--eval-eps", "0.2", "--out", str(out)]  # fmt: skip
+            "--arch", "digits-mlp", "--temperature", "20", "--epochs", "2", "--train-n", "200",
+            "--eval-n", "8", "--eval-eps", "0.2", "--out", str(out)]  # fmt: skip
     r = run_cli(*args, "--json", str(tmp_path / "d.json"))
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "d.json").read_text())

@@ -78,7 +78,7 @@ def test_alternating_steps_update_only_their_own_parameter_group(digits):
 
 
 def test_advmoe_resume_gives_identical_weights(tmp_path, digits):
-    x, y = digits.x[:160], digits.y[:160]
+    x, y = digits.x[:64], digits.y[:64]
     cfg = MoEConfig(mode="advmoe", eps=0.2, epochs=2, batch_size=32, seed=1)
     torch.manual_seed(0)
     reference = digits_moe_cnn()
@@ -104,7 +104,7 @@ def test_train_moe_cli_end_to_end(run_cli, tmp_path):
     out = tmp_path / "moe.safetensors"
     r = run_cli(
         "train-moe", "--config", str(ROOT / "configs" / "train-moe-mnist.yaml"), "--data", "digits", "--eps", "0.2",
-        "--epochs", "2", "--warmup", "1", "--train-n", "200", "--eval-n", "40", "--eval-steps", "5",
+        "--epochs", "2", "--warmup", "1", "--train-n", "96", "--batch-size", "32", "--eval-n", "20", "--eval-steps", "3",
         "--out", str(out), "--json", str(tmp_path / "m.json"),
     )  # fmt: skip
     assert r.exit_code == 0, r.output
