@@ -135,8 +135,8 @@ def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[n
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        msg = str(e)
-        if "Weights only load failed" not in msg and "weights_only" not in msg:
+        # Only a pickle that names Python classes or functions needs --allow-pickle; anything else is corrupt.
+        if "Unsupported global" not in str(e) and "safe_globals" not in str(e):
             raise InputError(f"cannot read model {path.name}: not a valid model file ({first_line(e)})") from None
         if not allow_pickle:
             raise InputError(

@@ -7,6 +7,7 @@ option names, dashes or underscores), flags on the command line win, and options
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -79,6 +80,20 @@ class RobustCommand(click.Command):
 class RobustGroup(click.Group):
     command_class = RobustCommand
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Like Click's, but usage errors print one line (no usage block) and Ctrl-C exits 130."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         return _user_errors(super().invoke, ctx)
 
@@ -101,17 +116,24 @@ def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is None:
         return None
     data = read_config(Path(value))
-    params = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    # Keys are the long option names (`attack`, `eps-l2`, `json`), with dashes or underscores.
+    params: dict[str, click.Parameter] = {}
+    for p in ctx.command.params:
+        if p.name and p.name != "config":
+            for opt in getattr(p, "opts", []):
+                if opt.startswith("--"):
+                    params[opt[2:].replace("-", "_")] = p
+            params.setdefault(p.name, p)
     defaults: dict[str, Any] = {}
     for key, v in data.items():
         name = str(key).replace("-", "_")
         if name not in params:
-            known = ", ".join(sorted(n.replace("_", "-") for n in params))
+            known = ", ".join(sorted({o[2:] for p in params.values() for o in p.opts if o.startswith("--")}))
             raise click.BadParameter(f"unknown key {key!r} in {value}; known keys: {known}", param_hint="--config")
         p = params[name]
         if getattr(p, "multiple", False) and not isinstance(v, (list, tuple)):
             v = [v]
-        defaults[name] = v
+        defaults[p.name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,8 @@ from rich.table import Table
 
 from robustcli.errors import InputError
 
-stdout = Console()
+# A pipe or file gets wide tables instead of Rich's 80-column default, so nothing is cut off.
+stdout = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @contextmanager
@@ -84,7 +86,7 @@ def pct(v: float | None) -> str:
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
+        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for row in rows:
         table.add_row(*[x if isinstance(x, str) else fmt(x) for x in row])
     stdout.print(table)

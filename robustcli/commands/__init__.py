@@ -3,6 +3,11 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.certify",
+    "robustcli.commands.tightness",
+    "robustcli.commands.train_ibp",
+    "robustcli.commands.analyze",
+    "robustcli.commands.eval",
     "robustcli.commands.train",
     "robustcli.commands.distill",
     "robustcli.commands.threshold",
