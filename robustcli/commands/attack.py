@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 import torch
 
-from attacks.evaluate import Evaluation, evaluate
+from attacks.evaluate import Evaluation, evaluate, merge_shards
 from attacks.foolbox_backend import make_foolbox_attack
 from attacks.registry import ATTACKS, make_attack
+from robustcli import distributed
 from robustcli.errors import InputError
 from robustcli.options import (
     MultiOption,
@@ -94,7 +95,8 @@ def run_attacks(
     seed: int,
     targets: torch.Tensor | None,
     keep_adversarials: bool,
-) -> Evaluation:
+) -> Evaluation | None:
+    """Under torchrun each rank attacks its shard of whole batches; rank 0 gets the merged result, others None."""
     plan = []
     for name in names:
         options = cw_options if name == "cw" else {}
@@ -105,20 +107,23 @@ def run_attacks(
             else ours
         )
         plan.append((attack, eps_by_norm[attack.norm]))
-    total = sum(len(w.data) * (1 if a.minimization else len(e)) for a, e in plan)
-    with progress_bar("attacking", total) as advance:
-        return evaluate(
+    part = distributed.shard(len(w.data), batch_size)
+    total = (part.stop - part.start) * len(plan)  # evaluate advances once per batch per attack
+    with progress_bar("attacking", total, enabled=distributed.is_main()) as advance:
+        local = evaluate(
             w.model.module,
-            w.data.x,
-            w.data.y,
+            w.data.x[part],
+            w.data.y[part],
             plan,
             device=w.device,
             batch_size=batch_size,
             seed=seed,
-            targets=targets,
+            targets=None if targets is None else targets[part],
             keep_adversarials=keep_adversarials,
             on_batch=lambda k: advance(k),
+            offset=part.start,
         )
+    return distributed.gather_to_main(local, merge_shards)
 
 
 @click.command("attack", cls=RobustCommand)
@@ -160,7 +165,8 @@ def command(
     if save_adv and not save_adv.endswith((".safetensors", ".npz")):
         raise InputError(f"--save-adv {save_adv}: use a .safetensors or .npz file name")
     eps_by_norm = budgets([make_attack(a).norm for a in names], tuple(eps), tuple(eps_l2))
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+    with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     targets = resolve_targets(target, w.data.y, w.num_classes, seed)
     result = run_attacks(
         w,
@@ -175,6 +181,8 @@ def command(
         targets=targets,
         keep_adversarials=bool(save_adv),
     )
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     report = base_report("attack", w, seed) | {
         "backend": backend,
         "targeted": targets is not None,

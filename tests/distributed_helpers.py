@@ -1,0 +1,92 @@
+"""Starting K ranks on the CPU (gloo) for the distributed tests, and a tiny checkpointed training loop."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from robustcli import distributed
+from robustcli.checkpoint import Checkpointer
+from robustcli.ddp import DataParallel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_env(rank: int, world: int, port: int) -> dict[str, str]:
+    return {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+
+
+def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out: str) -> None:
+    os.environ.update(torchrun_env(rank, world, port))
+    torch.set_num_threads(1)
+    with distributed.session():
+        result = fn(*args)
+    torch.save(result, Path(out) / f"rank{rank}.pt")
+
+
+def run_ranks(fn: Callable[..., Any], args: tuple, world: int, out: Path) -> list[Any]:
+    """Run `fn(*args)` on `world` spawned processes joined as torchrun would; return each rank's result."""
+    mp.start_processes(_rank_main, args=(world, free_port(), fn, args, str(out)), nprocs=world, start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def tiny_mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    out: Path,
+    resume: bool,
+    batch_size: int = 50,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The shape of the project's trainers: seeded global order, DDP step, per-epoch checkpoint."""
+    order_gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ckpt = Checkpointer(out)
+    parallel = DataParallel(model)
+    first = 0
+    if resume:
+        first, _ = ckpt.load(model=model, optimizers={"sgd": opt}, generators={"order": order_gen})
+    else:
+        ckpt.start_fresh()
+    for epoch in range(first, epochs):
+        order = torch.randperm(len(y), generator=order_gen)
+        sums = {"loss": 0.0, "seen": 0.0}
+        for i in range(0, len(y), batch_size):
+            part = parallel.local(order[i : i + batch_size])
+            loss = parallel(lambda m, a, b: F.cross_entropy(m(a), b), x[part.index], y[part.index])
+            opt.zero_grad(set_to_none=True)
+            (loss * part.weight).backward()
+            opt.step()
+            sums["loss"] += loss.item() * part.points
+            sums["seen"] += part.points
+        sums = parallel.reduce_sums(sums)
+        ckpt.save(epoch, model=model, optimizers={"sgd": opt}, generators={"order": order_gen})
+        ckpt.log({"epoch": epoch, "loss": sums["loss"] / sums["seen"], "seen": sums["seen"]})
+    parallel.finish()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
