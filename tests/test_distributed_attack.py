@@ -88,3 +88,13 @@ def test_torchrun_two_ranks_write_the_single_process_report(digits_mlp, run_cli,
     assert {k: v for k, v in two.items() if k != "results"} == {k: v for k, v in one.items() if k != "results"}
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_launcher_passes_robust_options_past_torchruns_parser():
+    from robustcli.launch import parse
+
+    args = parse(["--nnodes", "2", "--nproc-per-node", "8", "--", "attack", "--n", "500", "--start", "1"])
+    assert (args.nnodes, args.nproc_per_node, args.module, args.training_script) == ("2", "8", True, "robustcli")
+    assert args.training_script_args == ["attack", "--n", "500", "--start", "1"]
+    with pytest.raises(SystemExit, match="put `--`"):
+        parse(["--nproc-per-node", "2", "attack"])
