@@ -3,4 +3,6 @@
 COMMANDS = [
     "robustcli.commands.models",
     "robustcli.commands.attack",
+    "robustcli.commands.certify",
+    "robustcli.commands.tightness",
 ]

@@ -1,0 +1,97 @@
+"""A model as a list of steps that bound engines walk, with one clear error per unsupported layer.
+
+Supported: nn.Sequential (not subclasses that override forward), robustcli's `Normalized`,
+`certify.modules.Residual`, Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
+AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode). Anything else raises
+`UnsupportedLayer`, naming the layer and a method that can bound it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from certify.modules import Residual
+from robustcli.archs import Normalized
+from robustcli.errors import InputError
+
+LINEAR = (nn.Linear, nn.Conv2d)
+ELEMENTWISE_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d)
+POSITIVE_LINEAR = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # nonnegative weights: |W| = W
+RESHAPE = (nn.Flatten,)
+IDENTITY = (nn.Identity, nn.Dropout)
+# Smooth or non piecewise-linear activations: native IBP refuses them, auto_LiRPA's CROWN bounds them.
+NONLINEAR_ACTIVATIONS = (
+    nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Mish,
+    nn.SELU, nn.CELU, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
+)  # fmt: skip
+
+
+class UnsupportedLayer(InputError):
+    """A layer a bound method cannot handle; the message names the layer and an alternative."""
+
+
+@dataclass
+class Step:
+    name: str  # dotted path in the model, as named_modules() spells it ('' for the root)
+    module: nn.Module
+    branches: list[list["Step"]] = field(default_factory=list)  # Residual: [body, shortcut]
+
+    @property
+    def kind(self) -> str:
+        return type(self.module).__name__
+
+
+def _label(name: str, module: nn.Module) -> str:
+    return f"'{name or '<root>'}' ({type(module).__name__})"
+
+
+def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list[Step]:
+    """Flatten a model into steps; nested Sequentials and Normalized wrappers are expanded inline."""
+    m = model
+    if isinstance(m, Normalized):
+        return [Step(prefix, m)] + model_steps(m.model, method, _join(prefix, "model"))
+    if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
+        steps: list[Step] = []
+        for child_name, child in m.named_children():
+            steps += model_steps(child, method, _join(prefix, child_name))
+        return steps
+    if isinstance(m, Residual):
+        body = model_steps(m.body, method, _join(prefix, "body"))
+        shortcut = model_steps(m.shortcut, method, _join(prefix, "shortcut"))
+        return [Step(prefix, m, [body, shortcut])]
+    if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + POSITIVE_LINEAR + RESHAPE + IDENTITY):
+        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+            raise UnsupportedLayer(
+                f"{method} supports only zero padding, but layer {_label(prefix, m)} uses "
+                f"padding_mode={m.padding_mode!r}; use --method crown (auto_LiRPA)"
+            )
+        return [Step(prefix, m)]
+    if isinstance(m, NONLINEAR_ACTIVATIONS):
+        raise UnsupportedLayer(
+            f"layer {_label(prefix, m)} is not a ReLU; native {method} bounds only piecewise-linear ReLU "
+            "networks; use --method crown or alpha-crown (auto_LiRPA), which bound smooth activations"
+        )
+    raise UnsupportedLayer(
+        f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
+        "BatchNorm, Flatten, AvgPool2d and Residual; use --method crown (auto_LiRPA) for other layers"
+    )
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def needs_clean_pass(steps: list[Step]) -> bool:
+    """True if some BatchNorm normalises with batch statistics (train mode or no running stats)."""
+    for s in steps:
+        if isinstance(s.module, ELEMENTWISE_AFFINE) and uses_batch_stats(s.module):
+            return True
+        if any(needs_clean_pass(b) for b in s.branches):
+            return True
+    return False
+
+
+def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    return bn.training or bn.running_mean is None

@@ -1,0 +1,182 @@
+"""Certified evaluation: per eps and method, which points are verified, and a PGD cross-check.
+
+For each eps, every point gets: clean correctness, the margin lower bounds of each method (the
+point is verified iff all K - 1 margin lower bounds are > 0), and PGD robustness on the same
+points (an upper bound on robust accuracy). Point by point, verified <= PGD-robust <= correct must
+hold; a point that is verified but misclassified, or verified and broken by PGD, means a bound
+is unsound, and `SoundnessError` is raised with the point, eps and method. That is an internal
+error (a bug), never a user error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from attacks.base import eval_mode
+from attacks.pgd import PGDL2, PGDLinf
+from certify.ibp import ibp_bounds
+from certify.lirpa import LIRPA_METHODS, LirpaBounder
+from certify.spec import margin_spec
+
+METHODS = ("ibp", *LIRPA_METHODS)
+
+
+class SoundnessError(AssertionError):
+    """A certified point was broken: a bound engine is unsound. Always a bug, never bad input."""
+
+
+@dataclass
+class CertifyOutcome:
+    method: str
+    norm: str
+    eps: float
+    correct: torch.Tensor  # bool (N,)
+    verified: torch.Tensor  # bool (N,)
+    pgd_robust: torch.Tensor  # bool (N,): correct and not broken by PGD
+    margin_lower: torch.Tensor  # float (N,): min over margin rows of the certified lower bound
+    time_s: float  # bounding only
+
+    @property
+    def clean_accuracy(self) -> float:
+        return _mean(self.correct)
+
+    @property
+    def verified_accuracy(self) -> float:
+        return _mean(self.verified)
+
+    @property
+    def pgd_accuracy(self) -> float:
+        return _mean(self.pgd_robust)
+
+    @property
+    def gap(self) -> float:
+        """PGD robust accuracy minus verified accuracy: what neither side could settle."""
+        return self.pgd_accuracy - self.verified_accuracy
+
+    @property
+    def mean_margin_lower(self) -> float:
+        return self.margin_lower.mean().item() if len(self.margin_lower) else math.nan
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method,
+            "norm": self.norm,
+            "eps": self.eps,
+            "clean_accuracy": self.clean_accuracy,
+            "verified_accuracy": self.verified_accuracy,
+            "pgd_accuracy": self.pgd_accuracy,
+            "gap": self.gap,
+            "mean_margin_lower_bound": self.mean_margin_lower,
+            "time_s": self.time_s,
+            "points_per_s": len(self.correct) / self.time_s if self.time_s > 0 else None,
+        }
+
+
+@dataclass
+class CertifyEvaluation:
+    clean_accuracy: float
+    outcomes: list[CertifyOutcome] = field(default_factory=list)
+    pgd_time_s: float = 0.0
+
+
+def _mean(t: torch.Tensor) -> float:
+    return t.float().mean().item() if len(t) else math.nan
+
+
+def check_soundness(outcome: CertifyOutcome, offset: int = 0) -> None:
+    """Raise SoundnessError unless verified <= PGD-robust <= correct holds point by point."""
+    bad_clean = outcome.verified & ~outcome.correct
+    bad_pgd = outcome.verified & ~outcome.pgd_robust
+    for bad, what in ((bad_clean, "misclassified"), (bad_pgd, "broken by PGD")):
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise SoundnessError(
+                f"unsound bound: point {offset + i} is verified by {outcome.method} at {outcome.norm} "
+                f"eps={outcome.eps:g} (margin lower bound {outcome.margin_lower[i].item():.6g}) but is {what}; "
+                "this is a bug in the bound engine, please report it"
+            )
+    if (outcome.pgd_robust & ~outcome.correct).any():
+        raise SoundnessError("a misclassified point was counted PGD-robust; this is a bug in the evaluation")
+
+
+def certify_dataset(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_list: Sequence[float],
+    methods: Sequence[str],
+    norm: str = "linf",
+    *,
+    num_classes: int,
+    batch_size: int = 256,
+    seed: int = 0,
+    pgd_steps: int = 40,
+    pgd_restarts: int = 1,
+    alpha_iterations: int = 20,
+    device: torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> CertifyEvaluation:
+    """Certify every point for every (eps, method) and cross-check against PGD on the same points.
+
+    The model runs in eval mode. `on_batch(n)` is called with n = points finished per (eps, method
+    or PGD) step, so a progress bar's total is len(x) * len(eps_list) * (len(methods) + 1).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; expected some of {METHODS}")
+    device = device or next(model.parameters()).device
+    attack = (PGDLinf if norm == "linf" else PGDL2)(steps=pgd_steps, restarts=pgd_restarts)
+    g = torch.Generator(device=device).manual_seed(seed)
+    n = len(x)
+    with eval_mode(model):
+        bounders: dict[str, LirpaBounder] = {}
+        for m in methods:
+            if m != "ibp":
+                bounders[m] = LirpaBounder(model, x[:1].to(device), m, alpha_iterations=alpha_iterations)
+        correct = torch.zeros(n, dtype=torch.bool, device=device)
+        with torch.no_grad():
+            for s in range(0, n, batch_size):
+                correct[s : s + batch_size] = model(x[s : s + batch_size].to(device)).argmax(1) == y[s : s + batch_size].to(device)
+        result = CertifyEvaluation(_mean(correct))
+        for eps in eps_list:
+            robust = correct.clone()
+            t0 = time.perf_counter()
+            for s in range(0, n, batch_size):
+                idx = torch.arange(s, min(s + batch_size, n), device=device)
+                todo = idx[correct[idx]]
+                if len(todo) and eps > 0:
+                    adv = attack(model, x[todo.cpu()].to(device), y[todo.cpu()].to(device), eps, generator=g)
+                    robust[todo[adv.success_at(eps)]] = False
+                if on_batch:
+                    on_batch(len(idx))
+            result.pgd_time_s += time.perf_counter() - t0
+            for method in methods:
+                verified = torch.zeros(n, dtype=torch.bool, device=device)
+                lower_min = torch.zeros(n, device=device)
+                elapsed = 0.0
+                for s in range(0, n, batch_size):
+                    xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
+                    spec = margin_spec(yb, num_classes, xb.dtype)
+                    t0 = time.perf_counter()
+                    if method == "ibp":
+                        with torch.no_grad():
+                            lower, _ = ibp_bounds(model, xb, eps, norm, spec)
+                    else:
+                        lower, _ = bounders[method].bounds(xb, eps, norm, spec, bound_upper=False)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    elapsed += time.perf_counter() - t0
+                    verified[s : s + len(xb)] = (lower > 0).all(1)
+                    lower_min[s : s + len(xb)] = lower.min(1).values
+                    if on_batch:
+                        on_batch(len(xb))
+                outcome = CertifyOutcome(method, norm, float(eps), correct, verified, robust, lower_min, elapsed)
+                check_soundness(outcome)
+                result.outcomes.append(outcome)
+    return result

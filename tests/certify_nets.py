@@ -1,0 +1,112 @@
+"""Random small networks and exhaustive-ish margin minimisers shared by the certify tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from certify.modules import Residual
+from robustcli.archs import Normalized
+
+
+def randomize_bn(model: nn.Module, g: torch.Generator) -> None:
+    """Give every BatchNorm non-trivial running statistics and affine parameters."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.3)
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.3)
+
+
+def random_mlp(depth: int, bn: bool, seed: int, width: int = 16, side: int = 4, classes: int = 5) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    d = side * side
+    for _ in range(depth - 1):
+        layers.append(nn.Linear(d, width))
+        if bn:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(nn.ReLU())
+        d = width
+    layers.append(nn.Linear(d, classes))
+    model = Normalized(nn.Sequential(*layers), [0.4], [0.3])
+    randomize_bn(model, g)
+    return model.eval()
+
+
+def random_cnn(depth: int, bn: bool, seed: int, side: int = 8, classes: int = 5, residual: bool = False) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    c = 1
+    for i in range(depth - 1):
+        layers.append(nn.Conv2d(c, 4, 3, stride=1, padding=1))
+        if bn:
+            layers.append(nn.BatchNorm2d(4))
+        layers.append(nn.ReLU())
+        c = 4
+    if residual:
+        body = [nn.Conv2d(c, c, 3, padding=1)] + ([nn.BatchNorm2d(c)] if bn else []) + [nn.ReLU()]
+        layers.append(Residual(nn.Sequential(*body)))
+    layers += [nn.AvgPool2d(2), nn.Flatten(), nn.Linear(c * (side // 2) ** 2, 8), nn.ReLU(), nn.Linear(8, classes)]
+    model = Normalized(nn.Sequential(*layers), [0.4], [0.3])
+    randomize_bn(model, g)
+    return model.eval()
+
+
+def spec_values(model: nn.Module, x: torch.Tensor, spec: torch.Tensor) -> torch.Tensor:
+    """(N, S) margins C z at inputs x (N, ...)."""
+    with torch.no_grad():
+        return torch.einsum("nsk,nk->ns", spec, model(x))
+
+
+def sample_ball(x: torch.Tensor, eps: float, norm: str, k: int, g: torch.Generator, corners: bool) -> torch.Tensor:
+    """k points per input in the ball intersected with [0, 1]: (k, N, ...).
+
+    Clamping to [0, 1] moves each coordinate towards x (which is in the box), so it stays in the ball.
+    """
+    shape = (k, *x.shape)
+    if norm == "linf":
+        u = torch.randint(0, 2, shape, generator=g).float() * 2 - 1 if corners else torch.rand(shape, generator=g) * 2 - 1
+        return (x + eps * u).clamp(0, 1)
+    d = torch.randn(shape, generator=g)
+    d = d / d.flatten(2).norm(dim=2).view(k, -1, *([1] * (x.dim() - 1)))
+    radius = torch.ones(k, len(x)) if corners else torch.rand(k, len(x), generator=g) ** (1 / x[0].numel())
+    return (x + eps * d * radius.view(k, -1, *([1] * (x.dim() - 1)))).clamp(0, 1)
+
+
+def pgd_min_spec(model, x, spec, eps, norm, steps=40, g=None) -> torch.Tensor:
+    """Per row of the spec, the smallest value PGD finds inside the ball n [0, 1]: (N, S)."""
+    n, s = spec.shape[:2]
+    xs = x.repeat_interleave(s, 0)
+    rows = spec.reshape(n * s, 1, -1)
+    delta = (sample_ball(xs, eps, norm, 1, g, corners=False)[0] - xs).detach()
+    step = 2.5 * eps / steps
+    best = torch.full((n * s,), float("inf"))
+    for _ in range(steps + 1):
+        delta.requires_grad_(True)
+        val = torch.einsum("nsk,nk->ns", rows, model(xs + delta)).squeeze(1)
+        best = torch.minimum(best, val.detach())
+        (grad,) = torch.autograd.grad(val.sum(), delta)
+        with torch.no_grad():
+            if norm == "linf":
+                delta = (delta - step * grad.sign()).clamp(-eps, eps)
+            else:
+                gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+                delta = delta - step * grad / gn
+                dn = delta.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+                delta = delta * torch.clamp(eps / dn.clamp_min(1e-12), max=1.0)
+            delta = (xs + delta).clamp(0, 1) - xs
+    return best.view(n, s)
+
+
+def tanh_digits_mlp() -> nn.Module:
+    """A digits-shaped MLP with a Tanh: not piecewise linear, so native IBP must refuse it."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+
+def maxpool_digits_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
