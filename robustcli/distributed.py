@@ -15,6 +15,7 @@ and writes reports. Training uses `robustcli.ddp`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -144,13 +145,28 @@ def gather_to_main(local: T, merge: Callable[[Sequence[T]], T]) -> T | None:
     """Collect every rank's `local` on rank 0 and return `merge([rank 0's, rank 1's, ...])` there.
 
     Other ranks return None. Single process: `local` itself. Objects travel pickled through the
-    gloo group (torch.distributed.gather_object), so tensors in them should be on the CPU.
+    gloo group (torch.distributed.gather_object); tensors in them (inside dataclasses, dicts,
+    lists, tuples) are moved to the CPU first, so rank 0 never unpickles another rank's GPU tensor.
     """
     if not is_distributed():
         return local
     parts: list[T] | None = [None] * world_size() if is_main() else None  # type: ignore[list-item]
-    dist.gather_object(local, parts, dst=0)
+    dist.gather_object(to_cpu(local), parts, dst=0)
     return merge(parts) if is_main() else None  # type: ignore[arg-type]
+
+
+def to_cpu(obj: T) -> T:
+    """`obj` with every tensor in it (dataclass fields, dict values, list/tuple items) on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()  # type: ignore[return-value]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, dict):
+        return type(obj)((k, to_cpu(v)) for k, v in obj.items())  # type: ignore[return-value]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)  # type: ignore[return-value]
+    return obj
 
 
 def broadcast_from_main(obj: T) -> T:
