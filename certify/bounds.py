@@ -24,7 +24,7 @@ class Bounds:
 
     @staticmethod
     def from_interval(lower: torch.Tensor, upper: torch.Tensor) -> "Bounds":
-        return Bounds((upper + lower) / 2, (upper - lower) / 2)
+        return Bounds((upper + lower) * 0.5, (upper - lower) * 0.5)
 
 
 @dataclass

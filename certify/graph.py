@@ -47,6 +47,12 @@ def _label(name: str, module: nn.Module) -> str:
     return f"'{name or '<root>'}' ({type(module).__name__})"
 
 
+def _alternative(method: str) -> str:
+    if method == "tightness":
+        return "the tightness metric needs a ReLU network built from the layers native IBP supports"
+    return "use --method crown or alpha-crown (auto_LiRPA), which bound more layer types"
+
+
 def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list[Step]:
     """Flatten a model into steps; nested Sequentials and Normalized wrappers are expanded inline."""
     m = model
@@ -65,17 +71,17 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise UnsupportedLayer(
                 f"{method} supports only zero padding, but layer {_label(prefix, m)} uses "
-                f"padding_mode={m.padding_mode!r}; use --method crown (auto_LiRPA)"
+                f"padding_mode={m.padding_mode!r}; {_alternative(method)}"
             )
         return [Step(prefix, m)]
     if isinstance(m, NONLINEAR_ACTIVATIONS):
         raise UnsupportedLayer(
-            f"layer {_label(prefix, m)} is not a ReLU; native {method} bounds only piecewise-linear ReLU "
-            "networks; use --method crown or alpha-crown (auto_LiRPA), which bound smooth activations"
+            f"layer {_label(prefix, m)} is not a ReLU; native {method} handles only piecewise-linear ReLU "
+            f"networks; {_alternative(method)}"
         )
     raise UnsupportedLayer(
         f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
-        "BatchNorm, Flatten, AvgPool2d and Residual; use --method crown (auto_LiRPA) for other layers"
+        f"BatchNorm, Flatten, AvgPool2d and Residual; {_alternative(method)}"
     )
 
 

@@ -99,16 +99,14 @@ def input_bounds(x: torch.Tensor, eps: float | torch.Tensor, norm: str = "linf")
     return Bounds.from_interval((x - e).clamp(0, 1), (x + e).clamp(0, 1))
 
 
-def _elementwise_affine(state: _State, a: torch.Tensor, b: torch.Tensor, clean_a=None, clean_b=None) -> _State:
+def _elementwise_affine(state: _State, a: torch.Tensor, b: torch.Tensor) -> _State:
     """y = a * x + b with a, b broadcastable per channel (normalisation, BN)."""
     box = Bounds(a * state.box.centre + b, a.abs() * state.box.radius)
     ball = None
     if state.ball is not None:
         c = a * state.ball.centre + b
         ball = _L2Ball(c, state.ball.eps, (a.abs() * state.ball.scale).expand_as(c))
-    clean = None if state.clean is None else (clean_a if clean_a is not None else a) * state.clean + (
-        clean_b if clean_b is not None else b
-    )
+    clean = None if state.clean is None else a * state.clean + b
     return _State(box, clean, ball, state.relu_mode)
 
 
@@ -222,13 +220,14 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
 def _merged_last_layer(state: _State, m: nn.Linear, spec: torch.Tensor) -> Bounds:
     """Bounds of (C W) h + C b: the last layer and the specification as one affine map."""
     w = torch.einsum("nsk,ki->nsi", spec, m.weight)
-    b = spec @ m.bias if m.bias is not None else torch.zeros(spec.shape[:2], dtype=spec.dtype, device=spec.device)
     c, r = state.box.centre.flatten(1), state.box.radius.flatten(1)
-    out = Bounds(torch.einsum("nsi,ni->ns", w, c) + b, torch.einsum("nsi,ni->ns", w.abs(), r))
+    # (C W) c + C b = C (W c + b): the centre through the K logits is cheaper than through C W.
+    centre = torch.bmm(spec, m(c).unsqueeze(2)).squeeze(2)
+    out = Bounds(centre, torch.bmm(w.abs(), r.unsqueeze(2)).squeeze(2))
     if state.ball is not None:
         s2 = state.ball.scale.flatten(1).square()
         rho = state.ball.eps[:, None] * torch.einsum("nsi,ni->ns", w.square(), s2).clamp_min(0).sqrt()
-        ball_centre = torch.einsum("nsi,ni->ns", w, state.ball.centre.flatten(1)) + b
+        ball_centre = torch.bmm(spec, m(state.ball.centre.flatten(1)).unsqueeze(2)).squeeze(2)
         out = _intersect(out, Bounds(ball_centre, rho))
     return out
 

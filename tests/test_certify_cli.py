@@ -97,3 +97,14 @@ def test_a_verified_point_broken_by_pgd_fails_loudly():
     with pytest.raises(SoundnessError, match="misclassified"):
         check_soundness(CertifyOutcome("ibp", "linf", 0.1, no, yes, no, torch.tensor([0.5, 0.2]), 0.0))
     check_soundness(CertifyOutcome("ibp", "linf", 0.1, yes, no, yes, torch.tensor([-1.0, 0.2]), 0.0))
+
+
+def test_certify_l2(run_cli, tmp_path, digits_mlp):
+    out = tmp_path / "l2.json"
+    r = run_cli("certify", "--model", "digits-mlp", "--n", "30", "--norm", "l2", "--eps", "0.1", "0.5",
+                "--pgd-steps", "10", "--json", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["results"]
+    assert [row["norm"] for row in rows] == ["l2", "l2"]
+    assert rows[0]["verified_accuracy"] >= rows[1]["verified_accuracy"]
+    assert all(row["verified_accuracy"] <= row["pgd_accuracy"] <= row["clean_accuracy"] for row in rows)

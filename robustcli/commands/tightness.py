@@ -62,8 +62,8 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, device, batch_si
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"  # noqa: E731
     print_table(
         f"IBP tightness of {report['model']} on {report['data']} (n={report['n']})",
-        ["tau mean", "tau median", "exact radius (eps)", "IBP radius (eps)", "(point, margin) pairs"],
-        [[fmt(summary["tau_mean"]), fmt(summary["tau_median"]), fmt(summary["exact_radius_mean"]),
+        ["model", "tau mean", "tau median", "exact radius (eps)", "IBP radius (eps)", "(point, margin) pairs"],
+        [[report["model"], fmt(summary["tau_mean"]), fmt(summary["tau_median"]), fmt(summary["exact_radius_mean"]),
           fmt(summary["ibp_radius_mean"]), str(defined)]],  # fmt: skip
         caption="Mao et al. 2023: tau = |prod W| eps / (prod |W| eps) on the local linearisation, per margin",
     )
