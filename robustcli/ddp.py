@@ -96,15 +96,8 @@ class DataParallel:
         if not self.distributed:
             return
         device = next(model.parameters()).device
-        if has_batchnorm(model) and sync_batchnorm:
-            if device.type == "cuda":
-                self._to_sync_batchnorm(model)
-            else:
-                warnings.warn(
-                    "torch's SyncBatchNorm needs CUDA; on CPU each rank normalises with its own slice of "
-                    "the batch, so BatchNorm statistics differ from a single-process run",
-                    stacklevel=2,
-                )
+        if sync_batchnorm and _can_sync_batchnorm(model, device):
+            self._to_sync_batchnorm(model)
         self._ddp = DistributedDataParallel(
             _Objective(model),
             device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
@@ -123,29 +116,125 @@ class DataParallel:
         return self._ddp(objective, *inputs)
 
     def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        """Sum per-rank running totals (loss x points, correct, seen) so logs describe the global batch."""
-        if not self.distributed:
-            return dict(sums)
-        keys = sorted(sums)
-        t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return {k: v.item() for k, v in zip(keys, t)}
+        return reduce_sums(sums)
 
     def finish(self) -> nn.Module:
         """Drop the DDP wrapper and turn SyncBatchNorm layers back into the original BatchNorm ones."""
         self._ddp = None
-        for parent, name, original in reversed(self._reverts):
-            sync = getattr(parent, name)
-            original.load_state_dict(sync.state_dict())
-            original.train(sync.training)
-            setattr(parent, name, original)
+        revert_batchnorm(self._reverts)
         self._reverts.clear()
         return self.model
 
     def _to_sync_batchnorm(self, model: nn.Module) -> None:
-        """Swap each BatchNorm child for a SyncBatchNorm sharing its parameters (remembered for finish())."""
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-                    setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-                    self._reverts.append((parent, name, child))
+        self._reverts += to_sync_batchnorm(model)
+
+
+def reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+    """Sum per-rank running totals (loss x points, correct, seen) so logs describe the global batch."""
+    if not distributed.is_distributed():
+        return dict(sums)
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return {k: v.item() for k, v in zip(keys, t)}
+
+
+def _can_sync_batchnorm(model: nn.Module, device: torch.device) -> bool:
+    if not has_batchnorm(model):
+        return False
+    if device.type == "cuda":
+        return True
+    warnings.warn(
+        "torch's SyncBatchNorm needs CUDA; on CPU each rank normalises with its own slice of "
+        "the batch, so BatchNorm statistics differ from a single-process run",
+        stacklevel=3,
+    )
+    return False
+
+
+Reverts = list[tuple[nn.Module, str, nn.modules.batchnorm._BatchNorm]]
+
+
+def to_sync_batchnorm(model: nn.Module) -> Reverts:
+    """Swap each BatchNorm child for a SyncBatchNorm sharing its parameters; return how to undo it."""
+    reverts: Reverts = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                reverts.append((parent, name, child))
+    return reverts
+
+
+def revert_batchnorm(reverts: Reverts) -> None:
+    for parent, name, original in reversed(reverts):
+        sync = getattr(parent, name)
+        original.load_state_dict(sync.state_dict())
+        original.train(sync.training)
+        setattr(parent, name, original)
+
+
+class GradientSync:
+    """Data parallelism for loops whose step owns `backward()` and `optimizer.step()` itself.
+
+    DDP needs the loss to come out of its own forward call; a step that runs an inner attack
+    and calls the optimiser itself (the `defenses` trainers) cannot give it that without being
+    rewritten. Here an optimiser step pre-hook does what DDP's reducer does after backward: it
+    averages the gradients across ranks (one all_reduce of the flattened gradients), weighted by
+    this rank's share of the global batch (`local()`), then broadcasts rank 0's buffers (BatchNorm
+    running statistics, as DDP does before each forward). Parameters without a gradient on every
+    rank keep none (an expert no point was routed to), as in one process. Clip gradients, if at
+    all, after the step pre-hook has run, i.e. not between backward and step (the hook runs at
+    step): trainers using `train_epochs` do not clip.
+    """
+
+    def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], *, sync_batchnorm: bool = True):
+        self.model = model
+        self.distributed = distributed.is_distributed()
+        self.weight = 1.0
+        self._reverts: Reverts = []
+        self._handles: list[Any] = []
+        if not self.distributed:
+            return
+        device = next(model.parameters()).device
+        if sync_batchnorm and _can_sync_batchnorm(model, device):
+            self._reverts = to_sync_batchnorm(model)
+        with torch.no_grad():  # every rank starts from rank 0's weights, as DDP does
+            for t in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(t, src=0)
+        self._handles = [opt.register_step_pre_hook(self._average) for opt in optimizers]
+        distributed.per_rank_rng()
+
+    def local(self, global_index: torch.Tensor) -> LocalBatch:
+        part = local_batch(global_index)
+        self.weight = part.weight
+        return part
+
+    def _average(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not params:
+            return
+        device = params[0].device
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+        torch.distributed.all_reduce(has)
+        live = [p for p, h in zip(params, has.tolist()) if h > 0]
+        if not live:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+        flat.mul_(self.weight / distributed.world_size())
+        torch.distributed.all_reduce(flat)
+        at = 0
+        for p in live:
+            p.grad = flat[at : at + p.numel()].view_as(p).clone()
+            at += p.numel()
+        with torch.no_grad():
+            for b in self.model.buffers():
+                torch.distributed.broadcast(b, src=0)
+
+    def finish(self) -> nn.Module:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        revert_batchnorm(self._reverts)
+        self._reverts.clear()
+        return self.model

@@ -14,7 +14,7 @@ from torch import nn
 
 from robustcli import distributed
 from robustcli.checkpoint import Checkpointer
-from robustcli.ddp import DataParallel
+from robustcli.ddp import DataParallel, GradientSync, reduce_sums
 
 
 def free_port() -> int:
@@ -90,3 +90,26 @@ def fit(
         ckpt.log({"epoch": epoch, "loss": sums["loss"] / sums["seen"], "seen": sums["seen"]})
     parallel.finish()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit_owned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int = 50) -> dict:
+    """The shape of `defenses.loop.train_epochs`: the step runs backward and the optimiser itself."""
+    order_gen = torch.Generator().manual_seed(5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sync = GradientSync(model, [opt])
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    total = {"loss": 0.0}
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=order_gen)
+        for i in range(0, len(y), batch_size):
+            part = sync.local(order[i : i + batch_size])
+            total["loss"] += step(x[part.index], y[part.index]).item() * part.points
+    sync.finish()
+    return {"state": {k: v.detach().clone() for k, v in model.state_dict().items()}, **reduce_sums(total)}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from distributed_helpers import fit, run_ranks, tiny_mlp
+from distributed_helpers import fit, fit_owned_step, run_ranks, tiny_mlp
 from robustcli.data import Dataset, load_dataset
 from robustcli.ddp import DataParallel, local_batch
 from robustcli.training import train_natural
@@ -37,6 +37,7 @@ def _two_rank_scenarios(tmp: str) -> dict:
     out["fresh"] = fit(tiny_mlp(2), d.x, d.y, epochs=EPOCHS, out=Path(tmp) / "two.safetensors", resume=False)
     # resume on 2 ranks from a checkpoint written by one process (epoch 0 done)
     out["resumed"] = fit(tiny_mlp(99), d.x, d.y, epochs=3, out=Path(tmp) / "one.safetensors", resume=True)
+    out["owned"] = fit_owned_step(tiny_mlp(4 + torch.distributed.get_rank()), d.x, d.y, epochs=EPOCHS)
     return out
 
 
@@ -118,3 +119,13 @@ def test_sync_batchnorm_conversion_round_trips():
     assert model(x).equal(before)  # eval mode: the same affine map from the running statistics
     restored = parallel.finish()
     assert type(restored[1]) is nn.BatchNorm2d and restored(x).equal(before)
+
+
+def test_gradient_sync_for_steps_that_own_the_optimiser_matches_one_process(two_ranks):
+    _, (rank0, rank1) = two_ranks
+    d = _data()
+    single = fit_owned_step(tiny_mlp(4), d.x, d.y, epochs=EPOCHS)
+    # rank 1 started from other weights (seed 5): GradientSync broadcasts rank 0's first
+    _assert_close(rank0["owned"]["state"], single["state"])
+    _assert_close(rank1["owned"]["state"], single["state"])
+    assert rank0["owned"]["loss"] == pytest.approx(single["loss"], rel=1e-5)
