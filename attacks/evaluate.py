@@ -2,7 +2,9 @@
 
 A point counts as robust at (norm, eps) only if it is classified correctly and every attack (and
 every restart) failed on it (RobustBench's rule). Points the model already gets wrong are not
-attacked.
+attacked. With `only_unbroken=True` (AutoAttack's cascade), each attack runs only on the points
+the attacks before it left unbroken at that (norm, eps); its row then reports the robust accuracy
+after it and every attack above it (`cumulative=True`) and counts only the points it ran on.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class AttackOutcome:
     broken: torch.Tensor  # bool (N,): the attack succeeded within eps on a correctly classified point
     perturbation: torch.Tensor  # float (N,): size of the successful perturbation, nan elsewhere
     time_s: float
-    attacked: int  # points attacked (correctly classified ones)
+    attacked: int  # points attacked (correctly classified ones; in a cascade, those still unbroken)
+    cumulative: bool = False  # robust = robust to this attack and every earlier one in the cascade
 
     @property
     def robust_accuracy(self) -> float:
@@ -58,6 +61,8 @@ class AttackOutcome:
             "median_perturbation": None if math.isnan(self.median_perturbation) else self.median_perturbation,
             "time_s": self.time_s,
             "images_per_s": self.images_per_s,
+            "attacked": self.attacked,
+            "cumulative": self.cumulative,
         }
 
 
@@ -96,11 +101,13 @@ def evaluate(
     targets: torch.Tensor | None = None,
     keep_adversarials: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    only_unbroken: bool = False,
     offset: int = 0,
 ) -> Evaluation:
     """Run each attack at each of its budgets; add a worst-case row per (norm, eps) over attacks.
 
     `on_batch(n)` is called after each batch of each attack with the number of points done.
+    `only_unbroken`: attack only the points no earlier attack broke at the same (norm, eps).
     `offset`: index of x[0] in the full data set when x is one shard of it (a multiple of
     `batch_size`); batch seeds use full-data indices, so shards merged with `merge_shards` equal
     one evaluation of the whole set.
@@ -111,16 +118,27 @@ def evaluate(
     clean_correct = predict(model, x, batch_size, device) == y
     outcomes: list[AttackOutcome] = []
     adversarials: dict[str, torch.Tensor] = {}
+    broken_so_far: dict[tuple[str, float], torch.Tensor] = {}  # (norm, eps) -> bool (N,)
     for attack, eps_list in attacks:
         budgets = [None] if attack.minimization else list(eps_list)
         per_budget = {b: (torch.zeros(n, dtype=torch.bool), torch.full((n,), math.nan), x.clone()) for b in budgets}
         elapsed = {b: 0.0 for b in budgets}
+        attacked_per_budget = {b: 0 for b in budgets}
+        unbroken = {b: torch.ones(n, dtype=torch.bool) for b in budgets}
+        if only_unbroken:
+            for b in budgets:
+                # a minimisation attack serves every eps: skip a point only if broken at all of them
+                for_eps = [b] if b is not None else list(eps_list)
+                prior = [broken_so_far.get((attack.norm, float(e)), torch.zeros(n, dtype=torch.bool)) for e in for_eps]
+                if prior:
+                    unbroken[b] = ~torch.stack(prior).all(0)
         for start in range(0, n, batch_size):
             sl = slice(start, start + batch_size)
-            todo = clean_correct[sl].nonzero().squeeze(1) + start
             for b in budgets:
+                todo = (clean_correct[sl] & unbroken[b][sl]).nonzero().squeeze(1) + start
                 if len(todo) == 0:
                     continue
+                attacked_per_budget[b] += len(todo)
                 t0 = time.perf_counter()
                 result = attack(
                     model,
@@ -139,17 +157,25 @@ def evaluate(
                 on_batch(min(batch_size, n - start))
         attacked = int(clean_correct.sum())
         for eps in eps_list:
-            success, size, x_adv = per_budget[None if attack.minimization else eps]
+            b = None if attack.minimization else eps
+            success, size, x_adv = per_budget[b]
             broken = success & ~torch.isnan(size) & (torch.nan_to_num(size, nan=math.inf) <= eps + 1e-6)
+            robust = clean_correct & ~broken
+            if only_unbroken:
+                before = broken_so_far.get((attack.norm, float(eps)), torch.zeros(n, dtype=torch.bool))
+                broken &= ~before
+                robust &= ~before
+                broken_so_far[(attack.norm, float(eps))] = before | broken
             outcome = AttackOutcome(
                 attack.name,
                 attack.norm,
                 float(eps),
-                clean_correct & ~broken,
+                robust,
                 broken,
                 torch.where(broken, size, torch.nan),
-                elapsed[None if attack.minimization else eps],
-                attacked,
+                elapsed[b],
+                attacked_per_budget[b] if only_unbroken else attacked,
+                cumulative=only_unbroken,
             )
             outcomes.append(outcome)
             if keep_adversarials:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from attacks.apgd import APGD
 from attacks.base import Attack
 from attacks.cw import CarliniWagnerL2
 from attacks.fgsm import FGSM
 from attacks.pgd import PGDL2, PGDLinf
+from attacks.square import SquareLinf
 
 
 def _pgd(cls):
@@ -25,12 +27,29 @@ def _fgsm(steps: int | None = None, restarts: int | None = None, **kw) -> Attack
     return FGSM(**kw)
 
 
+def _apgd(norm: str, loss: str):
+    def make(steps: int | None = None, restarts: int | None = None, **kw) -> Attack:
+        return APGD(norm=norm, loss=loss, steps=steps or 100, restarts=restarts or 1, **kw)
+
+    return make
+
+
+def _square(steps: int | None = None, restarts: int | None = None, queries: int | None = None, **kw) -> Attack:
+    # `steps` (gradient iterations) does not apply; the budget is `queries` (AutoAttack "standard": 5,000).
+    return SquareLinf(queries=queries or 5000, restarts=restarts or 1, **kw)
+
+
 # name -> factory(steps=None, restarts=None, **options); None means the attack's default.
 ATTACKS: dict[str, Callable[..., Attack]] = {
     "fgsm": _fgsm,
     "pgd": _pgd(PGDLinf),
     "pgd-l2": _pgd(PGDL2),
     "cw": _cw,
+    "apgd-ce": _apgd("linf", "ce"),
+    "apgd-dlr": _apgd("linf", "dlr-targeted"),
+    "apgd-ce-l2": _apgd("l2", "ce"),
+    "apgd-dlr-l2": _apgd("l2", "dlr-targeted"),
+    "square": _square,
 }
 
 

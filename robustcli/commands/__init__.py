@@ -5,4 +5,6 @@ COMMANDS = [
     "robustcli.commands.attack",
     "robustcli.commands.certify",
     "robustcli.commands.tightness",
+    "robustcli.commands.analyze",
+    "robustcli.commands.eval",
 ]

@@ -1,15 +1,17 @@
-"""`robust attack`: robust accuracy under FGSM, PGD and Carlini-Wagner, per attack and eps."""
+"""`robust attack`: robust accuracy per attack and eps, the strong suite, gradient-masking diagnostics."""
 
 from __future__ import annotations
 
 import click
 import torch
 
+from attacks.diagnostics import Diagnostics, run_diagnostics
 from attacks.evaluate import Evaluation, evaluate, merge_shards
 from attacks.foolbox_backend import make_foolbox_attack
 from attacks.registry import ATTACKS, make_attack
+from attacks.suite import SUITES, merge_evaluations, run_strong_suite
 from robustcli import distributed
-from robustcli.errors import InputError
+from robustcli.errors import CheckFailed, InputError
 from robustcli.options import (
     MultiOption,
     RobustCommand,
@@ -20,9 +22,10 @@ from robustcli.options import (
     runtime_options,
 )
 from robustcli.progress import progress_bar
-from robustcli.report import base_report, pct, print_table, save_tensors, write_json
+from robustcli.report import base_report, pct, print_table, save_tensors, stdout, write_json
 from robustcli.session import Workload, open_workload
 
+FOOLBOX_ATTACKS = ("fgsm", "pgd", "pgd-l2", "cw")
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)}
 
 
@@ -66,7 +69,7 @@ def resolve_targets(target: str | None, y: torch.Tensor, classes: int, seed: int
 def attack_table(report: dict, clean_accuracy: float) -> None:
     rows = [
         [
-            r["attack"],
+            f"{r['attack']}*" if r.get("cumulative") else r["attack"],
             r["norm"],
             f"{r['eps']:g}",
             pct(clean_accuracy),
@@ -79,7 +82,20 @@ def attack_table(report: dict, clean_accuracy: float) -> None:
         for r in report["results"]
     ]
     columns = ["attack", "norm", "eps", "clean acc", "robust acc", "success", "median pert.", "time", "img/s"]
-    print_table(f"Robustness of {report['model']} on {report['data']} (n={report['n']})", columns, rows)
+    caption = (
+        "* strong suite: each attack ran only on the points still unbroken; its robust acc is after it "
+        "and the suite attacks above it, its success rate is over the points it ran on"
+        if any(r.get("cumulative") for r in report["results"])
+        else None
+    )
+    print_table(f"Robustness of {report['model']} on {report['data']} (n={report['n']})", columns, rows, caption)
+
+
+def diagnostics_table(diag: Diagnostics) -> None:
+    rows = [[c.code, c.ran_on, c.result, c.status] for c in diag.checks]
+    print_table("Gradient-masking diagnostics", ["check", "ran on", "result", "status"], rows)
+    for w in diag.warnings:
+        stdout.print(f"[bold yellow]warning[/] {w.code}: {w.message}\n  what to do: {w.advice}")
 
 
 def run_attacks(
@@ -95,11 +111,13 @@ def run_attacks(
     seed: int,
     targets: torch.Tensor | None,
     keep_adversarials: bool,
-) -> Evaluation | None:
-    """Under torchrun each rank attacks its shard of whole batches; rank 0 gets the merged result, others None."""
+    queries: int | None = None,
+    part: slice = slice(None),
+) -> Evaluation:
+    """Attack the points `part` (this rank's shard under torchrun: whole batches, see robustcli.distributed)."""
     plan = []
     for name in names:
-        options = cw_options if name == "cw" else {}
+        options = cw_options if name == "cw" else ({"queries": queries} if name == "square" else {})
         ours = make_attack(name, steps=steps, restarts=restarts, **options)
         attack = (
             make_foolbox_attack(name, ours.norm, ours.minimization, steps=steps, restarts=restarts, **options)
@@ -107,13 +125,13 @@ def run_attacks(
             else ours
         )
         plan.append((attack, eps_by_norm[attack.norm]))
-    part = distributed.shard(len(w.data), batch_size)
-    total = (part.stop - part.start) * len(plan)  # evaluate advances once per batch per attack
+    y = w.data.y[part]
+    total = len(y) * len(plan)  # evaluate advances once per batch per attack
     with progress_bar("attacking", total, enabled=distributed.is_main()) as advance:
-        local = evaluate(
+        return evaluate(
             w.model.module,
             w.data.x[part],
-            w.data.y[part],
+            y,
             plan,
             device=w.device,
             batch_size=batch_size,
@@ -121,9 +139,8 @@ def run_attacks(
             targets=None if targets is None else targets[part],
             keep_adversarials=keep_adversarials,
             on_batch=lambda k: advance(k),
-            offset=part.start,
+            offset=part.start or 0,
         )
-    return distributed.gather_to_main(local, merge_shards)
 
 
 @click.command("attack", cls=RobustCommand)
@@ -145,52 +162,99 @@ def run_attacks(
 @click.option("--confidence", type=float, default=0.0, show_default=True, help="CW confidence kappa.")
 @click.option("--search-steps", type=int, default=5, show_default=True, help="CW binary-search steps over c.")
 @click.option("--backend", type=click.Choice(["ours", "foolbox"]), default="ours", show_default=True)
+@click.option(
+    "--suite",
+    type=click.Choice(list(SUITES)),
+    default=None,
+    help="strong: APGD-CE, APGD-T (DLR), Square at the Linf --eps, worst case per point (AutoAttack-style).",
+)
+@click.option("--queries", type=int, default=None, help="Square attack query budget (default 5000).")
+@click.option("--strict", is_flag=True, help="Exit with code 1 if any gradient-masking warning is raised.")
 @runtime_options
 @json_option
 @click.option("--save-adv", type=click.Path(dir_okay=False), help="Save adversarial examples (.safetensors or .npz).")
 def command(
     model, arch, mean, std, allow_pickle, data, n, attack_names, eps, eps_l2, steps, restarts, target,
-    confidence, search_steps, backend, device, batch_size, seed, json_path, save_adv,
+    confidence, search_steps, backend, suite, queries, strict, device, batch_size, seed, json_path, save_adv,
 ) -> None:  # fmt: skip
-    """Attack a model and report robust accuracy per attack and eps.
+    """Attack a model and report robust accuracy per attack and eps, with gradient-masking checks.
 
     \b
     robust attack --model mnist-cnn --attack pgd --eps 0.1 0.2 0.3
+    robust attack --model mnist-cnn --suite strong --eps 0.1 --strict
     robust attack --model my_model.pt --data my_test.npz --attack cw --json report.json
     """
-    names = tuple(dict.fromkeys(attack_names or ("pgd",)))
-    for flag, v in (("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size)):
+    names = tuple(dict.fromkeys(attack_names or (() if suite else ("pgd",))))
+    for flag, v in (
+        ("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size), ("--queries", queries),
+    ):  # fmt: skip
         if v is not None and v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
     if save_adv and not save_adv.endswith((".safetensors", ".npz")):
         raise InputError(f"--save-adv {save_adv}: use a .safetensors or .npz file name")
-    eps_by_norm = budgets([make_attack(a).norm for a in names], tuple(eps), tuple(eps_l2))
+    if backend == "foolbox" and (unsupported := [a for a in names if a not in FOOLBOX_ATTACKS]):
+        raise InputError(
+            f"--backend foolbox has no {', '.join(unsupported)}; it covers {', '.join(FOOLBOX_ATTACKS)}"
+        )
+    norms = [make_attack(a).norm for a in names] + (["linf"] if suite else [])
+    eps_by_norm = budgets(norms, tuple(eps), tuple(eps_l2))
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     targets = resolve_targets(target, w.data.y, w.num_classes, seed)
-    result = run_attacks(
-        w,
-        names,
-        eps_by_norm,
-        backend=backend,
-        steps=steps,
-        restarts=restarts,
-        cw_options={"confidence": confidence, "binary_search_steps": search_steps},
-        batch_size=batch_size,
-        seed=seed,
-        targets=targets,
-        keep_adversarials=bool(save_adv),
-    )
+    part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
+    result = None
+    if names:
+        result = run_attacks(
+            w,
+            names,
+            eps_by_norm,
+            backend=backend,
+            steps=steps,
+            restarts=restarts,
+            cw_options={"confidence": confidence, "binary_search_steps": search_steps},
+            queries=queries,
+            batch_size=batch_size,
+            seed=seed,
+            targets=targets,
+            keep_adversarials=bool(save_adv),
+            part=part,
+        )
+    if suite:
+        with progress_bar(f"{suite} suite", 3 * (part.stop - part.start), enabled=distributed.is_main()) as advance:
+            strong = run_strong_suite(
+                w.model.module,
+                w.data.x[part],
+                w.data.y[part],
+                eps_by_norm["linf"],
+                device=w.device,
+                queries=queries or 5000,
+                batch_size=batch_size,
+                seed=seed,
+                targets=None if targets is None else targets[part],
+                keep_adversarials=bool(save_adv),
+                on_batch=lambda k: advance(k),
+                offset=part.start,
+            )
+        result = strong if result is None else merge_evaluations(result, strong)
+    result = distributed.gather_to_main(result, merge_shards)
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
+    diag = run_diagnostics(result, w.model.module, w.data.x, w.data.y, device=w.device, seed=seed)
     report = base_report("attack", w, seed) | {
         "backend": backend,
+        "suite": suite,
         "targeted": targets is not None,
         "clean_accuracy": result.clean_accuracy,
         "results": [o.summary() for o in result.outcomes],
+        "diagnostics": [vars(c) for c in diag.checks],
+        "warnings": [x.to_dict() for x in diag.warnings],
     }
     attack_table(report, result.clean_accuracy)
+    diagnostics_table(diag)
     if json_path:
         write_json(json_path, report)
     if save_adv:
         save_tensors(save_adv, {"y": w.data.y, **{f"x_adv/{k}": v for k, v in result.adversarials.items()}})
+    if strict and diag.warnings:
+        codes = ", ".join(dict.fromkeys(x.code for x in diag.warnings))
+        raise CheckFailed(f"{len(diag.warnings)} gradient-masking warning(s) ({codes}); see the report")

@@ -1,0 +1,107 @@
+"""Strong suite vs torchattacks' AutoAttack (version='standard', norm='Linf'): time and robust accuracy
+on the same model and points, in one run.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --model mnist-cnn --n 300 --eps 0.1 0.2
+
+torchattacks 3.5.1's AutoAttack runs APGD-CE, APGD-T, FAB-T and Square (5,000 queries), each only
+on the points still robust, but with torchattacks' default of 10 iterations for APGD, APGD-T and
+FAB (AutoAttack's paper and reference code use 100). `--paper-steps` adds a third row: the same
+torchattacks components with 100 iterations. Goal (issue #5): our robust accuracy is no higher
+than AutoAttack's + 1 point. Prints a Markdown table; `--json` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from attacks.evaluate import WORST_CASE, predict
+from attacks.suite import run_strong_suite
+from robustcli.data import load_dataset
+from robustcli.models import load_model
+
+
+def robust_mask(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor, eps: float, x: torch.Tensor) -> torch.Tensor:
+    """Correct on the adversarial input, which must lie in the eps ball and the box (checked)."""
+    assert (x_adv - x).abs().max().item() <= eps + 1e-5, "adversarial outside the eps ball"
+    assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1, "adversarial outside [0, 1]"
+    return predict(model, x_adv, 500, torch.device("cpu")) == y
+
+
+def torchattacks_autoattack(model, eps: float, classes: int, seed: int, steps: int | None):
+    import torchattacks as ta
+
+    if steps is None:
+        return ta.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=classes, seed=seed)
+    return ta.MultiAttack(
+        [
+            ta.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce", n_restarts=1, seed=seed),
+            ta.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, n_classes=classes, seed=seed),
+            ta.FAB(model, norm="Linf", eps=eps, steps=steps, multi_targeted=True, n_classes=classes, n_restarts=1, seed=seed),
+            ta.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=seed),
+        ]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="mnist-cnn")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--paper-steps", action="store_true", help="also run torchattacks' parts with 100 iterations")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    loaded = load_model(args.model, progress=False)
+    model = loaded.module.eval()
+    data = load_dataset(args.data or loaded.dataset or "mnist", "test").head(args.n)
+    x, y = data.x, data.y
+    classes = int(model(x[:1]).shape[1])
+    clean = predict(model, x, 500, torch.device("cpu")) == y
+    print(f"model {args.model}, {len(y)} points, clean accuracy {100 * clean.float().mean():.1f}%, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    rows = []
+    for eps in args.eps:
+        t0 = time.perf_counter()
+        ev = run_strong_suite(model, x, y, [eps], device=torch.device("cpu"), batch_size=len(y), seed=args.seed)
+        ours_t = time.perf_counter() - t0
+        ours = next(o for o in ev.outcomes if o.attack == WORST_CASE).robust
+        parts = {o.attack: o.robust_accuracy for o in ev.outcomes if o.attack != WORST_CASE}
+        row = {"eps": eps, "ours_robust": ours.float().mean().item(), "ours_s": ours_t, "ours_after": parts}
+        for label, steps in [("torchattacks", None)] + ([("torchattacks-100", 100)] if args.paper_steps else []):
+            attack = torchattacks_autoattack(model, eps, classes, args.seed, steps)
+            t0 = time.perf_counter()
+            x_adv = attack(x, y)
+            t = time.perf_counter() - t0
+            theirs = robust_mask(model, x_adv, y, eps, x) & clean
+            row[f"{label}_robust"] = theirs.float().mean().item()
+            row[f"{label}_s"] = t
+            row[f"{label}_only_ours_robust"] = int((ours & ~theirs).sum())  # points they broke and we did not
+            row[f"{label}_only_theirs_robust"] = int((theirs & ~ours).sum())
+        rows.append(row)
+        print(json.dumps(row))
+
+    labels = ["torchattacks"] + (["torchattacks-100"] if args.paper_steps else [])
+    print("\n| eps | ours robust | ours time | " + " | ".join(f"{lab} robust | {lab} time | pts only we left robust | pts only they left robust" for lab in labels) + " |")
+    print("|---|---|---|" + "---|---|---|---|" * len(labels))
+    for r in rows:
+        cells = [f"{r['eps']:g}", f"{100 * r['ours_robust']:.1f}%", f"{r['ours_s']:.1f} s"]
+        for lab in labels:
+            cells += [f"{100 * r[f'{lab}_robust']:.1f}%", f"{r[f'{lab}_s']:.1f} s",
+                      str(r[f"{lab}_only_ours_robust"]), str(r[f"{lab}_only_theirs_robust"])]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    worst_gap = max(r["ours_robust"] - r["torchattacks_robust"] for r in rows)
+    verdict = "met" if worst_gap <= 0.01 else "NOT met"
+    print(f"\ngoal (ours <= AutoAttack + 1 point): {verdict}; largest gap {100 * worst_gap:+.1f} points")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "n": len(y), "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

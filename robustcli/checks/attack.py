@@ -1,0 +1,84 @@
+"""The `attack` check: robust accuracy under named attacks at given eps (the foundation's engines).
+
+Metrics: `clean_accuracy`; per eps `robust_accuracy` and `success_rate`, by default the worst case
+over the check's attacks (robust only if every attack failed on the point), or one attack's own
+value when the gate names `attack`. The flag gate `no_masking_warnings` (and the metric
+`masking_warnings`) run the gradient-masking diagnostics of `attacks.diagnostics` on the
+check's evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+
+from attacks.evaluate import WORST_CASE, evaluate
+from attacks.registry import ATTACKS, make_attack
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.masking import FLAG, METRIC, add_masking
+
+
+def _eps(options: dict) -> tuple[float, ...]:
+    return tuple(options["eps"])
+
+
+def _attacks(options: dict) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(options["attacks"]))
+
+
+def _validate(options: dict) -> tuple[str, str] | None:
+    norms = {make_attack(a).norm for a in _attacks(options)}
+    if len(norms) > 1:
+        return "attacks", f"attacks {', '.join(_attacks(options))} mix norms ({', '.join(sorted(norms))}); use one check per norm"
+    if norms == {"linf"} and any(e > 1 for e in _eps(options)):
+        return "eps", "a Linf eps above 1 exceeds the whole [0, 1] pixel range"
+    return None
+
+
+def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
+    w = ctx.workload
+    names = _attacks(options)
+    eps = list(_eps(options))
+    attacks = [make_attack(a, steps=options.get("steps"), restarts=options.get("restarts")) for a in names]
+    t0 = time.perf_counter()
+    with ctx.progress("attack check", len(w.data) * len(attacks)) as advance:
+        result = evaluate(
+            w.model.module, w.data.x, w.data.y, [(a, eps) for a in attacks],
+            device=w.device, batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
+        )  # fmt: skip
+    out = CheckOutcome(time_s=time.perf_counter() - t0)
+    out.values[("clean_accuracy", None, None)] = result.clean_accuracy
+    single = len(attacks) == 1
+    for o in result.outcomes:
+        out.values[("robust_accuracy", o.attack, o.eps)] = o.robust_accuracy
+        out.values[("success_rate", o.attack, o.eps)] = o.success_rate
+        if o.attack == WORST_CASE or single:  # the default (attack=None) row: worst case over the check's attacks
+            out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
+            out.values[("success_rate", None, o.eps)] = o.success_rate
+    out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    if wanted & {FLAG, METRIC} or options.get("diagnostics", False):
+        add_masking(out, ctx, result)
+    return out
+
+
+ATTACK_CHECK = CheckType(
+    name="attack",
+    help="robust accuracy under attacks at fixed eps",
+    keys={
+        "attacks": KeySpec("strs", required=True, choices=tuple(ATTACKS), help="attack names"),
+        "eps": KeySpec("floats", required=True, minimum=0.0, help="budgets"),
+        "steps": KeySpec("int", minimum=1, help="iterations (PGD default 40)"),
+        "restarts": KeySpec("int", minimum=1, help="PGD restarts"),
+        "diagnostics": KeySpec("bool", help="run the gradient-masking diagnostics even without a gate on them"),
+    },
+    metrics={
+        "clean_accuracy": MetricSpec(per_eps=False),
+        "robust_accuracy": MetricSpec(per_eps=True, per_attack=True),
+        "success_rate": MetricSpec(per_eps=True, per_attack=True),
+        METRIC: MetricSpec(per_eps=False, help="number of gradient-masking warnings"),
+    },
+    flags={FLAG: "the gradient-masking diagnostics raise no warning"},
+    run=run_attack_check,
+    eps_of=_eps,
+    attacks_of=lambda options: (*_attacks(options), WORST_CASE),
+    validate=_validate,
+)

@@ -1,0 +1,75 @@
+"""What a check type for `robust eval` is: its config keys, the metrics its gates may test, and how
+it runs. New check types (certification, the strong suite, analyses) plug in by adding a
+`CheckType` to the registry in `robustcli.checks`; config validation and gate evaluation are
+generic over them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from robustcli.session import Workload
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """A config key: its kind, whether required, allowed values and lower bound."""
+
+    kind: str  # "str", "int", "float", "bool", "floats" (a number or a list), "strs" (a string or a list)
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    per_eps: bool  # the metric is measured at each of the check's eps values
+    per_attack: bool = False  # the gate may name one attack; default is the worst case over them
+    help: str = ""
+
+
+@dataclass
+class EvalContext:
+    workload: Workload
+    seed: int
+    batch_size: int
+    progress: Callable[[str, int], Any]  # progress(description, total) -> context manager yielding advance(n)
+
+
+@dataclass
+class CheckOutcome:
+    """Measured values keyed by (metric, attack or None, eps or None), flag gates, and details for reports."""
+
+    values: dict[tuple[str, str | None, float | None], float] = field(default_factory=dict)
+    flags: dict[str, tuple[bool, list[str]]] = field(default_factory=dict)  # name -> (holds, evidence)
+    details: dict = field(default_factory=dict)
+    time_s: float = 0.0
+    missing: dict[str | None, str] = field(default_factory=dict)  # attack (None: default) -> why no value
+
+    def lookup(self, metric: str, attack: str | None, eps: float | None) -> float | None:
+        for (m, a, e), v in self.values.items():
+            if m != metric or a != attack:
+                continue
+            if (e is None) != (eps is None):
+                continue
+            if e is None or math.isclose(e, eps, rel_tol=1e-9, abs_tol=1e-12):
+                return v
+        return None
+
+
+@dataclass(frozen=True)
+class CheckType:
+    name: str
+    help: str
+    keys: dict[str, KeySpec]
+    metrics: dict[str, MetricSpec]
+    flags: dict[str, str]  # flag gate -> what it asserts
+    run: Callable[[EvalContext, dict, set[str]], CheckOutcome]  # (context, options, metrics and flags gates name)
+    eps_of: Callable[[dict], tuple[float, ...]] = lambda options: ()
+    attacks_of: Callable[[dict], tuple[str, ...]] = lambda options: ()
+    # cross-key validation: returns (key, message) for the first problem, None if fine
+    validate: Callable[[dict], tuple[str, str] | None] = lambda options: None

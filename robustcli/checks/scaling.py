@@ -1,0 +1,95 @@
+"""The `scaling` check: power-law exponent of adversarial error vs eps (`analyses.scaling`).
+
+Metrics (per attack; the default is the worst case over the check's attacks, or the single
+attack): `gamma`, `gamma_ci_low`, `gamma_ci_high` (t-interval) and `r2`. A curve without a fit
+(too few points in the small-eps regime) has no value, so its gates fail with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+
+from analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
+from analyses.scaling import DEFAULT_RANGE, log_grid, scaling_analysis
+from attacks.evaluate import WORST_CASE
+from attacks.registry import ATTACKS, make_attack
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+
+
+def _attacks(options: dict) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(options["attacks"]))
+
+
+def _validate(options: dict) -> tuple[str, str] | None:
+    norms = {make_attack(a).norm for a in _attacks(options)}
+    if len(norms) > 1:
+        return "attacks", "a scaling check takes attacks of one norm; use one check per norm"
+    norm = norms.pop()
+    lo = options.get("eps_min", DEFAULT_RANGE[norm][0])
+    hi = options.get("eps_max", DEFAULT_RANGE[norm][1])
+    if not 0 < lo < hi:
+        return "eps_min", f"the grid needs 0 < eps_min < eps_max, got {lo:g} and {hi:g}"
+    if not 0 < options.get("max_error", DEFAULT_MAX_ERROR) <= 1:
+        return "max_error", "max_error must be in (0, 1]"
+    return None
+
+
+def run_scaling_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
+    w = ctx.workload
+    attacks = [make_attack(a, steps=options.get("steps")) for a in _attacks(options)]
+    norm = attacks[0].norm
+    grid = log_grid(
+        options.get("eps_min", DEFAULT_RANGE[norm][0]), options.get("eps_max", DEFAULT_RANGE[norm][1]), options.get("points", 10)
+    )
+    t0 = time.perf_counter()
+    with ctx.progress("scaling check", len(w.data) * (len(attacks) + 1)) as advance:
+        result = scaling_analysis(
+            w.model.module, w.data.x, w.data.y, attacks, grids={norm: grid}, device=w.device,
+            batch_size=ctx.batch_size, seed=ctx.seed, max_error=options.get("max_error", DEFAULT_MAX_ERROR),
+            min_broken=options.get("min_broken", DEFAULT_MIN_BROKEN), on_batch=lambda k: advance(k),
+        )  # fmt: skip
+    out = CheckOutcome(time_s=time.perf_counter() - t0)
+    single = len(attacks) == 1
+    for c in result.curves:
+        keys = [c.attack] + ([None] if c.attack == WORST_CASE or single else [])
+        if c.fit is None:
+            out.missing.update({k: f"no power-law fit for {c.attack}: {c.fit_problem}" for k in keys})
+            continue
+        for k in keys:
+            out.values[("gamma", k, None)] = c.fit.gamma
+            out.values[("gamma_ci_low", k, None)] = c.fit.gamma_ci[0]
+            out.values[("gamma_ci_high", k, None)] = c.fit.gamma_ci[1]
+            out.values[("r2", k, None)] = c.fit.r2
+    out.details = {
+        "clean_accuracy": result.clean_accuracy,
+        "curves": [
+            {"attack": c.attack, "fit": None if c.fit is None else c.fit.summary(), "fit_problem": c.fit_problem}
+            for c in result.curves
+        ],
+    }
+    return out
+
+
+SCALING_CHECK = CheckType(
+    name="scaling",
+    help="power-law exponent of adversarial error vs eps (Cubuk et al. 2017)",
+    keys={
+        "attacks": KeySpec("strs", required=True, choices=tuple(ATTACKS)),
+        "eps_min": KeySpec("float", minimum=0.0),
+        "eps_max": KeySpec("float", minimum=0.0),
+        "points": KeySpec("int", minimum=3),
+        "steps": KeySpec("int", minimum=1),
+        "max_error": KeySpec("float", minimum=0.0),
+        "min_broken": KeySpec("int", minimum=1),
+    },
+    metrics={
+        "gamma": MetricSpec(per_eps=False, per_attack=True),
+        "gamma_ci_low": MetricSpec(per_eps=False, per_attack=True),
+        "gamma_ci_high": MetricSpec(per_eps=False, per_attack=True),
+        "r2": MetricSpec(per_eps=False, per_attack=True),
+    },
+    flags={},
+    run=run_scaling_check,
+    attacks_of=lambda options: (*_attacks(options), WORST_CASE),
+    validate=_validate,
+)

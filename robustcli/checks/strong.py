@@ -1,0 +1,98 @@
+"""The `strong` check: the strong suite (APGD-CE, APGD-T, Square; `attacks.suite`, issue #5) plus
+optional extra attacks, with the gradient-masking diagnostics.
+
+Metrics: `clean_accuracy`; per eps `robust_accuracy` (worst case over the suite and the extra
+attacks, or one attack's cumulative row when the gate names it); `masking_warnings` (count).
+Flag gate: `no_masking_warnings`. The diagnostics always run: their comparisons (e.g. FGSM vs
+PGD) need the extra attacks, so list some under `attacks` for a fuller check.
+"""
+
+from __future__ import annotations
+
+import time
+
+from attacks.evaluate import WORST_CASE, evaluate
+from attacks.registry import ATTACKS, make_attack
+from attacks.suite import merge_evaluations, run_strong_suite, strong_suite
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.masking import FLAG, METRIC, add_masking
+
+DEFAULT_STEPS = 100
+DEFAULT_QUERIES = 5000
+
+
+def _eps(options: dict) -> tuple[float, ...]:
+    return tuple(options["eps"])
+
+
+def _norm(options: dict) -> str:
+    return options.get("norm", "linf")
+
+
+def _attacks(options: dict) -> tuple[str, ...]:
+    suite = [a.name for a, _ in strong_suite([1.0], _norm(options))]
+    return (*dict.fromkeys([*suite, *options.get("attacks", ())]), WORST_CASE)
+
+
+def _validate(options: dict) -> tuple[str, str] | None:
+    norm = _norm(options)
+    other = [a for a in options.get("attacks", ()) if make_attack(a).norm != norm]
+    if other:
+        return "attacks", f"attacks {', '.join(other)} are not {norm} attacks like the suite (norm: {norm})"
+    if norm == "linf" and any(e > 1 for e in _eps(options)):
+        return "eps", "a Linf eps above 1 exceeds the whole [0, 1] pixel range"
+    return None
+
+
+def run_strong_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
+    w = ctx.workload
+    eps = list(_eps(options))
+    norm = _norm(options)
+    t0 = time.perf_counter()
+    extra = [make_attack(a, steps=options.get("extra_steps")) for a in options.get("attacks", ())]
+    with ctx.progress("strong check", len(w.data) * (3 + len(extra))) as advance:
+        result = run_strong_suite(
+            w.model.module, w.data.x, w.data.y, eps, device=w.device, norm=norm,
+            steps=options.get("steps", DEFAULT_STEPS), queries=options.get("queries", DEFAULT_QUERIES),
+            batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
+        )  # fmt: skip
+        if extra:
+            more = evaluate(
+                w.model.module, w.data.x, w.data.y, [(a, eps) for a in extra],
+                device=w.device, batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
+            )  # fmt: skip
+            result = merge_evaluations(result, more)
+    out = CheckOutcome()
+    out.values[("clean_accuracy", None, None)] = result.clean_accuracy
+    for o in result.outcomes:
+        out.values[("robust_accuracy", o.attack, o.eps)] = o.robust_accuracy
+        if o.attack == WORST_CASE:
+            out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
+    out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    add_masking(out, ctx, result)
+    out.time_s = time.perf_counter() - t0
+    return out
+
+
+STRONG_CHECK = CheckType(
+    name="strong",
+    help="the strong suite (APGD-CE, APGD-T, Square) with gradient-masking diagnostics",
+    keys={
+        "eps": KeySpec("floats", required=True, minimum=0.0),
+        "norm": KeySpec("str", choices=("linf", "l2")),
+        "steps": KeySpec("int", minimum=1, help=f"APGD iterations (default {DEFAULT_STEPS})"),
+        "queries": KeySpec("int", minimum=1, help=f"Square queries (default {DEFAULT_QUERIES})"),
+        "attacks": KeySpec("strs", choices=tuple(ATTACKS), help="extra attacks to run alongside the suite"),
+        "extra_steps": KeySpec("int", minimum=1, help="iterations of the extra attacks"),
+    },
+    metrics={
+        "clean_accuracy": MetricSpec(per_eps=False),
+        "robust_accuracy": MetricSpec(per_eps=True, per_attack=True),
+        METRIC: MetricSpec(per_eps=False, help="number of gradient-masking warnings"),
+    },
+    flags={FLAG: "the gradient-masking diagnostics raise no warning"},
+    run=run_strong_check,
+    eps_of=_eps,
+    attacks_of=_attacks,
+    validate=_validate,
+)
