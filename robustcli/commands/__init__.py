@@ -5,6 +5,7 @@ COMMANDS = [
     "robustcli.commands.attack",
     "robustcli.commands.certify",
     "robustcli.commands.tightness",
+    "robustcli.commands.train_ibp",
     "robustcli.commands.analyze",
     "robustcli.commands.eval",
 ]

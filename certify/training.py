@@ -1,0 +1,333 @@
+"""Certified training with interval bounds: the short-warmup recipe of Shi et al. 2021, and vanilla IBP.
+
+Per step at eps_t (see `certify.schedule`):
+  natural   = CE(model(x), y)                       (train mode; updates BN running statistics)
+  robust    = CE([0, -lower margins], 0)            (lower bounds of C f(x') over the eps_t ball,
+                                                     last layer merged into C = margin_spec)
+  loss      = kappa_t * natural + (1 - kappa_t) * robust  (+ warmup regularisers while ramping)
+with kappa_t = 1 - (1 - kappa) * eps_t / eps_max (Gowal et al. 2018's mixing; kappa = 0 by default,
+so the loss is purely robust once eps reaches eps_max, as in Shi et al.). At eps_t = 0 the loss is
+plain cross-entropy. While 0 < eps_t < eps_max the regularisers of `certify.regularizers` are
+added with weight lambda * (1 - eps_t / eps_max). Adam, gradient-norm clipping, lr decay at
+milestone epochs. BatchNorm is bounded with the clean batch's statistics in train mode
+(`certify.ibp`).
+
+`method="crown-ibp"` (Zhang et al. 2020) bounds the loss's margins with
+beta_t * CROWN-IBP + (1 - beta_t) * IBP, beta_t = 1 - eps_t / eps_max (their schedule: CROWN-IBP
+early, pure IBP at the end), through auto_LiRPA (`certify.lirpa`); the regularisers still use
+the native IBP intervals.
+
+Reproducibility: the model, the optimiser's state, the data-order generator and the global RNG
+go into a per-epoch checkpoint (`robustcli.checkpoint.Checkpointer`); the eps and lr schedules
+are pure functions of the step, so a run stopped after epoch k and resumed ends with the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from certify.ibp import ibp_bounds
+from certify.regularizers import input_radius, relu_balance_loss, tightness_loss
+from certify.schedule import SmoothedEpsSchedule, step_lr
+from certify.spec import margin_spec, verified
+from robustcli.checkpoint import Checkpointer, check_finite
+
+RECIPES = ("short", "vanilla")
+METHODS = ("ibp", "crown-ibp")
+
+
+@dataclass
+class IBPTrainConfig:
+    """Every knob of a run. `recipe_config` fills in the recipe's defaults for a number of epochs."""
+
+    eps: float
+    epochs: int
+    start: int  # epochs at eps = 0
+    warmup: int  # epochs of eps ramp
+    lr_milestones: tuple[int, ...]
+    norm: str = "linf"
+    method: str = "ibp"
+    init: str = "ibp"  # "ibp" (Shi et al.) or "default" (torch's)
+    regularize: bool = True
+    reg_lambda: float = 0.5
+    tau: float = 0.5
+    kappa: float = 0.0  # weight of natural CE once eps reaches eps_max
+    lr: float = 5e-4
+    lr_decay: float = 0.2
+    grad_clip: float = 10.0
+    batch_size: int = 128
+    seed: int = 0
+
+    def schedule(self, steps_per_epoch: int) -> SmoothedEpsSchedule:
+        return SmoothedEpsSchedule(self.eps, self.start, self.warmup, steps_per_epoch)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+
+def recipe_config(recipe: str, eps: float, epochs: int, **overrides) -> IBPTrainConfig:
+    """The defaults of a recipe for `epochs` epochs; `overrides` (not None) win.
+
+    short (Shi et al. 2021, their MNIST run scaled to `epochs`): 1 epoch at eps 0, ramp over
+      2/7 of the run (20 of 70), lr decay at 5/7 and 6/7 (50 and 60 of 70), IBP init,
+      regularisers on, BN expected in the architecture.
+    vanilla (Gowal et al. 2018 / CROWN-IBP style): default init, no regularisers, a long ramp
+      over half the run after 1 epoch at eps 0 (CROWN-IBP ramps 50 epochs, 2.5x the short 20),
+      the same lr decay points.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; expected one of {RECIPES}")
+    if epochs < 1:
+        raise ValueError("epochs must be >= 1")
+    start = min(1, epochs - 1)
+    ramp_fraction = 2 / 7 if recipe == "short" else 1 / 2
+    warmup = max(1, round(epochs * ramp_fraction)) if epochs > 1 else 0
+    milestones = tuple(sorted({max(start + warmup, round(epochs * 5 / 7)), max(start + warmup, round(epochs * 6 / 7))}))
+    milestones = tuple(m for m in milestones if m < epochs)
+    base = dict(
+        eps=eps,
+        epochs=epochs,
+        start=start,
+        warmup=warmup,
+        lr_milestones=milestones,
+        init="ibp" if recipe == "short" else "default",
+        regularize=recipe == "short",
+    )
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["lr_milestones"] = tuple(int(m) for m in base["lr_milestones"])
+    return IBPTrainConfig(**base)
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 0-based
+    eps: float  # eps at the epoch's last step
+    lr: float
+    loss: float
+    natural_loss: float
+    robust_loss: float
+    regularizer: float
+    train_accuracy: float  # on the training batches, train mode
+    holdout_accuracy: float  # clean, eval mode (nan without a held-out set)
+    holdout_verified: float  # IBP verified at eps_max, eval mode (nan without a held-out set)
+    time_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[EpochStats] = field(default_factory=list)
+    resumed_from: int = 0  # first epoch run in this call
+    steps_per_epoch: int = 0
+
+
+BoundFn = Callable[[nn.Module, torch.Tensor, float, str, torch.Tensor], torch.Tensor]
+
+
+def robust_ce(lower: torch.Tensor) -> torch.Tensor:
+    """CE of the logit-like vector [0, -lower margins] against index 0 (Wong & Kolter 2018; Gowal et al.)."""
+    z = torch.cat([lower.new_zeros(len(lower), 1), -lower], dim=1)
+    return F.cross_entropy(z, torch.zeros(len(lower), dtype=torch.long, device=lower.device))
+
+
+@torch.no_grad()
+def ibp_verified_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf", batch_size: int = 500
+) -> tuple[float, float]:
+    """(clean accuracy, IBP-verified accuracy) in eval mode; restores the model's mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = certified = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        logits = model(xb)
+        ok = logits.argmax(1) == yb
+        lower, _ = ibp_bounds(model, xb, eps, norm, margin_spec(yb, logits.shape[1]))
+        correct += ok.sum().item()
+        certified += (ok & verified(lower)).sum().item()
+    model.train(was_training)
+    n = max(len(y), 1)
+    return correct / n, certified / n
+
+
+def num_classes_of(model: nn.Module, x: torch.Tensor) -> int:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        k = int(model(x[:1]).shape[1])
+    model.train(was_training)
+    return k
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Full batches only: the last partial batch is dropped (BatchNorm needs > 1 point per batch)."""
+    return max(1, n_train // batch_size)
+
+
+def train_ibp(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: IBPTrainConfig,
+    *,
+    holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: bool = False,
+    crown_ibp_bounds: BoundFn | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    on_resume: Callable[[dict[str, tuple]], None] | None = None,
+) -> TrainResult:
+    """Train `model` (already initialised, on its device) in place on pixel-space data x, y.
+
+    holdout: a (x, y) batch for the per-epoch clean and IBP-verified accuracy at eps_max.
+    checkpointer: where the per-epoch checkpoint and the JSON-lines log go; with resume=True the
+      run continues from its checkpoint (raises InputError when there is none).
+    crown_ibp_bounds: (model, x, eps, norm, C) -> lower margin bounds; required for method crown-ibp.
+    on_epoch: called after each completed (and checkpointed) epoch.
+    on_resume: called after a resume with {option: (checkpoint's value, this run's value)} for
+      every option that differs (an empty dict when none does); changed options are allowed (for
+      example a lower lr after a divergence) but break the equality with an uninterrupted run.
+    Raises InputError when the loss turns NaN/inf (the last good checkpoint stays).
+    """
+    if config.method == "crown-ibp" and crown_ibp_bounds is None:
+        raise ValueError("method crown-ibp needs crown_ibp_bounds")
+    device = next(model.parameters()).device
+    n = len(y)
+    if n < 2:
+        raise ValueError("training needs at least 2 points")
+    batch_size = min(config.batch_size, n)
+    spe = steps_per_epoch(n, batch_size)
+    schedule = config.schedule(spe)
+    classes = num_classes_of(model, x[:1].to(device))
+    order_gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    result = TrainResult(model, steps_per_epoch=spe)
+    first_epoch = 0
+    if resume:
+        if checkpointer is None:
+            raise ValueError("resume needs a checkpointer")
+        first_epoch, extra = checkpointer.load(
+            model=model, optimizers={"adam": opt}, generators={"data_order": order_gen}
+        )
+        if on_resume is not None:
+            before, now = extra.get("config", {}), config.as_dict()
+            on_resume({k: (before.get(k), v) for k, v in now.items() if before.get(k) != v})
+    elif checkpointer is not None:
+        checkpointer.start_fresh()
+    result.resumed_from = first_epoch
+
+    for epoch in range(first_epoch, config.epochs):
+        t0 = time.perf_counter()
+        lr = step_lr(config.lr, epoch, config.lr_milestones, config.lr_decay)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        order = torch.randperm(n, generator=order_gen)
+        sums = dict(loss=0.0, natural=0.0, robust=0.0, reg=0.0, correct=0.0, seen=0)
+        eps_t = 0.0
+        for s in range(spe):
+            step = epoch * spe + s
+            eps_t = schedule(step)
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss, parts, logits = _step_loss(model, xb, yb, eps_t, step, schedule, config, classes, crown_ibp_bounds)
+            if checkpointer is not None:
+                check_finite(loss, epoch, s, checkpointer)
+            elif not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            k = len(yb)
+            sums["loss"] += loss.item() * k
+            sums["natural"] += parts[0] * k
+            sums["robust"] += parts[1] * k
+            sums["reg"] += parts[2] * k
+            sums["correct"] += (logits.argmax(1) == yb).sum().item()
+            sums["seen"] += k
+        if holdout is not None and len(holdout[1]):
+            hold_acc, hold_ver = ibp_verified_accuracy(model, holdout[0], holdout[1], config.eps, config.norm)
+        else:
+            hold_acc = hold_ver = math.nan
+        seen = max(sums["seen"], 1)
+        stats = EpochStats(
+            epoch=epoch,
+            eps=eps_t,
+            lr=lr,
+            loss=sums["loss"] / seen,
+            natural_loss=sums["natural"] / seen,
+            robust_loss=sums["robust"] / seen,
+            regularizer=sums["reg"] / seen,
+            train_accuracy=sums["correct"] / seen,
+            holdout_accuracy=hold_acc,
+            holdout_verified=hold_ver,
+            time_s=time.perf_counter() - t0,
+        )
+        if checkpointer is not None:
+            checkpointer.save(
+                epoch,
+                model=model,
+                optimizers={"adam": opt},
+                generators={"data_order": order_gen},
+                extra={"config": config.as_dict()},
+            )
+            checkpointer.log(stats.as_dict())
+        result.history.append(stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+    model.eval()
+    return result
+
+
+def _step_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps_t: float,
+    step: int,
+    schedule: SmoothedEpsSchedule,
+    config: IBPTrainConfig,
+    classes: int,
+    crown_ibp_bounds: BoundFn | None,
+) -> tuple[torch.Tensor, tuple[float, float, float], torch.Tensor]:
+    """(loss, (natural, robust, regulariser) as floats, clean logits) for one batch."""
+    logits = model(x)
+    natural = F.cross_entropy(logits, y)
+    if eps_t <= 0 or config.eps <= 0:
+        return natural, (natural.item(), math.nan, 0.0), logits
+    spec = margin_spec(y, classes, dtype=x.dtype)
+    res = ibp_bounds(model, x, eps_t, config.norm, spec, return_layers=True)
+    lower = res.lower
+    progress = eps_t / config.eps
+    if config.method == "crown-ibp":
+        beta = 1.0 - progress
+        if beta > 0:
+            lower = beta * crown_ibp_bounds(model, x, eps_t, config.norm, spec) + (1 - beta) * lower
+    robust = robust_ce(lower)
+    kappa_t = 1.0 - (1.0 - config.kappa) * progress
+    loss = kappa_t * natural + (1 - kappa_t) * robust
+    reg_value = 0.0
+    if config.regularize and config.reg_lambda > 0 and schedule.ramping(step):
+        reg = tightness_loss(res.pre_relu, input_radius(res, model), config.tau) + relu_balance_loss(
+            res.pre_relu, config.tau
+        )
+        weighted = config.reg_lambda * (1 - progress) * reg
+        loss = loss + weighted
+        reg_value = weighted.item()
+    return loss, (natural.item(), robust.item(), reg_value), logits

@@ -1,0 +1,271 @@
+"""`robust train-ibp`: certified training with interval bounds (Shi et al. 2021's short warmup), resumable."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import click
+import torch
+from torch import nn
+
+from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.checkpoint import Checkpointer
+from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
+from robustcli.device import resolve_device
+from robustcli.errors import InputError
+from robustcli.models import save_model, wrap_normalization
+from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.progress import progress_bar
+from robustcli.report import pct, print_table, write_json
+
+DEFAULT_ARCH = {"mnist": "mnist-cnn-bn", "digits": "digits-mlp-bn"}
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def build_model(arch: str, data: str, mean: tuple[float, ...], std: tuple[float, ...], init: str, seed: int) -> nn.Module:
+    """The architecture with its normalisation, initialised reproducibly from `seed`."""
+    from certify.init import ibp_init
+    from robustcli.zoo import NORMALIZATION
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # torch's default init draws from the global generator
+        inner = build_arch(arch)
+    if init == "ibp":
+        ibp_init(inner, torch.Generator().manual_seed(seed))
+    if mean or std:
+        return wrap_normalization(inner, list(mean) or None, list(std) or None)
+    if data in NORMALIZATION:
+        return Normalized(inner, *NORMALIZATION[data])
+    return inner
+
+
+def split_holdout(train: Dataset, holdout: int, n_train: int | None, seed: int) -> tuple[Dataset, Dataset]:
+    """A fixed random held-out batch (for per-epoch monitoring) and the rest for training."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 7919))
+    hold, rest = order[:holdout], order[holdout:]
+    if n_train is not None:
+        rest = rest[:n_train]
+    return Dataset(train.x[rest], train.y[rest], train.name), Dataset(train.x[hold], train.y[hold], train.name + ":holdout")
+
+
+def _load_data(data: str, test_data: str | None) -> tuple[Dataset, Dataset]:
+    if data in BUILTIN_DATASETS:
+        if test_data:
+            return load_dataset(data, "train"), load_dataset(test_data, "test")
+        return load_dataset(data, "train"), load_dataset(data, "test")
+    if not test_data:
+        raise InputError(f"--data {data} is a file; pass --test-data FILE for the final evaluation")
+    return load_dataset(data, "train"), load_dataset(test_data, "test")
+
+
+def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd_steps: int, seed: int, device) -> dict:
+    """Clean, PGD and IBP-verified accuracy on the test split (eval mode)."""
+    from attacks.evaluate import evaluate
+    from attacks.registry import make_attack
+    from certify.training import ibp_verified_accuracy
+
+    model.eval()
+    clean, verified = ibp_verified_accuracy(model, test.x, test.y, eps, norm)
+    attack = make_attack("pgd" if norm == "linf" else "pgd-l2", steps=pgd_steps)
+    t0 = time.perf_counter()
+    ev = evaluate(model, test.x, test.y, [(attack, [eps])], device=device, batch_size=500, seed=seed)
+    return {
+        "clean_accuracy": clean,
+        "pgd_accuracy": ev.outcomes[0].robust_accuracy,
+        "ibp_verified_accuracy": verified,
+        "pgd_steps": pgd_steps,
+        "pgd_time_s": time.perf_counter() - t0,
+        "n": len(test),
+    }
+
+
+@click.command("train-ibp", cls=RobustCommand)
+@config_option
+@click.option("--data", default="mnist", show_default=True, help="mnist, digits, or a training file (.npz/.pt/...).")
+@click.option("--test-data", default=None, help="Test file for the final evaluation (required with a --data file).")
+@click.option("--arch", default=None, help="Built-in arch or package.module:factory (default mnist-cnn-bn / digits-mlp-bn).")
+@click.option("--mean", cls=MultiOption, type=float, help="Per-channel mean (default: the bundled dataset's).")
+@click.option("--std", cls=MultiOption, type=float, help="Per-channel std (default: the bundled dataset's).")
+@click.option("--eps", type=float, required=True, help="Target perturbation budget eps_max.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trained model (.safetensors).")
+@click.option("--recipe", type=click.Choice(["short", "vanilla"]), default="short", show_default=True,
+              help="short: Shi et al. 2021 (IBP init, BN, regularisers, short ramp); vanilla: default init, long ramp.")  # fmt: skip
+@click.option("--method", type=click.Choice(["ibp", "crown-ibp"]), default="ibp", show_default=True,
+              help="Bound in the loss; crown-ibp needs auto_LiRPA.")  # fmt: skip
+@click.option("--init", "init", type=click.Choice(["ibp", "default"]), default=None, help="Weight init (recipe default).")
+@click.option("--start", type=int, default=None, help="Epochs at eps 0 before the ramp (recipe default 1).")
+@click.option("--warmup", type=int, default=None, help="Epochs of eps ramp (short: 2/7, vanilla: 1/2 of --epochs).")
+@click.option("--lr", type=float, default=5e-4, show_default=True)
+@click.option("--lr-decay", type=float, default=0.2, show_default=True, help="lr factor at each milestone.")
+@click.option("--lr-milestones", cls=MultiOption, type=int, help="Epochs (0-based) where lr decays (default 5/7, 6/7 of --epochs).")  # fmt: skip
+@click.option("--grad-clip", type=float, default=10.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--reg/--no-reg", "regularize", default=None, help="Warmup regularisers (short: on, vanilla: off).")
+@click.option("--reg-lambda", type=float, default=0.5, show_default=True)
+@click.option("--tau", type=float, default=0.5, show_default=True)
+@click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of natural CE once eps = eps_max.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--holdout", type=int, default=256, show_default=True,
+              help="Training points held out for per-epoch monitoring (at most a fifth of the split).")  # fmt: skip
+@click.option("--n-train", type=int, default=None, help="Train on at most this many points.")
+@click.option("--n", type=int, default=None, help="Evaluate on the first n test points (default all).")
+@click.option("--pgd-steps", type=int, default=40, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+@click.pass_context
+def command(
+    ctx, data, test_data, arch, mean, std, eps, norm, epochs, out, recipe, method, init, start, warmup, lr,
+    lr_decay, lr_milestones, grad_clip, regularize, reg_lambda, tau, kappa, batch_size, holdout, n_train, n,
+    pgd_steps, resume, device, seed, json_path,
+) -> None:  # fmt: skip
+    """Train a certifiably robust model with interval bound propagation (IBP).
+
+    \b
+    robust train-ibp --data mnist --eps 0.1 --epochs 30 --out mnist-ibp.safetensors
+    robust train-ibp --config configs/train-ibp-mnist.yaml
+    robust train-ibp ... --resume          # after Ctrl-C or a crash
+    robust certify --model mnist-ibp.safetensors --eps 0.1
+    """
+    from certify.training import recipe_config, train_ibp
+
+    _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup)
+    if method == "crown-ibp":
+        from certify.lirpa import auto_lirpa
+
+        auto_lirpa("crown-ibp")  # exit 2 with the install hint before any work when it is missing
+    dev = resolve_device(device)
+    arch = arch or DEFAULT_ARCH.get(data)
+    if arch is None:
+        raise InputError(f"--data {data} has no default architecture; pass --arch NAME or package.module:factory")
+    if data in BUILTIN_DATASETS and arch in ARCHS and ARCHS[arch].dataset != data:
+        raise InputError(f"--arch {arch} is built for {ARCHS[arch].dataset}, not {data}; pick an arch for {data}")
+    config = recipe_config(
+        recipe, eps, epochs, start=start, warmup=warmup, lr_milestones=tuple(lr_milestones) or None, norm=norm,
+        method=method, init=init, regularize=regularize, reg_lambda=reg_lambda, tau=tau, kappa=kappa, lr=lr,
+        lr_decay=lr_decay, grad_clip=grad_clip, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    train_all, test = _load_data(data, test_data)
+    test = test.head(n)
+    holdout = min(holdout, len(train_all) // 5)
+    train, held = split_holdout(train_all, holdout, n_train, seed)
+    if len(train) < 2:
+        raise InputError(f"only {len(train)} training points left after the hold-out; lower --holdout or add data")
+    model = build_model(arch, data, mean, std, config.init, seed).to(dev)
+    if recipe == "short" and not _has_batchnorm(model):
+        raise InputError(
+            f"the short recipe expects BatchNorm after each layer (Shi et al. 2021) but {arch} has none; "
+            "use a -bn arch (mnist-cnn-bn, mnist-cnn7-bn, mnist-mlp-bn, digits-mlp-bn) or --recipe vanilla"
+        )
+    from robustcli.session import check_model_on_data
+
+    classes = check_model_on_data(model, train, dev)
+    if classes < 2:
+        raise InputError("the model has a single output; certified training needs at least 2 classes")
+    crown = None
+    if method == "crown-ibp":
+        from certify.crown_ibp_training import crown_ibp_lower_bound_fn
+
+        crown = crown_ibp_lower_bound_fn(model, train.x[:2].to(dev))
+
+    ckpt = Checkpointer(out)
+    done = {"epochs": 0}
+    with progress_bar(f"train-ibp {arch} eps={eps:g}", epochs) as advance:
+
+        def on_epoch(s) -> None:
+            step = s.epoch + 1 - done["epochs"]
+            done["epochs"] = s.epoch + 1
+            advance(
+                step, loss=s.loss, clean=pct(s.holdout_accuracy), verified=pct(s.holdout_verified), eps=f"{s.eps:.4g}"
+            )
+
+        def on_resume(changed: dict) -> None:
+            if changed:
+                what = ", ".join(f"{k} {a} -> {b}" for k, a, b in ((k, *v) for k, v in changed.items()))
+                click.echo(f"note: resuming with changed options ({what})", err=True)
+
+        try:
+            result = train_ibp(
+                model, train.x, train.y, config, holdout=(held.x, held.y), checkpointer=ckpt, resume=resume,
+                crown_ibp_bounds=crown, on_epoch=on_epoch, on_resume=on_resume,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            kept = (
+                f"the checkpoint of epoch {done['epochs']} is kept at {ckpt.checkpoint_path}"
+                if ckpt.checkpoint_path.exists()
+                else "no epoch had completed, so there is no checkpoint"
+            )
+            click.echo(f"\ninterrupted; {kept}; run the same command with --resume to continue", err=True)
+            ctx.exit(130)
+            return
+    save_model(
+        model, out, arch,
+        extra={"trained_on": f"{data}:train", "seed": seed, "eps": eps, "norm": norm, "recipe": recipe, "method": method},
+    )  # fmt: skip
+    final = final_evaluation(model, test, eps, norm, pgd_steps, seed, dev)
+    report = {
+        "command": "train-ibp",
+        "model": str(out),
+        "arch": arch,
+        "data": data,
+        "test": test.name,
+        "recipe": recipe,
+        "config": config.as_dict(),
+        "n_train": len(train),
+        "n_holdout": len(held),
+        "resumed_from_epoch": result.resumed_from,
+        "steps_per_epoch": result.steps_per_epoch,
+        "train_time_s": sum(s.time_s for s in result.history),
+        "final": final,
+        "checkpoint": str(ckpt.checkpoint_path),
+        "log": str(ckpt.log_path),
+        "history": [s.as_dict() for s in result.history],
+        "device": str(dev),
+    }
+    rows = [
+        ["clean accuracy", pct(final["clean_accuracy"])],
+        [f"PGD-{pgd_steps} accuracy ({norm}, eps {eps:g})", pct(final["pgd_accuracy"])],
+        [f"IBP-verified accuracy ({norm}, eps {eps:g})", pct(final["ibp_verified_accuracy"])],
+        ["model", str(out)],
+        ["training log", str(ckpt.log_path)],
+        ["checkpoint", str(ckpt.checkpoint_path)],
+    ]
+    print_table(
+        f"train-ibp {arch} on {data} ({recipe} recipe, {method}), test n={final['n']}",
+        ["", "value"],
+        rows,
+        caption=f"{epochs} epochs, {report['train_time_s']:.1f}s training this run",
+    )
+    if json_path:
+        write_json(json_path, report)
+
+
+def _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup):
+    if not math.isfinite(eps) or eps < 0:
+        raise InputError(f"--eps must be >= 0, got {eps}")
+    if norm == "linf" and eps > 1:
+        raise InputError(f"Linf --eps {eps} exceeds the whole [0, 1] pixel range; use a value in [0, 1]")
+    for flag, v in (("--epochs", epochs), ("--batch-size", batch_size), ("--pgd-steps", pgd_steps)):
+        if v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    for flag, v in (("--holdout", holdout), ("--start", start), ("--warmup", warmup)):
+        if v is not None and v < 0:
+            raise InputError(f"{flag} must be >= 0, got {v}")
+    if n_train is not None and n_train < 2:
+        raise InputError(f"--n-train must be >= 2, got {n_train}")
+    if not lr > 0 or not 0 < lr_decay <= 1:
+        raise InputError("--lr must be > 0 and --lr-decay in (0, 1]")
+    if not tau > 0 or not 0 <= kappa <= 1:
+        raise InputError("--tau must be > 0 and --kappa in [0, 1]")
+    if not str(out).endswith(".safetensors"):
+        raise InputError(f"--out {out}: use a .safetensors file name (the model is saved with its arch)")
+    parent = Path(out).parent
+    if not parent.exists():
+        raise InputError(f"cannot write {out}: folder {parent} does not exist")
