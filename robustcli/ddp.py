@@ -118,6 +118,10 @@ class DataParallel:
     def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
         return reduce_sums(sums)
 
+    def agree_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss`, or NaN on every rank when any rank's loss is not finite (so all stop together)."""
+        return agree_finite(loss)
+
     def finish(self) -> nn.Module:
         """Drop the DDP wrapper and turn SyncBatchNorm layers back into the original BatchNorm ones."""
         self._ddp = None
@@ -137,6 +141,16 @@ def reduce_sums(sums: dict[str, float]) -> dict[str, float]:
     t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
     torch.distributed.all_reduce(t)
     return {k: v.item() for k, v in zip(keys, t)}
+
+
+def agree_finite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss`, or NaN on every rank when any rank's loss is NaN/inf: a divergence check that all
+    ranks pass or fail together, instead of one rank raising while the others wait in a collective."""
+    if not distributed.is_distributed():
+        return loss
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+    torch.distributed.all_reduce(bad)
+    return loss if bad.item() == 0 else torch.full_like(loss.detach(), float("nan"))
 
 
 def _can_sync_batchnorm(model: nn.Module, device: torch.device) -> bool:

@@ -28,6 +28,17 @@ def _natural(seed: int) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
+def _ibp(seed: int) -> dict[str, torch.Tensor]:
+    """`train-ibp`'s engine, vanilla recipe (no BatchNorm), eps ramped over the second epoch."""
+    from certify.training import recipe_config, train_ibp
+
+    model = tiny_mlp(seed)
+    config = recipe_config("vanilla", 0.05, 2, warmup=1, lr_milestones=(), batch_size=64, seed=seed)
+    d = _data()
+    train_ibp(model, d.x, d.y, config)
+    return model.state_dict()
+
+
 def _two_rank_scenarios(tmp: str) -> dict:
     """Everything the 2-rank processes do, in one launch (process start-up dominates the cost)."""
     from pathlib import Path
@@ -37,6 +48,7 @@ def _two_rank_scenarios(tmp: str) -> dict:
     out["fresh"] = fit(tiny_mlp(2), d.x, d.y, epochs=EPOCHS, out=Path(tmp) / "two.safetensors", resume=False)
     # resume on 2 ranks from a checkpoint written by one process (epoch 0 done)
     out["resumed"] = fit(tiny_mlp(99), d.x, d.y, epochs=3, out=Path(tmp) / "one.safetensors", resume=True)
+    out["ibp"] = _ibp(seed=6)
     out["owned"] = fit_owned_step(tiny_mlp(4 + torch.distributed.get_rank()), d.x, d.y, epochs=EPOCHS)
     return out
 
@@ -129,3 +141,8 @@ def test_gradient_sync_for_steps_that_own_the_optimiser_matches_one_process(two_
     _assert_close(rank0["owned"]["state"], single["state"])
     _assert_close(rank1["owned"]["state"], single["state"])
     assert rank0["owned"]["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_two_rank_ibp_training_matches_one_process(two_ranks):
+    _, (rank0, _) = two_ranks
+    _assert_close(rank0["ibp"], _ibp(seed=6))
