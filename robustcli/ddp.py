@@ -158,11 +158,12 @@ def _can_sync_batchnorm(model: nn.Module, device: torch.device) -> bool:
         return False
     if device.type == "cuda":
         return True
-    warnings.warn(
-        "torch's SyncBatchNorm needs CUDA; on CPU each rank normalises with its own slice of "
-        "the batch, so BatchNorm statistics differ from a single-process run",
-        stacklevel=3,
-    )
+    if distributed.is_main():  # once, not once per rank
+        warnings.warn(
+            "torch's SyncBatchNorm needs CUDA; on CPU each rank normalises with its own slice of "
+            "the batch, so BatchNorm statistics differ from a single-process run",
+            stacklevel=3,
+        )
     return False
 
 
