@@ -99,7 +99,8 @@ class Diagnostics:
         n = ", ".join(dict.fromkeys(str(i.n) for i in items))
         worst = max(items, key=lambda i: i.gap)
         warned = [i.warning for i in items if i.warning is not None]
-        self.add(Check(code, f"{pairs} at {budgets} ({n} points)", f"worst: {worst.result}", "warning" if warned else "ok"))
+        status = "warning" if warned else "ok"
+        self.add(Check(code, f"{pairs} at {budgets} ({n} points)", f"worst: {worst.result}", status))
         self.warnings.extend(warned)
 
 
@@ -184,7 +185,9 @@ def _iterative_vs_single_step(rows: list[AttackOutcome], out: Diagnostics) -> No
                 n = len(s.robust)
                 rise = _count(it.robust) - _count(s.robust)
                 only_single = _count(it.robust & s.broken)
-                result = f"{s.attack} {100 * s.robust_accuracy:.1f}% vs {it.attack} {100 * it.robust_accuracy:.1f}% robust"
+                result = (
+                    f"{s.attack} {100 * s.robust_accuracy:.1f}% vs {it.attack} {100 * it.robust_accuracy:.1f}% robust"
+                )
                 warn = None
                 if _big(rise, n, ITERATIVE_TOLERANCE):
                     warn = Warning(

@@ -12,6 +12,15 @@ from torch import nn
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "attack-strong.yaml"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small batches gain nothing from a second thread; on a busy machine it spins (4x CPU here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class ScaledLogits(nn.Module):
     def __init__(self, model: nn.Module, scale: float):
         super().__init__()
@@ -33,8 +42,8 @@ def saturated_file(digits_mlp, tmp_path_factory):
 
 def test_suite_strong_on_an_ordinary_model(run_cli, tmp_path, digits_mlp):
     out = tmp_path / "r.json"
-    r = run_cli("attack", "--model", "digits-mlp", "--suite", "strong", "--eps", "0.1", "--n", "80",
-                "--queries", "200", "--strict", "--json", out)  # fmt: skip
+    r = run_cli("attack", "--model", "digits-mlp", "--suite", "strong", "--eps", "0.1", "--n", "50",
+                "--steps", "30", "--queries", "200", "--strict", "--json", out)  # fmt: skip
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["suite"] == "strong"
@@ -46,13 +55,14 @@ def test_suite_strong_on_an_ordinary_model(run_cli, tmp_path, digits_mlp):
     codes = {c["code"] for c in report["diagnostics"]}
     assert {"vanishing-gradients", "large-eps-not-broken", "margin-stronger-than-ce"} <= codes
     assert all(c["ran_on"] for c in report["diagnostics"])
-    assert "Gradient-masking diagnostics" in r.stdout and "apgd-dlr*" in r.stdout
+    assert "Gradient-masking diagnostics" in r.stdout and "strong suite" in r.stdout
 
 
 def test_strict_fails_on_a_saturated_model_after_writing_the_report(run_cli, tmp_path, saturated_file):
     out = tmp_path / "r.json"
     r = run_cli("attack", "--model", saturated_file, "--data", "digits", "--attack", "fgsm", "pgd",
-                "--suite", "strong", "--eps", "0.1", "--n", "80", "--queries", "200", "--strict", "--json", out)  # fmt: skip
+                "--suite", "strong", "--eps", "0.1", "--n", "50", "--steps", "30", "--queries", "200", "--strict",
+                "--json", out)  # fmt: skip
     assert r.exit_code == 1, r.output
     assert "check failed" in r.stderr and "gradient-masking" in r.stderr
     report = json.loads(out.read_text())
@@ -97,7 +107,7 @@ def test_bad_input_for_the_new_options(run_cli, digits_mlp):
 
 def test_example_config_runs(run_cli, tmp_path, digits_mlp):
     out = tmp_path / "r.json"
-    r = run_cli("attack", "--config", CONFIG, "--n", "40", "--queries", "100", "--json", out)
+    r = run_cli("attack", "--config", CONFIG, "--n", "40", "--steps", "20", "--queries", "100", "--json", out)
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["warnings"] == []
