@@ -189,3 +189,13 @@ def per_rank_rng() -> None:
         return
     shared = int(torch.randint(0, 2**62, (1,)).item())
     torch.manual_seed(shared + rank())
+
+
+def per_rank_generators(generators: dict[str, torch.Generator]) -> None:
+    """Like `per_rank_rng` for a run's own generators (e.g. a training attack's random starts):
+    each draws one number from its shared state and is re-seeded with it plus the rank."""
+    if not is_distributed():
+        return
+    for g in generators.values():
+        shared = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
+        g.manual_seed(shared + rank())
