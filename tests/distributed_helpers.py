@@ -48,6 +48,40 @@ def run_ranks(fn: Callable[..., Any], args: tuple, world: int, out: Path) -> lis
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
+# Scenarios that test modules register to run on 2 ranks. All of them run in ONE launch per test
+# session (process start-up dominates the cost): the first test that needs a result starts it.
+_SCENARIOS: dict[str, tuple[str, str, Callable[[Path], None] | None]] = {}
+_RESULTS: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
+
+
+def two_rank_scenario(name: str, prepare: Callable[[Path], None] | None = None) -> Callable:
+    """Register `fn(tmp) -> result` to run on every rank; `prepare(tmp)` runs before, in one process."""
+
+    def register(fn: Callable[[Path], Any]) -> Callable[[Path], Any]:
+        _SCENARIOS[name] = (fn.__module__, fn.__name__, prepare)
+        return fn
+
+    return register
+
+
+def _run_scenarios(specs: list[tuple[str, str, str]], tmp: str) -> dict[str, Any]:
+    import importlib
+
+    return {name: getattr(importlib.import_module(module), fn)(Path(tmp)) for name, module, fn in specs}
+
+
+def two_rank_results(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
+    """(shared folder, [rank 0's results, rank 1's]) of every registered scenario."""
+    if "runs" not in _RESULTS:
+        tmp = tmp_path_factory.mktemp("two-ranks")
+        for _, _, prepare in _SCENARIOS.values():
+            if prepare is not None:
+                prepare(tmp)
+        specs = [(name, module, fn) for name, (module, fn, _) in _SCENARIOS.items()]
+        _RESULTS["runs"] = (tmp, run_ranks(_run_scenarios, (specs, str(tmp)), world=2, out=tmp))
+    return _RESULTS["runs"]
+
+
 def tiny_mlp(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))

@@ -1,27 +1,22 @@
 """Sharded `robust certify`: shards of whole batches merged equal one process point by point, and
-under torchrun rank 0 writes the single-process report."""
+on 2 ranks rank 0 writes the single-process report."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from certify.lirpa import lirpa_available
 from certify.verify import CertifyOutcome, certify_dataset, merge_shards
+from distributed_helpers import two_rank_results, two_rank_scenario
 from robustcli import distributed
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_merged_certify_shards_equal_one_run_point_by_point(digits_mlp, digits_test):
-    x, y = digits_test.x[:50], digits_test.y[:50]
-    methods = ["ibp", "crown-ibp"] if lirpa_available() else ["ibp"]
+    x, y = digits_test.x[:24], digits_test.y[:24]
+    methods = ["ibp"]  # the bounds are per point; PGD is the part that depends on batch seeds
     kw = dict(num_classes=10, batch_size=8, seed=2, pgd_steps=5, pgd_restarts=2, device=torch.device("cpu"))
     whole = certify_dataset(digits_mlp, x, y, [0.01, 0.05], methods, **kw)
     shards = []
@@ -39,20 +34,24 @@ def test_merged_certify_shards_equal_one_run_point_by_point(digits_mlp, digits_t
     assert any((w.correct & ~w.pgd_robust).any() for w in whole.outcomes)
 
 
-def test_torchrun_two_ranks_certify_like_one_process(digits_mlp, run_cli, tmp_path):
-    config = tmp_path / "certify.yaml"
-    config.write_text("n: 40\n")  # torchrun's parser rejects a bare `--n`; see docs/distributed.md
-    args = ["certify", "--config", config, "--model", "digits-mlp", "--eps", "0.01", "0.05", "--method", "ibp",
-            "--pgd-steps", "5", "--batch-size", "8", "--seed", "1"]  # fmt: skip
-    single = run_cli(*args, "--json", tmp_path / "one.json")
+CERTIFY_ARGS = ["certify", "--model", "digits-mlp", "--n", "40", "--eps", "0.01", "0.05", "--method", "ibp",
+                "--pgd-steps", "5", "--batch-size", "8", "--seed", "1"]  # fmt: skip
+
+
+@two_rank_scenario("certify-cli")
+def _certify_on_ranks(tmp: Path) -> None:
+    """The CLI in each of 2 processes joined as torchrun would join them."""
+    from robustcli.cli import cli
+
+    cli.main(args=[*CERTIFY_ARGS, "--json", str(tmp / "certify-two.json")], prog_name="robust", standalone_mode=False)
+
+
+def test_two_rank_certify_cli_writes_the_single_process_report(digits_mlp, run_cli, tmp_path_factory):
+    tmp, _ = two_rank_results(tmp_path_factory)
+    single = run_cli(*CERTIFY_ARGS, "--json", tmp / "certify-one.json")
     assert single.exit_code == 0, single.output
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "robustcli",
-           *map(str, args), "--json", str(tmp_path / "two.json")]  # fmt: skip
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("Certified robustness of digits-mlp") == 1
-    one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    one = json.loads((tmp / "certify-one.json").read_text())
+    two = json.loads((tmp / "certify-two.json").read_text())
     timing = {"time_s", "points_per_s"}
     assert [{k: v for k, v in r.items() if k not in timing} for r in two["results"]] == [
         {k: v for k, v in r.items() if k not in timing} for r in one["results"]

@@ -4,12 +4,13 @@ are written by rank 0 and resume on any number of ranks."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from distributed_helpers import fit, fit_owned_step, run_ranks, tiny_mlp
+from distributed_helpers import fit, fit_owned_step, tiny_mlp, two_rank_results, two_rank_scenario
 from robustcli.data import Dataset, load_dataset
 from robustcli.ddp import DataParallel, local_batch
 from robustcli.training import train_natural
@@ -39,27 +40,43 @@ def _ibp(seed: int) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _two_rank_scenarios(tmp: str) -> dict:
-    """Everything the 2-rank processes do, in one launch (process start-up dominates the cost)."""
-    from pathlib import Path
-
+def _prepare_one_process_checkpoint(tmp: Path) -> None:
     d = _data()
-    out = {"natural": _natural(seed=1)}
-    out["fresh"] = fit(tiny_mlp(2), d.x, d.y, epochs=EPOCHS, out=Path(tmp) / "two.safetensors", resume=False)
-    # resume on 2 ranks from a checkpoint written by one process (epoch 0 done)
-    out["resumed"] = fit(tiny_mlp(99), d.x, d.y, epochs=3, out=Path(tmp) / "one.safetensors", resume=True)
-    out["ibp"] = _ibp(seed=6)
-    out["owned"] = fit_owned_step(tiny_mlp(4 + torch.distributed.get_rank()), d.x, d.y, epochs=EPOCHS)
-    return out
+    fit(tiny_mlp(2), d.x, d.y, epochs=1, out=tmp / "one.safetensors", resume=False)  # 1 process, epoch 0
+
+
+@two_rank_scenario("natural")
+def _natural_on_ranks(tmp: Path) -> dict:
+    return _natural(seed=1)
+
+
+@two_rank_scenario("fresh")
+def _fit_on_ranks(tmp: Path) -> dict:
+    d = _data()
+    return fit(tiny_mlp(2), d.x, d.y, epochs=EPOCHS, out=tmp / "two.safetensors", resume=False)
+
+
+@two_rank_scenario("resumed", prepare=_prepare_one_process_checkpoint)
+def _resume_on_ranks(tmp: Path) -> dict:
+    """Resume on 2 ranks from the checkpoint one process wrote (epoch 0 done)."""
+    d = _data()
+    return fit(tiny_mlp(99), d.x, d.y, epochs=3, out=tmp / "one.safetensors", resume=True)
+
+
+@two_rank_scenario("ibp")
+def _ibp_on_ranks(tmp: Path) -> dict:
+    return _ibp(seed=6)
+
+
+@two_rank_scenario("owned")
+def _owned_on_ranks(tmp: Path) -> dict:
+    d = _data()
+    return fit_owned_step(tiny_mlp(4 + torch.distributed.get_rank()), d.x, d.y, epochs=EPOCHS)
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    d = _data()
-    fit(tiny_mlp(2), d.x, d.y, epochs=1, out=tmp / "one.safetensors", resume=False)  # 1 process, epoch 0
-    results = run_ranks(_two_rank_scenarios, (str(tmp),), world=2, out=tmp)
-    return tmp, results
+    return two_rank_results(tmp_path_factory)
 
 
 def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
