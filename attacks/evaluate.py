@@ -106,7 +106,7 @@ def evaluate(
 ) -> Evaluation:
     """Run each attack at each of its budgets; add a worst-case row per (norm, eps) over attacks.
 
-    `on_batch(n)` is called after each batch of each attack with the number of points done.
+    `on_batch(n)` is called after each batch of each attack with the number of (point, budget) pairs done.
     `only_unbroken`: attack only the points no earlier attack broke at the same (norm, eps).
     `offset`: index of x[0] in the full data set when x is one shard of it (a multiple of
     `batch_size`); batch seeds use full-data indices, so shards merged with `merge_shards` equal
@@ -154,7 +154,7 @@ def evaluate(
                 size[todo] = torch.where(result.success, result.perturbation, torch.nan).cpu()
                 x_adv[todo] = result.x_adv.cpu()
             if on_batch is not None:
-                on_batch(min(batch_size, n - start))
+                on_batch(min(batch_size, n - start) * len(budgets))
         attacked = int(clean_correct.sum())
         for eps in eps_list:
             b = None if attack.minimization else eps

@@ -1,4 +1,4 @@
-"""Loading and saving models: built-in names, TorchScript, torch.export, safetensors, state dicts.
+"""Loading and saving models: built-in names, TorchScript, torch.export, safetensors, state dicts, ONNX.
 
 Model files are untrusted input: nothing is unpickled beyond tensors (`weights_only=True`) unless
 the user opts in with `allow_pickle`.
@@ -192,6 +192,12 @@ def load_model(
         )
     elif path.is_dir():
         raise InputError(f"--model {spec} is a folder; pass a model file")
+    elif path.suffix == ".onnx" or path.name.endswith(".onnx.gz"):
+        from certify.onnx_import import onnx_to_torch
+
+        conv = onnx_to_torch(path)
+        meta = {"format": "onnx", "input_shape": json.dumps(list(conv.input_shape)), "onnx_input": conv.input_name}
+        loaded = LoadedModel(conv.module, spec, arch="onnx", meta=meta)
     elif path.suffix == ".safetensors":
         module, arch_name, meta = read_safetensors_model(path, arch)
         loaded = LoadedModel(module, spec, arch=arch_name, meta=meta)

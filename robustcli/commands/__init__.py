@@ -8,4 +8,5 @@ COMMANDS = [
     "robustcli.commands.train_ibp",
     "robustcli.commands.analyze",
     "robustcli.commands.eval",
+    "robustcli.commands.vnncomp",
 ]

@@ -126,8 +126,8 @@ def run_attacks(
         )
         plan.append((attack, eps_by_norm[attack.norm]))
     y = w.data.y[part]
-    total = len(y) * len(plan)  # evaluate advances once per batch per attack
-    with progress_bar("attacking", total, enabled=distributed.is_main()) as advance:
+    total = sum(len(y) * (1 if a.minimization else len(e)) for a, e in plan)
+    with progress_bar("attacking", total) as advance:
         return evaluate(
             w.model.module,
             w.data.x[part],
@@ -220,7 +220,7 @@ def command(
             part=part,
         )
     if suite:
-        with progress_bar(f"{suite} suite", 3 * (part.stop - part.start), enabled=distributed.is_main()) as advance:
+        with progress_bar(f"{suite} suite", 3 * (part.stop - part.start) * len(eps_by_norm["linf"])) as advance:
             strong = run_strong_suite(
                 w.model.module,
                 w.data.x[part],

@@ -68,25 +68,41 @@ def certify_table(report: dict) -> None:
 @click.option(
     "--method",
     cls=MultiOption,
-    type=click.Choice(list(METHODS)),
-    help="Bound methods (default ibp); crown-ibp, crown, alpha-crown and lirpa-ibp need auto_LiRPA.",
+    type=click.Choice([*METHODS, "bab"]),
+    help="Bound methods (default ibp); crown-ibp, crown, alpha-crown and lirpa-ibp need auto_LiRPA. "
+    "With --spec: ibp, crown, alpha-crown, bab (default all).",
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--pgd-steps", type=int, default=40, show_default=True, help="PGD steps for the upper bound.")
 @click.option("--pgd-restarts", type=int, default=1, show_default=True)
 @click.option("--alpha-iterations", type=int, default=20, show_default=True, help="alpha-CROWN optimisation steps.")
+@click.option("--spec", type=click.Path(dir_okay=False), help="VNNLIB property: replaces --data and --eps.")
+@click.option("--timeout", type=float, default=None, help="With --spec: seconds before answering timeout.")
+@click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
 @runtime_options
 @json_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    device, batch_size, seed, json_path,
+    spec, timeout, counterexample, device, batch_size, seed, json_path,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
     \b
     robust certify --model mnist-cnn --eps 0.1 --method ibp crown-ibp
     robust certify --model my.pt --data test.npz --eps 0.01 0.02 --method crown --json cert.json
+    robust certify --model net.onnx --spec prop.vnnlib --method crown
     """
+    if spec is not None:
+        from robustcli.spec_check import certify_spec
+
+        certify_spec(
+            model, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, data=data, n=n, eps=eps,
+            method=method, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, alpha_iterations=alpha_iterations,
+            spec=spec, timeout=timeout, counterexample=counterexample, device=device, seed=seed, json_path=json_path,
+        )
+        return
+    if "bab" in method or timeout is not None or counterexample is not None:
+        raise InputError("--method bab, --timeout and --counterexample go with --spec prop.vnnlib")
     methods = tuple(dict.fromkeys(method or ("ibp",)))
     eps = tuple(eps) or DEFAULT_EPS[norm]
     check_eps(eps, norm)
@@ -100,7 +116,7 @@ def command(
     check_methods(methods, w.model.module)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
-    with progress_bar("certifying", total, enabled=distributed.is_main()) as advance:
+    with progress_bar("certifying", total) as advance:
         local = certify_dataset(
             w.model.module,
             w.data.x[part],

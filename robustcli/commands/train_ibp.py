@@ -178,7 +178,7 @@ def command(
 
     ckpt = Checkpointer(out)
     done = {"epochs": 0}
-    with progress_bar(f"train-ibp {arch} eps={eps:g}", epochs, enabled=distributed.is_main()) as advance:
+    with progress_bar(f"train-ibp {arch} eps={eps:g}", epochs) as advance:
 
         def on_epoch(s) -> None:
             step = s.epoch + 1 - done["epochs"]

@@ -1,0 +1,325 @@
+"""Lower bounds of C f(x) + d over an input box for ReLU chains: IBP, CROWN and alpha-CROWN.
+
+The model is a chain (nn.Sequential, possibly nested, possibly wrapped in `Normalized`) of affine
+layers (Linear, Conv2d, eval-mode BatchNorm1d/2d, Flatten, Reshape, ElementwiseAffine, Identity)
+and ReLUs. It is split into affine blocks z_0 = A_0(x), z_i = A_i(relu(z_{i-1})), output z_L.
+
+- IBP (Gowal et al. 2018): centre/radius through affine layers, c' = W c + b, r' = |W| r; the
+  last affine block is merged with the specification (C A_L) before taking the bound.
+- CROWN (Zhang et al. 2018, Thm 3.2): linear bounds propagated backward from each ReLU's input
+  and from the specification; unstable ReLUs (l < 0 < u) use the upper line u (z - l) / (u - l)
+  and the lower line a z with a = 1 if u > -l else 0 (the adaptive choice). Intermediate bounds
+  are intersected with IBP's, which is sound and never looser.
+- alpha-CROWN (Xu et al. 2021, sec. 3.1): the lower slopes a in [0, 1] become variables, one set
+  per bounded quantity (each intermediate layer and the specification), optimised by projected
+  Adam (lr 0.1, betas 0.9/0.999, as auto_LiRPA's defaults) on the specification's bound; every iterate is a sound bound, so
+  the best bound per row over the iterations is kept.
+
+All bounds are sound for any slopes in [0, 1]; floating point error is guarded by computing in
+float64. Engines run on the device of the model's parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from certify.onnx_layers import ElementwiseAffine, Reshape
+
+AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity)
+
+
+class NotAChain(ValueError):
+    """The model is not a chain of supported affine layers and ReLUs."""
+
+
+def chain_layers(model: nn.Module) -> list[nn.Module]:
+    """Flatten nested Sequentials (and the `Normalized` wrapper) into one list of layers."""
+    from robustcli.archs import Normalized
+
+    if isinstance(model, Normalized):
+        norm = ElementwiseAffine(1.0 / model.std[0], -model.mean[0] / model.std[0])
+        return [norm] + chain_layers(model.model)
+    if isinstance(model, nn.Sequential):
+        return [m for child in model for m in chain_layers(child)]
+    if isinstance(model, (nn.ReLU, *AFFINE)):
+        if isinstance(model, (nn.BatchNorm1d, nn.BatchNorm2d)) and (model.training or model.running_mean is None):
+            raise NotAChain("BatchNorm must be in eval mode with running statistics")
+        return [model]
+    raise NotAChain(f"layer {type(model).__name__} is not supported by the chain bound engines")
+
+
+@dataclass
+class Chain:
+    """Affine blocks separated by ReLUs, with the shapes (per point) of every block's input/output."""
+
+    blocks: list[list[nn.Module]]
+    in_shapes: list[tuple[int, ...]]
+    out_shapes: list[tuple[int, ...]]
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> "Chain":
+        layers = chain_layers(model)
+        blocks: list[list[nn.Module]] = [[]]
+        for m in layers:
+            if isinstance(m, nn.ReLU):
+                blocks.append([])
+            else:
+                blocks[-1].append(m)
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        blocks = [[_as_dtype(m, dtype) for m in b] for b in blocks]
+        in_shapes, out_shapes = [], []
+        x = torch.zeros(1, *input_shape, dtype=dtype, device=device)
+        with torch.no_grad():
+            for b in blocks:
+                in_shapes.append(tuple(x.shape[1:]))
+                for m in b:
+                    x = m(x)
+                out_shapes.append(tuple(x.shape[1:]))
+        return cls(blocks, in_shapes, out_shapes, dtype, device)
+
+
+def _as_dtype(m: nn.Module, dtype: torch.dtype) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(m)
+    m.eval()
+    m.requires_grad_(False)  # bounds are functions of the input box only
+    return m.to(dtype)
+
+
+# -- affine maps ---------------------------------------------------------------------------------
+def _bn_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = m.weight / torch.sqrt(m.running_var + m.eps) if m.affine else 1.0 / torch.sqrt(m.running_var + m.eps)
+    shift = (m.bias if m.affine else 0.0) - m.running_mean * scale
+    return scale, shift
+
+
+def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def ibp_affine(m: nn.Module, c: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre and radius through one affine layer: c' = m(c), r' = |W| r."""
+    if isinstance(m, nn.Linear):
+        return m(c), F.linear(r, m.weight.abs())
+    if isinstance(m, nn.Conv2d):
+        return m(c), F.conv2d(r, m.weight.abs(), None, m.stride, m.padding, m.dilation, m.groups)
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        scale, _ = _bn_affine(m)
+        return m(c), r * _per_channel(scale.abs(), r)
+    if isinstance(m, ElementwiseAffine):
+        return m(c), r * m.scale.abs()
+    return m(c), m(r)  # Flatten, Reshape, Identity
+
+
+def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows A (R, *out_shape) of a linear function of the block's output, return (A W, A b):
+    the same function of the block's input, as rows (R, *in_shape) and a constant (R,)."""
+    bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    if not block:
+        return A, bias
+    if A.dim() == 2 and len(block) <= 2 and isinstance(block[-1], nn.Linear) and all(isinstance(m, (nn.Flatten, nn.Identity)) for m in block[:-1]):
+        lin = block[-1]
+        if lin.bias is not None:
+            bias = A @ lin.bias
+        return (A @ lin.weight).reshape(A.shape[0], *in_shape), bias
+    # Generic: the block is affine, so A W is the vector-Jacobian product at any point.
+    with torch.enable_grad():
+        x = torch.zeros(A.shape[0], *in_shape, dtype=A.dtype, device=A.device, requires_grad=True)
+        y = x
+        for m in block:
+            y = m(y)
+        b = y[0].detach()
+        (aw,) = torch.autograd.grad(y, x, grad_outputs=A, create_graph=A.requires_grad)
+    return aw, (A * b).flatten(1).sum(1)
+
+
+# -- IBP ------------------------------------------------------------------------------------------
+def ibp_intermediate(chain: Chain, lo: torch.Tensor, hi: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Box bounds (l, u) of every ReLU input z_0 .. z_{L-1}, each (B, *shape)."""
+    c, r = (hi + lo) / 2, (hi - lo) / 2
+    out = []
+    for i, block in enumerate(chain.blocks[:-1]):
+        for m in block:
+            c, r = ibp_affine(m, c, r)
+        out.append((c - r, c + r))
+        l, u = F.relu(c - r), F.relu(c + r)
+        c, r = (u + l) / 2, (u - l) / 2
+    return out
+
+
+def ibp_spec(chain: Chain, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+             bounds: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Lower bound (B, K) of C z_L + d by IBP, with C merged into the last affine block."""
+    bounds = bounds if bounds is not None else ibp_intermediate(chain, lo, hi)
+    if bounds:
+        l, u = (F.relu(b) for b in bounds[-1])
+    else:
+        l, u = lo, hi
+    A = C.reshape(C.shape[0], *chain.out_shapes[-1])
+    A, bias = back_affine(chain.blocks[-1], chain.in_shapes[-1], A)
+    c, r = (u + l) / 2, (u - l) / 2
+    Af = A.flatten(1)
+    return c.flatten(1) @ Af.T - r.flatten(1) @ Af.abs().T + bias + d
+
+
+# -- CROWN ----------------------------------------------------------------------------------------
+def _relu_lines(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Upper slope/intercept, default (adaptive) lower slope, and the unstable mask."""
+    unstable = (l < 0) & (u > 0)
+    denom = torch.where(unstable, u - l, torch.ones_like(u))
+    up_s = torch.where(unstable, u / denom, (l >= 0).to(u.dtype))
+    up_t = torch.where(unstable, -l * u / denom, torch.zeros_like(u))
+    low_s = torch.where(unstable, (u > -l).to(u.dtype), (l >= 0).to(u.dtype))
+    return up_s, up_t, low_s, unstable
+
+
+def backward_lower(
+    chain: Chain,
+    upto: int,
+    A: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bounds: list[tuple[torch.Tensor, torch.Tensor]],
+    alphas: list[torch.Tensor] | None = None,
+    split_terms: list[torch.Tensor | None] | None = None,
+    record: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Lower bound (B, R) of A . z_upto over the box, A (R, *shape of z_upto) or (B, R, ...).
+
+    `alphas[j]` (B, R, n_j) or None: lower slopes for ReLU j's unstable neurons (else adaptive).
+    `split_terms[j]` (B, R, n_j): Lagrangian terms -beta * sign added to the coefficients of z_j
+    (beta-CROWN, Wang et al. 2021, eq. 7; see certify/bab.py). `record[j]` receives the
+    coefficients of ReLU j's output, which branching heuristics read.
+    B is the batch of the intermediate bounds (domains); the input box may have batch 1.
+    """
+    B = bounds[0][0].shape[0] if bounds else lo.shape[0]
+    R = A.shape[-1 - len(chain.out_shapes[upto])]
+    A = A.expand(B, *A.shape[-1 - len(chain.out_shapes[upto]):]) if A.dim() == 1 + len(chain.out_shapes[upto]) else A
+    bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
+    for j in range(upto, -1, -1):
+        flat = A.reshape(B * R, *chain.out_shapes[j])
+        aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], flat)
+        A = aw.reshape(B, R, -1)
+        bias = bias + b.reshape(B, R)
+        if j == 0:
+            break
+        l, u = (t.reshape(B, 1, -1) for t in bounds[j - 1])
+        up_s, up_t, low_s, unstable = _relu_lines(l, u)
+        if alphas is not None and alphas[j - 1] is not None:
+            low_s = torch.where(unstable, alphas[j - 1], low_s)
+        if record is not None:
+            record[j - 1] = A
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        bias = bias + (neg * up_t).sum(-1)
+        A = pos * low_s + neg * up_s
+        if split_terms is not None and split_terms[j - 1] is not None:
+            A = A + split_terms[j - 1]
+    c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1)
+    r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1)
+    return (A * c).sum(-1) - (A.abs() * r).sum(-1) + bias
+
+
+def _eye_rows(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+    n = 1
+    for s in shape:
+        n *= s
+    eye = torch.eye(n, dtype=dtype, device=device)
+    return torch.cat([eye, -eye]).reshape(2 * n, *shape)  # lower bounds of z and of -z
+
+
+def crown_intermediate(
+    chain: Chain, lo: torch.Tensor, hi: torch.Tensor, alphas: list[list[torch.Tensor]] | None = None,
+    base: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """CROWN bounds of every ReLU input, each intersected with `base` (IBP unless given)."""
+    base = base if base is not None else ibp_intermediate(chain, lo, hi)
+    bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i in range(len(chain.blocks) - 1):
+        shape = chain.out_shapes[i]
+        n = base[i][0][0].numel()
+        rows = _eye_rows(shape, chain.dtype, chain.device)
+        low = backward_lower(chain, i, rows, lo, hi, bounds, alphas[i] if alphas is not None else None)
+        B = lo.shape[0]
+        l_new, u_new = low[:, :n].reshape(B, *shape), -low[:, n:].reshape(B, *shape)
+        bounds.append((torch.maximum(l_new, base[i][0]), torch.minimum(u_new, base[i][1])))
+    return bounds
+
+
+def crown_spec(chain: Chain, lo, hi, C, d, bounds=None) -> tuple[torch.Tensor, list]:
+    bounds = bounds if bounds is not None else crown_intermediate(chain, lo, hi)
+    A = C.reshape(C.shape[0], *chain.out_shapes[-1])
+    return backward_lower(chain, len(chain.blocks) - 1, A, lo, hi, bounds) + d, bounds
+
+
+def alpha_crown_spec(
+    chain: Chain, lo, hi, C, d, bounds, *, iterations: int = 20, lr: float = 0.1,
+    deadline: float | None = None, stop_when_positive: bool = True,
+    on_iteration: Callable[[int, torch.Tensor], None] | None = None,
+    tightened_out: list | None = None,
+) -> torch.Tensor:
+    """alpha-CROWN: optimise lower slopes for every intermediate layer and the specification.
+
+    `bounds` are CROWN intermediate bounds (kept as a floor: optimised ones are intersected with
+    them). Returns the best lower bound (B, K) per row over the iterations; if `tightened_out` is
+    a list, it receives the tightest intermediate bounds seen (for branch and bound).
+    """
+    B, L, K = lo.shape[0], len(chain.blocks) - 1, C.shape[0]
+    bounds = [(l.detach(), u.detach()) for l, u in bounds]
+    # Slopes start at CROWN's adaptive choice so iteration 0 reproduces CROWN.
+    def init(rows: int, j: int) -> torch.Tensor:
+        l, u = (t.reshape(B, 1, -1) for t in bounds[j])
+        return (u > -l).to(chain.dtype).expand(B, rows, -1).clone().requires_grad_(True)
+
+    sizes = [bounds[i][0][0].numel() for i in range(L)]
+    inter = [[init(2 * sizes[i], j) for j in range(i)] for i in range(L)]
+    final = [init(K, j) for j in range(L)]
+    params = [a for row in inter for a in row] + final
+    if not params or K == 0:  # no ReLU (CROWN is exact) or no margin: nothing to optimise
+        with torch.no_grad():
+            low = backward_lower(chain, L, C.reshape(K, *chain.out_shapes[-1]), lo, hi, bounds) + d
+        if tightened_out is not None:
+            tightened_out[:] = bounds
+        return low
+    # Adam by hand: importing torch.optim pulls in torch._dynamo, seconds of start-up per process.
+    m1 = [torch.zeros_like(a) for a in params]
+    m2 = [torch.zeros_like(a) for a in params]
+    beta1, beta2 = 0.9, 0.999
+    best = torch.full((B, K), float("-inf"), dtype=chain.dtype, device=chain.device)
+    tightened = [(l.clone(), u.clone()) for l, u in bounds] if tightened_out is not None else None
+    A = C.reshape(K, *chain.out_shapes[-1])
+    for it in range(iterations):
+        with torch.enable_grad():
+            bnd = crown_intermediate(chain, lo, hi, inter, base=bounds) if L > 1 else bounds
+            low = backward_lower(chain, L, A, lo, hi, bnd, final) + d
+            best = torch.maximum(best, low.detach())
+            if tightened is not None:  # every iterate's intermediate bounds are sound: keep the tightest
+                for k, (l, u) in enumerate(bnd):
+                    tl, tu = tightened[k]
+                    tightened[k] = (torch.maximum(tl, l.detach()), torch.minimum(tu, u.detach()))
+            if on_iteration is not None:
+                on_iteration(it, best)
+            if (stop_when_positive and bool((best > 0).all())) or (deadline is not None and time.monotonic() > deadline):
+                break
+            loss = -low.clamp(max=1e-2).sum()  # proven rows stop pulling on the shared slopes
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for a, g, v1, v2 in zip(params, grads, m1, m2):
+                if g is None:
+                    continue
+                v1.mul_(beta1).add_(g, alpha=1 - beta1)
+                v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
+                a.sub_(step).clamp_(0, 1)
+    if tightened_out is not None:
+        tightened_out[:] = tightened
+    return best

@@ -1,0 +1,36 @@
+"""Running an ONNX file with onnxruntime, the reference that confirms counterexamples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from robustcli.errors import InputError
+
+
+def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f(x) for x (B, n_inputs) float32: the file's outputs (B, n_outputs) computed by onnxruntime,
+    one point at a time (VNN-COMP files often fix the batch to 1)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("confirming counterexamples with onnxruntime needs it installed: pip install onnxruntime") from None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    from certify.onnx_import import onnx_bytes
+
+    session = ort.InferenceSession(onnx_bytes(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for xi in x.detach().cpu().to(torch.float32).numpy():
+            out = session.run(None, {name: xi.reshape(1, *input_shape).astype(np.float32)})[0]
+            rows.append(torch.from_numpy(np.asarray(out, dtype=np.float64).reshape(-1)))
+        return torch.stack(rows)
+
+    return run

@@ -1,0 +1,414 @@
+"""ONNX -> PyTorch for feed-forward classifiers (the VNN-COMP op set), without onnx2torch.
+
+`onnx_to_torch(path)` reads the graph with the `onnx` package and returns an equivalent module:
+an `nn.Sequential` of standard layers (Flatten, Linear, Conv2d, BatchNorm1d/2d, ReLU) when the
+graph is a chain, so bound engines can walk it, else an `OnnxGraph` that runs the nodes in order.
+
+Supported: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv (2-D), BatchNormalization
+(inference), Constant, Identity, Transpose where it only moves size-1 axes, and constant folding
+of Shape/Gather/Unsqueeze/Squeeze/Concat/Cast as exporters emit for `x.view(x.size(0), -1)`.
+Anything else is an `InputError` naming the node.
+
+Choices (the ONNX spec leaves the batch open): the first axis of the graph input is the batch. A
+file that fixes it to 1 (as VNN-COMP's do) still accepts any batch: Reshape targets that repeat
+the fixed batch size keep the batch axis instead. The conversion runs the module on a batch of
+two and on each point alone and refuses a graph whose rows influence each other.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from certify.onnx_layers import Binary, ElementwiseAffine, OnnxGraph, Reshape
+from robustcli.errors import InputError
+
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
+
+
+@dataclass
+class OnnxConversion:
+    module: nn.Module
+    input_shape: tuple[int, ...]  # per point, without the batch axis
+    output_shape: tuple[int, ...]
+    input_name: str
+    chain: bool  # True when `module` is an nn.Sequential of standard layers
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise InputError(
+            "reading .onnx models needs the `onnx` package: pip install 'robustcli[onnx]' (or pip install onnx)"
+        ) from None
+    return onnx
+
+
+def onnx_bytes(path: str | Path) -> bytes:
+    """The file's bytes, gunzipped for `.onnx.gz` (how VNN-COMP 2022+ ships networks)."""
+    import gzip
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
+def load_onnx(path: str | Path) -> Any:
+    onnx = _require_onnx()
+    path = Path(path)
+    try:
+        model = onnx.load_model_from_string(onnx_bytes(path))
+        onnx.checker.check_model(model)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - protobuf or checker failure: a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"cannot read {path.name} as an ONNX model: {first}") from None
+    return model
+
+
+class _Converter:
+    def __init__(self, model: Any):
+        from onnx import numpy_helper
+
+        self.numpy_helper = numpy_helper
+        graph = model.graph
+        self.graph = graph
+        self.consts: dict[str, torch.Tensor] = {
+            t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in graph.initializer
+        }
+        inputs = [i for i in graph.input if i.name not in self.consts]
+        if len(inputs) != 1 or len(graph.output) != 1:
+            raise InputError(
+                f"the ONNX graph has {len(inputs)} inputs and {len(graph.output)} outputs; "
+                "a classifier needs exactly one of each"
+            )
+        self.input_name = inputs[0].name
+        self.output_name = graph.output[0].name
+        dims = inputs[0].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if len(shape) < 2:
+            raise InputError(f"the ONNX input {self.input_name!r} has shape {shape}; expected a batch axis first")
+        if any(s is None for s in shape[1:]):
+            raise InputError(f"the ONNX input {self.input_name!r} has symbolic dimensions {shape}; only the batch may be")
+        self.batch = shape[0] or 1
+        self.input_shape = tuple(int(s) for s in shape[1:])
+        # Shapes of computed tensors, traced with a zero input of the file's batch size.
+        self.values: dict[str, torch.Tensor] = {self.input_name: torch.zeros(self.batch, *self.input_shape)}
+        self.steps: list[tuple[nn.Module, list[str], str]] = []
+
+    # -- helpers ------------------------------------------------------------------------------
+    def fail(self, i: int, node: Any, why: str) -> InputError:
+        name = f"'{node.name}' " if node.name else ""
+        return InputError(f"ONNX node {name}({node.op_type}, node {i}) is not supported: {why}")
+
+    def attrs(self, node: Any) -> dict[str, Any]:
+        from onnx import helper
+
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def const(self, name: str) -> torch.Tensor | None:
+        return self.consts.get(name)
+
+    def add(self, module: nn.Module, ins: list[str], out: str) -> None:
+        module.eval()
+        with torch.no_grad():
+            self.values[out] = module(*[self.values[i] for i in ins])
+        self.steps.append((module, ins, out))
+
+    # -- conversion ----------------------------------------------------------------------------
+    def run(self) -> list[tuple[nn.Module, list[str], str]]:
+        for i, node in enumerate(self.graph.node):
+            inputs = [n for n in node.input if n != ""]
+            if all(n in self.consts for n in inputs) and node.op_type != "Shape":
+                self.fold(i, node, inputs)
+                continue
+            handler = getattr(self, f"op_{node.op_type}", None)
+            if handler is None:
+                raise self.fail(i, node, f"operator {node.op_type} is outside the supported feed-forward set "
+                                "(Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
+                                "BatchNormalization, Constant, Identity, Transpose)")
+            missing = [n for n in inputs if n not in self.consts and n not in self.values]
+            if missing:
+                raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
+            handler(i, node, inputs, self.attrs(node))
+        if self.output_name not in self.values:
+            raise InputError(f"the ONNX output {self.output_name!r} is not computed from the input")
+        return self.steps
+
+    def fold(self, i: int, node: Any, inputs: list[str]) -> None:
+        """Evaluate a node whose inputs are all constants (weights transposed by a node, shape arithmetic)."""
+        a = self.attrs(node)
+        x = [self.consts[n].numpy() for n in inputs]
+        op = node.op_type
+        try:
+            if op == "Constant":
+                if "value" not in a:
+                    raise ValueError("only Constant nodes with a tensor `value` are supported")
+                out = np.array(self.numpy_helper.to_array(a["value"]))
+            elif op == "Identity":
+                out = x[0]
+            elif op in ELEMENTWISE:
+                out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}.get(op, np.divide)(x[0], x[1])
+                if op == "Div" and np.issubdtype(x[0].dtype, np.integer):
+                    out = x[0] // x[1]
+            elif op == "Transpose":
+                out = np.transpose(x[0], a.get("perm"))
+            elif op == "Reshape":
+                out = x[0].reshape([d if d != 0 else x[0].shape[j] for j, d in enumerate(x[1].tolist())])
+            elif op == "Gather":
+                out = np.take(x[0], x[1], axis=a.get("axis", 0))
+            elif op == "Unsqueeze":
+                axes = a.get("axes", x[1].tolist() if len(x) > 1 else None)
+                out = np.expand_dims(x[0], tuple(axes))
+            elif op == "Squeeze":
+                axes = a.get("axes", x[1].tolist() if len(x) > 1 else None)
+                out = np.squeeze(x[0], tuple(axes) if axes is not None else None)
+            elif op == "Concat":
+                out = np.concatenate(x, axis=a["axis"])
+            elif op == "Cast":
+                from onnx import helper
+
+                out = x[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+            else:
+                raise ValueError(f"operator {op} on constants is outside the supported set")
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise self.fail(i, node, str(e)) from None
+        self.consts[node.output[0]] = torch.from_numpy(np.array(out))
+
+    def op_Shape(self, i, node, inputs, a) -> None:
+        src = self.values.get(inputs[0])
+        shape = list(src.shape) if src is not None else list(self.consts[inputs[0]].shape)
+        self.consts[node.output[0]] = torch.tensor(shape, dtype=torch.int64)
+
+    def op_Identity(self, i, node, inputs, a) -> None:
+        self.values[node.output[0]] = self.values[inputs[0]]
+        self.steps.append((nn.Identity(), inputs[:1], node.output[0]))
+
+    def op_Relu(self, i, node, inputs, a) -> None:
+        self.add(nn.ReLU(), inputs[:1], node.output[0])
+
+    def _float(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(torch.float32).clone()
+
+    def op_Gemm(self, i, node, inputs, a) -> None:
+        if len(inputs) < 2 or inputs[0] in self.consts or inputs[1] not in self.consts:
+            raise self.fail(i, node, "only Gemm(input, constant weight[, constant bias]) is supported")
+        if a.get("transA", 0):
+            raise self.fail(i, node, "transA=1 would transpose the batch axis")
+        if self.values[inputs[0]].dim() != 2:
+            raise self.fail(i, node, f"Gemm input must be 2-D, got shape {tuple(self.values[inputs[0]].shape)}")
+        w = self._float(self.consts[inputs[1]]) * float(a.get("alpha", 1.0))
+        w = w if a.get("transB", 0) else w.t()
+        out_f = w.shape[0]
+        lin = nn.Linear(w.shape[1], out_f, bias=True)
+        bias = torch.zeros(out_f)
+        if len(inputs) > 2:
+            c = self._float(self.consts[inputs[2]]) * float(a.get("beta", 1.0))
+            try:
+                bias = torch.broadcast_to(c, (1, out_f)).reshape(out_f).clone()
+            except RuntimeError:
+                raise self.fail(i, node, f"bias of shape {tuple(c.shape)} does not broadcast per output") from None
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(bias)
+        self.add(lin, inputs[:1], node.output[0])
+
+    def op_MatMul(self, i, node, inputs, a) -> None:
+        if inputs[0] in self.consts or inputs[1] not in self.consts or self.consts[inputs[1]].dim() != 2:
+            raise self.fail(i, node, "only MatMul(input, constant 2-D matrix) is supported")
+        w = self._float(self.consts[inputs[1]])
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(w.t())
+        self.add(lin, inputs[:1], node.output[0])
+
+    def _elementwise(self, i, node, inputs, a) -> None:
+        op = node.op_type
+        dyn = [n for n in inputs if n not in self.consts]
+        if len(dyn) == 2:
+            if op not in ("Add", "Sub"):
+                raise self.fail(i, node, f"{op} of two computed tensors is not piecewise linear")
+            self.add(Binary(op), inputs, node.output[0])
+            return
+        c = self._float(self.consts[inputs[1] if inputs[0] in dyn else inputs[0]])
+        x_shape = self.values[dyn[0]].shape
+        try:
+            out_shape = torch.broadcast_shapes(x_shape, c.shape)
+        except RuntimeError:
+            raise self.fail(i, node, f"constant of shape {tuple(c.shape)} does not broadcast to {tuple(x_shape)}") from None
+        if tuple(out_shape) != tuple(x_shape):
+            raise self.fail(i, node, f"constant of shape {tuple(c.shape)} changes the shape {tuple(x_shape)}")
+        if c.dim() == len(x_shape) and c.shape[0] != 1:
+            raise self.fail(i, node, "the constant varies along the batch axis")
+        if c.dim() == len(x_shape):
+            c = c[0]  # drop the batch axis so any batch size broadcasts
+        const_first = inputs[0] not in dyn
+        if op == "Add":
+            m = ElementwiseAffine(None, c)
+        elif op == "Sub":
+            m = ElementwiseAffine(-torch.ones(()), c) if const_first else ElementwiseAffine(None, -c)
+        elif op == "Mul":
+            m = ElementwiseAffine(c, None)
+        else:
+            if const_first:
+                raise self.fail(i, node, "division by a computed tensor is not piecewise linear")
+            m = ElementwiseAffine(1.0 / c, None)
+        self.add(m, dyn, node.output[0])
+
+    op_Add = op_Sub = op_Mul = op_Div = _elementwise
+
+    def op_Flatten(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        axis = a.get("axis", 1)
+        axis = axis + x.dim() if axis < 0 else axis
+        if axis < 1 or any(s != 1 for s in x.shape[1:axis]):
+            raise self.fail(i, node, f"Flatten axis={axis} on shape {tuple(x.shape)} would merge the batch axis")
+        self.add(nn.Flatten(), inputs[:1], node.output[0])
+
+    def _reshape_to(self, i, node, x: torch.Tensor, target: list[int], src: str) -> None:
+        if target[0] != x.shape[0]:
+            raise self.fail(i, node, f"reshape {tuple(x.shape)} -> {tuple(target)} merges the batch axis")
+        target_t = tuple(target[1:])
+        if target_t == tuple(x.shape[1:]):
+            self.values[node.output[0]] = x
+            self.steps.append((nn.Identity(), [src], node.output[0]))
+        elif len(target_t) == 1 and x.dim() > 2:
+            self.add(nn.Flatten(), [src], node.output[0])
+        else:
+            self.add(Reshape(target_t), [src], node.output[0])
+
+    def op_Reshape(self, i, node, inputs, a) -> None:
+        if inputs[1] not in self.consts:
+            raise self.fail(i, node, "the target shape must be a constant")
+        x = self.values[inputs[0]]
+        spec = self.consts[inputs[1]].tolist()
+        if a.get("allowzero", 0) and 0 in spec:
+            raise self.fail(i, node, "allowzero=1 with a zero dimension")
+        spec = [x.shape[j] if d == 0 else d for j, d in enumerate(spec)]
+        try:
+            target = list(torch.empty(x.shape).reshape(spec).shape)
+        except RuntimeError as e:
+            raise self.fail(i, node, str(e).splitlines()[0]) from None
+        self._reshape_to(i, node, x, target, inputs[0])
+
+    def op_Transpose(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        perm = list(a.get("perm", reversed(range(x.dim()))))
+        kept = [p for p in perm if x.shape[p] != 1]
+        if perm[0] != 0 or kept != sorted(kept):
+            raise self.fail(i, node, f"Transpose perm={perm} on shape {tuple(x.shape)} reorders data "
+                            "(only layout no-ops that move size-1 axes are supported)")
+        self._reshape_to(i, node, x, list(x.permute(perm).shape), inputs[0])
+
+    def op_Conv(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        if x.dim() != 4 or inputs[1] not in self.consts or (len(inputs) > 2 and inputs[2] not in self.consts):
+            raise self.fail(i, node, "only 2-D convolutions with constant weights are supported")
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
+        w = self._float(self.consts[inputs[1]])
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if pads[:2] != pads[2:]:
+            raise self.fail(i, node, f"asymmetric pads {pads}")
+        groups = int(a.get("group", 1))
+        conv = nn.Conv2d(
+            w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(a.get("strides", [1, 1])),
+            padding=tuple(pads[:2]), dilation=tuple(a.get("dilations", [1, 1])), groups=groups, bias=len(inputs) > 2,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if len(inputs) > 2:
+                conv.bias.copy_(self._float(self.consts[inputs[2]]))
+        self.add(conv, inputs[:1], node.output[0])
+
+    def op_BatchNormalization(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        if a.get("training_mode", 0) or len(node.output) > 1 or not all(n in self.consts for n in inputs[1:5]):
+            raise self.fail(i, node, "only inference-mode BatchNormalization with constant statistics is supported")
+        if x.dim() not in (2, 3, 4):
+            raise self.fail(i, node, f"input of shape {tuple(x.shape)}")
+        scale, bias, mean, var = (self._float(self.consts[n]) for n in inputs[1:5])
+        bn = (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(x.shape[1], eps=float(a.get("epsilon", 1e-5)))
+        with torch.no_grad():
+            bn.weight.copy_(scale)
+            bn.bias.copy_(bias)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+        self.add(bn, inputs[:1], node.output[0])
+
+
+def _as_chain(steps: list[tuple[nn.Module, list[str], str]], input_name: str, output_name: str) -> nn.Sequential | None:
+    """An nn.Sequential when each step consumes exactly the previous step's output, else None."""
+    alias: dict[str, str] = {}  # Identity outputs name their input
+    layers: list[nn.Module] = []
+    current = input_name
+    for module, ins, out in steps:
+        ins = [alias.get(n, n) for n in ins]
+        if isinstance(module, nn.Identity):
+            alias[out] = ins[0]
+            continue
+        if ins != [current]:
+            return None
+        layers.append(module)
+        current = out
+    return nn.Sequential(*_fold_affine(layers)) if alias.get(output_name, output_name) == current else None
+
+
+def _fold_affine(layers: list[nn.Module]) -> list[nn.Module]:
+    """Merge an ElementwiseAffine into the Linear/Conv2d before it when its constants are per output
+    feature/channel (MatMul + Add bias, Gemm * scale), so engines see standard layers only."""
+    out: list[nn.Module] = []
+    for layer in layers:
+        prev = out[-1] if out else None
+        if isinstance(layer, ElementwiseAffine) and isinstance(prev, (nn.Linear, nn.Conv2d)):
+            n = prev.out_features if isinstance(prev, nn.Linear) else prev.out_channels
+            per = (n,) if isinstance(prev, nn.Linear) else (n, 1, 1)
+            try:
+                s = torch.broadcast_to(layer.scale, per).reshape(n)
+                t = torch.broadcast_to(layer.shift, per).reshape(n)
+            except RuntimeError:
+                out.append(layer)
+                continue
+            fused = copy.deepcopy(prev)
+            view = (-1, 1) if isinstance(prev, nn.Linear) else (-1, 1, 1, 1)
+            bias = prev.bias.detach() if prev.bias is not None else torch.zeros(n)
+            fused.weight = nn.Parameter(prev.weight.detach() * s.reshape(view))
+            fused.bias = nn.Parameter(bias * s + t)
+            out[-1] = fused
+            continue
+        out.append(layer)
+    return out
+
+
+def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, *input_shape, generator=g)
+    with torch.no_grad():
+        both = module(x)
+        each = torch.cat([module(x[:1]), module(x[1:])])
+    if both.shape != each.shape or not torch.allclose(both, each, rtol=1e-4, atol=1e-5):
+        raise InputError("the ONNX graph mixes points of a batch (its reshapes use the batch axis); cannot convert")
+
+
+def onnx_to_torch(source: str | Path | Any) -> OnnxConversion:
+    """Convert an ONNX file (or loaded ModelProto) to an eval-mode torch module on the CPU."""
+    model = load_onnx(source) if isinstance(source, (str, Path)) else source
+    conv = _Converter(model)
+    steps = conv.run()
+    chain = _as_chain(steps, conv.input_name, conv.output_name)
+    module: nn.Module = chain if chain is not None else OnnxGraph(conv.input_name, conv.output_name, steps)
+    module.eval()
+    out = conv.values[conv.output_name]
+    _check_batch_independent(module, conv.input_shape)
+    return OnnxConversion(module, conv.input_shape, tuple(out.shape[1:]), conv.input_name, chain is not None)

@@ -1,0 +1,68 @@
+"""The few torch layers an ONNX graph needs beyond torch.nn's own: per-element affine maps,
+batch-preserving reshapes, and a graph executor for graphs that are not a chain.
+
+Every layer here acts on each batch element independently and, except `OnnxGraph`, is affine,
+so bound engines can treat it as "an affine map they can evaluate" (see certify/chain_bounds.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ElementwiseAffine(nn.Module):
+    """y = x * scale + shift with constants that broadcast over one batch element (ONNX Add/Sub/Mul/Div)."""
+
+    def __init__(self, scale: torch.Tensor | None, shift: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("scale", scale if scale is not None else torch.ones(()))
+        self.register_buffer("shift", shift if shift is not None else torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+class Reshape(nn.Module):
+    """Reshape each batch element to `shape` (the batch dimension is kept, whatever the ONNX file fixed it to)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class Binary(nn.Module):
+    """Add or Sub of two computed tensors (a residual connection); only in graph modules."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b if self.op == "Add" else a - b
+
+    def extra_repr(self) -> str:
+        return self.op
+
+
+class OnnxGraph(nn.Module):
+    """Runs converted ONNX nodes in topological order over named tensors (graphs that are not a chain)."""
+
+    def __init__(self, input_name: str, output_name: str, steps: list[tuple[nn.Module, list[str], str]]):
+        super().__init__()
+        self.input_name = input_name
+        self.output_name = output_name
+        self.layers = nn.ModuleList(m for m, _, _ in steps)
+        self.wiring = [(list(ins), out) for _, ins, out in steps]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env = {self.input_name: x}
+        for layer, (ins, out) in zip(self.layers, self.wiring):
+            env[out] = layer(*[env[i] for i in ins])
+        return env[self.output_name]

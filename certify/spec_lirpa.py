@@ -1,0 +1,44 @@
+"""Bounds of C f(x) + d over a per-element input box through auto_LiRPA, for models that are not
+chains (e.g. ONNX graphs with residual adds), where certify/chain_bounds.py does not apply.
+
+Uses certify/lirpa.py's compat shim and model rewrites, with the box as
+`PerturbationLpNorm(norm=inf, x_L=lower, x_U=upper)`; the methods are auto_LiRPA's IBP, CROWN and
+alpha-CROWN. auto_LiRPA computes in the model's float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustcli.errors import InputError
+
+def lirpa_box_lower(
+    model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor, method: str,
+    *, alpha_iterations: int = 20,
+) -> torch.Tensor:
+    """Lower bound (1, K) of C f(x) + d for x in [lo, hi] (each (1, *input_shape)); raises
+    InputError when auto_LiRPA is missing or cannot handle the model."""
+    import numpy as np
+
+    from certify.lirpa import auto_lirpa, lirpa_friendly
+
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    lo, hi = lo.to(dtype), hi.to(dtype)
+    centre = (lo + hi) / 2
+    lirpa = auto_lirpa(method)
+    # conv_mode "matrix": 0.3's default "patches" mode asserts on residual Adds of flat tensors;
+    # the sparse options avoid its alpha-CROWN shape bugs (see certify/lirpa.py).
+    opts = {"conv_mode": "matrix", "sparse_features_alpha": False, "sparse_spec_alpha": False,
+            "sparse_intermediate_bounds": False, "optimize_bound_args": {"iteration": alpha_iterations}}
+    try:
+        module = lirpa.BoundedModule(lirpa_friendly(model, centre), centre, bound_opts=opts, device=str(centre.device))
+        ptb = lirpa.PerturbationLpNorm(norm=np.inf, eps=float((hi - lo).max()) / 2, x_L=lo, x_U=hi)
+        name = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}[method]
+        lower, _ = module.compute_bounds(x=(lirpa.BoundedTensor(centre, ptb),), C=C.to(dtype)[None], method=name,
+                                         bound_upper=False)
+    except Exception as e:  # noqa: BLE001 - auto_LiRPA raises anything on a model it cannot handle
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"auto_LiRPA {method} failed on this model ({type(e).__name__}: {first[:200]})") from None
+    return lower.detach().double() + d.to(lower.device, torch.float64)

@@ -1,0 +1,220 @@
+"""Verify a VNNLIB property on a model: attack first, then bound engines in order of cost.
+
+Answers (VNN-COMP 2021 words):
+- `violated`: a counterexample input lies in the box and the reference evaluator (onnxruntime for
+  ONNX files, else the model itself) puts its outputs in the violation region. Nothing else earns
+  this answer: a candidate the reference does not confirm is discarded.
+- `holds`: every violation conjunction of every box is refuted by a sound lower bound > 0 on one
+  of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py), or by branch and
+  bound on ReLU splits (certify/bab.py) for the conjunctions those leave open. Models that are
+  not chains (ONNX graphs with residual adds) are bounded by auto_LiRPA instead
+  (certify/spec_lirpa.py), without branch and bound.
+
+Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
+the steps) before branching, because the bound stages leave open exactly the instances where a
+counterexample is most likely.
+- `unknown`: every stage ran and none decided; `timeout`: the time budget ran out first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from certify import chain_bounds as cb
+from certify.bab import bab_refute
+from certify.spec_lirpa import lirpa_box_lower
+from certify.spec_attack import spec_pgd
+from certify.vnnlib import SpecCase, VnnlibProperty
+from robustcli.errors import InputError
+
+METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
+
+
+@dataclass
+class SpecResult:
+    status: str  # holds | violated | unknown | timeout
+    method: str | None  # the stage that decided
+    seconds: float
+    counterexample: torch.Tensor | None = None  # (n_inputs,) float32, flat in VNNLIB's X order
+    outputs: torch.Tensor | None = None  # the reference's outputs at the counterexample
+    confirmed_by: str | None = None
+    stages: list[dict] = field(default_factory=list)  # per stage: method, seconds, refuted, total, note
+
+
+def refuted(lower: torch.Tensor, case: SpecCase) -> torch.Tensor:
+    """(B, D) bool: disjunct j is impossible in domain b (one of its margins is bounded above 0)."""
+    _, _, rows = case.stacked()
+    if not rows:
+        return torch.ones(lower.shape[0], 0, dtype=torch.bool)
+    return torch.stack(
+        [(lower[:, sl] > 0).any(1) if sl.stop > sl.start else torch.zeros(lower.shape[0], dtype=torch.bool, device=lower.device)
+         for sl in rows], 1)
+
+
+def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
+    xd = x.detach().cpu().double()
+    return bool(((xd >= case.lower) & (xd <= case.upper)).all())
+
+
+def verify_property(
+    model: nn.Module,
+    prop: VnnlibProperty,
+    input_shape: tuple[int, ...],
+    *,
+    methods: tuple[str, ...] = METHODS,
+    timeout: float | None = None,
+    seed: int = 0,
+    reference: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reference_name: str = "onnxruntime",
+    attack_steps: int = 50,
+    attack_restarts: int = 10,
+    alpha_iterations: int = 20,
+    on_stage: Callable[[str], None] | None = None,
+) -> SpecResult:
+    """Run `methods` in order until the property is decided or `timeout` seconds have passed.
+
+    `reference(x)` maps flat inputs (B, n_inputs) to outputs (B, n_outputs); it re-checks
+    counterexamples (default: the model itself in float32).
+    """
+    start = time.monotonic()
+    deadline = start + timeout if timeout is not None else None
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    if reference is None:
+        reference_name = "torch"
+
+        def reference(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return model.eval()(x.to(device).reshape(len(x), *input_shape)).reshape(len(x), -1).double().cpu()
+
+    stages: list[dict] = []
+
+    def done(status: str, method: str | None, **kw) -> SpecResult:
+        return SpecResult(status, method, time.monotonic() - start, stages=stages, **kw)
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    if not prop.cases:
+        return done("holds", "parse")  # no input satisfies the input constraints
+    g = torch.Generator().manual_seed(seed)
+    proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
+    chains: dict[int, cb.Chain | None] = {}
+    not_chain = ""
+    bounds: dict[tuple[int, str], list] = {}
+    def attack(steps: int, restarts: int, until: float | None) -> tuple[SpecResult | None, str]:
+        note = ""
+        for case in prop.cases:
+            cands = spec_pgd(model, case, input_shape, steps=steps, restarts=restarts, generator=g, deadline=until)
+            for x in cands[:3]:
+                y = reference(x[None].cpu())
+                if _in_box(x, case) and bool(case.violated_by(y).all()):
+                    stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "counterexample"})
+                    return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
+                                confirmed_by=reference_name), ""
+            if len(cands):
+                note = f"{len(cands)} candidate(s) not confirmed by {reference_name}"
+        return None, note
+
+    for method in methods:
+        if out_of_time():
+            return done("timeout", None)
+        if on_stage is not None:
+            on_stage(method)
+        t0 = time.monotonic()
+        note = ""
+        if method == "attack":
+            found, note = attack(attack_steps, attack_restarts, deadline)
+            if found is not None:
+                return found
+            stages.append({"method": method, "seconds": time.monotonic() - t0, "note": note or "none found"})
+            continue
+        if method == "bab":
+            until = t0 + (deadline - t0) / 4 if deadline is not None else None
+            found, note = attack(2 * attack_steps, 5 * attack_restarts, until)
+            if found is not None:
+                return found
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        for ci, case in enumerate(prop.cases):
+            if bool(proved[ci].all()):
+                continue
+            if not chains:  # one float64 copy of the model serves every case
+                try:
+                    chains[0] = cb.Chain.of(model, input_shape)
+                except cb.NotAChain as e:
+                    chains[0] = None
+                    not_chain = str(e)
+            chain = chains[0]
+            if chain is None:  # a graph model: auto_LiRPA bounds it if it can; no branch and bound
+                if method == "bab":
+                    note = f"branch and bound needs a chain model ({not_chain})"
+                    break
+                C, d, _ = case.stacked()
+                try:
+                    lower = lirpa_box_lower(model, case.lower.reshape(1, *input_shape).to(device),
+                                            case.upper.reshape(1, *input_shape).to(device), C.to(device),
+                                            d.to(device), method, alpha_iterations=alpha_iterations)
+                except InputError as e:
+                    note = f"{not_chain}; {e}"
+                    break
+                note = "auto_LiRPA (graph model)"
+                proved[ci] |= refuted(lower, case)[0].cpu()
+                continue
+            C, d, _ = case.stacked()
+            C, d = C.to(chain.device, chain.dtype), d.to(chain.device, chain.dtype)
+            lo = case.lower.to(chain.device, chain.dtype).reshape(1, *input_shape)
+            hi = case.upper.to(chain.device, chain.dtype).reshape(1, *input_shape)
+            with torch.no_grad():
+                if method == "bab":
+                    inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
+                    if inter is None:
+                        inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi)
+                    _, _, rows = case.stacked()
+                    open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
+                    R = max(rows[j].stop - rows[j].start for j in open_)
+                    if R == 0 or not inter:
+                        # no output condition (any input violates), or no ReLU (CROWN is exact)
+                        note = "nothing to branch on"
+                        break
+                    Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
+                    db = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
+                    for k, j in enumerate(open_):
+                        n = rows[j].stop - rows[j].start
+                        Cb[k, :n], db[k, :n] = C[rows[j]], d[rows[j]]
+                    outcome = bab_refute(chain, lo, hi, Cb, db, inter, deadline=deadline)
+                    if outcome.proved:
+                        proved[ci][:] = True
+                    note = f"{outcome.domains} domains" + ("" if outcome.proved else f", {outcome.reason}")
+                    if not outcome.proved:
+                        break  # an open case keeps the property open
+                    continue
+                if method == "ibp":
+                    lower = cb.ibp_spec(chain, lo, hi, C, d)
+                elif method == "crown":
+                    lower, bounds[(ci, "crown")] = cb.crown_spec(chain, lo, hi, C, d, bounds.get((ci, "crown")))
+                else:
+                    inter = bounds.get((ci, "crown"))
+                    if inter is None:
+                        inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi)
+                    tight: list = []
+                    # At most 40% of the remaining time, so branch and bound keeps some.
+                    until = t0 + 0.4 * (deadline - t0) if deadline is not None and "bab" in methods else deadline
+                    lower = cb.alpha_crown_spec(chain, lo, hi, C, d, inter, iterations=alpha_iterations,
+                                                deadline=until, tightened_out=tight)
+                    bounds[(ci, "alpha")] = tight
+            proved[ci] |= refuted(lower, case)[0].cpu()
+            if out_of_time():
+                break
+        total = sum(len(p_) for p_ in proved)
+        n_proved = int(sum(int(p_.sum()) for p_ in proved))
+        stages.append({"method": method, "seconds": time.monotonic() - t0, "refuted": n_proved, "total": total,
+                       **({"note": note} if note else {})})
+        if all(bool(p_.all()) for p_ in proved):
+            return done("holds", method)
+    return done("timeout" if out_of_time() else "unknown", None)

@@ -1,0 +1,163 @@
+"""Running a VNN-COMP benchmark folder: instances CSV in, one result per instance out.
+
+The instances CSV has rows `network.onnx,property.vnnlib,timeout_seconds` (paths relative to the
+CSV's folder). Results use VNN-COMP 2021's results_csv columns:
+`benchmark,onnx,vnnlib,prepare_seconds,result,seconds` with result holds | violated | unknown |
+timeout | error. A violated answer's counterexample is written in the competition's format,
+`((X_0 v) (X_1 v) ... (Y_0 v) ...)`, with the outputs onnxruntime computed for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from certify.onnx_check import onnxruntime_function
+from certify.onnx_import import onnx_to_torch
+from certify.spec_verify import METHODS, SpecResult, verify_property
+from certify.vnnlib import read_vnnlib
+from robustcli.errors import InputError
+
+
+@dataclass
+class Instance:
+    network: Path
+    property: Path
+    timeout: float
+
+
+@dataclass
+class InstanceResult:
+    instance: Instance
+    result: str
+    seconds: float
+    prepare_seconds: float
+    method: str | None = None
+    counterexample: Path | None = None
+    confirmed_by: str | None = None
+    stages: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "network": self.instance.network.name,
+            "property": self.instance.property.name,
+            "result": self.result,
+            "seconds": self.seconds,
+            "prepare_seconds": self.prepare_seconds,
+            "method": self.method,
+            "counterexample": str(self.counterexample) if self.counterexample else None,
+            "confirmed_by": self.confirmed_by,
+            "stages": self.stages,
+        }
+
+
+def read_instances(path: str | Path) -> list[Instance]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"instances file {path} does not exist")
+    out = []
+    with path.open(newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), 1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 3:
+                raise InputError(f"{path.name}:{lineno}: expected network,property,timeout; got {len(row)} columns")
+            net, prop = (path.parent / row[0].strip(), path.parent / row[1].strip())
+            try:
+                timeout = float(row[2])
+            except ValueError:
+                raise InputError(f"{path.name}:{lineno}: timeout {row[2]!r} is not a number") from None
+            for p in (net, prop):
+                if not p.is_file():
+                    raise InputError(f"{path.name}:{lineno}: {p} does not exist")
+            out.append(Instance(net, prop, timeout))
+    if not out:
+        raise InputError(f"{path.name} lists no instances")
+    return out
+
+
+def write_counterexample(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    lines = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x.double().tolist())]
+    lines += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y.double().tolist())]
+    path.write_text("(" + "\n ".join(lines) + ")\n")
+
+
+def read_counterexample(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) from a counterexample file written by `write_counterexample`."""
+    import re
+
+    xs, ys = {}, {}
+    for name, idx, val in re.findall(r"\(([XY])_(\d+)\s+([^\s()]+)\)", path.read_text()):
+        (xs if name == "X" else ys)[int(idx)] = float(val)
+    return (torch.tensor([xs[i] for i in range(len(xs))], dtype=torch.float64),
+            torch.tensor([ys[i] for i in range(len(ys))], dtype=torch.float64))
+
+
+def run_instance(
+    inst: Instance,
+    *,
+    timeout: float | None,
+    methods: tuple[str, ...] = METHODS,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    counterexample_dir: Path | None = None,
+    models: dict | None = None,
+    **options,
+) -> InstanceResult:
+    """Verify one instance (timeout None: the instance's own). Conversion time counts as prepare."""
+    t0 = time.monotonic()
+    models = models if models is not None else {}
+    try:
+        if inst.network not in models:
+            conv = onnx_to_torch(inst.network)
+            models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
+        conv, module, reference = models[inst.network]
+        prop = read_vnnlib(inst.property)
+    except InputError as e:
+        return InstanceResult(inst, "error", 0.0, time.monotonic() - t0, stages=[{"method": "prepare", "note": str(e)}])
+    n_in = 1
+    for s in conv.input_shape:
+        n_in *= s
+    if prop.n_inputs != n_in:
+        return InstanceResult(inst, "error", 0.0, time.monotonic() - t0, stages=[{
+            "method": "prepare", "note": f"{inst.property.name} has {prop.n_inputs} inputs, the network {n_in}"}])
+    prepare = time.monotonic() - t0
+    res: SpecResult = verify_property(
+        module, prop, conv.input_shape, methods=methods, timeout=timeout if timeout is not None else inst.timeout,
+        seed=seed, reference=reference, **options,
+    )
+    ce_path = None
+    if res.status == "violated" and counterexample_dir is not None:
+        ce_path = counterexample_dir / f"{inst.network.stem}__{inst.property.stem}.counterexample"
+        write_counterexample(ce_path, res.counterexample, res.outputs)
+    return InstanceResult(inst, res.status, res.seconds, prepare, res.method, ce_path, res.confirmed_by, res.stages)
+
+
+def run_benchmark(
+    instances: list[Instance],
+    *,
+    timeout: float | None = None,
+    on_instance: Callable[[InstanceResult], None] | None = None,
+    **options,
+) -> list[InstanceResult]:
+    models: dict = {}
+    results = []
+    for inst in instances:
+        r = run_instance(inst, timeout=timeout, models=models, **options)
+        results.append(r)
+        if on_instance is not None:
+            on_instance(r)
+    return results
+
+
+def result_lines(results: list[InstanceResult], benchmark: str) -> list[str]:
+    """VNN-COMP 2021 results_csv lines."""
+    return [
+        f"{benchmark},./{r.instance.network.name},./{r.instance.property.name},{r.prepare_seconds:.6f},{r.result},{r.seconds:.6f}"
+        for r in results
+    ]

@@ -1,0 +1,327 @@
+"""VNNLIB (the VNN-COMP property format, an SMT-LIB subset) -> input boxes and margin specifications.
+
+A VNNLIB file asserts the *violation*: inputs X_i in a region and outputs Y_j meeting a condition.
+The property holds iff no input satisfies all assertions. We read
+
+    (declare-const X_i Real) / (declare-const Y_j Real)
+    (assert F)   with F built from (and F ...), (or F ...) and linear comparisons
+                 (<= a b), (>= a b), (< a b), (> a b), (= a b) of terms made of numbers,
+                 variables, (+ ...), (- ...), (* const term), (/ term const)
+
+and normalise the conjunction of all assertions to a disjunction of conjunctions. Each conjunction
+splits into input bounds on single X_i (a box) and output comparisons, each written as a margin
+m_k(y) = C_k . y + d_k with the violation side m_k <= 0 (m_k < 0 for a strict comparison). A
+conjunction is refuted (safe) as soon as one of its margins has a positive lower bound over its box;
+the property holds when every conjunction is refuted. Terms with equal boxes are grouped into one
+`SpecCase`, so bound engines run once per box with all margins as the rows of one C matrix.
+
+Choice: strict input bounds are read as their closure (the box's boundary is included); that only
+enlarges the region a proof covers, so `holds` stays sound.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from robustcli.errors import InputError
+
+MAX_TERMS = 100_000  # disjunctive normal form size we accept before calling the property too large
+_TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s()]+")
+_VAR = re.compile(r"^([XY])_(\d+)$")
+
+
+@dataclass
+class OutputConstraints:
+    """One conjunction over outputs: the violation is every C y + d <= 0 (< 0 where strict)."""
+
+    C: torch.Tensor  # (K, n_outputs) float64
+    d: torch.Tensor  # (K,)
+    strict: torch.Tensor  # (K,) bool
+
+    def violated_by(self, y: torch.Tensor) -> torch.Tensor:
+        """For outputs y (B, n_outputs): does each row meet this conjunction (a counterexample)?"""
+        m = y.to(self.C.dtype) @ self.C.T + self.d
+        bad = torch.where(self.strict, m < 0, m <= 0)
+        return bad.all(1)
+
+
+@dataclass
+class SpecCase:
+    """Inputs in [lower, upper]; violated iff some disjunct holds on the outputs."""
+
+    lower: torch.Tensor  # (n_inputs,) float64
+    upper: torch.Tensor
+    disjuncts: list[OutputConstraints]
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+        """All margins as one (C, d) and the row range of each disjunct."""
+        rows, start = [], 0
+        for o in self.disjuncts:
+            rows.append(slice(start, start + len(o.d)))
+            start += len(o.d)
+        C = torch.cat([o.C for o in self.disjuncts]) if self.disjuncts else torch.zeros(0, 0, dtype=torch.float64)
+        d = torch.cat([o.d for o in self.disjuncts]) if self.disjuncts else torch.zeros(0, dtype=torch.float64)
+        return C, d, rows
+
+    def violated_by(self, y: torch.Tensor) -> torch.Tensor:
+        hits = [o.violated_by(y) for o in self.disjuncts]
+        return torch.stack(hits).any(0) if hits else torch.zeros(len(y), dtype=torch.bool)
+
+
+@dataclass
+class VnnlibProperty:
+    n_inputs: int
+    n_outputs: int
+    cases: list[SpecCase] = field(default_factory=list)  # empty: no input meets the assertions
+    source: str = "<string>"
+
+
+@dataclass
+class _Node:
+    items: list  # sub-nodes or str atoms
+    line: int
+
+
+class _Linear:
+    """sum coeffs[var] * var + const."""
+
+    __slots__ = ("coeffs", "const")
+
+    def __init__(self, coeffs: dict[str, float] | None = None, const: float = 0.0):
+        self.coeffs = coeffs or {}
+        self.const = const
+
+    def scaled(self, s: float) -> "_Linear":
+        return _Linear({k: v * s for k, v in self.coeffs.items()}, self.const * s)
+
+    def plus(self, other: "_Linear") -> "_Linear":
+        c = dict(self.coeffs)
+        for k, v in other.coeffs.items():
+            c[k] = c.get(k, 0.0) + v
+        return _Linear(c, self.const + other.const)
+
+
+@dataclass
+class _Atom:
+    """margin <= 0 (strict: < 0), margin a linear form."""
+
+    margin: _Linear
+    strict: bool
+    line: int
+
+
+def _parse_sexprs(text: str, source: str) -> list[_Node]:
+    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    stack: list[_Node] = [_Node([], 0)]
+    for m in _TOKEN.finditer(text):
+        tok = m.group()
+        if tok[0] == ";":
+            continue
+        line = bisect.bisect_right(line_starts, m.start())
+        if tok == "(":
+            stack.append(_Node([], line))
+        elif tok == ")":
+            if len(stack) == 1:
+                raise InputError(f"{source}:{line}: unbalanced ')'")
+            node = stack.pop()
+            stack[-1].items.append(node)
+        else:
+            stack[-1].items.append((tok, line))
+    if len(stack) > 1:
+        raise InputError(f"{source}:{stack[-1].line}: '(' is never closed")
+    for item in stack[0].items:
+        if not isinstance(item, _Node):
+            raise InputError(f"{source}:{item[1]}: {item[0]!r} outside any (...) form")
+    return stack[0].items
+
+
+class _Reader:
+    def __init__(self, source: str):
+        self.source = source
+        self.vars: set[str] = set()
+
+    def err(self, line: int, what: str) -> InputError:
+        return InputError(f"{self.source}:{line}: {what} (supported: declare-const, assert with and/or of "
+                          "linear comparisons <=, >=, <, >, = of X_i/Y_j terms)")
+
+    def head(self, node: _Node) -> str | None:
+        first = node.items[0] if node.items else None
+        return first[0] if isinstance(first, tuple) else None
+
+    def term(self, item) -> _Linear:
+        if isinstance(item, tuple):
+            tok, line = item
+            if tok in self.vars:
+                return _Linear({tok: 1.0})
+            try:
+                return _Linear(const=float(tok))
+            except ValueError:
+                raise self.err(line, f"unknown symbol {tok!r} (declare it with declare-const)") from None
+        op, args = self.head(item), item.items[1:]
+        if op is None or not args:
+            raise self.err(item.line, "empty or malformed term")
+        parts = [self.term(a) for a in args]
+        if op == "+":
+            out = _Linear()
+            for p in parts:
+                out = out.plus(p)
+            return out
+        if op == "-":
+            if len(parts) == 1:
+                return parts[0].scaled(-1.0)
+            out = parts[0]
+            for p in parts[1:]:
+                out = out.plus(p.scaled(-1.0))
+            return out
+        if op == "*":
+            nonconst = [p for p in parts if p.coeffs]
+            if len(nonconst) > 1:
+                raise self.err(item.line, "product of two variables is not linear")
+            factor = 1.0
+            for p in parts:
+                if not p.coeffs:
+                    factor *= p.const
+            return (nonconst[0] if nonconst else _Linear(const=1.0)).scaled(factor)
+        if op == "/" and len(parts) == 2 and not parts[1].coeffs and parts[1].const != 0:
+            return parts[0].scaled(1.0 / parts[1].const)
+        raise self.err(item.line, f"unsupported term ({op} ...)")
+
+    def formula(self, item) -> list[list[_Atom]]:
+        """Disjunctive normal form: a list of conjunctions (lists of atoms)."""
+        if not isinstance(item, _Node):
+            raise self.err(item[1], f"expected a formula, got {item[0]!r}")
+        op, args = self.head(item), item.items[1:]
+        if op == "and":
+            terms: list[list[_Atom]] = [[]]
+            for a in args:
+                sub = self.formula(a)
+                if len(terms) * len(sub) > MAX_TERMS:
+                    raise self.err(item.line, f"the property expands to more than {MAX_TERMS} cases")
+                terms = [t + s for t in terms for s in sub]
+            return terms
+        if op == "or":
+            out = [t for a in args for t in self.formula(a)]
+            if len(out) > MAX_TERMS:
+                raise self.err(item.line, f"the property expands to more than {MAX_TERMS} cases")
+            return out
+        if op in ("<=", ">=", "<", ">", "="):
+            if len(args) != 2:
+                raise self.err(item.line, f"({op} ...) needs exactly two operands")
+            a, b = self.term(args[0]), self.term(args[1])
+            if op in ("<=", "<"):
+                return [[_Atom(a.plus(b.scaled(-1.0)), op == "<", item.line)]]
+            if op in (">=", ">"):
+                return [[_Atom(b.plus(a.scaled(-1.0)), op == ">", item.line)]]
+            diff = a.plus(b.scaled(-1.0))
+            return [[_Atom(diff, False, item.line), _Atom(diff.scaled(-1.0), False, item.line)]]
+        raise self.err(item.line, f"unsupported construct ({op} ...)" if op else "malformed formula")
+
+
+def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
+    """Parse VNNLIB text; any construct outside the supported subset is an InputError naming its line."""
+    r = _Reader(source)
+    base: list[_Atom] = []  # atoms of assertions that are plain conjunctions (the usual input box)
+    branches: list[list[list[_Atom]]] = []
+    for node in _parse_sexprs(text, source):
+        op = r.head(node)
+        if op == "declare-const":
+            if len(node.items) != 3 or not isinstance(node.items[1], tuple):
+                raise r.err(node.line, "malformed declare-const")
+            name = node.items[1][0]
+            if not _VAR.match(name):
+                raise r.err(node.line, f"variable {name!r} is not named X_<i> (input) or Y_<j> (output)")
+            r.vars.add(name)
+        elif op == "assert":
+            if len(node.items) != 2:
+                raise r.err(node.line, "assert takes one formula")
+            dnf = r.formula(node.items[1])
+            if len(dnf) == 1:
+                base.extend(dnf[0])
+            else:
+                branches.append(dnf)
+        else:
+            raise r.err(node.line, f"unsupported command ({op} ...)" if op else "malformed command")
+    xs = sorted(int(_VAR.match(v).group(2)) for v in r.vars if v[0] == "X")
+    ys = sorted(int(_VAR.match(v).group(2)) for v in r.vars if v[0] == "Y")
+    if not xs or not ys:
+        raise InputError(f"{source}: declares no {'X_i inputs' if not xs else 'Y_j outputs'}")
+    if xs != list(range(len(xs))) or ys != list(range(len(ys))):
+        raise InputError(f"{source}: X_i and Y_j must be numbered 0, 1, 2, ... without gaps")
+    prop = VnnlibProperty(len(xs), len(ys), source=source)
+
+    terms: list[list[_Atom]] = [[]]
+    for dnf in branches:
+        if len(terms) * len(dnf) > MAX_TERMS:
+            raise InputError(f"{source}: the property expands to more than {MAX_TERMS} cases")
+        terms = [t + s for t in terms for s in dnf]
+    n_in, n_out = len(xs), len(ys)
+    base_box = _box(base, n_in, r)
+    base_out = [a for a in base if a.margin.coeffs and next(iter(a.margin.coeffs))[0] == "Y"]
+    cases: dict[tuple, SpecCase] = {}
+    for term in terms:
+        lo, hi = _box(term, n_in, r, start=base_box)
+        missing = (~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()
+        if len(missing):
+            raise InputError(f"{source}: input X_{int(missing[0])} has no finite lower and upper bound; "
+                             "VNNLIB properties must bound every input")
+        if bool((lo > hi).any()):
+            continue  # empty input region: this case cannot be violated
+        outs = base_out + [a for a in term if a.margin.coeffs and next(iter(a.margin.coeffs))[0] == "Y"]
+        C = torch.zeros(len(outs), n_out, dtype=torch.float64)
+        d = torch.zeros(len(outs), dtype=torch.float64)
+        for k, a in enumerate(outs):
+            for v, c in a.margin.coeffs.items():
+                C[k, int(v[2:])] += c
+            d[k] = a.margin.const
+        strict = torch.tensor([a.strict for a in outs], dtype=torch.bool)
+        key = (lo.numpy().tobytes(), hi.numpy().tobytes())
+        case = cases.setdefault(key, SpecCase(lo, hi, []))
+        case.disjuncts.append(OutputConstraints(C, d, strict))
+    prop.cases = list(cases.values())
+    return prop
+
+
+def _box(atoms: list[_Atom], n_in: int, r: _Reader,
+         start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    lo = start[0].tolist() if start else [float("-inf")] * n_in
+    hi = start[1].tolist() if start else [float("inf")] * n_in
+    for a in atoms:
+        kinds = {v[0] for v in a.margin.coeffs}
+        if not kinds:
+            if a.margin.const > 0 or (a.strict and a.margin.const == 0):
+                lo, hi = [1.0] * n_in, [0.0] * n_in  # a false constant comparison: the region is empty
+            continue
+        if kinds == {"Y"}:
+            continue
+        if kinds != {"X"}:
+            raise r.err(a.line, "a comparison mixes inputs X_i and outputs Y_j")
+        if len(a.margin.coeffs) != 1:
+            raise r.err(a.line, "input constraints must bound a single X_i by a constant")
+        ((v, c),) = a.margin.coeffs.items()
+        i, bound = int(v[2:]), -a.margin.const / c
+        if c > 0:  # c x + k <= 0  ->  x <= -k / c
+            hi[i] = min(hi[i], bound)
+        else:
+            lo[i] = max(lo[i], bound)
+    return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+
+
+def read_vnnlib(path: str | Path) -> VnnlibProperty:
+    import gzip
+
+    path = Path(path)
+    try:
+        # `.vnnlib.gz` is how VNN-COMP 2022+ ships properties
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    except (EOFError, gzip.BadGzipFile):
+        raise InputError(f"{path} is not a valid gzip file") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file") from None
+    return parse_vnnlib(text, path.name)

@@ -1,0 +1,156 @@
+"""`robust certify --spec prop.vnnlib`: check a VNNLIB property on a model (holds / violated / unknown).
+
+The input box and the output property come from the .vnnlib file; see certify/spec_verify.py.
+CLI-layer glue only: option checks, the counterexample file, the table and the JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from certify.spec_verify import METHODS, SpecResult, verify_property
+from certify.vnnlib import read_vnnlib
+from certify.vnncomp import write_counterexample
+from robustcli.archs import ARCHS
+from robustcli.errors import InputError
+from robustcli.device import resolve_device
+from robustcli.models import LoadedModel, load_model
+from robustcli.progress import progress_bar
+from robustcli.report import atomic_path, print_table, write_json
+
+BOUND_METHODS = tuple(m for m in METHODS if m != "attack")
+
+
+def model_input_shape(loaded: LoadedModel, n_inputs: int, given: tuple[int, ...]) -> tuple[int, ...]:
+    """The per-point input shape: --input-shape, the ONNX graph's, the built-in arch's, or flat."""
+    if given:
+        shape = tuple(given)
+    elif "input_shape" in loaded.meta:
+        shape = tuple(json.loads(loaded.meta["input_shape"]))
+    elif loaded.arch in ARCHS:
+        shape = ARCHS[loaded.arch].input_shape
+    else:
+        shape = (n_inputs,)
+    if math.prod(shape) != n_inputs:
+        raise InputError(f"the property has {n_inputs} inputs X_i but the model's input shape {shape} has "
+                         f"{math.prod(shape)} values; the property does not fit this model")
+    return shape
+
+
+def run_spec_check(
+    loaded: LoadedModel,
+    spec: str,
+    *,
+    methods: tuple[str, ...],
+    timeout: float | None,
+    seed: int,
+    input_shape: tuple[int, ...] = (),
+    counterexample: str | None = None,
+    attack_steps: int = 50,
+    attack_restarts: int = 10,
+    alpha_iterations: int = 20,
+) -> tuple[SpecResult, dict]:
+    """Verify `spec` on the loaded model; write the counterexample file when violated; return (result, report)."""
+    prop = read_vnnlib(spec)
+    shape = model_input_shape(loaded, prop.n_inputs, input_shape)
+    reference, ref_name = None, "torch"
+    if loaded.meta.get("format") == "onnx":
+        try:
+            from certify.onnx_check import onnxruntime_function
+
+            reference, ref_name = onnxruntime_function(loaded.name, shape), "onnxruntime"
+        except InputError:
+            pass  # onnxruntime not installed: the converted model re-checks instead (reported)
+    ce_path = Path(counterexample or f"{Path(loaded.name).stem}__{Path(spec).stem}.counterexample")
+    if ce_path.parent and not ce_path.parent.exists():
+        raise InputError(f"cannot write {ce_path}: folder {ce_path.parent} does not exist")
+    with progress_bar("verifying", len(methods)) as advance:
+        started: list[str] = []
+
+        def on_stage(name: str) -> None:
+            if started:
+                advance(1)
+            started.append(name)
+            advance(0, stage=name)
+
+        result = verify_property(
+            loaded.module, prop, shape, methods=methods, timeout=timeout, seed=seed, reference=reference,
+            reference_name=ref_name, attack_steps=attack_steps, attack_restarts=attack_restarts,
+            alpha_iterations=alpha_iterations, on_stage=on_stage,
+        )
+        advance(len(methods) - len(started) + 1)
+    report = {
+        "model": loaded.name,
+        "spec": spec,
+        "status": result.status,
+        "method": result.method,
+        "seconds": result.seconds,
+        "stages": result.stages,
+    }
+    if result.status == "violated":
+        with atomic_path(ce_path) as tmp:
+            write_counterexample(tmp, result.counterexample, result.outputs)
+        report |= {"counterexample": str(ce_path), "confirmed_by": result.confirmed_by}
+    return result, report
+
+
+def spec_tables(report: dict) -> None:
+    rows = []
+    for s in report["stages"]:
+        done = f"{s['refuted']}/{s['total']}" if "refuted" in s else "-"
+        rows.append([s["method"], f"{s['seconds']:.2f}s", done, s.get("note", "")])
+    print_table(f"{Path(report['spec']).name} on {Path(report['model']).name}",
+                ["stage", "time", "cases refuted", "note"], rows)
+    extra = f"  counterexample: {report['counterexample']} (confirmed by {report['confirmed_by']})" \
+        if report["status"] == "violated" else ""
+    click.echo(f"result: {report['status']}" + (f" (by {report['method']})" if report["method"] else "")
+               + f" in {report['seconds']:.2f}s" + extra)
+
+
+def spec_methods(method: tuple[str, ...]) -> tuple[str, ...]:
+    """The attack, then the chosen bound methods in order of cost (all of them, with branch and
+    bound last, when none is chosen). Methods only auto_LiRPA offers have no spec engine here."""
+    unsupported = [m for m in method if m not in BOUND_METHODS]
+    if unsupported:
+        raise InputError(f"--method {unsupported[0]} is not available with --spec; use "
+                         f"{', '.join(BOUND_METHODS)} (default: all, in that order)")
+    chosen = [m for m in BOUND_METHODS if m in set(method)] if method else list(BOUND_METHODS)
+    return tuple(["attack"] + chosen)
+
+
+
+
+def certify_spec(
+    model: str, *, arch, mean, std, allow_pickle, data, n, eps, method, pgd_steps, pgd_restarts,
+    alpha_iterations, spec, timeout, counterexample, device, seed, json_path,
+) -> None:  # fmt: skip
+    """`robust certify --spec`: the property file gives the input box and the output condition."""
+    if data is not None or n is not None or eps:
+        raise InputError("--spec replaces --data, --n and --eps: the input box comes from the property file")
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"--timeout must be > 0, got {timeout}")
+    ctx = click.get_current_context()
+    explicit = lambda name: ctx.get_parameter_source(name) not in (  # noqa: E731
+        click.core.ParameterSource.DEFAULT, None)
+    # The spec attack's own defaults (50 steps, 10 restarts) unless --pgd-steps/--pgd-restarts are given.
+    steps = pgd_steps if explicit("pgd_steps") else 50
+    restarts = pgd_restarts if explicit("pgd_restarts") else 10
+    for flag, v in (("--pgd-steps", steps), ("--pgd-restarts", restarts), ("--alpha-iterations", alpha_iterations)):
+        if v < 1:
+            raise InputError(f"{flag} must be >= 1, got {v}")
+    methods = spec_methods(tuple(method))
+    dev = resolve_device(device)
+    loaded = load_model(model, arch=arch, mean=list(mean) or None, std=list(std) or None,
+                        allow_pickle=allow_pickle, device=dev)
+    _, report = run_spec_check(
+        loaded, spec, methods=methods, timeout=timeout, seed=seed, counterexample=counterexample,
+        attack_steps=steps, attack_restarts=restarts, alpha_iterations=alpha_iterations,
+    )
+    spec_tables(report)
+    if json_path:
+        write_json(json_path, {"command": "certify", **report, "methods": list(methods), "seed": seed,
+                               "device": str(dev)})

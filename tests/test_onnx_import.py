@@ -1,0 +1,174 @@
+"""ONNX -> torch conversion: equal to onnxruntime on random inputs; bad graphs exit 2 naming the node."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from onnx_helpers import helper, mlp_onnx, save, tensor
+
+ort = pytest.importorskip("onnxruntime")
+
+from certify.onnx_import import onnx_to_torch  # noqa: E402
+from certify.onnx_layers import OnnxGraph  # noqa: E402
+from robustcli.errors import InputError  # noqa: E402
+
+
+def assert_matches_onnxruntime(path, conv, n: int = 8, scale: float = 1.0) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(1)
+    xs = (scale * rng.standard_normal((n, *conv.input_shape))).astype(np.float32)
+    ref = np.concatenate([session.run(None, {name: x[None]})[0] for x in xs])
+    with torch.no_grad():
+        ours = conv.module(torch.from_numpy(xs)).numpy()  # the whole batch at once
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_vnncomp_style_mlp_becomes_standard_sequential(tmp_path):
+    path = mlp_onnx(tmp_path / "mlp.onnx")
+    conv = onnx_to_torch(path)
+    assert conv.chain and isinstance(conv.module, nn.Sequential)
+    assert [type(m) for m in conv.module] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]
+    assert conv.input_shape == (12, 1)
+    assert_matches_onnxruntime(path, conv)
+
+
+def test_matmul_add_normalisation_reshape_identity_constant(tmp_path):
+    rng = np.random.default_rng(2)
+    w0 = rng.standard_normal((16, 8)).astype(np.float32)
+    w1 = rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["mean"], value=tensor("m", np.full((1, 1, 4, 4), 0.3, np.float32))),
+        helper.make_node("Sub", ["x", "mean"], ["a"]),
+        helper.make_node("Div", ["a", "std"], ["b"]),
+        helper.make_node("Reshape", ["b", "shape"], ["c"]),
+        helper.make_node("MatMul", ["c", "w0"], ["d"]),
+        helper.make_node("Add", ["d", "b0"], ["e"]),
+        helper.make_node("Identity", ["e"], ["e2"]),
+        helper.make_node("Relu", ["e2"], ["f"]),
+        helper.make_node("MatMul", ["f", "w1"], ["g"]),
+        helper.make_node("Mul", ["g", "two"], ["y"]),
+    ]
+    inits = [
+        tensor("std", np.array([0.5], np.float32)),
+        tensor("shape", np.array([1, 16], np.int64)),
+        tensor("w0", w0), tensor("b0", rng.standard_normal(8).astype(np.float32)),
+        tensor("w1", w1), tensor("two", np.array(2.0, np.float32)),
+    ]
+    path = save(tmp_path / "mm.onnx", nodes, inits, (1, 1, 4, 4), (1, 4))
+    conv = onnx_to_torch(path)
+    assert conv.chain
+    # MatMul + Add and MatMul * 2 fold into Linear layers; the reshape is a Flatten.
+    assert sum(isinstance(m, nn.Linear) for m in conv.module) == 2
+    assert any(isinstance(m, nn.Flatten) for m in conv.module)
+    assert_matches_onnxruntime(path, conv)
+
+
+def test_conv_batchnorm_transpose_noop(tmp_path):
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("Conv", ["x", "cw", "cb"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c", "s", "bb", "mu", "var"], ["n"], epsilon=1e-5),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "w", "b"], ["g"], transB=1),
+        helper.make_node("Reshape", ["g", "s4"], ["g4"]),
+        helper.make_node("Transpose", ["g4"], ["t"], perm=[0, 2, 3, 1]),  # moves only size-1 axes
+        helper.make_node("Flatten", ["t"], ["y"]),
+    ]
+    inits = [
+        tensor("cw", rng.standard_normal((4, 2, 3, 3)).astype(np.float32)),
+        tensor("cb", rng.standard_normal(4).astype(np.float32)),
+        tensor("s", rng.uniform(0.5, 2, 4).astype(np.float32)),
+        tensor("bb", rng.standard_normal(4).astype(np.float32)),
+        tensor("mu", rng.standard_normal(4).astype(np.float32)),
+        tensor("var", rng.uniform(0.5, 2, 4).astype(np.float32)),
+        tensor("w", rng.standard_normal((5, 4 * 3 * 3)).astype(np.float32)),
+        tensor("b", rng.standard_normal(5).astype(np.float32)),
+        tensor("s4", np.array([1, 5, 1, 1], np.int64)),
+    ]
+    path = save(tmp_path / "cnn.onnx", nodes, inits, (1, 2, 6, 6), (1, 5))
+    conv = onnx_to_torch(path)
+    assert conv.chain
+    assert any(isinstance(m, nn.Conv2d) for m in conv.module) and any(isinstance(m, nn.BatchNorm2d) for m in conv.module)
+    assert_matches_onnxruntime(path, conv)
+
+
+def test_residual_graph_falls_back_to_graph_module(tmp_path):
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w0", "b0"], ["a"], transB=1),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Gemm", ["r", "w1", "b1"], ["c"], transB=1),
+        helper.make_node("Add", ["c", "a"], ["s"]),
+        helper.make_node("Gemm", ["s", "w2", "b2"], ["y"], transB=1),
+    ]
+    inits = [tensor(f"{k}{i}", rng.standard_normal(shape).astype(np.float32))
+             for i, (ws, bs) in enumerate([((6, 5), 6), ((6, 6), 6), ((3, 6), 3)])
+             for k, shape in (("w", ws), ("b", (bs,)))]
+    path = save(tmp_path / "res.onnx", nodes, inits, (1, 5), (1, 3))
+    conv = onnx_to_torch(path)
+    assert not conv.chain and isinstance(conv.module, OnnxGraph)
+    assert_matches_onnxruntime(path, conv)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torch_onnx_export_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 10)).eval()
+    path = tmp_path / "exported.onnx"
+    try:
+        torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(path), dynamo=False)
+    except Exception as e:  # noqa: BLE001 - exporter unavailable in this torch build
+        pytest.skip(f"torch.onnx.export unavailable: {e}")
+    conv = onnx_to_torch(path)
+    assert_matches_onnxruntime(path, conv)
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(conv.module(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_unsupported_op_names_the_node(tmp_path):
+    nodes = [helper.make_node("Sigmoid", ["x"], ["y"], name="squash")]
+    path = save(tmp_path / "sig.onnx", nodes, [], (1, 4), (1, 4))
+    with pytest.raises(InputError, match=r"'squash' \(Sigmoid, node 0\)"):
+        onnx_to_torch(path)
+
+
+def test_reorder_transpose_is_refused(tmp_path):
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1], name="swap")]
+    path = save(tmp_path / "tr.onnx", nodes, [], (1, 2, 3), (1, 3, 2))
+    with pytest.raises(InputError, match="'swap'.*reorders data"):
+        onnx_to_torch(path)
+
+
+def test_cli_exit_2_on_bad_onnx(tmp_path, run_cli):
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], name="pool1")]
+    path = save(tmp_path / "pool.onnx", nodes, [], (1, 1, 8, 8), (1, 1, 4, 4))
+    r = run_cli("attack", "--model", path, "--data", "digits", "--n", "4")
+    assert r.exit_code == 2
+    assert "pool1" in r.stderr and "MaxPool" in r.stderr and "Traceback" not in r.output
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    r = run_cli("attack", "--model", garbage, "--data", "digits", "--n", "4")
+    assert r.exit_code == 2 and "garbage.onnx" in r.stderr
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_attack_command_accepts_onnx_model(tmp_path, run_cli, digits_test):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    path = tmp_path / "digits.onnx"
+    torch.onnx.export(model, digits_test.x[:1], str(path), dynamo=False)
+    out = tmp_path / "r.json"
+    r = run_cli("attack", "--model", path, "--data", "digits", "--n", "64", "--eps", "0.05", "--json", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    with torch.no_grad():
+        expected = (model(digits_test.x[:64]).argmax(1) == digits_test.y[:64]).float().mean().item()
+    assert report["clean_accuracy"] == pytest.approx(expected)
