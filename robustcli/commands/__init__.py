@@ -9,4 +9,8 @@ COMMANDS = [
     "robustcli.commands.analyze",
     "robustcli.commands.eval",
     "robustcli.commands.vnncomp",
+    "robustcli.commands.train",
+    "robustcli.commands.distill",
+    "robustcli.commands.threshold",
+    "robustcli.commands.train_moe",
 ]

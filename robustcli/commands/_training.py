@@ -1,0 +1,91 @@
+"""Shared plumbing of the training commands (train, distill, train-moe): data, model, output checks."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import click
+import torch
+from torch import nn
+
+from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
+from robustcli.errors import InputError
+from robustcli.progress import progress_bar
+from robustcli.session import check_model_on_data
+from robustcli.zoo import NORMALIZATION
+
+DEFAULT_ARCH = {"mnist": "mnist-cnn", "digits": "digits-cnn"}
+
+training_options = [
+    click.option("--data", required=True, help="Training data: mnist, digits, or a .npz/.pt/.safetensors file."),
+    click.option("--test-data", default=None, help="Test data for the final table (default: the bundled test split)."),
+    click.option("--train-n", type=int, default=None, help="Train on the first n training points only (quick runs)."),
+    click.option("--epochs", type=int, default=10, show_default=True),
+    click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+    click.option("--batch-size", type=int, default=64, show_default=True),
+    click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output model (.safetensors)."),
+    click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt.pt)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
+    click.option("--seed", type=int, default=0, show_default=True),
+]
+
+
+def apply_options(options: list[Callable]) -> Callable[[Callable], Callable]:
+    def wrap(f: Callable) -> Callable:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return wrap
+
+
+def check_positive(**values: float | int | None) -> None:
+    for name, v in values.items():
+        if v is not None and not v > 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+
+def check_out(out: str) -> Path:
+    path = Path(out)
+    if path.suffix != ".safetensors":
+        raise InputError(f"--out {out}: the trained model is saved as safetensors; use a .safetensors file name")
+    if not path.parent.exists():
+        raise InputError(f"--out {out}: folder {path.parent} does not exist")
+    return path
+
+
+def train_test_data(data: str, test_data: str | None, train_n: int | None = None) -> tuple[Dataset, Dataset]:
+    if data in BUILTIN_DATASETS:
+        train = load_dataset(data, "train")
+        test = load_dataset(test_data or data, "test")
+    elif test_data is None:
+        raise InputError(f"--data {data} is a file; pass --test-data too (a held-out file for the final table)")
+    else:
+        train, test = load_dataset(data), load_dataset(test_data)
+    return train.head(train_n), test
+
+
+def new_model(arch: str | None, data: str, train: Dataset, device: torch.device, seed: int) -> tuple[nn.Module, str]:
+    """A freshly initialised built-in (or user factory) architecture, normalised for bundled data."""
+    if arch is None:
+        if data not in DEFAULT_ARCH:
+            raise InputError(f"--data {data} is not bundled data, so pass --arch (built-in: {', '.join(ARCHS)})")
+        arch = DEFAULT_ARCH[data]
+    torch.manual_seed(seed)
+    model = build_arch(arch)
+    if data in NORMALIZATION:
+        model = Normalized(model, *NORMALIZATION[data])
+    model = model.to(device)
+    check_model_on_data(model, train, device)
+    return model.train(), arch
+
+
+@contextmanager
+def epoch_progress(description: str, epochs: int, n: int, batch_size: int) -> Iterator[Callable]:
+    """A bar over all training batches; yields on_batch(n, losses)."""
+    batches = -(-n // batch_size)
+    with progress_bar(description, epochs * batches) as advance:
+        yield lambda k, losses: advance(1, **{name: v for name, v in losses.items() if name != "eps"})

@@ -1,0 +1,100 @@
+"""`robust train`: natural, PGD adversarial or TRADES training of a built-in architecture."""
+
+from __future__ import annotations
+
+import click
+
+from defenses.adversarial import DEFENSES, AdversarialConfig, train_adversarial
+from defenses.evaluation import clean_and_pgd_accuracy
+from robustcli.checkpoint import Checkpointer
+from robustcli.commands._training import (
+    apply_options,
+    check_out,
+    check_positive,
+    epoch_progress,
+    new_model,
+    train_test_data,
+    training_options,
+)
+from robustcli.device import resolve_device
+from robustcli.errors import InputError
+from robustcli.models import save_model
+from robustcli.options import RobustCommand, config_option, json_option
+from robustcli.progress import progress_bar
+from robustcli.report import pct, print_table, write_json
+
+
+@click.command("train", cls=RobustCommand)
+@config_option
+@apply_options(training_options)
+@click.option("--defense", type=click.Choice(DEFENSES), default="pgd-at", show_default=True)
+@click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
+@click.option("--eps", type=float, default=0.3, show_default=True, help="Linf budget for training and the PGD check.")
+@click.option("--attack-steps", type=int, default=10, show_default=True, help="PGD steps of the inner maximisation.")
+@click.option("--beta", type=float, default=6.0, show_default=True, help="TRADES weight of the KL term.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Epochs over which eps ramps up from 0.")
+@click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
+@click.option("--eval-n", type=int, default=None, help="Check on the first n test points (default all).")
+@json_option
+def command(
+    data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, defense, arch, eps, attack_steps, beta,
+    warmup, eval_steps, eval_n, json_path,
+) -> None:  # fmt: skip
+    """Train a model to resist Linf attacks and report its clean and PGD accuracy.
+
+    \b
+    robust train --data mnist --defense pgd-at --eps 0.3 --epochs 10 --out at.safetensors
+    robust train --data mnist --defense trades --beta 6 --out trades.safetensors --json trades.json
+    """
+    check_positive(epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps, eval_steps=eval_steps)
+    if not 0 <= eps <= 1:
+        raise InputError(f"--eps must lie in [0, 1] (pixel space), got {eps}")
+    if beta < 0 or warmup < 0:
+        raise InputError("--beta and --warmup must be >= 0")
+    if defense != "natural" and 0 < warmup >= epochs:
+        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
+    path = check_out(out)
+    dev = resolve_device(device)
+    train, test = train_test_data(data, test_data, train_n)
+    test = test.head(eval_n)
+    model, arch_name = new_model(arch, data, train, dev, seed)
+    config = AdversarialConfig(
+        defense=defense, eps=eps, epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps,
+        beta=beta, warmup_epochs=0 if defense == "natural" else warmup, seed=seed,
+    )  # fmt: skip
+    checkpointer = Checkpointer(path)
+    with epoch_progress(f"training ({defense})", epochs, len(train), batch_size) as on_batch:
+        history = train_adversarial(
+            model, train.x, train.y, config, checkpointer=checkpointer, resume=resume, on_batch=on_batch
+        )
+    with progress_bar("PGD check", len(test)) as advance:
+        check = clean_and_pgd_accuracy(model, test.x, test.y, eps, steps=eval_steps, seed=seed, on_batch=advance)
+    save_model(
+        model, path, arch_name,
+        extra={"trained_on": train.name, "defense": defense, "eps": eps, "epochs": epochs, "seed": seed},
+    )  # fmt: skip
+    print_table(
+        f"{defense} training of {arch_name} on {train.name} ({epochs} epochs, eps {eps:g})",
+        ["model", "test data", "clean acc", f"PGD-{eval_steps} acc (eps {eps:g})"],
+        [[str(path), f"{test.name} (n={len(test)})", pct(check.clean_accuracy), pct(check.pgd_accuracy)]],
+        caption="PGD accuracy is an upper bound on robust accuracy; run the strong suite for a verdict.",
+    )
+    if json_path:
+        write_json(
+            json_path,
+            {
+                "command": "train",
+                "out": str(path),
+                "arch": arch_name,
+                "data": train.name,
+                "test_data": test.name,
+                "config": config.__dict__,
+                "device": str(dev),
+                "clean_accuracy": check.clean_accuracy,
+                "pgd_accuracy": check.pgd_accuracy,
+                "pgd": {"eps": eps, "steps": eval_steps, "restarts": 1, "n": check.n},
+                "history": history,
+                "checkpoint": str(checkpointer.checkpoint_path),
+                "log": str(checkpointer.log_path),
+            },
+        )

@@ -1,0 +1,120 @@
+"""`robust train-moe`: a mixture-of-experts CNN trained naturally, with AT, or with AdvMoE,
+compared with the dense CNN of the same width trained with AT for the same epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from defenses.adversarial import AdversarialConfig, train_adversarial
+from defenses.advmoe import MODES, MoEConfig, train_moe
+from defenses.evaluation import clean_and_pgd_accuracy
+from defenses.moe import DENSE_TWIN, arch_name, macs_per_input
+from robustcli.archs import Normalized, build_arch
+from robustcli.checkpoint import Checkpointer
+from robustcli.commands._training import apply_options, check_out, check_positive, epoch_progress, train_test_data, training_options
+from robustcli.device import resolve_device
+from robustcli.errors import InputError
+from robustcli.models import save_model
+from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.progress import progress_bar
+from robustcli.report import pct, print_table, write_json
+from robustcli.zoo import NORMALIZATION
+
+
+def output_path(out: Path, name: str, several: bool) -> Path:
+    """--out itself for a single model; OUT.<name>.safetensors beside it when training several."""
+    return out.with_name(f"{out.stem}.{name}{out.suffix}") if several else out
+
+
+@click.command("train-moe", cls=RobustCommand)
+@config_option
+@apply_options(training_options)
+@click.option("--mode", "mode", cls=MultiOption, type=click.Choice(MODES), help="One or more of advmoe, at, natural (default advmoe at).")
+@click.option("--experts", type=int, default=4, show_default=True, help="Experts (channel groups) per MoE layer.")
+@click.option("--top-k", type=int, default=2, show_default=True, help="Experts each input uses per MoE layer.")
+@click.option("--eps", type=float, default=0.3, show_default=True, help="Linf budget for training and the PGD check.")
+@click.option("--attack-steps", type=int, default=2, show_default=True, help="PGD steps in training (AdvMoE's default 2).")
+@click.option("--beta", type=float, default=6.0, show_default=True, help="AdvMoE weight of the model KL term.")
+@click.option("--alpha", type=float, default=6.0, show_default=True, help="AdvMoE weight of the router KL term.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Epochs over which eps ramps up from 0.")
+@click.option("--dense/--no-dense", default=True, show_default=True, help="Also train the dense CNN of the same width with AT.")
+@click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
+@click.option("--eval-n", type=int, default=None, help="Check on the first n test points (default all).")
+@json_option
+def command(
+    data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, mode, experts, top_k, eps,
+    attack_steps, beta, alpha, warmup, dense, eval_steps, eval_n, json_path,
+) -> None:  # fmt: skip
+    """Train a sparse MoE-CNN (AdvMoE, Zhang et al. 2023) and compare it with a dense AT CNN.
+
+    \b
+    robust train-moe --data mnist --mode advmoe at --experts 4 --top-k 2 --eps 0.3 --out moe.safetensors
+    """
+    modes = tuple(dict.fromkeys(mode or ("advmoe", "at")))
+    check_positive(epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps, eval_steps=eval_steps)
+    if data not in DENSE_TWIN:
+        raise InputError(f"train-moe builds its MoE-CNN for the bundled data ({', '.join(DENSE_TWIN)}); got --data {data}")
+    if experts < 1 or not 1 <= top_k <= experts:
+        raise InputError(f"--top-k must lie in 1..--experts ({experts}), got {top_k}")
+    width = 16  # the first MoE layer's channels; every layer's width must split into the experts
+    if width % experts:
+        raise InputError(f"--experts {experts} does not divide the layers' 16 and 32 channels; use 1, 2, 4, 8 or 16")
+    if not 0 <= eps <= 1 or beta < 0 or alpha < 0 or warmup < 0:
+        raise InputError("--eps must lie in [0, 1]; --beta, --alpha and --warmup must be >= 0")
+    if 0 < warmup >= epochs and modes != ("natural",):
+        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
+    path = check_out(out)
+    dev = resolve_device(device)
+    train, test = train_test_data(data, test_data, train_n)
+    test = test.head(eval_n)
+    moe_arch = arch_name(data, experts, top_k)
+    plan = [(m, moe_arch) for m in modes] + ([("dense-at", DENSE_TWIN[data])] if dense else [])
+    several = len(plan) > 1
+    rows, results = [], []
+    dense_macs = None
+    for name, arch in plan:
+        torch.manual_seed(seed)
+        model = Normalized(build_arch(arch), *NORMALIZATION[data]).to(dev)
+        target = output_path(path, name, several)
+        ckpt = Checkpointer(target)
+        resume_here = resume and ckpt.checkpoint_path.exists() or (resume and not several)
+        with epoch_progress(f"training {name}", epochs, len(train), batch_size) as on_batch:
+            if name == "dense-at":
+                cfg = AdversarialConfig(defense="pgd-at", eps=eps, epochs=epochs, lr=lr, batch_size=batch_size,
+                                        attack_steps=attack_steps, warmup_epochs=warmup, seed=seed)  # fmt: skip
+                history = train_adversarial(model, train.x, train.y, cfg, checkpointer=ckpt, resume=resume_here, on_batch=on_batch)
+            else:
+                cfg = MoEConfig(mode=name, eps=eps, epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps,
+                                beta=beta, alpha=alpha, warmup_epochs=0 if name == "natural" else warmup, seed=seed)  # fmt: skip
+                history = train_moe(model, train.x, train.y, cfg, checkpointer=ckpt, resume=resume_here, on_batch=on_batch)
+        with progress_bar(f"PGD check {name}", len(test)) as advance:
+            check = clean_and_pgd_accuracy(model, test.x, test.y, eps, steps=eval_steps, seed=seed, on_batch=advance)
+        macs = macs_per_input(model, test.x[:500])
+        if name == "dense-at":
+            dense_macs = macs
+        save_model(model, target, arch, extra={"trained_on": train.name, "defense": f"moe-{name}" if name != "dense-at" else "pgd-at",
+                                               "eps": eps, "epochs": epochs, "seed": seed})  # fmt: skip
+        results.append({"model": name, "arch": arch, "out": str(target), "clean_accuracy": check.clean_accuracy,
+                        "pgd_accuracy": check.pgd_accuracy, "macs_per_input": macs, "config": cfg.__dict__,
+                        "history": history})  # fmt: skip
+    if dense_macs is None:  # the dense twin's cost without training it
+        dense_macs = macs_per_input(build_arch(DENSE_TWIN[data]).to(dev), test.x[:500])
+    for r in results:
+        r["macs_ratio_vs_dense"] = r["macs_per_input"] / dense_macs
+        label = f"MoE {r['model']} (E={experts}, k={top_k})" if r["model"] != "dense-at" else f"dense {r['arch']} AT"
+        rows.append([label, pct(r["clean_accuracy"]), pct(r["pgd_accuracy"]), f"{r['macs_per_input'] / 1e3:.0f}k",
+                     f"{r['macs_ratio_vs_dense']:.2f}"])  # fmt: skip
+    print_table(
+        f"MoE-CNN vs dense CNN on {train.name}, {epochs} epochs, eps {eps:g} (test: {test.name}, n={len(test)})",
+        ["model", "clean acc", f"PGD-{eval_steps} acc", "MACs/input", "vs dense"],
+        rows,
+        caption="MACs actually computed at inference (skipped experts excluded, routers included).",
+    )
+    if json_path:
+        write_json(json_path, {"command": "train-moe", "data": train.name, "test_data": test.name, "device": str(dev),
+                               "experts": experts, "top_k": top_k, "eps": eps, "epochs": epochs,
+                               "pgd": {"steps": eval_steps, "restarts": 1}, "models": results,
+                               "dense_macs_per_input": dense_macs})  # fmt: skip
