@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -80,7 +80,8 @@ class Evaluation:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     with eval_mode(model):
-        return torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)])
+        preds = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)  # an empty shard of a sharded run
 
 
 def batch_generator(seed: int, start: int, device: torch.device) -> torch.Generator:
@@ -101,12 +102,18 @@ def evaluate(
     keep_adversarials: bool = False,
     on_batch: Callable[[int], None] | None = None,
     only_unbroken: bool = False,
+    offset: int = 0,
 ) -> Evaluation:
     """Run each attack at each of its budgets; add a worst-case row per (norm, eps) over attacks.
 
     `on_batch(n)` is called after each batch of each attack with the number of (point, budget) pairs done.
     `only_unbroken`: attack only the points no earlier attack broke at the same (norm, eps).
+    `offset`: index of x[0] in the full data set when x is one shard of it (a multiple of
+    `batch_size`); batch seeds use full-data indices, so shards merged with `merge_shards` equal
+    one evaluation of the whole set.
     """
+    if offset % batch_size:
+        raise ValueError(f"offset {offset} must be a multiple of batch_size {batch_size}")
     n = len(y)
     clean_correct = predict(model, x, batch_size, device) == y
     outcomes: list[AttackOutcome] = []
@@ -139,7 +146,7 @@ def evaluate(
                     y[todo].to(device),
                     b,
                     targets=None if targets is None else targets[todo].to(device),
-                    generator=batch_generator(seed, start, device),
+                    generator=batch_generator(seed, offset + start, device),
                 )
                 elapsed[b] += time.perf_counter() - t0
                 success, size, x_adv = per_budget[b]
@@ -205,3 +212,27 @@ def worst_case(outcomes: Sequence[AttackOutcome]) -> list[AttackOutcome]:
             )
         )
     return rows
+
+
+def merge_shards(shards: Sequence[Evaluation]) -> Evaluation:
+    """One evaluation from evaluations of consecutive shards of a data set (same attacks, in order).
+
+    Per-point tensors are concatenated; points attacked add up; a row's time is the slowest
+    shard's (shards run side by side), so images/s is the combined throughput.
+    """
+    first = shards[0]
+    if len(shards) == 1:
+        return first
+    outcomes = [
+        replace(
+            rows[0],
+            robust=torch.cat([o.robust for o in rows]),
+            broken=torch.cat([o.broken for o in rows]),
+            perturbation=torch.cat([o.perturbation for o in rows]),
+            time_s=max(o.time_s for o in rows),
+            attacked=sum(o.attacked for o in rows),
+        )
+        for rows in zip(*(s.outcomes for s in shards), strict=True)
+    ]
+    adversarials = {k: torch.cat([s.adversarials[k] for s in shards]) for k in first.adversarials}
+    return Evaluation(torch.cat([s.clean_correct for s in shards]), outcomes, adversarials)

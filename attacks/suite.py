@@ -58,8 +58,12 @@ def run_strong_suite(
     targets: torch.Tensor | None = None,
     keep_adversarials: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    offset: int = 0,
 ) -> Evaluation:
-    """Run the strong suite as a cascade; the worst-case rows are the suite's robust accuracy."""
+    """Run the strong suite as a cascade; the worst-case rows are the suite's robust accuracy.
+
+    `offset`: x's first index in the full data set when x is a shard (see `evaluate`).
+    """
     plan = strong_suite(eps, norm, steps=steps, target_classes=target_classes, queries=queries)
     return evaluate(
         model,
@@ -73,6 +77,7 @@ def run_strong_suite(
         keep_adversarials=keep_adversarials,
         on_batch=on_batch,
         only_unbroken=True,
+        offset=offset,
     )
 
 

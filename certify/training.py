@@ -39,6 +39,7 @@ from certify.regularizers import input_radius, relu_balance_loss, tightness_loss
 from certify.schedule import SmoothedEpsSchedule, step_lr
 from certify.spec import margin_spec, verified
 from robustcli.checkpoint import Checkpointer, check_finite
+from robustcli.ddp import DataParallel
 
 RECIPES = ("short", "vanilla")
 METHODS = ("ibp", "crown-ibp")
@@ -215,6 +216,7 @@ def train_ibp(
     classes = num_classes_of(model, x[:1].to(device))
     order_gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    parallel = DataParallel(model)  # under torchrun: DDP over each global batch (robustcli.ddp); else a no-op
     result = TrainResult(model, steps_per_epoch=spe)
     first_epoch = 0
     if resume:
@@ -242,25 +244,29 @@ def train_ibp(
         for s in range(spe):
             step = epoch * spe + s
             eps_t = schedule(step)
-            idx = order[s * batch_size : (s + 1) * batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            loss, parts, logits = _step_loss(model, xb, yb, eps_t, step, schedule, config, classes, crown_ibp_bounds)
+            part = parallel.local(order[s * batch_size : (s + 1) * batch_size])
+            xb, yb = x[part.index].to(device), y[part.index].to(device)
+            loss, parts, logits = parallel(
+                _step_loss, xb, yb, eps_t, step, schedule, config, classes, crown_ibp_bounds
+            )
+            checked = parallel.agree_finite(loss)  # every rank stops together
             if checkpointer is not None:
-                check_finite(loss, epoch, s, checkpointer)
-            elif not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {s + 1}")
+                check_finite(checked, epoch, s, checkpointer)
+            elif not torch.isfinite(checked):
+                raise FloatingPointError(f"loss is {checked.item()} at epoch {epoch + 1}, step {s + 1}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * part.weight).backward()
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
-            k = len(yb)
+            k = part.points
             sums["loss"] += loss.item() * k
             sums["natural"] += parts[0] * k
             sums["robust"] += parts[1] * k
             sums["reg"] += parts[2] * k
-            sums["correct"] += (logits.argmax(1) == yb).sum().item()
+            sums["correct"] += (logits.argmax(1) == yb).sum().item() if k else 0
             sums["seen"] += k
+        sums = parallel.reduce_sums(sums)
         if holdout is not None and len(holdout[1]):
             hold_acc, hold_ver = ibp_verified_accuracy(model, holdout[0], holdout[1], config.eps, config.norm)
         else:
@@ -291,6 +297,7 @@ def train_ibp(
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
+    parallel.finish()
     model.eval()
     return result
 

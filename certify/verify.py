@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from attacks.base import eval_mode
+from attacks.evaluate import batch_generator
 from attacks.pgd import PGDL2, PGDLinf
 from certify.ibp import ibp_bounds
 from certify.lirpa import LIRPA_METHODS, LirpaBounder
@@ -41,6 +42,8 @@ class CertifyOutcome:
     pgd_robust: torch.Tensor  # bool (N,): correct and not broken by PGD
     margin_lower: torch.Tensor  # float (N,): min over margin rows of the certified lower bound
     time_s: float  # bounding only
+
+    PER_POINT = ("correct", "verified", "pgd_robust", "margin_lower")
 
     @property
     def clean_accuracy(self) -> float:
@@ -121,23 +124,28 @@ def certify_dataset(
     alpha_iterations: int = 20,
     device: torch.device | None = None,
     on_batch: Callable[[int], None] | None = None,
+    offset: int = 0,
 ) -> CertifyEvaluation:
     """Certify every point for every (eps, method) and cross-check against PGD on the same points.
 
     The model runs in eval mode. `on_batch(n)` is called with n = points finished per (eps, method
     or PGD) step, so a progress bar's total is len(x) * len(eps_list) * (len(methods) + 1).
+    PGD's random starts come from the seed and each batch's first index in the full data set
+    (`offset` + position, `attacks.evaluate.batch_generator`), so a shard of whole batches
+    (`offset` a multiple of `batch_size`) reproduces the full run's points; see `merge_shards`.
     """
+    if offset % batch_size:
+        raise ValueError(f"offset {offset} must be a multiple of batch_size {batch_size}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; expected some of {METHODS}")
     device = device or next(model.parameters()).device
     attack = (PGDLinf if norm == "linf" else PGDL2)(steps=pgd_steps, restarts=pgd_restarts)
-    g = torch.Generator(device=device).manual_seed(seed)
     n = len(x)
     with eval_mode(model):
         bounders: dict[str, LirpaBounder] = {}
         for m in methods:
-            if m != "ibp":
+            if m != "ibp" and n:  # an empty shard of a sharded run has nothing to bound
                 bounders[m] = LirpaBounder(model, x[:1].to(device), m, alpha_iterations=alpha_iterations)
         correct = torch.zeros(n, dtype=torch.bool, device=device)
         with torch.no_grad():
@@ -151,6 +159,7 @@ def certify_dataset(
                 idx = torch.arange(s, min(s + batch_size, n), device=device)
                 todo = idx[correct[idx]]
                 if len(todo) and eps > 0:
+                    g = batch_generator(seed, offset + s, device)
                     adv = attack(model, x[todo.cpu()].to(device), y[todo.cpu()].to(device), eps, generator=g)
                     robust[todo[adv.success_at(eps)]] = False
                 if on_batch:
@@ -177,6 +186,28 @@ def certify_dataset(
                     if on_batch:
                         on_batch(len(xb))
                 outcome = CertifyOutcome(method, norm, float(eps), correct, verified, robust, lower_min, elapsed)
-                check_soundness(outcome)
+                check_soundness(outcome, offset)
                 result.outcomes.append(outcome)
     return result
+
+
+def merge_shards(shards: Sequence[CertifyEvaluation]) -> CertifyEvaluation:
+    """One evaluation from evaluations of consecutive shards of a data set (same eps and methods).
+
+    Per-point tensors are concatenated (on the CPU); times are the slowest shard's, as shards run
+    side by side.
+    """
+    if len(shards) == 1:
+        return shards[0]
+    outcomes = []
+    for rows in zip(*(s.outcomes for s in shards), strict=True):
+        outcomes.append(
+            replace(
+                rows[0],
+                **{f: torch.cat([getattr(o, f).cpu() for o in rows]) for f in CertifyOutcome.PER_POINT},
+                time_s=max(o.time_s for o in rows),
+            )
+        )
+    if not outcomes:
+        raise ValueError("certify shards without outcomes cannot be merged")
+    return CertifyEvaluation(_mean(outcomes[0].correct), outcomes, max(s.pgd_time_s for s in shards))

@@ -5,6 +5,11 @@ returns its losses (a dict of scalar tensors; "loss" is checked for divergence).
 the data order (a seeded `torch.Generator`), the per-epoch atomic checkpoint with every RNG
 state, the JSON-lines log and resuming, so a run killed after epoch k and resumed ends with the
 same weights as an uninterrupted one.
+
+Under torchrun (`robustcli.ddp.GradientSync`) each rank runs `step` on its slice of every global
+batch of `batch_size` points and an optimiser pre-hook averages the gradients across ranks
+before each optimiser step, so the weights follow the single-process run (exactly, up to float
+summation order, for steps without randomness); the logged averages are over the global batch.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from robustcli import distributed
 from robustcli.checkpoint import Checkpointer, check_finite
+from robustcli.ddp import GradientSync, agree_finite, reduce_sums
 from robustcli.errors import InputError
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
@@ -64,6 +71,9 @@ def train_epochs(
         else:
             checkpointer.start_fresh()
     n = len(y)
+    sync = GradientSync(model, list(optimizers.values()))  # a no-op without torchrun
+    # ranks draw different attack noise for their different points (no-op in one process)
+    distributed.per_rank_generators({k: g for k, g in generators.items() if k != "order"})
     for epoch in range(first, epochs):
         model.train()
         t0 = time.perf_counter()
@@ -71,17 +81,20 @@ def train_epochs(
         sums: dict[str, float] = {}
         for k, i in enumerate(range(0, n, batch_size)):
             idx = order[i : i + batch_size]
-            losses = step(x[idx].to(device), y[idx].to(device), epoch)
+            part = sync.local(idx)
+            losses = step(x[part.index].to(device), y[part.index].to(device), epoch)
             if "loss" in losses:
+                loss = agree_finite(losses["loss"].detach())  # every rank stops together
                 if checkpointer is not None:
-                    check_finite(losses["loss"].detach(), epoch, k, checkpointer)
-                elif not torch.isfinite(losses["loss"]).all():
+                    check_finite(loss, epoch, k, checkpointer)
+                elif not torch.isfinite(loss).all():
                     raise InputError(f"training diverged at epoch {epoch + 1}, step {k + 1}; try a lower --lr")
             values = {name: float(v) for name, v in losses.items()}
             for name, v in values.items():
-                sums[name] = sums.get(name, 0.0) + v * len(idx)
+                sums[name] = sums.get(name, 0.0) + v * part.points
             if on_batch is not None:
                 on_batch(len(idx), values)
+        sums = reduce_sums(sums)
         record = {"epoch": epoch, **{name: s / n for name, s in sums.items()}, "time_s": time.perf_counter() - t0}
         history.append(record)
         if checkpointer is not None:
@@ -95,5 +108,6 @@ def train_epochs(
             )
         if on_epoch is not None:
             on_epoch(record)
+    sync.finish()
     model.eval()
     return history

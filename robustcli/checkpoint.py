@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustcli import distributed
 from robustcli.errors import InputError, first_line
 from robustcli.report import atomic_path
 
@@ -42,7 +43,9 @@ class Checkpointer:
         generators: dict[str, torch.Generator] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """Record that `epoch` (0-based) is complete."""
+        """Record that `epoch` (0-based) is complete (rank 0 writes; other ranks return at once)."""
+        if not distributed.is_main():
+            return
         state = {
             "epoch": epoch,
             "model": model.state_dict(),
@@ -65,10 +68,11 @@ class Checkpointer:
         generators: dict[str, torch.Generator] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Restore everything in place; return (next epoch to run, extra)."""
-        if not self.checkpoint_path.exists():
-            raise InputError(f"--resume: no checkpoint at {self.checkpoint_path}; start without --resume")
+        # Rank 0 reads; every rank gets the state or the same error (no rank is left waiting).
+        state, problem = distributed.broadcast_from_main(self._read() if distributed.is_main() else (None, None))
+        if problem is not None:
+            raise InputError(problem)
         try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"])
             for k, o in optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
@@ -82,14 +86,27 @@ class Checkpointer:
                 f"({first_line(e)}); use the same options or start without --resume"
             ) from None
         torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
+        if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        distributed.per_rank_rng()
         next_epoch = int(state["epoch"]) + 1
-        self._truncate_log(next_epoch)
+        if distributed.is_main():
+            self._truncate_log(next_epoch)
         return next_epoch, state["extra"]
 
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(state, None) or (None, what is wrong)."""
+        if not self.checkpoint_path.exists():
+            return None, f"--resume: no checkpoint at {self.checkpoint_path}; start without --resume"
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True), None
+        except (RuntimeError, KeyError, ValueError, EOFError, OSError) as e:
+            return None, f"--resume: cannot read checkpoint {self.checkpoint_path} ({first_line(e)}); start without --resume"
+
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line and flush it to disk."""
+        """Append one JSON line and flush it to disk (rank 0 only)."""
+        if not distributed.is_main():
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(clean) + "\n")
@@ -98,6 +115,8 @@ class Checkpointer:
 
     def start_fresh(self) -> None:
         """A new run: drop a stale log and checkpoint from an earlier run with the same --out."""
+        if not distributed.is_main():
+            return
         self.log_path.unlink(missing_ok=True)
         self.checkpoint_path.unlink(missing_ok=True)
 

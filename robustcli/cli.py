@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-from robustcli import __version__
+from robustcli import __version__, distributed
 from robustcli.commands import COMMANDS
 from robustcli.options import RobustGroup
 
@@ -25,4 +25,5 @@ for _module in COMMANDS:
 
 
 def main() -> None:
-    cli(prog_name="robust")
+    with distributed.session():  # joins torchrun's process group when launched by it; else a no-op
+        cli(prog_name="robust")

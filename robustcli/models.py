@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robustcli import distributed
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.errors import InputError, first_line
 
@@ -44,8 +45,14 @@ def wrap_normalization(model: nn.Module, mean: list[float] | None, std: list[flo
 
 
 def save_model(model: nn.Module, path: str | Path, arch: str, extra: dict[str, str] | None = None) -> None:
-    """Write weights as safetensors with the architecture and normalisation in the metadata, atomically."""
+    """Write weights as safetensors with the architecture and normalisation in the metadata, atomically.
+
+    Under torchrun only rank 0 writes (every rank holds the same weights).
+    """
     from safetensors.torch import save_file
+
+    if not distributed.is_main():
+        return
 
     meta = {META_PREFIX + "arch": arch}
     if isinstance(model, Normalized):

@@ -6,6 +6,8 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
+
+from robustcli import distributed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 stderr = Console(stderr=True)
@@ -13,8 +15,11 @@ stderr = Console(stderr=True)
 
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """Yields `advance(n=1, **fields)`; `fields` are shown after the bar (loss, accuracy, ...)."""
-    if not enabled:
+    """Yields `advance(n=1, **fields)`; `fields` are shown after the bar (loss, accuracy, ...).
+
+    Under torchrun only rank 0 shows bars.
+    """
+    if not enabled or not distributed.is_main():
         yield lambda n=1, **fields: None
         return
     with Progress(

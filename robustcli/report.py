@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from robustcli import distributed
 from robustcli.errors import InputError
 
 # A pipe or file gets wide tables instead of Rich's 80-column default, so nothing is cut off.
@@ -52,15 +53,20 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_json(path: str | Path, report: dict) -> None:
+    """Atomically; under torchrun rank 0 only."""
+    if not distributed.is_main():
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors for `.safetensors`, numpy's npz for `.npz`."""
+    """safetensors for `.safetensors`, numpy's npz for `.npz`; under torchrun rank 0 only."""
     path = Path(path)
     if path.suffix not in (".safetensors", ".npz"):
         raise InputError(f"cannot save to {path.name}: use a .safetensors or .npz file name")
+    if not distributed.is_main():
+        return
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file

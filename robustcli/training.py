@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcli.data import Dataset
+from robustcli.ddp import DataParallel
 
 
 @torch.no_grad()
@@ -34,22 +35,31 @@ def train_natural(
     batch_size: int = 64,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Adam on cross-entropy; the batch order depends only on `seed`."""
+    """Adam on cross-entropy; the batch order depends only on `seed`.
+
+    Under torchrun each rank trains on its slice of every global batch of `batch_size` points
+    (`robustcli.ddp`), giving the single-process weights up to float rounding.
+    """
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    parallel = DataParallel(model)
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(data), generator=gen)
         total = 0.0
         for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            loss = F.cross_entropy(model(data.x[idx].to(device)), data.y[idx].to(device))
+            part = parallel.local(order[i : i + batch_size])
+            loss = parallel(_cross_entropy, data.x[part.index].to(device), data.y[part.index].to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * part.weight).backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total += loss.item() * part.points
         if on_epoch is not None:
-            on_epoch(epoch, total / len(data))
+            on_epoch(epoch, parallel.reduce_sums({"loss": total})["loss"] / len(data))
     opt.zero_grad(set_to_none=True)
-    return model.eval()
+    return parallel.finish().eval()
+
+
+def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)

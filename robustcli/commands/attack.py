@@ -6,10 +6,11 @@ import click
 import torch
 
 from attacks.diagnostics import Diagnostics, run_diagnostics
-from attacks.evaluate import Evaluation, evaluate
+from attacks.evaluate import Evaluation, evaluate, merge_shards
 from attacks.foolbox_backend import make_foolbox_attack
 from attacks.registry import ATTACKS, make_attack
 from attacks.suite import SUITES, merge_evaluations, run_strong_suite
+from robustcli import distributed
 from robustcli.errors import CheckFailed, InputError
 from robustcli.options import (
     MultiOption,
@@ -111,7 +112,9 @@ def run_attacks(
     targets: torch.Tensor | None,
     keep_adversarials: bool,
     queries: int | None = None,
+    part: slice = slice(None),
 ) -> Evaluation:
+    """Attack the points `part` (this rank's shard under torchrun: whole batches, see robustcli.distributed)."""
     plan = []
     for name in names:
         options = cw_options if name == "cw" else ({"queries": queries} if name == "square" else {})
@@ -122,19 +125,21 @@ def run_attacks(
             else ours
         )
         plan.append((attack, eps_by_norm[attack.norm]))
-    total = sum(len(w.data) * (1 if a.minimization else len(e)) for a, e in plan)
+    y = w.data.y[part]
+    total = sum(len(y) * (1 if a.minimization else len(e)) for a, e in plan)
     with progress_bar("attacking", total) as advance:
         return evaluate(
             w.model.module,
-            w.data.x,
-            w.data.y,
+            w.data.x[part],
+            y,
             plan,
             device=w.device,
             batch_size=batch_size,
             seed=seed,
-            targets=targets,
+            targets=None if targets is None else targets[part],
             keep_adversarials=keep_adversarials,
             on_batch=lambda k: advance(k),
+            offset=part.start or 0,
         )
 
 
@@ -193,8 +198,10 @@ def command(
         )
     norms = [make_attack(a).norm for a in names] + (["linf"] if suite else [])
     eps_by_norm = budgets(norms, tuple(eps), tuple(eps_l2))
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+    with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     targets = resolve_targets(target, w.data.y, w.num_classes, seed)
+    part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     result = None
     if names:
         result = run_attacks(
@@ -210,23 +217,28 @@ def command(
             seed=seed,
             targets=targets,
             keep_adversarials=bool(save_adv),
+            part=part,
         )
     if suite:
-        with progress_bar(f"{suite} suite", 3 * len(w.data) * len(eps_by_norm["linf"])) as advance:
+        with progress_bar(f"{suite} suite", 3 * (part.stop - part.start) * len(eps_by_norm["linf"])) as advance:
             strong = run_strong_suite(
                 w.model.module,
-                w.data.x,
-                w.data.y,
+                w.data.x[part],
+                w.data.y[part],
                 eps_by_norm["linf"],
                 device=w.device,
                 queries=queries or 5000,
                 batch_size=batch_size,
                 seed=seed,
-                targets=targets,
+                targets=None if targets is None else targets[part],
                 keep_adversarials=bool(save_adv),
                 on_batch=lambda k: advance(k),
+                offset=part.start,
             )
         result = strong if result is None else merge_evaluations(result, strong)
+    result = distributed.gather_to_main(result, merge_shards)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     diag = run_diagnostics(result, w.model.module, w.data.x, w.data.y, device=w.device, seed=seed)
     report = base_report("attack", w, seed) | {
         "backend": backend,

@@ -6,7 +6,8 @@ import click
 
 from certify.graph import model_steps
 from certify.lirpa import LIRPA_METHODS, auto_lirpa
-from certify.verify import METHODS, certify_dataset
+from certify.verify import METHODS, certify_dataset, merge_shards
+from robustcli import distributed
 from robustcli.commands.attack import check_eps
 from robustcli.errors import InputError
 from robustcli.options import (
@@ -110,14 +111,16 @@ def command(
             raise InputError(f"{flag} must be >= 1, got {v}")
     if alpha_iterations < 1:
         raise InputError(f"--alpha-iterations must be >= 1, got {alpha_iterations}")
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+    with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     check_methods(methods, w.model.module)
-    total = len(w.data) * len(eps) * (len(methods) + 1)
+    part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
+    total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
     with progress_bar("certifying", total) as advance:
-        result = certify_dataset(
+        local = certify_dataset(
             w.model.module,
-            w.data.x,
-            w.data.y,
+            w.data.x[part],
+            w.data.y[part],
             eps,
             methods,
             norm,
@@ -129,7 +132,11 @@ def command(
             alpha_iterations=alpha_iterations,
             device=w.device,
             on_batch=lambda k: advance(k),
+            offset=part.start,
         )
+    result = distributed.gather_to_main(local, merge_shards)
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     report = base_report("certify", w, seed) | {
         "norm": norm,
         "pgd": {"steps": pgd_steps, "restarts": pgd_restarts, "time_s": result.pgd_time_s},

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli import distributed
 from robustcli.checkpoint import Checkpointer
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
 from robustcli.device import resolve_device
@@ -205,6 +206,8 @@ def command(
             click.echo(f"\ninterrupted; {kept}; run the same command with --resume to continue", err=True)
             ctx.exit(130)
             return
+    if not distributed.is_main():  # under torchrun rank 0 saves, evaluates and reports
+        return
     save_model(
         model, out, arch,
         extra={"trained_on": f"{data}:train", "seed": seed, "eps": eps, "norm": norm, "recipe": recipe, "method": method},

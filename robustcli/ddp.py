@@ -1,0 +1,255 @@
+"""Data-parallel training on torchrun with torch's DistributedDataParallel (DDP).
+
+A training loop keeps its shape; three calls make it data-parallel (all no-ops in one process):
+
+    parallel = DataParallel(model)                  # DDP + SyncBatchNorm on GPUs
+    for idx in global_batches:                      # same seeded order on every rank
+        part = parallel.local(idx)                  # this rank's share, and its loss weight
+        loss = parallel(objective, x[part.index], y[part.index])
+        (loss * part.weight).backward()             # DDP all-reduces (averages) the gradients
+        opt.step()
+    model = parallel.finish()                       # plain BatchNorm layers again
+
+`objective(model, *inputs) -> loss` (or a tuple starting with the loss) runs *inside* DDP's
+forward, so any use of the model in it (a clean forward pass, interval bounds walking its layers)
+is covered by DDP's gradient hooks. Every rank draws the global batch order from the same seeded
+generator and takes a contiguous slice of each global batch; the slice's mean loss is weighted
+by `len(slice) * world / len(batch)`, so DDP's average of the ranks' gradients is exactly the
+gradient of the global batch's mean loss, whatever the world size. With identical gradients and
+identical starting weights (DDP broadcasts rank 0's at wrap time) every rank's optimiser takes
+the same step, so K ranks reproduce one process's weights up to float summation order.
+
+BatchNorm: on CUDA, layers become `torch.nn.SyncBatchNorm` (statistics over the global batch,
+as one process would compute them). torch's SyncBatchNorm has no CPU kernel, so on CPU (gloo)
+each rank normalises with its own slice's statistics and the running statistics come from rank 0
+(DDP broadcasts buffers): that changes the recipe's numbers, and a warning says so.
+
+Randomness inside a step (random starts of a training attack, dropout) comes from torch's global
+generator: `DataParallel` re-seeds it per rank from one shared draw, so ranks draw different
+noise; such runs match a single process in distribution, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from robustcli import distributed
+
+
+@dataclass
+class LocalBatch:
+    index: torch.Tensor  # this rank's point indices (a contiguous slice of the global batch)
+    weight: float  # multiply the slice's mean loss by this before backward()
+
+    @property
+    def points(self) -> int:
+        """Points this rank contributes (0 for the stand-in point of a rank left without any)."""
+        return len(self.index) if self.weight else 0
+
+
+def local_batch(global_index: torch.Tensor, *, rank: int | None = None, world: int | None = None) -> LocalBatch:
+    """This rank's contiguous share of a global batch and the weight that makes DDP's average exact.
+
+    A global batch smaller than the world leaves some ranks without a point; they still take
+    part in the collective step (DDP needs every rank) on the batch's first point with weight 0.
+    """
+    r = distributed.rank() if rank is None else rank
+    k = distributed.world_size() if world is None else world
+    n = len(global_index)
+    if k == 1:
+        return LocalBatch(global_index, 1.0)
+    part = torch.tensor_split(global_index, k)[r]
+    if len(part) == 0:
+        return LocalBatch(global_index[:1], 0.0)
+    return LocalBatch(part, len(part) * k / n)
+
+
+class _Objective(nn.Module):
+    """The module DDP wraps: its forward is the whole loss computation, so DDP sees every use."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, objective: Callable[..., Any], *inputs: Any) -> Any:
+        return objective(self.model, *inputs)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class DataParallel:
+    """DDP around a model for one training run; a transparent pass-through in a single process."""
+
+    def __init__(self, model: nn.Module, *, sync_batchnorm: bool = True, find_unused_parameters: bool = False):
+        self.model = model
+        self.distributed = distributed.is_distributed()
+        self._reverts: list[tuple[nn.Module, str, nn.modules.batchnorm._BatchNorm]] = []
+        self._ddp: DistributedDataParallel | None = None
+        if not self.distributed:
+            return
+        device = next(model.parameters()).device
+        if sync_batchnorm and _can_sync_batchnorm(model, device):
+            self._to_sync_batchnorm(model)
+        self._ddp = DistributedDataParallel(
+            _Objective(model),
+            device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None,
+            find_unused_parameters=find_unused_parameters,
+        )
+        distributed.per_rank_rng()
+
+    def local(self, global_index: torch.Tensor) -> LocalBatch:
+        return local_batch(global_index)
+
+    def __call__(self, objective: Callable[..., Any], *inputs: Any) -> Any:
+        if self._ddp is None:
+            return objective(self.model, *inputs)
+        return self._ddp(objective, *inputs)
+
+    def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
+        return reduce_sums(sums)
+
+    def agree_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss`, or NaN on every rank when any rank's loss is not finite (so all stop together)."""
+        return agree_finite(loss)
+
+    def finish(self) -> nn.Module:
+        """Drop the DDP wrapper and turn SyncBatchNorm layers back into the original BatchNorm ones."""
+        self._ddp = None
+        revert_batchnorm(self._reverts)
+        self._reverts.clear()
+        return self.model
+
+    def _to_sync_batchnorm(self, model: nn.Module) -> None:
+        self._reverts += to_sync_batchnorm(model)
+
+
+def reduce_sums(sums: dict[str, float]) -> dict[str, float]:
+    """Sum per-rank running totals (loss x points, correct, seen) so logs describe the global batch."""
+    if not distributed.is_distributed():
+        return dict(sums)
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return {k: v.item() for k, v in zip(keys, t)}
+
+
+def agree_finite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss`, or NaN on every rank when any rank's loss is NaN/inf: a divergence check that all
+    ranks pass or fail together, instead of one rank raising while the others wait in a collective."""
+    if not distributed.is_distributed():
+        return loss
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+    torch.distributed.all_reduce(bad)
+    return loss if bad.item() == 0 else torch.full_like(loss.detach(), float("nan"))
+
+
+def _can_sync_batchnorm(model: nn.Module, device: torch.device) -> bool:
+    if not has_batchnorm(model):
+        return False
+    if device.type == "cuda":
+        return True
+    if distributed.is_main():  # once, not once per rank
+        warnings.warn(
+            "torch's SyncBatchNorm needs CUDA; on CPU each rank normalises with its own slice of "
+            "the batch, so BatchNorm statistics differ from a single-process run",
+            stacklevel=3,
+        )
+    return False
+
+
+Reverts = list[tuple[nn.Module, str, nn.modules.batchnorm._BatchNorm]]
+
+
+def to_sync_batchnorm(model: nn.Module) -> Reverts:
+    """Swap each BatchNorm child for a SyncBatchNorm sharing its parameters; return how to undo it."""
+    reverts: Reverts = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                setattr(parent, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                reverts.append((parent, name, child))
+    return reverts
+
+
+def revert_batchnorm(reverts: Reverts) -> None:
+    for parent, name, original in reversed(reverts):
+        sync = getattr(parent, name)
+        original.load_state_dict(sync.state_dict())
+        original.train(sync.training)
+        setattr(parent, name, original)
+
+
+class GradientSync:
+    """Data parallelism for loops whose step owns `backward()` and `optimizer.step()` itself.
+
+    DDP needs the loss to come out of its own forward call; a step that runs an inner attack
+    and calls the optimiser itself (the `defenses` trainers) cannot give it that without being
+    rewritten. Here an optimiser step pre-hook does what DDP's reducer does after backward: it
+    averages the gradients across ranks (one all_reduce of the flattened gradients), weighted by
+    this rank's share of the global batch (`local()`), then broadcasts rank 0's buffers (BatchNorm
+    running statistics, as DDP does before each forward). Parameters without a gradient on every
+    rank keep none (an expert no point was routed to), as in one process. Clip gradients, if at
+    all, after the step pre-hook has run, i.e. not between backward and step (the hook runs at
+    step): trainers using `train_epochs` do not clip.
+    """
+
+    def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], *, sync_batchnorm: bool = True):
+        self.model = model
+        self.distributed = distributed.is_distributed()
+        self.weight = 1.0
+        self._reverts: Reverts = []
+        self._handles: list[Any] = []
+        if not self.distributed:
+            return
+        device = next(model.parameters()).device
+        if sync_batchnorm and _can_sync_batchnorm(model, device):
+            self._reverts = to_sync_batchnorm(model)
+        with torch.no_grad():  # every rank starts from rank 0's weights, as DDP does
+            for t in [*model.parameters(), *model.buffers()]:
+                torch.distributed.broadcast(t, src=0)
+        self._handles = [opt.register_step_pre_hook(self._average) for opt in optimizers]
+        distributed.per_rank_rng()
+
+    def local(self, global_index: torch.Tensor) -> LocalBatch:
+        part = local_batch(global_index)
+        self.weight = part.weight
+        return part
+
+    def _average(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if not params:
+            return
+        device = params[0].device
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+        torch.distributed.all_reduce(has)
+        live = [p for p, h in zip(params, has.tolist()) if h > 0]
+        if not live:
+            return
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in live])
+        flat.mul_(self.weight / distributed.world_size())
+        torch.distributed.all_reduce(flat)
+        at = 0
+        for p in live:
+            p.grad = flat[at : at + p.numel()].view_as(p).clone()
+            at += p.numel()
+        with torch.no_grad():
+            for b in self.model.buffers():
+                torch.distributed.broadcast(b, src=0)
+
+    def finish(self) -> nn.Module:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        revert_batchnorm(self._reverts)
+        self._reverts.clear()
+        return self.model
