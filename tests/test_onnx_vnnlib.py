@@ -70,7 +70,7 @@ def test_unsupported_lines_are_named(line, what):
     text = HEAD + BOX + line + "\n"
     with pytest.raises(InputError) as e:
         parse_vnnlib(text, "p.vnnlib")
-    assert f"p.vnnlib:10:" in str(e.value) and what in str(e.value)
+    assert "p.vnnlib:10:" in str(e.value) and what in str(e.value)
 
 
 def test_unbounded_input_and_unbalanced_parens():

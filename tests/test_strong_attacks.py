@@ -17,28 +17,9 @@ from attacks.registry import make_attack
 from attacks.square import SquareLinf, square_fraction
 from attacks.suite import merge_evaluations, run_strong_suite
 
+from masking_models import ScaledLogits
+
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches gain nothing from a second thread; on a busy machine it spins (4x CPU here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class ScaledLogits(nn.Module):
-    """logits x scale: what defensive distillation at T = scale deployed at T = 1 produces."""
-
-    def __init__(self, model: nn.Module, scale: float):
-        super().__init__()
-        self.model = model
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
 
 
 class _NoBackward(torch.autograd.Function):

@@ -8,14 +8,6 @@ import torch
 pytest.importorskip("torchattacks")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_strong_suite_no_weaker_than_autoattack():
     import torchattacks

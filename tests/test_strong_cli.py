@@ -7,28 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+
+from masking_models import ScaledLogits
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "attack-strong.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches gain nothing from a second thread; on a busy machine it spins (4x CPU here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class ScaledLogits(nn.Module):
-    def __init__(self, model: nn.Module, scale: float):
-        super().__init__()
-        self.model = model
-        self.scale = scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
 
 
 @pytest.fixture(scope="module")

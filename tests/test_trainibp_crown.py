@@ -10,16 +10,6 @@ from certify.spec import margin_spec
 from robustcli.commands.train_ibp import build_model
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread; on a loaded 2-core box OpenMP spin-waiting
-    made training many times slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
 def test_crown_ibp_training_bounds_are_sound_and_train_the_model():
     from certify.crown_ibp_training import CrownIBPTrainingBounds

@@ -10,16 +10,6 @@ from certify.regularizers import relu_balance_loss, tightness_loss
 from certify.training import recipe_config, train_ibp
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread; on a loaded 2-core box OpenMP spin-waiting
-    made training many times slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def test_tightness_is_zero_while_bounds_stay_tight_and_grows_when_they_explode():
     r0 = torch.tensor(0.1)
     tight = [Bounds(torch.zeros(4, 8), torch.full((4, 8), 0.15))]  # r0 / r = 0.67 > tau
