@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cw-steps", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
     import foolbox as fb
@@ -61,8 +63,10 @@ def main() -> None:
     print(f"model {args.model}, {len(y)} mnist test points, batch {bs}, PGD-{steps} Linf eps {eps}, threads {torch.get_num_threads()}")
 
     # PGD robust-accuracy evaluation.
-    ours, t_ours = timed(lambda: evaluate(model, x, y, [(PGDLinf(steps=steps), [eps])], device=cpu, batch_size=bs))
     ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+
+    def run_ours():
+        return evaluate(model, x, y, [(PGDLinf(steps=steps), [eps])], device=cpu, batch_size=bs)
 
     def run_ta():
         robust = []
@@ -72,14 +76,26 @@ def main() -> None:
                 robust.append(model(adv).argmax(1) == yb)
         return torch.cat(robust)
 
-    ta_robust, t_ta = timed(run_ta)
     fmodel = fb.PyTorchModel(model, bounds=(0, 1))
     fb_pgd = fb.attacks.LinfPGD(steps=steps, rel_stepsize=2.5 / steps)
 
     def run_fb():
         return torch.cat([~fb_pgd(fmodel, xb, fb.criteria.Misclassification(yb), epsilons=eps)[2] for xb, yb in batches(x, y, bs)])
 
-    fb_robust, t_fb = timed(run_fb)
+    # One untimed warm-up each, then interleaved repeats with the median time: the first library
+    # to run otherwise pays the allocator and kernel warm-up, and load from other processes
+    # drifts over a run.
+    runners = {"ours": run_ours, "torchattacks": run_ta, "foolbox": run_fb}
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    results = {}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            results[name], t = timed(run)
+            times[name].append(t)
+    t_ours, t_ta, t_fb = (statistics.median(times[k]) for k in runners)
+    ours, ta_robust, fb_robust = results["ours"], results["torchattacks"], results["foolbox"]
     n = len(y)
     print("\nPGD-%d Linf evaluation" % steps)
     print(f"  {'library':<12}{'images/s':>10}{'robust acc':>12}")
@@ -89,6 +105,7 @@ def main() -> None:
         ("foolbox", t_fb, fb_robust.float().mean().item()),
     ):
         print(f"  {name:<12}{n / t:>10.0f}{100 * acc:>11.1f}%")
+    print(f"  (median of {args.repeats} interleaved runs after a warm-up; robust acc of the last run)")
     print(f"  ratio ours/torchattacks {t_ta / t_ours:.2f}x, ours/foolbox {t_fb / t_ours:.2f}x")
 
     # Per-step cost against the floor: one forward + backward w.r.t. the input, all points active
