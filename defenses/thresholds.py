@@ -30,6 +30,7 @@ import torch
 from scipy.stats import beta as beta_dist
 from torch import nn
 
+from attacks.evaluate import batch_generator
 from defenses.inner_max import pgd_maximize
 from robustcli.errors import InputError
 
@@ -109,7 +110,7 @@ def attacked_unsafe_probability(
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device)
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+        gen = batch_generator(seed, start, device)
         best = unsafe_probability(model, xb, unsafe)
         for _ in range(restarts):
             xa = pgd_maximize(
