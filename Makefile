@@ -10,7 +10,7 @@ TORCH_CPU ?= torch==2.13.0
 $(BIN)/robust: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_CPU)
-	$(BIN)/pip install -e ".[test,lirpa]" --config-settings editable_mode=compat
+	$(BIN)/pip install -e ".[test,lirpa]"
 	# Optional extras that pin ancient torch versions: installed without their deps.
 	$(BIN)/pip install --no-deps auto-lirpa==0.3 torchattacks==3.5.1
 	touch $(BIN)/robust

@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attacks.base import eval_mode, input_gradient
-from attacks.losses import margin
+from robustcli.attacks.base import eval_mode, input_gradient
+from robustcli.attacks.losses import margin
 
 DUAL_NORM = {"linf": 1.0, "l2": 2.0}  # attack norm -> p of the dual norm of the gradient
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from analyses.logit_gap import LogitGaps, logit_gaps
-from analyses.powerlaw import (
+from robustcli.analyses.logit_gap import LogitGaps, logit_gaps
+from robustcli.analyses.powerlaw import (
     DEFAULT_MAX_ERROR,
     DEFAULT_MIN_BROKEN,
     PowerLawFit,
@@ -27,8 +27,8 @@ from analyses.powerlaw import (
     fit_power_law,
     select_regime,
 )
-from attacks.base import Attack
-from attacks.evaluate import evaluate
+from robustcli.attacks.base import Attack
+from robustcli.attacks.evaluate import evaluate
 
 DEFAULT_RANGE = {"linf": (1e-3, 0.3), "l2": (1e-2, 3.0)}
 

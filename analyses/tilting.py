@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import eval_mode, input_gradient
+from robustcli.attacks.base import eval_mode, input_gradient
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Attack engines: plain PyTorch, no CLI. Every attack works in [0, 1] pixel space."""
 
-from attacks.apgd import APGD
-from attacks.base import Attack, AttackResult, FixedEpsilonAttack, MinimizationAttack
-from attacks.cw import CarliniWagnerL2
-from attacks.fgsm import FGSM
-from attacks.pgd import PGDL2, PGDLinf
-from attacks.square import SquareLinf
+from robustcli.attacks.apgd import APGD
+from robustcli.attacks.base import Attack, AttackResult, FixedEpsilonAttack, MinimizationAttack
+from robustcli.attacks.cw import CarliniWagnerL2
+from robustcli.attacks.fgsm import FGSM
+from robustcli.attacks.pgd import PGDL2, PGDLinf
+from robustcli.attacks.square import SquareLinf
 
 __all__ = [
     "Attack",

@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attacks.base import Criterion, FixedEpsilonAttack
-from attacks.losses import cross_entropy, dlr, dlr_targeted
-from attacks.norms import NORMS, flat_norm, per_point
+from robustcli.attacks.base import Criterion, FixedEpsilonAttack
+from robustcli.attacks.losses import cross_entropy, dlr, dlr_targeted
+from robustcli.attacks.norms import NORMS, flat_norm, per_point
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
 

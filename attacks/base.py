@@ -18,7 +18,7 @@ from typing import ClassVar, Iterator
 import torch
 from torch import nn
 
-from attacks.norms import flat_norm
+from robustcli.attacks.norms import flat_norm
 
 
 @dataclass

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from attacks.base import Criterion, MinimizationAttack
-from attacks.losses import margin
+from robustcli.attacks.base import Criterion, MinimizationAttack
+from robustcli.attacks.losses import margin
 
 
 class CarliniWagnerL2(MinimizationAttack):

@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from attacks.base import eval_mode, input_gradient
-from attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation
-from attacks.losses import cross_entropy
-from attacks.pgd import PGDLinf
+from robustcli.attacks.base import eval_mode, input_gradient
+from robustcli.attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation
+from robustcli.attacks.losses import cross_entropy
+from robustcli.attacks.pgd import PGDLinf
 
 SINGLE_STEP = {"fgsm"}
 ITERATIVE_CE = {"pgd", "pgd-l2", "apgd-ce", "apgd-ce-l2"}

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from attacks.base import Attack, eval_mode
+from robustcli.attacks.base import Attack, eval_mode
 
 WORST_CASE = "worst-case"
 

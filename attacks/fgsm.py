@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from attacks.pgd import PGDLinf
+from robustcli.attacks.pgd import PGDLinf
 
 
 class FGSM(PGDLinf):

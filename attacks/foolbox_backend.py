@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
+from robustcli.attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
 
 
 def _foolbox_attack(name: str, steps: int | None, options: dict):

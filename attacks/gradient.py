@@ -11,8 +11,8 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from attacks.base import Criterion, FixedEpsilonAttack, input_gradient
-from attacks.losses import attack_loss
+from robustcli.attacks.base import Criterion, FixedEpsilonAttack, input_gradient
+from robustcli.attacks.losses import attack_loss
 
 
 class GradientAttack(FixedEpsilonAttack):

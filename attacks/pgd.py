@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from attacks.gradient import GradientAttack
-from attacks.norms import flat_norm, per_point
+from robustcli.attacks.gradient import GradientAttack
+from robustcli.attacks.norms import flat_norm, per_point
 
 
 class PGDLinf(GradientAttack):

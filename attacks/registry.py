@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from attacks.apgd import APGD
-from attacks.base import Attack
-from attacks.cw import CarliniWagnerL2
-from attacks.fgsm import FGSM
-from attacks.pgd import PGDL2, PGDLinf
-from attacks.square import SquareLinf
+from robustcli.attacks.apgd import APGD
+from robustcli.attacks.base import Attack
+from robustcli.attacks.cw import CarliniWagnerL2
+from robustcli.attacks.fgsm import FGSM
+from robustcli.attacks.pgd import PGDL2, PGDLinf
+from robustcli.attacks.square import SquareLinf
 
 
 def _pgd(cls):

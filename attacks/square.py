@@ -27,8 +27,8 @@ import math
 import torch
 from torch import nn
 
-from attacks.base import Criterion, FixedEpsilonAttack
-from attacks.losses import margin
+from robustcli.attacks.base import Criterion, FixedEpsilonAttack
+from robustcli.attacks.losses import margin
 
 SCHEDULE = ((10, 2), (50, 4), (200, 8), (500, 16), (1000, 32), (2000, 64), (4000, 128), (6000, 256), (8000, 512))
 

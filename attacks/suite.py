@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from attacks.apgd import APGD
-from attacks.base import Attack
-from attacks.evaluate import WORST_CASE, Evaluation, evaluate, worst_case
-from attacks.square import SquareLinf
+from robustcli.attacks.apgd import APGD
+from robustcli.attacks.base import Attack
+from robustcli.attacks.evaluate import WORST_CASE, Evaluation, evaluate, worst_case
+from robustcli.attacks.square import SquareLinf
 
 SUITES = ("strong",)
 

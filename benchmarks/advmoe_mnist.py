@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from attacks.suite import run_strong_suite
-from defenses.adversarial import AdversarialConfig, train_adversarial
-from defenses.advmoe import MoEConfig, train_moe
-from defenses.evaluation import clean_and_pgd_accuracy
-from defenses.moe import arch_name, macs_per_input
+from robustcli.attacks.suite import run_strong_suite
+from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
+from robustcli.defenses.advmoe import MoEConfig, train_moe
+from robustcli.defenses.evaluation import clean_and_pgd_accuracy
+from robustcli.defenses.moe import arch_name, macs_per_input
 from robustcli.archs import Normalized, build_arch
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION

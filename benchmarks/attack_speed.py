@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from attacks import CarliniWagnerL2, PGDLinf
-from attacks.base import input_gradient
-from attacks.evaluate import evaluate
-from attacks.losses import cross_entropy
+from robustcli.attacks import CarliniWagnerL2, PGDLinf
+from robustcli.attacks.base import input_gradient
+from robustcli.attacks.evaluate import evaluate
+from robustcli.attacks.losses import cross_entropy
 from robustcli.data import load_dataset
 from robustcli.models import load_model
 

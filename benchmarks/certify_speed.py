@@ -16,8 +16,8 @@ import warnings
 
 import torch
 
-from certify import ibp_bounds, margin_spec, verified
-from certify.lirpa import LirpaBounder
+from robustcli.certify import ibp_bounds, margin_spec, verified
+from robustcli.certify.lirpa import LirpaBounder
 from robustcli.session import open_workload
 
 

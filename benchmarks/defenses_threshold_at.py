@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from defenses.adversarial import AdversarialConfig, train_adversarial
-from defenses.thresholds import attacked_unsafe_probability, choose_threshold, filter_rates, unsafe_probability
+from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
+from robustcli.defenses.thresholds import attacked_unsafe_probability, choose_threshold, filter_rates, unsafe_probability
 from robustcli.archs import Normalized, build_arch
 from robustcli.commands.threshold import split_calibration
 from robustcli.data import load_dataset

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from attacks.evaluate import WORST_CASE, predict
-from attacks.suite import run_strong_suite
+from robustcli.attacks.evaluate import WORST_CASE, predict
+from robustcli.attacks.suite import run_strong_suite
 from robustcli.data import load_dataset
 from robustcli.models import load_model
 

@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from attacks.evaluate import evaluate
-from attacks.registry import make_attack
-from certify.training import ibp_verified_accuracy, recipe_config, train_ibp
+from robustcli.attacks.evaluate import evaluate
+from robustcli.attacks.registry import make_attack
+from robustcli.certify.training import ibp_verified_accuracy, recipe_config, train_ibp
 from robustcli.commands.train_ibp import build_model
 from robustcli.data import load_dataset
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from certify.spec_verify import METHODS  # noqa: E402
-from certify.vnncomp import read_instances, result_lines, run_benchmark  # noqa: E402
+from robustcli.certify.spec_verify import METHODS  # noqa: E402
+from robustcli.certify.vnncomp import read_instances, result_lines, run_benchmark  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "vnncomp2021-mnistfc"
 

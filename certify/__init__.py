@@ -4,9 +4,9 @@
 optional auto_LiRPA), `certify.tightness` (Mao et al. 2023), `certify.verify` (evaluation).
 """
 
-from certify.bounds import Bounds, IBPResult
-from certify.ibp import ibp_bounds
-from certify.modules import Residual
-from certify.spec import margin_spec, verified
+from robustcli.certify.bounds import Bounds, IBPResult
+from robustcli.certify.ibp import ibp_bounds
+from robustcli.core.nn import Residual
+from robustcli.certify.spec import margin_spec, verified
 
 __all__ = ["Bounds", "IBPResult", "Residual", "ibp_bounds", "margin_spec", "verified"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from certify.chain_bounds import Chain, backward_lower
+from robustcli.certify.chain_bounds import Chain, backward_lower
 
 
 @dataclass

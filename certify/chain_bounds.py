@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.onnx_layers import ElementwiseAffine, Reshape
+from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
 
 AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity)
 
@@ -40,7 +40,7 @@ class NotAChain(ValueError):
 
 def chain_layers(model: nn.Module) -> list[nn.Module]:
     """Flatten nested Sequentials (and the `Normalized` wrapper) into one list of layers."""
-    from robustcli.archs import Normalized
+    from robustcli.core.nn import Normalized
 
     if isinstance(model, Normalized):
         norm = ElementwiseAffine(1.0 / model.std[0], -model.mean[0] / model.std[0])

@@ -23,9 +23,9 @@ import io
 import torch
 from torch import nn
 
-from certify.lirpa import auto_lirpa
-from robustcli.archs import Normalized
-from robustcli.errors import InputError
+from robustcli.certify.lirpa import auto_lirpa
+from robustcli.core.nn import Normalized
+from robustcli.core.errors import InputError
 
 
 def _frozen_affine(mean: torch.Tensor, std: torch.Tensor) -> nn.Conv2d:

@@ -1,7 +1,7 @@
 """A model as a list of steps that bound engines walk, with one clear error per unsupported layer.
 
 Supported: nn.Sequential (not subclasses that override forward), robustcli's `Normalized`,
-`certify.modules.Residual`, Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
+`robustcli.core.nn.Residual`, Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
 AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode). Anything else raises
 `UnsupportedLayer`, naming the layer and a method that can bound it.
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from certify.modules import Residual
-from robustcli.archs import Normalized
-from robustcli.errors import InputError
+from robustcli.core.nn import Residual
+from robustcli.core.nn import Normalized
+from robustcli.core.errors import InputError
 
 LINEAR = (nn.Linear, nn.Conv2d)
 ELEMENTWISE_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.bounds import Bounds, IBPResult
-from certify.graph import (
+from robustcli.certify.bounds import Bounds, IBPResult
+from robustcli.certify.graph import (
     ELEMENTWISE_AFFINE,
     IDENTITY,
     POSITIVE_LINEAR,
@@ -42,7 +42,7 @@ from certify.graph import (
     needs_clean_pass,
     uses_batch_stats,
 )
-from robustcli.archs import Normalized
+from robustcli.core.nn import Normalized
 
 NORMS = ("linf", "l2")
 

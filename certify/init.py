@@ -11,7 +11,7 @@ Choices the paper leaves to the code, documented here:
   keeps its default initialisation.
 - 1-D parameters (biases, BatchNorm affine) are left untouched.
 - Weights feeding a residual add: the last Linear/Conv2d of each branch of a
-  `certify.modules.Residual` is halved after drawing, so the sum of two branches keeps the width.
+  `robustcli.core.nn.Residual` is halved after drawing, so the sum of two branches keeps the width.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _affine_layers(module: nn.Module) -> list[nn.Module]:
 
 def _residual_feeders(model: nn.Module) -> list[nn.Module]:
     """The last affine layer of each branch of every residual block."""
-    from certify.modules import Residual
+    from robustcli.core.nn import Residual
 
     feeders = []
     for m in model.modules():

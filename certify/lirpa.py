@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.lirpa_compat import import_auto_lirpa
-from robustcli.archs import Normalized
-from robustcli.errors import InputError
+from robustcli.certify.lirpa_compat import import_auto_lirpa
+from robustcli.core.nn import Normalized
+from robustcli.core.errors import InputError
 
 # CLI name -> auto_LiRPA method name.
 LIRPA_METHODS = {"crown-ibp": "CROWN-IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN", "lirpa-ibp": "IBP"}

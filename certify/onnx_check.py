@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 
 
 def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -21,7 +21,7 @@ def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Call
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    from certify.onnx_import import onnx_bytes
+    from robustcli.certify.onnx_import import onnx_bytes
 
     session = ort.InferenceSession(onnx_bytes(path), sess_options=opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from certify.onnx_layers import Binary, ElementwiseAffine, OnnxGraph, Reshape
-from robustcli.errors import InputError
+from robustcli.certify.onnx_layers import Binary, ElementwiseAffine, OnnxGraph, Reshape
+from robustcli.core.errors import InputError
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 

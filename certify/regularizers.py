@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.bounds import Bounds, IBPResult
+from robustcli.certify.bounds import Bounds, IBPResult
 
 
 def input_radius(result: IBPResult, model: nn.Module) -> torch.Tensor:
     """Mean radius of the input box as the first affine layer sees it (after `Normalized`)."""
-    from robustcli.archs import Normalized
+    from robustcli.core.nn import Normalized
 
     r = result.input.radius
     if isinstance(model, Normalized):

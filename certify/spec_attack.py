@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from certify.vnnlib import SpecCase
+from robustcli.certify.vnnlib import SpecCase
 
 
 def float32_box(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

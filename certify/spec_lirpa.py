@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 
 def lirpa_box_lower(
     model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor, method: str,
@@ -21,7 +21,7 @@ def lirpa_box_lower(
     InputError when auto_LiRPA is missing or cannot handle the model."""
     import numpy as np
 
-    from certify.lirpa import auto_lirpa, lirpa_friendly
+    from robustcli.certify.lirpa import auto_lirpa, lirpa_friendly
 
     p = next(model.parameters(), None)
     dtype = p.dtype if p is not None else torch.float32

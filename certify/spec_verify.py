@@ -25,12 +25,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from certify import chain_bounds as cb
-from certify.bab import bab_refute
-from certify.spec_lirpa import lirpa_box_lower
-from certify.spec_attack import spec_pgd
-from certify.vnnlib import SpecCase, VnnlibProperty
-from robustcli.errors import InputError
+from robustcli.certify import chain_bounds as cb
+from robustcli.certify.bab import bab_refute
+from robustcli.certify.spec_lirpa import lirpa_box_lower
+from robustcli.certify.spec_attack import spec_pgd
+from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
+from robustcli.core.errors import InputError
 
 METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 

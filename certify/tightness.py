@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attacks.base import eval_mode
-from certify.ibp import propagate
+from robustcli.attacks.base import eval_mode
+from robustcli.certify.ibp import propagate
 
 
 @dataclass

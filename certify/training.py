@@ -34,12 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify.ibp import ibp_bounds
-from certify.regularizers import input_radius, relu_balance_loss, tightness_loss
-from certify.schedule import SmoothedEpsSchedule, step_lr
-from certify.spec import margin_spec, verified
-from robustcli.checkpoint import Checkpointer, check_finite
-from robustcli.ddp import DataParallel
+from robustcli.certify.ibp import ibp_bounds
+from robustcli.certify.regularizers import input_radius, relu_balance_loss, tightness_loss
+from robustcli.certify.schedule import SmoothedEpsSchedule, step_lr
+from robustcli.certify.spec import margin_spec, verified
+from robustcli.core.checkpoint import Checkpointer, check_finite
+from robustcli.core.ddp import DataParallel
 
 RECIPES = ("short", "vanilla")
 METHODS = ("ibp", "crown-ibp")

@@ -18,12 +18,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from attacks.base import eval_mode
-from attacks.evaluate import batch_generator
-from attacks.pgd import PGDL2, PGDLinf
-from certify.ibp import ibp_bounds
-from certify.lirpa import LIRPA_METHODS, LirpaBounder
-from certify.spec import margin_spec
+from robustcli.attacks.base import eval_mode
+from robustcli.attacks.evaluate import batch_generator
+from robustcli.attacks.pgd import PGDL2, PGDLinf
+from robustcli.certify.ibp import ibp_bounds
+from robustcli.certify.lirpa import LIRPA_METHODS, LirpaBounder
+from robustcli.certify.spec import margin_spec
 
 METHODS = ("ibp", *LIRPA_METHODS)
 

@@ -17,11 +17,11 @@ from typing import Callable
 
 import torch
 
-from certify.onnx_check import onnxruntime_function
-from certify.onnx_import import onnx_to_torch
-from certify.spec_verify import METHODS, SpecResult, verify_property
-from certify.vnnlib import read_vnnlib
-from robustcli.errors import InputError
+from robustcli.certify.onnx_check import onnxruntime_function
+from robustcli.certify.onnx_import import onnx_to_torch
+from robustcli.certify.spec_verify import METHODS, SpecResult, verify_property
+from robustcli.certify.vnnlib import read_vnnlib
+from robustcli.core.errors import InputError
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 
 MAX_TERMS = 100_000  # disjunctive normal form size we accept before calling the property too large
 _TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s()]+")

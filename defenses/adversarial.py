@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import eval_mode
-from defenses.inner_max import pgd_maximize
-from defenses.loop import train_epochs
-from robustcli.checkpoint import Checkpointer
+from robustcli.attacks.base import eval_mode
+from robustcli.defenses.inner_max import pgd_maximize
+from robustcli.defenses.loop import train_epochs
+from robustcli.core.checkpoint import Checkpointer
 
 DEFENSES = ("natural", "pgd-at", "trades")
 

@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import eval_mode
-from defenses.adversarial import kl_divergence
-from defenses.inner_max import pgd_maximize
-from defenses.loop import train_epochs
-from defenses.moe import expert_parameters, moe_layers, router_parameters, routing_log_probs
-from robustcli.checkpoint import Checkpointer
+from robustcli.attacks.base import eval_mode
+from robustcli.defenses.adversarial import kl_divergence
+from robustcli.defenses.inner_max import pgd_maximize
+from robustcli.defenses.loop import train_epochs
+from robustcli.defenses.moe import expert_parameters, moe_layers, router_parameters, routing_log_probs
+from robustcli.core.checkpoint import Checkpointer
 
 MODES = ("advmoe", "at", "natural")
 
@@ -162,7 +162,7 @@ def train_moe(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train a MoE-CNN in place (a dense model works too for `at` and `natural`)."""
-    from defenses.adversarial import AdversarialConfig, eps_at
+    from robustcli.defenses.adversarial import AdversarialConfig, eps_at
 
     if config.mode == "advmoe" and not moe_layers(model):
         raise ValueError("advmoe needs a model with MoE layers")

@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.apgd import APGD
-from attacks.base import Attack, eval_mode, input_gradient
-from attacks.cw import CarliniWagnerL2
-from attacks.evaluate import Evaluation, evaluate
-from attacks.fgsm import FGSM
-from attacks.losses import cross_entropy
-from attacks.pgd import PGDLinf
-from defenses.loop import train_epochs
-from robustcli.checkpoint import Checkpointer
+from robustcli.attacks.apgd import APGD
+from robustcli.attacks.base import Attack, eval_mode, input_gradient
+from robustcli.attacks.cw import CarliniWagnerL2
+from robustcli.attacks.evaluate import Evaluation, evaluate
+from robustcli.attacks.fgsm import FGSM
+from robustcli.attacks.losses import cross_entropy
+from robustcli.attacks.pgd import PGDLinf
+from robustcli.defenses.loop import train_epochs
+from robustcli.core.checkpoint import Checkpointer
 
 Progress = Callable[[int, dict[str, float]], None]
 

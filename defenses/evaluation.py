@@ -8,8 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attacks.evaluate import evaluate
-from attacks.pgd import PGDLinf
+from robustcli.attacks.evaluate import evaluate
+from robustcli.attacks.pgd import PGDLinf
 
 
 @dataclass

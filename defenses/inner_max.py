@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from attacks.base import eval_mode
-from attacks.pgd import PGDLinf
+from robustcli.attacks.base import eval_mode
+from robustcli.attacks.pgd import PGDLinf
 
 _GEOMETRY = PGDLinf()
 

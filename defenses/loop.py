@@ -20,10 +20,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from robustcli import distributed
-from robustcli.checkpoint import Checkpointer, check_finite
-from robustcli.ddp import GradientSync, agree_finite, reduce_sums
-from robustcli.errors import InputError
+from robustcli.core import distributed
+from robustcli.core.checkpoint import Checkpointer, check_finite
+from robustcli.core.ddp import GradientSync, agree_finite, reduce_sums
+from robustcli.core.errors import InputError
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
 

@@ -119,11 +119,11 @@ _FACTORY = re.compile(r"(mnist|digits)_moe_cnn_e(\d+)_k(\d+)")
 
 def arch_name(data: str, experts: int, top_k: int) -> str:
     """The `--arch` string under which a model is saved and loaded again."""
-    return f"defenses.moe:{data}_moe_cnn_e{experts}_k{top_k}"
+    return f"robustcli.defenses.moe:{data}_moe_cnn_e{experts}_k{top_k}"
 
 
 def __getattr__(name: str) -> Callable[[], nn.Module]:
-    """`mnist_moe_cnn_e4_k2` etc.: factories for `build_arch("defenses.moe:...")`."""
+    """`mnist_moe_cnn_e4_k2` etc.: factories for `build_arch("robustcli.defenses.moe:...")`."""
     m = _FACTORY.fullmatch(name)
     if m is None:
         raise AttributeError(name)

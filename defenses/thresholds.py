@@ -30,9 +30,9 @@ import torch
 from scipy.stats import beta as beta_dist
 from torch import nn
 
-from attacks.evaluate import batch_generator
-from defenses.inner_max import pgd_maximize
-from robustcli.errors import InputError
+from robustcli.attacks.evaluate import batch_generator
+from robustcli.defenses.inner_max import pgd_maximize
+from robustcli.core.errors import InputError
 
 
 class CalibrationTooSmall(InputError):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustcli.report import atomic_path
+from robustcli.core.files import atomic_path
 
 
 def _figure(ncols: int, width: float = 5.2, height: float = 4.2):

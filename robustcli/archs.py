@@ -9,21 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from robustcli.errors import InputError
-
-
-class Normalized(nn.Module):
-    """Applies (x - mean) / std before the wrapped model, so attacks work in [0, 1] pixel space."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model
-        shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+from robustcli.core.errors import InputError
+from robustcli.core.nn import Normalized
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import importlib
 
 import click
 
-from robustcli import __version__, distributed
+from robustcli import __version__
+from robustcli.core import distributed
 from robustcli.commands import COMMANDS
 from robustcli.options import RobustGroup
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustcli.errors import InputError, first_line
+from robustcli.core.errors import InputError, first_line
 
 BUILTIN_DATASETS = ("mnist", "digits")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

@@ -1,17 +1,11 @@
-"""The one exception type the CLI turns into a one-line message and exit code 2."""
+"""The CLI's errors: `InputError` (from core) becomes exit code 2, `CheckFailed` exit code 1."""
 
 from __future__ import annotations
 
+from robustcli.core.errors import InputError, first_line
 
-class InputError(Exception):
-    """Bad input from the user: a file, a name, a value. The message says what and how to fix it."""
+__all__ = ["CheckFailed", "InputError", "first_line"]
 
 
 class CheckFailed(Exception):
     """A check the user asked for failed (gates, --strict): exit code 1."""
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -33,7 +33,7 @@ from robustcli.archs import ARCHS
 from robustcli.checks import CHECK_TYPES, NOT_AVAILABLE, CheckType
 from robustcli.checks.base import KeySpec
 from robustcli.data import BUILTIN_DATASETS
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.gates import OPS, Gate, GateSyntaxError, parse_gate_string
 
 TOP_KEYS: dict[str, KeySpec] = {

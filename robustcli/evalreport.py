@@ -10,7 +10,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from robustcli.report import atomic_path
+from robustcli.core.files import atomic_path
 
 
 def gate_counts(report: dict) -> tuple[int, int]:

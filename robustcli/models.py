@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustcli import distributed
+from robustcli.core import distributed
 from robustcli.archs import ARCHS, Normalized, build_arch
-from robustcli.errors import InputError, first_line
+from robustcli.core.errors import InputError, first_line
 
 META_PREFIX = "robustcli."
 
@@ -193,7 +193,7 @@ def load_model(
     elif path.is_dir():
         raise InputError(f"--model {spec} is a folder; pass a model file")
     elif path.suffix == ".onnx" or path.name.endswith(".onnx.gz"):
-        from certify.onnx_import import onnx_to_torch
+        from robustcli.certify.onnx_import import onnx_to_torch
 
         conv = onnx_to_torch(path)
         meta = {"format": "onnx", "input_shape": json.dumps(list(conv.input_shape)), "onnx_input": conv.input_name}

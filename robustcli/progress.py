@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 from rich.console import Console
 
-from robustcli import distributed
+from robustcli.core import distributed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 stderr = Console(stderr=True)

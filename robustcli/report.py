@@ -16,26 +16,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from robustcli import distributed
-from robustcli.errors import InputError
+from robustcli.core import distributed
+from robustcli.core.errors import InputError
+from robustcli.core.files import atomic_path
 
 # A pipe or file gets wide tables instead of Rich's 80-column default, so nothing is cut off.
 stdout = Console(width=None if sys.stdout.isatty() else 160)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; renamed onto it only if the block succeeds."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _jsonable(v: Any) -> Any:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from robustcli.data import Dataset, load_dataset
-from robustcli.device import resolve_device
-from robustcli.errors import InputError, first_line
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError, first_line
 from robustcli.models import LoadedModel, load_model
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from certify.spec_verify import METHODS, SpecResult, verify_property
-from certify.vnnlib import read_vnnlib
-from certify.vnncomp import write_counterexample
+from robustcli.certify.spec_verify import METHODS, SpecResult, verify_property
+from robustcli.certify.vnnlib import read_vnnlib
+from robustcli.certify.vnncomp import write_counterexample
 from robustcli.archs import ARCHS
-from robustcli.errors import InputError
-from robustcli.device import resolve_device
+from robustcli.core.errors import InputError
+from robustcli.core.device import resolve_device
 from robustcli.models import LoadedModel, load_model
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, print_table, write_json
@@ -60,7 +60,7 @@ def run_spec_check(
     reference, ref_name = None, "torch"
     if loaded.meta.get("format") == "onnx":
         try:
-            from certify.onnx_check import onnxruntime_function
+            from robustcli.certify.onnx_check import onnxruntime_function
 
             reference, ref_name = onnxruntime_function(loaded.name, shape), "onnxruntime"
         except InputError:

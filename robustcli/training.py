@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcli.data import Dataset
-from robustcli.ddp import DataParallel
+from robustcli.core.ddp import DataParallel
 
 
 @torch.no_grad()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from certify.modules import Residual
-from robustcli.archs import Normalized
+from robustcli.core.nn import Residual
+from robustcli.core.nn import Normalized
 
 
 def randomize_bn(model: nn.Module, g: torch.Generator) -> None:

@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from robustcli import distributed
-from robustcli.checkpoint import Checkpointer
-from robustcli.ddp import DataParallel, GradientSync, reduce_sums
+from robustcli.core import distributed
+from robustcli.core.checkpoint import Checkpointer
+from robustcli.core.ddp import DataParallel, GradientSync, reduce_sums
 
 
 def free_port() -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analyses.powerlaw import bootstrap_gamma, fit_power_law, select_regime
-from analyses.scaling import fit_curve, log_grid
+from robustcli.analyses.powerlaw import bootstrap_gamma, fit_power_law, select_regime
+from robustcli.analyses.scaling import fit_curve, log_grid
 
 
 def test_fit_recovers_exact_power_law():

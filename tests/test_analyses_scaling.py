@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from analyses.logit_gap import logit_gaps
-from analyses.scaling import log_grid, scaling_analysis
-from attacks.registry import make_attack
+from robustcli.analyses.logit_gap import logit_gaps
+from robustcli.analyses.scaling import log_grid, scaling_analysis
+from robustcli.attacks.registry import make_attack
 
 
 def linear_problem(n=400, d=20, seed=0):
@@ -77,7 +77,7 @@ def test_scaling_config_runs(run_cli, tmp_path, config):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_engines_run_on_cuda():
-    from analyses.tilting import tilting_sweep
+    from robustcli.analyses.tilting import tilting_sweep
 
     model, x, y = linear_problem(n=100)
     cpu = scaling_analysis(model, x, y, [make_attack("fgsm")], grids={"linf": log_grid(1e-3, 0.25, 6)}, device=torch.device("cpu"), resamples=20)

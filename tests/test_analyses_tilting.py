@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from analyses.tilting import (
+from robustcli.analyses.tilting import (
     LinearClassifier,
     adversarial_strength,
     deviation_angle,

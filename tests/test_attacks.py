@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import FGSM, PGDL2, CarliniWagnerL2, PGDLinf
-from attacks.evaluate import evaluate
-from attacks.losses import margin
-from attacks.norms import flat_norm
+from robustcli.attacks import FGSM, PGDL2, CarliniWagnerL2, PGDLinf
+from robustcli.attacks.evaluate import evaluate
+from robustcli.attacks.losses import margin
+from robustcli.attacks.norms import flat_norm
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-import certify.lirpa
-from certify.lirpa import lirpa_available
-from certify.verify import CertifyOutcome, SoundnessError, check_soundness
+import robustcli.certify.lirpa
+from robustcli.certify.lirpa import lirpa_available
+from robustcli.certify.verify import CertifyOutcome, SoundnessError, check_soundness
 
 
 def one_error_line(result) -> str:
@@ -82,7 +82,7 @@ def test_missing_auto_lirpa_says_how_to_install_and_ibp_still_works(run_cli, mon
     def missing():
         raise ImportError("No module named 'auto_LiRPA'")
 
-    monkeypatch.setattr(certify.lirpa, "import_auto_lirpa", missing)
+    monkeypatch.setattr(robustcli.certify.lirpa, "import_auto_lirpa", missing)
     line = one_error_line(run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "crown"))
     assert "pip install --no-deps auto-lirpa==0.3" in line and "--method ibp" in line
     r = run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "ibp", "--pgd-steps", "2")

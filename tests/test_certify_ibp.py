@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from certify import ibp_bounds, margin_spec, verified
-from certify.graph import UnsupportedLayer
-from certify.modules import Residual
+from robustcli.certify import ibp_bounds, margin_spec, verified
+from robustcli.certify.graph import UnsupportedLayer
+from robustcli.core.nn import Residual
 from certify_nets import pgd_min_spec, random_cnn, random_mlp, sample_ball, spec_values
-from robustcli.archs import Normalized
+from robustcli.core.nn import Normalized
 
 CASES = [
     ("mlp", 1, False), ("mlp", 2, False), ("mlp", 3, True), ("mlp", 4, False), ("mlp", 4, True),

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from certify import ibp_bounds, margin_spec
-from certify import lirpa_compat
-from certify.lirpa import LirpaBounder, lirpa_available, lirpa_friendly
+from robustcli.certify import ibp_bounds, margin_spec
+from robustcli.certify import lirpa_compat
+from robustcli.certify.lirpa import LirpaBounder, lirpa_available, lirpa_friendly
 from certify_nets import pgd_min_spec, random_cnn, random_mlp
 
 pytestmark = pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from certify import margin_spec
-from certify.tightness import deep_linear_tau, spec_jacobian, tightness
+from robustcli.certify import margin_spec
+from robustcli.certify.tightness import deep_linear_tau, spec_jacobian, tightness
 from certify_nets import random_cnn, random_mlp
 
 

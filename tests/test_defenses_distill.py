@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attacks.diagnostics import run_diagnostics
-from defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
+from robustcli.attacks.diagnostics import run_diagnostics
+from robustcli.defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
 from robustcli.archs import Normalized, build_arch
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION

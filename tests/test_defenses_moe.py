@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from defenses.advmoe import MoEConfig, expert_step, optimizers_for, router_step, train_moe
-from defenses.moe import MoEConv2d, digits_moe_cnn, expert_parameters, macs_per_input, moe_layers, router_parameters
+from robustcli.defenses.advmoe import MoEConfig, expert_step, optimizers_for, router_step, train_moe
+from robustcli.defenses.moe import MoEConv2d, digits_moe_cnn, expert_parameters, macs_per_input, moe_layers, router_parameters
 from robustcli.archs import build_arch
-from robustcli.checkpoint import Checkpointer
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

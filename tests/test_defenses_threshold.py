@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from defenses.thresholds import (
+from robustcli.defenses.thresholds import (
     CalibrationTooSmall,
     allowed_misses,
     attacked_unsafe_probability,

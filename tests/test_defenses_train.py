@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from defenses.adversarial import AdversarialConfig, train_adversarial
-from defenses.evaluation import clean_and_pgd_accuracy
+from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
+from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.archs import Normalized, build_arch
-from robustcli.checkpoint import Checkpointer
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION
 

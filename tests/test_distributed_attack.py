@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.evaluate import evaluate, merge_shards
-from attacks.fgsm import FGSM
-from attacks.pgd import PGDLinf
-from robustcli import distributed
+from robustcli.attacks.evaluate import evaluate, merge_shards
+from robustcli.attacks.fgsm import FGSM
+from robustcli.attacks.pgd import PGDLinf
+from robustcli.core import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from certify.verify import CertifyOutcome, certify_dataset, merge_shards
+from robustcli.certify.verify import CertifyOutcome, certify_dataset, merge_shards
 from distributed_helpers import two_rank_results, two_rank_scenario
-from robustcli import distributed
+from robustcli.core import distributed
 
 
 def test_merged_certify_shards_equal_one_run_point_by_point(digits_mlp, digits_test):

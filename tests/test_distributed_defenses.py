@@ -19,7 +19,7 @@ def _data():
 
 
 def _natural_adversarial(seed: int) -> dict[str, torch.Tensor]:
-    from defenses.adversarial import AdversarialConfig, train_adversarial
+    from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
     from robustcli.archs import build_arch
 
     torch.manual_seed(seed)
@@ -30,8 +30,8 @@ def _natural_adversarial(seed: int) -> dict[str, torch.Tensor]:
 
 
 def _moe(mode: str, seed: int) -> dict[str, torch.Tensor]:
-    from defenses.advmoe import MoEConfig, train_moe
-    from defenses.moe import digits_moe_cnn
+    from robustcli.defenses.advmoe import MoEConfig, train_moe
+    from robustcli.defenses.moe import digits_moe_cnn
 
     torch.manual_seed(seed)
     model = digits_moe_cnn()

@@ -12,7 +12,7 @@ from torch import nn
 
 from distributed_helpers import fit, fit_owned_step, tiny_mlp, two_rank_results, two_rank_scenario
 from robustcli.data import Dataset, load_dataset
-from robustcli.ddp import DataParallel, local_batch
+from robustcli.core.ddp import DataParallel, local_batch
 from robustcli.training import train_natural
 
 N_POINTS = 301  # odd: the last global batch splits unevenly across 2 ranks
@@ -31,7 +31,7 @@ def _natural(seed: int) -> dict[str, torch.Tensor]:
 
 def _ibp(seed: int) -> dict[str, torch.Tensor]:
     """`train-ibp`'s engine, vanilla recipe (no BatchNorm), eps ramped over the second epoch."""
-    from certify.training import recipe_config, train_ibp
+    from robustcli.certify.training import recipe_config, train_ibp
 
     model = tiny_mlp(seed)
     config = recipe_config("vanilla", 0.05, 2, warmup=1, lr_milestones=(), batch_size=64, seed=seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.evalconfig import load_eval_config
 from robustcli.gates import Gate, parse_gate_string
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import foolbox as fb
 import torch
 
-from attacks import CarliniWagnerL2, PGDLinf
-from attacks.evaluate import evaluate
+from robustcli.attacks import CarliniWagnerL2, PGDLinf
+from robustcli.attacks.evaluate import evaluate
 
 
 def test_pgd_robust_accuracy_not_above_foolbox(digits_mlp, digits_test):

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from robustcli.archs import build_arch
 from robustcli.data import load_dataset
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.models import load_model, save_model
 
 

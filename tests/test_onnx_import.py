@@ -13,8 +13,8 @@ from onnx_helpers import helper, mlp_onnx, save, tensor
 
 ort = pytest.importorskip("onnxruntime")
 
-from certify.onnx_import import onnx_to_torch  # noqa: E402
-from certify.onnx_layers import OnnxGraph  # noqa: E402
+from robustcli.certify.onnx_import import onnx_to_torch  # noqa: E402
+from robustcli.certify.onnx_layers import OnnxGraph  # noqa: E402
 from robustcli.errors import InputError  # noqa: E402
 
 

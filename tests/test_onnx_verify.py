@@ -14,11 +14,11 @@ from onnx_helpers import mlp_onnx, vnnlib_box
 
 ort = pytest.importorskip("onnxruntime")
 
-from certify import chain_bounds as cb  # noqa: E402
-from certify.onnx_import import onnx_to_torch  # noqa: E402
-from certify.spec_verify import verify_property  # noqa: E402
-from certify.vnncomp import read_counterexample  # noqa: E402
-from certify.vnnlib import parse_vnnlib, read_vnnlib  # noqa: E402
+from robustcli.certify import chain_bounds as cb  # noqa: E402
+from robustcli.certify.onnx_import import onnx_to_torch  # noqa: E402
+from robustcli.certify.spec_verify import verify_property  # noqa: E402
+from robustcli.certify.vnncomp import read_counterexample  # noqa: E402
+from robustcli.certify.vnnlib import parse_vnnlib, read_vnnlib  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -186,7 +186,7 @@ def test_certify_spec_config(tmp_path, run_cli):
 
 
 def test_branch_and_bound_proves_what_crown_cannot_and_never_proves_a_violation():
-    from certify.bab import bab_refute
+    from robustcli.certify.bab import bab_refute
 
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(2, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 2)).double().eval()
@@ -210,7 +210,7 @@ def test_branch_and_bound_proves_what_crown_cannot_and_never_proves_a_violation(
 
 
 def test_graph_model_is_bounded_through_auto_lirpa(tmp_path):
-    from certify.lirpa import lirpa_available
+    from robustcli.certify.lirpa import lirpa_available
 
     if not lirpa_available():
         pytest.skip("auto_LiRPA is not installed")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from certify.vnnlib import parse_vnnlib
-from robustcli.errors import InputError
+from robustcli.certify.vnnlib import parse_vnnlib
+from robustcli.core.errors import InputError
 
 HEAD = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(declare-const Y_2 Real)\n"
 BOX = "(assert (<= X_0 0.5))\n(assert (>= X_0 -0.5))\n(assert (<= X_1 1))\n(assert (>= X_1 0))\n"

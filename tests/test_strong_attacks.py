@@ -6,16 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.apgd import APGD, checkpoint_lengths
-from attacks.base import Criterion
-from attacks.diagnostics import diagnose, run_diagnostics
-from attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation, evaluate
-from attacks.fgsm import FGSM
-from attacks.losses import dlr, dlr_targeted
-from attacks.pgd import PGDLinf
-from attacks.registry import make_attack
-from attacks.square import SquareLinf, square_fraction
-from attacks.suite import merge_evaluations, run_strong_suite
+from robustcli.attacks.apgd import APGD, checkpoint_lengths
+from robustcli.attacks.base import Criterion
+from robustcli.attacks.diagnostics import diagnose, run_diagnostics
+from robustcli.attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation, evaluate
+from robustcli.attacks.fgsm import FGSM
+from robustcli.attacks.losses import dlr, dlr_targeted
+from robustcli.attacks.pgd import PGDLinf
+from robustcli.attacks.registry import make_attack
+from robustcli.attacks.square import SquareLinf, square_fraction
+from robustcli.attacks.suite import merge_evaluations, run_strong_suite
 
 from masking_models import ScaledLogits
 

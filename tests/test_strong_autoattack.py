@@ -12,8 +12,8 @@ pytest.importorskip("torchattacks")
 def test_strong_suite_no_weaker_than_autoattack():
     import torchattacks
 
-    from attacks.evaluate import WORST_CASE, predict
-    from attacks.suite import run_strong_suite
+    from robustcli.attacks.evaluate import WORST_CASE, predict
+    from robustcli.attacks.suite import run_strong_suite
     from robustcli.data import load_dataset
     from robustcli.models import load_model
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from certify.lirpa import lirpa_available
-from certify.spec import margin_spec
+from robustcli.certify.lirpa import lirpa_available
+from robustcli.certify.spec import margin_spec
 from robustcli.commands.train_ibp import build_model
 
 
 @pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
 def test_crown_ibp_training_bounds_are_sound_and_train_the_model():
-    from certify.crown_ibp_training import CrownIBPTrainingBounds
+    from robustcli.certify.crown_ibp_training import CrownIBPTrainingBounds
 
     torch.manual_seed(0)
     model = build_model("digits-mlp-bn", "digits", (), (), "ibp", seed=0).train()
@@ -48,7 +48,7 @@ def _logits_with_clean_stats(model, x, xp):
 
 
 def test_crown_ibp_without_auto_lirpa_exits_2(run_cli, tmp_path, monkeypatch):
-    import certify.lirpa as lirpa
+    import robustcli.certify.lirpa as lirpa
 
     def missing():
         raise ImportError("no auto_LiRPA")

@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from certify.ibp import ibp_bounds
-from certify.init import ibp_init, ibp_sigma
-from certify.modules import Residual
+from robustcli.certify.ibp import ibp_bounds
+from robustcli.certify.init import ibp_init, ibp_sigma
+from robustcli.core.nn import Residual
 
 
 def deep_mlp(depth: int = 8, width: int = 256, d_in: int = 64) -> nn.Sequential:

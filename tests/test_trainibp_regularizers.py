@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from certify.bounds import Bounds
-from certify.regularizers import relu_balance_loss, tightness_loss
-from certify.training import recipe_config, train_ibp
+from robustcli.certify.bounds import Bounds
+from robustcli.certify.regularizers import relu_balance_loss, tightness_loss
+from robustcli.certify.training import recipe_config, train_ibp
 
 
 def test_tightness_is_zero_while_bounds_stay_tight_and_grows_when_they_explode():

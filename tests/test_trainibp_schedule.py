@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from certify.schedule import SmoothedEpsSchedule, step_lr
-from certify.training import recipe_config
+from robustcli.certify.schedule import SmoothedEpsSchedule, step_lr
+from robustcli.certify.training import recipe_config
 
 
 def test_eps_schedule_shape():

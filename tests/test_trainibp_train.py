@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from certify.training import ibp_verified_accuracy, recipe_config, train_ibp
+from robustcli.certify.training import ibp_verified_accuracy, recipe_config, train_ibp
 from robustcli.commands.train_ibp import build_model
 from robustcli.data import load_dataset
 from robustcli.training import train_natural
@@ -67,7 +67,7 @@ def test_interrupted_then_resumed_run_ends_with_identical_weights(run_cli, tmp_p
     assert "IBP-verified accuracy" in r.stdout and "training log" in r.stdout
 
     # Ctrl-C during epoch 3: the checkpoint of epoch 2 stays and the message says --resume.
-    import certify.training as training
+    import robustcli.certify.training as training
 
     real = training.train_ibp
 

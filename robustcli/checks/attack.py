@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
-from attacks.evaluate import WORST_CASE, evaluate
-from attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.evaluate import WORST_CASE, evaluate
+from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 

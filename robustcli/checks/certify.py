@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from certify.verify import METHODS, certify_dataset
+from robustcli.certify.verify import METHODS, certify_dataset
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 
 ANY_METHOD = "any"

@@ -3,8 +3,8 @@ diagnostics of `attacks.diagnostics` (issue #5) run on a check's evaluation."""
 
 from __future__ import annotations
 
-from attacks.diagnostics import run_diagnostics
-from attacks.evaluate import Evaluation
+from robustcli.attacks.diagnostics import run_diagnostics
+from robustcli.attacks.evaluate import Evaluation
 from robustcli.checks.base import CheckOutcome, EvalContext
 
 FLAG = "no_masking_warnings"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
-from analyses.scaling import DEFAULT_RANGE, log_grid, scaling_analysis
-from attacks.evaluate import WORST_CASE
-from attacks.registry import ATTACKS, make_attack
+from robustcli.analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
+from robustcli.analyses.scaling import DEFAULT_RANGE, log_grid, scaling_analysis
+from robustcli.attacks.evaluate import WORST_CASE
+from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 
 

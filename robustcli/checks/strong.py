@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 
-from attacks.evaluate import WORST_CASE, evaluate
-from attacks.registry import ATTACKS, make_attack
-from attacks.suite import merge_evaluations, run_strong_suite, strong_suite
+from robustcli.attacks.evaluate import WORST_CASE, evaluate
+from robustcli.attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.suite import merge_evaluations, run_strong_suite, strong_suite
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.progress import progress_bar
 from robustcli.session import check_model_on_data
 from robustcli.zoo import NORMALIZATION

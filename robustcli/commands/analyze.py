@@ -7,13 +7,13 @@ import math
 import click
 import torch
 
-from analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
-from analyses.scaling import DEFAULT_RANGE, ScalingResult, log_grid, scaling_analysis
-from analyses.tilting import local_tilting, nearest_centroid, signs, tilting_sweep
-from attacks.registry import ATTACKS, make_attack
+from robustcli.analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
+from robustcli.analyses.scaling import DEFAULT_RANGE, ScalingResult, log_grid, scaling_analysis
+from robustcli.analyses.tilting import local_tilting, nearest_centroid, signs, tilting_sweep
+from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
-from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError
 from robustcli.options import (
     MultiOption,
     RobustGroup,

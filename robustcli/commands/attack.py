@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 import torch
 
-from attacks.diagnostics import Diagnostics, run_diagnostics
-from attacks.evaluate import Evaluation, evaluate, merge_shards
-from attacks.foolbox_backend import make_foolbox_attack
-from attacks.registry import ATTACKS, make_attack
-from attacks.suite import SUITES, merge_evaluations, run_strong_suite
-from robustcli import distributed
+from robustcli.attacks.diagnostics import Diagnostics, run_diagnostics
+from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
+from robustcli.attacks.foolbox_backend import make_foolbox_attack
+from robustcli.attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite
+from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
 from robustcli.options import (
     MultiOption,

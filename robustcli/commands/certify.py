@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from certify.graph import model_steps
-from certify.lirpa import LIRPA_METHODS, auto_lirpa
-from certify.verify import METHODS, certify_dataset, merge_shards
-from robustcli import distributed
+from robustcli.certify.graph import model_steps
+from robustcli.certify.lirpa import LIRPA_METHODS, auto_lirpa
+from robustcli.certify.verify import METHODS, certify_dataset, merge_shards
+from robustcli.core import distributed
 from robustcli.commands.attack import check_eps
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.options import (
     MultiOption,
     RobustCommand,

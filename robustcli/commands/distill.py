@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from attacks.diagnostics import run_diagnostics
-from defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
-from robustcli.checkpoint import Checkpointer
+from robustcli.attacks.diagnostics import run_diagnostics
+from robustcli.defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands.attack import diagnostics_table
 from robustcli.commands._training import (
     apply_options,
@@ -21,8 +21,8 @@ from robustcli.commands._training import (
     train_test_data,
     training_options,
 )
-from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError
 from robustcli.models import load_model, save_model
 from robustcli.options import RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar

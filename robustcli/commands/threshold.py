@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import torch
 
-from defenses.thresholds import (
+from robustcli.defenses.thresholds import (
     FilterRates,
     Rate,
     attacked_unsafe_probability,
@@ -16,7 +16,7 @@ from defenses.thresholds import (
     unsafe_probability,
 )
 from robustcli.data import Dataset, load_dataset
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.options import MultiOption, RobustCommand, config_option, json_option, model_options
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, base_report, print_table, write_json

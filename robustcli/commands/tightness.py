@@ -7,11 +7,11 @@ import math
 import click
 import torch
 
-from certify.graph import model_steps
-from certify.spec import margin_spec
-from certify.tightness import tightness
+from robustcli.certify.graph import model_steps
+from robustcli.certify.spec import margin_spec
+from robustcli.certify.tightness import tightness
 from robustcli.commands.attack import check_eps
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 from robustcli.options import RobustCommand, config_option, data_options, json_option, model_options, runtime_options
 from robustcli.progress import progress_bar
 from robustcli.report import base_report, print_table, write_json

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from defenses.adversarial import DEFENSES, AdversarialConfig, train_adversarial
-from defenses.evaluation import clean_and_pgd_accuracy
-from robustcli.checkpoint import Checkpointer
+from robustcli.defenses.adversarial import DEFENSES, AdversarialConfig, train_adversarial
+from robustcli.defenses.evaluation import clean_and_pgd_accuracy
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import (
     apply_options,
     check_out,
@@ -16,8 +16,8 @@ from robustcli.commands._training import (
     train_test_data,
     training_options,
 )
-from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError
 from robustcli.models import save_model
 from robustcli.options import RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
-from robustcli import distributed
-from robustcli.checkpoint import Checkpointer
+from robustcli.core import distributed
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
-from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError
 from robustcli.models import save_model, wrap_normalization
 from robustcli.options import MultiOption, RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar
@@ -30,7 +30,7 @@ def _has_batchnorm(model: nn.Module) -> bool:
 
 def build_model(arch: str, data: str, mean: tuple[float, ...], std: tuple[float, ...], init: str, seed: int) -> nn.Module:
     """The architecture with its normalisation, initialised reproducibly from `seed`."""
-    from certify.init import ibp_init
+    from robustcli.certify.init import ibp_init
     from robustcli.zoo import NORMALIZATION
 
     with torch.random.fork_rng(devices=[]):
@@ -66,9 +66,9 @@ def _load_data(data: str, test_data: str | None) -> tuple[Dataset, Dataset]:
 
 def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd_steps: int, seed: int, device) -> dict:
     """Clean, PGD and IBP-verified accuracy on the test split (eval mode)."""
-    from attacks.evaluate import evaluate
-    from attacks.registry import make_attack
-    from certify.training import ibp_verified_accuracy
+    from robustcli.attacks.evaluate import evaluate
+    from robustcli.attacks.registry import make_attack
+    from robustcli.certify.training import ibp_verified_accuracy
 
     model.eval()
     clean, verified = ibp_verified_accuracy(model, test.x, test.y, eps, norm)
@@ -135,11 +135,11 @@ def command(
     robust train-ibp ... --resume          # after Ctrl-C or a crash
     robust certify --model mnist-ibp.safetensors --eps 0.1
     """
-    from certify.training import recipe_config, train_ibp
+    from robustcli.certify.training import recipe_config, train_ibp
 
     _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup)
     if method == "crown-ibp":
-        from certify.lirpa import auto_lirpa
+        from robustcli.certify.lirpa import auto_lirpa
 
         auto_lirpa("crown-ibp")  # exit 2 with the install hint before any work when it is missing
     dev = resolve_device(device)
@@ -172,7 +172,7 @@ def command(
         raise InputError("the model has a single output; certified training needs at least 2 classes")
     crown = None
     if method == "crown-ibp":
-        from certify.crown_ibp_training import crown_ibp_lower_bound_fn
+        from robustcli.certify.crown_ibp_training import crown_ibp_lower_bound_fn
 
         crown = crown_ibp_lower_bound_fn(model, train.x[:2].to(dev))
 

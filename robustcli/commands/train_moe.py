@@ -8,15 +8,15 @@ from pathlib import Path
 import click
 import torch
 
-from defenses.adversarial import AdversarialConfig, train_adversarial
-from defenses.advmoe import MODES, MoEConfig, train_moe
-from defenses.evaluation import clean_and_pgd_accuracy
-from defenses.moe import DENSE_TWIN, arch_name, macs_per_input
+from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
+from robustcli.defenses.advmoe import MODES, MoEConfig, train_moe
+from robustcli.defenses.evaluation import clean_and_pgd_accuracy
+from robustcli.defenses.moe import DENSE_TWIN, arch_name, macs_per_input
 from robustcli.archs import Normalized, build_arch
-from robustcli.checkpoint import Checkpointer
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import apply_options, check_out, check_positive, epoch_progress, train_test_data, training_options
-from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError
 from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from certify.spec_verify import METHODS
-from certify.vnncomp import read_instances, result_lines, run_benchmark
-from robustcli.device import resolve_device
-from robustcli.errors import InputError
+from robustcli.certify.spec_verify import METHODS
+from robustcli.certify.vnncomp import read_instances, result_lines, run_benchmark
+from robustcli.core.device import resolve_device
+from robustcli.core.errors import InputError
 from robustcli.options import MultiOption, RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, print_table, write_json

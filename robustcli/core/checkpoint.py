@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustcli import distributed
-from robustcli.errors import InputError, first_line
-from robustcli.report import atomic_path
+from robustcli.core import distributed
+from robustcli.core.errors import InputError, first_line
+from robustcli.core.files import atomic_path
 
 
 def _stem(out: Path) -> Path:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from robustcli import distributed
+from robustcli.core import distributed
 
 
 @dataclass

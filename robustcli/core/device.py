@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from robustcli.errors import InputError
+from robustcli.core.errors import InputError
 
 
 def resolve_device(name: str) -> torch.device:
