@@ -10,6 +10,7 @@ from robustcli.certify.verify import METHODS, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.commands.attack import check_eps
 from robustcli.core.errors import InputError
+from robustcli.html_report import check_output, html_option, write_certify_output
 from robustcli.options import (
     MultiOption,
     RobustCommand,
@@ -81,9 +82,10 @@ def certify_table(report: dict) -> None:
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
 @runtime_options
 @json_option
+@html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, device, batch_size, seed, json_path,
+    spec, timeout, counterexample, device, batch_size, seed, json_path, html_path,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -92,6 +94,9 @@ def command(
     robust certify --model my.pt --data test.npz --eps 0.01 0.02 --method crown --json cert.json
     robust certify --model net.onnx --spec prop.vnnlib --method crown
     """
+    check_output(html_path, "--html", (".html", ".htm"))
+    if spec is not None and html_path:
+        raise InputError("--html goes with --data/--eps runs; with --spec use --json for the verdict")
     if spec is not None:
         from robustcli.spec_check import certify_spec
 
@@ -146,3 +151,5 @@ def command(
     certify_table(report)
     if json_path:
         write_json(json_path, report)
+    if html_path:
+        write_certify_output(report, result.outcomes, w, html_path, steps=pgd_steps)
