@@ -12,6 +12,7 @@ from robustcli.errors import CheckFailed, InputError
 from robustcli.evalconfig import EvalConfig, load_eval_config
 from robustcli.evalreport import gate_counts, junit_xml, markdown, write_text
 from robustcli.gates import evaluate_gate
+from robustcli.github import append_step_summary, error_annotations, on_github_actions
 from robustcli.html_report import html_option, write_eval_output
 from robustcli.options import RobustCommand, json_option
 from robustcli.progress import progress_bar
@@ -129,6 +130,10 @@ def command(config_path, json_path, junit_path, markdown_path, html_path) -> Non
         write_text(markdown_path, markdown(report))
     if html_path:
         write_eval_output(report, samples or {}, html_path)
+    if on_github_actions():
+        append_step_summary(markdown(report))
+        for line in error_annotations(report):
+            click.echo(line)
     if failed:
         names = "; ".join(f"{c['name']}: {g['gate']} ({g['message']})" for c in report["checks"] for g in c["gates"] if not g["passed"])
         raise CheckFailed(f"{failed} of {total} gates failed: {names}")
