@@ -67,6 +67,11 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
     except CheckFailed as e:
         click.echo(f"check failed: {e}", err=True)
         ctx.exit(1)
+    except SystemExit as e:
+        # No command calls sys.exit itself (exits go through ctx.exit), so this came from model or
+        # factory code; passing it on could turn a failed run into exit code 0.
+        click.echo(f"error: code run by this command called sys.exit({e.code!r}); the run did not finish", err=True)
+        ctx.exit(2)
 
 
 class RobustCommand(click.Command):

@@ -26,7 +26,9 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
     try:
         with torch.no_grad():
             out = model.eval()(probe)
-    except Exception as e:  # noqa: BLE001 - any failure here means the model does not fit the data
+    except BaseException as e:  # noqa: BLE001 - any failure (sys.exit in a forward too) means the model is unusable
+        if isinstance(e, KeyboardInterrupt):
+            raise
         first = first_line(e)
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
@@ -38,6 +40,8 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
     if not out.is_floating_point():
         raise InputError(f"the model returns {out.dtype} values; it must return float logits")
     classes = int(out.shape[1])
+    if classes < 1:
+        raise InputError("the model returns logits for 0 classes; it must return at least one")
     if int(data.y.max()) >= classes:
         raise InputError(
             f"labels go up to {int(data.y.max())} but the model has {classes} classes; "
@@ -70,4 +74,30 @@ def open_workload(
     if len(dataset) == 0:
         raise InputError(f"data {data!r} is empty; it needs at least one image")
     classes = check_model_on_data(loaded.module, dataset, dev)
+    check_finite_logits(loaded.module, dataset, dev)
     return Workload(loaded, dataset, dev, classes)
+
+
+def check_finite_logits(model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 256) -> None:
+    """Refuse a model whose logits on the clean data hold NaN or inf, before any attack runs.
+
+    A NaN logit makes argmax (and so every accuracy, robust or not) an arbitrary number, not a
+    measurement; this is the one place every command's model passes through.
+    """
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            try:
+                out = model(data.x[start : start + batch_size].to(device))
+            except BaseException as e:  # noqa: BLE001 - as in check_model_on_data
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise InputError(f"the model fails on clean data point {start} or after: {type(e).__name__}: {first_line(e)}") from None
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise InputError("the model returns something other than (N, classes) logits on the clean data")
+            bad = (~torch.isfinite(out)).any(1).nonzero()
+            if len(bad):
+                raise InputError(
+                    f"the model's logits are NaN or inf on clean data point {start + int(bad[0])}; "
+                    "a prediction from such logits is arbitrary, so no accuracy can be measured. "
+                    "Check its weights and --mean/--std"
+                )
