@@ -19,6 +19,7 @@ from robustcli.core import distributed
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.core.errors import InputError, first_line
 from robustcli.core.files import atomic_path
+from robustcli.core.torchload import is_pickle_refusal
 
 META_PREFIX = "robustcli."
 
@@ -153,19 +154,6 @@ def _is_torchscript(path: Path) -> bool:
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def is_pickle_refusal(e: BaseException) -> bool:
-    """Whether `torch.load(weights_only=True)` failed because the file pickles Python objects.
-
-    torch words this differently across versions ("Unsupported global", "unsupported GLOBAL ...
-    is blocked", "Weights only load failed"); all mean the file would load only by unpickling.
-    """
-    text = str(e)
-    return any(
-        marker in text
-        for marker in ("Weights only load failed", "Unsupported global", "unsupported GLOBAL", "safe_globals")
-    )
 
 
 def read_exported_program(path: Path, allow_pickle: bool) -> nn.Module:

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robustcli.data import Dataset, load_dataset
+from robustcli.data import DataFormat, Dataset, load_dataset
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError, first_line
 from robustcli.models import LoadedModel, load_model
+from robustcli.options import data_format
 
 
 @dataclass
@@ -61,7 +62,10 @@ def open_workload(
     device: str = "auto",
     n: int | None = None,
     split: str = "test",
+    fmt: DataFormat | None = None,
 ) -> Workload:
+    """Model and data of a command, checked together. `fmt` defaults to the command's
+    `--classes` / `--pixel-scale` options."""
     dev = resolve_device(device)
     loaded = load_model(
         model, arch=arch, mean=list(mean) or None, std=list(std) or None, allow_pickle=allow_pickle, device=dev
@@ -70,7 +74,7 @@ def open_workload(
         data = loaded.dataset or loaded.meta.get("trained_on", "").split(":")[0] or None
         if data is None:
             raise InputError(f"{model} is not a built-in model, so pass --data (mnist, digits or a file)")
-    dataset = load_dataset(data, split).head(n)
+    dataset = load_dataset(data, split, fmt if fmt is not None else data_format()).head(n)
     if len(dataset) == 0:
         raise InputError(f"data {data!r} is empty; it needs at least one image")
     classes = check_model_on_data(loaded.module, dataset, dev)

@@ -21,6 +21,7 @@ from torch import nn
 from robustcli.core import distributed
 from robustcli.core.errors import InputError, first_line
 from robustcli.core.files import atomic_path
+from robustcli.core.torchload import is_pickle_refusal
 
 
 def _stem(out: Path) -> Path:
@@ -101,7 +102,7 @@ class Checkpointer:
         try:
             state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - a pickle of Python objects, a truncated or foreign file
-            why = "it pickles Python objects, which a checkpoint never does" if "Weights only load failed" in str(e) else first_line(e)
+            why = "it pickles Python objects, which a checkpoint never does" if is_pickle_refusal(e) else first_line(e)
             return None, f"--resume: cannot read checkpoint {self.checkpoint_path} ({why}); start without --resume"
         problem = checkpoint_problem(state)
         if problem:
