@@ -7,8 +7,8 @@ import torch
 
 from robustcli.attacks.diagnostics import Diagnostics, run_diagnostics
 from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
-from robustcli.attacks.foolbox_backend import make_foolbox_attack
-from robustcli.attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES, make_foolbox_attack
+from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
 from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
@@ -25,7 +25,7 @@ from robustcli.progress import progress_bar
 from robustcli.report import base_report, pct, print_table, save_tensors, stdout, write_json
 from robustcli.session import Workload, open_workload
 
-FOOLBOX_ATTACKS = ("fgsm", "pgd", "pgd-l2", "cw")
+FOOLBOX_ATTACKS = FOOLBOX_NAMES
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)}
 
 
@@ -117,7 +117,7 @@ def run_attacks(
     """Attack the points `part` (this rank's shard under torchrun: whole batches, see robustcli.distributed)."""
     plan = []
     for name in names:
-        options = cw_options if name == "cw" else ({"queries": queries} if name == "square" else {})
+        options = accepted_options(name, {**cw_options, "queries": queries})  # what this attack takes
         ours = make_attack(name, steps=steps, restarts=restarts, **options)
         attack = (
             make_foolbox_attack(name, ours.norm, ours.minimization, steps=steps, restarts=restarts, **options)
