@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
+from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES
 from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.attacks.suite import SUITES
 from robustcli.certify.graph import model_steps
@@ -24,7 +25,6 @@ from robustcli.certify.verify import METHODS
 from robustcli.core.errors import InputError
 
 LINF_MAX_EPS = 1.0  # inputs live in [0, 1]: a larger Linf budget can reach any image
-FOOLBOX_ATTACKS = ("fgsm", "pgd", "pgd-l2", "cw")
 ATTACK_DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)}
 CERTIFY_DEFAULT_EPS = {"linf": (0.1,), "l2": (0.5,)}
 
@@ -117,9 +117,9 @@ class AttackRequest:
         check_at_least(0, search_steps=self.search_steps)
         if self.backend not in ("ours", "foolbox"):
             raise OptionError("backend", f"{self.backend!r} is not one of ours, foolbox")
-        if self.backend == "foolbox" and (unsupported := [a for a in self.attacks if a not in FOOLBOX_ATTACKS]):
+        if self.backend == "foolbox" and (unsupported := [a for a in self.attacks if a not in FOOLBOX_NAMES]):
             raise OptionError(
-                "backend", f"foolbox has no {', '.join(unsupported)}; it covers {', '.join(FOOLBOX_ATTACKS)}"
+                "backend", f"foolbox has no {', '.join(unsupported)}; it covers {', '.join(FOOLBOX_NAMES)}"
             )
         budgets = self.budgets()
         default_flag = {"linf": "eps", "l2": "eps-l2"}

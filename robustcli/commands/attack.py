@@ -8,7 +8,7 @@ import torch
 from robustcli.attacks.diagnostics import run_diagnostics
 from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
 from robustcli.attacks.foolbox_backend import make_foolbox_attack
-from robustcli.attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
 from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite, strong_suite
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
@@ -57,7 +57,7 @@ def run_attacks(
     eps_by_norm = request.budgets().eps
     plan = []
     for name in request.attacks:
-        options = request.cw_options() if name == "cw" else ({"queries": request.queries} if name == "square" else {})
+        options = accepted_options(name, {**request.cw_options(), "queries": request.queries})  # what this attack takes
         ours = make_attack(name, steps=request.steps, restarts=request.restarts, **options)
         attack = (
             make_foolbox_attack(
