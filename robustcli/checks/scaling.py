@@ -24,7 +24,7 @@ def _attacks(options: dict) -> tuple[str, ...]:
 def _validate(options: dict) -> tuple[str, str] | None:
     norms = {make_attack(a).norm for a in _attacks(options)}
     if len(norms) > 1:
-        return "attacks", "a scaling check takes attacks of one norm; use one check per norm"
+        return "attack", "a scaling check takes attacks of one norm; use one check per norm"
     norm = norms.pop()
     lo = options.get("eps-min", DEFAULT_RANGE[norm][0])
     hi = options.get("eps-max", DEFAULT_RANGE[norm][1])
