@@ -83,7 +83,7 @@ def test_gaussian_training_is_seeded_and_beats_natural_training_under_noise():
 
 
 def _train_args(tmp_path, *extra: str) -> list[str]:
-    return ["train", "--data", "digits", "--train-n", "200", "--eval-n", "40", "--eval-steps", "2",
+    return ["train", "--data", "digits", "--n-train", "200", "--n", "40", "--eval-steps", "2",
             "--out", str(tmp_path / "m.safetensors"), *extra]  # fmt: skip
 
 
@@ -112,7 +112,7 @@ def test_default_warmup_fits_short_runs_and_explicit_values_are_checked(run_cli,
     assert json.loads((tmp_path / "r.json").read_text())["config"]["warmup_epochs"] == 1
     r = run_cli(*_train_args(tmp_path, "--epochs", "2", "--warmup", "2"))
     assert r.exit_code == 2 and "--warmup 2 leaves no epoch at the full eps" in r.stderr
-    moe = ["train-moe", "--data", "digits", "--epochs", "2", "--train-n", "96", "--eval-n", "20", "--eval-steps", "1",
+    moe = ["train-moe", "--data", "digits", "--epochs", "2", "--n-train", "96", "--n", "20", "--eval-steps", "1",
            "--attack-steps", "1", "--mode", "at", "--no-dense", "--json", str(tmp_path / "moe.json"),
            "--out", str(tmp_path / "moe.safetensors")]  # fmt: skip
     r = run_cli(*moe)
