@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 import torch
 
@@ -31,8 +33,8 @@ DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)}
 
 def check_eps(values: tuple[float, ...], norm: str) -> None:
     for e in values:
-        if e != e or e < 0:
-            raise InputError(f"eps must be >= 0, got {e}")
+        if not math.isfinite(e) or e < 0:
+            raise InputError(f"eps must be >= 0 and finite, got {e} ({norm})")
         if norm == "linf" and e > 1:
             raise InputError(f"Linf eps {e} exceeds 1, the whole [0, 1] pixel range; use a value in [0, 1]")
 
