@@ -122,6 +122,8 @@ class RobustGroup(click.Group):
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    if path.exists() and not path.is_file():
+        raise click.BadParameter(f"{path} is not a regular file", param_hint="--config")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -130,6 +132,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise click.BadParameter(f"{path} is not valid YAML{where}", param_hint="--config") from None
     except OSError as e:
         raise click.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--config") from None
+    except (UnicodeDecodeError, ValueError):
+        raise click.BadParameter(f"{path} is not a text (YAML) file", param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must be a mapping of option names to values", param_hint="--config")
     return data

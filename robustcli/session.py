@@ -32,6 +32,8 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
     except BaseException as e:  # noqa: BLE001 - any failure (sys.exit in a forward too) means the model is unusable
         if isinstance(e, KeyboardInterrupt):
             raise
+        if not isinstance(e, Exception):  # sys.exit and the like: the model's code, not a shape problem
+            raise InputError(f"the model's forward raised {type(e).__name__}({first_line(e)}) on two data points") from None
         first = first_line(e)
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
