@@ -31,8 +31,8 @@ from robustcli.attacks.evaluate import Evaluation, evaluate
 from robustcli.attacks.fgsm import FGSM
 from robustcli.attacks.losses import cross_entropy
 from robustcli.attacks.pgd import PGDLinf
-from robustcli.defenses.loop import train_epochs
 from robustcli.core.checkpoint import Checkpointer
+from robustcli.core.training_loop import StepContext, descend, train_loop
 
 Progress = Callable[[int, dict[str, float]], None]
 
@@ -64,38 +64,32 @@ def train_at_temperature(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     generators = {"order": torch.Generator().manual_seed(seed)}
 
-    def step(xb: torch.Tensor, tb: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    def step(xb: torch.Tensor, tb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = temperature_loss(model(xb), tb, temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        descend(loss, opt, ctx)
         return {"loss": loss.detach()}
 
     config = {"role": role, "temperature": temperature, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
-    return train_epochs(
+    return train_loop(
         model, x, target, step, optimizers={"adam": opt}, generators=generators, epochs=epochs,
         batch_size=batch_size, run_config=config, checkpointer=checkpointer, resume=resume, on_batch=on_batch,
-    )  # fmt: skip
+    ).history  # fmt: skip
 
 
 @torch.no_grad()
 def soft_labels(teacher: nn.Module, x: torch.Tensor, temperature: float, batch_size: int = 500) -> torch.Tensor:
     """softmax(teacher(x) / T) in eval mode, on the teacher's device."""
-    was_training = teacher.training
-    teacher.eval()
     device = next(teacher.parameters()).device
-    out = torch.cat([F.softmax(teacher(x[i : i + batch_size].to(device)) / temperature, 1) for i in range(0, len(x), batch_size)])
-    teacher.train(was_training)
+    with eval_mode(teacher):
+        out = torch.cat([F.softmax(teacher(x[i : i + batch_size].to(device)) / temperature, 1) for i in range(0, len(x), batch_size)])
     return out
 
 
 @torch.no_grad()
 def logit_scale(model: nn.Module, x: torch.Tensor) -> float:
     """Median over points of the spread max - min of the logits: how saturated softmax is at T = 1."""
-    was_training = model.training
-    model.eval()
-    z = model(x.to(next(model.parameters()).device))
-    model.train(was_training)
+    with eval_mode(model):
+        z = model(x.to(next(model.parameters()).device))
     return (z.amax(1) - z.amin(1)).median().item()
 
 
