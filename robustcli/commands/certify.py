@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from robustcli.certify.graph import model_steps
-from robustcli.certify.lirpa import LIRPA_METHODS, auto_lirpa
+from robustcli.attacks.base import eval_mode
+from robustcli.certify.bounders import METHODS as BOUNDERS
+from robustcli.certify.bounders import build_bounder
+from robustcli.certify.lirpa import auto_lirpa
 from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.commands.attack import check_eps
@@ -29,13 +31,16 @@ DEFAULT_EPS = {"linf": (0.1,), "l2": (0.5,)}
 UNSOUND_EXIT = 3
 
 
-def check_methods(methods: tuple[str, ...], model) -> None:
-    """Fail fast, before any work: a missing optional dependency or a layer IBP cannot bound."""
+def check_methods(methods: tuple[str, ...], model, example=None, alpha_iterations: int = 20) -> dict:
+    """Fail fast, before any work: a missing optional dependency, an operation a method cannot
+    bound. With an example batch, returns the bounders built for it (by method name)."""
     for m in methods:
-        if m in LIRPA_METHODS:
+        if BOUNDERS[m].needs_lirpa:
             auto_lirpa(m)
-    if "ibp" in methods:
-        model_steps(model, "ibp")
+    if example is None:
+        return {}
+    with eval_mode(model):
+        return {m: build_bounder(m, model, example, alpha_iterations=alpha_iterations) for m in methods}
 
 
 def certify_table(report: dict) -> None:
@@ -72,8 +77,8 @@ def certify_table(report: dict) -> None:
     "--method",
     cls=MultiOption,
     type=click.Choice([*METHODS, "bab"]),
-    help="Bound methods (default ibp); crown-ibp, crown, alpha-crown and lirpa-ibp need auto_LiRPA. "
-    "With --spec: ibp, crown, alpha-crown, bab (default all).",
+    help="Bound methods (default ibp): " + "; ".join(f"{m.name}: {m.summary}" for m in BOUNDERS.values())
+    + ". The lirpa-* methods need auto_LiRPA. With --spec: ibp, crown, alpha-crown, bab (default all).",
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--pgd-steps", type=int, default=40, show_default=True, help="PGD steps for the upper bound.")
@@ -118,13 +123,13 @@ def command(
         raise InputError(f"--alpha-iterations must be >= 1, got {alpha_iterations}")
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    check_methods(methods, w.model.module)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
+    built = check_methods(methods, w.model.module, w.data.x[:2].to(w.device), alpha_iterations) if len(w.data) else {}
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
     try:
         with progress_bar("certifying", total) as advance:
             local = _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts,
-                             alpha_iterations, advance)
+                             alpha_iterations, advance, built)
     except SoundnessError as e:
         click.echo(f"internal error: {e}", err=True)
         click.get_current_context().exit(UNSOUND_EXIT)
@@ -142,7 +147,8 @@ def command(
         write_json(json_path, report)
 
 
-def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts, alpha_iterations, advance):
+def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts, alpha_iterations, advance,
+             built):
     return certify_dataset(
         w.model.module,
         w.data.x[part],
@@ -159,4 +165,5 @@ def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_resta
         device=w.device,
         on_batch=lambda k: advance(k),
         offset=part.start,
+        bounders=built,
     )
