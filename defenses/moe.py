@@ -16,8 +16,9 @@ leaves room:
   convolves all input channels (zeros included): `count_macs` reports what is actually computed.
 
 Architectures (same widths as the dense built-ins, so the comparison is like for like): pass
-`--arch defenses.moe:mnist_moe_cnn_e4_k2` (or `digits_moe_cnn_e4_k2`; any E and k) to any
-command; `build_arch` resolves the name through this module's `__getattr__`. They are not added to
+`--arch mnist_moe_cnn_e4_k2` (or `digits_moe_cnn_e4_k2`; any E and k) to any command; models are
+saved under `robustcli.defenses.moe:mnist_moe_cnn_e4_k2`, and the CLI resolves both spellings as
+built-in names (a model file may choose them; it may not choose other code). They are not added to
 `robustcli.archs.ARCHS` on purpose: those are plain `nn.Sequential` stacks that bound engines
 (IBP, CROWN) walk layer by layer, and a routed layer is not something they can bound.
 """
@@ -31,6 +32,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from robustcli.core.nn import eval_mode
 
 
 class MoEConv2d(nn.Module):
@@ -158,9 +161,6 @@ def count_macs(model: nn.Module) -> Iterator[dict[str, int]]:
 @torch.no_grad()
 def macs_per_input(model: nn.Module, x: torch.Tensor) -> float:
     """Average MACs per input actually computed by `model` on `x`, in eval mode."""
-    was_training = model.training
-    model.eval()
-    with count_macs(model) as c:
+    with eval_mode(model), count_macs(model) as c:
         model(x.to(next(model.parameters()).device))
-    model.train(was_training)
     return c["macs"] / len(x)
