@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import torch
 
+from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.diagnostics import Diagnostics, run_diagnostics
 from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
 from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES, make_foolbox_attack
@@ -156,17 +157,31 @@ def run_attacks(
 )
 @click.option("--eps", cls=MultiOption, type=float, help="Budgets (Linf; default 0.1 0.2 0.3).")
 @click.option("--eps-l2", cls=MultiOption, type=float, help="Budgets for L2 attacks (default 0.5 1 2).")
-@click.option("--steps", type=int, default=None, help="Iterations (PGD default 40, CW default 100).")
+@click.option("--steps", type=int, default=None, help="Iterations (PGD 40, APGD and FAB 100, CW: its preset's).")
 @click.option("--restarts", type=int, default=None, help="PGD random restarts; worst case per point is kept.")
 @click.option("--target", default=None, help="Targeted attack: a class index, 'next' (y+1) or 'random'.")
 @click.option("--confidence", type=float, default=0.0, show_default=True, help="CW confidence kappa.")
-@click.option("--search-steps", type=int, default=5, show_default=True, help="CW binary-search steps over c.")
+@click.option("--search-steps", type=int, default=None, help="CW binary-search steps over c (default: the preset's).")
+@click.option(
+    "--cw-preset",
+    type=click.Choice(list(CW_PRESETS)),
+    default="cheap",
+    show_default=True,
+    help="CW settings: cheap (100 steps, 5 searches, c0 1e-2, lr 0.1) or paper (10,000 steps, 9, 1e-3, 1e-2).",
+)
 @click.option("--backend", type=click.Choice(["ours", "foolbox"]), default="ours", show_default=True)
 @click.option(
     "--suite",
     type=click.Choice(list(SUITES)),
     default=None,
-    help="strong: APGD-CE, APGD-T (DLR), Square at the Linf --eps, worst case per point (AutoAttack-style).",
+    help="strong: APGD-CE, APGD-T, FAB-T, Square (AutoAttack standard), worst case per point.",
+)
+@click.option(
+    "--suite-norm",
+    type=click.Choice(["linf", "l2"]),
+    default="linf",
+    show_default=True,
+    help="Norm of --suite: linf at --eps, l2 at --eps-l2.",
 )
 @click.option("--queries", type=int, default=None, help="Square attack query budget (default 5000).")
 @click.option("--strict", is_flag=True, help="Exit with code 1 if any gradient-masking warning is raised.")
@@ -175,7 +190,8 @@ def run_attacks(
 @click.option("--save-adv", type=click.Path(dir_okay=False), help="Save adversarial examples (.safetensors or .npz).")
 def command(
     model, arch, mean, std, allow_pickle, data, n, attack_names, eps, eps_l2, steps, restarts, target,
-    confidence, search_steps, backend, suite, queries, strict, device, batch_size, seed, json_path, save_adv,
+    confidence, search_steps, cw_preset, backend, suite, suite_norm, queries, strict, device, batch_size, seed,
+    json_path, save_adv,
 ) -> None:  # fmt: skip
     """Attack a model and report robust accuracy per attack and eps, with gradient-masking checks.
 
@@ -196,12 +212,13 @@ def command(
         raise InputError(
             f"--backend foolbox has no {', '.join(unsupported)}; it covers {', '.join(FOOLBOX_ATTACKS)}"
         )
-    norms = [make_attack(a).norm for a in names] + (["linf"] if suite else [])
+    norms = [make_attack(a).norm for a in names] + ([suite_norm] if suite else [])
     eps_by_norm = budgets(norms, tuple(eps), tuple(eps_l2))
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     targets = resolve_targets(target, w.data.y, w.num_classes, seed)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
+    cw_options = {"confidence": confidence, "binary_search_steps": search_steps, "preset": cw_preset}
     result = None
     if names:
         result = run_attacks(
@@ -211,7 +228,7 @@ def command(
             backend=backend,
             steps=steps,
             restarts=restarts,
-            cw_options={"confidence": confidence, "binary_search_steps": search_steps},
+            cw_options=cw_options,
             queries=queries,
             batch_size=batch_size,
             seed=seed,
@@ -220,13 +237,17 @@ def command(
             part=part,
         )
     if suite:
-        with progress_bar(f"{suite} suite", 3 * (part.stop - part.start) * len(eps_by_norm["linf"])) as advance:
+        suite_eps = eps_by_norm[suite_norm]
+        # FAB-T, a minimisation attack, runs once for all budgets
+        work = (3 * len(suite_eps) + 1) * (part.stop - part.start)
+        with progress_bar(f"{suite} suite", work) as advance:
             strong = run_strong_suite(
                 w.model.module,
                 w.data.x[part],
                 w.data.y[part],
-                eps_by_norm["linf"],
+                suite_eps,
                 device=w.device,
+                norm=suite_norm,
                 queries=queries or 5000,
                 batch_size=batch_size,
                 seed=seed,
@@ -243,6 +264,9 @@ def command(
     report = base_report("attack", w, seed) | {
         "backend": backend,
         "suite": suite,
+        "suite_norm": suite_norm if suite else None,
+        # the CW settings that ran (preset "cheap" or "paper"; see docs/attacks.md)
+        "cw": make_attack("cw", **accepted_options("cw", cw_options), steps=steps).settings() if "cw" in names else None,
         "targeted": targets is not None,
         "clean_accuracy": result.clean_accuracy,
         "results": [o.summary() for o in result.outcomes],
