@@ -94,8 +94,14 @@ def test_contract_fails_on_a_wrong_import(site, tmp_path, engine_file, line):
 
 
 def test_wheel_holds_robustcli_alone(tmp_path):
+    # Built from a copy, so the build leaves no build/ folder in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ["pyproject.toml", "README.md", "robustcli", *SETUPTOOLS["package-dir"].values()]:
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("robustcli-*.whl")

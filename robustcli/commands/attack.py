@@ -13,6 +13,7 @@ from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
 from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
+from robustcli.html_report import check_output, html_option, write_attack_outputs
 from robustcli.options import (
     MultiOption,
     RobustCommand,
@@ -188,10 +189,12 @@ def run_attacks(
 @runtime_options
 @json_option
 @click.option("--save-adv", type=click.Path(dir_okay=False), help="Save adversarial examples (.safetensors or .npz).")
+@html_option
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Write the image grid of broken points here (PNG).")
 def command(
     model, arch, mean, std, allow_pickle, data, n, attack_names, eps, eps_l2, steps, restarts, target,
     confidence, search_steps, cw_preset, backend, suite, suite_norm, queries, strict, device, batch_size, seed,
-    json_path, save_adv,
+    json_path, save_adv, html_path, png_path,
 ) -> None:  # fmt: skip
     """Attack a model and report robust accuracy per attack and eps, with gradient-masking checks.
 
@@ -206,6 +209,8 @@ def command(
     ):  # fmt: skip
         if v is not None and v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
+    check_output(html_path, "--html", (".html", ".htm"))
+    check_output(png_path, "--png", (".png",))
     if save_adv and not save_adv.endswith((".safetensors", ".npz")):
         raise InputError(f"--save-adv {save_adv}: use a .safetensors or .npz file name")
     if backend == "foolbox" and (unsupported := [a for a in names if a not in FOOLBOX_ATTACKS]):
@@ -233,7 +238,7 @@ def command(
             batch_size=batch_size,
             seed=seed,
             targets=targets,
-            keep_adversarials=bool(save_adv),
+            keep_adversarials=bool(save_adv or html_path or png_path),
             part=part,
         )
     if suite:
@@ -252,7 +257,7 @@ def command(
                 batch_size=batch_size,
                 seed=seed,
                 targets=None if targets is None else targets[part],
-                keep_adversarials=bool(save_adv),
+                keep_adversarials=bool(save_adv or html_path or png_path),
                 on_batch=lambda k: advance(k),
                 offset=part.start,
             )
@@ -279,6 +284,8 @@ def command(
         write_json(json_path, report)
     if save_adv:
         save_tensors(save_adv, {"y": w.data.y, **{f"x_adv/{k}": v for k, v in result.adversarials.items()}})
+    if html_path or png_path:
+        write_attack_outputs(report, result, w, html_path, png_path)
     if strict and diag.warnings:
         codes = ", ".join(dict.fromkeys(x.code for x in diag.warnings))
         raise CheckFailed(f"{len(diag.warnings)} gradient-masking warning(s) ({codes}); see the report")
