@@ -99,6 +99,8 @@ def bab_refute(
         best_be = [b.detach().clone() for b in be]
         record: dict[int, torch.Tensor] = {}
         for it in range(iterations):
+            if deadline is not None and time.monotonic() > deadline:
+                return BabOutcome(False, done, "timeout")
             with torch.enable_grad():
                 terms = [-b * s.to(dt).unsqueeze(1) for b, s in zip(be, sp)]
                 rec: dict[int, torch.Tensor] = {}

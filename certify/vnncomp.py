@@ -5,12 +5,21 @@ CSV's folder). Results use VNN-COMP 2021's results_csv columns:
 `benchmark,onnx,vnnlib,prepare_seconds,result,seconds` with result holds | violated | unknown |
 timeout | error. A violated answer's counterexample is written in the competition's format,
 `((X_0 v) (X_1 v) ... (Y_0 v) ...)`, with the outputs onnxruntime computed for it.
+
+A run keeps what it has: `run_benchmark` reports each result through `on_instance` the moment it
+is decided (the CLI appends and flushes its CSV line then), an instance that fails for any reason
+becomes `error` with the reason and the run goes on, and `jobs > 1` runs instances in that many
+worker processes (spawned, each with its own model cache and CPU threads split between them),
+reporting results in the order they finish.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -72,6 +81,8 @@ def read_instances(path: str | Path) -> list[Instance]:
                 timeout = float(row[2])
             except ValueError:
                 raise InputError(f"{path.name}:{lineno}: timeout {row[2]!r} is not a number") from None
+            if not (math.isfinite(timeout) and timeout > 0):
+                raise InputError(f"{path.name}:{lineno}: timeout {row[2].strip()!r} must be a positive number of seconds")
             for p in (net, prop):
                 if not p.is_file():
                     raise InputError(f"{path.name}:{lineno}: {p} does not exist")
@@ -118,8 +129,8 @@ def run_instance(
             models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
         conv, module, reference = models[inst.network]
         prop = read_vnnlib(inst.property)
-    except InputError as e:
-        return InstanceResult(inst, "error", 0.0, time.monotonic() - t0, stages=[{"method": "prepare", "note": str(e)}])
+    except Exception as e:  # noqa: BLE001 - any failure of one instance is that instance's `error`
+        return _error(inst, t0, "prepare", e)
     n_in = 1
     for s in conv.input_shape:
         n_in *= s
@@ -127,15 +138,38 @@ def run_instance(
         return InstanceResult(inst, "error", 0.0, time.monotonic() - t0, stages=[{
             "method": "prepare", "note": f"{inst.property.name} has {prop.n_inputs} inputs, the network {n_in}"}])
     prepare = time.monotonic() - t0
-    res: SpecResult = verify_property(
-        module, prop, conv.input_shape, methods=methods, timeout=timeout if timeout is not None else inst.timeout,
-        seed=seed, reference=reference, **options,
-    )
-    ce_path = None
-    if res.status == "violated" and counterexample_dir is not None:
-        ce_path = counterexample_dir / f"{inst.network.stem}__{inst.property.stem}.counterexample"
-        write_counterexample(ce_path, res.counterexample, res.outputs)
+    t1 = time.monotonic()
+    try:
+        res: SpecResult = verify_property(
+            module, prop, conv.input_shape, methods=methods, timeout=timeout if timeout is not None else inst.timeout,
+            seed=seed, reference=reference, **options,
+        )
+        ce_path = None
+        if res.status == "violated" and counterexample_dir is not None:
+            ce_path = counterexample_dir / f"{inst.network.stem}__{inst.property.stem}.counterexample"
+            write_counterexample(ce_path, res.counterexample, res.outputs)
+    except Exception as e:  # noqa: BLE001
+        err = _error(inst, t1, "verify", e)
+        err.prepare_seconds = prepare
+        return err
     return InstanceResult(inst, res.status, res.seconds, prepare, res.method, ce_path, res.confirmed_by, res.stages)
+
+
+def _error(inst: Instance, t0: float, stage: str, e: BaseException) -> InstanceResult:
+    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    reason = f"{type(e).__name__}: {reason}" if not isinstance(e, InputError) else reason
+    return InstanceResult(inst, "error", time.monotonic() - t0, 0.0, stages=[{"method": stage, "note": reason}])
+
+
+_WORKER_MODELS: dict = {}
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_run(inst: Instance, timeout: float | None, options: dict) -> InstanceResult:
+    return run_instance(inst, timeout=timeout, models=_WORKER_MODELS, **options)
 
 
 def run_benchmark(
@@ -143,21 +177,41 @@ def run_benchmark(
     *,
     timeout: float | None = None,
     on_instance: Callable[[InstanceResult], None] | None = None,
+    jobs: int = 1,
     **options,
 ) -> list[InstanceResult]:
-    models: dict = {}
+    """Run every instance; results come back in the order they are decided (input order for jobs=1)."""
     results = []
-    for inst in instances:
-        r = run_instance(inst, timeout=timeout, models=models, **options)
-        results.append(r)
-        if on_instance is not None:
-            on_instance(r)
+    if jobs <= 1:
+        models: dict = {}
+        for inst in instances:
+            r = run_instance(inst, timeout=timeout, models=models, **options)
+            results.append(r)
+            if on_instance is not None:
+                on_instance(r)
+        return results
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_worker_run, inst, timeout, options): inst for inst in instances}
+        for fut in as_completed(futures):
+            try:
+                r = fut.result()
+            except Exception as e:  # noqa: BLE001 - a worker that died (e.g. out of memory)
+                r = _error(futures[fut], time.monotonic(), "worker", e)
+            results.append(r)
+            if on_instance is not None:
+                on_instance(r)
     return results
 
 
+def result_line(r: InstanceResult, benchmark: str) -> str:
+    """One VNN-COMP 2021 results_csv line."""
+    return (f"{benchmark},./{r.instance.network.name},./{r.instance.property.name},{r.prepare_seconds:.6f},"
+            f"{r.result},{r.seconds:.6f}")
+
+
 def result_lines(results: list[InstanceResult], benchmark: str) -> list[str]:
-    """VNN-COMP 2021 results_csv lines."""
-    return [
-        f"{benchmark},./{r.instance.network.name},./{r.instance.property.name},{r.prepare_seconds:.6f},{r.result},{r.seconds:.6f}"
-        for r in results
-    ]
+    return [result_line(r, benchmark) for r in results]

@@ -16,8 +16,9 @@ leaves room:
   convolves all input channels (zeros included): `count_macs` reports what is actually computed.
 
 Architectures (same widths as the dense built-ins, so the comparison is like for like): pass
-`--arch defenses.moe:mnist_moe_cnn_e4_k2` (or `digits_moe_cnn_e4_k2`; any E and k) to any
-command; `build_arch` resolves the name through this module's `__getattr__`. They are not added to
+`--arch mnist_moe_cnn_e4_k2` (or `digits_moe_cnn_e4_k2`; any E and k) to any command; models are
+saved under `robustcli.defenses.moe:mnist_moe_cnn_e4_k2`, and the CLI resolves both spellings as
+built-in names (a model file may choose them; it may not choose other code). They are not added to
 `robustcli.archs.ARCHS` on purpose: those are plain `nn.Sequential` stacks that bound engines
 (IBP, CROWN) walk layer by layer, and a routed layer is not something they can bound.
 """

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from robustcli.core.errors import InputError
+from robustcli.core.errors import InputError, first_line
 from robustcli.core.nn import Normalized
 
 
@@ -82,20 +83,71 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def build_arch(name: str) -> nn.Module:
-    """A built-in architecture by name, or a user's factory given as `package.module:function`."""
+# Mixture-of-experts CNNs (robustcli.defenses.moe) are built-in too, named by data set, experts
+# and top-k. Trainers save them under the `robustcli.defenses.moe:` name; both spellings resolve
+# here without importing a module named by a string, so a model file can choose them safely.
+MOE_ARCH = re.compile(r"(?:robustcli\.defenses\.moe:)?(mnist|digits)_moe_cnn_e(\d{1,3})_k(\d{1,3})")
+
+
+def is_builtin_arch(name: str) -> bool:
+    """True for names that resolve without running code named by the caller."""
+    return name in ARCHS or MOE_ARCH.fullmatch(name) is not None
+
+
+def _builtin_moe(name: str) -> nn.Module | None:
+    m = MOE_ARCH.fullmatch(name)
+    if m is None:
+        return None
+    from robustcli.defenses.moe import digits_moe_cnn, mnist_moe_cnn
+
+    build = mnist_moe_cnn if m.group(1) == "mnist" else digits_moe_cnn
+    try:
+        return build(int(m.group(2)), int(m.group(3)))
+    except ValueError as e:
+        raise InputError(f"architecture {name!r}: {e}") from None
+
+
+def build_arch(name: str, *, allow_factory: bool = True) -> nn.Module:
+    """A built-in architecture by name, or a user's factory given as `package.module:function`.
+
+    `allow_factory=False` is for names read from a model file: such a name may only pick a
+    built-in architecture, because importing a module and calling a function chosen by a
+    downloaded file is running that file's code. A factory runs only when the user names it.
+    """
     if name in ARCHS:
         return ARCHS[name].factory()
+    moe = _builtin_moe(name)
+    if moe is not None:
+        return moe
+    if ":" in name and not allow_factory:
+        raise InputError(
+            f"the model file names architecture {name!r}, which is not built-in; loading it would run code "
+            f"the file chose. If you trust that code, pass --arch {name} yourself"
+        )
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise InputError(f"cannot import architecture factory {name!r}: {e}") from None
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise InputError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
-        return model
+        return _call_factory(name)
     raise InputError(
         f"unknown architecture {name!r}; use a built-in one ({', '.join(ARCHS)}) or package.module:factory"
     )
+
+
+def _call_factory(name: str) -> nn.Module:
+    """Import `package.module` and call its zero-argument `factory`; any failure is one line."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"--arch {name!r}: write a factory as package.module:function")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"cannot import architecture factory {name!r}: {first_line(e)}") from None
+    except BaseException as e:  # noqa: BLE001 - the module's own code failed while importing
+        raise InputError(f"importing architecture factory {name!r} failed: {type(e).__name__}: {first_line(e)}") from None
+    if not callable(factory):
+        raise InputError(f"{name} is a {type(factory).__name__}, not a function returning a torch.nn.Module")
+    try:
+        model = factory()
+    except BaseException as e:  # noqa: BLE001 - SystemExit from user code too: never a silent exit 0
+        raise InputError(f"architecture factory {name} raised {type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

@@ -12,7 +12,8 @@ int64 labels. Normalisation belongs to the model (see `robustcli.models.Normaliz
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,27 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 SPLIT_SEED = 0
 
 
+@dataclass(frozen=True)
+class DataFormat:
+    """How to read a user's files where the file alone does not say.
+
+    pixel_scale: the value of a white pixel in integer images (255 for 8-bit, 1 for 0/1 masks);
+    None decides from the dtype and refuses where the values leave it open.
+    classes: the image-folder names in label order; None uses numeric folder names as labels,
+    else the sorted names.
+    """
+
+    pixel_scale: float | None = None
+    classes: tuple[str, ...] | None = None
+
+
 @dataclass
 class Dataset:
     x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     y: torch.Tensor  # (N,) int64
     name: str
+    # How the file was read, for reports: e.g. {"pixel_scale": 255, "classes": {"cat": 0, "dog": 1}}.
+    provenance: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -56,7 +73,7 @@ class Dataset:
             return self
         if n <= 0:
             raise InputError(f"--n must be positive, got {n}")
-        return Dataset(self.x[:n], self.y[:n], self.name)
+        return Dataset(self.x[:n], self.y[:n], self.name, self.provenance)
 
 
 def _split(x: np.ndarray, y: np.ndarray, n_test: int, split: str, name: str) -> Dataset:
@@ -119,7 +136,7 @@ def load_digits(split: str = "test") -> Dataset:
     return _split((d.data / 16.0).reshape(-1, 1, 8, 8), d.target, 360, split, "digits")
 
 
-def load_dataset(spec: str, split: str = "test") -> Dataset:
+def load_dataset(spec: str, split: str = "test", fmt: DataFormat | None = None) -> Dataset:
     """A bundled dataset by name, or a user's file or image folder by path."""
     if spec in BUILTIN_DATASETS:
         loaders = {"mnist": load_mnist, "mnist-5k": load_mnist_5k, "digits": load_digits}
@@ -130,8 +147,13 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
             f"data {spec!r} is neither a bundled dataset ({', '.join(BUILTIN_DATASETS)}) "
             "nor an existing file or folder"
         )
+    fmt = fmt or DataFormat()
+    provenance: dict = {}
     if path.is_dir():
-        x, y = _read_image_folder(path)
+        x, y, mapping = _read_image_folder(path, fmt.classes)
+        provenance["classes"] = mapping
+    elif not path.is_file():
+        raise InputError(f"data {spec!r} is not a regular file or folder (a device, FIFO or socket); pass a data file")
     elif path.suffix == ".npz":
         x, y = _read_npz(path)
     elif path.suffix in (".pt", ".pth"):
@@ -143,15 +165,22 @@ def load_dataset(spec: str, split: str = "test") -> Dataset:
             f"cannot read data file {path.name!r}: use .npz (arrays x, y), .pt or .safetensors "
             "(tensors x, y), or a folder with one subfolder of images per class"
         )
-    return Dataset(*_validated(x, y, path.name), name=path.name)
+    # Decoded image files are 8-bit (PIL's L and RGB modes): their white is 255 whatever they show.
+    scale_hint = fmt.pixel_scale if fmt.pixel_scale is not None or not path.is_dir() else 255.0
+    xt, yt, scale = _validated(x, y, path.name, scale_hint)
+    if scale is not None:
+        provenance["pixel_scale"] = scale
+    return Dataset(xt, yt, name=path.name, provenance=provenance)
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as f:
             return _pick_xy(dict(f), path)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path.name}: {e}; expected an .npz with arrays 'x' and 'y'") from None
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt zip, a pickled array (refused), a truncated member
+        raise InputError(f"cannot read {path.name}: {first_line(e)}; expected an .npz with arrays 'x' and 'y'") from None
 
 
 def _read_torch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -184,21 +213,41 @@ def _pick_xy(d: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return as_np(x), as_np(y)
 
 
-def _read_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _class_folders(path: Path, classes: tuple[str, ...] | None) -> list[tuple[int, Path]]:
+    """(label, folder) pairs: the order --classes gives, else numeric names as labels, else sorted names."""
+    folders = {p.name: p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if not folders:
+        raise InputError(f"folder {path} has no class subfolders; put images in one subfolder per class")
+    if classes is not None:
+        unknown = sorted(set(folders) - set(classes))
+        if unknown:
+            raise InputError(f"folder {path} has subfolders {unknown} that --classes does not list; add them or move them out")
+        if len(set(classes)) != len(classes):
+            raise InputError("--classes lists a name twice; give each class once, in label order")
+        return [(i, folders[c]) for i, c in enumerate(classes) if c in folders]
+    if all(name.isdigit() and name.isascii() for name in folders):
+        # A numeric folder name is the label itself: a missing class shifts nothing and 10 follows 9.
+        return sorted((int(name), p) for name, p in folders.items())
+    return list(enumerate(folders[name] for name in sorted(folders)))
+
+
+def _read_image_folder(path: Path, classes: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise InputError(f"folder {path} has no class subfolders; put images in one subfolder per class")
+    pairs = _class_folders(path, classes)
     images, labels = [], []
-    for label, cdir in enumerate(classes):
+    for label, cdir in pairs:
         for f in sorted(cdir.iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            if not f.is_file():  # a FIFO or device named x.png would block or never end
+                raise InputError(f"{f} is not a regular file; image folders may hold only image files")
             try:
                 with Image.open(f) as im:
                     arr = np.asarray(im.convert("L" if im.mode in ("1", "L", "I;16", "I") else "RGB"))
-            except (UnidentifiedImageError, OSError):
+            except Image.DecompressionBombError as e:
+                raise InputError(f"image {f} is too large to decode safely ({first_line(e)}); resize it") from None
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
                 raise InputError(f"cannot read image {f}; remove it or replace it with a valid image") from None
             images.append(arr)
             labels.append(label)
@@ -208,11 +257,44 @@ def _read_image_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if len(shapes) > 1:
         raise InputError(f"images in {path} differ in size ({sorted(shapes)[:3]}...); resize them to one size")
     x = np.stack(images)
-    return x, np.asarray(labels)
+    return x, np.asarray(labels), {p.name: label for label, p in pairs}
 
 
-def _validated(x: np.ndarray, y: np.ndarray, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring user data to (N, C, H, W) float32 in [0, 1] and check it."""
+# The white level an integer dtype implies. Wider integer types say nothing about the scale.
+DTYPE_WHITE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def _integer_scale(x: np.ndarray, source: str, pixel_scale: float | None) -> float:
+    """The value of a white pixel in integer images: given, implied by the dtype, or refused."""
+    if pixel_scale is not None:
+        return pixel_scale
+    top = int(x.max()) if x.size else 0
+    if top <= 1:
+        # 0/1 masks and 8-bit images that happen to be black and near-black look the same.
+        raise InputError(
+            f"{source}: integer images hold only the values 0 and 1, which may be a 0/1 mask or very dark "
+            "8-bit pixels; pass --pixel-scale 1 (1 is white) or --pixel-scale 255 (8-bit)"
+        )
+    if x.dtype in DTYPE_WHITE:
+        return DTYPE_WHITE[x.dtype]
+    if top <= 255:
+        return 255.0  # 8-bit values stored in a wider integer type
+    raise InputError(
+        f"{source}: {x.dtype} images go up to {top}, so their white level is unknown; "
+        "pass --pixel-scale WHITE (e.g. 65535 for 16-bit) or store them as float32 in [0, 1]"
+    )
+
+
+def _validated(
+    x: np.ndarray, y: np.ndarray, source: str, pixel_scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """Bring user data to (N, C, H, W) float32 in [0, 1] and check it; also return the scale used."""
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray) or x.ndim == 0:
+        raise InputError(f"{source}: x must be an array of images and y a vector of labels")
+    if x.dtype == object or y.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise InputError(f"{source}: x must hold numbers, found {x.dtype}")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise InputError(f"{source}: labels must be integers, found {y.dtype}")
     if x.shape[0] == 0:
         raise InputError(f"{source} holds an empty dataset; it needs at least one image")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
@@ -222,12 +304,21 @@ def _validated(x: np.ndarray, y: np.ndarray, source: str) -> tuple[torch.Tensor,
             raise InputError(f"{source}: labels must be integers")
     if np.any(y < 0):
         raise InputError(f"{source}: labels must be >= 0, found {int(y.min())}")
-    integer_pixels = np.issubdtype(x.dtype, np.integer)
+    if pixel_scale is not None and not (math.isfinite(pixel_scale) and pixel_scale > 0):
+        raise InputError(f"--pixel-scale must be a positive number, got {pixel_scale}")
+    scale: float | None = None
+    if x.dtype == bool:
+        x = x.astype(np.uint8)
+        scale = 1.0
+    elif np.issubdtype(x.dtype, np.integer):
+        scale = _integer_scale(x, source, pixel_scale)
+    elif pixel_scale is not None:
+        scale = pixel_scale
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise InputError(f"{source}: images contain NaN or inf values; clean or drop those images")
-    if integer_pixels:
-        x = x / 255.0  # 8-bit images
+    if scale is not None and scale != 1.0:
+        x = x / np.float32(scale)
     if x.min() < 0.0 or x.max() > 1.0:
         raise InputError(
             f"{source}: pixel values range over [{x.min():.3g}, {x.max():.3g}] but must lie in [0, 1]; "
@@ -241,4 +332,6 @@ def _validated(x: np.ndarray, y: np.ndarray, source: str) -> tuple[torch.Tensor,
         x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     elif x.ndim != 4:
         raise InputError(f"{source}: images must have shape (N, C, H, W), (N, H, W, C), (N, H, W) or (N, D), got {tuple(x.shape)}")
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
+    if y.max() >= 1 << 31:
+        raise InputError(f"{source}: label {int(y.max())} is too large for a class index")
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), scale

@@ -10,8 +10,13 @@ and exits with the workers' exit code (torchrun itself exits 1 on any failure).
 
 from __future__ import annotations
 
-import argparse
-import sys
+from robustcli.safe_path import drop_current_folder
+
+if __name__ == "__main__":  # run as `python -m`, not imported
+    drop_current_folder()
+
+import argparse  # noqa: E402 - after the sys.path fix
+import sys  # noqa: E402
 
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser, run

@@ -7,8 +7,7 @@ the user opts in with `allow_pickle`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ from torch import nn
 from robustcli.core import distributed
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.core.errors import InputError, first_line
+from robustcli.core.files import atomic_path
+from robustcli.core.torchload import is_pickle_refusal
 
 META_PREFIX = "robustcli."
 
@@ -39,6 +40,8 @@ def wrap_normalization(model: nn.Module, mean: list[float] | None, std: list[flo
         raise InputError("--mean and --std go together; pass both (one value per channel)")
     if len(mean) != len(std):
         raise InputError(f"--mean has {len(mean)} values but --std has {len(std)}; give one per channel")
+    if not all(math.isfinite(v) for v in list(mean) + list(std)):
+        raise InputError("--mean and --std must be finite numbers (not nan or inf)")
     if any(s <= 0 for s in std):
         raise InputError("--std values must be positive")
     return Normalized(model, mean, std)
@@ -64,15 +67,17 @@ def save_model(model: nn.Module, path: str | Path, arch: str, extra: dict[str, s
     meta.update({META_PREFIX + k: str(v) for k, v in (extra or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot write {path}: cannot create folder {path.parent} ({e.strerror})") from None
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors reports I/O failures as its own error type
+            raise InputError(f"cannot write {path}: {first_line(e)}") from None
 
 
 def read_safetensors_model(path: Path, arch: str | None) -> tuple[nn.Module, str, dict[str, str]]:
@@ -86,13 +91,36 @@ def read_safetensors_model(path: Path, arch: str | None) -> tuple[nn.Module, str
     except Exception as e:  # noqa: BLE001 - header or payload corrupt
         raise InputError(f"cannot read model {path.name}: corrupt safetensors file ({first_line(e)})") from None
     meta = {k[len(META_PREFIX) :]: v for k, v in raw_meta.items() if k.startswith(META_PREFIX)}
+    # An architecture the user passed may be their own factory; one the file names must be built-in.
+    from_user = arch is not None
     arch = arch or meta.get("arch")
     if arch is None:
         raise InputError(f"{path.name} does not say its architecture; pass --arch NAME or --arch package.module:factory")
-    model = _load_state(build_arch(arch), state, path.name)
-    if "mean" in meta:
-        model = Normalized(model, json.loads(meta["mean"]), json.loads(meta["std"]))
+    model = _load_state(build_arch(arch, allow_factory=from_user), state, path.name)
+    if "mean" in meta or "std" in meta:
+        mean, std = _meta_stats(meta, path.name)
+        model = Normalized(model, mean, std)
     return model, arch, meta
+
+
+def _meta_stats(meta: dict[str, str], source: str) -> tuple[list[float], list[float]]:
+    """The normalisation mean/std in a model's metadata, checked like --mean/--std."""
+    try:
+        mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+        mean, std = [float(v) for v in mean], [float(v) for v in std]
+    except (KeyError, ValueError, TypeError):
+        raise InputError(f"{source}: metadata mean/std must both be lists of numbers; re-save the model") from None
+    _check_stats(mean, std, f"{source} metadata")
+    return mean, std
+
+
+def _check_stats(mean: list[float], std: list[float], source: str) -> None:
+    if not mean or len(mean) != len(std):
+        raise InputError(f"{source}: mean has {len(mean)} values but std has {len(std)}; give one per channel")
+    if not all(math.isfinite(v) for v in mean + std):
+        raise InputError(f"{source}: mean and std must be finite numbers")
+    if any(s <= 0 for s in std):
+        raise InputError(f"{source}: std values must be positive")
 
 
 def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
@@ -128,12 +156,38 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def read_exported_program(path: Path, allow_pickle: bool) -> nn.Module:
+    """A `.pt2` program as a module, refusing archives that would be unpickled unless allowed."""
+    from robustcli.pt2_archive import pickled_entries
+
+    try:
+        reasons = pickled_entries(path)
+    except ValueError as e:
+        raise InputError(f"cannot read {path.name} as a torch.export program: {e}") from None
+    if reasons and not allow_pickle:
+        more = f" and {len(reasons) - 1} more" if len(reasons) > 1 else ""
+        raise InputError(
+            f"{path.name} holds pickled or native payloads ({reasons[0]}{more}), which can run arbitrary "
+            "code when loaded; re-export it with torch.export.save from tensors only, or pass --allow-pickle "
+            "if you trust the file"
+        )
+    if reasons:
+        _warn_pickle(path)
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot read {path.name} as a torch.export program: {first_line(e)}") from None
+
+
+def _warn_pickle(path: Path) -> None:
+    import sys
+
+    print(f"warning: unpickling {path.name} because --allow-pickle was given; it can run arbitrary code", file=sys.stderr)
+
+
 def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[nn.Module, str | None]:
     if path.suffix == ".pt2":
-        try:
-            return ExportedModule(torch.export.load(str(path)).module()), None
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"cannot read {path.name} as a torch.export program: {first_line(e)}") from None
+        return ExportedModule(read_exported_program(path, allow_pickle)), None
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu"), None
@@ -143,7 +197,7 @@ def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[n
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         # Only a pickle that names Python classes or functions needs --allow-pickle; anything else is corrupt.
-        if "Unsupported global" not in str(e) and "safe_globals" not in str(e):
+        if not is_pickle_refusal(e):
             raise InputError(f"cannot read model {path.name}: not a valid model file ({first_line(e)})") from None
         if not allow_pickle:
             raise InputError(
@@ -151,6 +205,7 @@ def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[n
                 "save a state dict, TorchScript or .safetensors instead, or pass --allow-pickle "
                 "if you trust the file"
             ) from None
+        _warn_pickle(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001

@@ -67,6 +67,11 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
     except CheckFailed as e:
         click.echo(f"check failed: {e}", err=True)
         ctx.exit(1)
+    except SystemExit as e:
+        # No command calls sys.exit itself (exits go through ctx.exit), so this came from model or
+        # factory code; passing it on could turn a failed run into exit code 0.
+        click.echo(f"error: code run by this command called sys.exit({e.code!r}); the run did not finish", err=True)
+        ctx.exit(2)
 
 
 class RobustCommand(click.Command):
@@ -170,9 +175,44 @@ model_options = _stack(
     ),
 )
 
+DATA_FORMAT_KEY = "robustcli.data_format"
+
+
+def _store_data_format(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    fmt = dict(ctx.meta.get(DATA_FORMAT_KEY, {}))
+    if param.name == "classes" and value is not None:
+        names = tuple(c.strip() for c in str(value).split(","))
+        if not all(names):
+            raise click.BadParameter("list class folder names separated by commas, e.g. cat,dog,bird", param_hint="--classes")
+        fmt["classes"] = names
+    elif param.name == "pixel_scale" and value is not None:
+        fmt["pixel_scale"] = value
+    ctx.meta[DATA_FORMAT_KEY] = fmt
+
+
+def data_format(ctx: click.Context | None = None):
+    """The `--classes` / `--pixel-scale` of the running command as a `DataFormat`."""
+    from robustcli.data import DataFormat
+
+    ctx = ctx or click.get_current_context(silent=True)
+    return DataFormat(**(ctx.meta.get(DATA_FORMAT_KEY, {}) if ctx is not None else {}))
+
+
+data_format_options = _stack(
+    click.option(
+        "--classes", default=None, expose_value=False, callback=_store_data_format,
+        help="Image folders: class folder names in label order (a,b,c); default: numeric names are labels, else sorted.",
+    ),
+    click.option(
+        "--pixel-scale", type=float, default=None, expose_value=False, callback=_store_data_format,
+        help="Value of a white pixel in integer images (255 for 8-bit, 1 for 0/1); default: from the dtype.",
+    ),
+)  # fmt: skip
+
 data_options = _stack(
     click.option("--data", default=None, help="mnist, digits, or a .npz/.pt/.safetensors file or image folder."),
     click.option("--n", type=int, default=None, help="Evaluate the first n points of the test split (default all)."),
+    data_format_options,
 )
 
 runtime_options = _stack(

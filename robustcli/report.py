@@ -102,4 +102,5 @@ def base_report(command: str, workload, seed: int) -> dict:
         "n": len(workload.data),
         "seed": seed,
         "device": str(workload.device),
+        **({"data_format": workload.data.provenance} if workload.data.provenance else {}),
     }

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robustcli.data import Dataset, load_dataset
+from robustcli.data import DataFormat, Dataset, load_dataset
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError, first_line
 from robustcli.models import LoadedModel, load_model
+from robustcli.options import data_format
 
 
 @dataclass
@@ -26,7 +27,9 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
     try:
         with torch.no_grad():
             out = model.eval()(probe)
-    except Exception as e:  # noqa: BLE001 - any failure here means the model does not fit the data
+    except BaseException as e:  # noqa: BLE001 - any failure (sys.exit in a forward too) means the model is unusable
+        if isinstance(e, KeyboardInterrupt):
+            raise
         first = first_line(e)
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
@@ -38,6 +41,8 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
     if not out.is_floating_point():
         raise InputError(f"the model returns {out.dtype} values; it must return float logits")
     classes = int(out.shape[1])
+    if classes < 1:
+        raise InputError("the model returns logits for 0 classes; it must return at least one")
     if int(data.y.max()) >= classes:
         raise InputError(
             f"labels go up to {int(data.y.max())} but the model has {classes} classes; "
@@ -57,7 +62,10 @@ def open_workload(
     device: str = "auto",
     n: int | None = None,
     split: str = "test",
+    fmt: DataFormat | None = None,
 ) -> Workload:
+    """Model and data of a command, checked together. `fmt` defaults to the command's
+    `--classes` / `--pixel-scale` options."""
     dev = resolve_device(device)
     loaded = load_model(
         model, arch=arch, mean=list(mean) or None, std=list(std) or None, allow_pickle=allow_pickle, device=dev
@@ -66,8 +74,34 @@ def open_workload(
         data = loaded.dataset or loaded.meta.get("trained_on", "").split(":")[0] or None
         if data is None:
             raise InputError(f"{model} is not a built-in model, so pass --data (mnist, digits or a file)")
-    dataset = load_dataset(data, split).head(n)
+    dataset = load_dataset(data, split, fmt if fmt is not None else data_format()).head(n)
     if len(dataset) == 0:
         raise InputError(f"data {data!r} is empty; it needs at least one image")
     classes = check_model_on_data(loaded.module, dataset, dev)
+    check_finite_logits(loaded.module, dataset, dev)
     return Workload(loaded, dataset, dev, classes)
+
+
+def check_finite_logits(model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 256) -> None:
+    """Refuse a model whose logits on the clean data hold NaN or inf, before any attack runs.
+
+    A NaN logit makes argmax (and so every accuracy, robust or not) an arbitrary number, not a
+    measurement; this is the one place every command's model passes through.
+    """
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            try:
+                out = model(data.x[start : start + batch_size].to(device))
+            except BaseException as e:  # noqa: BLE001 - as in check_model_on_data
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise InputError(f"the model fails on clean data point {start} or after: {type(e).__name__}: {first_line(e)}") from None
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise InputError("the model returns something other than (N, classes) logits on the clean data")
+            bad = (~torch.isfinite(out)).any(1).nonzero()
+            if len(bad):
+                raise InputError(
+                    f"the model's logits are NaN or inf on clean data point {start + int(bad[0])}; "
+                    "a prediction from such logits is arbitrary, so no accuracy can be measured. "
+                    "Check its weights and --mean/--std"
+                )

@@ -23,12 +23,14 @@ from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.cache import cache_dir
+from robustcli.core.errors import InputError
 from robustcli.data import Dataset, load_dataset
 from robustcli.progress import progress_bar
 from robustcli.training import accuracy, train_natural
 
 ZOO_SEED = 0
 ZOO_VERSION = "v2"  # bump when a built-in recipe changes, so stale caches are not reused
+LOCK_TIMEOUT_S = 3600  # training a built-in takes minutes; a stuck lock should not wait forever
 # Per-dataset pixel statistics, applied inside the model (attacks stay in [0, 1] pixel space).
 NORMALIZATION = {"mnist": ([0.1307], [0.3081]), "mnist-5k": ([0.1307], [0.3081]), "digits": ([0.3], [0.4])}
 
@@ -77,12 +79,50 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _usable_cache_dir() -> Path:
+    """The cache folder, created if needed; one-line InputError when it cannot be."""
+    folder = cache_dir()
+    hint = "set ROBUSTCLI_CACHE to a writable folder"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the model cache {folder} is a file, not a folder; {hint}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the model cache {folder} ({e.strerror}); {hint}") from None
+    return folder
+
+
 def builtin_model(name: str, progress: bool = True) -> nn.Module:
-    from robustcli.models import read_safetensors_model, save_model
+    """The cached built-in model, trained first if absent.
+
+    Concurrent first uses (several shells, torchrun ranks on one machine) take a file lock
+    beside the cache entry: one process trains and writes, the others wait and then load it.
+    """
+    from filelock import FileLock, Timeout
+
+    from robustcli.models import read_safetensors_model
 
     path = builtin_path(name)
     if path.exists():
         return read_safetensors_model(path, None)[0].eval()
+    _usable_cache_dir()
+    try:
+        with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+            if path.exists():  # another process trained it while this one waited
+                return read_safetensors_model(path, None)[0].eval()
+            return _train_builtin(name, path, progress)
+    except Timeout:
+        raise InputError(
+            f"waited {LOCK_TIMEOUT_S} s for another process training {name} (lock {path}.lock); "
+            "if none is running, delete the lock file"
+        ) from None
+    except OSError as e:
+        raise InputError(f"cannot use the model cache {path.parent} ({e.strerror}); set ROBUSTCLI_CACHE to a writable folder") from None
+
+
+def _train_builtin(name: str, path: Path, progress: bool) -> nn.Module:
+    from robustcli.models import save_model
+
     spec, recipe = ARCHS[name], RECIPES[name]
     torch.manual_seed(ZOO_SEED)
     mean, std = NORMALIZATION[spec.dataset]

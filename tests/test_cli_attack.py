@@ -38,7 +38,12 @@ def test_attack_table_and_json(run_cli, tmp_path):
     assert set(rows) >= {("fgsm", 0.05), ("pgd", 0.1), ("worst-case", 0.1)}
     for row in report["results"]:
         assert set(row) >= {"attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation", "time_s"}
-        assert row["robust_accuracy"] <= report["clean_accuracy"] + 1e-9
+        assert row["median_perturbation"] is None or row["median_perturbation"] <= row["eps"] + 1e-6
+    for key in [("fgsm", 0.05), ("fgsm", 0.1), ("pgd", 0.05), ("pgd", 0.1)]:
+        # robust = correct and not broken, success = broken / attacked (the correct points)
+        row = rows[key]
+        assert row["robust_accuracy"] == pytest.approx(report["clean_accuracy"] * (1 - row["success_rate"]), abs=1e-6)
+    assert rows[("pgd", 0.1)]["robust_accuracy"] < report["clean_accuracy"] - 0.2  # an undefended MLP at eps 0.1
     assert rows[("worst-case", 0.1)]["robust_accuracy"] <= rows[("pgd", 0.1)]["robust_accuracy"]
 
 

@@ -78,6 +78,14 @@ checks:
     worst, pgd = (g["value"] for g in report["checks"][0]["gates"])
     assert worst <= pgd
     assert report["checks"][0]["details"]["diagnostics"]
+    # The gates compare the measured value: at it they pass, a hair below it they fail.
+    at_value = cfg.read_text().replace("robust_accuracy <= 1.0", f"robust_accuracy <= {worst}")
+    cfg.write_text(at_value.replace("value: 1.0", f"value: {pgd}"))
+    assert run_cli("eval", cfg).exit_code == 0
+    cfg.write_text(at_value.replace("value: 1.0", f"value: {pgd - 0.01}"))
+    r = run_cli("eval", cfg, "--json", tmp_path / "s2.json")
+    assert r.exit_code == 1, r.output
+    assert [g["passed"] for g in json.loads((tmp_path / "s2.json").read_text())["checks"][0]["gates"]] == [True, False]
 
 
 def test_scaling_check_without_a_fit_fails_with_the_reason(run_cli, tmp_path):
@@ -119,6 +127,17 @@ checks:
     any_method, ibp, pgd, clean = (g["value"] for g in json.loads((tmp_path / "c.json").read_text())["checks"][0]["gates"])
     assert any_method == ibp  # one method: the union is that method
     assert ibp <= pgd <= clean  # verified <= PGD-robust <= clean
+    # Each gate compares its own measured value: raising one threshold past it fails that gate alone.
+    text = cfg.read_text()
+    tight = text.replace("verified_accuracy >= 0.0", f"verified_accuracy >= {any_method}")
+    tight = tight.replace("pgd_accuracy >= 0.0", f"pgd_accuracy >= {pgd}").replace("clean_accuracy >= 0.0", f"clean_accuracy >= {clean}")
+    cfg.write_text(tight)
+    assert run_cli("eval", cfg).exit_code == 0
+    cfg.write_text(tight.replace(f"clean_accuracy >= {clean}", f"clean_accuracy >= {clean + 0.01}"))
+    r = run_cli("eval", cfg, "--json", tmp_path / "c2.json")
+    assert r.exit_code == 1, r.output
+    assert [g["passed"] for g in json.loads((tmp_path / "c2.json").read_text())["checks"][0]["gates"]] == [True, True, True, False]
+    cfg.write_text(text)
     bad = tmp_path / "bad.yaml"
     bad.write_text(cfg.read_text().replace("method: ibp", "method: crown"))
     r = run_cli("eval", bad)

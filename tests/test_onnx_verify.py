@@ -116,7 +116,8 @@ def test_certify_spec_violated_writes_a_confirmed_counterexample(tmp_path, run_c
     assert r.exit_code == 2 and "go with --spec" in r.stderr
 
 
-def test_certify_spec_holds(tmp_path, run_cli):
+def test_certify_spec_holds(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default counterexample file goes to the working folder
     net, _, grid, y = _net_and_points(tmp_path)
     spec = _holds_spec(tmp_path, grid, y)
     out = tmp_path / "r.json"
@@ -125,6 +126,11 @@ def test_certify_spec_holds(tmp_path, run_cli):
     report = json.loads(out.read_text())
     assert report["status"] == "holds" and report["method"] in ("ibp", "crown")
     assert not list(tmp_path.glob("*.counterexample"))
+    # The same glob finds the default file when a property is violated, so the check above can fail.
+    violated, _ = _violated_spec(tmp_path, grid, y)
+    r = run_cli("certify", "--model", net, "--spec", violated)
+    assert r.exit_code == 0 and "result: violated" in r.stdout, r.output
+    assert [p.name for p in tmp_path.glob("*.counterexample")] == [f"{Path(net).stem}__{Path(violated).stem}.counterexample"]
 
 
 def test_unconfirmed_candidate_is_not_called_violated(tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
 from robustcli.core.errors import InputError
+from robustcli.options import data_format, data_format_options
 from robustcli.progress import progress_bar
 from robustcli.session import check_model_on_data
 from robustcli.zoo import NORMALIZATION
@@ -22,6 +23,7 @@ DEFAULT_ARCH = {"mnist": "mnist-cnn", "digits": "digits-cnn"}
 training_options = [
     click.option("--data", required=True, help="Training data: mnist, digits, or a .npz/.pt/.safetensors file."),
     click.option("--test-data", default=None, help="Test data for the final table (default: the bundled test split)."),
+    data_format_options,
     click.option("--train-n", type=int, default=None, help="Train on the first n training points only (quick runs)."),
     click.option("--epochs", type=int, default=10, show_default=True),
     click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
@@ -58,13 +60,24 @@ def check_out(out: str) -> Path:
 
 
 def train_test_data(data: str, test_data: str | None, train_n: int | None = None) -> tuple[Dataset, Dataset]:
+    fmt = data_format()
     if data in BUILTIN_DATASETS:
         train = load_dataset(data, "train")
-        test = load_dataset(test_data or data, "test")
+        test = load_dataset(test_data or data, "test", fmt)
     elif test_data is None:
         raise InputError(f"--data {data} is a file; pass --test-data too (a held-out file for the final table)")
     else:
-        train, test = load_dataset(data), load_dataset(test_data)
+        train, test = load_dataset(data, "test", fmt), load_dataset(test_data, "test", fmt)
+    if train.input_shape != test.input_shape:
+        raise InputError(
+            f"--test-data images have shape {test.input_shape} but the training images {train.input_shape}; "
+            "use test data of the same kind"
+        )
+    if len(test) and int(test.y.max()) >= train.num_classes:
+        raise InputError(
+            f"--test-data labels go up to {int(test.y.max())} but the training data has {train.num_classes} classes "
+            f"(0..{train.num_classes - 1}); check that the test data matches the training data"
+        )
     return train.head(train_n), test
 
 

@@ -6,7 +6,7 @@ import click
 
 from robustcli.certify.graph import model_steps
 from robustcli.certify.lirpa import LIRPA_METHODS, auto_lirpa
-from robustcli.certify.verify import METHODS, certify_dataset, merge_shards
+from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.commands.attack import check_eps
 from robustcli.core.errors import InputError
@@ -24,6 +24,9 @@ from robustcli.report import base_report, pct, print_table, write_json
 from robustcli.session import open_workload
 
 DEFAULT_EPS = {"linf": (0.1,), "l2": (0.5,)}
+# A certified point that PGD broke (or that is misclassified) means a bound engine is wrong: a bug,
+# reported on one line with its own exit code, never as a user error (2) or a failed check (1).
+UNSOUND_EXIT = 3
 
 
 def check_methods(methods: tuple[str, ...], model) -> None:
@@ -91,6 +94,8 @@ def command(
     robust certify --model mnist-cnn --eps 0.1 --method ibp crown-ibp
     robust certify --model my.pt --data test.npz --eps 0.01 0.02 --method crown --json cert.json
     robust certify --model net.onnx --spec prop.vnnlib --method crown
+
+    Exit code 3: a certified point was broken by PGD or misclassified, i.e. a bound is unsound (a bug).
     """
     if spec is not None:
         from robustcli.spec_check import certify_spec
@@ -116,24 +121,13 @@ def command(
     check_methods(methods, w.model.module)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
-    with progress_bar("certifying", total) as advance:
-        local = certify_dataset(
-            w.model.module,
-            w.data.x[part],
-            w.data.y[part],
-            eps,
-            methods,
-            norm,
-            num_classes=w.num_classes,
-            batch_size=batch_size,
-            seed=seed,
-            pgd_steps=pgd_steps,
-            pgd_restarts=pgd_restarts,
-            alpha_iterations=alpha_iterations,
-            device=w.device,
-            on_batch=lambda k: advance(k),
-            offset=part.start,
-        )
+    try:
+        with progress_bar("certifying", total) as advance:
+            local = _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts,
+                             alpha_iterations, advance)
+    except SoundnessError as e:
+        click.echo(f"internal error: {e}", err=True)
+        click.get_current_context().exit(UNSOUND_EXIT)
     result = distributed.gather_to_main(local, merge_shards)
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
@@ -146,3 +140,23 @@ def command(
     certify_table(report)
     if json_path:
         write_json(json_path, report)
+
+
+def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts, alpha_iterations, advance):
+    return certify_dataset(
+        w.model.module,
+        w.data.x[part],
+        w.data.y[part],
+        eps,
+        methods,
+        norm,
+        num_classes=w.num_classes,
+        batch_size=batch_size,
+        seed=seed,
+        pgd_steps=pgd_steps,
+        pgd_restarts=pgd_restarts,
+        alpha_iterations=alpha_iterations,
+        device=w.device,
+        on_batch=lambda k: advance(k),
+        offset=part.start,
+    )

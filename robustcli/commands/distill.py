@@ -27,7 +27,7 @@ from robustcli.models import load_model, save_model
 from robustcli.options import RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar
 from robustcli.report import fmt, pct, print_table, stdout, write_json
-from robustcli.session import check_model_on_data
+from robustcli.session import check_finite_logits, check_model_on_data
 from robustcli.training import accuracy
 
 VANISHED = 1e-12  # an input-gradient norm below this is zero for every attack that uses it
@@ -98,6 +98,7 @@ def command(
     if teacher is not None:
         teacher_model = load_model(teacher, device=dev).module
         check_model_on_data(teacher_model, train, dev)
+        check_finite_logits(teacher_model, train, dev)
         teacher_source = teacher
         student, arch_name = new_model(arch, data, train, dev, seed + 1)
     else:

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 
 from robustcli.checks import EvalContext
-from robustcli.errors import CheckFailed, InputError
+from robustcli.errors import CheckFailed, InputError, first_line
 from robustcli.evalconfig import EvalConfig, load_eval_config
 from robustcli.evalreport import gate_counts, junit_xml, markdown, write_text
 from robustcli.gates import evaluate_gate
@@ -50,7 +50,15 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
             outcome = check.check_type.run(ctx, check.options, wanted)
         except InputError as e:  # e.g. a layer the bound method cannot handle: a config problem
             raise InputError(f"{config.path}:{check.line}: check {check.name!r}: {e}") from None
+        except BaseException as e:  # noqa: BLE001 - model code may raise anything, sys.exit(0) included
+            # A check that did not finish measured nothing, so no gate of it may pass: an error.
+            raise InputError(
+                f"{config.path}:{check.line}: check {check.name!r} did not finish: "
+                f"{type(e).__name__}: {first_line(e) if str(e) else 'no message'}"
+            ) from None
         results = [evaluate_gate(check.name, g, outcome) for g in check.gates]
+        if len(results) != len(check.gates) or any(r.passed is not True and r.passed is not False for r in results):
+            raise InputError(f"{config.path}:{check.line}: check {check.name!r}: a gate was not evaluated")
         clean = outcome.values.get(("clean_accuracy", None, None), clean)
         checks.append(
             {
@@ -63,6 +71,8 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
                 "details": outcome.details,
             }
         )
+    if len(checks) != len(config.checks):
+        raise InputError(f"{config.path}: only {len(checks)} of {len(config.checks)} checks ran")
     total = len([g for c in checks for g in c["gates"]])
     failed = sum(not g["passed"] for c in checks for g in c["gates"])
     return {

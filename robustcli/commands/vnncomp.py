@@ -8,12 +8,14 @@ from pathlib import Path
 import click
 
 from robustcli.certify.spec_verify import METHODS
-from robustcli.certify.vnncomp import read_instances, result_lines, run_benchmark
+import os
+
+from robustcli.certify.vnncomp import read_instances, result_line, run_benchmark
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.options import MultiOption, RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar
-from robustcli.report import atomic_path, print_table, write_json
+from robustcli.report import print_table, write_json
 
 RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 
@@ -28,6 +30,8 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.option("--method", cls=MultiOption, type=click.Choice(METHODS),
               help="Stages in order (default attack ibp crown alpha-crown).")
 @click.option("--limit", type=int, default=None, help="Run only the first N instances.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Instances run in parallel worker processes (CPU threads are split between them).")
 @click.option("--attack-steps", type=int, default=50, show_default=True)
 @click.option("--attack-restarts", type=int, default=10, show_default=True)
 @click.option("--alpha-iterations", type=int, default=20, show_default=True)
@@ -35,18 +39,23 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.option("--seed", type=int, default=0, show_default=True)
 @json_option
 def command(
-    instances, timeout, out_path, counterexamples, method, limit, attack_steps, attack_restarts,
+    instances, timeout, out_path, counterexamples, method, limit, jobs, attack_steps, attack_restarts,
     alpha_iterations, device, seed, json_path,
 ) -> None:  # fmt: skip
     """Run a VNN-COMP benchmark: ONNX networks x VNNLIB properties from an instances CSV.
 
     \b
-    robust vnncomp benchmarks/mnistfc/instances.csv --timeout 60 --out results.csv
+    robust vnncomp benchmarks/mnistfc/instances.csv --timeout 60 --out results.csv --jobs 2
+
+    Each result line is appended to --out (and flushed) as soon as its instance is decided, so an
+    interrupted run keeps every finished line; an instance that fails is recorded as `error`.
     """
-    if timeout is not None and not timeout > 0:
+    if timeout is not None and not (timeout > 0 and timeout != float("inf")):
         raise InputError(f"--timeout must be > 0, got {timeout}")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
+    if jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {jobs}")
     for flag, v in (("--attack-steps", attack_steps), ("--attack-restarts", attack_restarts),
                     ("--alpha-iterations", alpha_iterations)):
         if v < 1:
@@ -61,29 +70,39 @@ def command(
     if ce_dir is not None:
         ce_dir.mkdir(parents=True, exist_ok=True)
     methods = tuple(dict.fromkeys(method)) if method else METHODS
-    counts: Counter = Counter()
-    with progress_bar("instances", len(todo)) as advance:
-        def on_instance(r) -> None:
-            counts[r.result] += 1
-            advance(1, **{k: counts[k] for k in ("holds", "violated", "unknown", "timeout") if counts[k]})
-
-        results = run_benchmark(
-            todo, timeout=timeout, methods=methods, seed=seed, device=dev, counterexample_dir=ce_dir,
-            attack_steps=attack_steps, attack_restarts=attack_restarts, alpha_iterations=alpha_iterations,
-            on_instance=on_instance,
-        )
     benchmark = Path(instances).resolve().parent.name
+    counts: Counter = Counter()
+    # Opened (and emptied) before any work: each finished instance's line is appended and flushed.
+    out_file = open(out_path, "w") if out_path else None  # noqa: SIM115 - closed in the finally below
+    try:
+        with progress_bar("instances", len(todo)) as advance:
+            def on_instance(r) -> None:
+                counts[r.result] += 1
+                if out_file is not None:
+                    out_file.write(result_line(r, benchmark) + "\n")
+                    out_file.flush()
+                    os.fsync(out_file.fileno())
+                if r.result == "error":
+                    click.echo(f"error: {r.instance.network.name} {r.instance.property.name}: "
+                               f"{r.stages[0]['note'] if r.stages else 'failed'}", err=True)
+                advance(1, **{k: counts[k] for k in RESULTS if counts[k]})
+
+            results = run_benchmark(
+                todo, timeout=timeout, methods=methods, seed=seed, device=dev, counterexample_dir=ce_dir,
+                attack_steps=attack_steps, attack_restarts=attack_restarts, alpha_iterations=alpha_iterations,
+                on_instance=on_instance, jobs=jobs,
+            )
+    finally:
+        if out_file is not None:
+            out_file.close()
     rows = [[r.instance.network.name, r.instance.property.name, r.result, r.method or "-", f"{r.seconds:.2f}s"]
             for r in results]
     summary = ", ".join(f"{k} {counts[k]}" for k in RESULTS if counts[k])
     print_table(f"VNN-COMP {benchmark}: {len(results)} instances", ["network", "property", "result", "by", "time"],
                 rows, caption=summary)
-    if out_path:
-        with atomic_path(out_path) as tmp:
-            tmp.write_text("\n".join(result_lines(results, benchmark)) + "\n")
     if json_path:
         write_json(json_path, {
-            "command": "vnncomp", "instances": str(instances), "timeout": timeout, "methods": list(methods),
+            "command": "vnncomp", "instances": str(instances), "timeout": timeout, "methods": list(methods), "jobs": jobs,
             "seed": seed, "device": str(dev), "counts": {k: counts[k] for k in RESULTS},
             "results": [r.summary() for r in results],
         })

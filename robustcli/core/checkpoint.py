@@ -21,6 +21,7 @@ from torch import nn
 from robustcli.core import distributed
 from robustcli.core.errors import InputError, first_line
 from robustcli.core.files import atomic_path
+from robustcli.core.torchload import is_pickle_refusal
 
 
 def _stem(out: Path) -> Path:
@@ -80,14 +81,14 @@ class Checkpointer:
                 s.load_state_dict(state["schedulers"][k])
             for k, g in (generators or {}).items():
                 g.set_state(state["generators"][k])
-        except (RuntimeError, KeyError, ValueError) as e:
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise InputError(
                 f"--resume: checkpoint {self.checkpoint_path} does not match this run "
                 f"({first_line(e)}); use the same options or start without --resume"
             ) from None
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         distributed.per_rank_rng()
         next_epoch = int(state["epoch"]) + 1
         if distributed.is_main():
@@ -99,9 +100,14 @@ class Checkpointer:
         if not self.checkpoint_path.exists():
             return None, f"--resume: no checkpoint at {self.checkpoint_path}; start without --resume"
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True), None
-        except (RuntimeError, KeyError, ValueError, EOFError, OSError) as e:
-            return None, f"--resume: cannot read checkpoint {self.checkpoint_path} ({first_line(e)}); start without --resume"
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a pickle of Python objects, a truncated or foreign file
+            why = "it pickles Python objects, which a checkpoint never does" if is_pickle_refusal(e) else first_line(e)
+            return None, f"--resume: cannot read checkpoint {self.checkpoint_path} ({why}); start without --resume"
+        problem = checkpoint_problem(state)
+        if problem:
+            return None, f"--resume: checkpoint {self.checkpoint_path} is malformed ({problem}); start without --resume"
+        return state, None
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line and flush it to disk (rank 0 only)."""
@@ -131,6 +137,33 @@ class Checkpointer:
         ]
         with atomic_path(self.log_path) as tmp:
             tmp.write_text("".join(line + "\n" for line in keep))
+
+
+_SECTIONS = ("model", "optimizers", "schedulers", "generators", "extra")
+
+
+def checkpoint_problem(state: Any) -> str | None:
+    """What is wrong with the structure of a loaded checkpoint, or None if it has the saved shape."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a checkpoint"
+    missing = [k for k in ("epoch", *_SECTIONS, "torch_rng", "cuda_rng") if k not in state]
+    if missing:
+        return f"no {', '.join(missing)}"
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return f"epoch is {epoch!r}, not a non-negative integer"
+    for k in _SECTIONS:
+        if not isinstance(state[k], dict):
+            return f"{k} is a {type(state[k]).__name__}, not a mapping"
+    extra = state["extra"]
+    if not isinstance(extra.get("config", {}), dict) or not isinstance(extra.get("history", []), list):
+        return "extra config/history have the wrong type"
+    rng = state["torch_rng"]
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        return "torch_rng is not a generator state (a uint8 vector)"
+    if not isinstance(state["cuda_rng"], (list, tuple)):
+        return "cuda_rng is not a list"
+    return None
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int, checkpointer: Checkpointer) -> None:
