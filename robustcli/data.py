@@ -97,6 +97,7 @@ def load_mnist(split: str = "test") -> Dataset:
         torch.from_numpy(x[:, None].astype(np.float32) / np.float32(255.0)),
         torch.from_numpy(y.astype(np.int64)),
         f"mnist:{split}",
+        {"source": a.origin},
     )
 
 
@@ -116,9 +117,12 @@ def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
         pass  # absent or unreadable: parse again
     table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)
     x, y = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28), table[:, -1].astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, x=x, y=y, csv_sha256=np.array(digest))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x=x, y=y, csv_sha256=np.array(digest))
+    except (OSError, InputError):
+        pass  # an unwritable cache only costs the next command a re-parse
     return x, y
 
 

@@ -324,10 +324,13 @@ def load_official_mnist(
         )
     files, origin = fetch_mnist_files(source or MnistSource(), cache / "mnist-files", progress)
     arrays = parse_mnist(files, origin)
-    cache.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test,
-                 origin=np.array(origin), format=np.array(CACHE_FORMAT))  # fmt: skip
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x_train=arrays.x_train, y_train=arrays.y_train, x_test=arrays.x_test, y_test=arrays.y_test,
+                     origin=np.array(origin), format=np.array(CACHE_FORMAT))  # fmt: skip
+    except OSError as e:
+        raise InputError(f"cannot write the MNIST cache {path} ({e.strerror}); set ROBUSTCLI_CACHE to a writable folder") from None
     return arrays
 
 
