@@ -32,8 +32,10 @@ import torch
 from torch import nn
 
 from robustcli.attacks.base import Criterion, FixedEpsilonAttack
+from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.losses import cross_entropy, dlr, dlr_targeted
-from robustcli.attacks.norms import NORMS, flat_norm, per_point
+from robustcli.attacks.norms import NORMS, per_point
+from robustcli.attacks.traits import AttackTraits
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
 
@@ -74,6 +76,7 @@ class APGD(FixedEpsilonAttack):
         if steps < 1 or restarts < 1 or target_classes < 1:
             raise ValueError("steps, restarts and target_classes must be >= 1")
         self.norm = norm
+        self.ball = LpBall(norm)
         self.loss = loss
         self.steps = steps
         self.restarts = restarts
@@ -83,29 +86,14 @@ class APGD(FixedEpsilonAttack):
         base = "apgd-ce" if loss == "ce" else ("apgd-dlr" if loss == "dlr-targeted" else "apgd-dlr-untargeted")
         self.name = base if norm == "linf" else f"{base}-l2"
 
-    # -- geometry -----------------------------------------------------------------------------
-
-    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.norm == "linf":
-            return grad.sign()
-        return grad / per_point(flat_norm(grad, "l2").clamp_min(1e-12), grad)
+    @property
+    def traits(self) -> AttackTraits:
+        family = "ce" if self.loss == "ce" else "dlr"
+        return AttackTraits(family, self.norm, targeted=self.loss == "dlr-targeted", options=("steps", "restarts"))
 
     def _project(self, x_new: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
-        delta = x_new - x0
-        if self.norm == "linf":
-            delta = delta.clamp(-eps, eps)
-        else:
-            n = flat_norm(delta, "l2")
-            delta = delta * per_point(torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n)), delta)
-        return (x0 + delta).clamp(0, 1)
-
-    def _random_start(self, x0: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-        if self.norm == "linf":
-            t = 2 * torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) - 1
-        else:
-            t = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = t / per_point(flat_norm(t, self.norm).clamp_min(1e-12), t)
-        return (x0 + eps * t).clamp(0, 1)
+        """P: onto the eps ball around x0 (`attacks.geometry`), then onto the [0, 1] box."""
+        return (x0 + self.ball.project(x_new - x0, eps)).clamp(0, 1)
 
     # -- the attack ---------------------------------------------------------------------------
 
@@ -173,7 +161,7 @@ class APGD(FixedEpsilonAttack):
             grad = torch.autograd.grad(loss.sum(), xa)[0]
             return loss.detach(), grad.detach(), criterion(logits.detach(), idx[p])
 
-        xk = self._random_start(x0, eps, generator) if eps > 0 else x0.clone()
+        xk = (x0 + self.ball.on_sphere(x0, eps, generator)).clamp(0, 1) if eps > 0 else x0.clone()
         loss, grad, hit = evaluate(xk, pos)
         state = {
             "x0": x0, "xk": xk, "xprev": xk, "grad": grad, "loss": loss,
@@ -199,7 +187,7 @@ class APGD(FixedEpsilonAttack):
                 break
             s = state
             a = 1.0 if step == 0 else self.momentum
-            z = self._project(s["xk"] + per_point(s["eta"], s["xk"]) * self._direction(s["grad"]), s["x0"], eps)
+            z = self._project(s["xk"] + per_point(s["eta"], s["xk"]) * self.ball.ascent_direction(s["grad"]), s["x0"], eps)
             x_new = self._project(s["xk"] + a * (z - s["xk"]) + (1 - a) * (s["xk"] - s["xprev"]), s["x0"], eps)
             loss, grad, hit = evaluate(x_new, s["pos"])
             s["ups"] += (loss > s["loss"]).float()

@@ -11,14 +11,17 @@ gradients with respect to the input only, so parameters and their `.grad` are ne
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from robustcli.attacks.norms import flat_norm
+from robustcli.attacks.traits import AttackTraits
+from robustcli.core.nn import eval_mode
+
+__all__ = ["Attack", "AttackResult", "Criterion", "FixedEpsilonAttack", "MinimizationAttack", "eval_mode", "input_gradient"]
 
 
 @dataclass
@@ -67,16 +70,6 @@ class Criterion:
         return pred != self.labels[idx]
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def input_gradient(model: nn.Module, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, d sum(loss) / dx) in one forward and one backward pass."""
     x = x.detach().requires_grad_(True)
@@ -90,6 +83,9 @@ class Attack(ABC):
 
     name: ClassVar[str]
     norm: ClassVar[str]  # "linf" or "l2": the norm in which perturbations are measured
+    # What kind of attack this is (loss family, gradient-free, single-step, ...): a class
+    # attribute or a property; diagnostics and the CLI classify attacks by it, never by name.
+    traits: AttackTraits
 
     def __call__(
         self,

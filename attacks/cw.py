@@ -9,6 +9,7 @@ from torch import nn
 
 from robustcli.attacks.base import Criterion, MinimizationAttack
 from robustcli.attacks.losses import margin
+from robustcli.attacks.traits import AttackTraits
 
 
 class CarliniWagnerL2(MinimizationAttack):
@@ -30,6 +31,9 @@ class CarliniWagnerL2(MinimizationAttack):
 
     name = "cw"
     norm = "l2"
+    traits = AttackTraits(
+        "margin", "l2", minimization=True, options=("steps", "confidence", "binary_search_steps")
+    )
 
     def __init__(
         self,

@@ -3,15 +3,20 @@
 After the checklists of Athalye et al. 2018 (section 3.1, "identifying obfuscated gradients"),
 Carlini et al. 2019 ("On evaluating adversarial robustness", section 5) and Croce & Hein 2020:
 
-- `iterative-weaker-than-single-step`: PGD (or APGD-CE) leaves more points robust than FGSM;
-- `margin-stronger-than-ce`: a margin-loss attack (CW, APGD-DLR) breaks many points a
-  cross-entropy attack left robust at the same budget (CE gradients vanish: saturated softmax);
-- `black-box-stronger-than-white-box`: Square breaks points every gradient attack left robust;
+- `iterative-weaker-than-single-step`: an iterative CE attack (PGD, APGD-CE) leaves more points
+  robust than a single-step one (FGSM);
+- `margin-stronger-than-ce`: a margin-family attack (CW, APGD-DLR, APGD-T, PGD on the margin)
+  breaks many points an iterative cross-entropy attack left robust at the same budget (CE
+  gradients vanish: saturated softmax);
+- `black-box-stronger-than-white-box`: a gradient-free attack (Square) breaks points every
+  gradient attack left robust;
 - `large-eps-not-broken`: PGD-CE at Linf eps = 1 (every image reachable) does not bring a small
   subset to ~0% robust accuracy (an unbounded sanity check, run here on `probe_points` points);
 - `vanishing-gradients`: the share of points whose CE input gradient norm is ~0 (< 1e-12) or NaN;
 - `not-monotone-in-eps`: some attack's robust accuracy rises with eps.
 
+Attacks are sorted into these roles by the traits they declare (`attacks.traits`), carried on
+each row of the evaluation; a row built without traits is looked up in the registry by name.
 The first three and the last compare rows of an `Evaluation` point by point at the same (norm,
 eps); the probes need the model and data and cost one backward pass and a 20-step PGD on the
 probe subset. Each check records what it ran on; each warning carries its evidence in numbers
@@ -26,16 +31,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from robustcli.attacks.base import eval_mode, input_gradient
+from robustcli.attacks.base import input_gradient
 from robustcli.attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation
 from robustcli.attacks.losses import cross_entropy
 from robustcli.attacks.pgd import PGDLinf
-
-SINGLE_STEP = {"fgsm"}
-ITERATIVE_CE = {"pgd", "pgd-l2", "apgd-ce", "apgd-ce-l2"}
-CE_ATTACKS = SINGLE_STEP | ITERATIVE_CE
-MARGIN_ATTACKS = {"cw", "apgd-dlr", "apgd-dlr-l2", "apgd-dlr-untargeted", "apgd-dlr-untargeted-l2"}
-BLACK_BOX = {"square"}
+from robustcli.attacks.registry import ATTACKS, attack_traits
+from robustcli.attacks.traits import AttackTraits
+from robustcli.core.nn import eval_mode
 
 ITERATIVE_TOLERANCE = 0.01  # PGD may leave this share more points robust than FGSM (noise)
 MARGIN_GAP = 0.05  # share of all points a margin attack breaks that a CE attack left robust
@@ -162,6 +164,39 @@ def _groups(rows: list[AttackOutcome]) -> dict[tuple[str, float], dict[str, Atta
     return groups
 
 
+def _traits(row: AttackOutcome) -> AttackTraits | None:
+    """The row's declared traits, else those of the registered attack of its name (None if unknown)."""
+    if row.traits is not None:
+        return row.traits
+    family = row.attack.split("[")[0]
+    return attack_traits(family) if family in ATTACKS else None
+
+
+def _single_step(row: AttackOutcome) -> bool:
+    t = _traits(row)
+    return t is not None and t.white_box and t.single_step
+
+
+def _iterative_ce(row: AttackOutcome) -> bool:
+    t = _traits(row)
+    return t is not None and t.white_box and not t.single_step and t.loss == "ce"
+
+
+def _margin(row: AttackOutcome) -> bool:
+    t = _traits(row)
+    return t is not None and t.white_box and t.margin_family
+
+
+def _white_box(row: AttackOutcome) -> bool:
+    t = _traits(row)
+    return t is not None and t.white_box
+
+
+def _black_box(row: AttackOutcome) -> bool:
+    t = _traits(row)
+    return t is not None and t.gradient_free
+
+
 def _count(mask: torch.Tensor) -> int:
     return int(mask.sum())
 
@@ -178,8 +213,8 @@ def _iterative_vs_single_step(rows: list[AttackOutcome], out: Diagnostics) -> No
     code = "iterative-weaker-than-single-step"
     items = []
     for (norm, eps), g in _groups(rows).items():
-        singles = [g[a] for a in g if a in SINGLE_STEP]
-        iteratives = [g[a] for a in g if a in ITERATIVE_CE]
+        singles = [o for o in g.values() if _single_step(o)]
+        iteratives = [o for o in g.values() if _iterative_ce(o)]
         for s in singles:
             for it in iteratives:
                 n = len(s.robust)
@@ -217,8 +252,8 @@ def _margin_vs_ce(rows: list[AttackOutcome], out: Diagnostics) -> None:
     code = "margin-stronger-than-ce"
     items = []
     for (norm, eps), g in _groups(rows).items():
-        ces = [g[a] for a in g if a in ITERATIVE_CE]
-        margins = [g[a] for a in g if a in MARGIN_ATTACKS]
+        ces = [o for o in g.values() if _iterative_ce(o)]
+        margins = [o for o in g.values() if _margin(o)]
         for ce in ces:
             for mg in margins:
                 n = len(ce.robust)
@@ -254,8 +289,8 @@ def _black_box_vs_white_box(rows: list[AttackOutcome], out: Diagnostics) -> None
     code = "black-box-stronger-than-white-box"
     items = []
     for (norm, eps), g in _groups(rows).items():
-        white = [g[a] for a in g if a in CE_ATTACKS | MARGIN_ATTACKS]
-        black = [g[a] for a in g if a in BLACK_BOX]
+        white = [o for o in g.values() if _white_box(o)]
+        black = [o for o in g.values() if _black_box(o)]
         if not white or not black:
             continue
         white_robust = torch.stack([w.robust for w in white]).all(0)

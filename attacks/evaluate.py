@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Attack, eval_mode
+from robustcli.attacks.base import Attack
+from robustcli.attacks.traits import AttackTraits
+from robustcli.core.nn import eval_mode
 
 WORST_CASE = "worst-case"
 
@@ -33,6 +35,7 @@ class AttackOutcome:
     time_s: float
     attacked: int  # points attacked (correctly classified ones; in a cascade, those still unbroken)
     cumulative: bool = False  # robust = robust to this attack and every earlier one in the cascade
+    traits: AttackTraits | None = None  # the attack's kind, for the diagnostics (None: a worst-case row)
 
     @property
     def robust_accuracy(self) -> float:
@@ -176,6 +179,7 @@ def evaluate(
                 elapsed[b],
                 attacked_per_budget[b] if only_unbroken else attacked,
                 cumulative=only_unbroken,
+                traits=attack.traits,
             )
             outcomes.append(outcome)
             if keep_adversarials:

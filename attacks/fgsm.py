@@ -9,6 +9,8 @@ class FGSM(PGDLinf):
     """One full-size signed-gradient step from the clean input, no random start."""
 
     name = "fgsm"
+    single_step = True
+    options = ()  # no steps, no restarts: one deterministic step
 
     def __init__(self, loss: str = "ce"):
         super().__init__(steps=1, rel_stepsize=1.0, random_start=False, restarts=1, loss=loss)

@@ -6,6 +6,10 @@ import torch
 from torch import nn
 
 from robustcli.attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
+from robustcli.attacks.registry import attack_traits
+
+# Our attacks that foolbox 3 implements too (by our registry name).
+FOOLBOX_NAMES = ("fgsm", "pgd", "pgd-l2", "cw")
 
 
 def _foolbox_attack(name: str, steps: int | None, options: dict):
@@ -33,6 +37,7 @@ class _FoolboxMixin:
     def __init__(self, name: str, norm: str, steps: int | None = None, restarts: int | None = None, **options):
         self.name = f"{name}[foolbox]"
         self.norm = norm
+        self.traits = attack_traits(name)  # the same kind of attack as ours of that name
         self.restarts = restarts or 1
         self.fb_attack = _foolbox_attack(name, steps, options)
 

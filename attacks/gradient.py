@@ -1,18 +1,20 @@
 """Projected gradient ascent on a loss, the shared engine of FGSM and PGD.
 
-A subclass supplies the geometry of its norm: a random start in the ball, the steepest-ascent
-direction of a gradient, and the projection back onto the ball.
+A subclass names its ball (`attacks.geometry`): the random start uniform in the ball, the
+steepest-ascent direction of a gradient and the projection back onto the ball come from there.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from robustcli.attacks.base import Criterion, FixedEpsilonAttack, input_gradient
+from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.losses import attack_loss
+from robustcli.attacks.traits import AttackTraits
 
 
 class GradientAttack(FixedEpsilonAttack):
@@ -23,6 +25,10 @@ class GradientAttack(FixedEpsilonAttack):
     is recorded at that moment; a point never broken returns its last iterate. With several restarts, a point counts as robust only if every
     restart failed (worst case per point).
     """
+
+    ball: ClassVar[LpBall]
+    single_step: ClassVar[bool] = False
+    options: ClassVar[tuple[str, ...]] = ("steps", "restarts")
 
     def __init__(
         self,
@@ -43,17 +49,10 @@ class GradientAttack(FixedEpsilonAttack):
         self.restarts = restarts
         self.loss = loss
 
-    @abstractmethod
-    def random_init(self, x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-        """A random perturbation inside the eps ball."""
-
-    @abstractmethod
-    def ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
-        """The steepest-ascent direction of unit norm for this norm."""
-
-    @abstractmethod
-    def project(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
-        """Projection of a perturbation onto the eps ball."""
+    @property
+    def traits(self) -> AttackTraits:
+        # the PGD losses "ce" and "margin" are loss families of their own
+        return AttackTraits(self.loss, self.norm, single_step=self.single_step, options=self.options)
 
     def run(
         self,
@@ -74,7 +73,7 @@ class GradientAttack(FixedEpsilonAttack):
             if len(idx) == 0:
                 break
             x0 = x[idx]
-            delta = self.random_init(x0, eps, generator) if self.random_start and eps > 0 else torch.zeros_like(x0)
+            delta = self.ball.uniform_in_ball(x0, eps, generator) if self.random_start and eps > 0 else torch.zeros_like(x0)
             xa = (x0 + delta).clamp(0, 1)
             for step in range(self.steps + 1):
                 lab = labels[idx]
@@ -96,6 +95,6 @@ class GradientAttack(FixedEpsilonAttack):
                 if step == self.steps or len(idx) == 0:
                     x_adv[idx] = xa  # unbroken points keep their last iterate (success stays False)
                     break
-                delta = self.project(xa + stepsize * self.ascent_direction(grad) - x0, eps)
+                delta = self.ball.project(xa + stepsize * self.ball.ascent_direction(grad) - x0, eps)
                 xa = (x0 + delta).clamp(0, 1)
         return x_adv, success

@@ -1,4 +1,10 @@
-"""Attacks by name, as the CLI and configs name them."""
+"""Attacks by name, as the CLI and configs name them: the one place a new attack is added.
+
+Each entry builds an attack from the options a user may give (`steps`, `restarts`, `queries`,
+...; None means the attack's default). What kind of attack it is (loss family, gradient-free,
+single-step, targeted, norm, the options it takes) is declared by the attack itself
+(`Attack.traits`), so the diagnostics and the CLI need no list of names.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from robustcli.attacks.cw import CarliniWagnerL2
 from robustcli.attacks.fgsm import FGSM
 from robustcli.attacks.pgd import PGDL2, PGDLinf
 from robustcli.attacks.square import SquareLinf
+from robustcli.attacks.traits import AttackTraits
 
 
 def _pgd(cls):
@@ -57,3 +64,14 @@ def make_attack(name: str, **options) -> Attack:
     if name not in ATTACKS:
         raise KeyError(name)
     return ATTACKS[name](**options)
+
+
+def attack_traits(name: str) -> AttackTraits:
+    """The traits of a registered attack (with its defaults; the options do not change its kind)."""
+    return make_attack(name).traits
+
+
+def accepted_options(name: str, options: dict) -> dict:
+    """The subset of `options` that the attack `name` takes (see `AttackTraits.options`)."""
+    takes = attack_traits(name).options
+    return {k: v for k, v in options.items() if k in takes}

@@ -29,6 +29,7 @@ from torch import nn
 
 from robustcli.attacks.base import Criterion, FixedEpsilonAttack
 from robustcli.attacks.losses import margin
+from robustcli.attacks.traits import AttackTraits
 
 SCHEDULE = ((10, 2), (50, 4), (200, 8), (500, 16), (1000, 32), (2000, 64), (4000, 128), (6000, 256), (8000, 512))
 
@@ -48,6 +49,7 @@ class SquareLinf(FixedEpsilonAttack):
 
     name = "square"
     norm = "linf"
+    traits = AttackTraits("margin", "linf", gradient_free=True, options=("queries", "restarts"))
 
     def __init__(self, queries: int = 5000, p_init: float = 0.8, restarts: int = 1):
         if queries < 1 or restarts < 1:

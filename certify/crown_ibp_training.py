@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from robustcli.certify.lirpa import auto_lirpa
-from robustcli.core.nn import Normalized
+from robustcli.core.nn import Normalized, eval_mode
 from robustcli.core.errors import InputError
 
 
@@ -66,13 +66,12 @@ class CrownIBPTrainingBounds:
         lirpa = auto_lirpa("crown-ibp")
         self.lirpa = lirpa
         self.model = model
-        was_training = model.training
         view = _shared_view(model)
         opts = {"sparse_features_alpha": False, "sparse_spec_alpha": False}
         saved = _bn_statistics(model)
         try:
-            model.eval()  # tracing BN in train mode is fragile in 0.3
-            with contextlib.redirect_stdout(io.StringIO()):  # 0.3 prints BN warnings on stdout
+            # eval mode: tracing BN in train mode is fragile in 0.3; 0.3 prints BN warnings on stdout
+            with eval_mode(model), contextlib.redirect_stdout(io.StringIO()):
                 self.module = lirpa.BoundedModule(view, example[:2], bound_opts=opts, device=str(example.device))
         except Exception as e:  # noqa: BLE001 - the tracer raises anything on a model it cannot parse
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -80,8 +79,6 @@ class CrownIBPTrainingBounds:
                 f"auto_LiRPA cannot bound this model for CROWN-IBP training ({type(e).__name__}: {first[:200]}); "
                 "use --method ibp"
             ) from None
-        finally:
-            model.train(was_training)
         _decouple_bn_statistics(saved)
         shared = {id(p) for p in self.module.parameters()}
         if not all(id(p) in shared for p in model.parameters() if p.requires_grad):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from robustcli.certify.lirpa_compat import import_auto_lirpa
-from robustcli.core.nn import Normalized
+from robustcli.core.nn import Normalized, eval_mode
 from robustcli.core.errors import InputError
 
 # CLI name -> auto_LiRPA method name.
@@ -80,10 +80,8 @@ def lirpa_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
         for m in model.modules()
         if isinstance(m, nn.AvgPool2d)
     ]
-    with torch.no_grad():
-        was = model.training
-        model.eval()(example[:1])
-        model.train(was)
+    with torch.no_grad(), eval_mode(model):
+        model(example[:1])
     for h in hooks:
         h.remove()
 

@@ -68,6 +68,11 @@ def load_onnx(path: str | Path) -> Any:
     path = Path(path)
     try:
         model = onnx.load_model_from_string(onnx_bytes(path))
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            # weights in a side file (`net.onnx.data`, what torch.onnx.export writes by default)
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model)
     except InputError:
         raise

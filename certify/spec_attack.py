@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from robustcli.certify.vnnlib import SpecCase
+from robustcli.core.nn import eval_mode
 
 
 def float32_box(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,9 +73,7 @@ def spec_pgd(
             return torch.full((len(z),), -1.0, device=z.device)
         return m.masked_fill(~owner[: len(z)], float("-inf")).amax(1)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for it in range(steps + 1):
             xr = x.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -90,7 +89,5 @@ def spec_pgd(
                 break
             step = 0.25 * 0.5 * (1 + math.cos(math.pi * it / steps)) * width
             x = torch.minimum(torch.maximum(x - step * grad.sign(), lo), hi)
-    finally:
-        model.train(was_training)
     found.sort(key=lambda t: t[0])
     return torch.stack([t[1] for t in found]) if found else torch.empty(0, n, device=device)

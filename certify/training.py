@@ -40,6 +40,7 @@ from robustcli.certify.schedule import SmoothedEpsSchedule, step_lr
 from robustcli.certify.spec import margin_spec, verified
 from robustcli.core.checkpoint import Checkpointer, check_finite
 from robustcli.core.ddp import DataParallel
+from robustcli.core.nn import eval_mode
 
 RECIPES = ("short", "vanilla")
 METHODS = ("ibp", "crown-ibp")
@@ -149,28 +150,23 @@ def ibp_verified_accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "linf", batch_size: int = 500
 ) -> tuple[float, float]:
     """(clean accuracy, IBP-verified accuracy) in eval mode; restores the model's mode."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct = certified = 0
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        logits = model(xb)
-        ok = logits.argmax(1) == yb
-        lower, _ = ibp_bounds(model, xb, eps, norm, margin_spec(yb, logits.shape[1]))
-        correct += ok.sum().item()
-        certified += (ok & verified(lower)).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+            logits = model(xb)
+            ok = logits.argmax(1) == yb
+            lower, _ = ibp_bounds(model, xb, eps, norm, margin_spec(yb, logits.shape[1]))
+            correct += ok.sum().item()
+            certified += (ok & verified(lower)).sum().item()
     n = max(len(y), 1)
     return correct / n, certified / n
 
 
 def num_classes_of(model: nn.Module, x: torch.Tensor) -> int:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         k = int(model(x[:1]).shape[1])
-    model.train(was_training)
     return k
 
 

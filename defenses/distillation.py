@@ -81,21 +81,17 @@ def train_at_temperature(
 @torch.no_grad()
 def soft_labels(teacher: nn.Module, x: torch.Tensor, temperature: float, batch_size: int = 500) -> torch.Tensor:
     """softmax(teacher(x) / T) in eval mode, on the teacher's device."""
-    was_training = teacher.training
-    teacher.eval()
     device = next(teacher.parameters()).device
-    out = torch.cat([F.softmax(teacher(x[i : i + batch_size].to(device)) / temperature, 1) for i in range(0, len(x), batch_size)])
-    teacher.train(was_training)
+    with eval_mode(teacher):
+        out = torch.cat([F.softmax(teacher(x[i : i + batch_size].to(device)) / temperature, 1) for i in range(0, len(x), batch_size)])
     return out
 
 
 @torch.no_grad()
 def logit_scale(model: nn.Module, x: torch.Tensor) -> float:
     """Median over points of the spread max - min of the logits: how saturated softmax is at T = 1."""
-    was_training = model.training
-    model.eval()
-    z = model(x.to(next(model.parameters()).device))
-    model.train(was_training)
+    with eval_mode(model):
+        z = model(x.to(next(model.parameters()).device))
     return (z.amax(1) - z.amin(1)).median().item()
 
 

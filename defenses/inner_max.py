@@ -1,7 +1,7 @@
 """The inner maximisation of adversarial training: Linf PGD on any per-point loss.
 
-Uses the foundation's Linf PGD geometry (`attacks.pgd.PGDLinf`: uniform random start, signed
-steps, clipping to the ball) but not its attack loop, on purpose: the attack loop stops on a point
+Uses the attacks' Linf ball geometry (`attacks.geometry.LINF`: uniform random start, signed
+steps, clipping to the ball), the one PGD and APGD use, but not PGD's attack loop, on purpose: the attack loop stops on a point
 as soon as it is misclassified, which is right for measuring robustness but would train on
 weaker examples than Madry et al.'s min-max (eq. 2.1), and it only ascends label losses, while
 TRADES and AdvMoE ascend a KL divergence. Here every point takes every step.
@@ -18,10 +18,8 @@ from typing import Callable
 
 import torch
 
-from robustcli.attacks.base import eval_mode
-from robustcli.attacks.pgd import PGDLinf
-
-_GEOMETRY = PGDLinf()
+from robustcli.attacks.geometry import LINF
+from robustcli.core.nn import eval_mode
 
 
 def pgd_maximize(
@@ -47,7 +45,7 @@ def pgd_maximize(
     if eps <= 0 or steps < 1:
         return x.clone()
     alpha = step_size if step_size is not None else 2.5 * eps / steps
-    xa = (x + _GEOMETRY.random_init(x, eps, generator)).clamp(0, 1)
+    xa = (x + LINF.uniform_in_ball(x, eps, generator)).clamp(0, 1)
     ctx = eval_mode(model) if model is not None else nullcontext()
     with ctx:
         if keep_best:
@@ -60,7 +58,7 @@ def pgd_maximize(
                 grad = torch.autograd.grad(loss.sum(), xa)[0]
                 if keep_best:
                     best, best_loss = _better(best, best_loss, xa.detach(), loss.detach())
-                delta = _GEOMETRY.project(xa.detach() + alpha * _GEOMETRY.ascent_direction(grad) - x, eps)
+                delta = LINF.project(xa.detach() + alpha * LINF.ascent_direction(grad) - x, eps)
                 xa = (x + delta).clamp(0, 1)
         if keep_best:
             with torch.no_grad():

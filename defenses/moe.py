@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcli.core.nn import eval_mode
+
 
 class MoEConv2d(nn.Module):
     """A conv layer whose output channels are split into experts chosen per input by a router."""
@@ -159,9 +161,6 @@ def count_macs(model: nn.Module) -> Iterator[dict[str, int]]:
 @torch.no_grad()
 def macs_per_input(model: nn.Module, x: torch.Tensor) -> float:
     """Average MACs per input actually computed by `model` on `x`, in eval mode."""
-    was_training = model.training
-    model.eval()
-    with count_macs(model) as c:
+    with eval_mode(model), count_macs(model) as c:
         model(x.to(next(model.parameters()).device))
-    model.train(was_training)
     return c["macs"] / len(x)

@@ -33,6 +33,7 @@ from torch import nn
 from robustcli.attacks.evaluate import batch_generator
 from robustcli.defenses.inner_max import pgd_maximize
 from robustcli.core.errors import InputError
+from robustcli.core.nn import eval_mode
 
 
 class CalibrationTooSmall(InputError):
@@ -79,12 +80,10 @@ def unsafe_log_probability(logits: torch.Tensor, unsafe: torch.Tensor) -> torch.
 @torch.no_grad()
 def unsafe_probability(model: nn.Module, x: torch.Tensor, unsafe: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """p_u(x) in eval mode, (N,), on the model's device."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     u = unsafe.to(device)
-    out = torch.cat([unsafe_log_probability(model(x[i : i + batch_size].to(device)), u).exp() for i in range(0, len(x), batch_size)])
-    model.train(was_training)
+    with eval_mode(model):
+        out = torch.cat([unsafe_log_probability(model(x[i : i + batch_size].to(device)), u).exp() for i in range(0, len(x), batch_size)])
     return out
 
 

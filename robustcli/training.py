@@ -10,18 +10,17 @@ from torch import nn
 
 from robustcli.data import Dataset
 from robustcli.core.ddp import DataParallel
+from robustcli.core.nn import eval_mode
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy in eval mode; restores the model's mode afterwards."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct = 0
-    for i in range(0, len(y), batch_size):
-        correct += (model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(y), batch_size):
+            correct += (model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]).sum().item()
     return correct / max(len(y), 1)
 
 

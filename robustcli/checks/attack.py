@@ -15,6 +15,7 @@ from robustcli.attacks.evaluate import WORST_CASE, evaluate
 from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.masking import FLAG, METRIC, add_masking
+from robustcli.image_grid import broken_sample
 
 
 def _eps(options: dict) -> tuple[float, ...]:
@@ -44,6 +45,7 @@ def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
         result = evaluate(
             w.model.module, w.data.x, w.data.y, [(a, eps) for a in attacks],
             device=w.device, batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
+            keep_adversarials=ctx.keep_samples,
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
     out.values[("clean_accuracy", None, None)] = result.clean_accuracy
@@ -55,6 +57,8 @@ def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
             out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
             out.values[("success_rate", None, o.eps)] = o.success_rate
     out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    if ctx.keep_samples:
+        out.sample = broken_sample(result, w.model.module, w.data.x, w.data.y, device=w.device)
     if wanted & {FLAG, METRIC} or options.get("diagnostics", False):
         add_masking(out, ctx, result)
     return out

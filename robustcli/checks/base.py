@@ -38,6 +38,7 @@ class EvalContext:
     seed: int
     batch_size: int
     progress: Callable[[str, int], Any]  # progress(description, total) -> context manager yielding advance(n)
+    keep_samples: bool = False  # attack checks keep adversarial examples and draw a sample of broken points
 
 
 @dataclass
@@ -49,6 +50,7 @@ class CheckOutcome:
     details: dict = field(default_factory=dict)
     time_s: float = 0.0
     missing: dict[str | None, str] = field(default_factory=dict)  # attack (None: default) -> why no value
+    sample: Any = None  # robustcli.image_grid.BrokenSample of broken points, when the context keeps samples
 
     def lookup(self, metric: str, attack: str | None, eps: float | None) -> float | None:
         for (m, a, e), v in self.values.items():

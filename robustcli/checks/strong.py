@@ -16,6 +16,7 @@ from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.attacks.suite import merge_evaluations, run_strong_suite, strong_suite
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.masking import FLAG, METRIC, add_masking
+from robustcli.image_grid import broken_sample
 
 DEFAULT_STEPS = 100
 DEFAULT_QUERIES = 5000
@@ -55,11 +56,13 @@ def run_strong_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
             w.model.module, w.data.x, w.data.y, eps, device=w.device, norm=norm,
             steps=options.get("steps", DEFAULT_STEPS), queries=options.get("queries", DEFAULT_QUERIES),
             batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
+            keep_adversarials=ctx.keep_samples,
         )  # fmt: skip
         if extra:
             more = evaluate(
                 w.model.module, w.data.x, w.data.y, [(a, eps) for a in extra],
                 device=w.device, batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
+                keep_adversarials=ctx.keep_samples,
             )  # fmt: skip
             result = merge_evaluations(result, more)
     out = CheckOutcome()
@@ -69,6 +72,8 @@ def run_strong_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
         if o.attack == WORST_CASE:
             out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
     out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    if ctx.keep_samples:
+        out.sample = broken_sample(result, w.model.module, w.data.x, w.data.y, device=w.device)
     add_masking(out, ctx, result)
     out.time_s = time.perf_counter() - t0
     return out

@@ -7,11 +7,12 @@ import torch
 
 from robustcli.attacks.diagnostics import Diagnostics, run_diagnostics
 from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
-from robustcli.attacks.foolbox_backend import make_foolbox_attack
-from robustcli.attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES, make_foolbox_attack
+from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
 from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
+from robustcli.html_report import check_output, html_option, write_attack_outputs
 from robustcli.options import (
     MultiOption,
     RobustCommand,
@@ -25,7 +26,7 @@ from robustcli.progress import progress_bar
 from robustcli.report import base_report, pct, print_table, save_tensors, stdout, write_json
 from robustcli.session import Workload, open_workload
 
-FOOLBOX_ATTACKS = ("fgsm", "pgd", "pgd-l2", "cw")
+FOOLBOX_ATTACKS = FOOLBOX_NAMES
 DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)}
 
 
@@ -117,7 +118,7 @@ def run_attacks(
     """Attack the points `part` (this rank's shard under torchrun: whole batches, see robustcli.distributed)."""
     plan = []
     for name in names:
-        options = cw_options if name == "cw" else ({"queries": queries} if name == "square" else {})
+        options = accepted_options(name, {**cw_options, "queries": queries})  # what this attack takes
         ours = make_attack(name, steps=steps, restarts=restarts, **options)
         attack = (
             make_foolbox_attack(name, ours.norm, ours.minimization, steps=steps, restarts=restarts, **options)
@@ -173,9 +174,12 @@ def run_attacks(
 @runtime_options
 @json_option
 @click.option("--save-adv", type=click.Path(dir_okay=False), help="Save adversarial examples (.safetensors or .npz).")
+@html_option
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Write the image grid of broken points here (PNG).")
 def command(
     model, arch, mean, std, allow_pickle, data, n, attack_names, eps, eps_l2, steps, restarts, target,
     confidence, search_steps, backend, suite, queries, strict, device, batch_size, seed, json_path, save_adv,
+    html_path, png_path,
 ) -> None:  # fmt: skip
     """Attack a model and report robust accuracy per attack and eps, with gradient-masking checks.
 
@@ -190,6 +194,8 @@ def command(
     ):  # fmt: skip
         if v is not None and v < 1:
             raise InputError(f"{flag} must be >= 1, got {v}")
+    check_output(html_path, "--html", (".html", ".htm"))
+    check_output(png_path, "--png", (".png",))
     if save_adv and not save_adv.endswith((".safetensors", ".npz")):
         raise InputError(f"--save-adv {save_adv}: use a .safetensors or .npz file name")
     if backend == "foolbox" and (unsupported := [a for a in names if a not in FOOLBOX_ATTACKS]):
@@ -216,7 +222,7 @@ def command(
             batch_size=batch_size,
             seed=seed,
             targets=targets,
-            keep_adversarials=bool(save_adv),
+            keep_adversarials=bool(save_adv or html_path or png_path),
             part=part,
         )
     if suite:
@@ -231,7 +237,7 @@ def command(
                 batch_size=batch_size,
                 seed=seed,
                 targets=None if targets is None else targets[part],
-                keep_adversarials=bool(save_adv),
+                keep_adversarials=bool(save_adv or html_path or png_path),
                 on_batch=lambda k: advance(k),
                 offset=part.start,
             )
@@ -255,6 +261,8 @@ def command(
         write_json(json_path, report)
     if save_adv:
         save_tensors(save_adv, {"y": w.data.y, **{f"x_adv/{k}": v for k, v in result.adversarials.items()}})
+    if html_path or png_path:
+        write_attack_outputs(report, result, w, html_path, png_path)
     if strict and diag.warnings:
         codes = ", ".join(dict.fromkeys(x.code for x in diag.warnings))
         raise CheckFailed(f"{len(diag.warnings)} gradient-masking warning(s) ({codes}); see the report")

@@ -10,6 +10,7 @@ from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, m
 from robustcli.core import distributed
 from robustcli.commands.attack import check_eps
 from robustcli.core.errors import InputError
+from robustcli.html_report import check_output, html_option, write_certify_output
 from robustcli.options import (
     MultiOption,
     RobustCommand,
@@ -84,9 +85,10 @@ def certify_table(report: dict) -> None:
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
 @runtime_options
 @json_option
+@html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, device, batch_size, seed, json_path,
+    spec, timeout, counterexample, device, batch_size, seed, json_path, html_path,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -97,6 +99,9 @@ def command(
 
     Exit code 3: a certified point was broken by PGD or misclassified, i.e. a bound is unsound (a bug).
     """
+    check_output(html_path, "--html", (".html", ".htm"))
+    if spec is not None and html_path:
+        raise InputError("--html goes with --data/--eps runs; with --spec use --json for the verdict")
     if spec is not None:
         from robustcli.spec_check import certify_spec
 
@@ -140,6 +145,8 @@ def command(
     certify_table(report)
     if json_path:
         write_json(json_path, report)
+    if html_path:
+        write_certify_output(report, result.outcomes, w, html_path, steps=pgd_steps)
 
 
 def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts, alpha_iterations, advance):

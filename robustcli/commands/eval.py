@@ -12,6 +12,8 @@ from robustcli.errors import CheckFailed, InputError, first_line
 from robustcli.evalconfig import EvalConfig, load_eval_config
 from robustcli.evalreport import gate_counts, junit_xml, markdown, write_text
 from robustcli.gates import evaluate_gate
+from robustcli.github import append_step_summary, error_annotations, on_github_actions
+from robustcli.html_report import html_option, write_eval_output
 from robustcli.options import RobustCommand, json_option
 from robustcli.progress import progress_bar
 from robustcli.report import print_table, write_json
@@ -28,8 +30,11 @@ def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> Non
         raise InputError(f"{flag} {path}: folder {p.parent} does not exist")
 
 
-def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
-    """Run every check of a validated config and evaluate its gates; returns the report dict."""
+def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | None = None) -> dict:
+    """Run every check of a validated config and evaluate its gates; returns the report dict.
+
+    Given a dict `samples`, attack checks keep adversarial examples and it receives, per check
+    name, a sample of broken points (`robustcli.image_grid.BrokenSample`, or None) for `--html`."""
     try:
         w = open_workload(
             config.model, config.data, arch=config.arch, mean=config.mean, std=config.std,
@@ -41,7 +46,7 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
     def progress(description: str, total: int):
         return progress_bar(description, total, enabled=show_progress)
 
-    ctx = EvalContext(w, config.seed, config.batch_size, progress)
+    ctx = EvalContext(w, config.seed, config.batch_size, progress, keep_samples=samples is not None)
     checks = []
     clean = None
     for check in config.checks:
@@ -60,6 +65,8 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
         if len(results) != len(check.gates) or any(r.passed is not True and r.passed is not False for r in results):
             raise InputError(f"{config.path}:{check.line}: check {check.name!r}: a gate was not evaluated")
         clean = outcome.values.get(("clean_accuracy", None, None), clean)
+        if samples is not None and check.type in ("attack", "strong"):
+            samples[check.name] = outcome.sample
         checks.append(
             {
                 "name": check.name,
@@ -97,7 +104,8 @@ def run_config(config: EvalConfig, show_progress: bool = True) -> dict:
 @json_option
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write JUnit XML here (one test case per gate).")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a Markdown summary here (for a PR comment).")
-def command(config_path, json_path, junit_path, markdown_path) -> None:
+@html_option
+def command(config_path, json_path, junit_path, markdown_path, html_path) -> None:
     """Run the checks of a YAML config and test their gates; exit 1 if any gate fails.
 
     \b
@@ -108,8 +116,10 @@ def command(config_path, json_path, junit_path, markdown_path) -> None:
     _check_output(json_path, "--json", (".json",))
     _check_output(junit_path, "--junit", (".xml",))
     _check_output(markdown_path, "--markdown", (".md", ".markdown"))
+    _check_output(html_path, "--html", (".html", ".htm"))
     config = load_eval_config(config_path)
-    report = run_config(config)
+    samples: dict | None = {} if html_path else None
+    report = run_config(config, samples=samples)
     rows = [
         [escape(c["name"]), c["type"], escape(g["gate"]), "-" if g["value"] is None else f"{g['value']:.4g}", "[green]pass" if g["passed"] else "[red]FAIL"]
         for c in report["checks"]
@@ -128,6 +138,12 @@ def command(config_path, json_path, junit_path, markdown_path) -> None:
         write_text(junit_path, junit_xml(report))
     if markdown_path:
         write_text(markdown_path, markdown(report))
+    if html_path:
+        write_eval_output(report, samples or {}, html_path)
+    if on_github_actions():
+        append_step_summary(markdown(report))
+        for line in error_annotations(report):
+            click.echo(line)
     if failed:
         names = "; ".join(f"{c['name']}: {g['gate']} ({g['message']})" for c in report["checks"] for g in c["gates"] if not g["passed"])
         raise CheckFailed(f"{failed} of {total} gates failed: {names}")

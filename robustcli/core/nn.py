@@ -1,11 +1,31 @@
-"""Small modules that engines and loaders share: input normalisation and a residual block.
+"""Small modules that engines and loaders share: input normalisation and a residual block, and
+the one way to run a model in eval mode for a while.
 
 Plain modules (no functional tricks inside `forward`) so bound engines can walk them."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Hold `model` in eval mode inside the block, then restore the mode it had (even on error).
+
+    Attacks, bounds and measurements run in eval mode so batch-norm uses its running statistics
+    (and does not update them) and dropout is off; a trainer that calls them mid-epoch gets its
+    train mode back.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class Residual(nn.Module):
