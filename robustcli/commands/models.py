@@ -44,26 +44,27 @@ def command(json_path) -> None:
     data and of the weights (re-computed from the file: ok / MISMATCH).
     """
     rows, report = [], {}
+    short = lambda v: v[:8] if v else "-"  # noqa: E731
     for name, spec in ARCHS.items():
         meta = cached_provenance(builtin_path(name))
         recipe = RECIPES[name].describe()
-        short = lambda v: v[:12] if v else "-"  # noqa: E731
         if meta is None:
-            rows.append([name, spec.description, spec.dataset, recipe, "-", "-", "-", "-", "no (trains on first use)"])
+            rows.append([name, spec.description, f"{spec.dataset}:train", recipe, "no", "-", "-", "-", "-"])
         else:
             acc = meta.get("test_accuracy")
             rows.append([
-                name, spec.description, meta.get("trained_on", spec.dataset), recipe,
+                name, spec.description, meta.get("trained_on", spec.dataset), recipe, "yes",
                 f"{float(acc):.2%}" if acc else "-", meta.get("torch", "-"), short(meta.get("data_sha256")),
-                f"{short(meta.get('weights_sha256'))} {meta['weights_check']}", "yes",
+                f"{short(meta.get('weights_sha256'))} {meta['weights_check']}",
             ])  # fmt: skip
         report[name] = {"architecture": spec.description, "dataset": spec.dataset, "recipe": recipe,
                         "path": str(builtin_path(name)), "cached": meta is not None, **(meta or {})}  # fmt: skip
     print_table(
         "Built-in models",
-        ["name", "architecture", "trained on", "recipe", "test acc", "torch", "data sha256", "weights sha256", "cached"],
+        ["name", "architecture", "trained on", "recipe", "cached", "test acc", "torch", "data sha256", "weights sha256"],
         rows,
-        caption=f"{builtin_path('x').parent}; " + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()),
+        caption=f"cache {builtin_path('x').parent}; not cached: trained on first use (seed 0)\n"
+        + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()),
     )
     if json_path:
         write_json(json_path, {"command": "models", "models": report})
