@@ -19,7 +19,7 @@ from robustcli.commands._training import (
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.models import save_model
-from robustcli.options import RobustCommand, config_option, json_option
+from robustcli.options import RobustCommand, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 
@@ -29,12 +29,12 @@ from robustcli.report import pct, print_table, write_json
 @apply_options(training_options)
 @click.option("--defense", type=click.Choice(DEFENSES), default="pgd-at", show_default=True)
 @click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
-@click.option("--eps", type=float, default=0.3, show_default=True, help="Linf budget for training and the PGD check.")
+@eps_option("Linf budget for training and the PGD check.", default=0.3)
 @click.option("--attack-steps", type=int, default=10, show_default=True, help="PGD steps of the inner maximisation.")
 @click.option("--beta", type=float, default=6.0, show_default=True, help="TRADES weight of the KL term.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Epochs over which eps ramps up from 0.")
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
-@click.option("--eval-n", type=int, default=None, help="Check on the first n test points (default all).")
+@points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")
 @json_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, defense, arch, eps, attack_steps, beta,

@@ -19,7 +19,7 @@ from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.data import BUILTIN_DATASETS, Dataset
 from robustcli.models import save_model
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.options import MultiOption, RobustCommand, config_option, data_option, device_option, eps_option, json_option, points_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 
@@ -65,12 +65,12 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 
 @click.command("train-ibp", cls=RobustCommand)
 @config_option
-@click.option("--data", default="mnist", show_default=True, help="mnist, digits, or a training file (.npz/.pt/...).")
+@data_option("mnist", help="mnist, digits, or a training file (.npz/.pt/...).")
 @click.option("--test-data", default=None, help="Test file for the final evaluation (required with a --data file).")
 @click.option("--arch", default=None, help="Built-in arch or package.module:factory (default mnist-cnn-bn / digits-mlp-bn).")
 @click.option("--mean", cls=MultiOption, type=float, help="Per-channel mean (default: the bundled dataset's).")
 @click.option("--std", cls=MultiOption, type=float, help="Per-channel std (default: the bundled dataset's).")
-@click.option("--eps", type=float, required=True, help="Target perturbation budget eps_max.")
+@eps_option("Target perturbation budget eps_max.", required=True)
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trained model (.safetensors).")
@@ -92,12 +92,12 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--holdout", type=int, default=256, show_default=True,
               help="Training points held out for per-epoch monitoring (at most a fifth of the split).")  # fmt: skip
-@click.option("--n-train", type=int, default=None, help="Train on at most this many points.")
-@click.option("--n", type=int, default=None, help="Evaluate on the first n test points (default all).")
+@train_points_option()
+@points_option(help="Evaluate on the first n test points (default all).")
 @click.option("--pgd-steps", type=int, default=40, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@seed_option
 @json_option
 @click.pass_context
 def command(

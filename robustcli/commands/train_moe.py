@@ -18,7 +18,7 @@ from robustcli.commands._training import apply_options, check_out, check_positiv
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.models import save_model
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.options import MultiOption, RobustCommand, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 from robustcli.zoo import NORMALIZATION
@@ -35,14 +35,14 @@ def output_path(out: Path, name: str, several: bool) -> Path:
 @click.option("--mode", "mode", cls=MultiOption, type=click.Choice(MODES), help="One or more of advmoe, at, natural (default advmoe at).")
 @click.option("--experts", type=int, default=4, show_default=True, help="Experts (channel groups) per MoE layer.")
 @click.option("--top-k", type=int, default=2, show_default=True, help="Experts each input uses per MoE layer.")
-@click.option("--eps", type=float, default=0.3, show_default=True, help="Linf budget for training and the PGD check.")
+@eps_option("Linf budget for training and the PGD check.", default=0.3)
 @click.option("--attack-steps", type=int, default=2, show_default=True, help="PGD steps in training (AdvMoE's default 2).")
 @click.option("--beta", type=float, default=6.0, show_default=True, help="AdvMoE weight of the model KL term.")
 @click.option("--alpha", type=float, default=6.0, show_default=True, help="AdvMoE weight of the router KL term.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Epochs over which eps ramps up from 0.")
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Also train the dense CNN of the same width with AT.")
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
-@click.option("--eval-n", type=int, default=None, help="Check on the first n test points (default all).")
+@points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")
 @json_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, mode, experts, top_k, eps,
