@@ -30,6 +30,9 @@ DESCRIPTIONS = {
     "digits": "scikit-learn's 8x8 digits (1,437 train / 360 test)",
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# Datasets with the same images, classes and pixel statistics as another: built-in architectures,
+# default architectures and normalisation of the family serve them all.
+FAMILY = {"mnist-5k": "mnist"}
 # Fixed so that the train/test split of a bundled dataset never depends on the user's --seed.
 SPLIT_SEED = 0
 
@@ -46,6 +49,11 @@ class DataFormat:
 
     pixel_scale: float | None = None
     classes: tuple[str, ...] | None = None
+
+
+def dataset_family(name: str) -> str:
+    """`mnist` for `mnist` and `mnist-5k`; any other name is its own family."""
+    return FAMILY.get(name, name)
 
 
 @dataclass

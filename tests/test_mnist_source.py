@@ -238,3 +238,18 @@ def test_mnist_5k_parse_is_cached(monkeypatch):
     monkeypatch.setattr(np, "loadtxt", lambda *a, **k: pytest.fail("mnist-5k parsed again"))
     second = data.load_dataset("mnist-5k", "test")
     assert second.name == "mnist-5k:test" and torch.equal(first.x, second.x) and torch.equal(first.y, second.y)
+
+
+def test_mnist_5k_uses_the_mnist_defaults(run_cli, tmp_path):
+    """The subset shares MNIST's inputs: default architecture, normalisation and -bn archs apply."""
+    from robustcli.models import load_model
+
+    out = tmp_path / "t.safetensors"
+    r = run_cli("train", "--data", "mnist-5k", "--train-n", "64", "--epochs", "1", "--defense", "natural",
+                "--eval-n", "20", "--eval-steps", "1", "--out", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    loaded = load_model(str(out))
+    assert loaded.arch == "mnist-cnn" and loaded.module.mean.flatten().tolist() == pytest.approx([0.1307])
+    r = run_cli("train-ibp", "--data", "mnist-5k", "--eps", "0.1", "--epochs", "1", "--start", "0", "--warmup", "1", "--n-train", "64",
+                "--holdout", "16", "--n", "10", "--pgd-steps", "1", "--lr-milestones", "1", "--out", tmp_path / "i.safetensors")  # fmt: skip
+    assert r.exit_code == 0, r.output
