@@ -22,6 +22,7 @@ import torch
 from robustcli.cache import cache_dir, downloads_allowed
 from robustcli.core.errors import InputError, first_line
 from robustcli.core.files import atomic_path
+from robustcli.core.torchload import is_pickle_refusal
 
 BUILTIN_DATASETS = ("mnist", "mnist-5k", "digits")
 DESCRIPTIONS = {
@@ -199,6 +200,11 @@ def _read_torch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means an unreadable file
+        if is_pickle_refusal(e):
+            raise InputError(
+                f"cannot read {path.name}: it pickles Python objects, which could run code when loaded; "
+                "save plain tensors x and y (torch.save({'x': x, 'y': y}) or .npz)"
+            ) from None
         raise InputError(f"cannot read {path.name} as tensors: {first_line(e)}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path.name} must hold a dict with tensors 'x' and 'y', found {type(obj).__name__}")
