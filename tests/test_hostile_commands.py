@@ -305,7 +305,7 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
         return real_train(name, path, progress)
 
     monkeypatch.setattr(zoo, "_train_builtin", slow_train)
-    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
     results, errors = [], []
 
     def use():
