@@ -7,7 +7,7 @@ import math
 import click
 import torch
 
-from robustcli.certify.graph import model_steps
+from robustcli.certify.bounders import walkable
 from robustcli.certify.spec import margin_spec
 from robustcli.certify.tightness import at_initialisation, tightness
 from robustcli.core.errors import InputError
@@ -40,8 +40,9 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, at_init, device,
     check_eps((eps,), "linf")
     check_at_least(1, batch_size=batch_size)
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    model_steps(w.model.module, "tightness")
-    summary = {"eps": eps} | _measure(w, w.model.module, eps, batch_size, "measuring tightness")
+    example = w.data.x[:2].to(w.device)
+    net = walkable(w.model.module, example)  # the canonical layer tree the bound engines walk
+    summary = {"eps": eps} | _measure(w, net, eps, batch_size, "measuring tightness")
     report = base_report("tightness", w, seed) | summary
     rows = [[report["model"], *_cells(summary)]]
     if at_init:
@@ -49,7 +50,7 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, at_init, device,
             fresh = at_initialisation(w.model.module, seed)
         except (ValueError, RuntimeError) as e:
             raise InputError(f"--at-init: cannot re-initialise {report['model']}: {e}") from None
-        report["at_init"] = {"seed": seed} | _measure(w, fresh, eps, batch_size, "measuring tightness at init")
+        report["at_init"] = {"seed": seed} | _measure(w, walkable(fresh, example), eps, batch_size, "measuring tightness at init")
         rows.append([f"{report['model']} at init (seed {seed})", *_cells(report["at_init"])])
     print_table(
         f"IBP tightness of {report['model']} on {report['data']} (n={report['n']})",
