@@ -17,11 +17,14 @@ stderr = Console(stderr=True)
 def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
     """Yields `advance(n=1, **fields)`; `fields` are shown after the bar (loss, accuracy, ...).
 
-    Under torchrun only rank 0 shows bars.
+    Under torchrun only rank 0 shows bars, and its bar counts rank 0's share of the work (the
+    description says so): ranks do not report progress to each other.
     """
     if not enabled or not distributed.is_main():
         yield lambda n=1, **fields: None
         return
+    if distributed.world_size() > 1:
+        description = f"{description} (rank 0 of {distributed.world_size()})"
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -20,8 +20,26 @@ from robustcli.core import distributed
 from robustcli.core.errors import InputError
 from robustcli.core.files import atomic_path
 
-# A pipe or file gets wide tables instead of Rich's 80-column default, so nothing is cut off.
-stdout = Console(width=None if sys.stdout.isatty() else 160)
+PIPE_WIDTH = 100  # columns of a table written to a pipe or file (a log, a CI job), unless COLUMNS says
+
+
+def table_width() -> int | None:
+    """None (the terminal's own width) on a terminal; else $COLUMNS, or 100 columns."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+
+
+class _Stdout:
+    """The console tables print to, sized when printing: a test runner or a pipe may replace
+    sys.stdout after import, and a terminal may be resized."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        Console(width=table_width()).print(*objects, **kwargs)
+
+
+stdout = _Stdout()
 
 
 def _jsonable(v: Any) -> Any:

@@ -28,7 +28,7 @@ from robustcli.report import pct, print_table, write_json
 @config_option
 @apply_options(training_options)
 @click.option("--defense", type=click.Choice(DEFENSES), default="pgd-at", show_default=True)
-@click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
+@click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn), path/to/file.py:factory or package.module:factory.")
 @eps_option("Linf budget for training and the PGD check.", default=0.3)
 @click.option("--attack-steps", type=int, default=10, show_default=True, help="PGD steps of the inner maximisation.")
 @click.option("--beta", type=float, default=6.0, show_default=True, help="TRADES weight of the KL term.")
