@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -94,9 +95,14 @@ def pct(v: float | None) -> str:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
+    """A Rich table on stdout. Headers keep their width (a figure's name stays on one line); when
+    the table is wider than the console, the long cells wrap and a long first cell (a path) folds."""
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        if i == 0:
+            table.add_column(c, justify="left", overflow="fold")
+        else:
+            table.add_column(c, justify="right", min_width=cell_len(c))
     for row in rows:
         table.add_row(*[x if isinstance(x, str) else fmt(x) for x in row])
     stdout.print(table)

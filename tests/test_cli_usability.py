@@ -14,6 +14,7 @@ from torch import nn
 
 from robustcli.cli import cli
 from robustcli.core import distributed
+from robustcli.progress import shows_shard
 
 
 def test_bare_robust_prints_help_and_exits_0():
@@ -46,7 +47,7 @@ def progress_log(monkeypatch):
     log: list[tuple[str, int, int]] = []
 
     @contextmanager
-    def recording(description, total, enabled=True):
+    def recording(description, total, enabled=True, show=None):
         done = [0]
         yield lambda n=1, **fields: done.__setitem__(0, done[0] + n)
         log.append((description, total, done[0]))
@@ -81,13 +82,17 @@ def test_progress_totals_add_up(run_cli, progress_log, tmp_path):
     assert progress_log[0][1] == 12 * 2 + 12  # fgsm at two budgets, cw once for both
 
 
-def test_rank_0_shows_work_when_there_is_any():
-    """A run smaller than a batch per rank: rank 0 holds the work (its bar is not 0/0)."""
-    parts = [distributed.shard(50, 256, rank_=r, world=2) for r in range(2)]
-    assert parts[0] == slice(0, 50) and parts[1].start == parts[1].stop == 50
-    parts = [distributed.shard(1000, 256, rank_=r, world=3) for r in range(3)]
-    sizes = [p.stop - p.start for p in parts]
-    assert sizes[0] == max(sizes) and sum(sizes) == 1000
+def test_the_bar_is_shown_by_a_rank_with_work():
+    """A run smaller than a batch per rank leaves rank 0 without points: the first rank that holds
+    points shows the bar instead of rank 0 showing 0/0; exactly one rank shows it."""
+    for n, batch, world in [(50, 256, 2), (1000, 256, 3), (5, 4, 3), (0, 8, 2)]:
+        parts = [distributed.shard(n, batch, rank_=r, world=world) for r in range(world)]
+        shown = [r for r, p in enumerate(parts) if shows_shard(p, n)]
+        if n:
+            assert len(shown) == 1 and parts[shown[0]].stop > parts[shown[0]].start, (n, parts, shown)
+        else:  # no points: the main rank shows (here every simulated rank is this main process)
+            assert shown == list(range(world))
+    assert shows_shard(slice(None), 50) and shows_shard(slice(0, 50), 50)
 
 
 def test_arch_from_a_python_file(run_cli, tmp_path):

@@ -18,7 +18,7 @@ from robustcli.options import (
     model_options,
     runtime_options,
 )
-from robustcli.progress import progress_bar
+from robustcli.progress import progress_bar, shows_shard
 from robustcli.report import base_report, write_json
 from robustcli.requests import CertifyRequest
 from robustcli.session import open_workload
@@ -102,7 +102,7 @@ def command(
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
     try:
-        with progress_bar("certifying", total) as advance:
+        with progress_bar("certifying", total, show=shows_shard(part, len(w.data))) as advance:
             local = _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts,
                              alpha_iterations, advance)
     except SoundnessError as e:

@@ -132,14 +132,12 @@ def shard(n: int, batch_size: int, *, rank_: int | None = None, world: int | Non
     The ceil(n / batch_size) batches are split as evenly as possible across ranks in order, so
     rank r's points start at a multiple of `batch_size` (its batches are exactly the
     single-process batches) and concatenating the shards in rank order restores the full order.
-    Rank 0 gets the larger shares (ceiling cuts): it shows the progress bar, so it has work to
-    show whenever there is any.
     """
     r = rank() if rank_ is None else rank_
     k = world_size() if world is None else world
     batches = -(-n // batch_size) if n else 0
-    first = -(-r * batches // k)
-    last = -(-(r + 1) * batches // k)
+    first = r * batches // k
+    last = (r + 1) * batches // k
     return slice(min(first * batch_size, n), min(last * batch_size, n))
 
 
