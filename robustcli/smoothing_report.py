@@ -170,7 +170,11 @@ def smoothing_png(path: str, report: dict) -> None:
     ax.set_xlabel("L2 radius")
     ax.set_ylabel("certified accuracy (smoothed classifier)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{report['model']} on {report['data']}: n={report['samples']}, alpha={report['alpha']:g}")
+    ax.set_title(
+        f"{report['model']} on {report['data']} ({report['n']} points): "
+        f"{report['samples']} noise samples, alpha={report['alpha']:g}",
+        fontsize=10,
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

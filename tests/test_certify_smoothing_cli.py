@@ -109,3 +109,11 @@ def test_eval_smoothing_check_gates_on_certified_accuracy(run_cli, tmp_path, dig
     cfg.write_text(SMOOTHING_EVAL.format(sigma=0, threshold=0.0))
     r = run_cli("eval", cfg)
     assert r.exit_code == 2 and "s.yaml:" in r.stderr and "sigma" in r.stderr, r.output
+
+
+def test_smoothing_config_runs(run_cli, tmp_path, digits_mlp):
+    # The shipped config with the model swapped for the fast digits one (flags override the file).
+    r = run_cli("certify", "--config", "configs/certify-smoothing.yaml", "--model", "digits-mlp", "--data", "digits",
+                "--n", "5", "--samples", "200", "--json", tmp_path / "c.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [row["sigma"] for row in json.loads((tmp_path / "c.json").read_text())["results"]] == [0.25, 0.5]

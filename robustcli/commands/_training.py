@@ -52,6 +52,22 @@ def check_positive(**values: float | int | None) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {v}")
 
 
+DEFAULT_WARMUP = 2  # epochs of eps ramp when --warmup is not given (and --epochs leaves room)
+
+
+def warmup_epochs(warmup: int | None, epochs: int) -> int:
+    """--warmup, or the default: 2 epochs, but never all of them (--epochs 2 ramps over 1, so the
+    last epoch trains at the full eps; --epochs 1 has no ramp). An explicit value that leaves no
+    epoch at the full eps is refused with the fix."""
+    if warmup is None:
+        return max(0, min(DEFAULT_WARMUP, epochs - 1))
+    if warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
+    if 0 < warmup >= epochs:
+        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
+    return warmup
+
+
 def check_out(out: str) -> Path:
     path = Path(out)
     if path.suffix != ".safetensors":

@@ -88,7 +88,10 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @click.option("--reg/--no-reg", "regularize", default=None, help="Warmup regularisers (short: on, vanilla: off).")
 @click.option("--reg-lambda", type=float, default=0.5, show_default=True)
 @click.option("--tau", type=float, default=0.5, show_default=True)
-@click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of natural CE once eps = eps_max.")
+@click.option("--kappa", type=float, default=0.0, show_default=True,
+              help="Share of natural CE in the loss once eps > 0 (0: the robust loss alone, as Shi et al.).")
+@click.option("--mix-natural/--no-mix-natural", default=False, show_default=True,
+              help="Ramp natural CE's share from 1 down to --kappa as eps grows (Gowal et al. 2018), off in Shi et al.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--holdout", type=int, default=256, show_default=True,
               help="Training points held out for per-epoch monitoring (at most a fifth of the split).")  # fmt: skip
@@ -102,7 +105,7 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @click.pass_context
 def command(
     ctx, data, test_data, arch, mean, std, eps, norm, epochs, out, recipe, method, init, start, warmup, lr,
-    lr_decay, lr_milestones, grad_clip, regularize, reg_lambda, tau, kappa, batch_size, holdout, n_train, n,
+    lr_decay, lr_milestones, grad_clip, regularize, reg_lambda, tau, kappa, mix_natural, batch_size, holdout, n_train, n,
     pgd_steps, resume, device, seed, json_path,
 ) -> None:  # fmt: skip
     """Train a certifiably robust model with interval bound propagation (IBP).
@@ -128,7 +131,7 @@ def command(
         raise InputError(f"--arch {arch} is built for {ARCHS[arch].dataset}, not {data}; pick an arch for {data}")
     config = recipe_config(
         recipe, eps, epochs, start=start, warmup=warmup, lr_milestones=tuple(lr_milestones) or None, norm=norm,
-        method=method, init=init, regularize=regularize, reg_lambda=reg_lambda, tau=tau, kappa=kappa, lr=lr,
+        method=method, init=init, regularize=regularize, reg_lambda=reg_lambda, tau=tau, kappa=kappa, mix_natural=mix_natural, lr=lr,
         lr_decay=lr_decay, grad_clip=grad_clip, batch_size=batch_size, seed=seed,
     )  # fmt: skip
     train_all, test = _training.train_test_data(data, test_data)
