@@ -209,7 +209,8 @@ def certify_smoothing_command(
     from robustcli.report import base_report, write_json
     from robustcli.session import open_workload
 
-    radii = validate_request(click.get_current_context(), methods, tuple(sigma), tuple(eps), n0, samples, alpha, png_path, spec)
+    sigma = tuple(dict.fromkeys(sigma))  # a repeated sigma would only repeat its row
+    radii = validate_request(click.get_current_context(), methods, sigma, tuple(eps), n0, samples, alpha, png_path, spec)
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
