@@ -32,9 +32,10 @@ from robustcli.errors import CheckFailed, InputError
 class RobustOption(click.Option):
     """An option that also answers to its older spellings `old` (each read with a deprecation note)."""
 
-    def __init__(self, *args: Any, old: tuple[str, ...] = (), **kwargs: Any):
+    def __init__(self, *args: Any, old: tuple[str, ...] = (), positive: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.old = tuple(old)
+        self.positive = positive  # a number that must be > 0: nan and inf are refused saying so
 
     @property
     def long_names(self) -> list[str]:
@@ -130,7 +131,8 @@ def check_finite_floats(ctx: click.Context) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if isinstance(v, float) and not math.isfinite(v):
-                raise InputError(f"{p.opts[-1]} must be a finite number, got {v}")
+                rule = "must be > 0 (a finite number)" if getattr(p, "positive", False) else "must be a finite number"
+                raise InputError(f"{p.opts[-1]} {rule}, got {v}")
 
 
 class RobustCommand(click.Command):
