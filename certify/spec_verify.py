@@ -27,6 +27,7 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify.bab import bab_refute
+from robustcli.certify.bounders import spec_chain
 from robustcli.certify.spec_lirpa import lirpa_box_lower
 from robustcli.certify.spec_attack import spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
@@ -146,7 +147,7 @@ def verify_property(
                 continue
             if not chains:  # one float64 copy of the model serves every case
                 try:
-                    chains[0] = cb.Chain.of(model, input_shape)
+                    chains[0] = spec_chain(model, input_shape, device)
                 except cb.NotAChain as e:
                     chains[0] = None
                     not_chain = str(e)
