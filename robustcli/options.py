@@ -32,10 +32,9 @@ from robustcli.errors import CheckFailed, InputError
 class RobustOption(click.Option):
     """An option that also answers to its older spellings `old` (each read with a deprecation note)."""
 
-    def __init__(self, *args: Any, old: tuple[str, ...] = (), positive: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, old: tuple[str, ...] = (), **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.old = tuple(old)
-        self.positive = positive  # a number that must be > 0: nan and inf are refused saying so
 
     @property
     def long_names(self) -> list[str]:
@@ -121,18 +120,23 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
         ctx.exit(2)
 
 
+class SelfCheckedFloat(click.Option):
+    """A float option whose command refuses nan/inf itself with a more specific message."""
+
+
 def check_finite_floats(ctx: click.Context) -> None:
     """No float option takes nan or inf: Click's FLOAT type accepts them, and a NaN budget or
     confidence turns every comparison false, which reads as a result (e.g. "95% robust")."""
     for p in ctx.command.params:
         if not isinstance(p, click.Option) or not isinstance(p.type, click.types.FloatParamType):
             continue
+        if isinstance(p, SelfCheckedFloat):
+            continue
         value = ctx.params.get(p.name)
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
             if isinstance(v, float) and not math.isfinite(v):
-                rule = "must be > 0 (a finite number)" if getattr(p, "positive", False) else "must be a finite number"
-                raise InputError(f"{p.opts[-1]} {rule}, got {v}")
+                raise InputError(f"{p.opts[-1]} must be a finite number, got {v}")
 
 
 class RobustCommand(click.Command):
