@@ -22,8 +22,9 @@ from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES
 from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
 from robustcli.attacks.suite import SUITES
-from robustcli.certify.graph import model_steps
-from robustcli.certify.lirpa import LIRPA_METHODS, auto_lirpa
+from robustcli.certify.bounders import METHODS as BOUND_METHODS
+from robustcli.certify.bounders import build_bounder
+from robustcli.certify.lirpa import auto_lirpa
 from robustcli.certify.verify import METHODS
 from robustcli.core.errors import InputError
 
@@ -197,13 +198,18 @@ class CertifyRequest:
     def methods(self) -> tuple[str, ...]:
         return self.method or ("ibp",)
 
-    def check_model(self, model: Any) -> None:
-        """Fail fast, before any work: a missing optional dependency or a layer IBP cannot bound."""
+    def check_model(self, model: Any, example: Any = None) -> dict:
+        """Fail fast, before any work: a missing optional dependency or an operation a method cannot
+        bound. With an example batch, returns the bounders built for it, by method name."""
         for m in self.methods:
-            if m in LIRPA_METHODS:
+            if BOUND_METHODS[m].needs_lirpa:
                 auto_lirpa(m)
-        if "ibp" in self.methods:
-            model_steps(model, "ibp")
+        if example is None:
+            return {}
+        from robustcli.attacks.base import eval_mode
+
+        with eval_mode(model):
+            return {m: build_bounder(m, model, example, alpha_iterations=self.alpha_iterations) for m in self.methods}
 
     @property
     def budgets(self) -> tuple[float, ...]:
