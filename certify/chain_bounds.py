@@ -280,7 +280,7 @@ def backward_lower(
     `alphas[j]` (B, R, n_j) or None: lower slopes for ReLU j's unstable neurons (else adaptive).
     `split_terms[j]` (B, R, n_j): Lagrangian terms -beta * sign added to the coefficients of z_j
     (beta-CROWN, Wang et al. 2021, eq. 7; see certify/bab.py). `record[j]` receives the
-    coefficients of ReLU j's output, which branching heuristics read.
+    coefficients of ReLU j's output, which branching heuristics read, and `record[-1]` those of the input.
     B is the batch of the intermediate bounds (domains); the input box may have batch 1.
     `ball` = (centre (B, *input), radius (B,)): the input set is also inside this L2 ball; the
     linear bound's minimum over the ball, A x0 - radius ||A||_2 (dual norm), is a second sound
@@ -313,6 +313,8 @@ def backward_lower(
         A = torch.where(A >= 0, A * low_s, A * up_s)
         if split_terms is not None and split_terms[j - 1] is not None:
             A = A + split_terms[j - 1]
+    if record is not None:
+        record[-1] = A  # coefficients of the input (input branching reads them)
     c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1)
     r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1)
     c, r = c.expand(A.shape[0], 1, -1), r.expand(A.shape[0], 1, -1)
@@ -335,8 +337,14 @@ def crown_intermediate(
     chain: Chain, lo: torch.Tensor, hi: torch.Tensor, alphas: list[list[torch.Tensor]] | None = None,
     base: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+    splits: list[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """CROWN bounds of every ReLU input, each intersected with `base` (IBP unless given).
+
+    `splits[j]` (B, n_j) int8: +1 / -1 where branch and bound fixed neuron j active (z >= 0) /
+    inactive (z <= 0) in that domain; its bounds are clamped before the next layer is bounded, so
+    every later layer's bounds are those of the sub-problem (beta-CROWN's refreshed bounds,
+    without multipliers on the intermediate objectives).
 
     Without `alphas`, only neurons that are unstable under the IBP bound (refreshed from the
     tighter bounds of the layer before) get a backward pass: a stable neuron's relaxation is exact
@@ -344,7 +352,7 @@ def crown_intermediate(
     point (each point its own unstable set, padded to the batch's largest)."""
     base = base if base is not None else ibp_intermediate(chain, lo, hi)
     if alphas is None:
-        return _crown_intermediate_unstable(chain, lo, hi, base, ball)
+        return _crown_intermediate_unstable(chain, lo, hi, base, ball, splits)
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(len(chain.blocks) - 1):
         shape = chain.out_shapes[i]
@@ -364,19 +372,27 @@ def _ibp_exact(block: list[nn.Module]) -> bool:
     return len(mixing) <= 1
 
 
-def _crown_intermediate_unstable(chain, lo, hi, base, ball):
+def _clamp_split(bl, bu, s):
+    if s is None:
+        return bl, bu
+    return torch.where(s > 0, bl.clamp(min=0), bl), torch.where(s < 0, bu.clamp(max=0), bu)
+
+
+def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(len(chain.blocks) - 1):
         shape = chain.out_shapes[i]
         bl, bu = base[i]
         B = bl.shape[0]
         bl, bu = bl.reshape(B, -1), bu.reshape(B, -1)
+        s_i = None if splits is None else splits[i]
         if i > 0:  # IBP through block i from the (tighter) bounds of the ReLU before it
             pl, pu = (F.relu(t) for t in bounds[-1])
             c, r = (pu + pl) / 2, (pu - pl) / 2
             for m in chain.blocks[i]:
                 c, r = ibp_affine(m, c, r)
             bl, bu = torch.maximum(bl, (c - r).reshape(B, -1)), torch.minimum(bu, (c + r).reshape(B, -1))
+        bl, bu = _clamp_split(bl, bu, s_i)
         unstable = (bl < 0) & (bu > 0)
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
         if k == 0 or (i == 0 and ball is None and _ibp_exact(chain.blocks[0])):
@@ -399,6 +415,7 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball):
         inf = torch.tensor(float("inf"), dtype=chain.dtype, device=chain.device)
         l_new = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
         u_new = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
+        # l_new > u_new can only mean the sub-problem is empty (contradictory splits); branch and bound reads it so.
         bounds.append((l_new.reshape(B, *shape), u_new.reshape(B, *shape)))
     return bounds
 

@@ -84,6 +84,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     stdout.print(table)
 
 
+def data_source(name: str) -> str:
+    """What a dataset name stands for: which MNIST ran, or the user's file."""
+    from robustcli.data import DESCRIPTIONS
+
+    return DESCRIPTIONS.get(name.split(":")[0], f"file {name}")
+
+
 def base_report(command: str, workload, seed: int) -> dict:
     """The fields every report starts with."""
     return {
@@ -91,6 +98,7 @@ def base_report(command: str, workload, seed: int) -> dict:
         "model": workload.model.name,
         "arch": workload.model.arch,
         "data": workload.data.name,
+        "data_source": data_source(workload.data.name),
         "n": len(workload.data),
         "seed": seed,
         "device": str(workload.device),

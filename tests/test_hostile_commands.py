@@ -317,7 +317,7 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
         return real_train(name, path, progress)
 
     monkeypatch.setattr(zoo, "_train_builtin", slow_train)
-    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
     results, errors = [], []
 
     def use():
@@ -365,7 +365,7 @@ def test_read_only_model_cache_is_one_line(run_cli, tmp_path, monkeypatch):
     import robustcli.zoo as zoo
 
     monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path))
-    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from robustcli.certify.bounders import METHODS as BOUNDERS
+from robustcli.certify.spec_verify import BAB_SPLITS
 from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
@@ -51,13 +52,16 @@ UNSOUND_EXIT = 3
 @click.option("--spec", type=click.Path(dir_okay=False), help="VNNLIB property: replaces --data and --eps.")
 @click.option("--timeout", type=float, default=None, help="With --spec: seconds before answering timeout.")
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
+@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default="auto", show_default=True,
+              help="With --spec: branch and bound splits the input box (input), ReLUs (relu), or input "
+              "for at most 16 inputs (auto).")
 @add_smoothing_options
 @runtime_options
 @json_option
 @html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, device, batch_size, seed, json_path, html_path, **smoothing,
+    spec, timeout, counterexample, bab_split, device, batch_size, seed, json_path, html_path, **smoothing,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -89,6 +93,7 @@ def command(
             model, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, data=data, n=n, eps=eps,
             method=method, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, alpha_iterations=alpha_iterations,
             spec=spec, timeout=timeout, counterexample=counterexample, device=device, seed=seed, json_path=json_path,
+            bab_split=bab_split,
         )
         return
     if "bab" in method or timeout is not None or counterexample is not None:

@@ -17,7 +17,7 @@ from robustcli.core.checkpoint import Checkpointer
 from robustcli.core.ddp import has_batchnorm
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
-from robustcli.data import BUILTIN_DATASETS, Dataset
+from robustcli.data import BUILTIN_DATASETS, Dataset, dataset_family
 from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, data_option, device_option, eps_option, json_option, points_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
@@ -124,10 +124,10 @@ def command(
 
         auto_lirpa("crown-ibp")  # exit 2 with the install hint before any work when it is missing
     dev = resolve_device(device)
-    arch = arch or DEFAULT_ARCH.get(data)
+    arch = arch or DEFAULT_ARCH.get(dataset_family(data))
     if arch is None:
         raise InputError(f"--data {data} has no default architecture; pass --arch NAME or package.module:factory")
-    if data in BUILTIN_DATASETS and arch in ARCHS and ARCHS[arch].dataset != data:
+    if data in BUILTIN_DATASETS and arch in ARCHS and ARCHS[arch].dataset != dataset_family(data):
         raise InputError(f"--arch {arch} is built for {ARCHS[arch].dataset}, not {data}; pick an arch for {data}")
     config = recipe_config(
         recipe, eps, epochs, start=start, warmup=warmup, lr_milestones=tuple(lr_milestones) or None, norm=norm,
