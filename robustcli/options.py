@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import click
 import yaml
+from click.exceptions import NoArgsIsHelpError
 
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
@@ -119,11 +120,17 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
         ctx.exit(2)
 
 
+class SelfCheckedFloat(click.Option):
+    """A float option whose command refuses nan/inf itself with a more specific message."""
+
+
 def check_finite_floats(ctx: click.Context) -> None:
     """No float option takes nan or inf: Click's FLOAT type accepts them, and a NaN budget or
     confidence turns every comparison false, which reads as a result (e.g. "95% robust")."""
     for p in ctx.command.params:
         if not isinstance(p, click.Option) or not isinstance(p.type, click.types.FloatParamType):
+            continue
+        if isinstance(p, SelfCheckedFloat):
             continue
         value = ctx.params.get(p.name)
         values = value if isinstance(value, (list, tuple)) else [value]
@@ -148,11 +155,15 @@ class RobustGroup(click.Group):
     command_class = RobustCommand
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        """Like Click's, but usage errors print one line (no usage block) and Ctrl-C exits 130."""
+        """Like Click's, but usage errors print one line (no usage block), Ctrl-C exits 130, and no
+        command at all prints the help and exits 0."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:  # bare `robust` (or `robust analyze`): the help, a normal exit
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as e:
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)

@@ -104,6 +104,12 @@ def d(tmp_path_factory) -> Path:
     (d / "notgzip.vnnlib.gz").write_bytes(b"plain text")
     make_fifo(d / "fifo.vnnlib")
     (d / "csv-missing-files.csv").write_text("nope.onnx,nope.vnnlib,10\n")
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 1, 8, 8)).astype(np.float32)
+    np.savez(d / "train.npz", x=x, y=np.arange(8) % 3)
+    np.savez(d / "test-labels.npz", x=x, y=np.arange(8) + 5)
+    np.savez(d / "test-shape.npz", x=np.zeros((8, 1, 4, 4), np.float32), y=np.arange(8) % 3)
+
     (d / "csv-bad-timeout.csv").write_text(f"{net},{d / 'deep.vnnlib'},nan\n")
     return d
 
@@ -151,6 +157,12 @@ CASES = [
     (["eval", "configs/ci-example.yaml", "--junit", "{d}/r.txt"], ".xml"),
     (TRAIN[:-1] + ["{d}/no-folder/t.safetensors"], "does not exist"),
     (TRAIN[:-1] + ["{d}/t.txt"], "safetensors"),
+    (["train", "--data", "{d}/train.npz", "--test-data", "{d}/test-labels.npz", "--arch", "digits-mlp", "--epochs", "1",
+      "--warmup", "0", "--out", "{d}/t.safetensors"], "--test-data labels go up to 12"),
+    (["train", "--data", "{d}/train.npz", "--test-data", "{d}/test-shape.npz", "--arch", "digits-mlp", "--epochs", "1",
+      "--warmup", "0", "--out", "{d}/t.safetensors"], "same kind"),
+    (["train-ibp", "--data", "{d}/train.npz", "--test-data", "{d}/test-labels.npz", "--eps", "0.1",
+      "--arch", "digits-mlp-bn", "--epochs", "1", "--out", "{d}/t.safetensors"], "labels"),
     # ONNX
     (["attack", "--model", "{d}/garbage.onnx", "--data", "digits", "--n", "4"], "garbage.onnx"),
     (["attack", "--model", "{d}/garbage.onnx.gz", "--data", "digits", "--n", "4"], "garbage.onnx.gz"),
@@ -305,7 +317,7 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
         return real_train(name, path, progress)
 
     monkeypatch.setattr(zoo, "_train_builtin", slow_train)
-    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
     results, errors = [], []
 
     def use():
@@ -321,3 +333,56 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
         t.join(120)
     assert not errors and len(results) == 3
     assert trained == ["digits-mlp"]
+
+
+@pytest.mark.parametrize(
+    "where, err, needle",
+    [("mkstemp", "EROFS", "read-only"), ("mkstemp", "EACCES", "ermission denied"), ("replace", "ENOSPC", "disk is full"),
+     ("replace", "EIO", "error")],
+)
+def test_file_system_failures_are_one_line_and_leave_nothing(run_cli, digits_mlp, tmp_path, monkeypatch, where, err, needle):
+    """A read-only, full or failing disk (simulated: the tests run as root, which ignores permissions)."""
+    import errno
+
+    import robustcli.core.files as files
+
+    code = getattr(errno, err)
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(files.tempfile if where == "mkstemp" else files.os, where, fail)
+    line = one_error_line(run_cli(*ATTACK, "--json", tmp_path / "r.json"))
+    monkeypatch.undo()
+    assert needle in line and "r.json" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_model_cache_is_one_line(run_cli, tmp_path, monkeypatch):
+    import errno
+
+    import robustcli.core.files as files
+    import robustcli.zoo as zoo
+
+    monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    line = one_error_line(run_cli(*ATTACK))
+    monkeypatch.undo()
+    assert "read-only" in line and "digits-mlp" in line
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_gzip_bomb_onnx_is_cut_off(tmp_path, monkeypatch):
+    import robustcli.certify.onnx_import as onnx_import
+    from robustcli.core.errors import InputError
+
+    monkeypatch.setattr(onnx_import, "MAX_ONNX_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.onnx.gz"
+    bomb.write_bytes(gzip.compress(b"\x00" * (4 << 20)))
+    with pytest.raises(InputError, match="unpacks to more than"):
+        onnx_import.onnx_bytes(bomb)
