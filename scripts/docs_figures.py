@@ -9,7 +9,8 @@ models and the official MNIST included (fetched and trained on first use, in $RO
     python scripts/docs_figures.py                      # every figure (tens of minutes on 2 cores)
     python scripts/docs_figures.py tightness-mnist readme-attack
 
-Timings inside the tables are wall-clock on whatever machine runs this; the rest is seeded and
+Figures run in order in one scratch folder, so a figure may read what an earlier one wrote
+(`trainibp-digits-certify` certifies the weights `trainibp-digits` trained). Timings inside the tables are wall-clock on whatever machine runs this; the rest is seeded and
 reproducible for a given torch version and device.
 """
 
@@ -60,6 +61,8 @@ FIGURES = (
     Figure("tilting-local-mnist", "docs/analyses.md", ("analyze", "tilting", "--model", "mnist-cnn", "--classes", "3", "7")),
     Figure("eval-ci", "docs/analyses.md", ("eval", "configs/ci-example.yaml")),
     Figure("trainibp-digits", "docs/trainibp.md", ("train-ibp", "--config", "configs/train-ibp-digits-tiny.yaml")),
+    # reads the weights the previous figure wrote: run the two together
+    Figure("trainibp-digits-certify", "docs/trainibp.md", ("certify", "--model", "digits-ibp.safetensors", "--eps", "0.1")),
 )  # fmt: skip
 
 
