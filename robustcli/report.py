@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -20,8 +21,26 @@ from robustcli.core import distributed
 from robustcli.core.errors import InputError
 from robustcli.core.files import atomic_path
 
-# A pipe or file gets wide tables instead of Rich's 80-column default, so nothing is cut off.
-stdout = Console(width=None if sys.stdout.isatty() else 160)
+PIPE_WIDTH = 100  # columns of a table written to a pipe or file (a log, a CI job), unless COLUMNS says
+
+
+def table_width() -> int | None:
+    """None (the terminal's own width) on a terminal; else $COLUMNS, or 100 columns."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+
+
+class _Stdout:
+    """The console tables print to, sized when printing: a test runner or a pipe may replace
+    sys.stdout after import, and a terminal may be resized."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        Console(width=table_width()).print(*objects, **kwargs)
+
+
+stdout = _Stdout()
 
 
 def _jsonable(v: Any) -> Any:
@@ -76,9 +95,14 @@ def pct(v: float | None) -> str:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
+    """A Rich table on stdout. Headers keep their width (a figure's name stays on one line); when
+    the table is wider than the console, the long cells wrap and a long first cell (a path) folds."""
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        if i == 0:
+            table.add_column(c, justify="left", overflow="fold")
+        else:
+            table.add_column(c, justify="right", min_width=cell_len(c))
     for row in rows:
         table.add_row(*[x if isinstance(x, str) else fmt(x) for x in row])
     stdout.print(table)

@@ -67,7 +67,7 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @config_option
 @data_option("mnist", help="mnist, digits, or a training file (.npz/.pt/...).")
 @click.option("--test-data", default=None, help="Test file for the final evaluation (required with a --data file).")
-@click.option("--arch", default=None, help="Built-in arch or package.module:factory (default mnist-cnn-bn / digits-mlp-bn).")
+@click.option("--arch", default=None, help="Built-in arch or file.py:factory (default mnist-cnn-bn / digits-mlp-bn).")
 @click.option("--mean", cls=MultiOption, type=float, help="Per-channel mean (default: the bundled dataset's).")
 @click.option("--std", cls=MultiOption, type=float, help="Per-channel std (default: the bundled dataset's).")
 @eps_option("Target perturbation budget eps_max.", required=True)
@@ -79,7 +79,7 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @click.option("--method", type=click.Choice(["ibp", "crown-ibp"]), default="ibp", show_default=True,
               help="Bound in the loss; crown-ibp needs auto_LiRPA.")  # fmt: skip
 @click.option("--init", "init", type=click.Choice(["ibp", "default"]), default=None, help="Weight init (recipe default).")
-@click.option("--start", type=int, default=None, help="Epochs at eps 0 before the ramp (recipe default 1).")
+@click.option("--start-epochs", "--start", "start", type=int, default=None, help="Epochs at eps 0 before the ramp (recipe default 1).")
 @click.option("--warmup", type=int, default=None, help="Epochs of eps ramp (short: 2/7, vanilla: 1/2 of --epochs).")
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--lr-decay", type=float, default=0.2, show_default=True, help="lr factor at each milestone.")
