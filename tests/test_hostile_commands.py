@@ -386,3 +386,28 @@ def test_gzip_bomb_onnx_is_cut_off(tmp_path, monkeypatch):
     bomb.write_bytes(gzip.compress(b"\x00" * (4 << 20)))
     with pytest.raises(InputError, match="unpacks to more than"):
         onnx_import.onnx_bytes(bomb)
+
+
+@pytest.mark.slow
+def test_concurrent_first_uses_in_processes_train_once(tmp_path):
+    """Three processes asking for the same uncached built-in: one trains, the others wait and load."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, uuid, pathlib\n"
+        "import robustcli.zoo as zoo\n"
+        "real = zoo._train_builtin\n"
+        "def counted(name, path, progress):\n"
+        f"    pathlib.Path({str(tmp_path)!r}, 'trained-' + uuid.uuid4().hex).touch()\n"
+        "    return real(name, path, progress)\n"
+        "zoo._train_builtin = counted\n"
+        "zoo.EPOCHS = {'digits': 2, 'mnist': 1}\n"
+        "zoo.builtin_model('digits-mlp', progress=False)\n"
+    )
+    env = {**os.environ, "ROBUSTCLI_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    assert len(list(tmp_path.glob("trained-*"))) == 1
+    assert len(list((tmp_path / "cache").glob("digits-mlp-*.safetensors"))) == 1
