@@ -17,16 +17,15 @@ beta_t * CROWN-IBP + (1 - beta_t) * IBP, beta_t = 1 - eps_t / eps_max (their sch
 early, pure IBP at the end), through auto_LiRPA (`certify.lirpa`); the regularisers still use
 the native IBP intervals.
 
-Reproducibility: the model, the optimiser's state, the data-order generator and the global RNG
-go into a per-epoch checkpoint (`robustcli.checkpoint.Checkpointer`); the eps and lr schedules
-are pure functions of the step, so a run stopped after epoch k and resumed ends with the same
-weights as an uninterrupted one.
+The step runs in the shared loop (`core.training_loop`), which owns data order (full batches
+only), the per-epoch checkpoint, resume, the divergence check and torchrun data parallelism; the
+eps and lr schedules here are pure functions of the step and epoch, so a run killed at any point
+and resumed ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -38,9 +37,9 @@ from robustcli.certify.ibp import ibp_bounds
 from robustcli.certify.regularizers import input_radius, relu_balance_loss, tightness_loss
 from robustcli.certify.schedule import SmoothedEpsSchedule, step_lr
 from robustcli.certify.spec import margin_spec, verified
-from robustcli.core.checkpoint import Checkpointer, check_finite
-from robustcli.core.ddp import DataParallel
+from robustcli.core.checkpoint import Checkpointer
 from robustcli.core.nn import eval_mode
+from robustcli.core.training_loop import StepContext, descend, train_loop
 
 RECIPES = ("short", "vanilla")
 METHODS = ("ibp", "crown-ibp")
@@ -187,14 +186,18 @@ def train_ibp(
     crown_ibp_bounds: BoundFn | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
     on_resume: Callable[[dict[str, tuple]], None] | None = None,
+    on_batch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train `model` (already initialised, on its device) in place on pixel-space data x, y.
 
+    The certified-training step in the shared loop (`core.training_loop`): data order, per-epoch
+    checkpoint, resume, divergence check and torchrun data parallelism come from there.
     holdout: a (x, y) batch for the per-epoch clean and IBP-verified accuracy at eps_max.
     checkpointer: where the per-epoch checkpoint and the JSON-lines log go; with resume=True the
       run continues from its checkpoint (raises InputError when there is none).
     crown_ibp_bounds: (model, x, eps, norm, C) -> lower margin bounds; required for method crown-ibp.
     on_epoch: called after each completed (and checkpointed) epoch.
+    on_batch: called after each step with (points, the step's losses).
     on_resume: called after a resume with {option: (checkpoint's value, this run's value)} for
       every option that differs (an empty dict when none does); changed options are allowed (for
       example a lower lr after a divergence) but break the equality with an uninterrupted run.
@@ -210,92 +213,57 @@ def train_ibp(
     spe = steps_per_epoch(n, batch_size)
     schedule = config.schedule(spe)
     classes = num_classes_of(model, x[:1].to(device))
-    order_gen = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    parallel = DataParallel(model)  # under torchrun: DDP over each global batch (robustcli.ddp); else a no-op
-    result = TrainResult(model, steps_per_epoch=spe)
-    first_epoch = 0
-    if resume:
-        if checkpointer is None:
-            raise ValueError("resume needs a checkpointer")
-        first_epoch, extra = checkpointer.load(
-            model=model, optimizers={"adam": opt}, generators={"data_order": order_gen}
-        )
-        if on_resume is not None:
-            before, now = extra.get("config", {}), config.as_dict()
-            on_resume({k: (before.get(k), v) for k, v in now.items() if before.get(k) != v})
-    elif checkpointer is not None:
-        checkpointer.start_fresh()
-    result.resumed_from = first_epoch
+    generators = {"order": torch.Generator().manual_seed(config.seed)}
 
-    for epoch in range(first_epoch, config.epochs):
-        t0 = time.perf_counter()
-        lr = step_lr(config.lr, epoch, config.lr_milestones, config.lr_decay)
+    def set_lr(epoch: int) -> None:
         for group in opt.param_groups:
-            group["lr"] = lr
-        model.train()
-        order = torch.randperm(n, generator=order_gen)
-        sums = dict(loss=0.0, natural=0.0, robust=0.0, reg=0.0, correct=0.0, seen=0)
-        eps_t = 0.0
-        for s in range(spe):
-            step = epoch * spe + s
-            eps_t = schedule(step)
-            part = parallel.local(order[s * batch_size : (s + 1) * batch_size])
-            xb, yb = x[part.index].to(device), y[part.index].to(device)
-            loss, parts, logits = parallel(
-                _step_loss, xb, yb, eps_t, step, schedule, config, classes, crown_ibp_bounds
-            )
-            checked = parallel.agree_finite(loss)  # every rank stops together
-            if checkpointer is not None:
-                check_finite(checked, epoch, s, checkpointer)
-            elif not torch.isfinite(checked):
-                raise FloatingPointError(f"loss is {checked.item()} at epoch {epoch + 1}, step {s + 1}")
-            opt.zero_grad(set_to_none=True)
-            (loss * part.weight).backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            k = part.points
-            sums["loss"] += loss.item() * k
-            sums["natural"] += parts[0] * k
-            sums["robust"] += parts[1] * k
-            sums["reg"] += parts[2] * k
-            sums["correct"] += (logits.argmax(1) == yb).sum().item() if k else 0
-            sums["seen"] += k
-        sums = parallel.reduce_sums(sums)
+            group["lr"] = step_lr(config.lr, epoch, config.lr_milestones, config.lr_decay)
+
+    def step(xb: torch.Tensor, yb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        eps_t = schedule(ctx.step)
+        loss, parts, logits = _step_loss(model, xb, yb, eps_t, ctx.step, schedule, config, classes, crown_ibp_bounds)
+        # a non-finite loss still steps (every rank must reach the collective); the loop then
+        # stops the run before any checkpoint holds the damaged weights
+        descend(loss, opt, ctx, clip_norm=config.grad_clip)
+        natural, robust, reg = parts
+        return {
+            "loss": loss.detach(),
+            "natural_loss": torch.tensor(natural),
+            "robust_loss": torch.tensor(robust),
+            "regularizer": torch.tensor(reg),
+            "train_accuracy": (logits.argmax(1) == yb).float().mean(),
+            "eps": torch.tensor(eps_t),
+        }
+
+    def summarize(record: dict) -> dict:
+        epoch = record["epoch"]
         if holdout is not None and len(holdout[1]):
             hold_acc, hold_ver = ibp_verified_accuracy(model, holdout[0], holdout[1], config.eps, config.norm)
         else:
             hold_acc = hold_ver = math.nan
-        seen = max(sums["seen"], 1)
-        stats = EpochStats(
+        return EpochStats(
             epoch=epoch,
-            eps=eps_t,
-            lr=lr,
-            loss=sums["loss"] / seen,
-            natural_loss=sums["natural"] / seen,
-            robust_loss=sums["robust"] / seen,
-            regularizer=sums["reg"] / seen,
-            train_accuracy=sums["correct"] / seen,
+            eps=schedule((epoch + 1) * spe - 1),
+            lr=opt.param_groups[0]["lr"],
+            loss=record["loss"],
+            natural_loss=record["natural_loss"],
+            robust_loss=record["robust_loss"],
+            regularizer=record["regularizer"],
+            train_accuracy=record["train_accuracy"],
             holdout_accuracy=hold_acc,
             holdout_verified=hold_ver,
-            time_s=time.perf_counter() - t0,
-        )
-        if checkpointer is not None:
-            checkpointer.save(
-                epoch,
-                model=model,
-                optimizers={"adam": opt},
-                generators={"data_order": order_gen},
-                extra={"config": config.as_dict()},
-            )
-            checkpointer.log(stats.as_dict())
-        result.history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-    parallel.finish()
-    model.eval()
-    return result
+            time_s=record["time_s"],
+        ).as_dict()
+
+    run = train_loop(
+        model, x, y, step, optimizers={"adam": opt}, generators=generators, epochs=config.epochs,
+        batch_size=batch_size, run_config=config.as_dict(), drop_last=True, checkpointer=checkpointer,
+        resume=resume, on_resume=on_resume, epoch_start=set_lr, epoch_end=summarize, on_batch=on_batch,
+        on_epoch=None if on_epoch is None else (lambda record: on_epoch(EpochStats(**record))),
+    )  # fmt: skip
+    history = [EpochStats(**record) for record in run.history[run.first_epoch :]]
+    return TrainResult(model, history=history, resumed_from=run.first_epoch, steps_per_epoch=spe)
 
 
 def _step_loss(

@@ -27,8 +27,8 @@ from torch import nn
 
 from robustcli.attacks.base import eval_mode
 from robustcli.defenses.inner_max import pgd_maximize
-from robustcli.defenses.loop import train_epochs
 from robustcli.core.checkpoint import Checkpointer
+from robustcli.core.training_loop import StepContext, descend, train_loop
 
 DEFENSES = ("natural", "pgd-at", "trades")
 
@@ -125,26 +125,19 @@ def train_adversarial(
         "order": torch.Generator().manual_seed(config.seed),
         "attack": torch.Generator(device=device).manual_seed(config.seed + 1),
     }
-    batches = -(-len(y) // config.batch_size)
-    counter = {"epoch": -1, "batch": 0}
 
-    def step(xb: torch.Tensor, yb: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        if epoch != counter["epoch"]:
-            counter.update(epoch=epoch, batch=0)
-        eps = eps_at(config, epoch, counter["batch"], batches)
-        counter["batch"] += 1
+    def step(xb: torch.Tensor, yb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        eps = eps_at(config, ctx.epoch, ctx.batch, ctx.batches)
         losses = adversarial_loss(
             model, xb, yb, defense=config.defense, eps=eps, attack_steps=config.attack_steps,
             beta=config.beta, generator=generators["attack"],
         )  # fmt: skip
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
+        descend(losses["loss"], opt, ctx)
         return {k: v.detach() for k, v in losses.items()} | {"eps": torch.tensor(eps)}
 
-    return train_epochs(
+    return train_loop(
         model, x, y, step,
         optimizers={"adam": opt}, generators=generators, epochs=config.epochs,
         batch_size=config.batch_size, run_config=asdict(config), checkpointer=checkpointer,
         resume=resume, on_batch=on_batch, on_epoch=on_epoch,
-    )  # fmt: skip
+    ).history  # fmt: skip

@@ -38,9 +38,9 @@ from torch import nn
 from robustcli.attacks.base import eval_mode
 from robustcli.defenses.adversarial import kl_divergence
 from robustcli.defenses.inner_max import pgd_maximize
-from robustcli.defenses.loop import train_epochs
 from robustcli.defenses.moe import expert_parameters, moe_layers, router_parameters, routing_log_probs
 from robustcli.core.checkpoint import Checkpointer
+from robustcli.core.training_loop import StepContext, train_loop
 
 MODES = ("advmoe", "at", "natural")
 
@@ -173,14 +173,9 @@ def train_moe(
         "attack": torch.Generator(device=device).manual_seed(config.seed + 1),
     }
     ramp = AdversarialConfig(eps=config.eps, warmup_epochs=config.warmup_epochs)
-    batches = -(-len(y) // config.batch_size)
-    counter = {"epoch": -1, "batch": 0}
 
-    def step(xb: torch.Tensor, yb: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        if epoch != counter["epoch"]:
-            counter.update(epoch=epoch, batch=0)
-        eps = eps_at(ramp, epoch, counter["batch"], batches)
-        counter["batch"] += 1
+    def step(xb: torch.Tensor, yb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        eps = eps_at(ramp, ctx.epoch, ctx.batch, ctx.batches)
         gen, k = generators["attack"], config.attack_steps
         if config.mode == "natural":
             out = natural_step(model, opts["all"], xb, yb)
@@ -193,8 +188,8 @@ def train_moe(
             )
         return out | {"eps": torch.tensor(eps)}
 
-    return train_epochs(
+    return train_loop(
         model, x, y, step, optimizers=opts, generators=generators, epochs=config.epochs,
         batch_size=config.batch_size, run_config=asdict(config), checkpointer=checkpointer, resume=resume,
         on_batch=on_batch, on_epoch=on_epoch,
-    )  # fmt: skip
+    ).history  # fmt: skip

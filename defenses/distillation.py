@@ -31,8 +31,8 @@ from robustcli.attacks.evaluate import Evaluation, evaluate
 from robustcli.attacks.fgsm import FGSM
 from robustcli.attacks.losses import cross_entropy
 from robustcli.attacks.pgd import PGDLinf
-from robustcli.defenses.loop import train_epochs
 from robustcli.core.checkpoint import Checkpointer
+from robustcli.core.training_loop import StepContext, descend, train_loop
 
 Progress = Callable[[int, dict[str, float]], None]
 
@@ -64,18 +64,16 @@ def train_at_temperature(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     generators = {"order": torch.Generator().manual_seed(seed)}
 
-    def step(xb: torch.Tensor, tb: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    def step(xb: torch.Tensor, tb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
         loss = temperature_loss(model(xb), tb, temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        descend(loss, opt, ctx)
         return {"loss": loss.detach()}
 
     config = {"role": role, "temperature": temperature, "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
-    return train_epochs(
+    return train_loop(
         model, x, target, step, optimizers={"adam": opt}, generators=generators, epochs=epochs,
         batch_size=batch_size, run_config=config, checkpointer=checkpointer, resume=resume, on_batch=on_batch,
-    )  # fmt: skip
+    ).history  # fmt: skip
 
 
 @torch.no_grad()

@@ -1,16 +1,15 @@
-"""Natural (non-robust) training: the loop behind the built-in models."""
+"""Natural (non-robust) training of the built-in models, and top-1 accuracy."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustcli.data import Dataset
-from robustcli.core.ddp import DataParallel
 from robustcli.core.nn import eval_mode
+from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 
 
 @torch.no_grad()
@@ -34,31 +33,13 @@ def train_natural(
     batch_size: int = 64,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Adam on cross-entropy; the batch order depends only on `seed`.
+    """Adam on cross-entropy in the shared training loop; the batch order depends only on `seed`.
 
-    Under torchrun each rank trains on its slice of every global batch of `batch_size` points
-    (`robustcli.ddp`), giving the single-process weights up to float rounding.
+    The `natural` step of `defenses.adversarial` in `core.training_loop`: under torchrun each
+    rank trains on its slice of every global batch, giving the single-process weights up to
+    float rounding.
     """
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    parallel = DataParallel(model)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(data), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), batch_size):
-            part = parallel.local(order[i : i + batch_size])
-            loss = parallel(_cross_entropy, data.x[part.index].to(device), data.y[part.index].to(device))
-            opt.zero_grad(set_to_none=True)
-            (loss * part.weight).backward()
-            opt.step()
-            total += loss.item() * part.points
-        if on_epoch is not None:
-            on_epoch(epoch, parallel.reduce_sums({"loss": total})["loss"] / len(data))
-    opt.zero_grad(set_to_none=True)
-    return parallel.finish().eval()
-
-
-def _cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
+    config = AdversarialConfig(defense="natural", eps=0.0, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    report = None if on_epoch is None else (lambda record: on_epoch(record["epoch"], record["loss"]))
+    train_adversarial(model, data.x, data.y, config, on_epoch=report)
+    return model.eval()

@@ -14,7 +14,8 @@ from torch import nn
 
 from robustcli.core import distributed
 from robustcli.core.checkpoint import Checkpointer
-from robustcli.core.ddp import DataParallel, GradientSync, reduce_sums
+from robustcli.core.ddp import GradientSync, reduce_sums
+from robustcli.core.training_loop import StepContext, descend, train_loop
 
 
 def free_port() -> int:
@@ -98,36 +99,26 @@ def fit(
     batch_size: int = 50,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """The shape of the project's trainers: seeded global order, DDP step, per-epoch checkpoint."""
+    """The project's training loop (`core.training_loop`) with a plain SGD step: seeded global
+    order, data-parallel step, per-epoch checkpoint."""
     order_gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ckpt = Checkpointer(out)
-    parallel = DataParallel(model)
-    first = 0
-    if resume:
-        first, _ = ckpt.load(model=model, optimizers={"sgd": opt}, generators={"order": order_gen})
-    else:
-        ckpt.start_fresh()
-    for epoch in range(first, epochs):
-        order = torch.randperm(len(y), generator=order_gen)
-        sums = {"loss": 0.0, "seen": 0.0}
-        for i in range(0, len(y), batch_size):
-            part = parallel.local(order[i : i + batch_size])
-            loss = parallel(lambda m, a, b: F.cross_entropy(m(a), b), x[part.index], y[part.index])
-            opt.zero_grad(set_to_none=True)
-            (loss * part.weight).backward()
-            opt.step()
-            sums["loss"] += loss.item() * part.points
-            sums["seen"] += part.points
-        sums = parallel.reduce_sums(sums)
-        ckpt.save(epoch, model=model, optimizers={"sgd": opt}, generators={"order": order_gen})
-        ckpt.log({"epoch": epoch, "loss": sums["loss"] / sums["seen"], "seen": sums["seen"]})
-    parallel.finish()
+
+    def step(xb: torch.Tensor, yb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        loss = F.cross_entropy(model(xb), yb)
+        descend(loss, opt, ctx)
+        return {"loss": loss.detach()}
+
+    train_loop(
+        model, x, y, step, optimizers={"sgd": opt}, generators={"order": order_gen}, epochs=epochs,
+        batch_size=batch_size, run_config={}, checkpointer=Checkpointer(out), resume=resume,
+        epoch_end=lambda record: {**record, "seen": record["points"]},
+    )  # fmt: skip
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def fit_owned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int = 50) -> dict:
-    """The shape of `defenses.loop.train_epochs`: the step runs backward and the optimiser itself."""
+    """The shape of a `core.training_loop` step by hand: the step runs backward and the optimiser itself."""
     order_gen = torch.Generator().manual_seed(5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sync = GradientSync(model, [opt])

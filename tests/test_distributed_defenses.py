@@ -1,4 +1,4 @@
-"""`train`, `distill` and `train-moe` share `defenses.loop.train_epochs`; on 2 CPU ranks (gloo) its
+"""`train`, `distill` and `train-moe` share `core.training_loop.train_loop`; on 2 CPU ranks (gloo) its
 gradient averaging reproduces one process with the same global batch."""
 
 from __future__ import annotations

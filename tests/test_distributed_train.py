@@ -12,7 +12,7 @@ from torch import nn
 
 from distributed_helpers import fit, fit_owned_step, tiny_mlp, two_rank_results, two_rank_scenario
 from robustcli.data import Dataset, load_dataset
-from robustcli.core.ddp import DataParallel, local_batch
+from robustcli.core.ddp import GradientSync, local_batch, to_sync_batchnorm
 from robustcli.training import train_natural
 
 N_POINTS = 301  # odd: the last global batch splits unevenly across 2 ranks
@@ -141,9 +141,9 @@ def test_sync_batchnorm_conversion_round_trips():
     model.eval()
     x = torch.rand(5, 1, 8, 8)
     before = model(x)
-    parallel = DataParallel(model)  # one process: no DDP, no conversion
-    assert parallel(lambda m, a: m(a), x).equal(before)
-    parallel._to_sync_batchnorm(model)  # what a CUDA rank does
+    parallel = GradientSync(model, [])  # one process: no conversion
+    assert model(x).equal(before)
+    parallel._reverts = to_sync_batchnorm(model)  # what a CUDA rank does
     assert isinstance(model[1], nn.SyncBatchNorm)
     assert model(x).equal(before)  # eval mode: the same affine map from the running statistics
     restored = parallel.finish()

@@ -6,9 +6,12 @@ from robustcli.checks.attack import ATTACK_CHECK
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.certify import CERTIFY_CHECK
 from robustcli.checks.scaling import SCALING_CHECK
+from robustcli.checks.smoothing import SMOOTHING_CHECK
 from robustcli.checks.strong import STRONG_CHECK
 
-CHECK_TYPES: dict[str, CheckType] = {c.name: c for c in (ATTACK_CHECK, STRONG_CHECK, CERTIFY_CHECK, SCALING_CHECK)}
+CHECK_TYPES: dict[str, CheckType] = {
+    c.name: c for c in (ATTACK_CHECK, STRONG_CHECK, CERTIFY_CHECK, SCALING_CHECK, SMOOTHING_CHECK)
+}
 
 # Names a config may use that need an engine this build does not contain: name -> why. Empty since
 # the certify (#3) and strong (#5) branches were merged; kept for check types still to come.

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.certify.init import ibp_init
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
 from robustcli.core.errors import InputError
+from robustcli.models import wrap_normalization
 from robustcli.options import data_format, data_format_options
 from robustcli.progress import progress_bar
 from robustcli.session import check_model_on_data
@@ -81,17 +83,39 @@ def train_test_data(data: str, test_data: str | None, train_n: int | None = None
     return train.head(train_n), test
 
 
+def build_model(
+    arch: str,
+    data: str,
+    seed: int,
+    *,
+    init: str = "default",
+    mean: tuple[float, ...] = (),
+    std: tuple[float, ...] = (),
+) -> nn.Module:
+    """The architecture, initialised from `seed`, with its normalisation (given, or the bundled data's).
+
+    torch's default init draws from the global generator, which is seeded here (callers that
+    must not touch it wrap the call in `torch.random.fork_rng`); `init="ibp"` then redraws the
+    weights with IBP init (Shi et al. 2021) from its own generator.
+    """
+    torch.manual_seed(seed)
+    inner = build_arch(arch)
+    if init == "ibp":
+        ibp_init(inner, torch.Generator().manual_seed(seed))
+    if mean or std:
+        return wrap_normalization(inner, list(mean) or None, list(std) or None)
+    if data in NORMALIZATION:
+        return Normalized(inner, *NORMALIZATION[data])
+    return inner
+
+
 def new_model(arch: str | None, data: str, train: Dataset, device: torch.device, seed: int) -> tuple[nn.Module, str]:
     """A freshly initialised built-in (or user factory) architecture, normalised for bundled data."""
     if arch is None:
         if data not in DEFAULT_ARCH:
             raise InputError(f"--data {data} is not bundled data, so pass --arch (built-in: {', '.join(ARCHS)})")
         arch = DEFAULT_ARCH[data]
-    torch.manual_seed(seed)
-    model = build_arch(arch)
-    if data in NORMALIZATION:
-        model = Normalized(model, *NORMALIZATION[data])
-    model = model.to(device)
+    model = build_model(arch, data, seed).to(device)
     check_model_on_data(model, train, device)
     return model.train(), arch
 

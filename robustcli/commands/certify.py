@@ -23,6 +23,7 @@ from robustcli.options import (
 from robustcli.progress import progress_bar
 from robustcli.report import base_report, pct, print_table, write_json
 from robustcli.session import open_workload
+from robustcli.smoothing_report import add_smoothing_options, certify_smoothing_command, reject_smoothing_options
 
 DEFAULT_EPS = {"linf": (0.1,), "l2": (0.5,)}
 # A certified point that PGD broke (or that is misclassified) means a bound engine is wrong: a bug,
@@ -72,9 +73,9 @@ def certify_table(report: dict) -> None:
 @click.option(
     "--method",
     cls=MultiOption,
-    type=click.Choice([*METHODS, "bab"]),
+    type=click.Choice([*METHODS, "bab", "smoothing"]),
     help="Bound methods (default ibp); crown-ibp, crown, alpha-crown and lirpa-ibp need auto_LiRPA. "
-    "With --spec: ibp, crown, alpha-crown, bab (default all).",
+    "With --spec: ibp, crown, alpha-crown, bab (default all). smoothing: randomized smoothing (L2, --sigma).",
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--pgd-steps", type=int, default=40, show_default=True, help="PGD steps for the upper bound.")
@@ -83,12 +84,13 @@ def certify_table(report: dict) -> None:
 @click.option("--spec", type=click.Path(dir_okay=False), help="VNNLIB property: replaces --data and --eps.")
 @click.option("--timeout", type=float, default=None, help="With --spec: seconds before answering timeout.")
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
+@add_smoothing_options
 @runtime_options
 @json_option
 @html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, device, batch_size, seed, json_path, html_path,
+    spec, timeout, counterexample, device, batch_size, seed, json_path, html_path, **smoothing,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -96,10 +98,21 @@ def command(
     robust certify --model mnist-cnn --eps 0.1 --method ibp crown-ibp
     robust certify --model my.pt --data test.npz --eps 0.01 0.02 --method crown --json cert.json
     robust certify --model net.onnx --spec prop.vnnlib --method crown
+    robust certify --model mnist-cnn --method smoothing --sigma 0.25 0.5 --samples 10000 --png cert.png
 
     Exit code 3: a certified point was broken by PGD or misclassified, i.e. a bound is unsound (a bug).
     """
     check_output(html_path, "--html", (".html", ".htm"))
+    if "smoothing" in method:
+        if html_path:
+            raise InputError("--html is not available with --method smoothing; use --json and --png")
+        certify_smoothing_command(
+            model=model, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, data=data, n=n, eps=eps,
+            methods=tuple(method), spec=spec, device=device, batch_size=batch_size, seed=seed, json_path=json_path,
+            **smoothing,
+        )
+        return
+    reject_smoothing_options()
     if spec is not None and html_path:
         raise InputError("--html goes with --data/--eps runs; with --spec use --json for the verdict")
     if spec is not None:

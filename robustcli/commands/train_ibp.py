@@ -10,13 +10,15 @@ import click
 import torch
 from torch import nn
 
-from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.archs import ARCHS
+from robustcli.commands import _training
 from robustcli.core import distributed
 from robustcli.core.checkpoint import Checkpointer
-from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
+from robustcli.core.ddp import has_batchnorm
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
-from robustcli.models import save_model, wrap_normalization
+from robustcli.data import BUILTIN_DATASETS, Dataset
+from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, json_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
@@ -24,25 +26,11 @@ from robustcli.report import pct, print_table, write_json
 DEFAULT_ARCH = {"mnist": "mnist-cnn-bn", "digits": "digits-mlp-bn"}
 
 
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def build_model(arch: str, data: str, mean: tuple[float, ...], std: tuple[float, ...], init: str, seed: int) -> nn.Module:
-    """The architecture with its normalisation, initialised reproducibly from `seed`."""
-    from robustcli.certify.init import ibp_init
-    from robustcli.zoo import NORMALIZATION
-
+    """The architecture with its normalisation, initialised reproducibly from `seed`, leaving
+    torch's global generator as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # torch's default init draws from the global generator
-        inner = build_arch(arch)
-    if init == "ibp":
-        ibp_init(inner, torch.Generator().manual_seed(seed))
-    if mean or std:
-        return wrap_normalization(inner, list(mean) or None, list(std) or None)
-    if data in NORMALIZATION:
-        return Normalized(inner, *NORMALIZATION[data])
-    return inner
+        return _training.build_model(arch, data, seed, init=init, mean=mean, std=std)
 
 
 def split_holdout(train: Dataset, holdout: int, n_train: int | None, seed: int) -> tuple[Dataset, Dataset]:
@@ -52,16 +40,6 @@ def split_holdout(train: Dataset, holdout: int, n_train: int | None, seed: int) 
     if n_train is not None:
         rest = rest[:n_train]
     return Dataset(train.x[rest], train.y[rest], train.name), Dataset(train.x[hold], train.y[hold], train.name + ":holdout")
-
-
-def _load_data(data: str, test_data: str | None) -> tuple[Dataset, Dataset]:
-    if data in BUILTIN_DATASETS:
-        if test_data:
-            return load_dataset(data, "train"), load_dataset(test_data, "test")
-        return load_dataset(data, "train"), load_dataset(data, "test")
-    if not test_data:
-        raise InputError(f"--data {data} is a file; pass --test-data FILE for the final evaluation")
-    return load_dataset(data, "train"), load_dataset(test_data, "test")
 
 
 def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd_steps: int, seed: int, device) -> dict:
@@ -153,14 +131,14 @@ def command(
         method=method, init=init, regularize=regularize, reg_lambda=reg_lambda, tau=tau, kappa=kappa, lr=lr,
         lr_decay=lr_decay, grad_clip=grad_clip, batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    train_all, test = _load_data(data, test_data)
+    train_all, test = _training.train_test_data(data, test_data)
     test = test.head(n)
     holdout = min(holdout, len(train_all) // 5)
     train, held = split_holdout(train_all, holdout, n_train, seed)
     if len(train) < 2:
         raise InputError(f"only {len(train)} training points left after the hold-out; lower --holdout or add data")
     model = build_model(arch, data, mean, std, config.init, seed).to(dev)
-    if recipe == "short" and not _has_batchnorm(model):
+    if recipe == "short" and not has_batchnorm(model):
         raise InputError(
             f"the short recipe expects BatchNorm after each layer (Shi et al. 2021) but {arch} has none; "
             "use a -bn arch (mnist-cnn-bn, mnist-cnn7-bn, mnist-mlp-bn, digits-mlp-bn) or --recipe vanilla"
@@ -267,8 +245,4 @@ def _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr
         raise InputError("--lr must be > 0 and --lr-decay in (0, 1]")
     if not tau > 0 or not 0 <= kappa <= 1:
         raise InputError("--tau must be > 0 and --kappa in [0, 1]")
-    if not str(out).endswith(".safetensors"):
-        raise InputError(f"--out {out}: use a .safetensors file name (the model is saved with its arch)")
-    parent = Path(out).parent
-    if not parent.exists():
-        raise InputError(f"cannot write {out}: folder {parent} does not exist")
+    _training.check_out(out)

@@ -127,16 +127,22 @@ class Checkpointer:
         self.checkpoint_path.unlink(missing_ok=True)
 
     def _truncate_log(self, next_epoch: int) -> None:
-        """Drop log lines of epochs after the checkpoint (written before a crash)."""
+        """Drop log lines of epochs after the checkpoint (written before a crash), and a line a
+        kill cut short."""
         if not self.log_path.exists():
             return
-        keep = [
-            line
-            for line in self.log_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", -1) < next_epoch
-        ]
+        keep = [line for line in self.log_path.read_text().splitlines() if _epoch_of(line) < next_epoch]
         with atomic_path(self.log_path) as tmp:
             tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a log line; infinity for a blank or partly written one (so it is dropped)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return math.inf
+    return record.get("epoch", -1) if isinstance(record, dict) else math.inf
 
 
 _SECTIONS = ("model", "optimizers", "schedulers", "generators", "extra")

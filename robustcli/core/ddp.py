@@ -1,43 +1,41 @@
-"""Data-parallel training on torchrun with torch's DistributedDataParallel (DDP).
+"""Data-parallel training on torchrun: one gradient average per optimiser step, over the global batch.
 
-A training loop keeps its shape; three calls make it data-parallel (all no-ops in one process):
+Every trainer runs in `core.training_loop`, whose steps call `backward()` and `optimizer.step()`
+themselves (an inner attack, two optimisers as in AdvMoE, gradient clipping as in certified
+training). `GradientSync` makes such a loop data-parallel with one strategy for all of them:
 
-    parallel = DataParallel(model)                  # DDP + SyncBatchNorm on GPUs
+    sync = GradientSync(model, optimizers)          # every rank starts from rank 0's weights
     for idx in global_batches:                      # same seeded order on every rank
-        part = parallel.local(idx)                  # this rank's share, and its loss weight
-        loss = parallel(objective, x[part.index], y[part.index])
-        (loss * part.weight).backward()             # DDP all-reduces (averages) the gradients
-        opt.step()
-    model = parallel.finish()                       # plain BatchNorm layers again
+        part = sync.local(idx)                      # this rank's contiguous share, and its weight
+        step(x[part.index], y[part.index])          # backward(); [sync.synchronize(opt); clip]; opt.step()
+    model = sync.finish()                           # plain BatchNorm layers again
 
-`objective(model, *inputs) -> loss` (or a tuple starting with the loss) runs *inside* DDP's
-forward, so any use of the model in it (a clean forward pass, interval bounds walking its layers)
-is covered by DDP's gradient hooks. Every rank draws the global batch order from the same seeded
-generator and takes a contiguous slice of each global batch; the slice's mean loss is weighted
-by `len(slice) * world / len(batch)`, so DDP's average of the ranks' gradients is exactly the
-gradient of the global batch's mean loss, whatever the world size. With identical gradients and
-identical starting weights (DDP broadcasts rank 0's at wrap time) every rank's optimiser takes
-the same step, so K ranks reproduce one process's weights up to float summation order.
+An optimiser step pre-hook averages the ranks' gradients (one all_reduce of the flattened
+gradients), each weighted by `len(slice) * world / len(batch)`, so the average is exactly the
+gradient of the global batch's mean loss whatever the world size; with identical gradients and
+identical starting weights every rank's optimiser takes the same step, so K ranks reproduce one
+process's weights up to float summation order. This is the reduction DDP's reducer performs,
+done at the optimiser step instead of inside a wrapped forward, so the loss may use the model in
+any way (interval bounds walking its layers, an attack's inner loop).
 
 BatchNorm: on CUDA, layers become `torch.nn.SyncBatchNorm` (statistics over the global batch,
 as one process would compute them). torch's SyncBatchNorm has no CPU kernel, so on CPU (gloo)
 each rank normalises with its own slice's statistics and the running statistics come from rank 0
-(DDP broadcasts buffers): that changes the recipe's numbers, and a warning says so.
+(broadcast after each step): that changes the recipe's numbers, and a warning says so.
 
-Randomness inside a step (random starts of a training attack, dropout) comes from torch's global
-generator: `DataParallel` re-seeds it per rank from one shared draw, so ranks draw different
-noise; such runs match a single process in distribution, not bit for bit.
+Randomness inside a step (random starts of a training attack, dropout) comes from per-rank
+streams (`distributed.per_rank_rng`, `per_rank_generators`), so ranks draw different noise;
+such runs match a single process in distribution, not bit for bit.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from robustcli.core import distributed
 
@@ -70,67 +68,8 @@ def local_batch(global_index: torch.Tensor, *, rank: int | None = None, world: i
     return LocalBatch(part, len(part) * k / n)
 
 
-class _Objective(nn.Module):
-    """The module DDP wraps: its forward is the whole loss computation, so DDP sees every use."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, objective: Callable[..., Any], *inputs: Any) -> Any:
-        return objective(self.model, *inputs)
-
-
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-class DataParallel:
-    """DDP around a model for one training run; a transparent pass-through in a single process."""
-
-    def __init__(self, model: nn.Module, *, sync_batchnorm: bool = True, find_unused_parameters: bool = False):
-        self.model = model
-        self.distributed = distributed.is_distributed()
-        self._reverts: list[tuple[nn.Module, str, nn.modules.batchnorm._BatchNorm]] = []
-        self._ddp: DistributedDataParallel | None = None
-        if not self.distributed:
-            return
-        device = next(model.parameters()).device
-        if sync_batchnorm and _can_sync_batchnorm(model, device):
-            self._to_sync_batchnorm(model)
-        self._ddp = DistributedDataParallel(
-            _Objective(model),
-            device_ids=[device.index if device.index is not None else torch.cuda.current_device()]
-            if device.type == "cuda"
-            else None,
-            find_unused_parameters=find_unused_parameters,
-        )
-        distributed.per_rank_rng()
-
-    def local(self, global_index: torch.Tensor) -> LocalBatch:
-        return local_batch(global_index)
-
-    def __call__(self, objective: Callable[..., Any], *inputs: Any) -> Any:
-        if self._ddp is None:
-            return objective(self.model, *inputs)
-        return self._ddp(objective, *inputs)
-
-    def reduce_sums(self, sums: dict[str, float]) -> dict[str, float]:
-        return reduce_sums(sums)
-
-    def agree_finite(self, loss: torch.Tensor) -> torch.Tensor:
-        """`loss`, or NaN on every rank when any rank's loss is not finite (so all stop together)."""
-        return agree_finite(loss)
-
-    def finish(self) -> nn.Module:
-        """Drop the DDP wrapper and turn SyncBatchNorm layers back into the original BatchNorm ones."""
-        self._ddp = None
-        revert_batchnorm(self._reverts)
-        self._reverts.clear()
-        return self.model
-
-    def _to_sync_batchnorm(self, model: nn.Module) -> None:
-        self._reverts += to_sync_batchnorm(model)
 
 
 def reduce_sums(sums: dict[str, float]) -> dict[str, float]:
@@ -192,15 +131,13 @@ def revert_batchnorm(reverts: Reverts) -> None:
 class GradientSync:
     """Data parallelism for loops whose step owns `backward()` and `optimizer.step()` itself.
 
-    DDP needs the loss to come out of its own forward call; a step that runs an inner attack
-    and calls the optimiser itself (the `defenses` trainers) cannot give it that without being
-    rewritten. Here an optimiser step pre-hook does what DDP's reducer does after backward: it
+    An optimiser step pre-hook does what DDP's reducer does after backward: it
     averages the gradients across ranks (one all_reduce of the flattened gradients), weighted by
     this rank's share of the global batch (`local()`), then broadcasts rank 0's buffers (BatchNorm
     running statistics, as DDP does before each forward). Parameters without a gradient on every
-    rank keep none (an expert no point was routed to), as in one process. Clip gradients, if at
-    all, after the step pre-hook has run, i.e. not between backward and step (the hook runs at
-    step): trainers using `train_epochs` do not clip.
+    rank keep none (an expert no point was routed to), as in one process. Clipping must see the
+    averaged gradient: a step that clips calls `synchronize(optimizer)` first (as
+    `core.training_loop.descend` does), which averages at once and lets the hook skip that step.
     """
 
     def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], *, sync_batchnorm: bool = True):
@@ -209,6 +146,7 @@ class GradientSync:
         self.weight = 1.0
         self._reverts: Reverts = []
         self._handles: list[Any] = []
+        self._synchronized: set[int] = set()  # optimisers averaged ahead of their next step
         if not self.distributed:
             return
         device = next(model.parameters()).device
@@ -225,7 +163,17 @@ class GradientSync:
         self.weight = part.weight
         return part
 
+    def synchronize(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average this optimiser's gradients now (before clipping); its next step skips the hook."""
+        if not self.distributed:
+            return
+        self._average(optimizer, (), {})
+        self._synchronized.add(id(optimizer))
+
     def _average(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if id(optimizer) in self._synchronized:
+            self._synchronized.discard(id(optimizer))
+            return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if not params:
             return

@@ -10,7 +10,7 @@ nothing is initialised and every helper here is a no-op: rank 0 of a world of on
 Evaluation commands shard points by whole batches (`shard`), so each batch, and the seed of its
 random starts (drawn from the seed and the batch's first global index), is the one a single
 process would see; `gather_to_main` brings the per-point results to rank 0, which alone prints
-and writes reports. Training uses `robustcli.ddp`.
+and writes reports. Training uses `core.training_loop` with `core.ddp`.
 """
 
 from __future__ import annotations

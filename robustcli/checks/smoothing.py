@@ -1,0 +1,73 @@
+"""The `smoothing` check: certified L2 accuracy of the randomized-smoothing classifier.
+
+Cohen, Rosenfeld & Kolter 2019 through `robustcli.certify.smoothing`. One sigma per check, so every
+gate names one classifier g. Metrics: `clean_accuracy` and `abstention_rate` (PREDICT's binomial
+test on the n estimation samples), `certified_accuracy` per L2 radius in `eps` (CERTIFY; each
+certificate holds with probability >= 1 - alpha), `median_certified_radius` over correctly
+certified points. All are g's figures, never the base model's.
+"""
+
+from __future__ import annotations
+
+import math
+
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.smoothing_report import DEFAULT_ALPHA, DEFAULT_N0, DEFAULT_SAMPLES, run_smoothing_certify
+
+
+def _radii(options: dict) -> tuple[float, ...]:
+    return tuple(options["eps"])
+
+
+def _validate(options: dict) -> tuple[str, str] | None:
+    if not options["sigma"] > 0:
+        return "sigma", "sigma must be > 0 (the noise std in [0, 1] pixel units)"
+    alpha = options.get("alpha", DEFAULT_ALPHA)
+    if not 0 < alpha < 1:
+        return "alpha", "alpha must be strictly between 0 and 1"
+    if options.get("n0", DEFAULT_N0) > options.get("samples", DEFAULT_SAMPLES):
+        return "n0", "n0 must not exceed samples"
+    return None
+
+
+def run_smoothing_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
+    w = ctx.workload
+    samples, n0 = options.get("samples", DEFAULT_SAMPLES), options.get("n0", DEFAULT_N0)
+    radii = tuple(sorted(set(_radii(options))))
+    with ctx.progress("smoothing check", len(w.data) * (n0 + samples)) as advance:
+        (row,) = run_smoothing_certify(
+            w, radii, (options["sigma"],), samples=samples, n0=n0, alpha=options.get("alpha", DEFAULT_ALPHA),
+            batch_size=ctx.batch_size, seed=ctx.seed, advance=lambda k: advance(k),
+        )  # fmt: skip
+    out = CheckOutcome(time_s=row["time_s"])
+    out.values[("clean_accuracy", None, None)] = row["clean_accuracy"]
+    out.values[("abstention_rate", None, None)] = row["abstention_rate"]
+    median = row["median_certified_radius"]
+    out.values[("median_certified_radius", None, None)] = math.nan if median is None else median
+    for c in row["certified_accuracy"]:
+        out.values[("certified_accuracy", None, c["radius"])] = c["accuracy"]
+    out.details = {k: v for k, v in row.items() if k != "points"}
+    return out
+
+
+SMOOTHING_CHECK = CheckType(
+    name="smoothing",
+    help="certified L2 accuracy of the randomized-smoothing classifier (Cohen et al. 2019)",
+    keys={
+        "sigma": KeySpec("float", required=True, minimum=0.0, help="noise std in [0, 1] pixel units"),
+        "eps": KeySpec("floats", required=True, minimum=0.0, help="L2 radii to report certified accuracy at"),
+        "samples": KeySpec("int", minimum=1, help=f"noise samples per point (default {DEFAULT_SAMPLES})"),
+        "n0": KeySpec("int", minimum=1, help=f"selection samples (default {DEFAULT_N0})"),
+        "alpha": KeySpec("float", minimum=0.0, help=f"failure probability (default {DEFAULT_ALPHA})"),
+    },
+    metrics={
+        "clean_accuracy": MetricSpec(per_eps=False, help="PREDICT accuracy of the smoothed classifier"),
+        "abstention_rate": MetricSpec(per_eps=False),
+        "certified_accuracy": MetricSpec(per_eps=True, help="CERTIFY accuracy at L2 radius eps"),
+        "median_certified_radius": MetricSpec(per_eps=False),
+    },
+    flags={},
+    run=run_smoothing_check,
+    eps_of=_radii,
+    validate=_validate,
+)
