@@ -51,6 +51,11 @@ class SmoothedEpsSchedule:
             return float(a * t**self.beta)
         return float(a * m**self.beta + a * self.beta * m ** (self.beta - 1) * (t - m))
 
+    def warming_up(self, step: int) -> bool:
+        """True before eps reaches eps_max: the eps = 0 epochs and the ramp (the window of Shi et
+        al.'s warm-up regularisers, whose code runs them from the first epoch)."""
+        return self.eps_max > 0 and self(step) < self.eps_max
+
     def ramping(self, step: int) -> bool:
         """True while eps is strictly between 0 and eps_max (the warmup regularisers' window)."""
         return 0.0 < self(step) < self.eps_max

@@ -1,16 +1,20 @@
 """Certified training with interval bounds: the short-warmup recipe of Shi et al. 2021, and vanilla IBP.
 
-Per step at eps_t (see `certify.schedule`):
+Per step at eps_t (see `certify.schedule`), as Shi et al. 2021 train (their paper, sec. 3.3 and 4,
+and their code's loss):
   natural   = CE(model(x), y)                       (train mode; updates BN running statistics)
   robust    = CE([0, -lower margins], 0)            (lower bounds of C f(x') over the eps_t ball,
                                                      last layer merged into C = margin_spec)
-  loss      = kappa_t * natural + (1 - kappa_t) * robust  (+ warmup regularisers while ramping)
-with kappa_t = 1 - (1 - kappa) * eps_t / eps_max (Gowal et al. 2018's mixing; kappa = 0 by default,
-so the loss is purely robust once eps reaches eps_max, as in Shi et al.). At eps_t = 0 the loss is
-plain cross-entropy. While 0 < eps_t < eps_max the regularisers of `certify.regularizers` are
-added with weight lambda * (1 - eps_t / eps_max). Adam, gradient-norm clipping, lr decay at
-milestone epochs. BatchNorm is bounded with the clean batch's statistics in train mode
-(`certify.ibp`).
+  loss      = natural                               while eps_t = 0
+            = robust                                once eps_t > 0
+  + lambda * (1 - eps_t / eps_max) * (L_tight + L_relu)   while eps_t < eps_max (regularize on)
+The warm-up regularisers (`certify.regularizers`) also run in the eps = 0 epochs, on intervals
+of a tiny box (`reg_min_eps` = 1e-6, their code's `min_eps_reg`), with the full weight lambda.
+Options beyond the paper: `kappa` keeps a constant share of natural CE once eps > 0
+(loss = kappa * natural + (1 - kappa) * robust), and `mix_natural` ramps that share from 1 to
+kappa with eps_t / eps_max (Gowal et al. 2018's mixing); both are off by default. Adam,
+gradient-norm clipping, lr decay at milestone epochs. BatchNorm is bounded with the clean
+batch's statistics in train mode (`certify.ibp`).
 
 `method="crown-ibp"` (Zhang et al. 2020) bounds the loss's margins with
 beta_t * CROWN-IBP + (1 - beta_t) * IBP, beta_t = 1 - eps_t / eps_max (their schedule: CROWN-IBP
@@ -60,7 +64,9 @@ class IBPTrainConfig:
     regularize: bool = True
     reg_lambda: float = 0.5
     tau: float = 0.5
-    kappa: float = 0.0  # weight of natural CE once eps reaches eps_max
+    kappa: float = 0.0  # weight of natural CE once eps > 0 (at eps_max when mix_natural)
+    mix_natural: bool = False  # ramp natural CE's weight from 1 to kappa with eps (Gowal et al. 2018)
+    reg_min_eps: float = 1e-6  # eps of the regularisers' bounds in the eps = 0 epochs (Shi et al.'s code)
     lr: float = 5e-4
     lr_decay: float = 0.2
     grad_clip: float = 10.0
@@ -136,6 +142,15 @@ class TrainResult:
 
 
 BoundFn = Callable[[nn.Module, torch.Tensor, float, str, torch.Tensor], torch.Tensor]
+
+
+def natural_weight(config: IBPTrainConfig, progress: float) -> float:
+    """Weight of natural CE at eps_t = progress * eps_max > 0: `kappa` (0 by default: the robust
+    loss alone, as Shi et al. 2021 train), or with `mix_natural` Gowal et al. 2018's ramp
+    1 - (1 - kappa) * progress."""
+    if config.mix_natural:
+        return 1.0 - (1.0 - config.kappa) * progress
+    return config.kappa
 
 
 def robust_ce(lower: torch.Tensor) -> torch.Tensor:
@@ -280,25 +295,31 @@ def _step_loss(
     """(loss, (natural, robust, regulariser) as floats, clean logits) for one batch."""
     logits = model(x)
     natural = F.cross_entropy(logits, y)
-    if eps_t <= 0 or config.eps <= 0:
+    warming_up = config.regularize and config.reg_lambda > 0 and config.eps > 0 and schedule.warming_up(step)
+    if (eps_t <= 0 or config.eps <= 0) and not warming_up:
         return natural, (natural.item(), math.nan, 0.0), logits
     spec = margin_spec(y, classes, dtype=x.dtype)
-    res = ibp_bounds(model, x, eps_t, config.norm, spec, return_layers=True)
-    lower = res.lower
-    progress = eps_t / config.eps
-    if config.method == "crown-ibp":
-        beta = 1.0 - progress
-        if beta > 0:
-            lower = beta * crown_ibp_bounds(model, x, eps_t, config.norm, spec) + (1 - beta) * lower
-    robust = robust_ce(lower)
-    kappa_t = 1.0 - (1.0 - config.kappa) * progress
-    loss = kappa_t * natural + (1 - kappa_t) * robust
+    # at eps_t = 0 the regularisers still need intervals: Shi et al.'s code bounds a tiny box
+    res = ibp_bounds(model, x, max(eps_t, config.reg_min_eps), config.norm, spec, return_layers=True)
+    progress = eps_t / config.eps if config.eps > 0 else 0.0
+    if eps_t > 0 and config.eps > 0:
+        lower = res.lower
+        if config.method == "crown-ibp":
+            beta = 1.0 - progress
+            if beta > 0:
+                lower = beta * crown_ibp_bounds(model, x, eps_t, config.norm, spec) + (1 - beta) * lower
+        robust = robust_ce(lower)
+        kappa_t = natural_weight(config, progress)
+        loss = robust if kappa_t == 0 else kappa_t * natural + (1 - kappa_t) * robust
+        robust_value = robust.item()
+    else:
+        loss, robust_value = natural, math.nan
     reg_value = 0.0
-    if config.regularize and config.reg_lambda > 0 and schedule.ramping(step):
+    if warming_up:
         reg = tightness_loss(res.pre_relu, input_radius(res, model), config.tau) + relu_balance_loss(
             res.pre_relu, config.tau
         )
         weighted = config.reg_lambda * (1 - progress) * reg
         loss = loss + weighted
         reg_value = weighted.item()
-    return loss, (natural.item(), robust.item(), reg_value), logits
+    return loss, (natural.item(), robust_value, reg_value), logits

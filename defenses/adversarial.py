@@ -1,4 +1,5 @@
-"""Adversarial training: natural, PGD-AT (Madry et al. 2018) and TRADES (Zhang et al. 2019).
+"""`robust train`'s trainers: natural, PGD-AT (Madry et al. 2018), TRADES (Zhang et al. 2019), and
+Gaussian data augmentation (Cohen et al. 2019; `defenses.gaussian`).
 
 - natural: minimise CE(f(x), y).
 - pgd-at: minimise CE(f(x_adv), y) with x_adv = PGD maximising CE in the Linf eps ball
@@ -26,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcli.attacks.base import eval_mode
+from robustcli.defenses.gaussian import gaussian_augmentation_loss
 from robustcli.defenses.inner_max import pgd_maximize
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.core.training_loop import StepContext, descend, train_loop
 
-DEFENSES = ("natural", "pgd-at", "trades")
+DEFENSES = ("natural", "pgd-at", "trades", "gaussian")
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,21 @@ class AdversarialConfig:
     beta: float = 6.0
     warmup_epochs: int = 0
     seed: int = 0
+    sigma: float = 0.25  # std of the Gaussian augmentation in [0, 1] pixel units (defense "gaussian" only)
 
     def __post_init__(self) -> None:
         if self.defense not in DEFENSES:
             raise ValueError(f"unknown defense {self.defense!r}; expected one of {DEFENSES}")
+        if self.defense == "gaussian" and not self.sigma > 0:
+            raise ValueError(f"gaussian augmentation needs sigma > 0, got {self.sigma}")
+
+    def run_config(self) -> dict[str, Any]:
+        """The options a checkpoint records (sigma only where it matters, so runs of the other
+        defenses resume from checkpoints written before it existed)."""
+        config = asdict(self)
+        if self.defense != "gaussian":
+            del config["sigma"]
+        return config
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -125,8 +138,14 @@ def train_adversarial(
         "order": torch.Generator().manual_seed(config.seed),
         "attack": torch.Generator(device=device).manual_seed(config.seed + 1),
     }
+    if config.defense == "gaussian":
+        generators["noise"] = torch.Generator(device=device).manual_seed(config.seed + 2)
 
     def step(xb: torch.Tensor, yb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+        if config.defense == "gaussian":
+            losses = gaussian_augmentation_loss(model, xb, yb, sigma=config.sigma, generator=generators["noise"])
+            descend(losses["loss"], opt, ctx)
+            return {k: v.detach() for k, v in losses.items()}
         eps = eps_at(config, ctx.epoch, ctx.batch, ctx.batches)
         losses = adversarial_loss(
             model, xb, yb, defense=config.defense, eps=eps, attack_steps=config.attack_steps,
@@ -138,6 +157,6 @@ def train_adversarial(
     return train_loop(
         model, x, y, step,
         optimizers={"adam": opt}, generators=generators, epochs=config.epochs,
-        batch_size=config.batch_size, run_config=asdict(config), checkpointer=checkpointer,
+        batch_size=config.batch_size, run_config=config.run_config(), checkpointer=checkpointer,
         resume=resume, on_batch=on_batch, on_epoch=on_epoch,
     ).history  # fmt: skip

@@ -7,13 +7,15 @@
     checks:
       - name: pgd-linf
         type: attack           # a check type from robustcli.checks.CHECK_TYPES
-        attacks: [fgsm, pgd]
+        attack: [fgsm, pgd]    # keys are the long flag names of the matching command
         eps: [0.05, 0.1]
         gates:
           - robust_accuracy >= 0.6 at eps=0.05
           - clean_accuracy >= 0.9
 
-Every problem (unknown key, wrong type, missing file, a gate the check cannot measure) is an
+Keys are spelled like the long flags of the matching command (`attack`, `pgd-steps`,
+`batch-size`); older spellings (`attacks`, `pgd_steps`) still read, each with a one-line
+deprecation note. Every problem (unknown key, wrong type, missing file, a gate the check cannot measure) is an
 InputError naming the file, the line and the key, raised before anything runs. Line numbers come
 from composing the YAML into nodes, whose marks keep positions; values are then read with
 `yaml.safe_load` from the same text.
@@ -35,6 +37,7 @@ from robustcli.checks.base import KeySpec
 from robustcli.data import BUILTIN_DATASETS
 from robustcli.core.errors import InputError
 from robustcli.gates import OPS, Gate, GateSyntaxError, parse_gate_string
+from robustcli.options import deprecation_note
 
 TOP_KEYS: dict[str, KeySpec] = {
     "name": KeySpec("str", help="a name for the report"),
@@ -43,9 +46,9 @@ TOP_KEYS: dict[str, KeySpec] = {
     "n": KeySpec("int", minimum=1, help="evaluate the first n test points"),
     "seed": KeySpec("int", default=0, minimum=0),
     "device": KeySpec("str", default="auto", choices=("auto", "cpu", "cuda")),
-    "batch_size": KeySpec("int", default=256, minimum=1),
+    "batch-size": KeySpec("int", default=256, minimum=1),
     "arch": KeySpec("str", help="architecture for a state dict"),
-    "allow_pickle": KeySpec("bool", default=False, help="load a pickled whole model (runs code: trusted files only)"),
+    "allow-pickle": KeySpec("bool", default=False, help="load a pickled whole model (runs code: trusted files only)"),
     "mean": KeySpec("floats", help="per-channel mean for normalisation inside the model"),
     "std": KeySpec("floats", minimum=0.0, help="per-channel std"),
     "checks": KeySpec("list", required=True, help="list of checks"),
@@ -209,17 +212,35 @@ def _suggest(word: Any, options: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _read_mapping(raw: Any, specs: dict[str, KeySpec], at: tuple, lines: _Lines, what: str) -> dict[str, Any]:
+def current_key(key: Any, specs: dict[str, KeySpec], old_keys: dict[str, str]) -> Any:
+    """The key's current spelling (the long flag name): old names and underscores map to it."""
+    if key in specs or not isinstance(key, str):
+        return key
+    if key in old_keys:
+        return old_keys[key]
+    dashed = key.replace("_", "-")
+    return dashed if dashed in specs else key
+
+
+def _read_mapping(
+    raw: Any, specs: dict[str, KeySpec], at: tuple, lines: _Lines, what: str, old_keys: dict[str, str] | None = None
+) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise lines.error(at, f"{what} must be a mapping of keys to values, got {type(raw).__name__}")
     out: dict[str, Any] = {}
-    for key, value in raw.items():
+    for raw_key, value in raw.items():
+        key = current_key(raw_key, specs, old_keys or {})
+        if key != raw_key:
+            line = lines.lines.get(at + (raw_key,), 1)
+            deprecation_note(repr(raw_key), repr(key), where=f"{lines.path}:{line}: key ")
+            if key in raw:
+                raise lines.error(at + (raw_key,), f"{raw_key!r} and {key!r} are the same key; keep {key!r}")
         if key not in specs:
             known = ", ".join(specs)
             raise lines.error(at + (key,), f"unknown key {key!r} in {what}{_suggest(key, specs)}; known keys: {known}")
         if value is None and not specs[key].required:
             continue
-        out[key] = _coerce(value, specs[key], at + (key,), lines)
+        out[key] = _coerce(value, specs[key], at + (raw_key,), lines)
     for key, spec in specs.items():
         if key not in out:
             if spec.required:
@@ -310,12 +331,13 @@ def _parse_check(raw: Any, index: int, lines: _Lines) -> CheckConfig:
         raise lines.error(at + ("type",), f"unknown check type {kind!r}{_suggest(kind, CHECK_TYPES)}; known: {', '.join(CHECK_TYPES)}")
     ctype = CHECK_TYPES[kind]
     specs = {**CHECK_COMMON_KEYS, **ctype.keys}
-    values = _read_mapping(raw, specs, at, lines, f"checks[{index}] (type {kind})")
+    values = _read_mapping(raw, specs, at, lines, f"checks[{index}] (type {kind})", ctype.old_keys)
     options = {k: v for k, v in values.items() if k not in CHECK_COMMON_KEYS}
     problem = ctype.validate(options)
     if problem is not None:
         key, message = problem
-        raise lines.error(at + (key,) if key in raw else at, f"checks[{index}].{key}: {message}")
+        raw_key = next((k for k in raw if current_key(k, specs, ctype.old_keys) == key), None)
+        raise lines.error(at + (raw_key,) if raw_key is not None else at, f"checks[{index}].{key}: {message}")
     gates = []
     for j, g in enumerate(values["gates"]):
         gate_at = at + ("gates", j)
@@ -366,9 +388,9 @@ def load_eval_config(path: str | Path) -> EvalConfig:
         n=top.get("n"),
         seed=top["seed"],
         device=top["device"],
-        batch_size=top["batch_size"],
+        batch_size=top["batch-size"],
         arch=top.get("arch"),
-        allow_pickle=top["allow_pickle"],
+        allow_pickle=top["allow-pickle"],
         mean=top.get("mean", ()),
         std=top.get("std", ()),
         checks=checks,

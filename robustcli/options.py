@@ -1,8 +1,17 @@
-"""Shared Click plumbing: the command class, option groups, YAML configs, variadic options.
+"""Shared Click plumbing: the command class, the options every command shares, YAML configs.
 
 Every command is a `RobustCommand`: `--config FILE.yaml` supplies defaults for any option (keys are
-option names, dashes or underscores), flags on the command line win, and options declared with
-`cls=MultiOption` accept several values after one flag (`--eps 0.1 0.2 0.3`).
+the long flag names a user types: `attack`, `eps-l2`, `json`), flags on the command line win, and
+options declared with `cls=MultiOption` accept several values after one flag (`--eps 0.1 0.2 0.3`).
+
+An option that was renamed keeps answering to its old spellings (`RobustOption(old=...)`): on the
+command line and as a config key they still work and print a one-line deprecation note on stderr.
+Config keys spelled with underscores (`pgd_steps`) or by the Python name (`attack_names`,
+`json_path`) read the same way, with the same note.
+
+Option names avoid being prefixes of torchrun's own options (`--n` is one of `--nnodes`, ...):
+torchrun's parser rejects an ambiguous prefix anywhere on its command line, even after
+`-m robustcli`, so every option has a name that passes (`--num-points` for `--n`).
 """
 
 from __future__ import annotations
@@ -14,15 +23,50 @@ from typing import Any, Callable
 import click
 import yaml
 
+from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
 
 
-class MultiOption(click.Option):
+class RobustOption(click.Option):
+    """An option that also answers to its older spellings `old` (each read with a deprecation note)."""
+
+    def __init__(self, *args: Any, old: tuple[str, ...] = (), **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.old = tuple(old)
+
+    @property
+    def long_names(self) -> list[str]:
+        return [o[2:] for o in self.opts if o.startswith("--")]
+
+
+class MultiOption(RobustOption):
     """An option that takes one or more values after a single flag; repeated flags also work."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("multiple", True)
         super().__init__(*args, **kwargs)
+
+
+def deprecation_note(old: str, new: str, where: str = "") -> None:
+    """One line on stderr (rank 0 only under torchrun): the old spelling still works, for now."""
+    if distributed.is_main():
+        click.echo(f"note: {where}{old} is deprecated; write {new} (the old name still works for now)", err=True)
+
+
+def rename_old_flags(params: list[click.Parameter], args: list[str]) -> list[str]:
+    """Rewrite old option spellings (`--train-n 5`, `--train-n=5`) to the current name, with a note."""
+    renames = {old: p.opts[0] for p in params if isinstance(p, RobustOption) for old in p.old}
+    out = []
+    for tok in args:
+        if tok == "--":
+            out.extend(args[len(out) :])
+            break
+        flag, eq, value = tok.partition("=")
+        if flag in renames:
+            deprecation_note(flag, renames[flag])
+            tok = renames[flag] + eq + value
+        out.append(tok)
+    return out
 
 
 def _looks_like_value(token: str) -> bool:
@@ -76,7 +120,7 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
 
 class RobustCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, expand_multi_options(self.params, args))
+        return super().parse_args(ctx, expand_multi_options(self.params, rename_old_flags(self.params, args)))
 
     def invoke(self, ctx: click.Context) -> Any:
         return _user_errors(super().invoke, ctx)
@@ -117,25 +161,44 @@ def read_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def config_keys(params: list[click.Parameter]) -> tuple[dict[str, click.Parameter], dict[str, tuple[str, click.Parameter]]]:
+    """Config keys of a command: {long flag name: param}, and {old spelling: (current name, param)}.
+
+    Old spellings: an option's `old` names, the Python name (`attack_names`), underscores for dashes.
+    """
+    current: dict[str, click.Parameter] = {}
+    for p in params:
+        if p.name and p.name != "config" and isinstance(p, click.Option):
+            for opt in p.opts:
+                if opt.startswith("--"):
+                    current.setdefault(opt[2:], p)
+    old: dict[str, tuple[str, click.Parameter]] = {}
+    for key, p in current.items():
+        name = next(o[2:] for o in p.opts if o.startswith("--"))
+        spellings = [key.replace("-", "_"), p.name or "", (p.name or "").replace("_", "-")]
+        spellings += [o[2:] for o in getattr(p, "old", ())] + [o[2:].replace("-", "_") for o in getattr(p, "old", ())]
+        for s in spellings:
+            if s and s not in current:
+                old.setdefault(s, (name, p))
+    return current, old
+
+
 def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
     data = read_config(Path(value))
-    # Keys are the long option names (`attack`, `eps-l2`, `json`), with dashes or underscores.
-    params: dict[str, click.Parameter] = {}
-    for p in ctx.command.params:
-        if p.name and p.name != "config":
-            for opt in getattr(p, "opts", []):
-                if opt.startswith("--"):
-                    params[opt[2:].replace("-", "_")] = p
-            params.setdefault(p.name, p)
+    current, old = config_keys(ctx.command.params)
     defaults: dict[str, Any] = {}
     for key, v in data.items():
-        name = str(key).replace("-", "_")
-        if name not in params:
-            known = ", ".join(sorted({o[2:] for p in params.values() for o in p.opts if o.startswith("--")}))
+        key = str(key)
+        if key in current:
+            p = current[key]
+        elif key in old:
+            name, p = old[key]
+            deprecation_note(repr(key), repr(name), where=f"{value}: config key ")
+        else:
+            known = ", ".join(sorted(current))
             raise click.BadParameter(f"unknown key {key!r} in {value}; known keys: {known}", param_hint="--config")
-        p = params[name]
         if getattr(p, "multiple", False) and not isinstance(v, (list, tuple)):
             v = [v]
         defaults[p.name] = v
@@ -150,7 +213,7 @@ def config_option(f: Callable) -> Callable:
         is_eager=True,
         expose_value=False,
         callback=_apply_config,
-        help="YAML file of option values (keys are option names); command-line flags override it.",
+        help="YAML file of option values (keys are the long flag names: attack, eps-l2, json); flags override it.",
     )(f)
 
 
@@ -163,9 +226,60 @@ def _stack(*decorators: Callable) -> Callable[[Callable], Callable]:
     return apply
 
 
+def device_option(f: Callable) -> Callable:
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")(f)
+
+
+def seed_option(f: Callable) -> Callable:
+    return click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")(f)
+
+
+def batch_size_option(default: int = 256) -> Callable[[Callable], Callable]:
+    return click.option("--batch-size", type=int, default=default, show_default=True)
+
+
+def data_option(
+    default: str | None = None, required: bool = False, help: str = "mnist, digits, or a .npz/.pt/.safetensors file or image folder."
+) -> Callable[[Callable], Callable]:
+    return click.option("--data", default=default, required=required, show_default=default is not None, help=help)
+
+
+def points_option(
+    default: int | None = None,
+    help: str = "Evaluate the first n points of the test split (default all).",
+    old: tuple[str, ...] = (),
+    name: str = "n",
+) -> Callable[[Callable], Callable]:
+    """How many test points: `--num-points` (works under torchrun) or `--n` (a prefix of torchrun's `--nnodes`)."""
+    return click.option(
+        "--num-points", "--n", name, cls=RobustOption, old=old, type=int, default=default,
+        show_default=default is not None, help=help,
+    )  # fmt: skip
+
+
+def train_points_option(name: str = "n_train") -> Callable[[Callable], Callable]:
+    """How many training points: `--n-train` in every trainer (`--train-n` is its old name)."""
+    return click.option(
+        "--n-train", "--num-train-points", name, cls=RobustOption, old=("--train-n",), type=int, default=None,
+        help="Train on the first n training points only (quick runs).",
+    )  # fmt: skip
+
+
+def eps_option(
+    help: str, default: float | None = None, multiple: bool = False, required: bool = False
+) -> Callable[[Callable], Callable]:
+    """`--eps`: the budget(s); validated by the command's request (`robustcli.requests.check_eps`)."""
+    kind = {"cls": MultiOption} if multiple else {"default": default, "show_default": default is not None}
+    return click.option("--eps", type=float, required=required, help=help, **kind)
+
+
 model_options = _stack(
     click.option("--model", "model", required=True, help="Built-in model name (see `robust models`) or a model file."),
-    click.option("--arch", default=None, help="Architecture for a state dict: built-in name or package.module:factory."),
+    click.option(
+        "--arch",
+        default=None,
+        help="Architecture for a state dict: a built-in name, path/to/file.py:factory or package.module:factory.",
+    ),
     click.option("--mean", cls=MultiOption, type=float, help="Per-channel mean to normalise inputs inside the model."),
     click.option("--std", cls=MultiOption, type=float, help="Per-channel std to normalise inputs inside the model."),
     click.option(
@@ -209,16 +323,10 @@ data_format_options = _stack(
     ),
 )  # fmt: skip
 
-data_options = _stack(
-    click.option("--data", default=None, help="mnist, digits, or a .npz/.pt/.safetensors file or image folder."),
-    click.option("--n", type=int, default=None, help="Evaluate the first n points of the test split (default all)."),
-    data_format_options,
-)
+data_options = _stack(data_option(), points_option(), data_format_options)
 
-runtime_options = _stack(
-    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-    click.option("--batch-size", type=int, default=256, show_default=True),
-    click.option("--seed", type=int, default=0, show_default=True),
-)
+runtime_options = _stack(device_option, batch_size_option(), seed_option)
 
-json_option = click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+json_option = click.option(
+    "--json", "json_path", cls=RobustOption, old=("--json-path",), type=click.Path(dir_okay=False), help="Write a JSON report here."
+)

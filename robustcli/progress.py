@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 
@@ -39,3 +39,12 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
             bar.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+def evaluate_units(plan: Sequence[tuple[Any, Sequence[float]]], points: int) -> int:
+    """The total of `attacks.evaluate.evaluate`'s progress calls for `plan` over `points` points.
+
+    `evaluate` reports (point, budget) pairs: each budget of a fixed-budget attack is a run of its
+    own, while a minimisation attack (CW) finds each point's smallest perturbation once for all.
+    """
+    return sum(points * (1 if getattr(a, "minimization", False) else len(eps)) for a, eps in plan)

@@ -16,6 +16,13 @@ from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 from robustcli.image_grid import broken_sample
+from robustcli.progress import evaluate_units
+from robustcli.requests import AttackRequest, OptionError, from_options
+
+
+def request(options: dict) -> AttackRequest:
+    """The check's keys are `robust attack`'s flag names; its eps is the budget of its one norm."""
+    return from_options(AttackRequest, options)
 
 
 def _eps(options: dict) -> tuple[float, ...]:
@@ -23,33 +30,36 @@ def _eps(options: dict) -> tuple[float, ...]:
 
 
 def _attacks(options: dict) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(options["attacks"]))
+    return tuple(dict.fromkeys(options["attack"]))
 
 
 def _validate(options: dict) -> tuple[str, str] | None:
     norms = {make_attack(a).norm for a in _attacks(options)}
     if len(norms) > 1:
-        return "attacks", f"attacks {', '.join(_attacks(options))} mix norms ({', '.join(sorted(norms))}); use one check per norm"
-    if norms == {"linf"} and any(e > 1 for e in _eps(options)):
-        return "eps", "a Linf eps above 1 exceeds the whole [0, 1] pixel range"
+        return "attack", f"attacks {', '.join(_attacks(options))} mix norms ({', '.join(sorted(norms))}); use one check per norm"
+    try:
+        request(options)
+    except OptionError as e:
+        return e.option, e.detail
     return None
 
 
 def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
     w = ctx.workload
-    names = _attacks(options)
-    eps = list(_eps(options))
-    attacks = [make_attack(a, steps=options.get("steps"), restarts=options.get("restarts")) for a in names]
+    req = request(options)
+    budgets = req.budgets().eps  # one norm per check, so every attack runs at the check's eps
+    attacks = [make_attack(a, steps=req.steps, restarts=req.restarts) for a in req.attacks]
+    plan = [(a, list(budgets[a.norm])) for a in attacks]
     t0 = time.perf_counter()
-    with ctx.progress("attack check", len(w.data) * len(attacks)) as advance:
+    with ctx.progress("attack check", evaluate_units(plan, len(w.data))) as advance:
         result = evaluate(
-            w.model.module, w.data.x, w.data.y, [(a, eps) for a in attacks],
+            w.model.module, w.data.x, w.data.y, plan,
             device=w.device, batch_size=ctx.batch_size, seed=ctx.seed, on_batch=lambda k: advance(k),
             keep_adversarials=ctx.keep_samples,
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
     out.values[("clean_accuracy", None, None)] = result.clean_accuracy
-    single = len(attacks) == 1
+    single = len(plan) == 1
     for o in result.outcomes:
         out.values[("robust_accuracy", o.attack, o.eps)] = o.robust_accuracy
         out.values[("success_rate", o.attack, o.eps)] = o.success_rate
@@ -68,7 +78,7 @@ ATTACK_CHECK = CheckType(
     name="attack",
     help="robust accuracy under attacks at fixed eps",
     keys={
-        "attacks": KeySpec("strs", required=True, choices=tuple(ATTACKS), help="attack names"),
+        "attack": KeySpec("strs", required=True, choices=tuple(ATTACKS), help="attack names"),
         "eps": KeySpec("floats", required=True, minimum=0.0, help="budgets"),
         "steps": KeySpec("int", minimum=1, help="iterations (PGD default 40)"),
         "restarts": KeySpec("int", minimum=1, help="PGD restarts"),
@@ -85,4 +95,5 @@ ATTACK_CHECK = CheckType(
     eps_of=_eps,
     attacks_of=lambda options: (*_attacks(options), WORST_CASE),
     validate=_validate,
+    old_keys={"attacks": "attack"},
 )

@@ -75,3 +75,5 @@ class CheckType:
     attacks_of: Callable[[dict], tuple[str, ...]] = lambda options: ()
     # cross-key validation: returns (key, message) for the first problem, None if fine
     validate: Callable[[dict], tuple[str, str] | None] = lambda options: None
+    # older key spellings still read (with a deprecation note): old -> current
+    old_keys: dict[str, str] = field(default_factory=dict)

@@ -15,8 +15,14 @@ import torch
 
 from robustcli.certify.verify import METHODS, certify_dataset
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.requests import CertifyRequest, OptionError, from_options
 
 ANY_METHOD = "any"
+
+
+def request(options: dict) -> CertifyRequest:
+    """The check's keys are `robust certify`'s flag names (`method`, `pgd-steps`)."""
+    return from_options(CertifyRequest, options)
 
 
 def _eps(options: dict) -> tuple[float, ...]:
@@ -24,29 +30,29 @@ def _eps(options: dict) -> tuple[float, ...]:
 
 
 def _methods(options: dict) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(options.get("methods", ("ibp",))))
+    return tuple(dict.fromkeys(options.get("method", ("ibp",))))
 
 
 def _validate(options: dict) -> tuple[str, str] | None:
-    if options.get("norm", "linf") == "linf" and any(e > 1 for e in _eps(options)):
-        return "eps", "a Linf eps above 1 exceeds the whole [0, 1] pixel range"
+    try:
+        request(options)
+    except OptionError as e:
+        return e.option, e.detail
     return None
 
 
 def run_certify_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
-    from robustcli.commands.certify import check_methods  # fails fast: missing auto_LiRPA, unsupported layer
-
     w = ctx.workload
-    methods = _methods(options)
-    eps = _eps(options)
-    check_methods(methods, w.model.module)
+    req = request(options)
+    methods, eps = req.methods, req.budgets
+    req.check_model(w.model.module)  # fails fast: missing auto_LiRPA, unsupported layer
     t0 = time.perf_counter()
     with ctx.progress("certify check", len(w.data) * len(eps) * (len(methods) + 1)) as advance:
         result = certify_dataset(
-            w.model.module, w.data.x, w.data.y, eps, methods, options.get("norm", "linf"),
+            w.model.module, w.data.x, w.data.y, eps, methods, req.norm,
             num_classes=w.num_classes, batch_size=ctx.batch_size, seed=ctx.seed,
-            pgd_steps=options.get("pgd_steps", 40), pgd_restarts=options.get("pgd_restarts", 1),
-            alpha_iterations=options.get("alpha_iterations", 20), device=w.device, on_batch=lambda k: advance(k),
+            pgd_steps=req.pgd_steps, pgd_restarts=req.pgd_restarts,
+            alpha_iterations=req.alpha_iterations, device=w.device, on_batch=lambda k: advance(k),
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
     out.values[("clean_accuracy", None, None)] = result.clean_accuracy
@@ -68,11 +74,11 @@ CERTIFY_CHECK = CheckType(
     help="verified accuracy under IBP / CROWN-family bounds, cross-checked against PGD",
     keys={
         "eps": KeySpec("floats", required=True, minimum=0.0),
-        "methods": KeySpec("strs", choices=METHODS, help="bound methods (default ibp)"),
+        "method": KeySpec("strs", choices=METHODS, help="bound methods (default ibp)"),
         "norm": KeySpec("str", choices=("linf", "l2")),
-        "pgd_steps": KeySpec("int", minimum=1),
-        "pgd_restarts": KeySpec("int", minimum=1),
-        "alpha_iterations": KeySpec("int", minimum=1),
+        "pgd-steps": KeySpec("int", minimum=1),
+        "pgd-restarts": KeySpec("int", minimum=1),
+        "alpha-iterations": KeySpec("int", minimum=1),
     },
     metrics={
         "clean_accuracy": MetricSpec(per_eps=False),
@@ -84,4 +90,5 @@ CERTIFY_CHECK = CheckType(
     eps_of=_eps,
     attacks_of=lambda options: (*_methods(options), ANY_METHOD),
     validate=_validate,
+    old_keys={"methods": "method"},
 )

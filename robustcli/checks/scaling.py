@@ -14,23 +14,24 @@ from robustcli.analyses.scaling import DEFAULT_RANGE, log_grid, scaling_analysis
 from robustcli.attacks.evaluate import WORST_CASE
 from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.progress import evaluate_units
 
 
 def _attacks(options: dict) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(options["attacks"]))
+    return tuple(dict.fromkeys(options["attack"]))
 
 
 def _validate(options: dict) -> tuple[str, str] | None:
     norms = {make_attack(a).norm for a in _attacks(options)}
     if len(norms) > 1:
-        return "attacks", "a scaling check takes attacks of one norm; use one check per norm"
+        return "attack", "a scaling check takes attacks of one norm; use one check per norm"
     norm = norms.pop()
-    lo = options.get("eps_min", DEFAULT_RANGE[norm][0])
-    hi = options.get("eps_max", DEFAULT_RANGE[norm][1])
+    lo = options.get("eps-min", DEFAULT_RANGE[norm][0])
+    hi = options.get("eps-max", DEFAULT_RANGE[norm][1])
     if not 0 < lo < hi:
-        return "eps_min", f"the grid needs 0 < eps_min < eps_max, got {lo:g} and {hi:g}"
-    if not 0 < options.get("max_error", DEFAULT_MAX_ERROR) <= 1:
-        return "max_error", "max_error must be in (0, 1]"
+        return "eps-min", f"the grid needs 0 < eps-min < eps-max, got {lo:g} and {hi:g}"
+    if not 0 < options.get("max-error", DEFAULT_MAX_ERROR) <= 1:
+        return "max-error", "must be in (0, 1]"
     return None
 
 
@@ -39,14 +40,15 @@ def run_scaling_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Chec
     attacks = [make_attack(a, steps=options.get("steps")) for a in _attacks(options)]
     norm = attacks[0].norm
     grid = log_grid(
-        options.get("eps_min", DEFAULT_RANGE[norm][0]), options.get("eps_max", DEFAULT_RANGE[norm][1]), options.get("points", 10)
+        options.get("eps-min", DEFAULT_RANGE[norm][0]), options.get("eps-max", DEFAULT_RANGE[norm][1]), options.get("points", 10)
     )
     t0 = time.perf_counter()
-    with ctx.progress("scaling check", len(w.data) * (len(attacks) + 1)) as advance:
+    units = evaluate_units([(a, grid) for a in attacks], len(w.data)) + len(w.data)  # attacks, then a gradient pass
+    with ctx.progress("scaling check", units) as advance:
         result = scaling_analysis(
             w.model.module, w.data.x, w.data.y, attacks, grids={norm: grid}, device=w.device,
-            batch_size=ctx.batch_size, seed=ctx.seed, max_error=options.get("max_error", DEFAULT_MAX_ERROR),
-            min_broken=options.get("min_broken", DEFAULT_MIN_BROKEN), on_batch=lambda k: advance(k),
+            batch_size=ctx.batch_size, seed=ctx.seed, max_error=options.get("max-error", DEFAULT_MAX_ERROR),
+            min_broken=options.get("min-broken", DEFAULT_MIN_BROKEN), on_batch=lambda k: advance(k),
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
     single = len(attacks) == 1
@@ -74,13 +76,13 @@ SCALING_CHECK = CheckType(
     name="scaling",
     help="power-law exponent of adversarial error vs eps (Cubuk et al. 2017)",
     keys={
-        "attacks": KeySpec("strs", required=True, choices=tuple(ATTACKS)),
-        "eps_min": KeySpec("float", minimum=0.0),
-        "eps_max": KeySpec("float", minimum=0.0),
+        "attack": KeySpec("strs", required=True, choices=tuple(ATTACKS)),
+        "eps-min": KeySpec("float", minimum=0.0),
+        "eps-max": KeySpec("float", minimum=0.0),
         "points": KeySpec("int", minimum=3),
         "steps": KeySpec("int", minimum=1),
-        "max_error": KeySpec("float", minimum=0.0),
-        "min_broken": KeySpec("int", minimum=1),
+        "max-error": KeySpec("float", minimum=0.0),
+        "min-broken": KeySpec("int", minimum=1),
     },
     metrics={
         "gamma": MetricSpec(per_eps=False, per_attack=True),
@@ -92,4 +94,5 @@ SCALING_CHECK = CheckType(
     run=run_scaling_check,
     attacks_of=lambda options: (*_attacks(options), WORST_CASE),
     validate=_validate,
+    old_keys={"attacks": "attack"},
 )

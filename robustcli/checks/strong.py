@@ -17,6 +17,8 @@ from robustcli.attacks.suite import merge_evaluations, run_strong_suite, strong_
 from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 from robustcli.image_grid import broken_sample
+from robustcli.progress import evaluate_units
+from robustcli.requests import OptionError, check_eps
 
 DEFAULT_STEPS = 100
 DEFAULT_QUERIES = 5000
@@ -32,16 +34,18 @@ def _norm(options: dict) -> str:
 
 def _attacks(options: dict) -> tuple[str, ...]:
     suite = [a.name for a, _ in strong_suite([1.0], _norm(options))]
-    return (*dict.fromkeys([*suite, *options.get("attacks", ())]), WORST_CASE)
+    return (*dict.fromkeys([*suite, *options.get("attack", ())]), WORST_CASE)
 
 
 def _validate(options: dict) -> tuple[str, str] | None:
     norm = _norm(options)
-    other = [a for a in options.get("attacks", ()) if make_attack(a).norm != norm]
+    other = [a for a in options.get("attack", ()) if make_attack(a).norm != norm]
     if other:
-        return "attacks", f"attacks {', '.join(other)} are not {norm} attacks like the suite (norm: {norm})"
-    if norm == "linf" and any(e > 1 for e in _eps(options)):
-        return "eps", "a Linf eps above 1 exceeds the whole [0, 1] pixel range"
+        return "attack", f"attacks {', '.join(other)} are not {norm} attacks like the suite (norm: {norm})"
+    try:
+        check_eps(_eps(options), norm)
+    except OptionError as e:
+        return e.option, e.detail
     return None
 
 
@@ -50,8 +54,9 @@ def run_strong_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
     eps = list(_eps(options))
     norm = _norm(options)
     t0 = time.perf_counter()
-    extra = [make_attack(a, steps=options.get("extra_steps")) for a in options.get("attacks", ())]
-    with ctx.progress("strong check", len(w.data) * (3 + len(extra))) as advance:
+    extra = [make_attack(a, steps=options.get("extra-steps")) for a in options.get("attack", ())]
+    units = evaluate_units(strong_suite(eps, norm) + [(a, eps) for a in extra], len(w.data))
+    with ctx.progress("strong check", units) as advance:
         result = run_strong_suite(
             w.model.module, w.data.x, w.data.y, eps, device=w.device, norm=norm,
             steps=options.get("steps", DEFAULT_STEPS), queries=options.get("queries", DEFAULT_QUERIES),
@@ -87,8 +92,8 @@ STRONG_CHECK = CheckType(
         "norm": KeySpec("str", choices=("linf", "l2")),
         "steps": KeySpec("int", minimum=1, help=f"APGD iterations (default {DEFAULT_STEPS})"),
         "queries": KeySpec("int", minimum=1, help=f"Square queries (default {DEFAULT_QUERIES})"),
-        "attacks": KeySpec("strs", choices=tuple(ATTACKS), help="extra attacks to run alongside the suite"),
-        "extra_steps": KeySpec("int", minimum=1, help="iterations of the extra attacks"),
+        "attack": KeySpec("strs", choices=tuple(ATTACKS), help="extra attacks to run alongside the suite"),
+        "extra-steps": KeySpec("int", minimum=1, help="iterations of the extra attacks"),
     },
     metrics={
         "clean_accuracy": MetricSpec(per_eps=False),
@@ -100,4 +105,5 @@ STRONG_CHECK = CheckType(
     eps_of=_eps,
     attacks_of=_attacks,
     validate=_validate,
+    old_keys={"attacks": "attack"},
 )

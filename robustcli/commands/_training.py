@@ -15,7 +15,7 @@ from robustcli.certify.init import ibp_init
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
 from robustcli.core.errors import InputError
 from robustcli.models import wrap_normalization
-from robustcli.options import data_format, data_format_options
+from robustcli.options import data_format, data_format_options, data_option, device_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
 from robustcli.session import check_model_on_data
 from robustcli.zoo import NORMALIZATION
@@ -23,17 +23,17 @@ from robustcli.zoo import NORMALIZATION
 DEFAULT_ARCH = {"mnist": "mnist-cnn", "digits": "digits-cnn"}
 
 training_options = [
-    click.option("--data", required=True, help="Training data: mnist, digits, or a .npz/.pt/.safetensors file."),
+    data_option(required=True, help="Training data: mnist, digits, or a .npz/.pt/.safetensors file."),
     click.option("--test-data", default=None, help="Test data for the final table (default: the bundled test split)."),
     data_format_options,
-    click.option("--train-n", type=int, default=None, help="Train on the first n training points only (quick runs)."),
+    train_points_option("train_n"),
     click.option("--epochs", type=int, default=10, show_default=True),
     click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
     click.option("--batch-size", type=int, default=64, show_default=True),
     click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output model (.safetensors)."),
     click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt.pt)."),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda."),
-    click.option("--seed", type=int, default=0, show_default=True),
+    device_option,
+    seed_option,
 ]
 
 
@@ -50,6 +50,22 @@ def check_positive(**values: float | int | None) -> None:
     for name, v in values.items():
         if v is not None and not v > 0:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+
+DEFAULT_WARMUP = 2  # epochs of eps ramp when --warmup is not given (and --epochs leaves room)
+
+
+def warmup_epochs(warmup: int | None, epochs: int) -> int:
+    """--warmup, or the default: 2 epochs, but never all of them (--epochs 2 ramps over 1, so the
+    last epoch trains at the full eps; --epochs 1 has no ramp). An explicit value that leaves no
+    epoch at the full eps is refused with the fix."""
+    if warmup is None:
+        return max(0, min(DEFAULT_WARMUP, epochs - 1))
+    if warmup < 0:
+        raise InputError(f"--warmup must be >= 0, got {warmup}")
+    if 0 < warmup >= epochs:
+        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
+    return warmup
 
 
 def check_out(out: str) -> Path:

@@ -18,9 +18,11 @@ from robustcli.options import (
     MultiOption,
     RobustGroup,
     config_option,
+    data_option,
     data_options,
     json_option,
     model_options,
+    points_option,
     runtime_options,
 )
 from robustcli.progress import progress_bar
@@ -215,14 +217,14 @@ def tilting_rows_table(report: dict) -> None:
 
 @command.command("tilting")
 @config_option
-@click.option("--data", default="mnist", show_default=True, help="mnist, digits, or a data file (used for both fit and test).")
+@data_option("mnist", help="mnist, digits, or a data file (used for both fit and test).")
 @click.option("--classes", cls=MultiOption, type=int, help="The two classes I and J (default 3 7).")
 @click.option("--weight-decay", "weight_decay", cls=MultiOption, type=float, help="L2 weight decays to sweep (default 0 1e-4 1e-3 1e-2 1e-1).")
 @click.option("--max-iter", type=int, default=500, show_default=True, help="L-BFGS iterations per fit.")
 @click.option("--model", default=None, help="Instead of a sweep: the local linear map of this model at each test point.")
 @click.option("--arch", default=None, help="Architecture for a state dict (with --model).")
 @click.option("--allow-pickle", is_flag=True, help="Load a pickled whole model (with --model; only files you trust).")
-@click.option("--n", type=int, default=None, help="Use the first n test points of the two classes (default all).")
+@points_option(help="Use the first n test points of the two classes (default all).")
 @runtime_options
 @json_option
 @png_option

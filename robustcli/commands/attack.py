@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 import torch
 
-from robustcli.attacks.diagnostics import Diagnostics, run_diagnostics
+from robustcli.attacks.diagnostics import run_diagnostics
 from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
-from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES, make_foolbox_attack
+from robustcli.attacks.foolbox_backend import make_foolbox_attack
 from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
-from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite
+from robustcli.attacks.suite import SUITES, merge_evaluations, run_strong_suite, strong_suite
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
 from robustcli.html_report import check_output, html_option, write_attack_outputs
@@ -18,37 +18,16 @@ from robustcli.options import (
     RobustCommand,
     config_option,
     data_options,
+    eps_option,
     json_option,
     model_options,
     runtime_options,
 )
-from robustcli.progress import progress_bar
-from robustcli.report import base_report, pct, print_table, save_tensors, stdout, write_json
+from robustcli.progress import evaluate_units, progress_bar
+from robustcli.report import base_report, save_tensors, write_json
+from robustcli.requests import AttackRequest
 from robustcli.session import Workload, open_workload
-
-FOOLBOX_ATTACKS = FOOLBOX_NAMES
-DEFAULT_EPS = {"linf": (0.1, 0.2, 0.3), "l2": (0.5, 1.0, 2.0)}
-
-
-def check_eps(values: tuple[float, ...], norm: str) -> None:
-    for e in values:
-        if e != e or e < 0:
-            raise InputError(f"eps must be >= 0, got {e}")
-        if norm == "linf" and e > 1:
-            raise InputError(f"Linf eps {e} exceeds 1, the whole [0, 1] pixel range; use a value in [0, 1]")
-
-
-def budgets(attack_norms: list[str], eps: tuple[float, ...], eps_l2: tuple[float, ...]) -> dict[str, tuple[float, ...]]:
-    """`--eps` is the Linf budget, and the L2 budget too when every chosen attack is L2."""
-    only_l2 = all(n == "l2" for n in attack_norms)
-    out = {
-        "linf": eps or DEFAULT_EPS["linf"],
-        "l2": eps_l2 or (eps if only_l2 and eps else DEFAULT_EPS["l2"]),
-    }
-    for norm, values in out.items():
-        check_eps(values, norm)
-    return out
-
+from robustcli.tables import attack_table, diagnostics_table
 
 def resolve_targets(target: str | None, y: torch.Tensor, classes: int, seed: int) -> torch.Tensor | None:
     if target is None or target == "none":
@@ -67,76 +46,38 @@ def resolve_targets(target: str | None, y: torch.Tensor, classes: int, seed: int
     return torch.full_like(y, cls)
 
 
-def attack_table(report: dict, clean_accuracy: float) -> None:
-    rows = [
-        [
-            f"{r['attack']}*" if r.get("cumulative") else r["attack"],
-            r["norm"],
-            f"{r['eps']:g}",
-            pct(clean_accuracy),
-            pct(r["robust_accuracy"]),
-            pct(r["success_rate"]),
-            r["median_perturbation"],
-            f"{r['time_s']:.2f}s",
-            f"{r['images_per_s']:.0f}",
-        ]
-        for r in report["results"]
-    ]
-    columns = ["attack", "norm", "eps", "clean acc", "robust acc", "success", "median pert.", "time", "img/s"]
-    caption = (
-        "* strong suite: each attack ran only on the points still unbroken; its robust acc is after it "
-        "and the suite attacks above it, its success rate is over the points it ran on"
-        if any(r.get("cumulative") for r in report["results"])
-        else None
-    )
-    print_table(f"Robustness of {report['model']} on {report['data']} (n={report['n']})", columns, rows, caption)
-
-
-def diagnostics_table(diag: Diagnostics) -> None:
-    rows = [[c.code, c.ran_on, c.result, c.status] for c in diag.checks]
-    print_table("Gradient-masking diagnostics", ["check", "ran on", "result", "status"], rows)
-    for w in diag.warnings:
-        stdout.print(f"[bold yellow]warning[/] {w.code}: {w.message}\n  what to do: {w.advice}")
-
-
 def run_attacks(
     w: Workload,
-    names: tuple[str, ...],
-    eps_by_norm: dict[str, tuple[float, ...]],
+    request: AttackRequest,
     *,
-    backend: str,
-    steps: int | None,
-    restarts: int | None,
-    cw_options: dict,
-    batch_size: int,
-    seed: int,
     targets: torch.Tensor | None,
     keep_adversarials: bool,
-    queries: int | None = None,
     part: slice = slice(None),
 ) -> Evaluation:
     """Attack the points `part` (this rank's shard under torchrun: whole batches, see robustcli.distributed)."""
+    eps_by_norm = request.budgets().eps
     plan = []
-    for name in names:
-        options = accepted_options(name, {**cw_options, "queries": queries})  # what this attack takes
-        ours = make_attack(name, steps=steps, restarts=restarts, **options)
+    for name in request.attacks:
+        options = accepted_options(name, {**request.cw_options(), "queries": request.queries})  # what this attack takes
+        ours = make_attack(name, steps=request.steps, restarts=request.restarts, **options)
         attack = (
-            make_foolbox_attack(name, ours.norm, ours.minimization, steps=steps, restarts=restarts, **options)
-            if backend == "foolbox"
+            make_foolbox_attack(
+                name, ours.norm, ours.minimization, steps=request.steps, restarts=request.restarts, **options
+            )
+            if request.backend == "foolbox"
             else ours
         )
         plan.append((attack, eps_by_norm[attack.norm]))
     y = w.data.y[part]
-    total = sum(len(y) * (1 if a.minimization else len(e)) for a, e in plan)
-    with progress_bar("attacking", total) as advance:
+    with progress_bar("attacking", evaluate_units(plan, len(y))) as advance:
         return evaluate(
             w.model.module,
             w.data.x[part],
             y,
             plan,
             device=w.device,
-            batch_size=batch_size,
-            seed=seed,
+            batch_size=request.batch_size,
+            seed=request.seed,
             targets=None if targets is None else targets[part],
             keep_adversarials=keep_adversarials,
             on_batch=lambda k: advance(k),
@@ -155,8 +96,8 @@ def run_attacks(
     type=click.Choice(list(ATTACKS)),
     help="One or more attacks (default pgd).",
 )
-@click.option("--eps", cls=MultiOption, type=float, help="Budgets (Linf; default 0.1 0.2 0.3).")
-@click.option("--eps-l2", cls=MultiOption, type=float, help="Budgets for L2 attacks (default 0.5 1 2).")
+@eps_option("Linf budgets (default 0.1 0.2 0.3); the L2 budgets too when every attack is L2.", multiple=True)
+@click.option("--eps-l2", cls=MultiOption, type=float, help="Budgets of L2 attacks such as cw (default 0.5 1 2).")
 @click.option("--steps", type=int, default=None, help="Iterations (PGD default 40, CW default 100).")
 @click.option("--restarts", type=int, default=None, help="PGD random restarts; worst case per point is kept.")
 @click.option("--target", default=None, help="Targeted attack: a class index, 'next' (y+1) or 'random'.")
@@ -188,50 +129,40 @@ def command(
     robust attack --model mnist-cnn --suite strong --eps 0.1 --strict
     robust attack --model my_model.pt --data my_test.npz --attack cw --json report.json
     """
-    names = tuple(dict.fromkeys(attack_names or (() if suite else ("pgd",))))
-    for flag, v in (
-        ("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size), ("--queries", queries),
-    ):  # fmt: skip
-        if v is not None and v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
+    request = AttackRequest(
+        attack=tuple(attack_names), eps=tuple(eps), eps_l2=tuple(eps_l2), steps=steps, restarts=restarts,
+        target=target, confidence=confidence, search_steps=search_steps, backend=backend, suite=suite,
+        queries=queries, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
     check_output(html_path, "--html", (".html", ".htm"))
     check_output(png_path, "--png", (".png",))
     if save_adv and not save_adv.endswith((".safetensors", ".npz")):
         raise InputError(f"--save-adv {save_adv}: use a .safetensors or .npz file name")
-    if backend == "foolbox" and (unsupported := [a for a in names if a not in FOOLBOX_ATTACKS]):
-        raise InputError(
-            f"--backend foolbox has no {', '.join(unsupported)}; it covers {', '.join(FOOLBOX_ATTACKS)}"
-        )
-    norms = [make_attack(a).norm for a in names] + (["linf"] if suite else [])
-    eps_by_norm = budgets(norms, tuple(eps), tuple(eps_l2))
+    budgets = request.budgets()
+    if (eps or eps_l2) and distributed.is_main():  # a budget flag was set, yet some attacks run at the defaults
+        for norm in dict.fromkeys(request.norms):
+            if budgets.source[norm] == "default":
+                names = ", ".join(a for a in request.attacks if make_attack(a).norm == norm) or "the suite"
+                values = " ".join(f"{e:g}" for e in budgets.eps[norm])
+                flag = "--eps-l2" if norm == "l2" else "--eps"
+                click.echo(f"note: {names} ({norm}) run at the default {norm} budgets {values}; set {flag} to choose", err=True)
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     targets = resolve_targets(target, w.data.y, w.num_classes, seed)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     result = None
-    if names:
+    if request.attacks:
         result = run_attacks(
-            w,
-            names,
-            eps_by_norm,
-            backend=backend,
-            steps=steps,
-            restarts=restarts,
-            cw_options={"confidence": confidence, "binary_search_steps": search_steps},
-            queries=queries,
-            batch_size=batch_size,
-            seed=seed,
-            targets=targets,
-            keep_adversarials=bool(save_adv or html_path or png_path),
-            part=part,
+            w, request, targets=targets, keep_adversarials=bool(save_adv or html_path or png_path), part=part
         )
     if suite:
-        with progress_bar(f"{suite} suite", 3 * (part.stop - part.start) * len(eps_by_norm["linf"])) as advance:
+        units = evaluate_units(strong_suite(budgets.eps["linf"]), part.stop - part.start)
+        with progress_bar(f"{suite} suite", units) as advance:
             strong = run_strong_suite(
                 w.model.module,
                 w.data.x[part],
                 w.data.y[part],
-                eps_by_norm["linf"],
+                budgets.eps["linf"],
                 device=w.device,
                 queries=queries or 5000,
                 batch_size=batch_size,
@@ -251,7 +182,7 @@ def command(
         "suite": suite,
         "targeted": targets is not None,
         "clean_accuracy": result.clean_accuracy,
-        "results": [o.summary() for o in result.outcomes],
+        "results": [o.summary() | {"eps_source": budgets.source[o.norm]} for o in result.outcomes],
         "diagnostics": [vars(c) for c in diag.checks],
         "warnings": [x.to_dict() for x in diag.warnings],
     }

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import click
 
-from robustcli.certify.graph import model_steps
-from robustcli.certify.lirpa import LIRPA_METHODS, auto_lirpa
 from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
-from robustcli.commands.attack import check_eps
 from robustcli.core.errors import InputError
 from robustcli.html_report import check_output, html_option, write_certify_output
 from robustcli.options import (
@@ -16,60 +13,28 @@ from robustcli.options import (
     RobustCommand,
     config_option,
     data_options,
+    eps_option,
     json_option,
     model_options,
     runtime_options,
 )
 from robustcli.progress import progress_bar
-from robustcli.report import base_report, pct, print_table, write_json
+from robustcli.report import base_report, write_json
+from robustcli.requests import CertifyRequest
 from robustcli.session import open_workload
 from robustcli.smoothing_report import add_smoothing_options, certify_smoothing_command, reject_smoothing_options
+from robustcli.tables import certify_table
 
-DEFAULT_EPS = {"linf": (0.1,), "l2": (0.5,)}
 # A certified point that PGD broke (or that is misclassified) means a bound engine is wrong: a bug,
 # reported on one line with its own exit code, never as a user error (2) or a failed check (1).
 UNSOUND_EXIT = 3
-
-
-def check_methods(methods: tuple[str, ...], model) -> None:
-    """Fail fast, before any work: a missing optional dependency or a layer IBP cannot bound."""
-    for m in methods:
-        if m in LIRPA_METHODS:
-            auto_lirpa(m)
-    if "ibp" in methods:
-        model_steps(model, "ibp")
-
-
-def certify_table(report: dict) -> None:
-    rows = [
-        [
-            r["method"],
-            r["norm"],
-            f"{r['eps']:g}",
-            pct(r["clean_accuracy"]),
-            pct(r["verified_accuracy"]),
-            pct(r["pgd_accuracy"]),
-            pct(r["gap"]),
-            f"{r['mean_margin_lower_bound']:.3g}",
-            f"{r['time_s']:.2f}s",
-        ]
-        for r in report["results"]
-    ]
-    columns = ["method", "norm", "eps", "clean", "verified", "PGD", "gap", "margin LB", "time"]
-    print_table(
-        f"Certified robustness of {report['model']} on {report['data']} (n={report['n']})",
-        columns,
-        rows,
-        caption="accuracies; verified <= true robust <= PGD (upper bound); gap = PGD - verified; "
-        "margin LB = mean worst-margin lower bound; time = bounding only",
-    )
 
 
 @click.command("certify", cls=RobustCommand)
 @config_option
 @model_options
 @data_options
-@click.option("--eps", cls=MultiOption, type=float, help="Budgets (default 0.1 for linf, 0.5 for l2).")
+@eps_option("Budgets (default 0.1 for linf, 0.5 for l2).", multiple=True)
 @click.option(
     "--method",
     cls=MultiOption,
@@ -126,17 +91,14 @@ def command(
         return
     if "bab" in method or timeout is not None or counterexample is not None:
         raise InputError("--method bab, --timeout and --counterexample go with --spec prop.vnnlib")
-    methods = tuple(dict.fromkeys(method or ("ibp",)))
-    eps = tuple(eps) or DEFAULT_EPS[norm]
-    check_eps(eps, norm)
-    for flag, v in (("--pgd-steps", pgd_steps), ("--pgd-restarts", pgd_restarts), ("--batch-size", batch_size)):
-        if v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    if alpha_iterations < 1:
-        raise InputError(f"--alpha-iterations must be >= 1, got {alpha_iterations}")
+    request = CertifyRequest(
+        eps=tuple(eps), method=tuple(method), norm=norm, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+        alpha_iterations=alpha_iterations, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    methods, eps = request.methods, request.budgets
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    check_methods(methods, w.model.module)
+    request.check_model(w.model.module)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
     try:

@@ -11,7 +11,6 @@ import click
 from robustcli.attacks.diagnostics import run_diagnostics
 from robustcli.defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
 from robustcli.core.checkpoint import Checkpointer
-from robustcli.commands.attack import diagnostics_table
 from robustcli.commands._training import (
     apply_options,
     check_out,
@@ -24,10 +23,11 @@ from robustcli.commands._training import (
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.models import load_model, save_model
-from robustcli.options import RobustCommand, config_option, json_option
+from robustcli.options import RobustCommand, config_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import fmt, pct, print_table, stdout, write_json
 from robustcli.session import check_finite_logits, check_model_on_data
+from robustcli.tables import diagnostics_table
 from robustcli.training import accuracy
 
 VANISHED = 1e-12  # an input-gradient norm below this is zero for every attack that uses it
@@ -72,7 +72,7 @@ def _summary(name: str, model, x, y, evaluation, diagnostics) -> dict:
 @click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
 @click.option("--evaluate/--no-evaluate", default=False, help="Attack the distilled model and a T=1 baseline: FGSM, PGD-CE, PGD-margin, CW.")
 @click.option("--eval-eps", type=float, default=0.3, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
-@click.option("--eval-n", type=int, default=100, show_default=True, help="Test points attacked in --evaluate.")
+@points_option(100, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")
 @json_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, temperature, teacher, arch, evaluate,

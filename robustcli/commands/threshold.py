@@ -17,7 +17,7 @@ from robustcli.defenses.thresholds import (
 )
 from robustcli.data import Dataset, load_dataset
 from robustcli.core.errors import InputError
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option, model_options
+from robustcli.options import MultiOption, RobustCommand, config_option, data_option, eps_option, json_option, model_options, points_option, runtime_options
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, base_report, print_table, write_json
 from robustcli.session import check_model_on_data, open_workload
@@ -97,21 +97,19 @@ def _plot(path: str, curves: dict, chosen: float, title: str) -> None:
 @click.command("threshold", cls=RobustCommand)
 @config_option
 @model_options
-@click.option("--data", default=None, help="Data split into calibration and test halves (default: the model's bundled test split).")
-@click.option("--n", type=int, default=None, help="Use only the first n points of --data.")
+@data_option(help="Data split into calibration and test halves (default: the model's bundled test split).")
+@points_option(help="Use only the first n points of --data.")
 @click.option("--calibration-data", default=None, help="A separate calibration file; --data is then all test.")
 @click.option("--calibration-share", type=float, default=0.5, show_default=True, help="Share of --data used for calibration.")
 @click.option("--unsafe-class", "unsafe_class", cls=MultiOption, type=int, required=True, help="Class(es) the filter must block.")
 @click.option("--target-fnr", type=float, default=0.01, show_default=True, help="Highest tolerated share of unsafe inputs let through.")
 @click.option("--confidence", type=float, default=0.95, show_default=True, help="Level of the one-sided Clopper-Pearson bound.")
 @click.option("--attack", type=click.Choice(["pgd", "none"]), default="pgd", show_default=True)
-@click.option("--eps", type=float, default=0.1, show_default=True, help="Linf budget of the attack on unsafe inputs.")
+@eps_option("Linf budget of the attack on unsafe inputs.", default=0.1)
 @click.option("--steps", type=int, default=40, show_default=True)
 @click.option("--restarts", type=int, default=1, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of FNR and safe-block rate vs threshold.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@runtime_options
 @json_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, calibration_data, calibration_share, unsafe_class, target_fnr,

@@ -10,11 +10,11 @@ import torch
 from robustcli.certify.graph import model_steps
 from robustcli.certify.spec import margin_spec
 from robustcli.certify.tightness import tightness
-from robustcli.commands.attack import check_eps
 from robustcli.core.errors import InputError
-from robustcli.options import RobustCommand, config_option, data_options, json_option, model_options, runtime_options
+from robustcli.options import RobustCommand, config_option, data_options, eps_option, json_option, model_options, runtime_options
 from robustcli.progress import progress_bar
 from robustcli.report import base_report, print_table, write_json
+from robustcli.requests import check_at_least, check_eps
 from robustcli.session import open_workload
 
 
@@ -22,7 +22,7 @@ from robustcli.session import open_workload
 @config_option
 @model_options
 @data_options
-@click.option("--eps", type=float, default=0.1, show_default=True, help="Linf budget for the radii (tau itself is eps-free).")
+@eps_option("Linf budget for the radii (tau itself is eps-free).", default=0.1)
 @runtime_options
 @json_option
 def command(model, arch, mean, std, allow_pickle, data, n, eps, device, batch_size, seed, json_path) -> None:  # fmt: skip
@@ -32,8 +32,7 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, device, batch_si
     robust tightness --model mnist-cnn --eps 0.1
     """
     check_eps((eps,), "linf")
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    check_at_least(1, batch_size=batch_size)
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     model_steps(w.model.module, "tightness")
     taus, exact, loose = [], [], []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from robustcli.defenses.adversarial import DEFENSES, AdversarialConfig, train_adversarial
@@ -15,11 +17,12 @@ from robustcli.commands._training import (
     new_model,
     train_test_data,
     training_options,
+    warmup_epochs,
 )
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.models import save_model
-from robustcli.options import RobustCommand, config_option, json_option
+from robustcli.options import RobustCommand, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 
@@ -29,30 +32,36 @@ from robustcli.report import pct, print_table, write_json
 @apply_options(training_options)
 @click.option("--defense", type=click.Choice(DEFENSES), default="pgd-at", show_default=True)
 @click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
-@click.option("--eps", type=float, default=0.3, show_default=True, help="Linf budget for training and the PGD check.")
+@eps_option("Linf budget for training and the PGD check.", default=0.3)
 @click.option("--attack-steps", type=int, default=10, show_default=True, help="PGD steps of the inner maximisation.")
 @click.option("--beta", type=float, default=6.0, show_default=True, help="TRADES weight of the KL term.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Epochs over which eps ramps up from 0.")
+@click.option("--warmup", type=int, default=None,
+              help="Epochs over which eps ramps up from 0 (default 2, at most --epochs minus 1).")
+@click.option("--sigma", type=float, default=0.25, show_default=True,
+              help="--defense gaussian: std of the Gaussian noise added to [0, 1] pixels (Cohen et al. 2019).")
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
-@click.option("--eval-n", type=int, default=None, help="Check on the first n test points (default all).")
+@points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")
 @json_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, defense, arch, eps, attack_steps, beta,
-    warmup, eval_steps, eval_n, json_path,
+    warmup, sigma, eval_steps, eval_n, json_path,
 ) -> None:  # fmt: skip
     """Train a model to resist Linf attacks and report its clean and PGD accuracy.
 
     \b
     robust train --data mnist --defense pgd-at --eps 0.3 --epochs 10 --out at.safetensors
     robust train --data mnist --defense trades --beta 6 --out trades.safetensors --json trades.json
+    robust train --data mnist --defense gaussian --sigma 0.25 --out smooth.safetensors
     """
     check_positive(epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps, eval_steps=eval_steps)
     if not 0 <= eps <= 1:
         raise InputError(f"--eps must lie in [0, 1] (pixel space), got {eps}")
-    if beta < 0 or warmup < 0:
-        raise InputError("--beta and --warmup must be >= 0")
-    if defense != "natural" and 0 < warmup >= epochs:
-        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
+    if beta < 0:
+        raise InputError(f"--beta must be >= 0, got {beta}")
+    if defense == "gaussian" and not (math.isfinite(sigma) and sigma > 0):
+        raise InputError(f"--sigma must be > 0 (the std of the training noise in [0, 1] pixel units), got {sigma}")
+    ramps = defense in ("pgd-at", "trades")
+    warmup = warmup_epochs(warmup, epochs) if ramps else 0
     path = check_out(out)
     dev = resolve_device(device)
     train, test = train_test_data(data, test_data, train_n)
@@ -60,7 +69,7 @@ def command(
     model, arch_name = new_model(arch, data, train, dev, seed)
     config = AdversarialConfig(
         defense=defense, eps=eps, epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps,
-        beta=beta, warmup_epochs=0 if defense == "natural" else warmup, seed=seed,
+        beta=beta, warmup_epochs=warmup, seed=seed, sigma=sigma,
     )  # fmt: skip
     checkpointer = Checkpointer(path)
     with epoch_progress(f"training ({defense})", epochs, len(train), batch_size) as on_batch:
@@ -71,13 +80,20 @@ def command(
         check = clean_and_pgd_accuracy(model, test.x, test.y, eps, steps=eval_steps, seed=seed, on_batch=advance)
     save_model(
         model, path, arch_name,
-        extra={"trained_on": train.name, "defense": defense, "eps": eps, "epochs": epochs, "seed": seed},
+        extra={"trained_on": train.name, "defense": defense, "eps": eps, "epochs": epochs, "seed": seed}
+        | ({"sigma": sigma} if defense == "gaussian" else {}),
     )  # fmt: skip
     print_table(
         f"{defense} training of {arch_name} on {train.name} ({epochs} epochs, eps {eps:g})",
         ["model", "test data", "clean acc", f"PGD-{eval_steps} acc (eps {eps:g})"],
         [[str(path), f"{test.name} (n={len(test)})", pct(check.clean_accuracy), pct(check.pgd_accuracy)]],
-        caption="PGD accuracy is an upper bound on robust accuracy; run the strong suite for a verdict.",
+        caption="PGD accuracy is an upper bound on robust accuracy; run the strong suite for a verdict."
+        + (
+            f" Gaussian augmentation targets L2 certificates of the smoothed classifier: "
+            f"robust certify --model {path} --method smoothing --sigma {sigma:g}"
+            if defense == "gaussian"
+            else ""
+        ),
     )
     if json_path:
         write_json(

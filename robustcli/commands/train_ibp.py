@@ -19,7 +19,7 @@ from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.data import BUILTIN_DATASETS, Dataset
 from robustcli.models import save_model
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.options import MultiOption, RobustCommand, config_option, data_option, device_option, eps_option, json_option, points_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 
@@ -65,12 +65,12 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 
 @click.command("train-ibp", cls=RobustCommand)
 @config_option
-@click.option("--data", default="mnist", show_default=True, help="mnist, digits, or a training file (.npz/.pt/...).")
+@data_option("mnist", help="mnist, digits, or a training file (.npz/.pt/...).")
 @click.option("--test-data", default=None, help="Test file for the final evaluation (required with a --data file).")
 @click.option("--arch", default=None, help="Built-in arch or package.module:factory (default mnist-cnn-bn / digits-mlp-bn).")
 @click.option("--mean", cls=MultiOption, type=float, help="Per-channel mean (default: the bundled dataset's).")
 @click.option("--std", cls=MultiOption, type=float, help="Per-channel std (default: the bundled dataset's).")
-@click.option("--eps", type=float, required=True, help="Target perturbation budget eps_max.")
+@eps_option("Target perturbation budget eps_max.", required=True)
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trained model (.safetensors).")
@@ -88,21 +88,24 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @click.option("--reg/--no-reg", "regularize", default=None, help="Warmup regularisers (short: on, vanilla: off).")
 @click.option("--reg-lambda", type=float, default=0.5, show_default=True)
 @click.option("--tau", type=float, default=0.5, show_default=True)
-@click.option("--kappa", type=float, default=0.0, show_default=True, help="Weight of natural CE once eps = eps_max.")
+@click.option("--kappa", type=float, default=0.0, show_default=True,
+              help="Share of natural CE in the loss once eps > 0 (0: the robust loss alone, as Shi et al.).")
+@click.option("--mix-natural/--no-mix-natural", default=False, show_default=True,
+              help="Ramp natural CE's share from 1 down to --kappa as eps grows (Gowal et al. 2018), off in Shi et al.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--holdout", type=int, default=256, show_default=True,
               help="Training points held out for per-epoch monitoring (at most a fifth of the split).")  # fmt: skip
-@click.option("--n-train", type=int, default=None, help="Train on at most this many points.")
-@click.option("--n", type=int, default=None, help="Evaluate on the first n test points (default all).")
+@train_points_option()
+@points_option(help="Evaluate on the first n test points (default all).")
 @click.option("--pgd-steps", type=int, default=40, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@seed_option
 @json_option
 @click.pass_context
 def command(
     ctx, data, test_data, arch, mean, std, eps, norm, epochs, out, recipe, method, init, start, warmup, lr,
-    lr_decay, lr_milestones, grad_clip, regularize, reg_lambda, tau, kappa, batch_size, holdout, n_train, n,
+    lr_decay, lr_milestones, grad_clip, regularize, reg_lambda, tau, kappa, mix_natural, batch_size, holdout, n_train, n,
     pgd_steps, resume, device, seed, json_path,
 ) -> None:  # fmt: skip
     """Train a certifiably robust model with interval bound propagation (IBP).
@@ -128,7 +131,7 @@ def command(
         raise InputError(f"--arch {arch} is built for {ARCHS[arch].dataset}, not {data}; pick an arch for {data}")
     config = recipe_config(
         recipe, eps, epochs, start=start, warmup=warmup, lr_milestones=tuple(lr_milestones) or None, norm=norm,
-        method=method, init=init, regularize=regularize, reg_lambda=reg_lambda, tau=tau, kappa=kappa, lr=lr,
+        method=method, init=init, regularize=regularize, reg_lambda=reg_lambda, tau=tau, kappa=kappa, mix_natural=mix_natural, lr=lr,
         lr_decay=lr_decay, grad_clip=grad_clip, batch_size=batch_size, seed=seed,
     )  # fmt: skip
     train_all, test = _training.train_test_data(data, test_data)

@@ -14,11 +14,19 @@ from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.defenses.moe import DENSE_TWIN, arch_name, macs_per_input
 from robustcli.archs import Normalized, build_arch
 from robustcli.core.checkpoint import Checkpointer
-from robustcli.commands._training import apply_options, check_out, check_positive, epoch_progress, train_test_data, training_options
+from robustcli.commands._training import (
+    apply_options,
+    check_out,
+    check_positive,
+    epoch_progress,
+    train_test_data,
+    training_options,
+    warmup_epochs,
+)
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.models import save_model
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.options import MultiOption, RobustCommand, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 from robustcli.zoo import NORMALIZATION
@@ -35,14 +43,15 @@ def output_path(out: Path, name: str, several: bool) -> Path:
 @click.option("--mode", "mode", cls=MultiOption, type=click.Choice(MODES), help="One or more of advmoe, at, natural (default advmoe at).")
 @click.option("--experts", type=int, default=4, show_default=True, help="Experts (channel groups) per MoE layer.")
 @click.option("--top-k", type=int, default=2, show_default=True, help="Experts each input uses per MoE layer.")
-@click.option("--eps", type=float, default=0.3, show_default=True, help="Linf budget for training and the PGD check.")
+@eps_option("Linf budget for training and the PGD check.", default=0.3)
 @click.option("--attack-steps", type=int, default=2, show_default=True, help="PGD steps in training (AdvMoE's default 2).")
 @click.option("--beta", type=float, default=6.0, show_default=True, help="AdvMoE weight of the model KL term.")
 @click.option("--alpha", type=float, default=6.0, show_default=True, help="AdvMoE weight of the router KL term.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Epochs over which eps ramps up from 0.")
+@click.option("--warmup", type=int, default=None,
+              help="Epochs over which eps ramps up from 0 (default 2, at most --epochs minus 1).")
 @click.option("--dense/--no-dense", default=True, show_default=True, help="Also train the dense CNN of the same width with AT.")
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
-@click.option("--eval-n", type=int, default=None, help="Check on the first n test points (default all).")
+@points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")
 @json_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, mode, experts, top_k, eps,
@@ -62,10 +71,9 @@ def command(
     width = 16  # the first MoE layer's channels; every layer's width must split into the experts
     if width % experts:
         raise InputError(f"--experts {experts} does not divide the layers' 16 and 32 channels; use 1, 2, 4, 8 or 16")
-    if not 0 <= eps <= 1 or beta < 0 or alpha < 0 or warmup < 0:
-        raise InputError("--eps must lie in [0, 1]; --beta, --alpha and --warmup must be >= 0")
-    if 0 < warmup >= epochs and modes != ("natural",):
-        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
+    if not 0 <= eps <= 1 or beta < 0 or alpha < 0:
+        raise InputError("--eps must lie in [0, 1]; --beta and --alpha must be >= 0")
+    warmup = warmup_epochs(warmup, epochs) if modes != ("natural",) or dense else 0
     path = check_out(out)
     dev = resolve_device(device)
     train, test = train_test_data(data, test_data, train_n)

@@ -13,7 +13,7 @@ import os
 from robustcli.certify.vnncomp import read_instances, result_line, run_benchmark
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
-from robustcli.options import MultiOption, RobustCommand, config_option, json_option
+from robustcli.options import MultiOption, RobustCommand, config_option, device_option, json_option, seed_option
 from robustcli.progress import progress_bar
 from robustcli.report import print_table, write_json
 
@@ -35,8 +35,8 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.option("--attack-steps", type=int, default=50, show_default=True)
 @click.option("--attack-restarts", type=int, default=10, show_default=True)
 @click.option("--alpha-iterations", type=int, default=20, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@device_option
+@seed_option
 @json_option
 def command(
     instances, timeout, out_path, counterexamples, method, limit, jobs, attack_steps, attack_restarts,
