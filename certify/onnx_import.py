@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from robustcli.certify.onnx_layers import Binary, ElementwiseAffine, OnnxGraph, Reshape
-from robustcli.core.errors import InputError
+from robustcli.core.errors import InputError, first_line
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 
@@ -89,9 +89,14 @@ class _Converter:
         self.numpy_helper = numpy_helper
         graph = model.graph
         self.graph = graph
-        self.consts: dict[str, torch.Tensor] = {
-            t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in graph.initializer
-        }
+        for t in graph.initializer:  # declared sizes are checked before numpy allocates them
+            _check_dims(list(t.dims), f"ONNX initializer {t.name!r}", allow_zero=True)
+        try:
+            self.consts: dict[str, torch.Tensor] = {
+                t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in graph.initializer
+            }
+        except Exception as e:  # noqa: BLE001 - data that does not match its declared dims or type
+            raise InputError(f"an ONNX initializer cannot be read: {first_line(e)}") from None
         inputs = [i for i in graph.input if i.name not in self.consts]
         if len(inputs) != 1 or len(graph.output) != 1:
             raise InputError(
@@ -106,7 +111,10 @@ class _Converter:
             raise InputError(f"the ONNX input {self.input_name!r} has shape {shape}; expected a batch axis first")
         if any(s is None for s in shape[1:]):
             raise InputError(f"the ONNX input {self.input_name!r} has symbolic dimensions {shape}; only the batch may be")
+        if shape[0] is not None and shape[0] < 0:
+            raise InputError(f"the ONNX input {self.input_name!r} declares a negative batch size {shape[0]}")
         self.batch = shape[0] or 1
+        _check_dims([self.batch, *shape[1:]], f"the ONNX input {self.input_name!r}", allow_zero=False)
         self.input_shape = tuple(int(s) for s in shape[1:])
         # Shapes of computed tensors, traced with a zero input of the file's batch size.
         self.values: dict[str, torch.Tensor] = {self.input_name: torch.zeros(self.batch, *self.input_shape)}
@@ -396,6 +404,23 @@ def _fold_affine(layers: list[nn.Module]) -> list[nn.Module]:
     return out
 
 
+# Largest tensor a declared shape may ask for (2**28 elements is 1 GiB of float32): far above any
+# classifier's input or weight, far below what would exhaust memory.
+MAX_DECLARED_ELEMENTS = 1 << 28
+
+
+def _check_dims(dims: list, what: str, allow_zero: bool) -> None:
+    """Refuse negative, zero (where not allowed) or huge declared dimensions before anything allocates them."""
+    low = 0 if allow_zero else 1
+    if any(d < low for d in dims):
+        raise InputError(f"{what} declares dimensions {list(dims)}; each must be >= {low}")
+    total = 1
+    for d in dims:
+        total *= d
+    if total > MAX_DECLARED_ELEMENTS:
+        raise InputError(f"{what} declares shape {list(dims)} ({total:,} elements), more than the {MAX_DECLARED_ELEMENTS:,} allowed")
+
+
 def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...]) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, *input_shape, generator=g)
@@ -409,8 +434,13 @@ def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...]) ->
 def onnx_to_torch(source: str | Path | Any) -> OnnxConversion:
     """Convert an ONNX file (or loaded ModelProto) to an eval-mode torch module on the CPU."""
     model = load_onnx(source) if isinstance(source, (str, Path)) else source
-    conv = _Converter(model)
-    steps = conv.run()
+    try:
+        conv = _Converter(model)
+        steps = conv.run()
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a malformed graph the checker let through: still bad input
+        raise InputError(f"cannot convert the ONNX graph: {type(e).__name__}: {first_line(e)}") from None
     chain = _as_chain(steps, conv.input_name, conv.output_name)
     module: nn.Module = chain if chain is not None else OnnxGraph(conv.input_name, conv.output_name, steps)
     module.eval()

@@ -22,7 +22,9 @@ enlarges the region a proof covers, so `holds` stays sound.
 from __future__ import annotations
 
 import bisect
+import math
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,13 @@ import torch
 
 from robustcli.core.errors import InputError
 
-MAX_TERMS = 100_000  # disjunctive normal form size we accept before calling the property too large
+# Bounds that keep one property's memory in check (each is far above VNN-COMP's largest):
+MAX_TERMS = 100_000  # conjunctions in the disjunctive normal form
+MAX_ATOMS = 2_000_000  # comparisons over all those conjunctions
+MAX_TOKENS = 10_000_000  # tokens of the file (the parse tree costs about 100 bytes per token)
+# Cells of the largest tensors a case leads to: its margin rows x outputs, and in the spec attack
+# its disjuncts x margin rows (a row-ownership mask) -- 2**28 cells is 256 MB of bools, 2 GB of float64.
+MAX_CASE_CELLS = 1 << 28
 _TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s()]+")
 _VAR = re.compile(r"^([XY])_(\d+)$")
 
@@ -118,10 +126,14 @@ class _Atom:
 def _parse_sexprs(text: str, source: str) -> list[_Node]:
     line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
     stack: list[_Node] = [_Node([], 0)]
+    count = 0
     for m in _TOKEN.finditer(text):
         tok = m.group()
         if tok[0] == ";":
             continue
+        count += 1
+        if count > MAX_TOKENS:
+            raise InputError(f"{source}: more than {MAX_TOKENS:,} tokens; split the property into several files")
         line = bisect.bisect_right(line_starts, m.start())
         if tok == "(":
             stack.append(_Node([], line))
@@ -153,19 +165,64 @@ class _Reader:
         first = node.items[0] if node.items else None
         return first[0] if isinstance(first, tuple) else None
 
+    # Terms and formulas nest arbitrarily deep, so both are evaluated bottom-up with an explicit
+    # stack (a 50,000-deep `(and (and ...))` must not exhaust Python's call stack).
     def term(self, item) -> _Linear:
-        if isinstance(item, tuple):
-            tok, line = item
-            if tok in self.vars:
-                return _Linear({tok: 1.0})
-            try:
-                return _Linear(const=float(tok))
-            except ValueError:
-                raise self.err(line, f"unknown symbol {tok!r} (declare it with declare-const)") from None
-        op, args = self.head(item), item.items[1:]
-        if op is None or not args:
-            raise self.err(item.line, "empty or malformed term")
-        parts = [self.term(a) for a in args]
+        return self._evaluate(item, "term")
+
+    def formula(self, item) -> list[list[_Atom]]:
+        """Disjunctive normal form: a list of conjunctions (lists of atoms)."""
+        return self._evaluate(item, "formula")
+
+    def _evaluate(self, root, kind: str):
+        stack: list[tuple[object, str, bool]] = [(root, kind, False)]
+        results: list = []
+        while stack:
+            item, mode, expanded = stack.pop()
+            if not isinstance(item, _Node):
+                results.append(self._leaf(item, mode))
+                continue
+            op, args = self.head(item), item.items[1:]
+            if not expanded:
+                child_mode = self._child_mode(item, op, args, mode)
+                stack.append((item, mode, True))
+                stack.extend((a, child_mode, False) for a in reversed(args))
+                continue
+            values = results[len(results) - len(args) :]
+            del results[len(results) - len(args) :]
+            results.append(self._combine_term(item, op, values) if mode == "term" else self._combine_formula(item, op, values))
+        return results[0]
+
+    def _child_mode(self, item: _Node, op: str | None, args: list, mode: str) -> str:
+        if mode == "term":
+            if op is None or not args:
+                raise self.err(item.line, "empty or malformed term")
+            if op not in ("+", "-", "*", "/"):
+                raise self.err(item.line, f"unsupported term ({op} ...)")
+            return "term"
+        if op in ("and", "or"):
+            return "formula"
+        if op in ("<=", ">=", "<", ">", "="):
+            if len(args) != 2:
+                raise self.err(item.line, f"({op} ...) needs exactly two operands")
+            return "term"
+        raise self.err(item.line, f"unsupported construct ({op} ...)" if op else "malformed formula")
+
+    def _leaf(self, item: tuple[str, int], mode: str) -> _Linear:
+        tok, line = item
+        if mode == "formula":
+            raise self.err(line, f"expected a formula, got {tok!r}")
+        if tok in self.vars:
+            return _Linear({tok: 1.0})
+        try:
+            value = float(tok)
+        except ValueError:
+            raise self.err(line, f"unknown symbol {tok!r} (declare it with declare-const)") from None
+        if not math.isfinite(value):
+            raise self.err(line, f"{tok!r} is not a finite number")
+        return _Linear(const=value)
+
+    def _combine_term(self, item: _Node, op: str, parts: list[_Linear]) -> _Linear:
         if op == "+":
             out = _Linear()
             for p in parts:
@@ -191,35 +248,39 @@ class _Reader:
             return parts[0].scaled(1.0 / parts[1].const)
         raise self.err(item.line, f"unsupported term ({op} ...)")
 
-    def formula(self, item) -> list[list[_Atom]]:
-        """Disjunctive normal form: a list of conjunctions (lists of atoms)."""
-        if not isinstance(item, _Node):
-            raise self.err(item[1], f"expected a formula, got {item[0]!r}")
-        op, args = self.head(item), item.items[1:]
+    def _combine_formula(self, item: _Node, op: str, subs) -> list[list[_Atom]]:
         if op == "and":
             terms: list[list[_Atom]] = [[]]
-            for a in args:
-                sub = self.formula(a)
-                if len(terms) * len(sub) > MAX_TERMS:
-                    raise self.err(item.line, f"the property expands to more than {MAX_TERMS} cases")
+            for sub in subs:
+                _check_expansion(len(terms) * len(sub), sum(map(len, terms)) * len(sub) + len(terms) * sum(map(len, sub)),
+                                 f"{self.source}:{item.line}")
                 terms = [t + s for t in terms for s in sub]
             return terms
         if op == "or":
-            out = [t for a in args for t in self.formula(a)]
-            if len(out) > MAX_TERMS:
-                raise self.err(item.line, f"the property expands to more than {MAX_TERMS} cases")
+            out = [t for sub in subs for t in sub]
+            _check_expansion(len(out), sum(map(len, out)), f"{self.source}:{item.line}")
             return out
-        if op in ("<=", ">=", "<", ">", "="):
-            if len(args) != 2:
-                raise self.err(item.line, f"({op} ...) needs exactly two operands")
-            a, b = self.term(args[0]), self.term(args[1])
-            if op in ("<=", "<"):
-                return [[_Atom(a.plus(b.scaled(-1.0)), op == "<", item.line)]]
-            if op in (">=", ">"):
-                return [[_Atom(b.plus(a.scaled(-1.0)), op == ">", item.line)]]
-            diff = a.plus(b.scaled(-1.0))
-            return [[_Atom(diff, False, item.line), _Atom(diff.scaled(-1.0), False, item.line)]]
-        raise self.err(item.line, f"unsupported construct ({op} ...)" if op else "malformed formula")
+        a, b = subs
+        if op in ("<=", "<"):
+            return [[_Atom(a.plus(b.scaled(-1.0)), op == "<", item.line)]]
+        if op in (">=", ">"):
+            return [[_Atom(b.plus(a.scaled(-1.0)), op == ">", item.line)]]
+        diff = a.plus(b.scaled(-1.0))
+        return [[_Atom(diff, False, item.line), _Atom(diff.scaled(-1.0), False, item.line)]]
+
+
+def _check_expansion(cases: int, atoms: int, where: str) -> None:
+    """Refuse a disjunctive normal form past the bounds before building it."""
+    if cases > MAX_TERMS:
+        raise InputError(
+            f"{where}: the property expands to {cases:,} cases, more than the {MAX_TERMS:,} this tool expands; "
+            "split it into several properties"
+        )
+    if atoms > MAX_ATOMS:
+        raise InputError(
+            f"{where}: the property expands to {atoms:,} comparisons, more than the {MAX_ATOMS:,} this tool "
+            "expands; split it into several properties"
+        )
 
 
 def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
@@ -256,13 +317,13 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
 
     terms: list[list[_Atom]] = [[]]
     for dnf in branches:
-        if len(terms) * len(dnf) > MAX_TERMS:
-            raise InputError(f"{source}: the property expands to more than {MAX_TERMS} cases")
+        _check_expansion(len(terms) * len(dnf), sum(map(len, terms)) * len(dnf) + len(terms) * sum(map(len, dnf)), source)
         terms = [t + s for t in terms for s in dnf]
     n_in, n_out = len(xs), len(ys)
     base_box = _box(base, n_in, r)
     base_out = [a for a in base if a.margin.coeffs and next(iter(a.margin.coeffs))[0] == "Y"]
     cases: dict[tuple, SpecCase] = {}
+    sizes: dict[tuple, tuple[int, int]] = {}  # per box: (disjuncts, margin rows)
     for term in terms:
         lo, hi = _box(term, n_in, r, start=base_box)
         missing = (~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()
@@ -282,6 +343,13 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
         key = (lo.numpy().tobytes(), hi.numpy().tobytes())
         case = cases.setdefault(key, SpecCase(lo, hi, []))
         case.disjuncts.append(OutputConstraints(C, d, strict))
+        rows = sizes.get(key, (0, 0))
+        rows = sizes[key] = (rows[0] + 1, rows[1] + len(outs))
+        if rows[0] * rows[1] > MAX_CASE_CELLS or rows[1] * n_out > MAX_CASE_CELLS:
+            raise InputError(
+                f"{source}: one input box has {rows[0]:,} output disjuncts with {rows[1]:,} comparisons, which needs "
+                f"more than {MAX_CASE_CELLS:,} cells of memory to check; split the property into several files"
+            )
     prop.cases = list(cases.values())
     return prop
 
@@ -311,14 +379,28 @@ def _box(atoms: list[_Atom], n_in: int, r: _Reader,
     return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
 
+MAX_TEXT_BYTES = 512 << 20  # a property file (after gunzip) larger than this is refused unread
+
+
 def read_vnnlib(path: str | Path) -> VnnlibProperty:
     import gzip
 
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file (a folder, device or FIFO); pass a .vnnlib file")
     try:
+        if path.stat().st_size > MAX_TEXT_BYTES:
+            raise InputError(f"{path} is larger than {MAX_TEXT_BYTES >> 20} MB; split the property into several files")
         # `.vnnlib.gz` is how VNN-COMP 2022+ ships properties
-        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-    except (EOFError, gzip.BadGzipFile):
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read(MAX_TEXT_BYTES + 1)  # bounded: a gzip bomb stops here
+            if len(raw) > MAX_TEXT_BYTES:
+                raise InputError(f"{path} unpacks to more than {MAX_TEXT_BYTES >> 20} MB; split the property")
+            text = raw.decode()
+        else:
+            text = path.read_text()
+    except (EOFError, gzip.BadGzipFile, zlib.error):
         raise InputError(f"{path} is not a valid gzip file") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from robustcli.core.errors import InputError, first_line
+from robustcli.core.torchload import is_pickle_refusal
 
 BUILTIN_DATASETS = ("mnist", "digits")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -150,6 +151,11 @@ def _read_torch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means an unreadable file
+        if is_pickle_refusal(e):
+            raise InputError(
+                f"cannot read {path.name}: it pickles Python objects, which could run code when loaded; "
+                "save plain tensors x and y (torch.save({'x': x, 'y': y}) or .npz)"
+            ) from None
         raise InputError(f"cannot read {path.name} as tensors: {first_line(e)}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path.name} must hold a dict with tensors 'x' and 'y', found {type(obj).__name__}")

@@ -349,6 +349,8 @@ def _parse_check(raw: Any, index: int, lines: _Lines) -> CheckConfig:
 def load_eval_config(path: str | Path) -> EvalConfig:
     """Read and validate a `robust eval` config; raises InputError naming file, line and key."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise InputError(f"config {path} is not a regular file")
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -16,6 +16,7 @@ torchrun's parser rejects an ambiguous prefix anywhere on its command line, even
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -118,12 +119,29 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
         ctx.exit(2)
 
 
+def check_finite_floats(ctx: click.Context) -> None:
+    """No float option takes nan or inf: Click's FLOAT type accepts them, and a NaN budget or
+    confidence turns every comparison false, which reads as a result (e.g. "95% robust")."""
+    for p in ctx.command.params:
+        if not isinstance(p, click.Option) or not isinstance(p.type, click.types.FloatParamType):
+            continue
+        value = ctx.params.get(p.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{p.opts[-1]} must be a finite number, got {v}")
+
+
 class RobustCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, expand_multi_options(self.params, rename_old_flags(self.params, args)))
 
     def invoke(self, ctx: click.Context) -> Any:
-        return _user_errors(super().invoke, ctx)
+        def checked(c: click.Context) -> Any:
+            check_finite_floats(c)
+            return click.Command.invoke(self, c)
+
+        return _user_errors(checked, ctx)
 
 
 class RobustGroup(click.Group):
@@ -148,6 +166,8 @@ class RobustGroup(click.Group):
 
 
 def read_config(path: Path) -> dict[str, Any]:
+    if path.exists() and not path.is_file():
+        raise click.BadParameter(f"{path} is not a regular file", param_hint="--config")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -156,6 +176,8 @@ def read_config(path: Path) -> dict[str, Any]:
         raise click.BadParameter(f"{path} is not valid YAML{where}", param_hint="--config") from None
     except OSError as e:
         raise click.BadParameter(f"cannot read {path}: {e.strerror}", param_hint="--config") from None
+    except (UnicodeDecodeError, ValueError):
+        raise click.BadParameter(f"{path} is not a text (YAML) file", param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must be a mapping of option names to values", param_hint="--config")
     return data

@@ -12,6 +12,8 @@ flag names to values builds a request with `from_options`.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
@@ -49,8 +51,8 @@ class OptionError(InputError):
 def check_eps(values: tuple[float, ...], norm: str, option: str = "eps") -> None:
     """Budgets are >= 0, and a Linf budget is at most the [0, 1] pixel range."""
     for e in values:
-        if e != e or e < 0:
-            raise OptionError(option, f"must be >= 0, got {e}")
+        if not math.isfinite(e) or e < 0:
+            raise OptionError(option, f"must be >= 0 and finite, got {e}")
         if norm == "linf" and e > LINF_MAX_EPS:
             raise OptionError(
                 option, f"{e:g} exceeds 1, the whole [0, 1] pixel range of a Linf budget; use a value in [0, 1]"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,8 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
     except BaseException as e:  # noqa: BLE001 - any failure (sys.exit in a forward too) means the model is unusable
         if isinstance(e, KeyboardInterrupt):
             raise
+        if not isinstance(e, Exception):  # sys.exit and the like: the model's code, not a shape problem
+            raise InputError(f"the model's forward raised {type(e).__name__}({first_line(e)}) on two data points") from None
         first = first_line(e)
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
@@ -77,9 +81,37 @@ def open_workload(
     dataset = load_dataset(data, split, fmt if fmt is not None else data_format()).head(n)
     if len(dataset) == 0:
         raise InputError(f"data {data!r} is empty; it needs at least one image")
+    fit_declared_input(loaded, dataset)
     classes = check_model_on_data(loaded.module, dataset, dev)
     check_finite_logits(loaded.module, dataset, dev)
     return Workload(loaded, dataset, dev, classes)
+
+
+def fit_declared_input(loaded: LoadedModel, data: Dataset) -> None:
+    """Hold the data to the input shape an ONNX file declares.
+
+    A converted graph can accept other shapes (a Gemm broadcasts over extra axes, a Reshape folds
+    them), giving numbers for inputs the network was never meant to see. The one tolerated
+    difference is a flat declared input with as many values per point as the data: the data is
+    flattened in C order, as the exporter flattened it.
+    """
+    if loaded.meta.get("format") != "onnx":
+        return
+    declared = tuple(json.loads(loaded.meta["input_shape"]))
+    have = tuple(data.input_shape)
+    if have == declared:
+        return
+    if len(declared) == 1 and math.prod(have) == declared[0]:
+        module = loaded.module
+        loaded.module = (
+            torch.nn.Sequential(torch.nn.Flatten(), *module) if isinstance(module, torch.nn.Sequential)
+            else torch.nn.Sequential(torch.nn.Flatten(), module)
+        ).eval()
+        return
+    raise InputError(
+        f"the ONNX model declares input shape {declared} per point but the data has {have}; "
+        "use data of the declared shape"
+    )
 
 
 def check_finite_logits(model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 256) -> None:

@@ -170,7 +170,11 @@ def smoothing_png(path: str, report: dict) -> None:
     ax.set_xlabel("L2 radius")
     ax.set_ylabel("certified accuracy (smoothed classifier)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{report['model']} on {report['data']}: n={report['samples']}, alpha={report['alpha']:g}")
+    ax.set_title(
+        f"{report['model']} on {report['data']} ({report['n']} points): "
+        f"{report['samples']} noise samples, alpha={report['alpha']:g}",
+        fontsize=10,
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -205,7 +209,8 @@ def certify_smoothing_command(
     from robustcli.report import base_report, write_json
     from robustcli.session import open_workload
 
-    radii = validate_request(click.get_current_context(), methods, tuple(sigma), tuple(eps), n0, samples, alpha, png_path, spec)
+    sigma = tuple(dict.fromkeys(sigma))  # a repeated sigma would only repeat its row
+    radii = validate_request(click.get_current_context(), methods, sigma, tuple(eps), n0, samples, alpha, png_path, spec)
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)

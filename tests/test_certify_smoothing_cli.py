@@ -90,7 +90,7 @@ checks:
     alpha: 0.01
     gates:
       - certified_accuracy >= {threshold} at eps=0.25
-      - clean_accuracy >= 0.5
+      - smoothed_clean_accuracy >= 0.5
       - abstention_rate <= 0.5
 """
 
@@ -100,7 +100,9 @@ def test_eval_smoothing_check_gates_on_certified_accuracy(run_cli, tmp_path, dig
     cfg.write_text(SMOOTHING_EVAL.format(sigma=0.25, threshold=0.0))
     r = run_cli("eval", cfg, "--json", tmp_path / "s.json")
     assert r.exit_code == 0, r.output
-    gates = json.loads((tmp_path / "s.json").read_text())["checks"][0]["gates"]
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["clean_accuracy"] is None  # g's accuracy is never reported as the model's
+    gates = report["checks"][0]["gates"]
     cert, clean, _ = (g["value"] for g in gates)
     assert 0 < cert <= clean <= 1  # certified at r > 0 implies correct under CERTIFY; PREDICT agrees here
     cfg.write_text(SMOOTHING_EVAL.format(sigma=0.25, threshold=1.01))  # impossible: the gate must fail
@@ -109,3 +111,11 @@ def test_eval_smoothing_check_gates_on_certified_accuracy(run_cli, tmp_path, dig
     cfg.write_text(SMOOTHING_EVAL.format(sigma=0, threshold=0.0))
     r = run_cli("eval", cfg)
     assert r.exit_code == 2 and "s.yaml:" in r.stderr and "sigma" in r.stderr, r.output
+
+
+def test_smoothing_config_runs(run_cli, tmp_path, digits_mlp):
+    # The shipped config with the model swapped for the fast digits one (flags override the file).
+    r = run_cli("certify", "--config", "configs/certify-smoothing.yaml", "--model", "digits-mlp", "--data", "digits",
+                "--n", "5", "--samples", "200", "--json", tmp_path / "c.json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert [row["sigma"] for row in json.loads((tmp_path / "c.json").read_text())["results"]] == [0.25, 0.5]

@@ -1,10 +1,11 @@
 """The `smoothing` check: certified L2 accuracy of the randomized-smoothing classifier.
 
-Cohen, Rosenfeld & Kolter 2019 through `robustcli.certify.smoothing`. One sigma per check, so every
-gate names one classifier g. Metrics: `clean_accuracy` and `abstention_rate` (PREDICT's binomial
-test on the n estimation samples), `certified_accuracy` per L2 radius in `eps` (CERTIFY; each
-certificate holds with probability >= 1 - alpha), `median_certified_radius` over correctly
-certified points. All are g's figures, never the base model's.
+Cohen, Rosenfeld & Kolter 2019 through `robustcli.certify.smoothing`. One sigma per check, so
+every gate names one classifier g. Metrics: `smoothed_clean_accuracy` and `abstention_rate`
+(PREDICT's binomial test on the n estimation samples), `certified_accuracy` per L2 radius in
+`eps` (CERTIFY; each certificate holds with probability >= 1 - alpha), `median_certified_radius`
+over correctly certified points. All are g's figures, never the base model's; the accuracy is
+not called `clean_accuracy` so that `robust eval` never reports it as the model's.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def run_smoothing_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Ch
             batch_size=ctx.batch_size, seed=ctx.seed, advance=lambda k: advance(k),
         )  # fmt: skip
     out = CheckOutcome(time_s=row["time_s"])
-    out.values[("clean_accuracy", None, None)] = row["clean_accuracy"]
+    out.values[("smoothed_clean_accuracy", None, None)] = row["clean_accuracy"]
     out.values[("abstention_rate", None, None)] = row["abstention_rate"]
     median = row["median_certified_radius"]
     out.values[("median_certified_radius", None, None)] = math.nan if median is None else median
@@ -61,7 +62,7 @@ SMOOTHING_CHECK = CheckType(
         "alpha": KeySpec("float", minimum=0.0, help=f"failure probability (default {DEFAULT_ALPHA})"),
     },
     metrics={
-        "clean_accuracy": MetricSpec(per_eps=False, help="PREDICT accuracy of the smoothed classifier"),
+        "smoothed_clean_accuracy": MetricSpec(per_eps=False, help="PREDICT accuracy of the smoothed classifier"),
         "abstention_rate": MetricSpec(per_eps=False),
         "certified_accuracy": MetricSpec(per_eps=True, help="CERTIFY accuracy at L2 radius eps"),
         "median_certified_radius": MetricSpec(per_eps=False),
