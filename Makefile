@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch is installed first; an unpinned torch would pull a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutate clean
 
 $(BIN)/robust: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m "not slow"
+
+# Mutation check of the engines' critical modules (not in CI: about 30 min on 2 cores).
+mutate: install
+	$(BIN)/python -c "import cosmic_ray" 2>/dev/null || $(BIN)/pip install "cosmic-ray==8.7.0"
+	OMP_NUM_THREADS=2 $(BIN)/python tests/mutation/run.py $(TARGETS)
 
 bench: install
 	$(BIN)/python benchmarks/attack_speed.py

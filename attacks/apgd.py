@@ -13,15 +13,20 @@ with rho = 0.75. One step is z = P(x_k + eta * d(grad)), x_{k+1} = P(x_k + alpha
 alpha)(x_k - x_{k-1})) with alpha = 0.75 (the first step has no momentum), d the sign (Linf) or
 the L2-normalised gradient, P the projection onto the eps ball and the [0, 1] box.
 
-Defaults follow AutoAttack's "standard" version: 100 iterations, 1 restart; APGD-T (targeted DLR)
-attacks in turn the classes with the 2nd .. 10th highest clean logit (9 targets, fewer when the
-model has fewer classes), each only on the points the previous targets left unbroken.
+Names as AutoAttack uses them: `apgd-ce` (CE), `apgd-dlr` (untargeted DLR, eq. 3), `apgd-t`
+(targeted DLR, eq. 4); `-l2` for the L2 versions. Defaults follow AutoAttack's "standard"
+version: 100 iterations, 1 restart; APGD-T attacks in turn the classes with the 2nd .. 10th
+highest clean logit (9 targets, fewer when the model has fewer classes), each only on the points
+the previous targets left unbroken.
+
+After a step-size halving the iterate jumps back to its best point x_best (with its gradient)
+while x_{k-1} is kept, so the first step after it carries the momentum x_best - x_{k-1}, as in
+AutoAttack's code.
 
 Choices: the random start lies on the sphere of radius eps (as AutoAttack); a point leaves the
 batch as soon as the criterion holds for it (it no longer influences anything, so the other
-points' search is unchanged); after a step-size halving the momentum term restarts from zero
-(the iterate jumps back to its best point, as in AutoAttack's code). With a user-given target
-(a targeted criterion) APGD-T attacks that target only.
+points' search is unchanged). With a user-given target (a targeted criterion) APGD-T attacks
+that target only.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ def checkpoint_lengths(steps: int) -> list[int]:
 
 
 class APGD(FixedEpsilonAttack):
-    """APGD (Croce & Hein 2020, Algorithm 1); `loss` is "ce", "dlr" or "dlr-targeted" (APGD-T)."""
+    """APGD (Croce & Hein 2020, Algorithm 1); `loss` is "ce", "dlr" (untargeted) or "dlr-targeted" (APGD-T)."""
 
     def __init__(
         self,
@@ -83,7 +88,7 @@ class APGD(FixedEpsilonAttack):
         self.target_classes = target_classes
         self.rho = rho
         self.momentum = momentum
-        base = "apgd-ce" if loss == "ce" else ("apgd-dlr" if loss == "dlr-targeted" else "apgd-dlr-untargeted")
+        base = {"ce": "apgd-ce", "dlr": "apgd-dlr", "dlr-targeted": "apgd-t"}[loss]
         self.name = base if norm == "linf" else f"{base}-l2"
 
     @property
@@ -205,8 +210,7 @@ class APGD(FixedEpsilonAttack):
                 halve = stalled | no_progress
                 s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
                 back = per_point(halve, s["xk"])
-                s["xk"] = torch.where(back, s["xbest"], s["xk"])
-                s["xprev"] = torch.where(back, s["xbest"], s["xprev"])
+                s["xk"] = torch.where(back, s["xbest"], s["xk"])  # x_{k-1} stays: momentum x_best - x_{k-1}
                 s["grad"] = torch.where(back, s["gbest"], s["grad"])
                 s["loss"] = torch.where(halve, s["lbest"], s["loss"])
                 s["halved"], s["lbest_ckpt"], s["ups"] = halve, s["lbest"].clone(), torch.zeros_like(s["ups"])

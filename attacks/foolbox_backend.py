@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from robustcli.attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
+from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.registry import attack_traits
 
 # Our attacks that foolbox 3 implements too (by our registry name).
@@ -24,11 +25,14 @@ def _foolbox_attack(name: str, steps: int | None, options: dict):
         steps = steps or 40
         return fb.attacks.L2PGD(steps=steps, rel_stepsize=2.5 / steps)
     if name == "cw":
+        given = {k: v for k, v in options.items() if v is not None and k in ("binary_search_steps", "initial_const")}
+        cw = {**CW_PRESETS[options.get("preset") or "cheap"], **given, **({"steps": steps} if steps else {})}
         return fb.attacks.L2CarliniWagnerAttack(
-            steps=steps or 100,
-            binary_search_steps=options.get("binary_search_steps", 5),
-            initial_const=options.get("initial_const", 1e-2),
-            confidence=options.get("confidence", 0.0),
+            steps=int(cw["steps"]),
+            binary_search_steps=int(cw["binary_search_steps"]),
+            initial_const=cw["initial_const"],
+            stepsize=cw["lr"],
+            confidence=options.get("confidence") or 0.0,
         )
     raise KeyError(name)
 

@@ -10,7 +10,10 @@ Three operations define projected gradient ascent in a norm ball (Madry et al. 2
   uniform direction times a radius eps * U^(1/d)) or on its sphere (APGD, Croce & Hein 2020:
   a uniform cube point scaled to Linf norm eps, or a Gaussian direction scaled to L2 norm eps).
 
-PGD, APGD, FAB's final projection and the inner maximisation of adversarial training all take
+A fourth serves FAB (Croce & Hein 2020, section 3.1): the smallest step onto a hyperplane that
+stays in the [0, 1] box (`step_to_hyperplane`).
+
+PGD, APGD, FAB and the inner maximisation of adversarial training all take
 these from here, so a fix to a projection or a step reaches every one of them. The [0, 1] box
 is not part of the ball: callers clip x + delta to it after projecting.
 """
@@ -67,6 +70,40 @@ class LpBall:
         else:
             t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return eps * self._unit(t)
+
+    def step_to_hyperplane(self, p: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The smallest d (in this norm) with w . d = c and p + d in [0, 1], per row of flat (n, d) inputs.
+
+        Closed form (FAB's projection, Croce & Hein 2020, section 3.1): after flipping w so that
+        c >= 0, each coordinate moves towards sign(w_i) by d_i = min(tau s_i, room_i), with room_i
+        the distance to the box side it moves to and s_i = 1 (Linf: every coordinate moves by the
+        same tau until it hits the box) or |w_i| (L2: d proportional to w until clipped). The reach
+        h(tau) = sum_i |w_i| d_i(tau) is piecewise linear and increasing, with kinks at
+        tau_i = room_i / s_i; sorting the kinks gives the tau with h(tau) = c exactly. When even the
+        whole box cannot reach the hyperplane, every coordinate moves to its box side (the point
+        of the box closest to it along w).
+        """
+        sign = torch.where(c >= 0, 1.0, -1.0).to(w.dtype)
+        ws = w * sign[:, None]
+        need = c.abs()
+        a = ws.abs()
+        room = torch.where(ws > 0, 1 - p, p).clamp_min(0)
+        scale = torch.ones_like(a) if self.norm == "linf" else a
+        kink = torch.where(scale > 0, room / scale.clamp_min(_TINY), torch.full_like(a, float("inf")))
+        kink, order = kink.sort(1)
+        a_s, room_s, scale_s = a.gather(1, order), room.gather(1, order), scale.gather(1, order)
+        saturated = (a_s * room_s).cumsum(1) - a_s * room_s  # reach of the coordinates before each kink
+        slope = (a_s * scale_s).flip(1).cumsum(1).flip(1)  # d reach / d tau of the coordinates from it on
+        reach = saturated + torch.where(slope > 0, kink.clamp_max(torch.finfo(a.dtype).max) * slope, 0)
+        enough = reach >= need[:, None]
+        k = enough.float().argmax(1)  # first kink where the reach suffices
+        rows = torch.arange(len(p), device=p.device)
+        tau = (need - saturated[rows, k]) / slope[rows, k].clamp_min(_TINY)
+        tau = torch.where(enough.any(1), tau, torch.full_like(tau, float("inf")))
+        tau = torch.where(need > 0, tau, torch.zeros_like(tau))
+        move = torch.minimum(tau[:, None] * scale, room)
+        move = torch.where(scale > 0, move, torch.zeros_like(move))
+        return ws.sign() * move
 
     def _unit(self, t: torch.Tensor) -> torch.Tensor:
         return t / per_point(flat_norm(t, self.norm).clamp_min(_TINY), t)

@@ -13,9 +13,10 @@ from typing import Callable
 from robustcli.attacks.apgd import APGD
 from robustcli.attacks.base import Attack
 from robustcli.attacks.cw import CarliniWagnerL2
+from robustcli.attacks.fab import FABTargeted
 from robustcli.attacks.fgsm import FGSM
 from robustcli.attacks.pgd import PGDL2, PGDLinf
-from robustcli.attacks.square import SquareLinf
+from robustcli.attacks.square import SquareL2, SquareLinf
 from robustcli.attacks.traits import AttackTraits
 
 
@@ -26,8 +27,16 @@ def _pgd(cls):
     return make
 
 
-def _cw(steps: int | None = None, restarts: int | None = None, **kw) -> Attack:
-    return CarliniWagnerL2(steps=steps or 100, **kw)
+def _cw(
+    steps: int | None = None,
+    restarts: int | None = None,
+    preset: str | None = None,
+    binary_search_steps: int | None = None,
+    **kw,
+) -> Attack:
+    # the preset sets steps, search steps, c0 and lr; an explicit steps / search steps overrides it
+    overrides = {k: v for k, v in (("steps", steps), ("binary_search_steps", binary_search_steps)) if v is not None}
+    return CarliniWagnerL2.from_preset(preset or "cheap", **overrides, **kw)
 
 
 def _fgsm(steps: int | None = None, restarts: int | None = None, **kw) -> Attack:
@@ -41,9 +50,19 @@ def _apgd(norm: str, loss: str):
     return make
 
 
-def _square(steps: int | None = None, restarts: int | None = None, queries: int | None = None, **kw) -> Attack:
-    # `steps` (gradient iterations) does not apply; the budget is `queries` (AutoAttack "standard": 5,000).
-    return SquareLinf(queries=queries or 5000, restarts=restarts or 1, **kw)
+def _square(cls):
+    def make(steps: int | None = None, restarts: int | None = None, queries: int | None = None, **kw) -> Attack:
+        # `steps` (gradient iterations) does not apply; the budget is `queries` (AutoAttack "standard": 5,000).
+        return cls(queries=queries or 5000, restarts=restarts or 1, **kw)
+
+    return make
+
+
+def _fab(norm: str):
+    def make(steps: int | None = None, restarts: int | None = None, **kw) -> Attack:
+        return FABTargeted(norm=norm, steps=steps or 100, **kw)
+
+    return make
 
 
 # name -> factory(steps=None, restarts=None, **options); None means the attack's default.
@@ -53,10 +72,15 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "pgd-l2": _pgd(PGDL2),
     "cw": _cw,
     "apgd-ce": _apgd("linf", "ce"),
-    "apgd-dlr": _apgd("linf", "dlr-targeted"),
+    "apgd-dlr": _apgd("linf", "dlr"),
+    "apgd-t": _apgd("linf", "dlr-targeted"),
     "apgd-ce-l2": _apgd("l2", "ce"),
-    "apgd-dlr-l2": _apgd("l2", "dlr-targeted"),
-    "square": _square,
+    "apgd-dlr-l2": _apgd("l2", "dlr"),
+    "apgd-t-l2": _apgd("l2", "dlr-targeted"),
+    "fab-t": _fab("linf"),
+    "fab-t-l2": _fab("l2"),
+    "square": _square(SquareLinf),
+    "square-l2": _square(SquareL2),
 }
 
 

@@ -1,12 +1,12 @@
-"""The strong suite: AutoAttack's "standard" ensemble without FAB-T (Croce & Hein 2020, section 5).
+"""The strong suite: AutoAttack's "standard" ensemble (Croce & Hein 2020, "Reliable evaluation of
+adversarial robustness with an ensemble of diverse parameter-free attacks", section 5).
 
-APGD-CE, then APGD-T (targeted DLR over the top-9 other classes), then Square (5,000 queries),
-each only on the points the attacks before it left unbroken, worst case per point over all
-(RobustBench's rule). FAB-T is left out: AutoAttack's authors report it rarely adds to APGD-T
-on standard evaluations; the other three cover the two failure modes that matter here (a
-saturated softmax: DLR is scale invariant; masked or useless gradients: Square needs none).
-
-In L2 the suite is APGD-CE and APGD-T only (this project has no L2 Square attack yet).
+APGD-CE, then APGD-T (targeted DLR over the top-9 other classes), then FAB-T (targeted, 9
+classes), then Square (5,000 queries), each only on the points the attacks before it left
+unbroken, worst case per point over all (RobustBench's rule). The same four in Linf and in L2.
+Together they cover the failure modes of a single attack: a saturated softmax (DLR is scale
+invariant, FAB uses logit differences), a poorly chosen step size (APGD adapts it, FAB has
+none), and masked or useless gradients (Square needs none).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import nn
 from robustcli.attacks.apgd import APGD
 from robustcli.attacks.base import Attack
 from robustcli.attacks.evaluate import WORST_CASE, Evaluation, evaluate, worst_case
-from robustcli.attacks.square import SquareLinf
+from robustcli.attacks.fab import FABTargeted
+from robustcli.attacks.square import SquareL2, SquareLinf
 
 SUITES = ("strong",)
 
@@ -33,13 +34,13 @@ def strong_suite(
     queries: int = 5000,
 ) -> list[tuple[Attack, list[float]]]:
     """The plan (attack, budgets) of the strong suite, in the order it runs."""
-    plan: list[tuple[Attack, list[float]]] = [
+    square = SquareLinf if norm == "linf" else SquareL2
+    return [
         (APGD(norm=norm, loss="ce", steps=steps), list(eps)),
         (APGD(norm=norm, loss="dlr-targeted", steps=steps, target_classes=target_classes), list(eps)),
+        (FABTargeted(norm=norm, steps=steps, target_classes=target_classes), list(eps)),
+        (square(queries=queries), list(eps)),
     ]
-    if norm == "linf":
-        plan.append((SquareLinf(queries=queries), list(eps)))
-    return plan
 
 
 def run_strong_suite(

@@ -1,21 +1,25 @@
-"""Branch and bound on ReLU splits with alpha/beta-CROWN bounds (Wang et al. 2021, "Beta-CROWN").
+"""Branch and bound on ReLU splits with beta-CROWN bounds (Wang et al. 2021, "Beta-CROWN").
 
-A domain fixes some unstable ReLUs to active (z >= 0) or inactive (z <= 0). Its lower bound of
-the specification comes from a CROWN backward pass where
-- intermediate bounds are the parent's (those of the whole box, still valid in a sub-domain),
-  clamped at split neurons (l = max(l, 0) if active, u = min(u, 0) if inactive), so split ReLUs
-  are relaxed exactly;
-- each split constraint s_k z_k >= 0 enters with a Lagrange multiplier beta_k >= 0 (eq. 7 of the
-  paper: the term -beta_k s_k z_k is added to the objective), and the lower slopes alpha of the
-  remaining unstable ReLUs are optimised with beta by projected Adam.
-Any alpha in [0, 1] and beta >= 0 give a sound bound, so a domain whose bound is positive holds.
-A domain is split on the unsplit unstable ReLU with the largest BaBSR intercept score
-(Bunel et al. 2020): |min(A, 0)| * (-l u / (u - l)), the bound lost to that neuron's upper line.
-The property holds once every domain is refuted; a domain without unstable ReLUs whose bound is
-still not positive ends the search (that region may hold a counterexample).
-
-Choice: intermediate bounds are not recomputed per domain (beta-CROWN's default for speed), and
-a child starts from its parent's alpha and beta (0 for the new split).
+A domain fixes some unstable ReLUs to active (z >= 0) or inactive (z <= 0). Each round takes a
+batch of the worst domains and, for all of them at once:
+- refreshes the intermediate bounds of the sub-problem: CROWN bounds of every ReLU's input with
+  the split neurons clamped (l = max(l, 0) if active, u = min(u, 0) if inactive) before the next
+  layer is bounded, intersected with the parent's bounds (alpha-beta-CROWN recomputes them per
+  sub-problem too; a split in layer 1 typically stabilises neurons in layers 2..L);
+- bounds the specification with beta-CROWN: each split constraint s_k z_k >= 0 enters with a
+  Lagrange multiplier beta_k >= 0 (eq. 7: the term -beta_k s_k z_k is added to the objective),
+  optimised with the lower slopes alpha of the remaining unstable ReLUs by projected Adam;
+  any alpha in [0, 1] and beta >= 0 give a sound bound, so a domain whose bound is > 0 holds;
+- drops a domain whose refreshed bounds cross (l > u at some neuron): its splits contradict each
+  other on the box, so it holds no input;
+- closes a domain without unstable ReLUs exactly: the network is affine on it, so one linear
+  program (scipy's HiGHS) over box + split constraints decides it: optimum > 0 refutes it, else
+  its minimiser is a counterexample (re-checked on the model by the caller);
+- branches on the neuron chosen by filtered smart branching (FSB, De Palma et al. 2021): the
+  top-k candidates by the BaBSR score |min(A, 0)| (-l u / (u - l)) (Bunel et al. 2020), each
+  re-scored by the bound its two children get from one CROWN pass with the neuron fixed (the
+  better of the two children's worse bound), the best taken.
+The property holds once every domain is refuted.
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from robustcli.certify.chain_bounds import Chain, backward_lower
+from robustcli.certify.chain_bounds import Chain, back_affine, backward_lower, crown_intermediate
 
 
 @dataclass
 class BabOutcome:
     proved: bool
     domains: int  # domains bounded
-    reason: str  # proved | timeout | exhausted (a domain without unstable ReLUs stayed <= 0) | limit
+    reason: str  # proved | timeout | exhausted | limit | counterexample
+    counterexample: torch.Tensor | None = None  # (n_inputs,) from a closed domain's linear program
 
 
 def _clamp(bounds, splits):
@@ -40,6 +46,62 @@ def _clamp(bounds, splits):
     for (l, u), s in zip(bounds, splits):
         out.append((torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)))
     return out
+
+
+def _affine_rows(chain: Chain, upto: int, A: torch.Tensor, active: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows A (R, *shape of z_upto) as affine functions of the input when every ReLU j < upto has the
+    fixed phase `active[j]` (n_j,) bool: returns (R, n_in) coefficients and (R,) constants."""
+    bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    for j in range(upto, -1, -1):
+        aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], A.reshape(A.shape[0], *chain.out_shapes[j]))
+        bias = bias + b
+        A = aw.reshape(A.shape[0], -1)
+        if j > 0:
+            A = A * active[j - 1].to(A.dtype)
+    return A.cpu().numpy(), bias.cpu().numpy()
+
+
+def close_domain(chain: Chain, lo, hi, C, d, bounds, splits) -> tuple[bool | None, torch.Tensor | None]:
+    """Decide a domain without unstable ReLUs by one LP: min_x max_r (C z_L + d)_r over the box and the
+    split constraints. Returns (True, None) if refuted, (False, x) with a minimiser, or (None, None)
+    if the LP failed or is too close to 0 to call."""
+    from scipy.optimize import linprog
+
+    L = len(bounds)
+    active = [(l.flatten() >= 0) | (s.flatten() > 0) for (l, _), s in zip(bounds, splits)]
+    A_ub, b_ub = [], []
+    for j in range(L):
+        idx = (splits[j].flatten() != 0).nonzero().flatten()
+        if len(idx) == 0:
+            continue
+        n = splits[j].numel()
+        rows = torch.zeros(len(idx), n, dtype=chain.dtype, device=chain.device)
+        rows[torch.arange(len(idx)), idx] = 1.0
+        a, b = _affine_rows(chain, j, rows, active)
+        sign = splits[j].flatten()[idx].cpu().numpy().astype(np.float64)  # +1: z >= 0 -> -z <= 0
+        A_ub.append(-sign[:, None] * a)
+        b_ub.append(sign * b)
+    a_out, b_out = _affine_rows(chain, L, C.reshape(C.shape[0], *chain.out_shapes[-1]), active)
+    b_out = b_out + d.cpu().numpy()
+    n_in = a_out.shape[1]
+    # variables (x, t): minimise t subject to a_r x + b_r <= t for every row r
+    obj = np.zeros(n_in + 1)
+    obj[-1] = 1.0
+    A_rows = [np.hstack([a_out, -np.ones((len(b_out), 1))])]
+    b_rows = [-b_out]
+    for a, b in zip(A_ub, b_ub):
+        A_rows.append(np.hstack([a, np.zeros((len(b), 1))]))
+        b_rows.append(b)
+    box = list(zip(lo.flatten().cpu().numpy(), hi.flatten().cpu().numpy())) + [(None, None)]
+    res = linprog(obj, A_ub=np.vstack(A_rows), b_ub=np.concatenate(b_rows), bounds=box, method="highs")
+    if res.status == 2:  # infeasible: the split constraints exclude the whole box
+        return True, None
+    if res.status != 0:
+        return None, None
+    t = float(res.x[-1])
+    if t > 1e-7 * (1 + np.abs(b_out).max()):
+        return True, None
+    return False, torch.tensor(res.x[:-1], dtype=chain.dtype).reshape(1, *chain.in_shapes[0])
 
 
 def bab_refute(
@@ -51,16 +113,20 @@ def bab_refute(
     bounds: list[tuple[torch.Tensor, torch.Tensor]],
     *,
     deadline: float | None,
-    batch: int = 256,
+    batch: int = 64,
     iterations: int = 5,
     lr_alpha: float = 0.1,
     lr_beta: float = 0.05,
     max_domains: int = 200_000,
+    fsb_candidates: int = 3,
+    check=None,
 ) -> BabOutcome:
     """Try to prove, for every root j, that some row of C[j] z_L + d[j] is > 0 on the whole box.
 
     C (D, R, n_outputs), d (D, R): D disjuncts (roots) of up to R rows, searched together so that
     each round bounds one batch across all of them (pad short disjuncts with rows C = 0, d = -1).
+    `bounds`: intermediate bounds of the whole box (the roots' starting point).
+    `check(x)` (1, n_inputs) -> bool: does the model violate the property at x (for LP minimisers).
     """
     L = len(bounds)
     D, R = C.shape[0], C.shape[1]
@@ -68,15 +134,18 @@ def bab_refute(
     sizes = [f[0].shape[1] for f in flat]
     A_roots = C.reshape(D, R, *chain.out_shapes[-1])
     dev, dt = chain.device, chain.dtype
-    # Domain queue: root index, split signs per layer (int8), alphas and betas per layer.
+    # Domain queue: root index, split signs per layer (int8), parent bounds, alphas and betas per layer.
     roots = torch.arange(D, device=dev)
     splits = [torch.zeros(D, n, dtype=torch.int8, device=dev) for n in sizes]
+    lows = [f[0].expand(D, -1).clone() for f in flat]
+    ups = [f[1].expand(D, -1).clone() for f in flat]
     alphas = [(f[1] > -f[0]).to(dt).reshape(1, 1, -1).expand(D, R, -1).clone() for f in flat]
     betas = [torch.zeros(D, R, n, dtype=dt, device=dev) for n in sizes]
     scores_lb = torch.full((D,), float("-inf"), dtype=dt, device=dev)
     done = 0
+    out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     while len(scores_lb):
-        if deadline is not None and time.monotonic() > deadline:
+        if out_of_time():
             return BabOutcome(False, done, "timeout")
         if done > max_domains:
             return BabOutcome(False, done, "limit")
@@ -86,10 +155,16 @@ def bab_refute(
         take = lambda ts: [t[order] for t in ts]  # noqa: E731
         keep = lambda ts: [t[rest] for t in ts]  # noqa: E731
         sp, al, be, rt = take(splits), take(alphas), take(betas), roots[order]
-        splits, alphas, betas, scores_lb, roots = keep(splits), keep(alphas), keep(betas), scores_lb[rest], roots[rest]
+        pl, pu = take(lows), take(ups)
+        splits, alphas, betas, roots = keep(splits), keep(alphas), keep(betas), roots[rest]
+        lows, ups, scores_lb = keep(lows), keep(ups), scores_lb[rest]
         A0, d0 = A_roots[rt], d[rt]
         B = len(order)
-        bnd = _clamp([(l.expand(B, -1), u.expand(B, -1)) for l, u in flat], sp)
+        with torch.no_grad():
+            bnd = crown_intermediate(chain, lo, hi, base=list(zip(pl, pu)), splits=sp)
+        bnd = [(l.reshape(B, -1), u.reshape(B, -1)) for l, u in bnd]
+        # A lower bound above an upper bound: no input of the box meets these splits (the domain is empty).
+        empty = torch.stack([(l > u + 1e-9 * (1 + u.abs())).any(1) for l, u in bnd]).any(0) if L else torch.zeros(B, dtype=torch.bool, device=dev)
         al = [a.clone().requires_grad_(True) for a in al]
         be = [b.clone().requires_grad_(True) for b in be]
         m1 = [torch.zeros_like(t) for t in al + be]
@@ -99,7 +174,7 @@ def bab_refute(
         best_be = [b.detach().clone() for b in be]
         record: dict[int, torch.Tensor] = {}
         for it in range(iterations):
-            if deadline is not None and time.monotonic() > deadline:
+            if out_of_time():
                 return BabOutcome(False, done, "timeout")
             with torch.enable_grad():
                 terms = [-b * s.to(dt).unsqueeze(1) for b, s in zip(be, sp)]
@@ -112,7 +187,7 @@ def bab_refute(
                     best_al[j][better] = al[j].detach()[better]
                     best_be[j][better] = be[j].detach()[better]
                 if it == 0 or bool(better.any()):
-                    record = {j: r.detach() for j, r in rec.items()}
+                    record = {j: r.detach() for j, r in rec.items() if j >= 0}
                 if bool((best > 0).all()) or it == iterations - 1:
                     break
                 grads = torch.autograd.grad(-top.clamp(max=1e-3).sum(), al + be)
@@ -125,11 +200,11 @@ def bab_refute(
                     p.sub_(step)
                     p.clamp_(0, 1) if k < L else p.clamp_(min=0)
         done += B
-        open_ = best <= 0
+        open_ = (best <= 0) & ~empty
         if not bool(open_.any()):
             continue
-        # Branch: BaBSR intercept score on unsplit unstable neurons of each open domain.
         idx = open_.nonzero().flatten()
+        # Branching scores (BaBSR) on unsplit unstable neurons of each open domain.
         score_layers = []
         for j in range(L):
             l, u = bnd[j][0][idx], bnd[j][1][idx]
@@ -140,24 +215,67 @@ def bab_refute(
             s = torch.where(unstable, s + 1e-9 * (u - l), torch.full_like(s, -1.0))  # width breaks ties
             score_layers.append(s)
         scores = torch.cat(score_layers, 1)
-        best_score, pick = scores.max(1)
-        if bool((best_score < 0).any()):
+        closed = scores.max(1).values < 0  # no unstable neuron left: the network is affine on the domain
+        for k in closed.nonzero().flatten().tolist():
+            b = int(idx[k])
+            refuted, x = close_domain(chain, lo, hi, A0[b], d0[b], [(t[0][b], t[1][b]) for t in bnd], [s[b] for s in sp])
+            if refuted:
+                continue
+            if x is not None and check is not None and bool(check(x.reshape(1, -1))):
+                return BabOutcome(False, done, "counterexample", x.reshape(-1))
             return BabOutcome(False, done, "exhausted")
+        keep_open = ~closed
+        idx, scores = idx[keep_open], scores[keep_open]
+        if len(idx) == 0:
+            continue
+        pick = _fsb(chain, lo, hi, A0[idx], d0[idx], [(t[0][idx], t[1][idx]) for t in bnd],
+                    [s[idx] for s in sp], scores, sizes, fsb_candidates)
         offsets = torch.tensor([0] + sizes, device=dev).cumsum(0)
-        children_sp, children_al, children_be = [], [], []
         for sign in (1, -1):
             new_sp = [s[idx].clone() for s in sp]
             for j in range(L):
                 in_j = (pick >= offsets[j]) & (pick < offsets[j + 1])
                 rows = in_j.nonzero().flatten()
                 new_sp[j][rows, pick[rows] - offsets[j]] = sign
-            children_sp.append(new_sp)
-            children_al.append([a[idx] for a in best_al])
-            children_be.append([b[idx] for b in best_be])
-        for k in range(2):
-            splits = [torch.cat([s, c]) for s, c in zip(splits, children_sp[k])]
-            alphas = [torch.cat([a, c]) for a, c in zip(alphas, children_al[k])]
-            betas = [torch.cat([b, c]) for b, c in zip(betas, children_be[k])]
+            splits = [torch.cat([s, c]) for s, c in zip(splits, new_sp)]
+            alphas = [torch.cat([a, c[idx]]) for a, c in zip(alphas, best_al)]
+            betas = [torch.cat([b, c[idx]]) for b, c in zip(betas, best_be)]
+            lows = [torch.cat([t, c[0][idx]]) for t, c in zip(lows, bnd)]
+            ups = [torch.cat([t, c[1][idx]]) for t, c in zip(ups, bnd)]
             scores_lb = torch.cat([scores_lb, best[idx]])
             roots = torch.cat([roots, rt[idx]])
     return BabOutcome(True, done, "proved")
+
+
+def _fsb(chain, lo, hi, A0, d0, bnd, sp, scores, sizes, k: int) -> torch.Tensor:
+    """Filtered smart branching: of the top-k BaBSR candidates per domain, the one whose worse child
+    bound (one CROWN pass per child, intermediate bounds kept) is highest. Returns flat indices (B,)."""
+    B = scores.shape[0]
+    k = max(1, min(k, int((scores >= 0).sum(1).min())))
+    cand = scores.topk(k, dim=1).indices  # (B, k)
+    if k == 1:
+        return cand[:, 0]
+    offsets = torch.tensor([0] + sizes, device=scores.device).cumsum(0)
+    L = len(bnd)
+    worst = torch.empty(B, k, dtype=chain.dtype, device=scores.device)
+    with torch.no_grad():
+        # Children as one batch: (candidate, sign, domain).
+        reps = 2 * k
+        bb = [(l.repeat(reps, 1), u.repeat(reps, 1)) for l, u in bnd]
+        for c in range(k):
+            for si, sign in enumerate((1, -1)):
+                block = slice((2 * c + si) * B, (2 * c + si + 1) * B)
+                for j in range(L):
+                    in_j = (cand[:, c] >= offsets[j]) & (cand[:, c] < offsets[j + 1])
+                    rows = in_j.nonzero().flatten()
+                    col = cand[rows, c] - offsets[j]
+                    l, u = bb[j]
+                    tgt = rows + block.start
+                    if sign > 0:
+                        l[tgt, col] = l[tgt, col].clamp(min=0)
+                    else:
+                        u[tgt, col] = u[tgt, col].clamp(max=0)
+        low = backward_lower(chain, L, A0.repeat(reps, 1, *([1] * (A0.dim() - 2))), lo, hi, bb) + d0.repeat(reps, 1)
+        top = low.max(1).values.reshape(k, 2, B)
+        worst = top.min(1).values.T  # (B, k): a split is as good as its worse child
+    return cand.gather(1, worst.argmax(1, keepdim=True)).squeeze(1)

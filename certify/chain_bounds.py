@@ -31,7 +31,9 @@ from torch import nn
 
 from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
 
-AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity)
+# AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
+AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity,
+          nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout)
 
 
 class NotAChain(ValueError):
@@ -86,6 +88,26 @@ class Chain:
                 out_shapes.append(tuple(x.shape[1:]))
         return cls(blocks, in_shapes, out_shapes, dtype, device)
 
+    def dense(self, i: int, max_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Block i as a dense matrix and bias (n_out, n_in), (n_out,), computed once; None if too large."""
+        cache = self.__dict__.setdefault("_dense", {})
+        if i not in cache:
+            n_out, n_in = _numel(self.out_shapes[i]), _numel(self.in_shapes[i])
+            if n_out * n_in > max_elements:
+                cache[i] = None
+            else:
+                eye = torch.eye(n_out, dtype=self.dtype, device=self.device).reshape(n_out, *self.out_shapes[i])
+                w, b = back_affine(self.blocks[i], self.in_shapes[i], eye)
+                cache[i] = (w.reshape(n_out, n_in), b)
+        return cache[i]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
 
 def _as_dtype(m: nn.Module, dtype: torch.dtype) -> nn.Module:
     import copy
@@ -132,6 +154,9 @@ def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tens
         if lin.bias is not None:
             bias = A @ lin.bias
         return (A @ lin.weight).reshape(A.shape[0], *in_shape), bias
+    fast = _back_layers(block, in_shape, A)
+    if fast is not None:
+        return fast
     # Generic: the block is affine, so A W is the vector-Jacobian product at any point.
     with torch.enable_grad():
         x = torch.zeros(A.shape[0], *in_shape, dtype=A.dtype, device=A.device, requires_grad=True)
@@ -141,6 +166,57 @@ def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tens
         b = y[0].detach()
         (aw,) = torch.autograd.grad(y, x, grad_outputs=A, create_graph=A.requires_grad)
     return aw, (A * b).flatten(1).sum(1)
+
+
+def _conv_transpose(A: torch.Tensor, m: nn.Conv2d, s_in: tuple[int, ...], out_pad: tuple[int, int]) -> torch.Tensor:
+    """A (R, O, H', W') times the convolution's matrix transposed, as a matmul with the kernel then
+    `fold` (col2im): on a CPU this beats conv_transpose2d by a wide margin for few input channels."""
+    if m.groups != 1:
+        return F.conv_transpose2d(A, m.weight, None, m.stride, m.padding, out_pad, m.groups, m.dilation)
+    R, O = A.shape[:2]
+    cols = torch.matmul(m.weight.reshape(O, -1).T, A.reshape(R, O, -1))  # (R, C*kh*kw, L)
+    return F.fold(cols, s_in[1:], m.kernel_size, m.dilation, m.padding, m.stride)
+
+
+def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor):
+    """(A W, A b) layer by layer with each layer's transpose (conv_transpose2d, W^T, diagonal
+    scales): no forward pass. None if some layer has no explicit transpose here (the caller then
+    uses a vector-Jacobian product)."""
+    shapes = [tuple(in_shape)]
+    x = torch.zeros(1, *in_shape, dtype=A.dtype, device=A.device)
+    with torch.no_grad():
+        for m in block:
+            x = m(x)
+            shapes.append(tuple(x.shape[1:]))
+    bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+    for m, s_in, s_out in zip(reversed(block), reversed(shapes[:-1]), reversed(shapes[1:])):
+        R = A.shape[0]
+        if isinstance(m, nn.Linear):
+            if m.bias is not None:
+                bias = bias + A.reshape(R, -1) @ m.bias
+            A = A.reshape(R, -1) @ m.weight
+        elif isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and isinstance(m.padding, tuple):
+            if m.bias is not None:
+                bias = bias + A.reshape(R, s_out[0], -1).sum(2) @ m.bias
+            h = (s_out[1] - 1) * m.stride[0] - 2 * m.padding[0] + m.dilation[0] * (m.kernel_size[0] - 1) + 1
+            w = (s_out[2] - 1) * m.stride[1] - 2 * m.padding[1] + m.dilation[1] * (m.kernel_size[1] - 1) + 1
+            A = _conv_transpose(A.reshape(R, *s_out), m, s_in, (s_in[1] - h, s_in[2] - w))
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            scale, shift = _bn_affine(m)
+            At = A.reshape(R, *s_out)
+            per = (lambda v: v.view(1, -1, *([1] * (len(s_out) - 1))))  # noqa: E731
+            bias = bias + (At * per(shift)).reshape(R, -1).sum(1)
+            A = At * per(scale)
+        elif isinstance(m, ElementwiseAffine):
+            At = A.reshape(R, *s_out)
+            bias = bias + (At * m.shift).reshape(R, -1).sum(1)
+            A = At * m.scale
+        elif isinstance(m, (nn.Flatten, Reshape, nn.Identity, nn.Dropout)):
+            pass
+        else:
+            return None
+        A = A.reshape(R, *s_in)
+    return A, bias
 
 
 # -- IBP ------------------------------------------------------------------------------------------
@@ -193,24 +269,37 @@ def backward_lower(
     alphas: list[torch.Tensor] | None = None,
     split_terms: list[torch.Tensor | None] | None = None,
     record: dict[int, torch.Tensor] | None = None,
+    ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+    through_block: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound (B, R) of A . z_upto over the box, A (R, *shape of z_upto) or (B, R, ...).
+
+    `through_block` = (A W, A b) of block `upto` already computed (B, R, n_in), (B, R): `A` is
+    then ignored (intermediate bounds gather rows of the block's dense matrix instead).
 
     `alphas[j]` (B, R, n_j) or None: lower slopes for ReLU j's unstable neurons (else adaptive).
     `split_terms[j]` (B, R, n_j): Lagrangian terms -beta * sign added to the coefficients of z_j
     (beta-CROWN, Wang et al. 2021, eq. 7; see certify/bab.py). `record[j]` receives the
-    coefficients of ReLU j's output, which branching heuristics read.
+    coefficients of ReLU j's output, which branching heuristics read, and `record[-1]` those of the input.
     B is the batch of the intermediate bounds (domains); the input box may have batch 1.
+    `ball` = (centre (B, *input), radius (B,)): the input set is also inside this L2 ball; the
+    linear bound's minimum over the ball, A x0 - radius ||A||_2 (dual norm), is a second sound
+    lower bound and the larger of the two is returned.
     """
     B = bounds[0][0].shape[0] if bounds else lo.shape[0]
-    R = A.shape[-1 - len(chain.out_shapes[upto])]
-    A = A.expand(B, *A.shape[-1 - len(chain.out_shapes[upto]):]) if A.dim() == 1 + len(chain.out_shapes[upto]) else A
-    bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
+    if through_block is not None:
+        A, bias = through_block
+        R = A.shape[1]
+    else:
+        R = A.shape[-1 - len(chain.out_shapes[upto])]
+        A = A.expand(B, *A.shape[-1 - len(chain.out_shapes[upto]):]) if A.dim() == 1 + len(chain.out_shapes[upto]) else A
+        bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
     for j in range(upto, -1, -1):
-        flat = A.reshape(B * R, *chain.out_shapes[j])
-        aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], flat)
-        A = aw.reshape(B, R, -1)
-        bias = bias + b.reshape(B, R)
+        if j < upto or through_block is None:
+            flat = A.reshape(B * R, *chain.out_shapes[j])
+            aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], flat)
+            A = aw.reshape(B, R, -1)
+            bias = bias + b.reshape(B, R)
         if j == 0:
             break
         l, u = (t.reshape(B, 1, -1) for t in bounds[j - 1])
@@ -219,14 +308,21 @@ def backward_lower(
             low_s = torch.where(unstable, alphas[j - 1], low_s)
         if record is not None:
             record[j - 1] = A
-        pos, neg = A.clamp(min=0), A.clamp(max=0)
-        bias = bias + (neg * up_t).sum(-1)
-        A = pos * low_s + neg * up_s
+        neg = A.clamp(max=0)
+        bias = bias + torch.einsum("brn,bxn->br", neg, up_t.expand(B, 1, -1))
+        A = torch.where(A >= 0, A * low_s, A * up_s)
         if split_terms is not None and split_terms[j - 1] is not None:
             A = A + split_terms[j - 1]
+    if record is not None:
+        record[-1] = A  # coefficients of the input (input branching reads them)
     c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1)
     r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1)
-    return (A * c).sum(-1) - (A.abs() * r).sum(-1) + bias
+    c, r = c.expand(A.shape[0], 1, -1), r.expand(A.shape[0], 1, -1)
+    out = torch.einsum("brn,bxn->br", A, c) - torch.einsum("brn,bxn->br", A.abs(), r)
+    if ball is not None:
+        x0, radius = ball
+        out = torch.maximum(out, (A * x0.reshape(x0.shape[0], 1, -1)).sum(-1) - radius.reshape(-1, 1) * A.norm(dim=-1))
+    return out + bias
 
 
 def _eye_rows(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
@@ -240,18 +336,87 @@ def _eye_rows(shape: tuple[int, ...], dtype, device) -> torch.Tensor:
 def crown_intermediate(
     chain: Chain, lo: torch.Tensor, hi: torch.Tensor, alphas: list[list[torch.Tensor]] | None = None,
     base: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+    splits: list[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """CROWN bounds of every ReLU input, each intersected with `base` (IBP unless given)."""
+    """CROWN bounds of every ReLU input, each intersected with `base` (IBP unless given).
+
+    `splits[j]` (B, n_j) int8: +1 / -1 where branch and bound fixed neuron j active (z >= 0) /
+    inactive (z <= 0) in that domain; its bounds are clamped before the next layer is bounded, so
+    every later layer's bounds are those of the sub-problem (beta-CROWN's refreshed bounds,
+    without multipliers on the intermediate objectives).
+
+    Without `alphas`, only neurons that are unstable under the IBP bound (refreshed from the
+    tighter bounds of the layer before) get a backward pass: a stable neuron's relaxation is exact
+    whatever its bounds, so tightening them cannot change any later bound. Rows are gathered per
+    point (each point its own unstable set, padded to the batch's largest)."""
     base = base if base is not None else ibp_intermediate(chain, lo, hi)
+    if alphas is None:
+        return _crown_intermediate_unstable(chain, lo, hi, base, ball, splits)
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(len(chain.blocks) - 1):
         shape = chain.out_shapes[i]
         n = base[i][0][0].numel()
         rows = _eye_rows(shape, chain.dtype, chain.device)
-        low = backward_lower(chain, i, rows, lo, hi, bounds, alphas[i] if alphas is not None else None)
+        low = backward_lower(chain, i, rows, lo, hi, bounds, alphas[i] if alphas is not None else None, ball=ball)
         B = lo.shape[0]
         l_new, u_new = low[:, :n].reshape(B, *shape), -low[:, n:].reshape(B, *shape)
         bounds.append((torch.maximum(l_new, base[i][0]), torch.minimum(u_new, base[i][1])))
+    return bounds
+
+
+def _ibp_exact(block: list[nn.Module]) -> bool:
+    """IBP is exact on a box for elementwise affine maps around at most one Linear/Conv2d: the box
+    maps to a box, and each output of one linear map has the interval |w| r around its centre."""
+    mixing = [m for m in block if isinstance(m, (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d))]
+    return len(mixing) <= 1
+
+
+def _clamp_split(bl, bu, s):
+    if s is None:
+        return bl, bu
+    return torch.where(s > 0, bl.clamp(min=0), bl), torch.where(s < 0, bu.clamp(max=0), bu)
+
+
+def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
+    bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for i in range(len(chain.blocks) - 1):
+        shape = chain.out_shapes[i]
+        bl, bu = base[i]
+        B = bl.shape[0]
+        bl, bu = bl.reshape(B, -1), bu.reshape(B, -1)
+        s_i = None if splits is None else splits[i]
+        if i > 0:  # IBP through block i from the (tighter) bounds of the ReLU before it
+            pl, pu = (F.relu(t) for t in bounds[-1])
+            c, r = (pu + pl) / 2, (pu - pl) / 2
+            for m in chain.blocks[i]:
+                c, r = ibp_affine(m, c, r)
+            bl, bu = torch.maximum(bl, (c - r).reshape(B, -1)), torch.minimum(bu, (c + r).reshape(B, -1))
+        bl, bu = _clamp_split(bl, bu, s_i)
+        unstable = (bl < 0) & (bu > 0)
+        k = int(unstable.sum(1).max()) if unstable.numel() else 0
+        if k == 0 or (i == 0 and ball is None and _ibp_exact(chain.blocks[0])):
+            bounds.append((bl.reshape(B, *shape), bu.reshape(B, *shape)))
+            continue
+        idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+        valid = unstable.gather(1, idx)
+        dense = chain.dense(i)
+        if dense is not None:  # rows of the block's matrix: no pass through the block for one-hot rows
+            w, b = dense
+            wk, bk = w[idx], b[idx]  # (B, k, n_in), (B, k)
+            through = (torch.cat([wk, -wk], 1), torch.cat([bk, -bk], 1))
+            low = backward_lower(chain, i, None, lo, hi, bounds, ball=ball, through_block=through)
+        else:
+            n = bl.shape[1]
+            rows = torch.zeros(B, 2 * k, n, dtype=chain.dtype, device=chain.device)
+            rows[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)  # basic slices are views: the scatter writes into rows
+            rows[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
+            low = backward_lower(chain, i, rows.reshape(B, 2 * k, *shape), lo, hi, bounds, ball=ball)
+        inf = torch.tensor(float("inf"), dtype=chain.dtype, device=chain.device)
+        l_new = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
+        u_new = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
+        # l_new > u_new can only mean the sub-problem is empty (contradictory splits); branch and bound reads it so.
+        bounds.append((l_new.reshape(B, *shape), u_new.reshape(B, *shape)))
     return bounds
 
 
@@ -266,6 +431,7 @@ def alpha_crown_spec(
     deadline: float | None = None, stop_when_positive: bool = True,
     on_iteration: Callable[[int, torch.Tensor], None] | None = None,
     tightened_out: list | None = None,
+    ball: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """alpha-CROWN: optimise lower slopes for every intermediate layer and the specification.
 
@@ -273,7 +439,9 @@ def alpha_crown_spec(
     them). Returns the best lower bound (B, K) per row over the iterations; if `tightened_out` is
     a list, it receives the tightest intermediate bounds seen (for branch and bound).
     """
-    B, L, K = lo.shape[0], len(chain.blocks) - 1, C.shape[0]
+    # C (K, n_out) shared by the batch, or (B, K, n_out) per point.
+    B, L, K = lo.shape[0], len(chain.blocks) - 1, C.shape[-2]
+    A = C.reshape(*C.shape[:-1], *chain.out_shapes[-1])
     bounds = [(l.detach(), u.detach()) for l, u in bounds]
     # Slopes start at CROWN's adaptive choice so iteration 0 reproduces CROWN.
     def init(rows: int, j: int) -> torch.Tensor:
@@ -286,7 +454,7 @@ def alpha_crown_spec(
     params = [a for row in inter for a in row] + final
     if not params or K == 0:  # no ReLU (CROWN is exact) or no margin: nothing to optimise
         with torch.no_grad():
-            low = backward_lower(chain, L, C.reshape(K, *chain.out_shapes[-1]), lo, hi, bounds) + d
+            low = backward_lower(chain, L, A, lo, hi, bounds, ball=ball) + d
         if tightened_out is not None:
             tightened_out[:] = bounds
         return low
@@ -296,11 +464,10 @@ def alpha_crown_spec(
     beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=chain.dtype, device=chain.device)
     tightened = [(l.clone(), u.clone()) for l, u in bounds] if tightened_out is not None else None
-    A = C.reshape(K, *chain.out_shapes[-1])
     for it in range(iterations):
         with torch.enable_grad():
-            bnd = crown_intermediate(chain, lo, hi, inter, base=bounds) if L > 1 else bounds
-            low = backward_lower(chain, L, A, lo, hi, bnd, final) + d
+            bnd = crown_intermediate(chain, lo, hi, inter, base=bounds, ball=ball) if L > 1 else bounds
+            low = backward_lower(chain, L, A, lo, hi, bnd, final, ball=ball) + d
             best = torch.maximum(best, low.detach())
             if tightened is not None:  # every iterate's intermediate bounds are sound: keep the tightest
                 for k, (l, u) in enumerate(bnd):

@@ -12,14 +12,16 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
 from robustcli.core.nn import Residual
 from robustcli.core.nn import Normalized
 from robustcli.core.errors import InputError
 
 LINEAR = (nn.Linear, nn.Conv2d)
 ELEMENTWISE_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d)
+CONSTANT_AFFINE = (ElementwiseAffine,)  # x * scale + shift with constants (normalisation from a graph)
 POSITIVE_LINEAR = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # nonnegative weights: |W| = W
-RESHAPE = (nn.Flatten,)
+RESHAPE = (nn.Flatten, Reshape)
 IDENTITY = (nn.Identity, nn.Dropout)
 # Smooth or non piecewise-linear activations: native IBP refuses them, auto_LiRPA's CROWN bounds them.
 NONLINEAR_ACTIVATIONS = (
@@ -29,7 +31,12 @@ NONLINEAR_ACTIVATIONS = (
 
 
 class UnsupportedLayer(InputError):
-    """A layer a bound method cannot handle; the message names the layer and an alternative."""
+    """A layer a bound method cannot handle; the message names the layer and an alternative.
+
+    `leaf`: the layer is a single operation (Tanh, MaxPool2d), not a container with its own forward
+    (those go through the graph front end, certify/trace.py, instead)."""
+
+    leaf: bool = True
 
 
 @dataclass
@@ -50,7 +57,7 @@ def _label(name: str, module: nn.Module) -> str:
 def _alternative(method: str) -> str:
     if method == "tightness":
         return "the tightness metric needs a ReLU network built from the layers native IBP supports"
-    return "use --method crown or alpha-crown (auto_LiRPA), which bound more layer types"
+    return "use --method lirpa-crown or lirpa-alpha-crown (auto_LiRPA), which bound more layer types"
 
 
 def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list[Step]:
@@ -67,7 +74,7 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         body = model_steps(m.body, method, _join(prefix, "body"))
         shortcut = model_steps(m.shortcut, method, _join(prefix, "shortcut"))
         return [Step(prefix, m, [body, shortcut])]
-    if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + POSITIVE_LINEAR + RESHAPE + IDENTITY):
+    if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + CONSTANT_AFFINE + POSITIVE_LINEAR + RESHAPE + IDENTITY):
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise UnsupportedLayer(
                 f"{method} supports only zero padding, but layer {_label(prefix, m)} uses "
@@ -79,10 +86,12 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
             f"layer {_label(prefix, m)} is not a ReLU; native {method} handles only piecewise-linear ReLU "
             f"networks; {_alternative(method)}"
         )
-    raise UnsupportedLayer(
+    err = UnsupportedLayer(
         f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
         f"BatchNorm, Flatten, AvgPool2d and Residual; {_alternative(method)}"
     )
+    err.leaf = next(m.children(), None) is None and type(m).forward is not nn.Module.forward
+    raise err
 
 
 def _join(prefix: str, name: str) -> str:

@@ -32,6 +32,7 @@ from torch import nn
 
 from robustcli.certify.bounds import Bounds, IBPResult
 from robustcli.certify.graph import (
+    CONSTANT_AFFINE,
     ELEMENTWISE_AFFINE,
     IDENTITY,
     POSITIVE_LINEAR,
@@ -192,6 +193,8 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
     if isinstance(m, Normalized):
         a = 1.0 / m.std
         return _elementwise_affine(state, a, -m.mean * a)
+    if isinstance(m, CONSTANT_AFFINE):
+        return _elementwise_affine(state, m.scale, m.shift)
     if isinstance(m, (nn.Linear, nn.Conv2d)):
         return _affine(state, m)
     if isinstance(m, nn.ReLU):
@@ -243,13 +246,19 @@ def propagate(
     clip: bool = True,
     method: str = "ibp",
     record: list[tuple[str, Bounds]] | None = None,
+    box: Bounds | None = None,
 ) -> tuple[Bounds, Bounds]:
-    """Shared propagation for IBP and the tightness metric; returns (output bounds, input box)."""
+    """Shared propagation for IBP and the tightness metric; returns (output bounds, input box).
+
+    `box`: bound over this per-element box instead of the eps ball around x (x is then its centre,
+    the clean point for BatchNorm in train mode)."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     steps = model_steps(model, method)
     e = _per_point(eps, x)
-    if clip:
+    if box is not None:
+        norm = "linf"
+    elif clip:
         if x.numel() and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
             raise ValueError("inputs must lie in [0, 1] (pixel space) for the ball to be clipped to it")
         box = input_bounds(x, eps, norm)
@@ -298,3 +307,12 @@ def ibp_bounds(model, x, eps, norm="linf", spec=None, *, return_layers=False):
     if not return_layers:
         return out.lower, out.upper
     return IBPResult(out.lower, out.upper, box, [b for _, b in record], [n for n, _ in record])
+
+
+def ibp_box_bounds(
+    model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, spec: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interval bounds of the specification over the per-element box [lower, upper] (each (N, ...))."""
+    box = Bounds.from_interval(lower, upper)
+    out, _ = propagate(model, box.centre, 0.0, "linf", spec, box=box)
+    return out.lower, out.upper

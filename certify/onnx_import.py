@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Binary, ElementwiseAffine, OnnxGraph, Reshape
+from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, OnnxGraph, Pad, Reshape
 from robustcli.core.errors import InputError, first_line
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
@@ -150,7 +150,8 @@ class _Converter:
             if handler is None:
                 raise self.fail(i, node, f"operator {node.op_type} is outside the supported feed-forward set "
                                 "(Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
-                                "BatchNormalization, Constant, Identity, Transpose)")
+                                "BatchNormalization, Constant, Identity, Transpose, MaxPool, AveragePool, "
+                                "GlobalAveragePool, Sigmoid, Tanh, Softmax, LeakyRelu, Clip, Pad, Concat)")
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
@@ -189,6 +190,17 @@ class _Converter:
                 out = np.squeeze(x[0], tuple(axes) if axes is not None else None)
             elif op == "Concat":
                 out = np.concatenate(x, axis=a["axis"])
+            elif op == "ConstantOfShape":
+                v = np.array(self.numpy_helper.to_array(a["value"])).reshape(-1) if "value" in a else np.zeros(1, np.float32)
+                out = np.full(tuple(int(t) for t in x[0].tolist()), v[0], dtype=v.dtype)
+            elif op == "Slice":
+                starts, ends = x[1].tolist(), x[2].tolist()
+                axes = x[3].tolist() if len(x) > 3 else list(range(len(starts)))
+                steps = x[4].tolist() if len(x) > 4 else [1] * len(starts)
+                sl = [slice(None)] * x[0].ndim
+                for ax, st, en, sp in zip(axes, starts, ends, steps):
+                    sl[ax] = slice(st, en, sp)
+                out = x[0][tuple(sl)]
             elif op == "Cast":
                 from onnx import helper
 
@@ -359,6 +371,88 @@ class _Converter:
             bn.running_mean.copy_(mean)
             bn.running_var.copy_(var)
         self.add(bn, inputs[:1], node.output[0])
+
+
+    # -- operations attacks need (forward and backward passes); the ReLU bound engines refuse the
+    # non-piecewise-linear ones by name, auto_LiRPA's methods bound several of them.
+    def _pool_args(self, i, node, a, x: torch.Tensor) -> tuple[tuple, tuple, tuple]:
+        if x.dim() != 4:
+            raise self.fail(i, node, f"only 2-D pooling is supported, got input shape {tuple(x.shape)}")
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
+        k = tuple(a["kernel_shape"])
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if pads[:2] != pads[2:]:
+            raise self.fail(i, node, f"asymmetric pads {pads}")
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise self.fail(i, node, "dilated pooling")
+        return k, tuple(a.get("strides", [1, 1])), tuple(pads[:2])
+
+    def op_MaxPool(self, i, node, inputs, a) -> None:
+        if len(node.output) > 1 and node.output[1]:
+            raise self.fail(i, node, "the Indices output is not supported")
+        k, stride, pad = self._pool_args(i, node, a, self.values[inputs[0]])
+        self.add(nn.MaxPool2d(k, stride, pad, ceil_mode=bool(a.get("ceil_mode", 0))), inputs[:1], node.output[0])
+
+    def op_AveragePool(self, i, node, inputs, a) -> None:
+        k, stride, pad = self._pool_args(i, node, a, self.values[inputs[0]])
+        pool = nn.AvgPool2d(k, stride, pad, ceil_mode=bool(a.get("ceil_mode", 0)),
+                            count_include_pad=bool(a.get("count_include_pad", 0)))
+        self.add(pool, inputs[:1], node.output[0])
+
+    def op_GlobalAveragePool(self, i, node, inputs, a) -> None:
+        if self.values[inputs[0]].dim() != 4:
+            raise self.fail(i, node, "only 2-D global pooling is supported")
+        self.add(nn.AdaptiveAvgPool2d(1), inputs[:1], node.output[0])
+
+    def op_Sigmoid(self, i, node, inputs, a) -> None:
+        self.add(nn.Sigmoid(), inputs[:1], node.output[0])
+
+    def op_Tanh(self, i, node, inputs, a) -> None:
+        self.add(nn.Tanh(), inputs[:1], node.output[0])
+
+    def op_LeakyRelu(self, i, node, inputs, a) -> None:
+        self.add(nn.LeakyReLU(float(a.get("alpha", 0.01))), inputs[:1], node.output[0])
+
+    def op_Softmax(self, i, node, inputs, a) -> None:
+        axis = int(a.get("axis", -1))
+        x = self.values[inputs[0]]
+        if (axis % x.dim()) == 0:
+            raise self.fail(i, node, "softmax over the batch axis")
+        self.add(nn.Softmax(dim=axis), inputs[:1], node.output[0])
+
+    def op_Clip(self, i, node, inputs, a) -> None:
+        lo = self.consts[inputs[1]].item() if len(inputs) > 1 else a.get("min", None)
+        hi = self.consts[inputs[2]].item() if len(inputs) > 2 else a.get("max", None)
+        if (len(inputs) > 1 and inputs[1] not in self.consts) or (len(inputs) > 2 and inputs[2] not in self.consts):
+            raise self.fail(i, node, "Clip bounds must be constants")
+        self.add(Clip(lo, hi), inputs[:1], node.output[0])
+
+    def op_Pad(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = self.consts[inputs[1]].tolist() if len(inputs) > 1 else list(a.get("pads", []))
+        if len(inputs) > 1 and inputs[1] not in self.consts:
+            raise self.fail(i, node, "pads must be a constant")
+        value = float(self.consts[inputs[2]].item()) if len(inputs) > 2 else float(a.get("value", 0.0))
+        n = x.dim()
+        if len(pads) != 2 * n or pads[0] != 0 or pads[n] != 0:
+            raise self.fail(i, node, f"pads {pads} must leave the batch axis alone")
+        torch_pads: list[int] = []
+        for d in reversed(range(1, n)):  # F.pad wants (last_begin, last_end, ...)
+            torch_pads += [int(pads[d]), int(pads[n + d])]
+        if mode not in ("constant", "reflect", "edge"):
+            raise self.fail(i, node, f"pad mode {mode!r}")
+        self.add(Pad(tuple(torch_pads), {"edge": "replicate"}.get(mode, mode), value), inputs[:1], node.output[0])
+
+    def op_Concat(self, i, node, inputs, a) -> None:
+        axis = int(a["axis"])
+        if axis % self.values.get(inputs[0], self.consts.get(inputs[0])).dim() == 0:
+            raise self.fail(i, node, "concatenation along the batch axis")
+        if any(n in self.consts for n in inputs):
+            raise self.fail(i, node, "concatenation with constant tensors")
+        self.add(Concat(axis), inputs, node.output[0])
 
 
 def _as_chain(steps: list[tuple[nn.Module, list[str], str]], input_name: str, output_name: str) -> nn.Sequential | None:

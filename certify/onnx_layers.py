@@ -37,6 +37,43 @@ class Reshape(nn.Module):
         return f"shape={self.shape}"
 
 
+class Clip(nn.Module):
+    """torch.clamp with constant bounds (ONNX Clip)."""
+
+    def __init__(self, low: float | None, high: float | None):
+        super().__init__()
+        self.low, self.high = low, high
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(self.low, self.high)
+
+
+class Pad(nn.Module):
+    """F.pad over the non-batch axes (ONNX Pad)."""
+
+    def __init__(self, pads: tuple[int, ...], mode: str, value: float):
+        super().__init__()
+        self.pads, self.mode, self.value = pads, mode, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if self.mode == "constant":
+            return F.pad(x, self.pads, "constant", self.value)
+        return F.pad(x, self.pads, self.mode)
+
+
+class Concat(nn.Module):
+    """torch.cat of computed tensors along a non-batch axis (ONNX Concat); only in graph modules."""
+
+    def __init__(self, axis: int):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, self.axis)
+
+
 class Binary(nn.Module):
     """Add or Sub of two computed tensors (a residual connection); only in graph modules."""
 

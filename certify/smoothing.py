@@ -53,6 +53,9 @@ class SmoothingCertificate:
         return self.prediction == ABSTAIN
 
 
+PER_POINT_FIELDS = ("prediction", "radius", "p_lower", "selection_counts", "counts")
+
+
 @dataclass(frozen=True)
 class SmoothedPrediction:
     """PREDICT's answer per point."""
@@ -193,6 +196,24 @@ def predict_smoothed(
         model, x, sigma, n, num_classes, generator=generator, batch_size=batch_size, on_batch=on_batch
     )
     return predict_from_counts(counts, alpha)
+
+
+def merge_certificates(parts: list[SmoothingCertificate]) -> SmoothingCertificate:
+    """The certificates of consecutive blocks of points as one (per-point fields concatenated)."""
+    if not parts:
+        raise ValueError("merge_certificates needs at least one certificate (an empty one for no points)")
+    first = parts[0]
+    return SmoothingCertificate(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in PER_POINT_FIELDS), first.sigma, first.alpha
+    )
+
+
+def empty_certificate(num_classes: int, sigma: float, alpha: float) -> SmoothingCertificate:
+    """A certificate for zero points (a rank whose shard is empty)."""
+    none = torch.zeros(0, dtype=torch.int64)
+    counts = torch.zeros(0, num_classes, dtype=torch.int64)
+    zero = torch.zeros(0, dtype=torch.float64)
+    return SmoothingCertificate(none, zero, zero.clone(), counts, counts.clone(), float(sigma), float(alpha))
 
 
 def certified_accuracy(certificate: SmoothingCertificate, labels: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:

@@ -27,12 +27,15 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify.bab import bab_refute
+from robustcli.certify.bounders import spec_chain
+from robustcli.certify.input_bab import input_bab_refute
 from robustcli.certify.spec_lirpa import lirpa_box_lower
 from robustcli.certify.spec_attack import spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
 from robustcli.core.errors import InputError
 
 METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
+BAB_SPLITS = ("auto", "input", "relu")
 
 
 @dataclass
@@ -75,12 +78,18 @@ def verify_property(
     attack_restarts: int = 10,
     alpha_iterations: int = 20,
     on_stage: Callable[[str], None] | None = None,
+    bab_split: str = "auto",
+    input_split_max_dim: int = 16,
 ) -> SpecResult:
     """Run `methods` in order until the property is decided or `timeout` seconds have passed.
 
     `reference(x)` maps flat inputs (B, n_inputs) to outputs (B, n_outputs); it re-checks
     counterexamples (default: the model itself in float32).
+    `bab_split`: what branch and bound splits: "input" (the input box; certify/input_bab.py),
+    "relu" (ReLU phases; certify/bab.py) or "auto" (input for at most `input_split_max_dim` inputs).
     """
+    if bab_split not in BAB_SPLITS:
+        raise ValueError(f"unknown bab_split {bab_split!r}; expected one of {BAB_SPLITS}")
     start = time.monotonic()
     deadline = start + timeout if timeout is not None else None
     p = next(model.parameters(), None)
@@ -134,7 +143,8 @@ def verify_property(
                 return found
             stages.append({"method": method, "seconds": time.monotonic() - t0, "note": note or "none found"})
             continue
-        if method == "bab":
+        split_inputs = bab_split == "input" or (bab_split == "auto" and prop.n_inputs <= input_split_max_dim)
+        if method == "bab" and not split_inputs:  # input splitting searches for counterexamples itself
             until = t0 + (deadline - t0) / 4 if deadline is not None else None
             found, note = attack(2 * attack_steps, 5 * attack_restarts, until)
             if found is not None:
@@ -146,7 +156,7 @@ def verify_property(
                 continue
             if not chains:  # one float64 copy of the model serves every case
                 try:
-                    chains[0] = cb.Chain.of(model, input_shape)
+                    chains[0] = spec_chain(model, input_shape, device)
                 except cb.NotAChain as e:
                     chains[0] = None
                     not_chain = str(e)
@@ -187,10 +197,29 @@ def verify_property(
                     for k, j in enumerate(open_):
                         n = rows[j].stop - rows[j].start
                         Cb[k, :n], db[k, :n] = C[rows[j]], d[rows[j]]
-                    outcome = bab_refute(chain, lo, hi, Cb, db, inter, deadline=deadline)
+                    def check(x: torch.Tensor, case=case) -> torch.Tensor:
+                        with torch.no_grad():
+                            y = model(x.to(device, torch.float32).reshape(len(x), *input_shape))
+                        return case.violated_by(y.reshape(len(x), -1).double().cpu()).to(x.device)
+
+                    if split_inputs:
+                        outcome = input_bab_refute(chain, lo, hi, Cb, db, check=check, deadline=deadline)
+                    else:
+                        outcome = bab_refute(chain, lo, hi, Cb, db, inter, deadline=deadline, check=check)
+                    if outcome.counterexample is not None:
+                        x = outcome.counterexample.float()
+                        y = reference(x[None].cpu())
+                        if _in_box(x, case) and bool(case.violated_by(y).all()):
+                            stages.append({"method": method, "seconds": time.monotonic() - t0,
+                                           "note": f"{outcome.domains} domains: counterexample"})
+                            return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
+                                        confirmed_by=reference_name)
+                        note = f"branch and bound: a candidate not confirmed by {reference_name}"
+                        break
                     if outcome.proved:
                         proved[ci][:] = True
-                    note = f"{outcome.domains} domains" + ("" if outcome.proved else f", {outcome.reason}")
+                    kind = "boxes (input split)" if split_inputs else "domains (ReLU split)"
+                    note = f"{outcome.domains} {kind}" + ("" if outcome.proved else f", {outcome.reason}")
                     if not outcome.proved:
                         break  # an open case keeps the property open
                     continue

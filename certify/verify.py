@@ -21,11 +21,11 @@ from torch import nn
 from robustcli.attacks.base import eval_mode
 from robustcli.attacks.evaluate import batch_generator
 from robustcli.attacks.pgd import PGDL2, PGDLinf
-from robustcli.certify.ibp import ibp_bounds
-from robustcli.certify.lirpa import LIRPA_METHODS, LirpaBounder
+from robustcli.certify.bounders import METHODS as BOUND_METHODS
+from robustcli.certify.bounders import Bounder, InputSet, build_bounder
 from robustcli.certify.spec import margin_spec
 
-METHODS = ("ibp", *LIRPA_METHODS)
+METHODS = tuple(BOUND_METHODS)
 
 
 class SoundnessError(AssertionError):
@@ -125,10 +125,12 @@ def certify_dataset(
     device: torch.device | None = None,
     on_batch: Callable[[int], None] | None = None,
     offset: int = 0,
+    bounders: dict[str, Bounder] | None = None,
 ) -> CertifyEvaluation:
     """Certify every point for every (eps, method) and cross-check against PGD on the same points.
 
-    The model runs in eval mode. `on_batch(n)` is called with n = points finished per (eps, method
+    The model runs in eval mode. `bounders`: already built bounders by method name (the rest are
+    built here from the registry). `on_batch(n)` is called with n = points finished per (eps, method
     or PGD) step, so a progress bar's total is len(x) * len(eps_list) * (len(methods) + 1).
     PGD's random starts come from the seed and each batch's first index in the full data set
     (`offset` + position, `attacks.evaluate.batch_generator`), so a shard of whole batches
@@ -143,10 +145,10 @@ def certify_dataset(
     attack = (PGDLinf if norm == "linf" else PGDL2)(steps=pgd_steps, restarts=pgd_restarts)
     n = len(x)
     with eval_mode(model):
-        bounders: dict[str, LirpaBounder] = {}
+        bounders = dict(bounders or {})
         for m in methods:
-            if m != "ibp" and n:  # an empty shard of a sharded run has nothing to bound
-                bounders[m] = LirpaBounder(model, x[:1].to(device), m, alpha_iterations=alpha_iterations)
+            if n and m not in bounders:  # an empty shard of a sharded run has nothing to bound
+                bounders[m] = build_bounder(m, model, x[:2].to(device), alpha_iterations=alpha_iterations)
         correct = torch.zeros(n, dtype=torch.bool, device=device)
         with torch.no_grad():
             for s in range(0, n, batch_size):
@@ -173,11 +175,8 @@ def certify_dataset(
                     xb, yb = x[s : s + batch_size].to(device), y[s : s + batch_size].to(device)
                     spec = margin_spec(yb, num_classes, xb.dtype)
                     t0 = time.perf_counter()
-                    if method == "ibp":
-                        with torch.no_grad():
-                            lower, _ = ibp_bounds(model, xb, eps, norm, spec)
-                    else:
-                        lower, _ = bounders[method].bounds(xb, eps, norm, spec, bound_upper=False)
+                    with torch.no_grad():
+                        lower = bounders[method].lower(InputSet.ball(xb, eps, norm), spec)
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     elapsed += time.perf_counter() - t0

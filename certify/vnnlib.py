@@ -21,9 +21,9 @@ enlarges the region a proof covers, so `holds` stays sound.
 
 from __future__ import annotations
 
-import bisect
 import math
 import re
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,17 +124,21 @@ class _Atom:
 
 
 def _parse_sexprs(text: str, source: str) -> list[_Node]:
-    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-    stack: list[_Node] = [_Node([], 0)]
-    count = 0
+    """The top-level forms of `text`. Atoms are kept as interned strings (no per-token line
+    record): a property repeats a few names (`assert`, `<=`, `X_0`) millions of times, and a
+    tuple per token tripled the memory. Error messages use the enclosing form's line."""
+    stack: list[_Node] = [_Node([], 1)]
+    count, line, pos = 0, 1, 0
     for m in _TOKEN.finditer(text):
+        start = m.start()
+        line += text.count("\n", pos, start)
+        pos = start
         tok = m.group()
         if tok[0] == ";":
             continue
         count += 1
         if count > MAX_TOKENS:
             raise InputError(f"{source}: more than {MAX_TOKENS:,} tokens; split the property into several files")
-        line = bisect.bisect_right(line_starts, m.start())
         if tok == "(":
             stack.append(_Node([], line))
         elif tok == ")":
@@ -142,13 +146,12 @@ def _parse_sexprs(text: str, source: str) -> list[_Node]:
                 raise InputError(f"{source}:{line}: unbalanced ')'")
             node = stack.pop()
             stack[-1].items.append(node)
+        elif len(stack) == 1:
+            raise InputError(f"{source}:{line}: {tok!r} outside any (...) form")
         else:
-            stack[-1].items.append((tok, line))
+            stack[-1].items.append(sys.intern(tok))
     if len(stack) > 1:
         raise InputError(f"{source}:{stack[-1].line}: '(' is never closed")
-    for item in stack[0].items:
-        if not isinstance(item, _Node):
-            raise InputError(f"{source}:{item[1]}: {item[0]!r} outside any (...) form")
     return stack[0].items
 
 
@@ -163,30 +166,30 @@ class _Reader:
 
     def head(self, node: _Node) -> str | None:
         first = node.items[0] if node.items else None
-        return first[0] if isinstance(first, tuple) else None
+        return first if isinstance(first, str) else None
 
     # Terms and formulas nest arbitrarily deep, so both are evaluated bottom-up with an explicit
     # stack (a 50,000-deep `(and (and ...))` must not exhaust Python's call stack).
-    def term(self, item) -> _Linear:
-        return self._evaluate(item, "term")
+    def term(self, item, line: int) -> _Linear:
+        return self._evaluate(item, "term", line)
 
-    def formula(self, item) -> list[list[_Atom]]:
+    def formula(self, item, line: int) -> list[list[_Atom]]:
         """Disjunctive normal form: a list of conjunctions (lists of atoms)."""
-        return self._evaluate(item, "formula")
+        return self._evaluate(item, "formula", line)
 
-    def _evaluate(self, root, kind: str):
-        stack: list[tuple[object, str, bool]] = [(root, kind, False)]
+    def _evaluate(self, root, kind: str, line: int):
+        stack: list[tuple[object, str, bool, int]] = [(root, kind, False, line)]
         results: list = []
         while stack:
-            item, mode, expanded = stack.pop()
+            item, mode, expanded, at = stack.pop()
             if not isinstance(item, _Node):
-                results.append(self._leaf(item, mode))
+                results.append(self._leaf(item, at, mode))
                 continue
             op, args = self.head(item), item.items[1:]
             if not expanded:
                 child_mode = self._child_mode(item, op, args, mode)
-                stack.append((item, mode, True))
-                stack.extend((a, child_mode, False) for a in reversed(args))
+                stack.append((item, mode, True, item.line))
+                stack.extend((a, child_mode, False, item.line) for a in reversed(args))
                 continue
             values = results[len(results) - len(args) :]
             del results[len(results) - len(args) :]
@@ -208,8 +211,7 @@ class _Reader:
             return "term"
         raise self.err(item.line, f"unsupported construct ({op} ...)" if op else "malformed formula")
 
-    def _leaf(self, item: tuple[str, int], mode: str) -> _Linear:
-        tok, line = item
+    def _leaf(self, tok: str, line: int, mode: str) -> _Linear:
         if mode == "formula":
             raise self.err(line, f"expected a formula, got {tok!r}")
         if tok in self.vars:
@@ -291,16 +293,16 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
     for node in _parse_sexprs(text, source):
         op = r.head(node)
         if op == "declare-const":
-            if len(node.items) != 3 or not isinstance(node.items[1], tuple):
+            if len(node.items) != 3 or not isinstance(node.items[1], str):
                 raise r.err(node.line, "malformed declare-const")
-            name = node.items[1][0]
+            name = node.items[1]
             if not _VAR.match(name):
                 raise r.err(node.line, f"variable {name!r} is not named X_<i> (input) or Y_<j> (output)")
             r.vars.add(name)
         elif op == "assert":
             if len(node.items) != 2:
                 raise r.err(node.line, "assert takes one formula")
-            dnf = r.formula(node.items[1])
+            dnf = r.formula(node.items[1], node.line)
             if len(dnf) == 1:
                 base.extend(dnf[0])
             else:

@@ -242,7 +242,7 @@ def _integer_scale(x: np.ndarray, source: str, pixel_scale: float | None) -> flo
         # 0/1 masks and 8-bit images that happen to be black and near-black look the same.
         raise InputError(
             f"{source}: integer images hold only the values 0 and 1, which may be a 0/1 mask or very dark "
-            "8-bit pixels; pass --pixel-scale 1 (1 is white) or --pixel-scale 255 (8-bit)"
+            "8-bit pixels; pass --pixel-scale 1 (1 is white) or --pixel-scale 255 (8-bit) (config key pixel-scale)"
         )
     if x.dtype in DTYPE_WHITE:
         return DTYPE_WHITE[x.dtype]

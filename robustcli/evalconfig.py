@@ -51,6 +51,8 @@ TOP_KEYS: dict[str, KeySpec] = {
     "allow-pickle": KeySpec("bool", default=False, help="load a pickled whole model (runs code: trusted files only)"),
     "mean": KeySpec("floats", help="per-channel mean for normalisation inside the model"),
     "std": KeySpec("floats", minimum=0.0, help="per-channel std"),
+    "classes": KeySpec("strs", help="image folders: class folder names in label order"),
+    "pixel-scale": KeySpec("float", help="value of a white pixel in integer images (255 for 8-bit, 1 for 0/1)"),
     "checks": KeySpec("list", required=True, help="list of checks"),
 }
 CHECK_COMMON_KEYS: dict[str, KeySpec] = {
@@ -97,6 +99,8 @@ class EvalConfig:
     std: tuple[float, ...]
     checks: list[CheckConfig] = field(default_factory=list)
     model_line: int = 1
+    classes: tuple[str, ...] | None = None
+    pixel_scale: float | None = None
 
     def summary(self) -> dict:
         return {
@@ -397,4 +401,6 @@ def load_eval_config(path: str | Path) -> EvalConfig:
         std=top.get("std", ()),
         checks=checks,
         model_line=lines.lines.get(("model",), 1),
+        classes=top.get("classes"),
+        pixel_scale=top.get("pixel-scale"),
     )

@@ -247,6 +247,8 @@ def load_model(
         )
     elif path.is_dir():
         raise InputError(f"--model {spec} is a folder; pass a model file")
+    elif not path.is_file():  # a FIFO would block the first read forever
+        raise InputError(f"--model {spec} is not a regular file (a device, FIFO or socket); pass a model file")
     elif path.suffix == ".onnx" or path.name.endswith(".onnx.gz"):
         from robustcli.certify.onnx_import import onnx_to_torch
 

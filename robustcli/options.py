@@ -119,11 +119,17 @@ def _user_errors(invoke: Callable[[click.Context], Any], ctx: click.Context) -> 
         ctx.exit(2)
 
 
+class SelfCheckedFloat(click.Option):
+    """A float option whose command refuses nan/inf itself with a more specific message."""
+
+
 def check_finite_floats(ctx: click.Context) -> None:
     """No float option takes nan or inf: Click's FLOAT type accepts them, and a NaN budget or
     confidence turns every comparison false, which reads as a result (e.g. "95% robust")."""
     for p in ctx.command.params:
         if not isinstance(p, click.Option) or not isinstance(p.type, click.types.FloatParamType):
+            continue
+        if isinstance(p, SelfCheckedFloat):
             continue
         value = ctx.params.get(p.name)
         values = value if isinstance(value, (list, tuple)) else [value]

@@ -18,11 +18,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, TypeVar
 
+from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.foolbox_backend import FOOLBOX_NAMES
-from robustcli.attacks.registry import ATTACKS, make_attack
+from robustcli.attacks.registry import ATTACKS, accepted_options, make_attack
 from robustcli.attacks.suite import SUITES
-from robustcli.certify.graph import model_steps
-from robustcli.certify.lirpa import LIRPA_METHODS, auto_lirpa
+from robustcli.certify.bounders import METHODS as BOUND_METHODS
+from robustcli.certify.bounders import build_bounder
+from robustcli.certify.lirpa import auto_lirpa
 from robustcli.certify.verify import METHODS
 from robustcli.core.errors import InputError
 
@@ -100,9 +102,11 @@ class AttackRequest:
     restarts: int | None = None
     target: str | None = None
     confidence: float = 0.0
-    search_steps: int = 5
+    search_steps: int | None = None  # None: the CW preset's
+    cw_preset: str = "cheap"
     backend: str = "ours"
     suite: str | None = None
+    suite_norm: str = "linf"
     queries: int | None = None
     batch_size: int = 256
     seed: int = 0
@@ -115,6 +119,10 @@ class AttackRequest:
             raise OptionError("attack", f"{unknown[0]!r} is not one of {', '.join(ATTACKS)}")
         if self.suite is not None and self.suite not in SUITES:
             raise OptionError("suite", f"{self.suite!r} is not one of {', '.join(SUITES)}")
+        if self.suite_norm not in ("linf", "l2"):
+            raise OptionError("suite-norm", f"{self.suite_norm!r} is not one of linf, l2")
+        if self.cw_preset not in CW_PRESETS:
+            raise OptionError("cw-preset", f"{self.cw_preset!r} is not one of {', '.join(CW_PRESETS)}")
         check_at_least(1, steps=self.steps, restarts=self.restarts, batch_size=self.batch_size, queries=self.queries)
         check_at_least(0, search_steps=self.search_steps)
         if self.backend not in ("ours", "foolbox"):
@@ -136,8 +144,8 @@ class AttackRequest:
 
     @property
     def norms(self) -> list[str]:
-        """The norm of each chosen attack, and Linf for the strong suite."""
-        return [make_attack(a).norm for a in self.attacks] + (["linf"] if self.suite else [])
+        """The norm of each chosen attack, and the strong suite's norm."""
+        return [make_attack(a).norm for a in self.attacks] + ([self.suite_norm] if self.suite else [])
 
     def budgets(self) -> Budgets:
         """`--eps` is the Linf budget, and the L2 budget too when every chosen attack is L2."""
@@ -153,7 +161,11 @@ class AttackRequest:
         return Budgets(eps, source)
 
     def cw_options(self) -> dict[str, Any]:
-        return {"confidence": self.confidence, "binary_search_steps": self.search_steps}
+        return {"confidence": self.confidence, "binary_search_steps": self.search_steps, "preset": self.cw_preset}
+
+    def cw_settings(self) -> dict[str, Any]:
+        """The settings CW runs with: its preset, overridden by --steps / --search-steps."""
+        return make_attack("cw", steps=self.steps, **accepted_options("cw", self.cw_options())).settings()
 
 
 @dataclass(frozen=True)
@@ -186,13 +198,18 @@ class CertifyRequest:
     def methods(self) -> tuple[str, ...]:
         return self.method or ("ibp",)
 
-    def check_model(self, model: Any) -> None:
-        """Fail fast, before any work: a missing optional dependency or a layer IBP cannot bound."""
+    def check_model(self, model: Any, example: Any = None) -> dict:
+        """Fail fast, before any work: a missing optional dependency or an operation a method cannot
+        bound. With an example batch, returns the bounders built for it, by method name."""
         for m in self.methods:
-            if m in LIRPA_METHODS:
+            if BOUND_METHODS[m].needs_lirpa:
                 auto_lirpa(m)
-        if "ibp" in self.methods:
-            model_steps(model, "ibp")
+        if example is None:
+            return {}
+        from robustcli.attacks.base import eval_mode
+
+        with eval_mode(model):
+            return {m: build_bounder(m, model, example, alpha_iterations=self.alpha_iterations) for m in self.methods}
 
     @property
     def budgets(self) -> tuple[float, ...]:

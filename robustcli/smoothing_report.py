@@ -13,14 +13,18 @@ from typing import Any, Callable
 import click
 import torch
 
+from robustcli.attacks.evaluate import batch_generator
 from robustcli.certify.smoothing import (
     ABSTAIN,
     SmoothingCertificate,
     certified_accuracy,
     certify_smoothed,
     check_smoothing_parameters,
+    empty_certificate,
+    merge_certificates,
     predict_from_counts,
 )
+from robustcli.core import distributed
 from robustcli.core.errors import InputError
 from robustcli.options import MultiOption
 from robustcli.report import pct
@@ -183,22 +187,47 @@ def smoothing_png(path: str, report: dict) -> None:
     plt.close(fig)
 
 
+def certify_blocks(
+    workload, part: slice, sigma: float, *, samples: int, n0: int, alpha: float, batch_size: int, seed: int,
+    advance: Callable[[int], None] | None = None,
+) -> SmoothingCertificate:  # fmt: skip
+    """CERTIFY the points of `part` in blocks of as many points as one batch holds (at least one).
+
+    Each block draws from its own generator, seeded by the seed and the block's first index, so a
+    point's noise does not depend on how the points are split across torchrun ranks.
+    """
+    w = workload
+    block = max(1, batch_size // samples)
+    certs = []
+    for start in range(part.start, part.stop, block):
+        stop = min(start + block, part.stop)
+        certs.append(certify_smoothed(
+            w.model.module, w.data.x[start:stop], sigma, n=samples, n0=n0, alpha=alpha, num_classes=w.num_classes,
+            generator=batch_generator(seed, start, w.device), batch_size=batch_size, on_batch=advance,
+        ))  # fmt: skip
+    return merge_certificates(certs) if certs else empty_certificate(w.num_classes, sigma, alpha)
+
+
 def run_smoothing_certify(
     workload, radii: tuple[float, ...], sigma: tuple[float, ...], *, samples: int, n0: int, alpha: float,
-    batch_size: int, seed: int, advance: Callable[[int], None] | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """CERTIFY every point of the workload at each sigma; one summary per sigma."""
+    batch_size: int, seed: int, advance: Callable[[int], None] | None = None, sharded: bool = False,
+) -> list[dict[str, Any]] | None:  # fmt: skip
+    """CERTIFY every point of the workload at each sigma; one summary per sigma.
+
+    `sharded`: under torchrun each rank certifies its share of the points and rank 0 gets the
+    summaries (other ranks get None); otherwise every process certifies all points.
+    """
     w = workload
+    part = distributed.shard(len(w.data), max(1, batch_size // samples)) if sharded else slice(0, len(w.data))
     results = []
     for s in sigma:
-        generator = torch.Generator(device=w.device).manual_seed(seed)
         t0 = time.perf_counter()
-        cert = certify_smoothed(
-            w.model.module, w.data.x, s, n=samples, n0=n0, alpha=alpha, num_classes=w.num_classes,
-            generator=generator, batch_size=batch_size, on_batch=advance,
-        )  # fmt: skip
-        results.append(summarise(cert, w.data.y, radii, n0, samples, time.perf_counter() - t0))
-    return results
+        local = certify_blocks(w, part, s, samples=samples, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
+                               advance=advance)  # fmt: skip
+        cert = distributed.gather_to_main(local, merge_certificates) if sharded else local
+        if cert is not None:
+            results.append(summarise(cert, w.data.y, radii, n0, samples, time.perf_counter() - t0))
+    return None if sharded and not distributed.is_main() else results
 
 
 def certify_smoothing_command(
@@ -213,13 +242,17 @@ def certify_smoothing_command(
     radii = validate_request(click.get_current_context(), methods, sigma, tuple(eps), n0, samples, alpha, png_path, spec)
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    total = len(w.data) * (n0 + samples) * len(sigma)
+    with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+    part = distributed.shard(len(w.data), max(1, batch_size // samples))
+    total = (part.stop - part.start) * (n0 + samples) * len(sigma)
     with progress_bar("smoothing: noise samples", total) as advance:
         results = run_smoothing_certify(
             w, radii, tuple(sigma), samples=samples, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed,
-            advance=lambda k: advance(k),
+            advance=lambda k: advance(k), sharded=True,
         )  # fmt: skip
+    if results is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     report = base_report("certify", w, seed) | {
         "method": "smoothing",
         "norm": "l2",

@@ -53,6 +53,7 @@ def run_spec_check(
     attack_steps: int = 50,
     attack_restarts: int = 10,
     alpha_iterations: int = 20,
+    bab_split: str = "auto",
 ) -> tuple[SpecResult, dict]:
     """Verify `spec` on the loaded model; write the counterexample file when violated; return (result, report)."""
     prop = read_vnnlib(spec)
@@ -80,7 +81,7 @@ def run_spec_check(
         result = verify_property(
             loaded.module, prop, shape, methods=methods, timeout=timeout, seed=seed, reference=reference,
             reference_name=ref_name, attack_steps=attack_steps, attack_restarts=attack_restarts,
-            alpha_iterations=alpha_iterations, on_stage=on_stage,
+            alpha_iterations=alpha_iterations, on_stage=on_stage, bab_split=bab_split,
         )
         advance(len(methods) - len(started) + 1)
     report = {
@@ -126,7 +127,7 @@ def spec_methods(method: tuple[str, ...]) -> tuple[str, ...]:
 
 def certify_spec(
     model: str, *, arch, mean, std, allow_pickle, data, n, eps, method, pgd_steps, pgd_restarts,
-    alpha_iterations, spec, timeout, counterexample, device, seed, json_path,
+    alpha_iterations, spec, timeout, counterexample, device, seed, json_path, bab_split="auto",
 ) -> None:  # fmt: skip
     """`robust certify --spec`: the property file gives the input box and the output condition."""
     if data is not None or n is not None or eps:
@@ -148,7 +149,7 @@ def certify_spec(
                         allow_pickle=allow_pickle, device=dev)
     _, report = run_spec_check(
         loaded, spec, methods=methods, timeout=timeout, seed=seed, counterexample=counterexample,
-        attack_steps=steps, attack_restarts=restarts, alpha_iterations=alpha_iterations,
+        attack_steps=steps, attack_restarts=restarts, alpha_iterations=alpha_iterations, bab_split=bab_split,
     )
     spec_tables(report)
     if json_path:

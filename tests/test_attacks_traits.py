@@ -27,6 +27,18 @@ def test_every_registered_attack_declares_its_kind():
     assert PGDMarginLinf().traits.loss == "margin"
 
 
+def test_names_as_autoattack_uses_them():
+    # apgd-dlr is the untargeted DLR attack, apgd-t the targeted one; no name means the old targeted apgd-dlr
+    for suffix, norm in (("", "linf"), ("-l2", "l2")):
+        dlr, t = make_attack(f"apgd-dlr{suffix}"), make_attack(f"apgd-t{suffix}")
+        assert (dlr.loss, dlr.name, dlr.traits.targeted, dlr.norm) == ("dlr", f"apgd-dlr{suffix}", False, norm)
+        assert (t.loss, t.name, t.traits.targeted, t.norm) == ("dlr-targeted", f"apgd-t{suffix}", True, norm)
+        fab, square = make_attack(f"fab-t{suffix}"), make_attack(f"square{suffix}")
+        assert fab.name == f"fab-t{suffix}" and fab.traits.targeted and fab.minimization and fab.norm == norm
+        assert square.name == f"square{suffix}" and square.traits.gradient_free and square.norm == norm
+    assert not any("untargeted" in name for name in ATTACKS)
+
+
 def test_cli_passes_each_attack_only_its_options():
     given = {"steps": 7, "restarts": 2, "queries": 11, "confidence": 0.5, "binary_search_steps": 3}
     assert accepted_options("fgsm", given) == {}

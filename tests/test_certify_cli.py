@@ -83,9 +83,13 @@ def test_missing_auto_lirpa_says_how_to_install_and_ibp_still_works(run_cli, mon
         raise ImportError("No module named 'auto_LiRPA'")
 
     monkeypatch.setattr(robustcli.certify.lirpa, "import_auto_lirpa", missing)
-    line = one_error_line(run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "crown"))
+    line = one_error_line(run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "lirpa-crown"))
     assert "pip install --no-deps auto-lirpa==0.3" in line and "--method ibp" in line
     r = run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "ibp", "--pgd-steps", "2")
+    assert r.exit_code == 0, r.output
+    # CROWN and alpha-CROWN are native: they need no auto_LiRPA
+    r = run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "crown", "alpha-crown", "--pgd-steps", "2",
+                "--alpha-iterations", "2")
     assert r.exit_code == 0, r.output
 
 

@@ -69,13 +69,12 @@ def test_linf_single_linear_layer_margins_are_exact():
 def test_unsound_bound_is_reported_at_the_cli_with_exit_code_3(run_cli, tmp_path, monkeypatch, digits_mlp):
     """A bound engine that 'verifies' every point (here: IBP replaced by a lie) must be caught by the
     PGD cross-check: exit code 3, one line naming the point, eps and method, no traceback, no report."""
-    from robustcli.certify import verify
+    from robustcli.certify import bounders
 
-    def lying_ibp(model, x, eps, norm="linf", spec=None, **kw):
-        ones = torch.ones(spec.shape[:2], dtype=x.dtype, device=x.device)
-        return ones, ones
+    def lying_lower(self, inputs, C, d=None):
+        return torch.ones(C.shape[:2], dtype=C.dtype, device=C.device)
 
-    monkeypatch.setattr(verify, "ibp_bounds", lying_ibp)
+    monkeypatch.setattr(bounders.IBPBounder, "lower", lying_lower)
     out = tmp_path / "cert.json"
     r = run_cli("certify", "--model", "digits-mlp", "--n", "40", "--eps", "0.3", "--method", "ibp",
                 "--pgd-steps", "10", "--json", out)

@@ -82,6 +82,22 @@ def test_threshold_is_the_highest_whose_upper_bound_meets_the_target():
     assert clopper_pearson_upper(int((p_attacked < above + 1e-12).sum()), 500) > target
 
 
+def test_bounds_at_the_edges_and_a_target_met_exactly():
+    assert clopper_pearson_interval(0, 0) == (0.0, 1.0)  # no trials: nothing is known
+    assert clopper_pearson_upper(0, 0) == 1.0
+    # A bound equal to the target meets it (<=): k = 3 misses allowed, not 2.
+    assert allowed_misses(100, clopper_pearson_upper(3, 100)) == 3
+    assert allowed_misses(100, clopper_pearson_upper(3, 100) * (1 - 1e-12)) == 2
+
+
+def test_misses_count_the_inputs_strictly_below_the_threshold():
+    """Block iff p >= t: an unsafe input scoring exactly t is blocked, not missed."""
+    p = torch.linspace(0.01, 1.0, 400, dtype=torch.float64)
+    c = choose_threshold(p, p, 0.05)
+    assert c.threshold == p[c.allowed_misses].item()
+    assert c.misses_clean == c.misses_attacked == c.allowed_misses > 0
+
+
 def test_too_small_calibration_set_fails_with_a_clear_message():
     p = torch.full((100,), 0.9)
     with pytest.raises(CalibrationTooSmall, match="at least 2995 unsafe calibration inputs"):

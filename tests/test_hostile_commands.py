@@ -321,3 +321,45 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
         t.join(120)
     assert not errors and len(results) == 3
     assert trained == ["digits-mlp"]
+
+
+@pytest.mark.parametrize(
+    "where, err, needle",
+    [("mkstemp", "EROFS", "read-only"), ("mkstemp", "EACCES", "ermission denied"), ("replace", "ENOSPC", "disk is full"),
+     ("replace", "EIO", "error")],
+)
+def test_file_system_failures_are_one_line_and_leave_nothing(run_cli, digits_mlp, tmp_path, monkeypatch, where, err, needle):
+    """A read-only, full or failing disk (simulated: the tests run as root, which ignores permissions)."""
+    import errno
+
+    import robustcli.core.files as files
+
+    code = getattr(errno, err)
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(files.tempfile if where == "mkstemp" else files.os, where, fail)
+    line = one_error_line(run_cli(*ATTACK, "--json", tmp_path / "r.json"))
+    monkeypatch.undo()
+    assert needle in line and "r.json" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_model_cache_is_one_line(run_cli, tmp_path, monkeypatch):
+    import errno
+
+    import robustcli.core.files as files
+    import robustcli.zoo as zoo
+
+    monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    line = one_error_line(run_cli(*ATTACK))
+    monkeypatch.undo()
+    assert "read-only" in line and "digits-mlp" in line
+    assert not list(tmp_path.glob("*.safetensors"))

@@ -125,3 +125,19 @@ def test_a_finished_run_still_passes_and_fails_normally(run_cli, tmp_path, hosti
     assert not _no_reports(tmp_path)
     r = run_cli("eval", _config(tmp_path, f"{hostile}:fine", "clean_accuracy >= 1.01"), *_reports(tmp_path))
     one_error_line(r, code=1)
+
+
+def test_eval_config_settles_ambiguous_pixels(run_cli, tmp_path):
+    """The config keys pixel-scale and classes do what --pixel-scale and --classes do."""
+    import json
+
+    import numpy as np
+
+    np.savez(tmp_path / "b.npz", x=np.zeros((4, 1, 8, 8), np.uint8), y=np.arange(4))
+    body = "model: digits-mlp\ndata: b.npz\nchecks:\n  - type: attack\n    attacks: [fgsm]\n    eps: 0.1\n    gates: ['clean_accuracy >= 0']\n"
+    (tmp_path / "c.yaml").write_text(body)
+    assert "pixel-scale" in one_error_line(run_cli("eval", tmp_path / "c.yaml"))
+    (tmp_path / "c.yaml").write_text("pixel-scale: 255\n" + body)
+    r = run_cli("eval", tmp_path / "c.yaml", "--json", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r.json").read_text())["data_format"] == {"pixel_scale": 255}

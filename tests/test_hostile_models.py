@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from hostile_files import Constant, digits_mlp_state, exported, one_error_line, rewrite_zip, safetensors_model, torchscript
+from hostile_files import (
+    Constant, digits_mlp_state, exported, make_fifo, one_error_line, rewrite_zip, safetensors_model, torchscript,
+)
 
 
 class IntLogits(nn.Module):
@@ -42,6 +44,8 @@ def d(tmp_path_factory) -> Path:
     (d / "empty.pt").write_bytes(b"")
     (d / "garbage.pt").write_bytes(b"\x80\x02garbage")
     (d / "folder.pt").mkdir()
+    make_fifo(d / "fifo.pt")
+    make_fifo(d / "fifo.onnx")
     torch.save(list(state.values()), d / "list.pt")
     torch.save({"a": 1, "b": "text"}, d / "plain-dict.pt")
     torch.save({}, d / "empty-dict.pt")
@@ -92,6 +96,8 @@ MODEL_CASES = [
     (["--model", "{d}/missing.pt"], "neither a built-in model"),
     (["--model", "no-such-builtin"], "neither a built-in model"),
     (["--model", "{d}/folder.pt"], "is a folder"),
+    (["--model", "{d}/fifo.pt"], "not a regular file"),
+    (["--model", "{d}/fifo.onnx"], "not a regular file"),
     (["--model", "{d}/empty.pt", "--arch", "digits-mlp"], "not a valid model file"),
     (["--model", "{d}/garbage.pt", "--arch", "digits-mlp"], "not a valid model file"),
     (["--model", "{d}/truncated.pt", "--arch", "digits-mlp"], "not a valid model file"),

@@ -134,9 +134,10 @@ def test_torch_onnx_export_round_trip(tmp_path):
 
 
 def test_unsupported_op_names_the_node(tmp_path):
-    nodes = [helper.make_node("Sigmoid", ["x"], ["y"], name="squash")]
+    # Sigmoid is supported now (attacks need only forward/backward passes); Sin stays outside the set.
+    nodes = [helper.make_node("Sin", ["x"], ["y"], name="squash")]
     path = save(tmp_path / "sig.onnx", nodes, [], (1, 4), (1, 4))
-    with pytest.raises(InputError, match=r"'squash' \(Sigmoid, node 0\)"):
+    with pytest.raises(InputError, match=r"'squash' \(Sin, node 0\)"):
         onnx_to_torch(path)
 
 
@@ -148,11 +149,12 @@ def test_reorder_transpose_is_refused(tmp_path):
 
 
 def test_cli_exit_2_on_bad_onnx(tmp_path, run_cli):
-    nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], name="pool1")]
+    # MaxPool is supported now (attacks must accept ONNX CNNs with max pooling); LpPool is not.
+    nodes = [helper.make_node("LpPool", ["x"], ["y"], kernel_shape=[2, 2], name="pool1")]
     path = save(tmp_path / "pool.onnx", nodes, [], (1, 1, 8, 8), (1, 1, 4, 4))
     r = run_cli("attack", "--model", path, "--data", "digits", "--n", "4")
     assert r.exit_code == 2
-    assert "pool1" in r.stderr and "MaxPool" in r.stderr and "Traceback" not in r.output
+    assert "pool1" in r.stderr and "LpPool" in r.stderr and "Traceback" not in r.output
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a protobuf at all")
     r = run_cli("attack", "--model", garbage, "--data", "digits", "--n", "4")
@@ -172,3 +174,41 @@ def test_attack_command_accepts_onnx_model(tmp_path, run_cli, digits_test):
     with torch.no_grad():
         expected = (model(digits_test.x[:64]).argmax(1) == digits_test.y[:64]).float().mean().item()
     assert report["clean_accuracy"] == pytest.approx(expected)
+
+
+class _PoolingCNN(torch.nn.Module):
+    """A CNN with the operations attacks must accept from ONNX: padding, max and average pooling,
+    sigmoid/tanh/leaky ReLU, clipping, a channel concatenation and a softmax head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 2 * 2, 10)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        x = F.pad(x, (1, 1, 1, 1))
+        x = F.max_pool2d(torch.tanh(self.conv(x)), 2)
+        y = F.leaky_relu(self.conv2(x), 0.1).clamp(-3, 3)
+        x = torch.cat([F.avg_pool2d(x, 2), torch.sigmoid(F.avg_pool2d(y, 2))], 1)
+        return F.softmax(self.fc(x.flatten(1)), dim=1)
+
+
+def test_attack_accepts_an_onnx_cnn_with_pooling_and_smooth_activations(tmp_path, run_cli):
+    """`robust attack` needs only forward and backward passes: the importer must not refuse these."""
+    from robustcli.certify.onnx_import import onnx_to_torch
+
+    torch.manual_seed(0)
+    model = _PoolingCNN().eval()
+    path = tmp_path / "pool.onnx"
+    x = torch.rand(3, 1, 8, 8)
+    torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    conv = onnx_to_torch(path)
+    with torch.no_grad():
+        torch.testing.assert_close(conv.module(x), model(x), atol=1e-5, rtol=1e-5)
+    r = run_cli("attack", "--model", path, "--data", "digits", "--n", "8", "--attack", "pgd", "--eps", "0.1",
+                "--steps", "3")
+    assert r.exit_code == 0, r.output

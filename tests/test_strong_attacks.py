@@ -10,6 +10,7 @@ from robustcli.attacks.apgd import APGD, checkpoint_lengths
 from robustcli.attacks.base import Criterion
 from robustcli.attacks.diagnostics import diagnose, run_diagnostics
 from robustcli.attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation, evaluate
+from robustcli.attacks.fab import FABTargeted
 from robustcli.attacks.fgsm import FGSM
 from robustcli.attacks.losses import dlr, dlr_targeted
 from robustcli.attacks.pgd import PGDLinf
@@ -134,7 +135,7 @@ def test_suite_is_no_more_robust_than_any_single_attack_point_by_point(digits_ml
     x, y = points
     eps = [0.1]  # several budgets in one cascade: tests/test_strong_cli.py (example config)
     suite = run_strong_suite(digits_mlp, x, y, eps, device=CPU, queries=200, steps=30)
-    singles = [APGD(loss="ce", steps=30), APGD(loss="dlr-targeted", steps=30), SquareLinf(queries=200)]
+    singles = [APGD(loss="ce", steps=30), APGD(loss="dlr-targeted", steps=30), FABTargeted(steps=30), SquareLinf(queries=200)]
     for e in eps:
         worst = next(o for o in suite.outcomes if o.attack == WORST_CASE and o.eps == e)
         for attack in singles:
@@ -142,8 +143,8 @@ def test_suite_is_no_more_robust_than_any_single_attack_point_by_point(digits_ml
             assert not (worst.robust & ~alone).any(), f"suite left robust a point {attack.name} broke at eps {e}"
         # the cascade attacked fewer points with each attack, never re-attacking a broken one
         rows = [o for o in suite.outcomes if o.eps == e and o.attack != WORST_CASE]
-        assert [o.attack for o in rows] == ["apgd-ce", "apgd-dlr", "square"]
-        assert rows[0].attacked >= rows[1].attacked >= rows[2].attacked
+        assert [o.attack for o in rows] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+        assert rows[0].attacked >= rows[1].attacked >= rows[2].attacked >= rows[3].attacked
         assert rows[1].attacked == int(rows[0].robust.sum())
         assert worst.robust.equal(rows[-1].robust)
 

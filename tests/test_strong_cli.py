@@ -30,7 +30,7 @@ def test_suite_strong_on_an_ordinary_model(run_cli, tmp_path, digits_mlp):
     report = json.loads(out.read_text())
     assert report["suite"] == "strong"
     attacks = [row["attack"] for row in report["results"]]
-    assert attacks == ["apgd-ce", "apgd-dlr", "square", "worst-case"]
+    assert attacks == ["apgd-ce", "apgd-t", "fab-t", "square", "worst-case"]
     worst = report["results"][-1]["robust_accuracy"]
     assert all(worst <= row["robust_accuracy"] for row in report["results"])
     assert report["warnings"] == []
@@ -93,4 +93,4 @@ def test_example_config_runs(run_cli, tmp_path, digits_mlp):
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     assert report["warnings"] == []
-    assert {row["attack"] for row in report["results"]} == {"fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "worst-case"}
+    assert {row["attack"] for row in report["results"]} == {"fgsm", "pgd", "apgd-ce", "apgd-t", "fab-t", "square", "worst-case"}

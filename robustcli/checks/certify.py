@@ -45,14 +45,14 @@ def run_certify_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Chec
     w = ctx.workload
     req = request(options)
     methods, eps = req.methods, req.budgets
-    req.check_model(w.model.module)  # fails fast: missing auto_LiRPA, unsupported layer
+    built = req.check_model(w.model.module, w.data.x[:2].to(w.device) if len(w.data) else None)  # fails fast
     t0 = time.perf_counter()
     with ctx.progress("certify check", len(w.data) * len(eps) * (len(methods) + 1)) as advance:
         result = certify_dataset(
             w.model.module, w.data.x, w.data.y, eps, methods, req.norm,
             num_classes=w.num_classes, batch_size=ctx.batch_size, seed=ctx.seed,
             pgd_steps=req.pgd_steps, pgd_restarts=req.pgd_restarts,
-            alpha_iterations=req.alpha_iterations, device=w.device, on_batch=lambda k: advance(k),
+            alpha_iterations=req.alpha_iterations, device=w.device, on_batch=lambda k: advance(k), bounders=built,
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
     out.values[("clean_accuracy", None, None)] = result.clean_accuracy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import torch
 
+from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.diagnostics import run_diagnostics
 from robustcli.attacks.evaluate import Evaluation, evaluate, merge_shards
 from robustcli.attacks.foolbox_backend import make_foolbox_attack
@@ -98,17 +99,31 @@ def run_attacks(
 )
 @eps_option("Linf budgets (default 0.1 0.2 0.3); the L2 budgets too when every attack is L2.", multiple=True)
 @click.option("--eps-l2", cls=MultiOption, type=float, help="Budgets of L2 attacks such as cw (default 0.5 1 2).")
-@click.option("--steps", type=int, default=None, help="Iterations (PGD default 40, CW default 100).")
+@click.option("--steps", type=int, default=None, help="Iterations (PGD 40, APGD and FAB 100, CW: its preset's).")
 @click.option("--restarts", type=int, default=None, help="PGD random restarts; worst case per point is kept.")
 @click.option("--target", default=None, help="Targeted attack: a class index, 'next' (y+1) or 'random'.")
 @click.option("--confidence", type=float, default=0.0, show_default=True, help="CW confidence kappa.")
-@click.option("--search-steps", type=int, default=5, show_default=True, help="CW binary-search steps over c.")
+@click.option("--search-steps", type=int, default=None, help="CW binary-search steps over c (default: the preset's).")
+@click.option(
+    "--cw-preset",
+    type=click.Choice(list(CW_PRESETS)),
+    default="cheap",
+    show_default=True,
+    help="CW settings: cheap (100 steps, 5 searches, c0 1e-2, lr 0.1) or paper (10,000 steps, 9, 1e-3, 1e-2).",
+)
 @click.option("--backend", type=click.Choice(["ours", "foolbox"]), default="ours", show_default=True)
 @click.option(
     "--suite",
     type=click.Choice(list(SUITES)),
     default=None,
-    help="strong: APGD-CE, APGD-T (DLR), Square at the Linf --eps, worst case per point (AutoAttack-style).",
+    help="strong: APGD-CE, APGD-T, FAB-T, Square (AutoAttack standard), worst case per point.",
+)
+@click.option(
+    "--suite-norm",
+    type=click.Choice(["linf", "l2"]),
+    default="linf",
+    show_default=True,
+    help="Norm of --suite: linf at --eps, l2 at --eps-l2.",
 )
 @click.option("--queries", type=int, default=None, help="Square attack query budget (default 5000).")
 @click.option("--strict", is_flag=True, help="Exit with code 1 if any gradient-masking warning is raised.")
@@ -119,8 +134,8 @@ def run_attacks(
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Write the image grid of broken points here (PNG).")
 def command(
     model, arch, mean, std, allow_pickle, data, n, attack_names, eps, eps_l2, steps, restarts, target,
-    confidence, search_steps, backend, suite, queries, strict, device, batch_size, seed, json_path, save_adv,
-    html_path, png_path,
+    confidence, search_steps, cw_preset, backend, suite, suite_norm, queries, strict, device, batch_size, seed,
+    json_path, save_adv, html_path, png_path,
 ) -> None:  # fmt: skip
     """Attack a model and report robust accuracy per attack and eps, with gradient-masking checks.
 
@@ -131,8 +146,8 @@ def command(
     """
     request = AttackRequest(
         attack=tuple(attack_names), eps=tuple(eps), eps_l2=tuple(eps_l2), steps=steps, restarts=restarts,
-        target=target, confidence=confidence, search_steps=search_steps, backend=backend, suite=suite,
-        queries=queries, batch_size=batch_size, seed=seed,
+        target=target, confidence=confidence, search_steps=search_steps, cw_preset=cw_preset, backend=backend,
+        suite=suite, suite_norm=suite_norm, queries=queries, batch_size=batch_size, seed=seed,
     )  # fmt: skip
     check_output(html_path, "--html", (".html", ".htm"))
     check_output(png_path, "--png", (".png",))
@@ -156,14 +171,16 @@ def command(
             w, request, targets=targets, keep_adversarials=bool(save_adv or html_path or png_path), part=part
         )
     if suite:
-        units = evaluate_units(strong_suite(budgets.eps["linf"]), part.stop - part.start)
+        suite_eps = budgets.eps[suite_norm]
+        units = evaluate_units(strong_suite(suite_eps, suite_norm), part.stop - part.start)
         with progress_bar(f"{suite} suite", units) as advance:
             strong = run_strong_suite(
                 w.model.module,
                 w.data.x[part],
                 w.data.y[part],
-                budgets.eps["linf"],
+                suite_eps,
                 device=w.device,
+                norm=suite_norm,
                 queries=queries or 5000,
                 batch_size=batch_size,
                 seed=seed,
@@ -180,6 +197,9 @@ def command(
     report = base_report("attack", w, seed) | {
         "backend": backend,
         "suite": suite,
+        "suite_norm": suite_norm if suite else None,
+        # the CW settings that ran (preset "cheap" or "paper"; see docs/attacks.md)
+        "cw": request.cw_settings() if "cw" in request.attacks else None,
         "targeted": targets is not None,
         "clean_accuracy": result.clean_accuracy,
         "results": [o.summary() | {"eps_source": budgets.source[o.norm]} for o in result.outcomes],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from robustcli.certify.bounders import METHODS as BOUNDERS
+from robustcli.certify.spec_verify import BAB_SPLITS
 from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
@@ -39,8 +41,9 @@ UNSOUND_EXIT = 3
     "--method",
     cls=MultiOption,
     type=click.Choice([*METHODS, "bab", "smoothing"]),
-    help="Bound methods (default ibp); crown-ibp, crown, alpha-crown and lirpa-ibp need auto_LiRPA. "
-    "With --spec: ibp, crown, alpha-crown, bab (default all). smoothing: randomized smoothing (L2, --sigma).",
+    help="Bound methods (default ibp): " + "; ".join(f"{m.name}: {m.summary}" for m in BOUNDERS.values())
+    + ". The lirpa-* methods need auto_LiRPA. With --spec: ibp, crown, alpha-crown, bab (default all). "
+    "smoothing: randomized smoothing (L2, --sigma).",
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
 @click.option("--pgd-steps", type=int, default=40, show_default=True, help="PGD steps for the upper bound.")
@@ -49,13 +52,16 @@ UNSOUND_EXIT = 3
 @click.option("--spec", type=click.Path(dir_okay=False), help="VNNLIB property: replaces --data and --eps.")
 @click.option("--timeout", type=float, default=None, help="With --spec: seconds before answering timeout.")
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
+@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default="auto", show_default=True,
+              help="With --spec: branch and bound splits the input box (input), ReLUs (relu), or input "
+              "for at most 16 inputs (auto).")
 @add_smoothing_options
 @runtime_options
 @json_option
 @html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, device, batch_size, seed, json_path, html_path, **smoothing,
+    spec, timeout, counterexample, bab_split, device, batch_size, seed, json_path, html_path, **smoothing,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -87,6 +93,7 @@ def command(
             model, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, data=data, n=n, eps=eps,
             method=method, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, alpha_iterations=alpha_iterations,
             spec=spec, timeout=timeout, counterexample=counterexample, device=device, seed=seed, json_path=json_path,
+            bab_split=bab_split,
         )
         return
     if "bab" in method or timeout is not None or counterexample is not None:
@@ -98,13 +105,14 @@ def command(
     methods, eps = request.methods, request.budgets
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    request.check_model(w.model.module)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
+    # Bounders are built (graph traced, unsupported operations named) before any work starts.
+    built = request.check_model(w.model.module, w.data.x[:2].to(w.device) if len(w.data) else None)
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
     try:
         with progress_bar("certifying", total) as advance:
             local = _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts,
-                             alpha_iterations, advance)
+                             alpha_iterations, advance, built)
     except SoundnessError as e:
         click.echo(f"internal error: {e}", err=True)
         click.get_current_context().exit(UNSOUND_EXIT)
@@ -124,7 +132,8 @@ def command(
         write_certify_output(report, result.outcomes, w, html_path, steps=pgd_steps)
 
 
-def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts, alpha_iterations, advance):
+def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts, alpha_iterations, advance,
+             built):
     return certify_dataset(
         w.model.module,
         w.data.x[part],
@@ -141,4 +150,5 @@ def _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_resta
         device=w.device,
         on_batch=lambda k: advance(k),
         offset=part.start,
+        bounders=built,
     )

@@ -175,7 +175,7 @@ def _evaluation_table(ev: dict, data_name: str) -> None:
                 pct(a["fgsm"]["success_rate"]),
                 pct(a["pgd"]["success_rate"]),
                 pct(a["pgd-margin"]["success_rate"]),
-                pct(a["apgd-dlr-untargeted"]["success_rate"]),
+                pct(a["apgd-dlr"]["success_rate"]),
                 f"{pct(cw['success_rate'])} ({fmt(cw['median_perturbation'], 3)})",
                 str(len(m["warnings"])),
             ]

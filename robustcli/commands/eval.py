@@ -17,6 +17,7 @@ from robustcli.html_report import html_option, write_eval_output
 from robustcli.options import RobustCommand, json_option
 from robustcli.progress import progress_bar
 from robustcli.report import print_table, write_json
+from robustcli.data import DataFormat
 from robustcli.session import open_workload
 
 
@@ -39,6 +40,7 @@ def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | N
         w = open_workload(
             config.model, config.data, arch=config.arch, mean=config.mean, std=config.std,
             allow_pickle=config.allow_pickle, device=config.device, n=config.n,
+            fmt=DataFormat(pixel_scale=config.pixel_scale, classes=config.classes),
         )  # fmt: skip
     except InputError as e:
         raise InputError(f"{config.path}:{config.model_line}: {e}") from None
@@ -88,6 +90,7 @@ def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | N
         "config": str(config.path),
         "model": w.model.name,
         "data": w.data.name,
+        **({"data_format": w.data.provenance} if w.data.provenance else {}),
         "n": len(w.data),
         "seed": config.seed,
         "device": str(w.device),

@@ -7,7 +7,7 @@ import math
 import click
 import torch
 
-from robustcli.certify.graph import model_steps
+from robustcli.certify.bounders import walkable
 from robustcli.certify.spec import margin_spec
 from robustcli.certify.tightness import tightness
 from robustcli.core.errors import InputError
@@ -34,13 +34,13 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, device, batch_si
     check_eps((eps,), "linf")
     check_at_least(1, batch_size=batch_size)
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    model_steps(w.model.module, "tightness")
+    net = walkable(w.model.module, w.data.x[:2].to(w.device))  # the canonical layer tree the bound engines walk
     taus, exact, loose = [], [], []
     x, y = w.data.x, w.data.y
     with progress_bar("measuring tightness", len(x)) as advance:
         for s in range(0, len(x), batch_size):
             xb, yb = x[s : s + batch_size].to(w.device), y[s : s + batch_size].to(w.device)
-            t = tightness(w.model.module, xb, margin_spec(yb, w.num_classes, xb.dtype), eps)
+            t = tightness(net, xb, margin_spec(yb, w.num_classes, xb.dtype), eps)
             taus.append(t.tau.cpu())
             exact.append(t.exact_radius.cpu())
             loose.append(t.ibp_radius.cpu())

@@ -22,7 +22,7 @@ from robustcli.commands._training import (
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.models import save_model
-from robustcli.options import RobustCommand, config_option, eps_option, json_option, points_option
+from robustcli.options import RobustCommand, SelfCheckedFloat, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
 
@@ -37,7 +37,7 @@ from robustcli.report import pct, print_table, write_json
 @click.option("--beta", type=float, default=6.0, show_default=True, help="TRADES weight of the KL term.")
 @click.option("--warmup", type=int, default=None,
               help="Epochs over which eps ramps up from 0 (default 2, at most --epochs minus 1).")
-@click.option("--sigma", type=float, default=0.25, show_default=True,
+@click.option("--sigma", cls=SelfCheckedFloat, type=float, default=0.25, show_default=True,
               help="--defense gaussian: std of the Gaussian noise added to [0, 1] pixels (Cohen et al. 2019).")
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
 @points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")

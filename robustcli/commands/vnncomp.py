@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from robustcli.certify.spec_verify import METHODS
+from robustcli.certify.spec_verify import BAB_SPLITS, METHODS
 import os
 
 from robustcli.certify.vnncomp import read_instances, result_line, run_benchmark
@@ -35,12 +35,14 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.option("--attack-steps", type=int, default=50, show_default=True)
 @click.option("--attack-restarts", type=int, default=10, show_default=True)
 @click.option("--alpha-iterations", type=int, default=20, show_default=True)
+@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default="auto", show_default=True,
+              help="Branch and bound splits the input box (input), ReLUs (relu), or input for <= 16 inputs (auto).")
 @device_option
 @seed_option
 @json_option
 def command(
     instances, timeout, out_path, counterexamples, method, limit, jobs, attack_steps, attack_restarts,
-    alpha_iterations, device, seed, json_path,
+    alpha_iterations, bab_split, device, seed, json_path,
 ) -> None:  # fmt: skip
     """Run a VNN-COMP benchmark: ONNX networks x VNNLIB properties from an instances CSV.
 
@@ -90,6 +92,7 @@ def command(
             results = run_benchmark(
                 todo, timeout=timeout, methods=methods, seed=seed, device=dev, counterexample_dir=ce_dir,
                 attack_steps=attack_steps, attack_restarts=attack_restarts, alpha_iterations=alpha_iterations,
+                bab_split=bab_split,
                 on_instance=on_instance, jobs=jobs,
             )
     finally:

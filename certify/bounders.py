@@ -1,0 +1,249 @@
+"""One bound engine: input sets, the `Bounder` interface, and the registry of method names.
+
+A bounder answers one question: a sound lower bound of every row of C f(x) + d over an input set.
+- `InputSet`: a per-element box [lower, upper], optionally also inside an L2 ball (centre,
+  radius); `InputSet.ball(x, eps, norm)` is the eps ball intersected with the data domain [0, 1].
+- `Bounder.lower(inputs, C, d)` -> (N, S) with C (N, S, K) and d (N, S) or None.
+- `METHODS`: the one registry of method names (CLI choices, docs and dispatch all read it). Each
+  entry builds a bounder for a model once (tracing, copies) and is then called per batch.
+
+Native methods (IBP: Gowal et al. 2018; CROWN: Zhang et al. 2018; CROWN-IBP: Zhang et al. 2020;
+alpha-CROWN: Xu et al. 2021) run on the canonical layer tree of the model: the model itself when
+its modules are walkable, else the graph front end's rewrite (certify/trace.py), so a user's
+`F.relu` / `x.view(x.size(0), -1)` CNN bounds the same from a module, `.pt2`, TorchScript or
+ONNX. IBP walks the tree directly (residual adds, BatchNorm in train mode, exact L2 ball through
+the first affine layer: certify/ibp.py); the CROWN family walks chains of affine blocks and ReLUs
+(certify/chain_bounds.py) and hands graphs it does not cover (residual adds) to auto_LiRPA behind
+the same interface when auto_LiRPA is installed. The `lirpa-*` names always use auto_LiRPA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from robustcli.certify import chain_bounds as cb
+from robustcli.certify.graph import UnsupportedLayer, model_steps
+from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds
+from robustcli.core.errors import InputError
+
+
+@dataclass
+class InputSet:
+    """x with lower <= x <= upper elementwise (N, *shape), and, when it came from a ball, that ball:
+    centre `x0`, radius `eps` (N,) and `norm`. For L2 the set is (ball n box): bounders may use
+    either constraint (both contain the set)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    x0: torch.Tensor | None = None
+    eps: torch.Tensor | None = None
+    norm: str | None = None
+
+    @classmethod
+    def box(cls, lower: torch.Tensor, upper: torch.Tensor) -> "InputSet":
+        if lower.shape != upper.shape or bool((lower > upper).any()):
+            raise ValueError("an input box needs lower <= upper with equal shapes")
+        return cls(lower, upper)
+
+    @classmethod
+    def ball(cls, x: torch.Tensor, eps: float | torch.Tensor, norm: str, domain: tuple[float, float] = (0.0, 1.0)) -> "InputSet":
+        """The eps ball (linf or l2) around each point of x, intersected with the data domain."""
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"unknown norm {norm!r}")
+        e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+        e = e.expand(len(x)) if e.dim() == 0 else e
+        eb = e.view(-1, *([1] * (x.dim() - 1)))
+        return cls((x - eb).clamp(*domain), (x + eb).clamp(*domain), x, e, norm)
+
+    @property
+    def l2_ball(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (self.x0, self.eps) if self.norm == "l2" else None
+
+    def __len__(self) -> int:
+        return len(self.lower)
+
+    def slice(self, s: slice) -> "InputSet":
+        pick = lambda t: None if t is None else t[s]  # noqa: E731
+        return InputSet(self.lower[s], self.upper[s], pick(self.x0), pick(self.eps), self.norm)
+
+
+class Bounder(Protocol):
+    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def walkable(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The model if the native engines can walk its modules, else its canonical rewrite (trace.py)."""
+    try:
+        model_steps(model, "ibp")
+        return model
+    except UnsupportedLayer as layer_error:
+        from robustcli.certify.trace import UnsupportedOperation, canonical_model
+
+        try:
+            return canonical_model(model, example)
+        except UnsupportedOperation:
+            if layer_error.leaf:  # e.g. nn.Tanh: the module's own name says more than its ATen op
+                raise layer_error from None
+            raise
+
+
+def spec_chain(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> cb.Chain:
+    """A float64 chain of the model for spec verification and branch and bound: the model's own
+    layers when they form a chain, else the graph front end's rewrite. Raises NotAChain (with the
+    reason) for graphs that are not chains (residual adds) or have operations it cannot read."""
+    try:
+        return cb.Chain.of(model, input_shape)
+    except cb.NotAChain as first:
+        from robustcli.certify.trace import UnsupportedOperation, canonical_model
+
+        p = next(model.parameters(), None)
+        dtype = p.dtype if p is not None else torch.float32
+        try:
+            canon = canonical_model(model, torch.zeros(2, *input_shape, dtype=dtype, device=device))
+        except UnsupportedOperation as e:
+            raise cb.NotAChain(str(e)) from None
+        try:
+            return cb.Chain.of(canon, input_shape)
+        except cb.NotAChain:
+            raise cb.NotAChain(str(first)) from None
+
+
+class IBPBounder:
+    """Native interval bound propagation (certify/ibp.py), the last layer merged with C."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor):
+        self.model = walkable(model, example)
+
+    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs.norm is not None:  # the ball n [0, 1], with L2 carried exactly through the first affine layer
+            low, _ = ibp_bounds(self.model, inputs.x0, inputs.eps, inputs.norm, C)
+        else:
+            low, _ = ibp_box_bounds(self.model, inputs.lower, inputs.upper, C)
+        return low if d is None else low + d
+
+
+class CrownBounder:
+    """Native CROWN / CROWN-IBP / alpha-CROWN on a chain (certify/chain_bounds.py).
+
+    `intermediate`: "crown" (CROWN bounds for every ReLU's input) or "ibp" (CROWN-IBP).
+    `alpha_iterations` > 0 optimises the lower slopes (alpha-CROWN). Computes in `dtype` (float64
+    by default: the bound is sound up to its rounding) and in point chunks of at most
+    `max_elements` floats of backward coefficients, so memory stays bounded on large CNNs.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, *, intermediate: str = "crown",
+                 alpha_iterations: int = 0, dtype: torch.dtype = torch.float64, max_elements: int = 2**27):
+        model = walkable(model, example)
+        self.chain = cb.Chain.of(model, tuple(example.shape[1:]), dtype)  # NotAChain for residual graphs
+        self.intermediate = intermediate
+        self.alpha_iterations = alpha_iterations
+        self.max_elements = max_elements
+
+    def _chunk(self) -> int:
+        widest = max(max(_numel(s) for s in self.chain.in_shapes), max(_numel(s) for s in self.chain.out_shapes))
+        return max(1, self.max_elements // (2 * widest * widest))
+
+    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        ch = self.chain
+        out = []
+        step = self._chunk()
+        for s in range(0, len(inputs), step):
+            part = inputs.slice(slice(s, s + step))
+            lo, hi = part.lower.to(ch.device, ch.dtype), part.upper.to(ch.device, ch.dtype)
+            ball = None if part.l2_ball is None else tuple(t.to(ch.device, ch.dtype) for t in part.l2_ball)
+            Cs = C[s : s + step].to(ch.device, ch.dtype)
+            A = Cs.reshape(Cs.shape[0], Cs.shape[1], *ch.out_shapes[-1])
+            with torch.no_grad():
+                base = cb.ibp_intermediate(ch, lo, hi)
+                inter = base if self.intermediate == "ibp" else cb.crown_intermediate(ch, lo, hi, base=base, ball=ball)
+                if self.alpha_iterations > 0:
+                    low = cb.alpha_crown_spec(ch, lo, hi, Cs, torch.zeros(Cs.shape[:2], dtype=ch.dtype, device=ch.device),
+                                              inter, iterations=self.alpha_iterations, stop_when_positive=False, ball=ball)
+                else:
+                    low = cb.backward_lower(ch, len(ch.blocks) - 1, A, lo, hi, inter, ball=ball)
+            out.append(low)
+        low = torch.cat(out).to(C.dtype).to(C.device)
+        return low if d is None else low + d
+
+
+class LirpaMethodBounder:
+    """auto_LiRPA (certify/lirpa.py) behind the same interface; `method` is one of its names."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20):
+        from robustcli.certify.lirpa import LirpaBounder
+
+        self.inner = LirpaBounder(model, example, method, alpha_iterations=alpha_iterations)
+
+    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs.norm is None:
+            raise InputError("the auto_LiRPA methods here bound eps balls; use a native method for input boxes")
+        eps = inputs.eps
+        if bool((eps != eps[0]).any()):
+            raise InputError("the auto_LiRPA methods here need one eps for the whole batch")
+        low, _ = self.inner.bounds(inputs.x0, float(eps[0]), inputs.norm, C, bound_upper=False)
+        return low if d is None else low + d
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _native_or_lirpa(intermediate: str, alpha: bool, lirpa_name: str):
+    def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20) -> Bounder:
+        try:
+            return CrownBounder(model, example, intermediate=intermediate, alpha_iterations=alpha_iterations if alpha else 0)
+        except cb.NotAChain as e:
+            from robustcli.certify.lirpa import lirpa_available
+
+            if not lirpa_available():
+                raise UnsupportedLayer(f"the native CROWN engine cannot bound this model ({e}) and auto_LiRPA, "
+                                       "which bounds general graphs, is not installed") from None
+            return LirpaMethodBounder(model, example, lirpa_name, alpha_iterations=alpha_iterations)
+
+    return build
+
+
+def _lirpa(name: str):
+    def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20) -> Bounder:
+        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations)
+
+    return build
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: `build(model, example, alpha_iterations=...)` returns a bounder."""
+
+    name: str
+    summary: str
+    build: Callable[..., Bounder]
+    needs_lirpa: bool = False
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ibp", "interval bound propagation (native)", lambda model, example, **_: IBPBounder(model, example)),
+        Method("crown-ibp", "CROWN with IBP intermediate bounds (native)", _native_or_lirpa("ibp", False, "crown-ibp")),
+        Method("crown", "CROWN linear relaxations (native)", _native_or_lirpa("crown", False, "crown")),
+        Method("alpha-crown", "CROWN with optimised lower slopes (native)", _native_or_lirpa("crown", True, "alpha-crown")),
+        Method("lirpa-ibp", "IBP through auto_LiRPA", _lirpa("lirpa-ibp"), True),
+        Method("lirpa-crown-ibp", "CROWN-IBP through auto_LiRPA", _lirpa("crown-ibp"), True),
+        Method("lirpa-crown", "CROWN through auto_LiRPA", _lirpa("crown"), True),
+        Method("lirpa-alpha-crown", "alpha-CROWN through auto_LiRPA", _lirpa("alpha-crown"), True),
+    )
+}
+
+
+def build_bounder(method: str, model: nn.Module, example: torch.Tensor, **options) -> Bounder:
+    """The bounder registered as `method` for this model (raises InputError naming what is missing)."""
+    if method not in METHODS:
+        raise InputError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[method].build(model, example, **options)

@@ -1,0 +1,112 @@
+"""Branch and bound against exact answers on small random networks.
+
+2-D inputs: a 401 x 401 grid gives the margin's minimum to within the network's Lipschitz
+constant times the grid step, so a property shifted by a few percent of the margin's range either
+way has a known answer. `holds` must never be returned where a grid point violates; `violated`
+only with a point the model really violates; and with the margin clearly positive, both branch
+and bound modes must prove it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from robustcli.certify import chain_bounds as cb
+from robustcli.certify.bab import bab_refute
+from robustcli.certify.input_bab import input_bab_refute
+
+
+def _net(seed: int, width: int = 16, depth: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    d = 2
+    for _ in range(depth):
+        layers += [nn.Linear(d, width), nn.ReLU()]
+        d = width
+    layers.append(nn.Linear(d, 3))
+    return nn.Sequential(*layers).double().eval()
+
+
+def _grid_min(model, C, d):
+    g = torch.linspace(-1, 1, 401, dtype=torch.float64)
+    pts = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        m = model(pts) @ C.T + d
+    return m.min(0).values, (m.max(0).values - m.min(0).values), pts, m
+
+
+def _check_for(model, C, d):
+    def check(x):
+        with torch.no_grad():
+            return (model(x.double()) @ C.T + d).squeeze(1) <= 0
+
+    return check
+
+
+def _box():
+    return torch.full((1, 2), -1.0, dtype=torch.float64), torch.full((1, 2), 1.0, dtype=torch.float64)
+
+
+def _assert_sound(out, should_hold, model, C, d, lo, hi):
+    if should_hold:
+        assert out.proved, out
+        return
+    assert not out.proved  # a grid point violates: no proof may exist
+    assert out.reason == "counterexample", out
+    x = out.counterexample.double().reshape(1, -1)
+    assert bool(((x >= lo) & (x <= hi)).all())
+    with torch.no_grad():
+        assert float(model(x) @ C.T + d) <= 0  # the point really violates
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("seed", [0, 1] + [pytest.param(s, marks=SLOW) for s in range(2, 6)])
+def test_input_split_agrees_with_the_grid(seed):
+    """Input splitting (3 x 16 ReLUs): proves with 3% of the margin's range to spare, finds a real
+    counterexample with 3% too little."""
+    model = _net(seed)
+    chain = cb.Chain.of(model, (2,))
+    lo, hi = _box()
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    true_min, spread, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
+    for offset, should_hold in ((0.03, True), (-0.03, False)):
+        d = -true_min + offset * spread
+        out = input_bab_refute(chain, lo, hi, C[None], d[None], check=_check_for(model, C, d), deadline=None,
+                               max_domains=200_000)
+        _assert_sound(out, should_hold, model, C, d, lo, hi)
+
+
+@pytest.mark.parametrize("seed", [2] + [pytest.param(s, marks=SLOW) for s in (0, 1, 3)])
+def test_relu_split_agrees_with_the_grid(seed):
+    """ReLU splitting with refreshed intermediate bounds, beta-CROWN, FSB and exact closing of
+    fully split domains (2 x 8 ReLUs): complete, so it proves or finds a real counterexample."""
+    model = _net(seed, width=8, depth=2)
+    chain = cb.Chain.of(model, (2,))
+    lo, hi = _box()
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    true_min, spread, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
+    for offset, should_hold in ((0.03, True), (-0.03, False)):
+        d = -true_min + offset * spread
+        inter = cb.crown_intermediate(chain, lo, hi)
+        out = bab_refute(chain, lo, hi, C[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
+                         check=_check_for(model, C, d))
+        _assert_sound(out, should_hold, model, C, d, lo, hi)
+
+
+def test_input_bab_times_out_in_time():
+    import time
+
+    model = _net(0, width=64, depth=4)
+    chain = cb.Chain.of(model, (2,))
+    lo, hi = torch.full((1, 2), -1.0, dtype=torch.float64), torch.full((1, 2), 1.0, dtype=torch.float64)
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    true_min, spread, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
+    d = -true_min + 1e-9  # holds only by a hair: splitting cannot finish quickly
+    t0 = time.monotonic()
+    out = input_bab_refute(chain, lo, hi, C[None], d[None], deadline=time.monotonic() + 1.0)
+    assert time.monotonic() - t0 < 2.0
+    assert not out.proved or float((true_min + d)) > 0

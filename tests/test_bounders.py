@@ -1,0 +1,187 @@
+"""Every registered bounder on every input set: sampled and PGD-attacked points inside the set are
+never below a certified bound; native CROWN agrees with auto_LiRPA's where both run; a user's CNN
+written with F.relu and x.view bounds the same from a module, .pt2, TorchScript and ONNX."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from certify_nets import UserDigitsCNN, pgd_min_spec, random_cnn, random_mlp, sample_ball, spec_values
+from robustcli.certify.bounders import METHODS, InputSet, build_bounder
+from robustcli.certify.lirpa import lirpa_available
+from robustcli.certify.spec import margin_spec
+
+NATIVE = [m for m, info in METHODS.items() if not info.needs_lirpa]
+LIRPA = [m for m, info in METHODS.items() if info.needs_lirpa]
+NETS = [("mlp", 3, True, False), ("cnn", 3, True, False), ("cnn", 2, False, True)]  # kind, depth, bn, residual
+
+
+def _net(kind, depth, bn, residual, seed):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mlp":
+        return random_mlp(depth, bn, seed), torch.rand(4, 1, 4, 4, generator=g)
+    return random_cnn(depth, bn, seed, residual=residual), torch.rand(4, 1, 8, 8, generator=g)
+
+
+def _check_ball(method, model, x, eps, norm):
+    spec = margin_spec(model(x).argmax(1), 5)
+    low = build_bounder(method, model, x[:2], alpha_iterations=4).lower(InputSet.ball(x, eps, norm), spec)
+    g = torch.Generator().manual_seed(1)
+    sampled = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 200, g, corners=False)])
+    corners = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 50, g, corners=True)])
+    attacked = pgd_min_spec(model, x, spec, eps, norm, steps=30, g=g)
+    empirical = torch.minimum(torch.minimum(sampled.min(0).values, corners.min(0).values), attacked)
+    tol = 1e-5 + 1e-5 * empirical.abs()
+    assert bool((low <= empirical + tol).all()), f"{method} {norm}: bound above a point in the set"
+    return low
+
+
+@pytest.mark.parametrize("kind,depth,bn,residual", NETS)
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.4)])
+@pytest.mark.parametrize("method", NATIVE)
+def test_native_bounders_are_sound_on_balls(method, kind, depth, bn, residual, norm, eps):
+    if residual and method != "ibp" and not lirpa_available():
+        pytest.skip("the CROWN family bounds residual graphs through auto_LiRPA")
+    model, x = _net(kind, depth, bn, residual, 3 * depth + bn)
+    _check_ball(method, model, x, eps, norm)
+
+
+@pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
+@pytest.mark.parametrize("method", LIRPA)
+def test_lirpa_bounders_are_sound_on_balls(method):
+    model, x = _net("cnn", 3, True, False, 5)
+    _check_ball(method, model, x, 0.05, "linf")
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown", "alpha-crown"])
+def test_native_bounders_are_sound_on_boxes(method):
+    """A per-element box (as VNNLIB gives), with an offset d: never above the sampled minimum."""
+    model, x = _net("cnn", 3, True, False, 11)
+    g = torch.Generator().manual_seed(2)
+    width = 0.1 * torch.rand(x.shape, generator=g)
+    lo, hi = (x - width).clamp(0, 1), (x + width).clamp(0, 1)
+    C = torch.randn(len(x), 3, 5, generator=g)
+    d = torch.randn(len(x), 3, generator=g)
+    low = build_bounder(method, model, x[:2], alpha_iterations=4).lower(InputSet.box(lo, hi), C, d)
+    pts = lo + (hi - lo) * torch.rand(300, *x.shape, generator=g)
+    pts[:40] = torch.where(torch.rand(40, *x.shape, generator=g) < 0.5, lo, hi)
+    with torch.no_grad():
+        vals = torch.stack([torch.einsum("nsk,nk->ns", C, model(p)) + d for p in pts])
+    assert bool((low <= vals.min(0).values + 1e-5).all())
+
+
+def test_crown_is_tighter_than_ibp_and_alpha_no_looser_than_crown():
+    model, x = _net("cnn", 3, False, False, 4)
+    spec = margin_spec(model(x).argmax(1), 5)
+    s = InputSet.ball(x, 0.03, "linf")
+    ibp, crown, alpha = (build_bounder(m, model, x[:2], alpha_iterations=10).lower(s, spec)
+                         for m in ("ibp", "crown", "alpha-crown"))
+    assert bool((crown >= ibp - 1e-6).all()) and bool((crown > ibp + 1e-4).any())
+    assert bool((alpha >= crown - 1e-6).all())
+
+
+@pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
+@pytest.mark.parametrize("kind,depth,bn", [("mlp", 3, True), ("cnn", 3, True)])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.3)])
+def test_native_crown_equals_auto_lirpa_crown(kind, depth, bn, norm, eps):
+    """Same relaxation (adaptive lower slope): equal bounds to float32 rounding, or native tighter
+    (native also intersects intermediate bounds with IBP and, for L2, with the [0, 1] box)."""
+    model, x = _net(kind, depth, bn, False, 17 + depth)
+    spec = margin_spec(model(x).argmax(1), 5)
+    s = InputSet.ball(x, eps, norm)
+    native = build_bounder("crown", model, x[:2]).lower(s, spec)
+    lirpa = build_bounder("lirpa-crown", model, x[:2]).lower(s, spec)
+    assert bool((native >= lirpa - 1e-5).all())
+    if norm == "linf":  # the same relaxation: at most float32 rounding and the IBP intersection apart
+        assert float((native - lirpa).abs().max()) < 1e-3 * (1 + float(lirpa.abs().max()))
+
+
+UserCNN = UserDigitsCNN
+
+
+def _formats(tmp_path):
+    torch.manual_seed(0)
+    model = UserCNN().eval()
+    x = torch.rand(3, 1, 8, 8)
+    forms = {"module": model}
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(model, (x,)), buf)
+    buf.seek(0)
+    forms["pt2"] = torch.export.load(buf).module()
+    forms["torchscript"] = torch.jit.trace(model, x)
+    try:
+        from robustcli.certify.onnx_import import onnx_to_torch
+
+        path = tmp_path / "user.onnx"
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+        forms["onnx"] = onnx_to_torch(path).module
+    except ImportError:
+        pass
+    return model, x, forms
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_user_cnn_bounds_the_same_from_every_format(tmp_path, method):
+    model, x, forms = _formats(tmp_path)
+    spec = margin_spec(model(x).argmax(1), 10)
+    s = InputSet.ball(x, 0.02, "linf")
+    lows = {name: build_bounder(method, m, x[:2]).lower(s, spec) for name, m in forms.items()}
+    for name, low in lows.items():
+        torch.testing.assert_close(low, lows["module"], atol=1e-5, rtol=1e-5, msg=f"{name} differs")
+    empirical = pgd_min_spec(model, x, spec, 0.02, "linf", steps=20, g=torch.Generator().manual_seed(0))
+    assert bool((lows["module"] <= empirical + 1e-5).all())
+
+
+def test_unsupported_operation_is_named_in_one_line():
+    from robustcli.certify.trace import UnsupportedOperation
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(torch.sin(x.flatten(1)))
+
+    for method in ("ibp", "crown"):
+        with pytest.raises(UnsupportedOperation) as e:
+            build_bounder(method, Odd().eval(), torch.rand(2, 4))
+        msg = str(e.value)
+        assert "aten.sin" in msg and "\n" not in msg
+        assert "--method crown" not in msg and "--method ibp" not in msg  # never a method that fails too
+
+
+def test_user_cnn_certifies_from_every_file_format_at_the_cli(tmp_path, run_cli):
+    """`robust certify --model my.pt` on the model people write, saved the four usual ways."""
+    import json
+
+    from certify_nets import user_digits_cnn
+
+    model = user_digits_cnn().eval()
+    x = torch.rand(2, 1, 8, 8)
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    batch = torch.export.Dim("batch", min=2)  # a program exported for any batch size, as attacks need
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(tmp_path / "prog.pt2"))
+    torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "scripted.pt"))
+    files = {"state": ["--model", tmp_path / "state.pt", "--arch", "certify_nets:user_digits_cnn"],
+             "pt2": ["--model", tmp_path / "prog.pt2"], "torchscript": ["--model", tmp_path / "scripted.pt"]}
+    try:
+        torch.onnx.export(model, (x,), str(tmp_path / "net.onnx"), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        files["onnx"] = ["--model", tmp_path / "net.onnx"]
+    except ImportError:
+        pass
+    margins = {}
+    for name, args in files.items():
+        out = tmp_path / f"{name}.json"
+        r = run_cli("certify", *args, "--data", "digits", "--n", "8", "--eps", "0.01", "--method", "ibp", "crown",
+                    "--pgd-steps", "2", "--json", out)
+        assert r.exit_code == 0, f"{name}: {r.output}"
+        margins[name] = [row["mean_margin_lower_bound"] for row in json.loads(out.read_text())["results"]]
+    for name, m in margins.items():
+        assert m == pytest.approx(margins["state"], abs=1e-4), name
