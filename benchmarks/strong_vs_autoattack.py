@@ -1,13 +1,17 @@
-"""Strong suite vs torchattacks' AutoAttack (version='standard', norm='Linf'): time and robust accuracy
-on the same model and points, in one run.
+"""Strong suite vs torchattacks' AutoAttack (version='standard'): time and robust accuracy on the
+same model and points, in one run, in Linf or L2.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --model mnist-cnn --n 300 --eps 0.1 0.2
+    OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --model mnist-cnn --n 300 --eps 0.1 0.2
+    OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --model mnist-cnn --n 100 --eps 0.1 --paper-steps
+    OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --norm l2 --eps 1.0 --paper-steps
 
-torchattacks 3.5.1's AutoAttack runs APGD-CE, APGD-T, FAB-T and Square (5,000 queries), each only
-on the points still robust, but with torchattacks' default of 10 iterations for APGD, APGD-T and
-FAB (AutoAttack's paper and reference code use 100). `--paper-steps` adds a third row: the same
-torchattacks components with 100 iterations. Goal (issue #5): our robust accuracy is no higher
-than AutoAttack's + 1 point. Prints a Markdown table; `--json` writes the numbers.
+Both sides run APGD-CE, APGD-T, FAB-T and Square (5,000 queries), each only on the points still
+robust. torchattacks 3.5.1's `AutoAttack` uses 10 iterations for APGD, APGD-T and FAB, where the
+AutoAttack paper and reference code use 100 (ours: 100). `--paper-steps` adds the same
+torchattacks components with the paper's 100 iterations, the comparison that matters: the goal
+is our robust accuracy <= theirs (100 iterations) + 0.5 point. Every adversarial of theirs is
+checked to lie in the eps ball and the [0, 1] box before it counts. Prints a Markdown table;
+`--json` writes the numbers.
 """
 
 from __future__ import annotations
@@ -19,29 +23,33 @@ import time
 import torch
 
 from robustcli.attacks.evaluate import WORST_CASE, predict
+from robustcli.attacks.norms import flat_norm
 from robustcli.attacks.suite import run_strong_suite
 from robustcli.data import load_dataset
 from robustcli.models import load_model
 
 
-def robust_mask(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor, eps: float, x: torch.Tensor) -> torch.Tensor:
+def robust_mask(
+    model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor, eps: float, x: torch.Tensor, norm: str
+) -> torch.Tensor:
     """Correct on the adversarial input, which must lie in the eps ball and the box (checked)."""
-    assert (x_adv - x).abs().max().item() <= eps + 1e-5, "adversarial outside the eps ball"
+    assert flat_norm(x_adv - x, norm).max().item() <= eps + 1e-4, "adversarial outside the eps ball"
     assert x_adv.min().item() >= 0 and x_adv.max().item() <= 1, "adversarial outside [0, 1]"
     return predict(model, x_adv, 500, torch.device("cpu")) == y
 
 
-def torchattacks_autoattack(model, eps: float, classes: int, seed: int, steps: int | None):
+def torchattacks_autoattack(model, norm: str, eps: float, classes: int, seed: int, steps: int | None):
     import torchattacks as ta
 
+    ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
     if steps is None:
-        return ta.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=classes, seed=seed)
+        return ta.AutoAttack(model, norm=ta_norm, eps=eps, version="standard", n_classes=classes, seed=seed)
     return ta.MultiAttack(
         [
-            ta.APGD(model, norm="Linf", eps=eps, steps=steps, loss="ce", n_restarts=1, seed=seed),
-            ta.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, n_classes=classes, seed=seed),
-            ta.FAB(model, norm="Linf", eps=eps, steps=steps, multi_targeted=True, n_classes=classes, n_restarts=1, seed=seed),
-            ta.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=seed),
+            ta.APGD(model, norm=ta_norm, eps=eps, steps=steps, loss="ce", n_restarts=1, seed=seed),
+            ta.APGDT(model, norm=ta_norm, eps=eps, steps=steps, n_restarts=1, n_classes=classes, seed=seed),
+            ta.FAB(model, norm=ta_norm, eps=eps, steps=steps, multi_targeted=True, n_classes=classes, n_restarts=1, seed=seed),
+            ta.Square(model, norm=ta_norm, eps=eps, n_queries=5000, n_restarts=1, seed=seed),
         ]
     )
 
@@ -51,11 +59,13 @@ def main() -> None:
     ap.add_argument("--model", default="mnist-cnn")
     ap.add_argument("--data", default=None)
     ap.add_argument("--n", type=int, default=300)
-    ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2])
+    ap.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    ap.add_argument("--eps", type=float, nargs="+", default=None, help="default 0.1 0.2 (linf), 1.0 (l2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--paper-steps", action="store_true", help="also run torchattacks' parts with 100 iterations")
+    ap.add_argument("--paper-steps", action="store_true", help="also run torchattacks' parts with the paper's 100 iterations")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    eps_list = args.eps or ([0.1, 0.2] if args.norm == "linf" else [1.0])
 
     loaded = load_model(args.model, progress=False)
     model = loaded.module.eval()
@@ -63,22 +73,24 @@ def main() -> None:
     x, y = data.x, data.y
     classes = int(model(x[:1]).shape[1])
     clean = predict(model, x, 500, torch.device("cpu")) == y
-    print(f"model {args.model}, {len(y)} points, clean accuracy {100 * clean.float().mean():.1f}%, "
-          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"model {args.model} on {data.name}, {len(y)} points, {args.norm}, clean accuracy "
+          f"{100 * clean.float().mean():.1f}%, torch threads {torch.get_num_threads()}")  # fmt: skip
     rows = []
-    for eps in args.eps:
+    for eps in eps_list:
         t0, c0 = time.perf_counter(), time.process_time()
-        ev = run_strong_suite(model, x, y, [eps], device=torch.device("cpu"), batch_size=len(y), seed=args.seed)
+        ev = run_strong_suite(
+            model, x, y, [eps], device=torch.device("cpu"), norm=args.norm, batch_size=len(y), seed=args.seed
+        )
         ours_t, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
         ours = next(o for o in ev.outcomes if o.attack == WORST_CASE).robust
         parts = {o.attack: o.robust_accuracy for o in ev.outcomes if o.attack != WORST_CASE}
         row = {"eps": eps, "ours_robust": ours.float().mean().item(), "ours_s": ours_t, "ours_cpu_s": ours_cpu, "ours_after": parts}
         for label, steps in [("torchattacks", None)] + ([("torchattacks-100", 100)] if args.paper_steps else []):
-            attack = torchattacks_autoattack(model, eps, classes, args.seed, steps)
+            attack = torchattacks_autoattack(model, args.norm, eps, classes, args.seed, steps)
             t0, c0 = time.perf_counter(), time.process_time()
             x_adv = attack(x, y)
             t, cpu = time.perf_counter() - t0, time.process_time() - c0
-            theirs = robust_mask(model, x_adv, y, eps, x) & clean
+            theirs = robust_mask(model, x_adv, y, eps, x, args.norm) & clean
             row[f"{label}_robust"] = theirs.float().mean().item()
             row[f"{label}_s"] = t
             row[f"{label}_cpu_s"] = cpu
@@ -99,12 +111,15 @@ def main() -> None:
             cells += [f"{100 * r[f'{lab}_robust']:.1f}%", f"{r[f'{lab}_s']:.1f} s ({r[f'{lab}_cpu_s']:.1f} s)",
                       str(r[f"{lab}_only_ours_robust"]), str(r[f"{lab}_only_theirs_robust"])]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
-    worst_gap = max(r["ours_robust"] - r["torchattacks_robust"] for r in rows)
-    verdict = "met" if worst_gap <= 0.01 else "NOT met"
-    print(f"\ngoal (ours <= AutoAttack + 1 point): {verdict}; largest gap {100 * worst_gap:+.1f} points")
+    reference = "torchattacks-100" if args.paper_steps else "torchattacks"
+    worst_gap = max(r["ours_robust"] - r[f"{reference}_robust"] for r in rows)
+    goal = 0.005 if args.paper_steps else 0.01
+    verdict = "met" if worst_gap <= goal + 1e-9 else "NOT met"
+    print(f"\ngoal (ours <= {reference} + {100 * goal:g} point): {verdict}; largest gap {100 * worst_gap:+.1f} points "
+          f"on {len(y)} points (one point = {100 / len(y):.2g} points of accuracy)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "n": len(y), "rows": rows}, f, indent=2)
+            json.dump({"model": args.model, "data": data.name, "norm": args.norm, "n": len(y), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -380,12 +380,22 @@ def _clamp_split(bl, bu, s):
 
 def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
+    # With splits, layers up to the first split layer keep their (clamped) base bounds: nothing
+    # before them changed, so recomputing would give the base bounds again.
+    first_split = -1
+    if splits is not None:
+        split_layers = [j for j, s in enumerate(splits) if bool((s != 0).any())]
+        first_split = split_layers[0] if split_layers else len(splits)
     for i in range(len(chain.blocks) - 1):
         shape = chain.out_shapes[i]
         bl, bu = base[i]
         B = bl.shape[0]
         bl, bu = bl.reshape(B, -1), bu.reshape(B, -1)
         s_i = None if splits is None else splits[i]
+        if i <= first_split and splits is not None:
+            bl, bu = _clamp_split(bl, bu, s_i)
+            bounds.append((bl.reshape(B, *shape), bu.reshape(B, *shape)))
+            continue
         if i > 0:  # IBP through block i from the (tighter) bounds of the ReLU before it
             pl, pu = (F.relu(t) for t in bounds[-1])
             c, r = (pu + pl) / 2, (pu - pl) / 2

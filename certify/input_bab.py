@@ -64,8 +64,12 @@ def input_bab_refute(
     roots = torch.arange(D, device=dev)
     score = torch.full((D,), float("-inf"), dtype=dt, device=dev)
     done = 0
+    last_round, round_start = 0.0, None  # the previous round's duration: a round that cannot finish in time is not started
     while len(score):
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        last_round = now - round_start if round_start is not None else 0.0
+        round_start = now
+        if deadline is not None and now + last_round > deadline:
             return InputBabOutcome(False, done, "timeout")
         if done > max_domains:
             return InputBabOutcome(False, done, "limit")

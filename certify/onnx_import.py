@@ -18,6 +18,7 @@ two and on each point alone and refuses a graph whose rows influence each other.
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,26 @@ def _require_onnx() -> Any:
     return onnx
 
 
+MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit on a serialised message
+
+
 def onnx_bytes(path: str | Path) -> bytes:
     """The file's bytes, gunzipped for `.onnx.gz` (how VNN-COMP 2022+ ships networks)."""
     import gzip
 
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is not a regular file (a folder, device or FIFO); pass an .onnx file")
     try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if path.suffix == ".gz" else data
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        if path.suffix != ".gz":
+            return path.read_bytes()
+        with gzip.open(path, "rb") as f:
+            data = f.read(MAX_ONNX_BYTES + 1)  # bounded: a gzip bomb stops here
+    except (OSError, EOFError, zlib.error) as e:
         raise InputError(f"cannot read {path}: {e}") from None
+    if len(data) > MAX_ONNX_BYTES:
+        raise InputError(f"{path} unpacks to more than {MAX_ONNX_BYTES >> 30} GiB, the most an ONNX protobuf can hold")
+    return data
 
 
 def load_onnx(path: str | Path) -> Any:

@@ -102,6 +102,7 @@ def verify_property(
                 return model.eval()(x.to(device).reshape(len(x), *input_shape)).reshape(len(x), -1).double().cpu()
 
     stages: list[dict] = []
+    stopped_for_time = [False]
 
     def done(status: str, method: str | None, **kw) -> SpecResult:
         return SpecResult(status, method, time.monotonic() - start, stages=stages, **kw)
@@ -216,6 +217,8 @@ def verify_property(
                                         confirmed_by=reference_name)
                         note = f"branch and bound: a candidate not confirmed by {reference_name}"
                         break
+                    if outcome.reason == "timeout":  # it stops short of the deadline when a round would overrun it
+                        stopped_for_time[0] = True
                     if outcome.proved:
                         proved[ci][:] = True
                     kind = "boxes (input split)" if split_inputs else "domains (ReLU split)"
@@ -246,4 +249,4 @@ def verify_property(
                        **({"note": note} if note else {})})
         if all(bool(p_.all()) for p_ in proved):
             return done("holds", method)
-    return done("timeout" if out_of_time() else "unknown", None)
+    return done("timeout" if out_of_time() or stopped_for_time[0] else "unknown", None)

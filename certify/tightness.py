@@ -13,6 +13,12 @@ linear map. tau is in (0, 1]; 1 means IBP is exact (a single linear layer), and 
 of eps. Cost: S = K - 1 backward passes for the numerators (rows of the input Jacobian, exact
 because the network is piecewise linear) and one forward pass of radii for the denominators.
 
+At initialisation (`at_initialisation`): Mao et al. report tau for freshly initialised networks
+(their Figure 3 and Table 1), where it depends only on depth, width and the init distribution.
+Training changes tau a lot, so a trained network's tau is only comparable with theirs after
+measuring the same architecture at init: a copy with every `reset_parameters()` re-run (PyTorch's
+default init, BatchNorm running statistics reset), seeded explicitly.
+
 Choices: the ball is not clipped to [0, 1] (tightness is a property of the weights, as in the
 paper); (point, margin) pairs whose IBP radius is 0 (every path inactive) are left out of the
 mean and median, which are taken over all remaining (point, margin) pairs.
@@ -20,6 +26,7 @@ mean and median, which are taken over all remaining (point, margin) pairs.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +75,24 @@ def tightness(model: nn.Module, x: torch.Tensor, spec: torch.Tensor, eps: float 
     ibp = out.radius
     tau = torch.where(ibp > 0, exact / ibp.clamp_min(torch.finfo(ibp.dtype).tiny), torch.full_like(ibp, float("nan")))
     return Tightness(tau, exact, ibp)
+
+
+def at_initialisation(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of `model` with every layer's default initialisation re-run (`reset_parameters`),
+    seeded by `seed`; the model itself and the caller's random state are left unchanged.
+
+    Weights are drawn on the CPU so a seed gives the same network on every device, then moved to
+    the device of `model`. Modules without parameters (ReLU, Flatten, a normalisation wrapper's
+    buffers) keep what they hold. Raises ValueError if no layer can be re-initialised.
+    """
+    device = next(model.parameters()).device
+    fresh = copy.deepcopy(model).to("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        resets = [m.reset_parameters() for m in fresh.modules() if callable(getattr(m, "reset_parameters", None))]
+    if not resets:
+        raise ValueError("no layer of this model has reset_parameters(), so it cannot be re-initialised")
+    return fresh.to(device)
 
 
 def deep_linear_tau(width: int, depth: int) -> float:

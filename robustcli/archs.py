@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -108,7 +112,7 @@ def _builtin_moe(name: str) -> nn.Module | None:
 
 
 def build_arch(name: str, *, allow_factory: bool = True) -> nn.Module:
-    """A built-in architecture by name, or a user's factory given as `package.module:function`.
+    """A built-in architecture by name, or a user's factory: `path/to/file.py:function` or `package.module:function`.
 
     `allow_factory=False` is for names read from a model file: such a name may only pick a
     built-in architecture, because importing a module and calling a function chosen by a
@@ -127,17 +131,45 @@ def build_arch(name: str, *, allow_factory: bool = True) -> nn.Module:
     if ":" in name:
         return _call_factory(name)
     raise InputError(
-        f"unknown architecture {name!r}; use a built-in one ({', '.join(ARCHS)}) or package.module:factory"
+        f"unknown architecture {name!r}; use a built-in one ({', '.join(ARCHS)}), path/to/file.py:factory "
+        "or package.module:factory"
     )
 
 
+def _import_file(path: str, name: str) -> ModuleType:
+    """Run the Python file `path` as a module of its own (its folder is not put on sys.path)."""
+    file = Path(path).expanduser()
+    if file.suffix != ".py" or not file.is_file():
+        raise InputError(f"--arch {name!r}: no Python file {file}; name a .py file that defines the factory")
+    spec = importlib.util.spec_from_file_location(f"robustcli_user_arch_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise InputError(f"--arch {name!r}: cannot load {file} as Python")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _call_factory(name: str) -> nn.Module:
-    """Import `package.module` and call its zero-argument `factory`; any failure is one line."""
-    module_name, _, attr = name.partition(":")
+    """Call the zero-argument `factory` of `path/to/file.py:factory` (a file the user names) or of
+    `package.module:factory` (imported from PYTHONPATH); any failure is one line."""
+    module_name, _, attr = name.rpartition(":")  # rpartition: a Windows path has a colon of its own
     if not module_name or not attr:
-        raise InputError(f"--arch {name!r}: write a factory as package.module:function")
+        raise InputError(f"--arch {name!r}: write a factory as path/to/file.py:function or package.module:function")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+            module = _import_file(module_name, name)
+            if not hasattr(module, attr):
+                raise InputError(f"--arch {name!r}: {module_name} defines no {attr!r}")
+            factory = getattr(module, attr)
+        else:
+            factory = getattr(importlib.import_module(module_name), attr)
+    except InputError:
+        raise
+    except ModuleNotFoundError as e:
+        raise InputError(
+            f"cannot import architecture factory {name!r}: {first_line(e)}; a module must be on PYTHONPATH, "
+            f"or name its file: --arch path/to/{module_name.replace('.', '/')}.py:{attr}"
+        ) from None
     except (ImportError, AttributeError) as e:
         raise InputError(f"cannot import architecture factory {name!r}: {first_line(e)}") from None
     except BaseException as e:  # noqa: BLE001 - the module's own code failed while importing

@@ -95,7 +95,7 @@ def read_safetensors_model(path: Path, arch: str | None) -> tuple[nn.Module, str
     from_user = arch is not None
     arch = arch or meta.get("arch")
     if arch is None:
-        raise InputError(f"{path.name} does not say its architecture; pass --arch NAME or --arch package.module:factory")
+        raise InputError(f"{path.name} does not say its architecture; pass --arch NAME, --arch path/to/file.py:factory --arch path/to/file.py:factory or --arch package.module:factory")
     model = _load_state(build_arch(arch, allow_factory=from_user), state, path.name)
     if "mean" in meta or "std" in meta:
         mean, std = _meta_stats(meta, path.name)
@@ -218,7 +218,7 @@ def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[n
         if arch is None:
             raise InputError(
                 f"{path.name} holds a state dict (weights only); pass its architecture with --arch "
-                f"(built-in: {', '.join(ARCHS)}) or --arch package.module:factory"
+                f"(built-in: {', '.join(ARCHS)}), --arch path/to/file.py:factory or --arch package.module:factory"
             )
         return _load_state(build_arch(arch), obj, path.name), arch
     raise InputError(f"{path.name} holds a {type(obj).__name__}, not a model or state dict")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import click
 import yaml
+from click.exceptions import NoArgsIsHelpError
 
 from robustcli.core import distributed
 from robustcli.errors import CheckFailed, InputError
@@ -154,11 +155,15 @@ class RobustGroup(click.Group):
     command_class = RobustCommand
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        """Like Click's, but usage errors print one line (no usage block) and Ctrl-C exits 130."""
+        """Like Click's, but usage errors print one line (no usage block), Ctrl-C exits 130, and no
+        command at all prints the help and exits 0."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:  # bare `robust` (or `robust analyze`): the help, a normal exit
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as e:
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)

@@ -14,14 +14,22 @@ stderr = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+def progress_bar(
+    description: str, total: int, enabled: bool = True, show: bool | None = None
+) -> Iterator[Callable[..., None]]:
     """Yields `advance(n=1, **fields)`; `fields` are shown after the bar (loss, accuracy, ...).
 
-    Under torchrun only rank 0 shows bars.
+    Under torchrun one rank shows its bar: rank 0 unless `show` says which (see `shows_shard`);
+    ranks do not report progress to each other, so the bar counts that rank's share of the work
+    and its description says which rank it is.
     """
-    if not enabled or not distributed.is_main():
+    if show is None:
+        show = distributed.is_main()
+    if not enabled or not show:
         yield lambda n=1, **fields: None
         return
+    if distributed.world_size() > 1:
+        description = f"{description} (rank {distributed.rank()} of {distributed.world_size()})"
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -39,6 +47,16 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
             bar.update(task, advance=n, **({"info": info} if fields else {}))
 
         yield advance
+
+
+def shows_shard(part: slice, n: int) -> bool:
+    """Whether this rank shows the bar of `n` points split by `distributed.shard`: the first rank
+    that holds points (its shard starts at 0), or rank 0 when there are none. A small run can
+    leave rank 0 without a batch, and its bar would read 0/0."""
+    start, stop = part.indices(n)[:2]
+    if n == 0:
+        return distributed.is_main()
+    return start == 0 and stop > 0
 
 
 def evaluate_units(plan: Sequence[tuple[Any, Sequence[float]]], points: int) -> int:

@@ -13,15 +13,41 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
 from robustcli.core.files import atomic_path
 
-# A pipe or file gets wide tables instead of Rich's 80-column default, so nothing is cut off.
-stdout = Console(width=None if sys.stdout.isatty() else 160)
+PIPE_WIDTH = 100  # columns of a table written to a pipe or file (a log, a CI job), unless COLUMNS says
+
+
+def table_width() -> int | None:
+    """None (the terminal's own width) on a terminal; else $COLUMNS, or 100 columns."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
+
+
+class _Stdout:
+    """The console tables print to, sized when printing: a test runner or a pipe may replace
+    sys.stdout after import, and a terminal may be resized. A table whose narrowest layout (whole
+    headers, unbroken names) is wider than that gets the width it needs, so no cell is cut off."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        console = Console(width=table_width())
+        wide = console.options.update_width(10_000)  # measure unconstrained
+        need = max((Measurement.get(console, wide, o).minimum for o in objects if isinstance(o, Table)), default=0)
+        if need > console.width:
+            console = Console(width=need)
+        console.print(*objects, **kwargs)
+
+
+stdout = _Stdout()
 
 
 def _jsonable(v: Any) -> Any:
@@ -76,12 +102,25 @@ def pct(v: float | None) -> str:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
+    """A Rich table on stdout. Headers keep their width (a figure's name stays on one line) and
+    first-column names are not wrapped; when the table is wider than the console, the other long
+    cells wrap."""
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        if i == 0:  # a name (model, attack, check): whole words, never split
+            table.add_column(c, justify="left", no_wrap=True, overflow="fold")
+        else:
+            table.add_column(c, justify="right", min_width=cell_len(c))
     for row in rows:
         table.add_row(*[x if isinstance(x, str) else fmt(x) for x in row])
     stdout.print(table)
+
+
+def data_source(name: str) -> str:
+    """What a dataset name stands for: which MNIST ran, or the user's file."""
+    from robustcli.data import DESCRIPTIONS
+
+    return DESCRIPTIONS.get(name.split(":")[0], f"file {name}")
 
 
 def base_report(command: str, workload, seed: int) -> dict:
@@ -91,6 +130,7 @@ def base_report(command: str, workload, seed: int) -> dict:
         "model": workload.model.name,
         "arch": workload.model.arch,
         "data": workload.data.name,
+        "data_source": data_source(workload.data.name),
         "n": len(workload.data),
         "seed": seed,
         "device": str(workload.device),

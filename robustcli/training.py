@@ -32,6 +32,7 @@ def train_natural(
     lr: float = 1e-3,
     batch_size: int = 64,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_batch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> nn.Module:
     """Adam on cross-entropy in the shared training loop; the batch order depends only on `seed`.
 
@@ -41,5 +42,5 @@ def train_natural(
     """
     config = AdversarialConfig(defense="natural", eps=0.0, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     report = None if on_epoch is None else (lambda record: on_epoch(record["epoch"], record["loss"]))
-    train_adversarial(model, data.x, data.y, config, on_epoch=report)
+    train_adversarial(model, data.x, data.y, config, on_epoch=report, on_batch=on_batch)
     return model.eval()

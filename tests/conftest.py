@@ -14,6 +14,9 @@ if "ROBUSTCLI_TEST_CACHE" not in os.environ:
 
     os.environ["ROBUSTCLI_TEST_CACHE"] = tempfile.mkdtemp(prefix="robustcli-cache-")
 os.environ["ROBUSTCLI_CACHE"] = os.environ["ROBUSTCLI_TEST_CACHE"]
+# No test may download: the official MNIST is never fetched here (tests use mnist-5k, digits or
+# tiny files they write). Slow cross-checks on the official data: ROBUSTCLI_OFFLINE=0 pytest -m slow.
+os.environ.setdefault("ROBUSTCLI_OFFLINE", "1")
 # One thread: the test models are tiny, and a second thread costs more than it gains (measured 3-4x
 # more CPU time per test on the 2-core CI machine).
 torch.set_num_threads(1)

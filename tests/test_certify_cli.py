@@ -112,3 +112,14 @@ def test_certify_l2(run_cli, tmp_path, digits_mlp):
     assert [row["norm"] for row in rows] == ["l2", "l2"]
     assert rows[0]["verified_accuracy"] >= rows[1]["verified_accuracy"]
     assert all(row["verified_accuracy"] <= row["pgd_accuracy"] <= row["clean_accuracy"] for row in rows)
+
+
+def test_tightness_at_init_row(run_cli, tmp_path, digits_mlp):
+    out = tmp_path / "t.json"
+    r = run_cli("tightness", "--model", "digits-mlp", "--n", "40", "--at-init", "--seed", "3", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert "digits-mlp at init (seed 3)" in r.stdout
+    report = json.loads(out.read_text())
+    init = report["at_init"]
+    assert init["seed"] == 3 and 0 < init["tau_mean"] <= 1 and init["pairs"] == report["pairs"]
+    assert init["tau_mean"] != report["tau_mean"]  # a different network: trained vs fresh

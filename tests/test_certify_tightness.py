@@ -75,3 +75,46 @@ def test_jacobian_matches_finite_differences():
     with torch.no_grad():
         fd = (torch.einsum("nsk,nk->ns", spec, model(x + e)) - torch.einsum("nsk,nk->ns", spec, model(x - e))) / (2 * h)
     torch.testing.assert_close(jac[:, :, 6], fd, atol=1e-6, rtol=1e-5)
+
+
+def test_at_initialisation_is_a_seeded_fresh_copy():
+    from robustcli.certify.tightness import at_initialisation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(5.0)  # "trained": far from any init
+        model[2].running_mean.fill_(2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_state = torch.get_rng_state()
+    a, b, c = at_initialisation(model, 1), at_initialisation(model, 1), at_initialisation(model, 2)
+    assert torch.equal(torch.get_rng_state(), rng_state)  # the caller's random stream is untouched
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model too
+    assert torch.equal(a[1].weight, b[1].weight) and not torch.equal(a[1].weight, c[1].weight)
+    assert a[1].weight.abs().max() <= 1 / 4  # PyTorch's default Linear init: U(-1/sqrt(fan_in), ...)
+    assert torch.equal(a[2].running_mean, torch.zeros(8))
+    with pytest.raises(ValueError, match="cannot be re-initialised"):
+        at_initialisation(_ParamOnly(), 0)
+
+
+class _ParamOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def test_tau_at_init_falls_with_cnn_depth():
+    """Mao et al.'s Figure 3 shape: at default init, deeper CNNs are looser."""
+    from robustcli.archs import _cnn
+    from robustcli.certify.tightness import at_initialisation
+
+    x = torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(32, dtype=torch.long)
+    taus = []
+    for chans in ([16], [16, 32], [16, 32, 32]):
+        net = at_initialisation(_cnn(1, 28, chans, 100, 10), seed=0)
+        taus.append(tightness(net, x, margin_spec(y, 10)).mean)
+    assert taus[0] > taus[1] > taus[2] > 0

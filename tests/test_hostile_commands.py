@@ -104,6 +104,12 @@ def d(tmp_path_factory) -> Path:
     (d / "notgzip.vnnlib.gz").write_bytes(b"plain text")
     make_fifo(d / "fifo.vnnlib")
     (d / "csv-missing-files.csv").write_text("nope.onnx,nope.vnnlib,10\n")
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 1, 8, 8)).astype(np.float32)
+    np.savez(d / "train.npz", x=x, y=np.arange(8) % 3)
+    np.savez(d / "test-labels.npz", x=x, y=np.arange(8) + 5)
+    np.savez(d / "test-shape.npz", x=np.zeros((8, 1, 4, 4), np.float32), y=np.arange(8) % 3)
+
     (d / "csv-bad-timeout.csv").write_text(f"{net},{d / 'deep.vnnlib'},nan\n")
     return d
 
@@ -151,6 +157,12 @@ CASES = [
     (["eval", "configs/ci-example.yaml", "--junit", "{d}/r.txt"], ".xml"),
     (TRAIN[:-1] + ["{d}/no-folder/t.safetensors"], "does not exist"),
     (TRAIN[:-1] + ["{d}/t.txt"], "safetensors"),
+    (["train", "--data", "{d}/train.npz", "--test-data", "{d}/test-labels.npz", "--arch", "digits-mlp", "--epochs", "1",
+      "--warmup", "0", "--out", "{d}/t.safetensors"], "--test-data labels go up to 12"),
+    (["train", "--data", "{d}/train.npz", "--test-data", "{d}/test-shape.npz", "--arch", "digits-mlp", "--epochs", "1",
+      "--warmup", "0", "--out", "{d}/t.safetensors"], "same kind"),
+    (["train-ibp", "--data", "{d}/train.npz", "--test-data", "{d}/test-labels.npz", "--eps", "0.1",
+      "--arch", "digits-mlp-bn", "--epochs", "1", "--out", "{d}/t.safetensors"], "labels"),
     # ONNX
     (["attack", "--model", "{d}/garbage.onnx", "--data", "digits", "--n", "4"], "garbage.onnx"),
     (["attack", "--model", "{d}/garbage.onnx.gz", "--data", "digits", "--n", "4"], "garbage.onnx.gz"),
@@ -305,7 +317,7 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
         return real_train(name, path, progress)
 
     monkeypatch.setattr(zoo, "_train_builtin", slow_train)
-    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
     results, errors = [], []
 
     def use():
@@ -353,7 +365,7 @@ def test_read_only_model_cache_is_one_line(run_cli, tmp_path, monkeypatch):
     import robustcli.zoo as zoo
 
     monkeypatch.setenv("ROBUSTCLI_CACHE", str(tmp_path))
-    monkeypatch.setattr(zoo, "EPOCHS", {"digits": 1, "mnist": 1})
+    monkeypatch.setattr(zoo, "RECIPES", {**zoo.RECIPES, "digits-mlp": zoo.Recipe(epochs=1)})
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
@@ -363,3 +375,39 @@ def test_read_only_model_cache_is_one_line(run_cli, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert "read-only" in line and "digits-mlp" in line
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_gzip_bomb_onnx_is_cut_off(tmp_path, monkeypatch):
+    import robustcli.certify.onnx_import as onnx_import
+    from robustcli.core.errors import InputError
+
+    monkeypatch.setattr(onnx_import, "MAX_ONNX_BYTES", 1 << 20)
+    bomb = tmp_path / "bomb.onnx.gz"
+    bomb.write_bytes(gzip.compress(b"\x00" * (4 << 20)))
+    with pytest.raises(InputError, match="unpacks to more than"):
+        onnx_import.onnx_bytes(bomb)
+
+
+@pytest.mark.slow
+def test_concurrent_first_uses_in_processes_train_once(tmp_path):
+    """Three processes asking for the same uncached built-in: one trains, the others wait and load."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, uuid, pathlib\n"
+        "import robustcli.zoo as zoo\n"
+        "real = zoo._train_builtin\n"
+        "def counted(name, path, progress):\n"
+        f"    pathlib.Path({str(tmp_path)!r}, 'trained-' + uuid.uuid4().hex).touch()\n"
+        "    return real(name, path, progress)\n"
+        "zoo._train_builtin = counted\n"
+        "zoo.EPOCHS = {'digits': 2, 'mnist': 1}\n"
+        "zoo.builtin_model('digits-mlp', progress=False)\n"
+    )
+    env = {**os.environ, "ROBUSTCLI_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    assert len(list(tmp_path.glob("trained-*"))) == 1
+    assert len(list((tmp_path / "cache").glob("digits-mlp-*.safetensors"))) == 1

@@ -15,7 +15,7 @@ from robustcli.models import load_model, save_model
 
 
 def test_bundled_splits():
-    mnist_test, mnist_train = load_dataset("mnist", "test"), load_dataset("mnist", "train")
+    mnist_test, mnist_train = load_dataset("mnist-5k", "test"), load_dataset("mnist-5k", "train")
     assert len(mnist_test) == 1000 and len(mnist_train) == 4000
     assert mnist_test.input_shape == (1, 28, 28)
     assert 0 <= mnist_test.x.min() and mnist_test.x.max() <= 1

@@ -12,7 +12,7 @@ from torch import nn
 
 from robustcli.archs import ARCHS, Normalized, build_arch
 from robustcli.certify.init import ibp_init
-from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
+from robustcli.data import BUILTIN_DATASETS, Dataset, dataset_family, load_dataset
 from robustcli.core.errors import InputError
 from robustcli.models import wrap_normalization
 from robustcli.options import data_format, data_format_options, data_option, device_option, seed_option, train_points_option
@@ -120,17 +120,17 @@ def build_model(
         ibp_init(inner, torch.Generator().manual_seed(seed))
     if mean or std:
         return wrap_normalization(inner, list(mean) or None, list(std) or None)
-    if data in NORMALIZATION:
-        return Normalized(inner, *NORMALIZATION[data])
+    if dataset_family(data) in NORMALIZATION:
+        return Normalized(inner, *NORMALIZATION[dataset_family(data)])
     return inner
 
 
 def new_model(arch: str | None, data: str, train: Dataset, device: torch.device, seed: int) -> tuple[nn.Module, str]:
     """A freshly initialised built-in (or user factory) architecture, normalised for bundled data."""
     if arch is None:
-        if data not in DEFAULT_ARCH:
+        if dataset_family(data) not in DEFAULT_ARCH:
             raise InputError(f"--data {data} is not bundled data, so pass --arch (built-in: {', '.join(ARCHS)})")
-        arch = DEFAULT_ARCH[data]
+        arch = DEFAULT_ARCH[dataset_family(data)]
     model = build_model(arch, data, seed).to(device)
     check_model_on_data(model, train, device)
     return model.train(), arch

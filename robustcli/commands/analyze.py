@@ -25,7 +25,7 @@ from robustcli.options import (
     points_option,
     runtime_options,
 )
-from robustcli.progress import progress_bar
+from robustcli.progress import evaluate_units, progress_bar
 from robustcli.report import base_report, fmt, pct, print_table, write_json
 from robustcli.session import open_workload
 
@@ -170,7 +170,8 @@ def scaling(
             lo, hi = (eps_min, eps_max) if a.norm == "linf" else (eps_l2_min, eps_l2_max)
             grids[a.norm] = _grid(lo, hi, points, a.norm)
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    total = len(w.data) * (len(attacks) + 1)  # one pass per attack (all budgets per batch), one gradient pass
+    # every (point, budget) of every attack, then one gradient pass over the points
+    total = evaluate_units([(a, grids[a.norm]) for a in attacks], len(w.data)) + len(w.data)
     with progress_bar("scaling", total) as advance:
         result = scaling_analysis(
             w.model.module, w.data.x, w.data.y, attacks,

@@ -24,7 +24,7 @@ from robustcli.options import (
     model_options,
     runtime_options,
 )
-from robustcli.progress import evaluate_units, progress_bar
+from robustcli.progress import evaluate_units, progress_bar, shows_shard
 from robustcli.report import base_report, save_tensors, write_json
 from robustcli.requests import AttackRequest
 from robustcli.session import Workload, open_workload
@@ -70,7 +70,7 @@ def run_attacks(
         )
         plan.append((attack, eps_by_norm[attack.norm]))
     y = w.data.y[part]
-    with progress_bar("attacking", evaluate_units(plan, len(y))) as advance:
+    with progress_bar("attacking", evaluate_units(plan, len(y)), show=shows_shard(part, len(w.data))) as advance:
         return evaluate(
             w.model.module,
             w.data.x[part],
@@ -173,7 +173,7 @@ def command(
     if suite:
         suite_eps = budgets.eps[suite_norm]
         units = evaluate_units(strong_suite(suite_eps, suite_norm), part.stop - part.start)
-        with progress_bar(f"{suite} suite", units) as advance:
+        with progress_bar(f"{suite} suite", units, show=shows_shard(part, len(w.data))) as advance:
             strong = run_strong_suite(
                 w.model.module,
                 w.data.x[part],

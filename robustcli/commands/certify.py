@@ -20,7 +20,7 @@ from robustcli.options import (
     model_options,
     runtime_options,
 )
-from robustcli.progress import progress_bar
+from robustcli.progress import progress_bar, shows_shard
 from robustcli.report import base_report, write_json
 from robustcli.requests import CertifyRequest
 from robustcli.session import open_workload
@@ -110,7 +110,7 @@ def command(
     built = request.check_model(w.model.module, w.data.x[:2].to(w.device) if len(w.data) else None)
     total = (part.stop - part.start) * len(eps) * (len(methods) + 1)
     try:
-        with progress_bar("certifying", total) as advance:
+        with progress_bar("certifying", total, show=shows_shard(part, len(w.data))) as advance:
             local = _certify(w, part, eps, methods, norm, batch_size, seed, pgd_steps, pgd_restarts,
                              alpha_iterations, advance, built)
     except SoundnessError as e:

@@ -69,7 +69,7 @@ def _summary(name: str, model, x, y, evaluation, diagnostics) -> dict:
 @apply_options(training_options)
 @click.option("--temperature", type=float, default=100.0, show_default=True, help="Softmax temperature T of training.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Use this model as the teacher instead of training one.")
-@click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn) or package.module:factory.")
+@click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn), path/to/file.py:factory or package.module:factory.")
 @click.option("--evaluate/--no-evaluate", default=False, help="Attack the distilled model and a T=1 baseline: FGSM, PGD-CE, PGD-margin, CW.")
 @click.option("--eval-eps", type=float, default=0.3, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
 @points_option(100, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")

@@ -9,7 +9,7 @@ import torch
 
 from robustcli.certify.bounders import walkable
 from robustcli.certify.spec import margin_spec
-from robustcli.certify.tightness import tightness
+from robustcli.certify.tightness import at_initialisation, tightness
 from robustcli.core.errors import InputError
 from robustcli.options import RobustCommand, config_option, data_options, eps_option, json_option, model_options, runtime_options
 from robustcli.progress import progress_bar
@@ -23,48 +23,70 @@ from robustcli.session import open_workload
 @model_options
 @data_options
 @eps_option("Linf budget for the radii (tau itself is eps-free).", default=0.1)
+@click.option("--at-init/--no-at-init", default=False, show_default=True,
+              help="Also measure the same architecture freshly initialised (seeded by --seed), as Mao et al. report tau.")  # fmt: skip
 @runtime_options
 @json_option
-def command(model, arch, mean, std, allow_pickle, data, n, eps, device, batch_size, seed, json_path) -> None:  # fmt: skip
+def command(model, arch, mean, std, allow_pickle, data, n, eps, at_init, device, batch_size, seed, json_path) -> None:  # fmt: skip
     """Tightness tau of interval bounds at the clean inputs (1 = IBP exact; small = loose).
+
+    Mao et al. 2023 publish tau at initialisation; --at-init adds that row for this architecture,
+    on the same points, so a trained model's tau can be compared with it like for like.
 
     \b
     robust tightness --model mnist-cnn --eps 0.1
+    robust tightness --model mnist-cnn --at-init --seed 0
     """
     check_eps((eps,), "linf")
     check_at_least(1, batch_size=batch_size)
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    net = walkable(w.model.module, w.data.x[:2].to(w.device))  # the canonical layer tree the bound engines walk
+    example = w.data.x[:2].to(w.device)
+    net = walkable(w.model.module, example)  # the canonical layer tree the bound engines walk
+    summary = {"eps": eps} | _measure(w, net, eps, batch_size, "measuring tightness")
+    report = base_report("tightness", w, seed) | summary
+    rows = [[report["model"], *_cells(summary)]]
+    if at_init:
+        try:
+            fresh = at_initialisation(w.model.module, seed)
+        except (ValueError, RuntimeError) as e:
+            raise InputError(f"--at-init: cannot re-initialise {report['model']}: {e}") from None
+        report["at_init"] = {"seed": seed} | _measure(w, walkable(fresh, example), eps, batch_size, "measuring tightness at init")
+        rows.append([f"{report['model']} at init (seed {seed})", *_cells(report["at_init"])])
+    print_table(
+        f"IBP tightness of {report['model']} on {report['data']} (n={report['n']})",
+        ["model", "tau mean", "tau median", "exact radius (eps)", "IBP radius (eps)", "(point, margin) pairs"],
+        rows,
+        caption="Mao et al. 2023: tau = |prod W| eps / (prod |W| eps) on the local linearisation, per margin"
+        + ("; 'at init': same architecture, PyTorch default init" if at_init else ""),
+    )
+    if json_path:
+        write_json(json_path, report)
+
+
+def _measure(w, module: torch.nn.Module, eps: float, batch_size: int, label: str) -> dict:
+    """tau and radii over the workload's points for one network."""
     taus, exact, loose = [], [], []
     x, y = w.data.x, w.data.y
-    with progress_bar("measuring tightness", len(x)) as advance:
+    with progress_bar(label, len(x)) as advance:
         for s in range(0, len(x), batch_size):
             xb, yb = x[s : s + batch_size].to(w.device), y[s : s + batch_size].to(w.device)
-            t = tightness(net, xb, margin_spec(yb, w.num_classes, xb.dtype), eps)
+            t = tightness(module, xb, margin_spec(yb, w.num_classes, xb.dtype), eps)
             taus.append(t.tau.cpu())
             exact.append(t.exact_radius.cpu())
             loose.append(t.ibp_radius.cpu())
             advance(len(xb))
     tau = torch.cat(taus)
-    point_tau = tau.nanmean(1)
-    defined = int((~torch.isnan(tau)).sum())
-    summary = {
-        "eps": eps,
+    return {
         "tau_mean": tau.nanmean().item(),
         "tau_median": tau.nanmedian().item(),
-        "tau_point_median": point_tau.nanmedian().item(),
+        "tau_point_median": tau.nanmean(1).nanmedian().item(),
         "exact_radius_mean": torch.cat(exact).mean().item(),
         "ibp_radius_mean": torch.cat(loose).mean().item(),
-        "pairs": defined,
+        "pairs": int((~torch.isnan(tau)).sum()),
     }
-    report = base_report("tightness", w, seed) | summary
+
+
+def _cells(summary: dict) -> list[str]:
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"  # noqa: E731
-    print_table(
-        f"IBP tightness of {report['model']} on {report['data']} (n={report['n']})",
-        ["model", "tau mean", "tau median", "exact radius (eps)", "IBP radius (eps)", "(point, margin) pairs"],
-        [[report["model"], fmt(summary["tau_mean"]), fmt(summary["tau_median"]), fmt(summary["exact_radius_mean"]),
-          fmt(summary["ibp_radius_mean"]), str(defined)]],  # fmt: skip
-        caption="Mao et al. 2023: tau = |prod W| eps / (prod |W| eps) on the local linearisation, per margin",
-    )
-    if json_path:
-        write_json(json_path, report)
+    keys = ("tau_mean", "tau_median", "exact_radius_mean", "ibp_radius_mean")
+    return [fmt(summary[k]) for k in keys] + [str(summary["pairs"])]

@@ -17,7 +17,7 @@ from robustcli.core.checkpoint import Checkpointer
 from robustcli.core.ddp import has_batchnorm
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
-from robustcli.data import BUILTIN_DATASETS, Dataset
+from robustcli.data import BUILTIN_DATASETS, Dataset, dataset_family
 from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, data_option, device_option, eps_option, json_option, points_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
@@ -67,7 +67,7 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @config_option
 @data_option("mnist", help="mnist, digits, or a training file (.npz/.pt/...).")
 @click.option("--test-data", default=None, help="Test file for the final evaluation (required with a --data file).")
-@click.option("--arch", default=None, help="Built-in arch or package.module:factory (default mnist-cnn-bn / digits-mlp-bn).")
+@click.option("--arch", default=None, help="Built-in arch or file.py:factory (default mnist-cnn-bn / digits-mlp-bn).")
 @click.option("--mean", cls=MultiOption, type=float, help="Per-channel mean (default: the bundled dataset's).")
 @click.option("--std", cls=MultiOption, type=float, help="Per-channel std (default: the bundled dataset's).")
 @eps_option("Target perturbation budget eps_max.", required=True)
@@ -79,7 +79,7 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @click.option("--method", type=click.Choice(["ibp", "crown-ibp"]), default="ibp", show_default=True,
               help="Bound in the loss; crown-ibp needs auto_LiRPA.")  # fmt: skip
 @click.option("--init", "init", type=click.Choice(["ibp", "default"]), default=None, help="Weight init (recipe default).")
-@click.option("--start", type=int, default=None, help="Epochs at eps 0 before the ramp (recipe default 1).")
+@click.option("--start-epochs", "--start", "start", type=int, default=None, help="Epochs at eps 0 before the ramp (recipe default 1).")
 @click.option("--warmup", type=int, default=None, help="Epochs of eps ramp (short: 2/7, vanilla: 1/2 of --epochs).")
 @click.option("--lr", type=float, default=5e-4, show_default=True)
 @click.option("--lr-decay", type=float, default=0.2, show_default=True, help="lr factor at each milestone.")
@@ -124,10 +124,10 @@ def command(
 
         auto_lirpa("crown-ibp")  # exit 2 with the install hint before any work when it is missing
     dev = resolve_device(device)
-    arch = arch or DEFAULT_ARCH.get(data)
+    arch = arch or DEFAULT_ARCH.get(dataset_family(data))
     if arch is None:
         raise InputError(f"--data {data} has no default architecture; pass --arch NAME or package.module:factory")
-    if data in BUILTIN_DATASETS and arch in ARCHS and ARCHS[arch].dataset != data:
+    if data in BUILTIN_DATASETS and arch in ARCHS and ARCHS[arch].dataset != dataset_family(data):
         raise InputError(f"--arch {arch} is built for {ARCHS[arch].dataset}, not {data}; pick an arch for {data}")
     config = recipe_config(
         recipe, eps, epochs, start=start, warmup=warmup, lr_milestones=tuple(lr_milestones) or None, norm=norm,

@@ -29,6 +29,7 @@ from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
+from robustcli.data import dataset_family
 from robustcli.zoo import NORMALIZATION
 
 
@@ -64,7 +65,8 @@ def command(
     """
     modes = tuple(dict.fromkeys(mode or ("advmoe", "at")))
     check_positive(epochs=epochs, lr=lr, batch_size=batch_size, attack_steps=attack_steps, eval_steps=eval_steps)
-    if data not in DENSE_TWIN:
+    family = dataset_family(data)  # mnist-5k builds the MNIST MoE-CNN
+    if family not in DENSE_TWIN:
         raise InputError(f"train-moe builds its MoE-CNN for the bundled data ({', '.join(DENSE_TWIN)}); got --data {data}")
     if experts < 1 or not 1 <= top_k <= experts:
         raise InputError(f"--top-k must lie in 1..--experts ({experts}), got {top_k}")
@@ -78,14 +80,14 @@ def command(
     dev = resolve_device(device)
     train, test = train_test_data(data, test_data, train_n)
     test = test.head(eval_n)
-    moe_arch = arch_name(data, experts, top_k)
-    plan = [(m, moe_arch) for m in modes] + ([("dense-at", DENSE_TWIN[data])] if dense else [])
+    moe_arch = arch_name(family, experts, top_k)
+    plan = [(m, moe_arch) for m in modes] + ([("dense-at", DENSE_TWIN[family])] if dense else [])
     several = len(plan) > 1
     rows, results = [], []
     dense_macs = None
     for name, arch in plan:
         torch.manual_seed(seed)
-        model = Normalized(build_arch(arch), *NORMALIZATION[data]).to(dev)
+        model = Normalized(build_arch(arch), *NORMALIZATION[family]).to(dev)
         target = output_path(path, name, several)
         ckpt = Checkpointer(target)
         resume_here = resume and ckpt.checkpoint_path.exists() or (resume and not several)
@@ -109,7 +111,7 @@ def command(
                         "pgd_accuracy": check.pgd_accuracy, "macs_per_input": macs, "config": cfg.__dict__,
                         "history": history})  # fmt: skip
     if dense_macs is None:  # the dense twin's cost without training it
-        dense_macs = macs_per_input(build_arch(DENSE_TWIN[data]).to(dev), test.x[:500])
+        dense_macs = macs_per_input(build_arch(DENSE_TWIN[family]).to(dev), test.x[:500])
     for r in results:
         r["macs_ratio_vs_dense"] = r["macs_per_input"] / dense_macs
         label = f"MoE {r['model']} (E={experts}, k={top_k})" if r["model"] != "dense-at" else f"dense {r['arch']} AT"
