@@ -204,15 +204,20 @@ class APGD(FixedEpsilonAttack):
             drop_hits(hit)
             since += 1
             if since == window and len(state["pos"]) > 0:
-                s = state
-                stalled = s["ups"] < self.rho * window
-                no_progress = ~s["halved"] & (s["lbest"] <= s["lbest_ckpt"])
-                halve = stalled | no_progress
-                s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-                back = per_point(halve, s["xk"])
-                s["xk"] = torch.where(back, s["xbest"], s["xk"])  # x_{k-1} stays: momentum x_best - x_{k-1}
-                s["grad"] = torch.where(back, s["gbest"], s["grad"])
-                s["loss"] = torch.where(halve, s["lbest"], s["loss"])
-                s["halved"], s["lbest_ckpt"], s["ups"] = halve, s["lbest"].clone(), torch.zeros_like(s["ups"])
+                self._checkpoint(state, window)
                 window, since = next(lengths, window), 0
         return found, out
+
+    def _checkpoint(self, s: dict[str, torch.Tensor], window: int) -> None:
+        """At checkpoint w_j: halve the step of each stalled point (conditions 1 and 2 of the module
+        docstring) and send it back to its best point, keeping x_{k-1} so that the next step's
+        momentum is x_best - x_{k-1} (AutoAttack's code). Updates the search state in place."""
+        stalled = s["ups"] < self.rho * window
+        no_progress = ~s["halved"] & (s["lbest"] <= s["lbest_ckpt"])
+        halve = stalled | no_progress
+        s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+        back = per_point(halve, s["xk"])
+        s["xk"] = torch.where(back, s["xbest"], s["xk"])  # s["xprev"] stays x_{k-1}
+        s["grad"] = torch.where(back, s["gbest"], s["grad"])
+        s["loss"] = torch.where(halve, s["lbest"], s["loss"])
+        s["halved"], s["lbest_ckpt"], s["ups"] = halve, s["lbest"].clone(), torch.zeros_like(s["ups"])

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from robustcli.core import distributed
@@ -34,10 +35,16 @@ def table_width() -> int | None:
 
 class _Stdout:
     """The console tables print to, sized when printing: a test runner or a pipe may replace
-    sys.stdout after import, and a terminal may be resized."""
+    sys.stdout after import, and a terminal may be resized. A table whose narrowest layout (whole
+    headers, unbroken names) is wider than that gets the width it needs, so no cell is cut off."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        Console(width=table_width()).print(*objects, **kwargs)
+        console = Console(width=table_width())
+        wide = console.options.update_width(10_000)  # measure unconstrained
+        need = max((Measurement.get(console, wide, o).minimum for o in objects if isinstance(o, Table)), default=0)
+        if need > console.width:
+            console = Console(width=need)
+        console.print(*objects, **kwargs)
 
 
 stdout = _Stdout()
@@ -95,12 +102,13 @@ def pct(v: float | None) -> str:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None) -> None:
-    """A Rich table on stdout. Headers keep their width (a figure's name stays on one line); when
-    the table is wider than the console, the long cells wrap and a long first cell (a path) folds."""
+    """A Rich table on stdout. Headers keep their width (a figure's name stays on one line) and
+    first-column names are not wrapped; when the table is wider than the console, the other long
+    cells wrap."""
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        if i == 0:
-            table.add_column(c, justify="left", overflow="fold")
+        if i == 0:  # a name (model, attack, check): whole words, never split
+            table.add_column(c, justify="left", no_wrap=True, overflow="fold")
         else:
             table.add_column(c, justify="right", min_width=cell_len(c))
     for row in rows:

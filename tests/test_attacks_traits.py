@@ -115,3 +115,33 @@ def test_eval_mode_restores_the_mode_even_on_error():
     with eval_mode(model):
         pass
     assert not model.training
+
+
+def test_apgd_halving_returns_to_the_best_point_and_keeps_the_momentum():
+    """At a checkpoint a stalled point's step halves, it jumps to x_best, and x_{k-1} is kept, so
+    the next step's momentum is x_best - x_{k-1} (AutoAttack's code), not zero."""
+    from robustcli.attacks.apgd import APGD
+
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.rand(*shape, generator=g)
+
+    n = 3
+    state = {
+        "x0": t(n, 4), "xk": t(n, 4), "xprev": t(n, 4), "grad": t(n, 4), "loss": torch.zeros(n),
+        "xbest": t(n, 4), "gbest": t(n, 4), "lbest": torch.tensor([1.0, 1.0, 2.0]),
+        "eta": torch.full((n,), 0.2), "ups": torch.tensor([0.0, 9.0, 9.0]),  # point 0 stalled
+        "halved": torch.tensor([False, False, True]), "lbest_ckpt": torch.tensor([0.5, 1.0, 1.0]),
+        "pos": torch.arange(n),
+    }  # fmt: skip
+    before = {k: v.clone() for k, v in state.items()}
+    APGD(steps=10)._checkpoint(state, window=10)
+    # point 0: too few increases; point 1: no improvement since the last checkpoint; point 2: improving
+    assert state["halved"].tolist() == [True, True, False]
+    assert torch.allclose(state["eta"], torch.tensor([0.1, 0.1, 0.2]))
+    for i, halved in enumerate([True, True, False]):
+        assert torch.equal(state["xk"][i], (before["xbest"] if halved else before["xk"])[i])
+        assert torch.equal(state["grad"][i], (before["gbest"] if halved else before["grad"])[i])
+    assert torch.equal(state["xprev"], before["xprev"])  # x_{k-1} kept for every point
+    assert state["ups"].sum() == 0 and torch.equal(state["lbest_ckpt"], before["lbest"])
