@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import warnings
 from importlib import metadata
 from typing import Any
 
@@ -87,15 +88,28 @@ def _named_members_keyword(bounded_module_cls: type) -> None:
     bounded_module_cls._named_members = _named_members
 
 
+def _import_keeping_warning_filters() -> types.ModuleType:
+    """auto_LiRPA calls `warnings.simplefilter("once")` on import, which would show every warning in
+    the process (torch's TorchScript deprecation on each certify run): the filters are restored after
+    the import, the import's own deprecation warnings dropped and any other warning passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module("auto_LiRPA")
+    for w in caught:
+        if not issubclass(w.category, DeprecationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return module
+
+
 def import_auto_lirpa() -> types.ModuleType:
     """Import auto_LiRPA, patching around version 0.3's incompatibilities first. Raises ImportError."""
     version = installed_version()
     if version != PATCHED_VERSION:
-        return importlib.import_module("auto_LiRPA")
+        return _import_keeping_warning_filters()
     _numpy_arraysetops()
     _onnx_opset_setter()
     _node_getitem()
-    module = importlib.import_module("auto_LiRPA")
+    module = _import_keeping_warning_filters()
     _named_members_keyword(module.BoundedModule)
     from auto_LiRPA.bound_multi_gpu import BoundDataParallel
 
