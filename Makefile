@@ -26,7 +26,7 @@ test: install
 # Mutation check of the engines' critical modules (not in CI: about 30 min on 2 cores).
 mutate: install
 	$(BIN)/python -c "import cosmic_ray" 2>/dev/null || $(BIN)/pip install "cosmic-ray==8.7.0"
-	OMP_NUM_THREADS=2 $(BIN)/python tests/mutation/run.py $(TARGETS)
+	OMP_NUM_THREADS=2 $(BIN)/python tests/mutation/run.py $(TARGETS) $(if $(SAMPLE),--sample $(SAMPLE))
 
 bench: install
 	$(BIN)/python benchmarks/attack_speed.py
