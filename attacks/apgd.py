@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack
+from robustcli.attacks.base import Criterion, FixedEpsilonAttack, search_unbroken, top_other_classes
 from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.losses import cross_entropy, dlr, dlr_targeted
 from robustcli.attacks.norms import NORMS, per_point
@@ -115,13 +115,11 @@ class APGD(FixedEpsilonAttack):
         x_adv = x.clone()
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for loss_fn in self._losses(model, x, criterion):
-            for _ in range(self.restarts):
-                idx = (~success).nonzero().squeeze(1)
-                if len(idx) == 0:
-                    return x_adv, success
-                found, xa = self._search(model, x[idx], idx, criterion, loss_fn, eps, generator)
-                x_adv[idx[found]] = xa[found]
-                success[idx[found]] = True
+
+            def search(idx: torch.Tensor, loss_fn: LossFn = loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
+                return self._search(model, x[idx], idx, criterion, loss_fn, eps, generator)
+
+            search_unbroken(x_adv, success, self.restarts, search)
         return x_adv, success
 
     def _losses(self, model: nn.Module, x: torch.Tensor, criterion: Criterion) -> list[LossFn]:
@@ -137,10 +135,8 @@ class APGD(FixedEpsilonAttack):
         if criterion.targeted:
             t = criterion.targets
             return [lambda z, i: dlr_targeted(z, y[i], t[i])]
-        with torch.no_grad():
-            order = model(x).argsort(1, descending=True)
-        ranks = range(1, min(self.target_classes, order.shape[1] - 1) + 1)
-        return [(lambda z, i, t=order[:, r]: dlr_targeted(z, y[i], t[i])) for r in ranks]
+        targets = top_other_classes(model, x, self.target_classes)
+        return [(lambda z, i, t=t: dlr_targeted(z, y[i], t[i])) for t in targets]
 
     def _search(
         self,

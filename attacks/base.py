@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -76,6 +76,34 @@ def input_gradient(model: nn.Module, x: torch.Tensor, loss_fn) -> tuple[torch.Te
     logits = model(x)
     grad = torch.autograd.grad(loss_fn(logits).sum(), x)[0]
     return logits.detach(), grad
+
+
+def search_unbroken(
+    x_adv: torch.Tensor,
+    success: torch.Tensor,
+    restarts: int,
+    search: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Restarts: up to `restarts` runs of `search(idx)`, each on the points no run has broken yet.
+
+    `search` gets the indices still unbroken and returns (found, adversarial points) for them;
+    found points are written into `x_adv` and `success` in place. Stops once every point is broken.
+    """
+    for _ in range(restarts):
+        idx = (~success).nonzero().squeeze(1)
+        if len(idx) == 0:
+            return
+        found, xa = search(idx)
+        x_adv[idx[found]] = xa[found]
+        success[idx[found]] = True
+
+
+def top_other_classes(model: nn.Module, x: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Targets for targeted runs without user targets: the k highest-scoring classes after the top
+    one, one (N,) tensor per rank, as AutoAttack's APGD-T and FAB-T choose them."""
+    with torch.no_grad():
+        order = model(x).argsort(1, descending=True)
+    return [order[:, r] for r in range(1, min(k, order.shape[1] - 1) + 1)]
 
 
 class Attack(ABC):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Criterion, MinimizationAttack
+from robustcli.attacks.base import Criterion, MinimizationAttack, top_other_classes
 from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.norms import NORMS, flat_norm, per_point
 from robustcli.attacks.traits import AttackTraits
@@ -100,9 +100,7 @@ class FABTargeted(MinimizationAttack):
     def _targets(self, model: nn.Module, x: torch.Tensor, criterion: Criterion) -> list[torch.Tensor]:
         if criterion.targeted:
             return [criterion.targets]
-        with torch.no_grad():
-            order = model(x).argsort(1, descending=True)
-        return [order[:, r] for r in range(1, min(self.target_classes, order.shape[1] - 1) + 1)]
+        return top_other_classes(model, x, self.target_classes)
 
     def _search(
         self, model: nn.Module, x0: torch.Tensor, criterion: Criterion, target: torch.Tensor

@@ -40,7 +40,7 @@ from abc import abstractmethod
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack
+from robustcli.attacks.base import Criterion, FixedEpsilonAttack, search_unbroken
 from robustcli.attacks.losses import margin
 from robustcli.attacks.norms import flat_norm, per_point
 from robustcli.attacks.traits import AttackTraits
@@ -87,14 +87,11 @@ class SquareAttack(FixedEpsilonAttack):
             raise ValueError(f"{self.name} needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
         x_adv = x.clone()
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        with torch.no_grad():
-            for _ in range(self.restarts):
-                idx = (~success).nonzero().squeeze(1)
-                if len(idx) == 0 or eps == 0:
-                    break
-                found, xa = self._search(model, x[idx], idx, criterion, eps, generator)
-                x_adv[idx[found]] = xa[found]
-                success[idx[found]] = True
+        if eps > 0:
+            with torch.no_grad():
+                search_unbroken(
+                    x_adv, success, self.restarts, lambda idx: self._search(model, x[idx], idx, criterion, eps, generator)
+                )
         return x_adv, success
 
     def _loss(self, logits: torch.Tensor, batch_idx: torch.Tensor, criterion: Criterion) -> torch.Tensor:

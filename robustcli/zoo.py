@@ -41,8 +41,8 @@ class Recipe:
     train_points: int | None = None  # None: the whole training split; else a fixed random subset
 
     def describe(self) -> str:
-        points = f"{self.train_points:,} of the points" if self.train_points else "all points"
-        return f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}, {points}"
+        epochs = f"{self.epochs} epoch{'s' if self.epochs > 1 else ''}"
+        return f"{epochs}, {self.train_points // 1000}k points" if self.train_points else epochs
 
 
 RECIPES: dict[str, Recipe] = {

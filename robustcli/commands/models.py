@@ -43,28 +43,34 @@ def command(json_path) -> None:
     Cached ones show their provenance: test accuracy, torch version, the sha256 of the training
     data and of the weights (re-computed from the file: ok / MISMATCH).
     """
-    rows, report = [], {}
+    rows, report, data_hashes, torches = [], {}, {}, set()
     short = lambda v: v[:8] if v else "-"  # noqa: E731
     for name, spec in ARCHS.items():
         meta = cached_provenance(builtin_path(name))
         recipe = RECIPES[name].describe()
         if meta is None:
-            rows.append([name, spec.description, f"{spec.dataset}:train", recipe, "no", "-", "-", "-", "-"])
+            rows.append([name, f"{spec.dataset}:train", recipe, "-", "-", "not cached"])
         else:
             acc = meta.get("test_accuracy")
+            trained_on = meta.get("trained_on", spec.dataset)
+            data_hashes[trained_on] = short(meta.get("data_sha256"))
+            torches.add(meta.get("torch", "?"))
             rows.append([
-                name, spec.description, meta.get("trained_on", spec.dataset), recipe, "yes",
-                f"{float(acc):.2%}" if acc else "-", meta.get("torch", "-"), short(meta.get("data_sha256")),
+                name, trained_on, recipe, f"{float(acc):.2%}" if acc else "-", meta.get("torch", "-"),
                 f"{short(meta.get('weights_sha256'))} {meta['weights_check']}",
             ])  # fmt: skip
         report[name] = {"architecture": spec.description, "dataset": spec.dataset, "recipe": recipe,
                         "path": str(builtin_path(name)), "cached": meta is not None, **(meta or {})}  # fmt: skip
+    caption = [f"cache {builtin_path('x').parent}; not cached: trained on first use (seed 0)"]
+    if data_hashes:
+        caption.append("training data sha256: " + ", ".join(f"{k} {v}" for k, v in data_hashes.items()))
+    caption.append("; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
+    caption.append("architectures: robust models --json")
     print_table(
         "Built-in models",
-        ["name", "architecture", "trained on", "recipe", "cached", "test acc", "torch", "data sha256", "weights sha256"],
+        ["name", "trained on", "recipe", "test acc", "torch", "weights sha256"],
         rows,
-        caption=f"cache {builtin_path('x').parent}; not cached: trained on first use (seed 0)\n"
-        + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()),
+        caption="\n".join(caption),
     )
     if json_path:
         write_json(json_path, {"command": "models", "models": report})
