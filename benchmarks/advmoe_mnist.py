@@ -20,7 +20,8 @@ from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 from robustcli.defenses.advmoe import MoEConfig, train_moe
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.defenses.moe import arch_name, macs_per_input
-from robustcli.archs import Normalized, build_arch
+from robustcli.archs import build_arch
+from robustcli.core.nn import Normalized
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION
 

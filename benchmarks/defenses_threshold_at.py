@@ -18,7 +18,8 @@ import torch
 
 from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 from robustcli.defenses.thresholds import attacked_unsafe_probability, choose_threshold, filter_rates, unsafe_probability
-from robustcli.archs import Normalized, build_arch
+from robustcli.archs import build_arch
+from robustcli.core.nn import Normalized
 from robustcli.commands.threshold import split_calibration
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION

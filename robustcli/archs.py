@@ -11,11 +11,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
-import torch
 from torch import nn
 
 from robustcli.core.errors import InputError, first_line
-from robustcli.core.nn import Normalized
 
 
 @dataclass(frozen=True)

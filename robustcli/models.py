@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from robustcli.core import distributed
-from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.archs import ARCHS, build_arch
+from robustcli.core.nn import Normalized
 from robustcli.core.errors import InputError, first_line
 from robustcli.core.files import atomic_path
 from robustcli.core.torchload import is_pickle_refusal

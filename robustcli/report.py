@@ -6,10 +6,8 @@ import json
 import math
 import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.archs import ARCHS, build_arch
+from robustcli.core.nn import Normalized
 from robustcli.cache import cache_dir
 from robustcli.core.errors import InputError
 from robustcli.data import Dataset, load_dataset

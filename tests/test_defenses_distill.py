@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from robustcli.attacks.diagnostics import run_diagnostics
 from robustcli.defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
-from robustcli.archs import Normalized, build_arch
+from robustcli.archs import build_arch
+from robustcli.core.nn import Normalized
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustcli.archs import Normalized, build_arch
+from robustcli.archs import build_arch
+from robustcli.core.nn import Normalized
 from robustcli.data import load_dataset
 from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 from robustcli.defenses.gaussian import gaussian_augmentation_loss

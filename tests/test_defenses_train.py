@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
-from robustcli.archs import Normalized, build_arch
+from robustcli.archs import build_arch
+from robustcli.core.nn import Normalized
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.data import load_dataset
 from robustcli.zoo import NORMALIZATION

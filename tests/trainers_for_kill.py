@@ -16,7 +16,8 @@ def run(trainer: str, out: str, *, resume: bool, on_batch=None, seed: int = 0) -
     d = load_dataset("digits", "train").head(N)
     ckpt = Checkpointer(out)
     if trainer == "pgd-at":
-        from robustcli.archs import Normalized, build_arch
+        from robustcli.archs import build_arch
+        from robustcli.core.nn import Normalized
         from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
         from robustcli.zoo import NORMALIZATION
 

@@ -10,7 +10,8 @@ import click
 import torch
 from torch import nn
 
-from robustcli.archs import ARCHS, Normalized, build_arch
+from robustcli.archs import ARCHS, build_arch
+from robustcli.core.nn import Normalized
 from robustcli.certify.init import ibp_init
 from robustcli.data import BUILTIN_DATASETS, Dataset, dataset_family, load_dataset
 from robustcli.core.errors import InputError

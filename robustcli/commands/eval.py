@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 from rich.markup import escape
@@ -13,22 +12,12 @@ from robustcli.evalconfig import EvalConfig, load_eval_config
 from robustcli.evalreport import gate_counts, junit_xml, markdown, write_text
 from robustcli.gates import evaluate_gate
 from robustcli.github import append_step_summary, error_annotations, on_github_actions
-from robustcli.html_report import html_option, write_eval_output
+from robustcli.html_report import check_output, html_option, write_eval_output
 from robustcli.options import RobustCommand, json_option
 from robustcli.progress import progress_bar
 from robustcli.report import print_table, write_json
 from robustcli.data import DataFormat
 from robustcli.session import open_workload
-
-
-def _check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> None:
-    if path is None:
-        return
-    p = Path(path)
-    if p.suffix.lower() not in suffixes:
-        raise InputError(f"{flag} {path}: use a file name ending in {' or '.join(suffixes)}")
-    if not p.parent.exists():
-        raise InputError(f"{flag} {path}: folder {p.parent} does not exist")
 
 
 def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | None = None) -> dict:
@@ -116,10 +105,10 @@ def command(config_path, json_path, junit_path, markdown_path, html_path) -> Non
 
     Exit codes: 0 every gate holds, 1 a gate failed, 2 a bad config (the message names the line).
     """
-    _check_output(json_path, "--json", (".json",))
-    _check_output(junit_path, "--junit", (".xml",))
-    _check_output(markdown_path, "--markdown", (".md", ".markdown"))
-    _check_output(html_path, "--html", (".html", ".htm"))
+    check_output(json_path, "--json", (".json",))
+    check_output(junit_path, "--junit", (".xml",))
+    check_output(markdown_path, "--markdown", (".md", ".markdown"))
+    check_output(html_path, "--html", (".html", ".htm"))
     config = load_eval_config(config_path)
     samples: dict | None = {} if html_path else None
     report = run_config(config, samples=samples)

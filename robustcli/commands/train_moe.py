@@ -12,7 +12,8 @@ from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 from robustcli.defenses.advmoe import MODES, MoEConfig, train_moe
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.defenses.moe import DENSE_TWIN, arch_name, macs_per_input
-from robustcli.archs import Normalized, build_arch
+from robustcli.archs import build_arch
+from robustcli.core.nn import Normalized
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import (
     apply_options,
