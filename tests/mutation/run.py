@@ -40,7 +40,9 @@ TARGETS: dict[str, tuple[str, tuple[str, ...], str]] = {
          "_affine_radius", "_affine_row_norm_sq", "_affine", "_relu", "_merged_last_layer"),
         "tests/test_certify_ibp.py tests/test_certify_exact.py",
     ),
-    "geometry": ("attacks/geometry.py", ("LpBall",), "tests/test_attacks.py"),
+    "geometry": (
+        "attacks/geometry.py", ("LpBall",), "tests/test_attacks_geometry.py tests/test_attacks_fab.py tests/test_attacks.py"
+    ),
     "losses": ("attacks/losses.py", ("other_max", "margin", "cross_entropy", "_dlr_scale", "dlr", "dlr_targeted"),
                "tests/test_attacks.py tests/test_strong_attacks.py"),
     "thresholds": (
