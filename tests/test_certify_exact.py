@@ -15,6 +15,7 @@ from torch import nn
 
 from robustcli.certify.ibp import ibp_bounds
 from robustcli.certify.spec import margin_spec
+from robustcli.core.nn import Normalized
 
 
 def _interior_points(n: int, d: int, g: torch.Generator) -> torch.Tensor:
@@ -83,3 +84,25 @@ def test_unsound_bound_is_reported_at_the_cli_with_exit_code_3(run_cli, tmp_path
     assert len(lines) == 1 and lines[0].startswith("internal error: unsound bound: point "), r.stderr
     assert "verified by ibp at linf eps=0.3" in lines[0] and "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_l2_ball_through_normalisation_and_small_weights_is_exact():
+    """The ball is carried exactly through elementwise affine maps (normalisation, eval-mode batch
+    norm): their scales multiply, and a small margin row (||W^T c|| < 1) keeps its square root."""
+    g = torch.Generator().manual_seed(4)
+    inner = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(7, 4)).double().eval()
+    with torch.no_grad():  # two elementwise affine maps in a row: (x - 0.3) / 0.5, then BN's 3 z / 2 + 1
+        inner[0].running_var.fill_(4.0 - inner[0].eps)
+        inner[0].weight.fill_(3.0)
+        inner[0].bias.fill_(1.0)
+        inner[2].weight.copy_(0.02 * torch.randn(4, 7, generator=g, dtype=torch.float64))
+    model = Normalized(inner, mean=[0.3], std=[0.5]).double()
+    x = _interior_points(5, 7, g).view(5, 1, 1, 7)
+    eps = 0.1
+    y = torch.randint(0, 4, (5,), generator=g)
+    spec = margin_spec(y, 4, torch.float64)
+    lower, _ = ibp_bounds(model, x, eps, "l2", spec)
+    w = torch.einsum("nsk,ki->nsi", spec, inner[2].weight) * 1.5 / 0.5  # the map from x is W (3 / 2) / std
+    centre = torch.einsum("nsk,nk->ns", spec, model(x))
+    assert (eps * w.norm(dim=2) < 1).all()
+    torch.testing.assert_close(lower, centre - eps * w.norm(dim=2), rtol=1e-9, atol=1e-12)

@@ -236,3 +236,14 @@ def test_criterion_success_semantics_of_apgd_t():
     with torch.no_grad():
         assert (model(x_adv).argmax(1)[success] != y[success]).all()
     assert success.all()  # eps 1 covers the whole box of a linear model's input
+
+
+def test_dlr_losses_equal_the_papers_formulas_on_a_worked_example():
+    """Croce & Hein 2020, eqs. 3-4, by hand: logits sorted 9 > 7 > 4 > 2 > 1 > 0."""
+    z = torch.tensor([[4.0, 9.0, 0.0, 2.0, 7.0, 1.0]], dtype=torch.float64)
+    y, t = torch.tensor([0]), torch.tensor([3])
+    # untargeted: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3) = -(4 - 9) / (9 - 4)
+    assert dlr(z, y).item() == pytest.approx(1.0, abs=1e-9)
+    assert dlr(z, torch.tensor([1])).item() == pytest.approx(-(9 - 7) / (9 - 4), abs=1e-9)
+    # targeted: -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) = -(4 - 2) / (9 - (4 + 2) / 2)
+    assert dlr_targeted(z, y, t).item() == pytest.approx(-2 / 6, abs=1e-9)

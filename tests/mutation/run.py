@@ -38,7 +38,7 @@ TARGETS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "certify/ibp.py",
         ("_L2Ball", "_State", "_intersect", "_per_point", "input_bounds", "_elementwise_affine", "_bn_affine",
          "_affine_radius", "_affine_row_norm_sq", "_affine", "_relu", "_merged_last_layer"),
-        "tests/test_certify_ibp.py tests/test_certify_exact.py",
+        "tests/test_certify_ibp.py tests/test_certify_exact.py tests/test_certify_tightness.py",
     ),
     "geometry": (
         "attacks/geometry.py", ("LpBall",), "tests/test_attacks_geometry.py tests/test_attacks_fab.py tests/test_attacks.py"
