@@ -199,3 +199,10 @@ def test_certified_points_survive_pgd_l2_on_the_smoothed_classifier(digits_mlp, 
     far = PGDL2(steps=20, restarts=1)(soft, xs, cls, 4 * r, generator=gen(7)).x_adv
     far_pred = predict_smoothed(digits_mlp, far, sigma, n=2000, alpha=alpha, num_classes=10, generator=gen(9))
     assert int(((far_pred.prediction != ABSTAIN) & (far_pred.prediction != cls)).sum()) > 0
+
+
+def test_predict_works_for_two_classes_and_refuses_one():
+    decided = predict_from_counts(torch.tensor([[990, 10], [500, 500]]), alpha=0.001)
+    assert decided.prediction.tolist() == [0, ABSTAIN]
+    with pytest.raises(InputError, match="at least two classes"):
+        predict_from_counts(torch.tensor([[1000]]), alpha=0.001)
