@@ -33,6 +33,21 @@ import torch
 from robustcli.certify.chain_bounds import Chain, back_affine, backward_lower, crown_intermediate
 
 
+class RoundClock:
+    """A branch-and-bound deadline by rounds: a round that cannot finish in time is not started,
+    judging by the previous round's duration (the first round always starts)."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self._start: float | None = None
+
+    def next_round_fits(self) -> bool:
+        now = time.monotonic()
+        last = now - self._start if self._start is not None else 0.0
+        self._start = now
+        return self.deadline is None or now + last <= self.deadline
+
+
 @dataclass
 class BabOutcome:
     proved: bool
@@ -144,12 +159,9 @@ def bab_refute(
     scores_lb = torch.full((D,), float("-inf"), dtype=dt, device=dev)
     done = 0
     out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
-    last_round, round_start = 0.0, None  # the previous round's duration: a round that cannot finish in time is not started
+    rounds = RoundClock(deadline)
     while len(scores_lb):
-        now = time.monotonic()
-        last_round = now - round_start if round_start is not None else 0.0
-        round_start = now
-        if deadline is not None and now + last_round > deadline:
+        if not rounds.next_round_fits():
             return BabOutcome(False, done, "timeout")
         if done > max_domains:
             return BabOutcome(False, done, "limit")

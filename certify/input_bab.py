@@ -20,13 +20,13 @@ once no domain is open.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from robustcli.certify import chain_bounds as cb
+from robustcli.certify.bab import RoundClock
 
 
 @dataclass
@@ -64,12 +64,9 @@ def input_bab_refute(
     roots = torch.arange(D, device=dev)
     score = torch.full((D,), float("-inf"), dtype=dt, device=dev)
     done = 0
-    last_round, round_start = 0.0, None  # the previous round's duration: a round that cannot finish in time is not started
+    rounds = RoundClock(deadline)
     while len(score):
-        now = time.monotonic()
-        last_round = now - round_start if round_start is not None else 0.0
-        round_start = now
-        if deadline is not None and now + last_round > deadline:
+        if not rounds.next_round_fits():
             return InputBabOutcome(False, done, "timeout")
         if done > max_domains:
             return InputBabOutcome(False, done, "limit")
