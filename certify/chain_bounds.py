@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcli.certify.conv_patches import bn_affine, conv_transpose_unpadded, patch_lower, patchable
 from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
 
 # AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
@@ -119,12 +120,6 @@ def _as_dtype(m: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 # -- affine maps ---------------------------------------------------------------------------------
-def _bn_affine(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = m.weight / torch.sqrt(m.running_var + m.eps) if m.affine else 1.0 / torch.sqrt(m.running_var + m.eps)
-    shift = (m.bias if m.affine else 0.0) - m.running_mean * scale
-    return scale, shift
-
-
 def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, *([1] * (x.dim() - 2)))
 
@@ -136,7 +131,7 @@ def ibp_affine(m: nn.Module, c: torch.Tensor, r: torch.Tensor) -> tuple[torch.Te
     if isinstance(m, nn.Conv2d):
         return m(c), F.conv2d(r, m.weight.abs(), None, m.stride, m.padding, m.dilation, m.groups)
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        scale, _ = _bn_affine(m)
+        scale, _ = bn_affine(m)
         return m(c), r * _per_channel(scale.abs(), r)
     if isinstance(m, ElementwiseAffine):
         return m(c), r * m.scale.abs()
@@ -168,14 +163,15 @@ def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tens
     return aw, (A * b).flatten(1).sum(1)
 
 
-def _conv_transpose(A: torch.Tensor, m: nn.Conv2d, s_in: tuple[int, ...], out_pad: tuple[int, int]) -> torch.Tensor:
-    """A (R, O, H', W') times the convolution's matrix transposed, as a matmul with the kernel then
-    `fold` (col2im): on a CPU this beats conv_transpose2d by a wide margin for few input channels."""
-    if m.groups != 1:
-        return F.conv_transpose2d(A, m.weight, None, m.stride, m.padding, out_pad, m.groups, m.dilation)
-    R, O = A.shape[:2]
-    cols = torch.matmul(m.weight.reshape(O, -1).T, A.reshape(R, O, -1))  # (R, C*kh*kw, L)
-    return F.fold(cols, s_in[1:], m.kernel_size, m.dilation, m.padding, m.stride)
+def _conv_transpose(A: torch.Tensor, m: nn.Conv2d, s_in: tuple[int, ...]) -> torch.Tensor:
+    """A (R, O, H', W') times the convolution's matrix transposed, as (R, *s_in): the transposed
+    map over the padded input (`conv_transpose_unpadded`), cropped to the input."""
+    size = tuple((n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(A.shape[2:], m.stride, m.dilation, m.kernel_size))
+    full = conv_transpose_unpadded(A, m, size)  # type: ignore[arg-type]
+    (p, q), (h, w) = m.padding, s_in[1:]
+    # inputs past the last window (stride leftovers) get no coefficient: pad with zeros
+    full = F.pad(full, (0, max(0, q + w - size[1]), 0, max(0, p + h - size[0])))
+    return full[:, :, p : p + h, q : q + w]
 
 
 def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor):
@@ -198,11 +194,9 @@ def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Ten
         elif isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and isinstance(m.padding, tuple):
             if m.bias is not None:
                 bias = bias + A.reshape(R, s_out[0], -1).sum(2) @ m.bias
-            h = (s_out[1] - 1) * m.stride[0] - 2 * m.padding[0] + m.dilation[0] * (m.kernel_size[0] - 1) + 1
-            w = (s_out[2] - 1) * m.stride[1] - 2 * m.padding[1] + m.dilation[1] * (m.kernel_size[1] - 1) + 1
-            A = _conv_transpose(A.reshape(R, *s_out), m, s_in, (s_in[1] - h, s_in[2] - w))
+            A = _conv_transpose(A.reshape(R, *s_out), m, s_in)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            scale, shift = _bn_affine(m)
+            scale, shift = bn_affine(m)
             At = A.reshape(R, *s_out)
             per = (lambda v: v.view(1, -1, *([1] * (len(s_out) - 1))))  # noqa: E731
             bias = bias + (At * per(shift)).reshape(R, -1).sum(1)
@@ -410,8 +404,12 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
             continue
         idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
         valid = unstable.gather(1, idx)
-        dense = chain.dense(i)
-        if dense is not None:  # rows of the block's matrix: no pass through the block for one-hot rows
+        if patchable(chain.blocks[: i + 1], chain.in_shapes[: i + 1], chain.out_shapes[: i + 1]):
+            relus = [_relu_lines(*(t.reshape(B, -1) for t in bounds[j])) for j in range(i)]
+            relus = [tuple(t.reshape(B, *chain.out_shapes[j]) for t in (low_s, up_s, up_t))
+                     for j, (up_s, up_t, low_s, _) in enumerate(relus)]
+            low = patch_lower(chain.blocks[: i + 1], chain.in_shapes, chain.out_shapes, idx, relus, lo, hi, ball)
+        elif (dense := chain.dense(i)) is not None:  # rows of the block's matrix: no pass through the block for one-hot rows
             w, b = dense
             wk, bk = w[idx], b[idx]  # (B, k, n_in), (B, k)
             through = (torch.cat([wk, -wk], 1), torch.cat([bk, -bk], 1))
