@@ -59,10 +59,7 @@ checks:
 
 
 def test_strong_check_is_at_least_as_strong_as_its_extra_attacks(run_cli, tmp_path):
-    cfg = digits_eval_config(
-        tmp_path / "s.yaml",
-        24,
-        """\
+    cfg = digits_eval_config(tmp_path / "s.yaml", 24, """\
   - name: strong
     type: strong
     eps: [0.1]
@@ -106,10 +103,7 @@ def test_scaling_check_without_a_fit_fails_with_the_reason(run_cli, tmp_path):
 
 
 def test_certify_check_gates_per_method_and_any_method(run_cli, tmp_path):
-    cfg = digits_eval_config(
-        tmp_path / "c.yaml",
-        40,
-        """\
+    cfg = digits_eval_config(tmp_path / "c.yaml", 40, """\
   - name: cert
     type: certify
     methods: [ibp]

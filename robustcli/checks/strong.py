@@ -14,17 +14,7 @@ import time
 from robustcli.attacks.evaluate import WORST_CASE, evaluate
 from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.attacks.suite import merge_evaluations, run_strong_suite, strong_suite
-from robustcli.checks.base import (
-    EPS_KEY,
-    NORM_KEY,
-    CheckOutcome,
-    CheckType,
-    EvalContext,
-    KeySpec,
-    MetricSpec,
-    record_evaluation,
-    request_problem,
-)
+from robustcli.checks.base import EPS_KEY, NORM_KEY, CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, record_evaluation, request_problem
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 from robustcli.image_grid import broken_sample
 from robustcli.progress import evaluate_units
