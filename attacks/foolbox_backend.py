@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
+from robustcli.attacks.base import AttackProblem, FixedEpsilonAttack, MinimizationAttack
 from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.registry import attack_traits
 
@@ -45,8 +44,11 @@ class _FoolboxMixin:
         self.restarts = restarts or 1
         self.fb_attack = _foolbox_attack(name, steps, options)
 
-    def run(self, model: nn.Module, x: torch.Tensor, criterion: Criterion, eps, generator):
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        # overrides FixedEpsilonAttack.run too: foolbox checks the budget itself
         import foolbox as fb
+
+        model, x, criterion, generator = problem.model, problem.x, problem.criterion, problem.generator
 
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
         crit = (
@@ -58,7 +60,7 @@ class _FoolboxMixin:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device)))
         x_adv, success = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
-            _, clipped, ok = self.fb_attack(fmodel, x, crit, epsilons=eps)
+            _, clipped, ok = self.fb_attack(fmodel, x, crit, epsilons=problem.eps)
             new = ok & ~success
             x_adv[new] = clipped[new]
             success |= ok
