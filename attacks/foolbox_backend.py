@@ -44,12 +44,10 @@ class _FoolboxMixin:
         self.restarts = restarts or 1
         self.fb_attack = _foolbox_attack(name, steps, options)
 
-    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
-        # overrides FixedEpsilonAttack.run too: foolbox checks the budget itself
+    def foolbox_run(self, problem: AttackProblem, eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         import foolbox as fb
 
         model, x, criterion, generator = problem.model, problem.x, problem.criterion, problem.generator
-
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
         crit = (
             fb.criteria.TargetedMisclassification(criterion.targets)
@@ -60,7 +58,7 @@ class _FoolboxMixin:
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=x.device)))
         x_adv, success = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
-            _, clipped, ok = self.fb_attack(fmodel, x, crit, epsilons=problem.eps)
+            _, clipped, ok = self.fb_attack(fmodel, x, crit, epsilons=eps)
             new = ok & ~success
             x_adv[new] = clipped[new]
             success |= ok
@@ -68,11 +66,13 @@ class _FoolboxMixin:
 
 
 class FoolboxFixedEpsilon(_FoolboxMixin, FixedEpsilonAttack):
-    pass
+    def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.foolbox_run(problem, eps)
 
 
 class FoolboxMinimization(_FoolboxMixin, MinimizationAttack):
-    pass
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.foolbox_run(problem, problem.eps)
 
 
 def make_foolbox_attack(name: str, norm: str, minimization: bool, **options):
