@@ -182,6 +182,36 @@ def eval_page(report: dict, grids: dict[str, bytes | None] | None = None) -> Pag
     return page
 
 
+def training_page(
+    title: str,
+    meta: list[tuple[str, Any]],
+    final: Section,
+    curve_png: bytes | None,
+    grids: list[tuple[str, bytes | None, str]],
+    extra: list[Section] = (),  # type: ignore[assignment]
+) -> Page:
+    """The trainers' page: the final evaluation table, the training curve, anything the trainer adds
+    (e.g. distillation's diagnostics), and per (heading, grid, which points were searched) the
+    broken points of the final evaluation's attacks."""
+    page = Page(title, meta)
+    page.sections.append(final)
+    if curve_png is None:
+        page.sections.append(Section("Training curve", [paragraph("No epoch was logged in this run.", "muted")]))
+    else:
+        page.sections.append(
+            Section("Training curve", [image(curve_png, "training loss and accuracy per epoch")])
+        )
+    page.sections += list(extra)
+    for heading, grid, searched in grids:
+        section = _grid_section(grid, heading)
+        if grid is None:
+            section.body = [paragraph(f"No attack broke any of {searched}, so there is nothing to show.", "muted")]
+        else:
+            section.body.insert(1, paragraph(f"Drawn from {searched}.", "muted"))
+        page.sections.append(section)
+    return page
+
+
 def write_html(path: str | Path, page: Page) -> None:
     """Atomically; under torchrun the caller is rank 0 (the only rank holding the report)."""
     write_page(path, page)

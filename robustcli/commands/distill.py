@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from robustcli.attacks.diagnostics import run_diagnostics
-from robustcli.defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
+from robustcli.defenses.distillation import (
+    attack_distilled,
+    ce_gradient_norms,
+    distillation_attacks,
+    logit_scale,
+    soft_labels,
+    train_at_temperature,
+)
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import (
     apply_options,
@@ -28,6 +35,9 @@ from robustcli.progress import progress_bar
 from robustcli.report import fmt, pct, print_table, stdout, write_json
 from robustcli.session import check_finite_logits, check_model_on_data
 from robustcli.tables import diagnostics_table
+from robustcli.html_page import Section, paragraph
+from robustcli.html_report import diagnostics_section, html_option
+from robustcli.training_report import FINAL_CHECK_BATCH, check_html, first_batch_sample, write_training_html
 from robustcli.training import accuracy
 
 VANISHED = 1e-12  # an input-gradient norm below this is zero for every attack that uses it
@@ -74,9 +84,10 @@ def _summary(name: str, model, x, y, evaluation, diagnostics) -> dict:
 @click.option("--eval-eps", type=float, default=0.3, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
 @points_option(100, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")
 @json_option
+@html_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, temperature, teacher, arch, evaluate,
-    eval_eps, eval_n, json_path,
+    eval_eps, eval_n, json_path, html_path,
 ) -> None:  # fmt: skip
     """Train a distilled model at temperature T and deploy it at T = 1.
 
@@ -92,9 +103,11 @@ def command(
     if not 0 <= eval_eps <= 1:
         raise InputError(f"--eval-eps must lie in [0, 1] (pixel space), got {eval_eps}")
     path = check_out(out)
+    check_html(html_path)
     dev = resolve_device(device)
     train, test = train_test_data(data, test_data, train_n)
     kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    histories: dict[str, list[dict]] = {}  # per trained model, for the HTML page's curve
     if teacher is not None:
         teacher_model = load_model(teacher, device=dev).module
         check_model_on_data(teacher_model, train, dev)
@@ -104,7 +117,9 @@ def command(
     else:
         teacher_model, arch_name = new_model(arch, data, train, dev, seed)
         teacher_path = sibling(path, "teacher")
-        _phase(teacher_model, train.x, train.y, temperature, teacher_path, resume, True, role="teacher", **kw)
+        histories["teacher"] = _phase(
+            teacher_model, train.x, train.y, temperature, teacher_path, resume, True, role="teacher", **kw
+        )
         save_model(
             teacher_model, teacher_path, arch_name,
             extra={"trained_on": train.name, "defense": "distillation-teacher", "temperature": temperature},
@@ -113,6 +128,7 @@ def command(
         student, _ = new_model(arch, data, train, dev, seed + 1)
     soft = soft_labels(teacher_model, train.x, temperature)
     history = _phase(student, train.x, soft, temperature, path, resume, teacher is not None, role="student", **kw)
+    histories["student"] = history
     save_model(
         student, path, arch_name,
         extra={
@@ -137,7 +153,9 @@ def command(
     rows = [[str(path), f"T={temperature:g}, deployed at T=1", pct(report["test_accuracy"]), fmt(report["logit_spread_median"])]]
     if evaluate:
         baseline, _ = new_model(arch, data, train, dev, seed + 2)
-        _phase(baseline, train.x, train.y, 1.0, sibling(path, "baseline"), resume, False, role="baseline", **kw)
+        histories["baseline"] = _phase(
+            baseline, train.x, train.y, 1.0, sibling(path, "baseline"), resume, False, role="baseline", **kw
+        )
         sub = test.head(eval_n)
         results, diagnosed = [], None
         for name, model in (("baseline (T=1)", baseline), (f"distilled (T={temperature:g})", student)):
@@ -146,20 +164,45 @@ def command(
             diagnosed = run_diagnostics(ev, model, sub.x, sub.y, device=dev, seed=seed)
             results.append(_summary(name, model, sub.x, sub.y, ev, diagnosed))
         report["evaluation"] = {"eps": eval_eps, "n": len(sub), "models": results}
-        _evaluation_table(report["evaluation"], sub.name)
+        table = _evaluation_table(report["evaluation"], sub.name)
         stdout.print(f"Diagnostics of the distilled model ({len(diagnosed.warnings)} warnings):")
         diagnostics_table(diagnosed)
     else:
-        print_table(
+        table = (
             f"Defensive distillation of {arch_name} on {train.name} ({epochs} epochs per model)",
             ["model", "temperature", "test acc", "median logit spread"],
             rows,
+            None,
         )
+        print_table(*table[:3])
     if json_path:
         write_json(json_path, report)
+    if html_path:
+        title, columns, table_rows, caption = table
+        samples, extra = [], []
+        if evaluate:
+            # the Linf gradient attacks of --evaluate; CW (unbounded) is left out of the images
+            linf = [(a, e) for a, e in distillation_attacks(eval_eps) if a.name in ("pgd", "pgd-margin")]
+            sample, searched = first_batch_sample(
+                student, sub.x, sub.y, linf, batch_size=FINAL_CHECK_BATCH, seed=seed, device=dev
+            )
+            samples.append((f"Points PGD broke on the distilled model (Linf eps {eval_eps:g})", sample, searched))
+            distilled = results[-1]
+            section = diagnostics_section(distilled["diagnostics"], distilled["warnings"])
+            section.heading += " of the distilled model"
+            extra.append(section)
+        else:
+            note = "No attack ran in this run; --evaluate attacks the distilled model and a T = 1 baseline."
+            extra.append(Section("Attacks", [paragraph(note, "muted")]))
+        write_training_html(
+            html_path, title=f"robust distill: {title}", columns=columns, rows=table_rows, caption=caption,
+            meta=[("model", str(path)), ("arch", arch_name), ("data", train.name), ("test data", test.name),
+                  ("temperature", temperature), ("teacher", teacher_source), ("seed", seed), ("device", str(dev))],
+            histories=histories, samples=samples, extra=extra,
+        )  # fmt: skip
 
 
-def _evaluation_table(ev: dict, data_name: str) -> None:
+def _evaluation_table(ev: dict, data_name: str) -> tuple[str, list[str], list[list[str]], str]:
     columns = ["model", "clean", "logit spread", "CE grad 0", "FGSM", "PGD-CE", "PGD-mrg", "APGD-DLR", "CW (L2)",
                "flags"]  # fmt: skip
     rows = []
@@ -180,9 +223,7 @@ def _evaluation_table(ev: dict, data_name: str) -> None:
                 str(len(m["warnings"])),
             ]
         )
-    print_table(
-        f"Attack success on {data_name} (n={ev['n']}, Linf eps {ev['eps']:g}; CW unbounded)",
-        columns,
-        rows,
-        caption="success = share of correctly classified points the attack broke; flags = masking warnings",
-    )
+    title = f"Attack success on {data_name} (n={ev['n']}, Linf eps {ev['eps']:g}; CW unbounded)"
+    caption = "success = share of correctly classified points the attack broke; flags = masking warnings"
+    print_table(title, columns, rows, caption=caption)
+    return title, columns, rows, caption

@@ -7,6 +7,7 @@ import math
 import click
 
 from robustcli.defenses.adversarial import DEFENSES, AdversarialConfig, train_adversarial
+from robustcli.attacks.pgd import PGDLinf
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import (
@@ -25,6 +26,8 @@ from robustcli.models import save_model
 from robustcli.options import RobustCommand, SelfCheckedFloat, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
+from robustcli.html_report import html_option
+from robustcli.training_report import FINAL_CHECK_BATCH, check_html, first_batch_sample, settings, write_training_html
 
 
 @click.command("train", cls=RobustCommand)
@@ -42,9 +45,10 @@ from robustcli.report import pct, print_table, write_json
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
 @points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")
 @json_option
+@html_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, defense, arch, eps, attack_steps, beta,
-    warmup, sigma, eval_steps, eval_n, json_path,
+    warmup, sigma, eval_steps, eval_n, json_path, html_path,
 ) -> None:  # fmt: skip
     """Train a model to resist Linf attacks and report its clean and PGD accuracy.
 
@@ -63,6 +67,7 @@ def command(
     ramps = defense in ("pgd-at", "trades")
     warmup = warmup_epochs(warmup, epochs) if ramps else 0
     path = check_out(out)
+    check_html(html_path)
     dev = resolve_device(device)
     train, test = train_test_data(data, test_data, train_n)
     test = test.head(eval_n)
@@ -83,18 +88,27 @@ def command(
         extra={"trained_on": train.name, "defense": defense, "eps": eps, "epochs": epochs, "seed": seed}
         | ({"sigma": sigma} if defense == "gaussian" else {}),
     )  # fmt: skip
-    print_table(
-        f"{defense} training of {arch_name} on {train.name} ({epochs} epochs, eps {eps:g})",
-        ["model", "test data", "clean acc", f"PGD-{eval_steps} acc (eps {eps:g})"],
-        [[str(path), f"{test.name} (n={len(test)})", pct(check.clean_accuracy), pct(check.pgd_accuracy)]],
-        caption="PGD accuracy is an upper bound on robust accuracy; run the strong suite for a verdict."
-        + (
-            f" Gaussian augmentation targets L2 certificates of the smoothed classifier: "
-            f"robust certify --model {path} --method smoothing --sigma {sigma:g}"
-            if defense == "gaussian"
-            else ""
-        ),
+    title = f"{defense} training of {arch_name} on {train.name} ({epochs} epochs, eps {eps:g})"
+    columns = ["model", "test data", "clean acc", f"PGD-{eval_steps} acc (eps {eps:g})"]
+    rows = [[str(path), f"{test.name} (n={len(test)})", pct(check.clean_accuracy), pct(check.pgd_accuracy)]]
+    caption = "PGD accuracy is an upper bound on robust accuracy; run the strong suite for a verdict." + (
+        f" Gaussian augmentation targets L2 certificates of the smoothed classifier: "
+        f"robust certify --model {path} --method smoothing --sigma {sigma:g}"
+        if defense == "gaussian"
+        else ""
     )
+    print_table(title, columns, rows, caption=caption)
+    if html_path:
+        sample, searched = first_batch_sample(
+            model, test.x, test.y, [(PGDLinf(steps=eval_steps, restarts=1), [eps])], batch_size=FINAL_CHECK_BATCH, seed=seed, device=dev
+        )  # fmt: skip
+        write_training_html(
+            html_path, title=f"robust train: {title}", columns=columns, rows=rows, caption=caption,
+            meta=[("model", str(path)), ("arch", arch_name), ("data", train.name), ("test data", test.name),
+                  ("config", settings(config.__dict__)), ("device", str(dev))],
+            histories={defense: history},
+            samples=[(f"Points the final PGD-{eval_steps} check broke (eps {eps:g})", sample, searched)],
+        )  # fmt: skip
     if json_path:
         write_json(
             json_path,

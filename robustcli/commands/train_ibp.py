@@ -21,6 +21,10 @@ from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, data_option, device_option, eps_option, json_option, points_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
+from robustcli.attacks.evaluate import Evaluation
+from robustcli.html_report import html_option
+from robustcli.image_grid import broken_sample
+from robustcli.training_report import check_html, settings, write_training_html
 
 DEFAULT_ARCH = {"mnist": "mnist-cnn-bn", "digits": "digits-mlp-bn"}
 
@@ -41,8 +45,11 @@ def split_holdout(train: Dataset, holdout: int, n_train: int | None, seed: int) 
     return Dataset(train.x[rest], train.y[rest], train.name), Dataset(train.x[hold], train.y[hold], train.name + ":holdout")
 
 
-def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd_steps: int, seed: int, device) -> dict:
-    """Clean, PGD and IBP-verified accuracy on the test split (eval mode)."""
+def final_evaluation(
+    model: nn.Module, test: Dataset, eps: float, norm: str, pgd_steps: int, seed: int, device, *, keep_adversarials: bool = False
+) -> tuple[dict, Evaluation]:
+    """Clean, PGD and IBP-verified accuracy on the test split (eval mode), and PGD's evaluation
+    (with its adversarial examples when `keep_adversarials`, for the HTML page's images)."""
     from robustcli.attacks.evaluate import evaluate
     from robustcli.attacks.registry import make_attack
     from robustcli.certify.training import ibp_verified_accuracy
@@ -51,7 +58,10 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
     clean, verified = ibp_verified_accuracy(model, test.x, test.y, eps, norm)
     attack = make_attack("pgd" if norm == "linf" else "pgd-l2", steps=pgd_steps)
     t0 = time.perf_counter()
-    ev = evaluate(model, test.x, test.y, [(attack, [eps])], device=device, batch_size=500, seed=seed)
+    ev = evaluate(
+        model, test.x, test.y, [(attack, [eps])], device=device, batch_size=500, seed=seed,
+        keep_adversarials=keep_adversarials,
+    )  # fmt: skip
     return {
         "clean_accuracy": clean,
         "pgd_accuracy": ev.outcomes[0].robust_accuracy,
@@ -59,7 +69,7 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
         "pgd_steps": pgd_steps,
         "pgd_time_s": time.perf_counter() - t0,
         "n": len(test),
-    }
+    }, ev
 
 
 @click.command("train-ibp", cls=RobustCommand)
@@ -101,11 +111,12 @@ def final_evaluation(model: nn.Module, test: Dataset, eps: float, norm: str, pgd
 @device_option
 @seed_option
 @json_option
+@html_option
 @click.pass_context
 def command(
     ctx, data, test_data, arch, mean, std, eps, norm, epochs, out, recipe, method, init, start, warmup, lr,
     lr_decay, lr_milestones, grad_clip, regularize, reg_lambda, tau, kappa, mix_natural, batch_size, holdout, n_train, n,
-    pgd_steps, resume, device, seed, json_path,
+    pgd_steps, resume, device, seed, json_path, html_path,
 ) -> None:  # fmt: skip
     """Train a certifiably robust model with interval bound propagation (IBP).
 
@@ -117,7 +128,7 @@ def command(
     """
     from robustcli.certify.training import recipe_config, train_ibp
 
-    _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup)
+    _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup, html_path)
     if method == "crown-ibp":
         from robustcli.certify.lirpa import auto_lirpa
 
@@ -192,7 +203,7 @@ def command(
         model, out, arch,
         extra={"trained_on": f"{data}:train", "seed": seed, "eps": eps, "norm": norm, "recipe": recipe, "method": method},
     )  # fmt: skip
-    final = final_evaluation(model, test, eps, norm, pgd_steps, seed, dev)
+    final, pgd_run = final_evaluation(model, test, eps, norm, pgd_steps, seed, dev, keep_adversarials=bool(html_path))
     report = {
         "command": "train-ibp",
         "model": str(out),
@@ -220,17 +231,24 @@ def command(
         ["training log", str(ckpt.log_path)],
         ["checkpoint", str(ckpt.checkpoint_path)],
     ]
-    print_table(
-        f"train-ibp {arch} on {data} ({recipe} recipe, {method}), test n={final['n']}",
-        ["", "value"],
-        rows,
-        caption=f"{epochs} epochs, {report['train_time_s']:.1f}s training this run",
-    )
+    title = f"train-ibp {arch} on {data} ({recipe} recipe, {method}), test n={final['n']}"
+    caption = f"{epochs} epochs, {report['train_time_s']:.1f}s training this run"
+    print_table(title, ["", "value"], rows, caption=caption)
+    if html_path:
+        sample = broken_sample(pgd_run, model, test.x, test.y, device=dev)
+        write_training_html(
+            html_path, title=f"robust {title}", columns=["", "value"], rows=rows, caption=caption,
+            meta=[("model", str(out)), ("arch", arch), ("data", data), ("test data", test.name),
+                  ("config", settings(config.as_dict())), ("device", str(dev))],
+            histories={"train-ibp": report["history"]},
+            samples=[(f"Points the final PGD-{pgd_steps} check broke ({norm}, eps {eps:g})", sample,
+                      f"all {final['n']} test points")],
+        )  # fmt: skip
     if json_path:
         write_json(json_path, report)
 
 
-def _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup):
+def _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr, lr_decay, tau, kappa, out, start, warmup, html_path):
     if not math.isfinite(eps) or eps < 0:
         raise InputError(f"--eps must be >= 0, got {eps}")
     if norm == "linf" and eps > 1:
@@ -248,3 +266,4 @@ def _check_values(eps, norm, epochs, batch_size, holdout, n_train, pgd_steps, lr
     if not tau > 0 or not 0 <= kappa <= 1:
         raise InputError("--tau must be > 0 and --kappa in [0, 1]")
     _training.check_out(out)
+    check_html(html_path)

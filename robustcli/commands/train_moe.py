@@ -10,6 +10,7 @@ import torch
 
 from robustcli.defenses.adversarial import AdversarialConfig, train_adversarial
 from robustcli.defenses.advmoe import MODES, MoEConfig, train_moe
+from robustcli.attacks.pgd import PGDLinf
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.defenses.moe import DENSE_TWIN, arch_name, macs_per_input
 from robustcli.archs import build_arch
@@ -30,6 +31,8 @@ from robustcli.models import save_model
 from robustcli.options import MultiOption, RobustCommand, config_option, eps_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import pct, print_table, write_json
+from robustcli.html_report import html_option
+from robustcli.training_report import FINAL_CHECK_BATCH, check_html, first_batch_sample, write_training_html
 from robustcli.data import dataset_family
 from robustcli.zoo import NORMALIZATION
 
@@ -55,9 +58,10 @@ def output_path(out: Path, name: str, several: bool) -> Path:
 @click.option("--eval-steps", type=int, default=40, show_default=True, help="PGD steps of the final check.")
 @points_option(help="Check on the first n test points (default all).", old=("--eval-n",), name="eval_n")
 @json_option
+@html_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, mode, experts, top_k, eps,
-    attack_steps, beta, alpha, warmup, dense, eval_steps, eval_n, json_path,
+    attack_steps, beta, alpha, warmup, dense, eval_steps, eval_n, json_path, html_path,
 ) -> None:  # fmt: skip
     """Train a sparse MoE-CNN (AdvMoE, Zhang et al. 2023) and compare it with a dense AT CNN.
 
@@ -78,13 +82,14 @@ def command(
         raise InputError("--eps must lie in [0, 1]; --beta and --alpha must be >= 0")
     warmup = warmup_epochs(warmup, epochs) if modes != ("natural",) or dense else 0
     path = check_out(out)
+    check_html(html_path)
     dev = resolve_device(device)
     train, test = train_test_data(data, test_data, train_n)
     test = test.head(eval_n)
     moe_arch = arch_name(family, experts, top_k)
     plan = [(m, moe_arch) for m in modes] + ([("dense-at", DENSE_TWIN[family])] if dense else [])
     several = len(plan) > 1
-    rows, results = [], []
+    rows, results, samples = [], [], []
     dense_macs = None
     for name, arch in plan:
         torch.manual_seed(seed)
@@ -103,6 +108,12 @@ def command(
                 history = train_moe(model, train.x, train.y, cfg, checkpointer=ckpt, resume=resume_here, on_batch=on_batch)
         with progress_bar(f"PGD check {name}", len(test)) as advance:
             check = clean_and_pgd_accuracy(model, test.x, test.y, eps, steps=eval_steps, seed=seed, on_batch=advance)
+        if html_path:
+            sample, searched = first_batch_sample(
+                model, test.x, test.y, [(PGDLinf(steps=eval_steps, restarts=1), [eps])], batch_size=FINAL_CHECK_BATCH,
+                seed=seed, device=dev,
+            )  # fmt: skip
+            samples.append((f"Points the final PGD-{eval_steps} check broke: {name} (eps {eps:g})", sample, searched))
         macs = macs_per_input(model, test.x[:500])
         if name == "dense-at":
             dense_macs = macs
@@ -118,12 +129,17 @@ def command(
         label = f"MoE {r['model']} (E={experts}, k={top_k})" if r["model"] != "dense-at" else f"dense {r['arch']} AT"
         rows.append([label, pct(r["clean_accuracy"]), pct(r["pgd_accuracy"]), f"{r['macs_per_input'] / 1e3:.0f}k",
                      f"{r['macs_ratio_vs_dense']:.2f}"])  # fmt: skip
-    print_table(
-        f"MoE-CNN vs dense CNN on {train.name}, {epochs} epochs, eps {eps:g} (test: {test.name}, n={len(test)})",
-        ["model", "clean acc", f"PGD-{eval_steps} acc", "MACs/input", "vs dense"],
-        rows,
-        caption="MACs actually computed at inference (skipped experts excluded, routers included).",
-    )
+    title = f"MoE-CNN vs dense CNN on {train.name}, {epochs} epochs, eps {eps:g} (test: {test.name}, n={len(test)})"
+    columns = ["model", "clean acc", f"PGD-{eval_steps} acc", "MACs/input", "vs dense"]
+    caption = "MACs actually computed at inference (skipped experts excluded, routers included)."
+    print_table(title, columns, rows, caption=caption)
+    if html_path:
+        write_training_html(
+            html_path, title=f"robust train-moe: {title}", columns=columns, rows=rows, caption=caption,
+            meta=[("models", ", ".join(r["out"] for r in results)), ("data", train.name), ("test data", test.name),
+                  ("experts", experts), ("top-k", top_k), ("seed", seed), ("device", str(dev))],
+            histories={r["model"]: r["history"] for r in results}, samples=samples,
+        )  # fmt: skip
     if json_path:
         write_json(json_path, {"command": "train-moe", "data": train.name, "test_data": test.name, "device": str(dev),
                                "experts": experts, "top_k": top_k, "eps": eps, "epochs": epochs,
