@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Criterion, MinimizationAttack, top_other_classes
+from robustcli.attacks.base import AttackProblem, Criterion, MinimizationAttack, top_other_classes
 from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.norms import NORMS, flat_norm, per_point
 from robustcli.attacks.traits import AttackTraits
@@ -73,14 +73,8 @@ class FABTargeted(MinimizationAttack):
         # the linearised boundary is one of the logit differences Z_t - Z_y: a margin loss
         return AttackTraits("margin", self.norm, targeted=True, minimization=True, options=("steps",))
 
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        model, x, criterion = problem.model, problem.x, problem.criterion
         n = len(x)
         best = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         best_x = x.clone()

@@ -13,11 +13,11 @@ import time
 
 from robustcli.attacks.evaluate import WORST_CASE, evaluate
 from robustcli.attacks.registry import ATTACKS, make_attack
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, request_problem
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 from robustcli.image_grid import broken_sample
 from robustcli.progress import evaluate_units
-from robustcli.requests import AttackRequest, OptionError, from_options
+from robustcli.requests import AttackRequest, from_options
 
 
 def request(options: dict) -> AttackRequest:
@@ -37,11 +37,7 @@ def _validate(options: dict) -> tuple[str, str] | None:
     norms = {make_attack(a).norm for a in _attacks(options)}
     if len(norms) > 1:
         return "attack", f"attacks {', '.join(_attacks(options))} mix norms ({', '.join(sorted(norms))}); use one check per norm"
-    try:
-        request(options)
-    except OptionError as e:
-        return e.option, e.detail
-    return None
+    return request_problem(request, options)
 
 
 def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:

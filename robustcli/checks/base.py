@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from robustcli.requests import OptionError
 from robustcli.session import Workload
 
 
@@ -77,3 +78,15 @@ class CheckType:
     validate: Callable[[dict], tuple[str, str] | None] = lambda options: None
     # older key spellings still read (with a deprecation note): old -> current
     old_keys: dict[str, str] = field(default_factory=dict)
+
+
+def request_problem(build: Callable[[Mapping[str, Any]], Any], options: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A check's `validate` through its request: (key, message) of the request's OptionError, or None.
+
+    `build` turns the check's options into the request its command builds, so a value the command
+    refuses is refused here with the same words, under the config key of the same name."""
+    try:
+        build(options)
+    except OptionError as e:
+        return e.option, e.detail
+    return None
