@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from robustcli.attacks.evaluate import Evaluation
-from robustcli.core.errors import InputError
+from robustcli.requests import OptionError
 from robustcli.image_grid import broken_sample, grid_png, message_png, pgd_broken_sample, write_png
 from robustcli.session import Workload
 from robustcli.html_page import Page, Section, esc, image, paragraph, table, write_page
@@ -27,10 +27,11 @@ def check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> None
     if path is None:
         return
     p = Path(path)
+    option = flag.removeprefix("--")
     if p.suffix.lower() not in suffixes:
-        raise InputError(f"{flag} {path}: use a file name ending in {' or '.join(suffixes)}")
+        raise OptionError(option, f"{path}: use a file name ending in {' or '.join(suffixes)}")
     if not p.parent.exists():
-        raise InputError(f"{flag} {path}: folder {p.parent} does not exist")
+        raise OptionError(option, f"{path}: folder {p.parent} does not exist")
 
 
 def _pct(v: Any) -> str:

@@ -47,11 +47,7 @@ def accuracy_vs_eps_png(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(f"{title} ({norm})", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 ACCURACY_KEYS = ("adv_acc", "train_accuracy", "holdout_accuracy", "holdout_verified")
@@ -104,6 +100,13 @@ def training_curve_png(histories: dict[str, list[dict]], *, title: str) -> bytes
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (laid out, 100 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -18,17 +18,8 @@ from robustcli.defenses.distillation import (
     train_at_temperature,
 )
 from robustcli.core.checkpoint import Checkpointer
-from robustcli.commands._training import (
-    apply_options,
-    check_out,
-    check_positive,
-    epoch_progress,
-    new_model,
-    train_test_data,
-    training_options,
-)
+from robustcli.commands._training import apply_options, epoch_progress, new_model, train_test_data, training_options
 from robustcli.core.device import resolve_device
-from robustcli.core.errors import InputError
 from robustcli.models import load_model, save_model
 from robustcli.options import RobustCommand, config_option, json_option, points_option
 from robustcli.progress import progress_bar
@@ -37,7 +28,8 @@ from robustcli.session import check_finite_logits, check_model_on_data
 from robustcli.tables import diagnostics_table
 from robustcli.html_page import Section, paragraph
 from robustcli.html_report import diagnostics_section, html_option
-from robustcli.training_report import FINAL_CHECK_BATCH, check_html, first_batch_sample, write_training_html
+from robustcli.training_report import FINAL_CHECK_BATCH, first_batch_sample, write_training_html
+from robustcli.training_requests import DistillRequest
 from robustcli.training import accuracy
 
 VANISHED = 1e-12  # an input-gradient norm below this is zero for every attack that uses it
@@ -77,12 +69,12 @@ def _summary(name: str, model, x, y, evaluation, diagnostics) -> dict:
 @click.command("distill", cls=RobustCommand)
 @config_option
 @apply_options(training_options)
-@click.option("--temperature", type=float, default=100.0, show_default=True, help="Softmax temperature T of training.")
+@click.option("--temperature", type=float, default=DistillRequest.temperature, show_default=True, help="Softmax temperature T of training.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Use this model as the teacher instead of training one.")
 @click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn), path/to/file.py:factory or package.module:factory.")
 @click.option("--evaluate/--no-evaluate", default=False, help="Attack the distilled model and a T=1 baseline: FGSM, PGD-CE, PGD-margin, CW.")
-@click.option("--eval-eps", type=float, default=0.3, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
-@points_option(100, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")
+@click.option("--eval-eps", type=float, default=DistillRequest.eval_eps, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
+@points_option(DistillRequest.num_points, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")
 @json_option
 @html_option
 def command(
@@ -99,14 +91,22 @@ def command(
     \b
     robust distill --data mnist --temperature 100 --out distilled.safetensors --evaluate
     """
-    check_positive(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, eval_n=eval_n)
-    if not 0 <= eval_eps <= 1:
-        raise InputError(f"--eval-eps must lie in [0, 1] (pixel space), got {eval_eps}")
-    path = check_out(out)
-    check_html(html_path)
+    request = DistillRequest(
+        data=data, test_data=test_data, n_train=train_n, epochs=epochs, lr=lr, batch_size=batch_size, out=out,
+        resume=resume, seed=seed, html=html_path, temperature=temperature, teacher=teacher, arch=arch,
+        evaluate=evaluate, eval_eps=eval_eps, num_points=eval_n,
+    )  # fmt: skip
+    run(request, device, json_path)
+
+
+def run(request: DistillRequest, device: str | None, json_path: str | None) -> None:
+    """Train the teacher (unless given) and the student, optionally attack both, and report."""
+    r = request
+    data, arch, teacher, temperature, resume, seed = r.data, r.arch, r.teacher, r.temperature, r.resume, r.seed
+    epochs, eval_eps, html_path, path = r.epochs, r.eval_eps, r.html, r.out_path
     dev = resolve_device(device)
-    train, test = train_test_data(data, test_data, train_n)
-    kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    train, test = train_test_data(data, r.test_data, r.n_train)
+    kw = dict(epochs=epochs, lr=r.lr, batch_size=r.batch_size, seed=seed)
     histories: dict[str, list[dict]] = {}  # per trained model, for the HTML page's curve
     if teacher is not None:
         teacher_model = load_model(teacher, device=dev).module
@@ -151,12 +151,12 @@ def command(
         "history": history,
     }
     rows = [[str(path), f"T={temperature:g}, deployed at T=1", pct(report["test_accuracy"]), fmt(report["logit_spread_median"])]]
-    if evaluate:
+    if r.evaluate:
         baseline, _ = new_model(arch, data, train, dev, seed + 2)
         histories["baseline"] = _phase(
             baseline, train.x, train.y, 1.0, sibling(path, "baseline"), resume, False, role="baseline", **kw
         )
-        sub = test.head(eval_n)
+        sub = test.head(r.num_points)
         results, diagnosed = [], None
         for name, model in (("baseline (T=1)", baseline), (f"distilled (T={temperature:g})", student)):
             with progress_bar(f"attacking {name}", 5 * len(sub)) as advance:
@@ -180,7 +180,7 @@ def command(
     if html_path:
         title, columns, table_rows, caption = table
         samples, extra = [], []
-        if evaluate:
+        if r.evaluate:
             # the Linf gradient attacks of --evaluate; CW (unbounded) is left out of the images
             linf = [(a, e) for a, e in distillation_attacks(eval_eps) if a.name in ("pgd", "pgd-margin")]
             sample, searched = first_batch_sample(
