@@ -39,7 +39,7 @@ from torch import nn
 from robustcli.attacks.base import AttackProblem, Criterion, FixedEpsilonAttack, search_unbroken, top_other_classes
 from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.losses import cross_entropy, dlr, dlr_targeted
-from robustcli.attacks.norms import NORMS, per_point
+from robustcli.attacks.norms import per_point
 from robustcli.attacks.traits import AttackTraits
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -74,14 +74,12 @@ class APGD(FixedEpsilonAttack):
         rho: float = 0.75,
         momentum: float = 0.75,
     ):
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        self.ball = LpBall(norm)  # refuses an unknown norm
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         if steps < 1 or restarts < 1 or target_classes < 1:
             raise ValueError("steps, restarts and target_classes must be >= 1")
         self.norm = norm
-        self.ball = LpBall(norm)
         self.loss = loss
         self.steps = steps
         self.restarts = restarts

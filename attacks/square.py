@@ -72,6 +72,10 @@ class SquareAttack(FixedEpsilonAttack):
         self.p_init = p_init
         self.restarts = restarts
 
+    @property
+    def traits(self) -> AttackTraits:
+        return AttackTraits("margin", self.norm, gradient_free=True, options=("queries", "restarts"))
+
     def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         x = problem.x
         if x.dim() != 4:
@@ -154,7 +158,6 @@ class SquareLinf(SquareAttack):
 
     name = "square"
     norm = "linf"
-    traits = AttackTraits("margin", "linf", gradient_free=True, options=("queries", "restarts"))
 
     def _start(self, x0, eps, generator):
         n, c, _, w = x0.shape
@@ -198,7 +201,6 @@ class SquareL2(SquareAttack):
 
     name = "square-l2"
     norm = "l2"
-    traits = AttackTraits("margin", "l2", gradient_free=True, options=("queries", "restarts"))
 
     def _start(self, x0, eps, generator):
         n, c, h, w = x0.shape

@@ -88,6 +88,15 @@ def from_options(cls: type[R], options: Mapping[str, Any]) -> R:
 
 
 @dataclass(frozen=True)
+class RuntimeRequest:
+    """What every request carries from `--batch-size` and `--seed` (the runtime options); each
+    request checks the batch size with its other counts."""
+
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Budgets:
     """The eps values each norm runs at, and where they came from (a flag or `default`)."""
 
@@ -96,7 +105,7 @@ class Budgets:
 
 
 @dataclass(frozen=True)
-class AttackRequest:
+class AttackRequest(RuntimeRequest):
     """`robust attack` and the eval `attack` check: attacks, budgets per norm, iterations."""
 
     attack: tuple[str, ...] = ()
@@ -112,8 +121,6 @@ class AttackRequest:
     suite: str | None = None
     suite_norm: str = "linf"
     queries: int | None = None
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack", tuple(dict.fromkeys(self.attack)))
@@ -173,7 +180,7 @@ class AttackRequest:
 
 
 @dataclass(frozen=True)
-class CertifyRequest:
+class CertifyRequest(RuntimeRequest):
     """`robust certify` and the eval `certify` check: budgets, bound methods, the PGD upper bound."""
 
     eps: tuple[float, ...] = ()
@@ -182,8 +189,6 @@ class CertifyRequest:
     pgd_steps: int = 40
     pgd_restarts: int = 1
     alpha_iterations: int = 20
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", tuple(dict.fromkeys(self.method)))
@@ -227,7 +232,7 @@ def _check_png(path: str | None, option: str) -> None:
 
 
 @dataclass(frozen=True)
-class ScalingRequest:
+class ScalingRequest(RuntimeRequest):
     """`robust analyze scaling` and the eval `scaling` check: attacks, the log-spaced eps grid per
     norm, and the power-law fit's regime and intervals (Cubuk et al. 2017)."""
 
@@ -244,8 +249,6 @@ class ScalingRequest:
     level: float = 0.95
     resamples: int = 1000
     png: str | None = None
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attack", tuple(dict.fromkeys(self.attack)))
@@ -301,7 +304,7 @@ SMOOTHING_DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass(frozen=True)
-class SmoothingRequest:
+class SmoothingRequest(RuntimeRequest):
     """`robust certify --method smoothing` and the eval `smoothing` check: randomized smoothing's
     noise levels, sample counts and failure probability (Cohen et al. 2019, CERTIFY / PREDICT), and
     the L2 radii its certified accuracy is reported at.
@@ -314,8 +317,6 @@ class SmoothingRequest:
     samples: int = SMOOTHING_DEFAULT_SAMPLES
     n0: int = SMOOTHING_DEFAULT_N0
     alpha: float = SMOOTHING_DEFAULT_ALPHA
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         sigma = (self.sigma,) if isinstance(self.sigma, (int, float)) else self.sigma
@@ -343,7 +344,7 @@ class SmoothingRequest:
 
 
 @dataclass(frozen=True)
-class ThresholdRequest:
+class ThresholdRequest(RuntimeRequest):
     """`robust threshold`: the unsafe classes, the calibration split, the FNR target and its
     one-sided Clopper-Pearson level, and the PGD attack on unsafe inputs."""
 
@@ -356,8 +357,6 @@ class ThresholdRequest:
     steps: int = 40
     restarts: int = 1
     plot: str | None = None
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unsafe_class", tuple(self.unsafe_class))
@@ -389,14 +388,12 @@ class ThresholdRequest:
 
 
 @dataclass(frozen=True)
-class TightnessRequest:
+class TightnessRequest(RuntimeRequest):
     """`robust tightness`: the Linf budget of the radii and whether to add the at-initialisation row
     (Mao et al. 2023's tau is eps-free; the radii are not)."""
 
     eps: float = 0.1
     at_init: bool = False
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         check_eps((self.eps,), "linf")
@@ -408,7 +405,7 @@ TILTING_DEFAULT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @dataclass(frozen=True)
-class TiltingRequest:
+class TiltingRequest(RuntimeRequest):
     """`robust analyze tilting`: the class pair, and either a sweep of L2 weight decays of logistic
     regressions or (with `model`) the model's local linear map (Tanay & Griffin 2016)."""
 
@@ -418,8 +415,6 @@ class TiltingRequest:
     model: str | None = None
     n: int | None = None
     png: str | None = None
-    batch_size: int = 256
-    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes) or TILTING_DEFAULT_CLASSES)

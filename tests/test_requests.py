@@ -1,5 +1,5 @@
 """Requests of `analyze scaling`, `analyze tilting`, `certify --method smoothing`, `threshold` and
-`tightness`: each refuses a bad value naming its flag, the command says so in one line with exit
+`tightness` (and the eval `strong` check's use of AttackRequest): each refuses a bad value naming its flag, the command says so in one line with exit
 code 2, and an eval check with the same key says `checks[0].<key> ...`."""
 
 from __future__ import annotations
@@ -120,6 +120,8 @@ EVAL = "model: digits-mlp\nn: 10\nchecks:\n  - type: {type}\n{keys}    gates: [{
          "checks[0].alpha: must be strictly between 0 and 1"),
         ("smoothing", {"sigma": 0.25, "eps": 0.25, "samples": 10, "n0": 20}, "abstention_rate <= 1",
          "checks[0].n0: (20) must not exceed --samples (10)"),
+        # the strong check's budgets are AttackRequest's: the Linf pixel-range rule
+        ("strong", {"eps": 1.5}, "clean_accuracy >= 0", "checks[0].eps: 1.5 exceeds 1"),
     ],
 )
 def test_the_eval_check_names_the_key(tmp_path, kind, keys, gate, words):
@@ -130,3 +132,13 @@ def test_the_eval_check_names_the_key(tmp_path, kind, keys, gate, words):
     assert words in str(e.value), str(e.value)
     line = 5 + list(keys).index(words.split(".")[1].split(":")[0])
     assert f"c.yaml:{line}:" in str(e.value), str(e.value)
+
+
+def test_an_l2_strong_check_may_exceed_1(tmp_path):
+    """The strong check's budgets are AttackRequest's: with norm l2 they are L2 budgets, not Linf."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(EVAL.format(type="strong", keys="    eps: 4\n    norm: l2\n", gate="clean_accuracy >= 0"))
+    assert load_eval_config(cfg).checks[0].options["eps"] == (4.0,)
+    cfg.write_text(EVAL.format(type="strong", keys="    eps: 4\n    norm: linf\n", gate="clean_accuracy >= 0"))
+    with pytest.raises(InputError, match=r"checks\[0\]\.eps: 4 exceeds 1"):
+        load_eval_config(cfg)

@@ -26,6 +26,11 @@ class KeySpec:
     help: str = ""
 
 
+# Keys several check types share, spelled like the commands' flags.
+EPS_KEY = KeySpec("floats", required=True, minimum=0.0, help="budgets")
+NORM_KEY = KeySpec("str", choices=("linf", "l2"))
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     per_eps: bool  # the metric is measured at each of the check's eps values
@@ -90,3 +95,17 @@ def request_problem(build: Callable[[Mapping[str, Any]], Any], options: Mapping[
     except OptionError as e:
         return e.option, e.detail
     return None
+
+
+def record_evaluation(out: CheckOutcome, evaluation: Any, metrics: tuple[str, ...], default: Callable[[str], bool]) -> None:
+    """Put an attack evaluation's clean accuracy and, per (attack, eps), each metric into `out`.
+
+    The row of the attack for which `default(attack)` holds is also the gate default (attack None):
+    the worst case over the check's attacks, or its only attack."""
+    out.values[("clean_accuracy", None, None)] = evaluation.clean_accuracy
+    for o in evaluation.outcomes:
+        for metric in metrics:
+            out.values[(metric, o.attack, o.eps)] = getattr(o, metric)
+            if default(o.attack):
+                out.values[(metric, None, o.eps)] = getattr(o, metric)
+    out.details = {"clean_accuracy": evaluation.clean_accuracy, "results": [o.summary() for o in evaluation.outcomes]}

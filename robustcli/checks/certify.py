@@ -14,7 +14,7 @@ import time
 import torch
 
 from robustcli.certify.verify import METHODS, certify_dataset
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, request_problem
+from robustcli.checks.base import EPS_KEY, NORM_KEY, CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, request_problem
 from robustcli.requests import CertifyRequest, from_options
 
 ANY_METHOD = "any"
@@ -65,9 +65,9 @@ CERTIFY_CHECK = CheckType(
     name="certify",
     help="verified accuracy under IBP / CROWN-family bounds, cross-checked against PGD",
     keys={
-        "eps": KeySpec("floats", required=True, minimum=0.0),
+        "eps": EPS_KEY,
         "method": KeySpec("strs", choices=METHODS, help="bound methods (default ibp)"),
-        "norm": KeySpec("str", choices=("linf", "l2")),
+        "norm": NORM_KEY,
         "pgd-steps": KeySpec("int", minimum=1),
         "pgd-restarts": KeySpec("int", minimum=1),
         "alpha-iterations": KeySpec("int", minimum=1),
