@@ -14,8 +14,10 @@ from robustcli.attacks.evaluate import evaluate
 from robustcli.attacks.pgd import PGDLinf
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.report_charts import training_curve_png
-from robustcli.training_report import FINAL_CHECK_BATCH, first_batch_sample
-from test_html_report import decode_images, parse_page
+from PIL import Image
+
+from robustcli.training_report import FINAL_CHECK_BATCH, first_batch_sample, write_training_html
+from test_html_report import CHROMIUM, chromium_screenshot, decode_images, parse_page
 
 TINY = {
     "train": ["train", "--data", "digits", "--arch", "digits-mlp", "--epochs", "2", "--train-n", "96", "--n", "40",
@@ -99,3 +101,33 @@ def test_training_curve_skips_missing_values():
         {"a": [{"epoch": 0, "loss": 1.0, "holdout_accuracy": float("nan")}, {"epoch": 1, "loss": 0.5}]}, title="t"
     )
     assert png is not None and png.startswith(b"\x89PNG")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+def test_training_page_renders_in_headless_chromium(digits_mlp, digits_test, tmp_path):
+    """A real browser paints the trainers' page: its table, the curve and the grid's grey images."""
+    x, y = digits_test.x[:64], digits_test.y[:64]
+    sample, searched = first_batch_sample(
+        digits_mlp, x, y, [(PGDLinf(steps=3, restarts=1), [0.2])], batch_size=FINAL_CHECK_BATCH, seed=0,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    assert sample is not None
+    html = tmp_path / "page.html"
+    history = [{"epoch": e, "loss": 2.0 / (e + 1), "adv_acc": 0.1 * e} for e in range(4)]
+    write_training_html(
+        html, title="robust train: test page", meta=[("model", "m.safetensors")], columns=["model", "clean acc"],
+        rows=[["m.safetensors", "90.0%"]], caption=None, histories={"pgd-at": history},
+        samples=[("Points the final PGD-3 check broke (eps 0.2)", sample, searched)],
+    )  # fmt: skip
+    assert len(decode_images(parse_page(html))) == 2
+    shot = chromium_screenshot(html, tmp_path)
+    assert shot.exists(), "chromium wrote no screenshot"
+    img = Image.open(shot).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, table, chart, images: not a blank page
+    pixels = img.load()
+    assert any(
+        abs(pixels[i, j][0] - pixels[i, j][1]) < 3 and 60 < pixels[i, j][0] < 200
+        for i in range(0, img.width, 7)
+        for j in range(0, img.height, 7)
+    )

@@ -17,6 +17,7 @@ from robustcli.defenses.distillation import (
     soft_labels,
     train_at_temperature,
 )
+from robustcli.core import distributed
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import apply_options, epoch_progress, new_model, train_test_data, training_options
 from robustcli.core.device import resolve_device
@@ -103,7 +104,8 @@ def run(request: DistillRequest, device: str | None, json_path: str | None) -> N
     """Train the teacher (unless given) and the student, optionally attack both, and report."""
     r = request
     data, arch, teacher, temperature, resume, seed = r.data, r.arch, r.teacher, r.temperature, r.resume, r.seed
-    epochs, eval_eps, html_path, path = r.epochs, r.eval_eps, r.html, r.out_path
+    epochs, eval_eps, path = r.epochs, r.eval_eps, r.out_path
+    html_path = r.html if distributed.is_main() else None  # under torchrun rank 0 writes the page
     dev = resolve_device(device)
     train, test = train_test_data(data, r.test_data, r.n_train)
     kw = dict(epochs=epochs, lr=r.lr, batch_size=r.batch_size, seed=seed)

@@ -7,6 +7,7 @@ import click
 from robustcli.defenses.adversarial import DEFENSES, train_adversarial
 from robustcli.attacks.pgd import PGDLinf
 from robustcli.defenses.evaluation import clean_and_pgd_accuracy
+from robustcli.core import distributed
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import apply_options, epoch_progress, new_model, train_test_data, training_options
 from robustcli.core.device import resolve_device
@@ -58,6 +59,7 @@ def run(request: AdversarialTrainRequest, device: str | None, json_path: str | N
     """Train, check with PGD, save, and report (table, JSON, HTML)."""
     r = request
     path, eps, eval_steps, seed, defense = r.out_path, r.eps, r.eval_steps, r.seed, r.defense
+    html_path = r.html if distributed.is_main() else None  # under torchrun rank 0 writes the page
     dev = resolve_device(device)
     train, test = train_test_data(r.data, r.test_data, r.n_train)
     test = test.head(r.num_points)
@@ -85,12 +87,12 @@ def run(request: AdversarialTrainRequest, device: str | None, json_path: str | N
         else ""
     )
     print_table(title, columns, rows, caption=caption)
-    if r.html:
+    if html_path:
         sample, searched = first_batch_sample(
             model, test.x, test.y, [(PGDLinf(steps=eval_steps, restarts=1), [eps])], batch_size=FINAL_CHECK_BATCH, seed=seed, device=dev
         )  # fmt: skip
         write_training_html(
-            r.html, title=f"robust train: {title}", columns=columns, rows=rows, caption=caption,
+            html_path, title=f"robust train: {title}", columns=columns, rows=rows, caption=caption,
             meta=[("model", str(path)), ("arch", arch_name), ("data", train.name), ("test data", test.name),
                   ("config", settings(config.__dict__)), ("device", str(dev))],
             histories={defense: history},

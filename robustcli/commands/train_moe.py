@@ -15,6 +15,7 @@ from robustcli.defenses.evaluation import clean_and_pgd_accuracy
 from robustcli.defenses.moe import DENSE_TWIN, arch_name, macs_per_input
 from robustcli.archs import build_arch
 from robustcli.core.nn import Normalized
+from robustcli.core import distributed
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import apply_options, epoch_progress, train_test_data, training_options
 from robustcli.core.device import resolve_device
@@ -72,7 +73,8 @@ def run(request: MoETrainRequest, device: str | None, json_path: str | None) -> 
     """Train each model of the plan, check it with PGD, count its MACs, and report."""
     r = request
     family, experts, top_k, eps, epochs, seed, eval_steps = r.family, r.experts, r.top_k, r.eps, r.epochs, r.seed, r.eval_steps
-    path, html_path = r.out_path, r.html
+    path = r.out_path
+    html_path = r.html if distributed.is_main() else None  # under torchrun rank 0 writes the page
     dev = resolve_device(device)
     train, test = train_test_data(r.data, r.test_data, r.n_train)
     test = test.head(r.num_points)
