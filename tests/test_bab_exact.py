@@ -131,4 +131,7 @@ def test_round_clock_stops_for_the_domain_limit_and_the_deadline():
 
     assert RoundClock(None).stop_reason(done=10, max_domains=10) is None
     assert RoundClock(None).stop_reason(done=11, max_domains=10) == "limit"
-    assert RoundClock(time.monotonic() - 1.0).stop_reason(done=0, max_domains=10) == "timeout"
+    clock = RoundClock(time.monotonic() + 1.0)
+    assert clock.stop_reason(done=0, max_domains=10) is None  # the first round starts
+    time.sleep(0.6)  # a round of 0.6 s: another one would end after the deadline
+    assert clock.stop_reason(done=0, max_domains=10) == "timeout"
