@@ -72,6 +72,14 @@ def check_at_least(minimum: int, **values: int | None) -> None:
             raise OptionError(name.replace("_", "-"), f"must be >= {minimum}, got {v}")
 
 
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 R = TypeVar("R")
 
 
@@ -128,6 +136,8 @@ class AttackRequest(RuntimeRequest):
         object.__setattr__(self, "eps_l2", tuple(float(e) for e in self.eps_l2))
         if unknown := [a for a in self.attack if a not in ATTACKS]:
             raise OptionError("attack", f"{unknown[0]!r} is not one of {', '.join(ATTACKS)}")
+        if self.target not in (None, "none", "next", "random") and not _is_int(self.target):
+            raise OptionError("target", f"must be none, next, random or a class index, got {self.target!r}")
         if self.suite is not None and self.suite not in SUITES:
             raise OptionError("suite", f"{self.suite!r} is not one of {', '.join(SUITES)}")
         if self.suite_norm not in ("linf", "l2"):

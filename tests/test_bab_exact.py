@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.bab import bab_refute
+from robustcli.certify.bab import RoundClock, bab_refute, worst_first
 from robustcli.certify.input_bab import input_bab_refute
 
 
@@ -115,3 +115,20 @@ def test_input_bab_times_out_in_time():
     out = input_bab_refute(chain, lo, hi, C[None], d[None], deadline=time.monotonic() + 1.0)
     assert time.monotonic() - t0 < 2.0
     assert not out.proved or float((true_min + d)) > 0
+
+
+def test_worst_first_takes_the_lowest_bounds_and_keeps_the_others():
+    score = torch.tensor([0.5, -2.0, 3.0, -1.0, 0.0], dtype=torch.float64)
+    order, rest = worst_first(score, 2)
+    assert order.tolist() == [1, 3]
+    assert rest.tolist() == [True, False, True, False, True]
+    order, rest = worst_first(score, 10)  # a batch larger than the queue takes all of it
+    assert sorted(order.tolist()) == list(range(5)) and not rest.any()
+
+
+def test_round_clock_stops_for_the_domain_limit_and_the_deadline():
+    import time
+
+    assert RoundClock(None).stop_reason(done=10, max_domains=10) is None
+    assert RoundClock(None).stop_reason(done=11, max_domains=10) == "limit"
+    assert RoundClock(time.monotonic() - 1.0).stop_reason(done=0, max_domains=10) == "timeout"

@@ -10,6 +10,7 @@ from cli_helpers import only_error_line
 from robustcli.core.errors import InputError
 from robustcli.evalconfig import load_eval_config
 from robustcli.requests import (
+    AttackRequest,
     OptionError,
     ScalingRequest,
     SmoothingRequest,
@@ -22,6 +23,7 @@ from robustcli.requests import (
 @pytest.mark.parametrize(
     "request_type, values, option, words",
     [
+        (AttackRequest, {"target": "cat"}, "target", "none, next, random or a class index, got 'cat'"),
         (ScalingRequest, {"points": 2}, "points", "must be >= 3"),
         (ScalingRequest, {"eps_min": 0.5, "eps_max": 0.1}, "eps-min", "below eps-max, got 0.5 and 0.1"),
         (ScalingRequest, {"eps_max": 1.5}, "eps-max", "1.5 exceeds 1"),
@@ -94,6 +96,7 @@ def test_requests_own_their_defaults():
          "--calibration-share must lie in (0, 1)"),
         (["threshold", "--model", "digits-mlp", "--unsafe-class", "0", "--target-fnr", "2"], "--target-fnr must lie"),
         (["tightness", "--model", "digits-mlp", "--eps", "2"], "--eps 2 exceeds 1"),
+        (["attack", "--model", "digits-mlp", "--target", "cat"], "--target must be none, next, random or a class index"),
     ],
 )
 def test_the_command_says_it_in_one_line(run_cli, tmp_path, args, words):
