@@ -36,10 +36,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack, search_unbroken, top_other_classes
+from robustcli.attacks.base import AttackProblem, Criterion, FixedEpsilonAttack, search_unbroken, top_other_classes
 from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.losses import cross_entropy, dlr, dlr_targeted
-from robustcli.attacks.norms import NORMS, per_point
+from robustcli.attacks.norms import per_point
 from robustcli.attacks.traits import AttackTraits
 
 LOSSES = ("ce", "dlr", "dlr-targeted")
@@ -74,14 +74,12 @@ class APGD(FixedEpsilonAttack):
         rho: float = 0.75,
         momentum: float = 0.75,
     ):
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        self.ball = LpBall(norm)  # refuses an unknown norm
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
         if steps < 1 or restarts < 1 or target_classes < 1:
             raise ValueError("steps, restarts and target_classes must be >= 1")
         self.norm = norm
-        self.ball = LpBall(norm)
         self.loss = loss
         self.steps = steps
         self.restarts = restarts
@@ -102,22 +100,14 @@ class APGD(FixedEpsilonAttack):
 
     # -- the attack ---------------------------------------------------------------------------
 
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if eps is None:
-            raise ValueError(f"{self.name} needs an eps budget")
+    def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        model, x, criterion = problem.model, problem.x, problem.criterion
         x_adv = x.clone()
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for loss_fn in self._losses(model, x, criterion):
 
             def search(idx: torch.Tensor, loss_fn: LossFn = loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
-                return self._search(model, x[idx], idx, criterion, loss_fn, eps, generator)
+                return self._search(problem, idx, loss_fn, eps)
 
             search_unbroken(x_adv, success, self.restarts, search)
         return x_adv, success
@@ -139,16 +129,12 @@ class APGD(FixedEpsilonAttack):
         return [(lambda z, i, t=t: dlr_targeted(z, y[i], t[i])) for t in targets]
 
     def _search(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        idx: torch.Tensor,
-        criterion: Criterion,
-        loss_fn: LossFn,
-        eps: float,
-        generator: torch.Generator | None,
+        self, problem: AttackProblem, idx: torch.Tensor, loss_fn: LossFn, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One APGD run from a random start; returns (found (n,), adversarial points (n, ...))."""
+        """One APGD run from a random start on the points `idx` of the batch; returns (found (n,),
+        adversarial points (n, ...))."""
+        model, criterion = problem.model, problem.criterion
+        x0 = problem.x[idx]
         n = len(x0)
         dev = x0.device
         found = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -162,7 +148,7 @@ class APGD(FixedEpsilonAttack):
             grad = torch.autograd.grad(loss.sum(), xa)[0]
             return loss.detach(), grad.detach(), criterion(logits.detach(), idx[p])
 
-        xk = (x0 + self.ball.on_sphere(x0, eps, generator)).clamp(0, 1) if eps > 0 else x0.clone()
+        xk = (x0 + self.ball.on_sphere(x0, eps, problem.generator)).clamp(0, 1) if eps > 0 else x0.clone()
         loss, grad, hit = evaluate(xk, pos)
         state = {
             "x0": x0, "xk": xk, "xprev": xk, "grad": grad, "loss": loss,

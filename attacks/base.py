@@ -21,7 +21,16 @@ from robustcli.attacks.norms import flat_norm
 from robustcli.attacks.traits import AttackTraits
 from robustcli.core.nn import eval_mode
 
-__all__ = ["Attack", "AttackResult", "Criterion", "FixedEpsilonAttack", "MinimizationAttack", "eval_mode", "input_gradient"]
+__all__ = [
+    "Attack",
+    "AttackProblem",
+    "AttackResult",
+    "Criterion",
+    "FixedEpsilonAttack",
+    "MinimizationAttack",
+    "eval_mode",
+    "input_gradient",
+]
 
 
 @dataclass
@@ -68,6 +77,24 @@ class Criterion:
         if self.targets is not None:
             return pred == self.targets[idx]
         return pred != self.labels[idx]
+
+
+@dataclass(frozen=True, eq=False)
+class AttackProblem:
+    """What one run of an attack solves: find x_adv near `x` (in [0, 1]) for which `criterion`
+    holds on `model`'s logits, within budget `eps` (a fixed-epsilon attack needs it; a
+    minimisation attack ignores it), drawing random numbers from `generator` only.
+
+    One object instead of five positional arguments, so every attack's `run` has the same short
+    signature (foolbox 3 passes model, inputs and criterion the same way). `Attack.__call__`
+    builds it with the model already in eval mode and `x` detached.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    criterion: Criterion
+    eps: float | None = None
+    generator: torch.Generator | None = None
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, loss_fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,27 +154,33 @@ class Attack(ABC):
     ) -> AttackResult:
         if eps is not None and eps < 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        criterion = Criterion(y, targets)
+        problem = AttackProblem(model, x.detach(), Criterion(y, targets), eps, generator)
         with eval_mode(model), torch.enable_grad():
-            x_adv, success = self.run(model, x.detach(), criterion, eps, generator)
+            x_adv, success = self.run(problem)
         return AttackResult(x_adv.detach(), success, self.norm).with_clean(x)
 
     @abstractmethod
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (x_adv, success)."""
 
 
 class FixedEpsilonAttack(Attack):
-    """Finds an adversarial point within a given budget eps (required)."""
+    """Finds an adversarial point within a given budget eps (required).
+
+    `run` refuses a problem without a budget, then hands the budget, now a plain float, to
+    `run_within`, which a subclass implements.
+    """
 
     minimization: ClassVar[bool] = False
+
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        if problem.eps is None:
+            raise ValueError(f"{self.name} needs an eps budget")
+        return self.run_within(problem, problem.eps)
+
+    @abstractmethod
+    def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (x_adv, success), every x_adv within `eps` of `problem.x` in the attack's norm."""
 
 
 class MinimizationAttack(Attack):

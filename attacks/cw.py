@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from robustcli.attacks.base import Criterion, MinimizationAttack
+from robustcli.attacks.base import AttackProblem, MinimizationAttack
 from robustcli.attacks.losses import margin
 from robustcli.attacks.traits import AttackTraits
 
@@ -77,14 +76,8 @@ class CarliniWagnerL2(MinimizationAttack):
         return {"preset": self.preset, "steps": self.steps, "binary_search_steps": self.binary_search_steps,
                 "initial_const": self.initial_const, "lr": self.lr, "confidence": self.confidence}  # fmt: skip
 
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        model, x, criterion = problem.model, problem.x, problem.criterion
         n = len(x)
         labels = criterion.attack_labels
         sign = -1.0 if criterion.targeted else 1.0  # untargeted: push the label's margin down

@@ -27,6 +27,7 @@ and a model with a saturated softmax (logits x 1e4) fails; they are documented i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -209,79 +210,80 @@ def _big(gap_points: int, n: int, share: float) -> bool:
     return gap_points >= MIN_POINTS and gap_points > share * n
 
 
+def _pairs(
+    rows: list[AttackOutcome], first: Callable[[AttackOutcome], bool], second: Callable[[AttackOutcome], bool]
+) -> Iterator[tuple[str, float, AttackOutcome, AttackOutcome]]:
+    """(norm, eps, a, b) for every row a of the `first` role and row b of the `second` role at the
+    same budget, in the order the rows came."""
+    for (norm, eps), g in _groups(rows).items():
+        for a in [o for o in g.values() if first(o)]:
+            for b in [o for o in g.values() if second(o)]:
+                yield norm, eps, a, b
+
+
 def _iterative_vs_single_step(rows: list[AttackOutcome], out: Diagnostics) -> None:
     code = "iterative-weaker-than-single-step"
     items = []
-    for (norm, eps), g in _groups(rows).items():
-        singles = [o for o in g.values() if _single_step(o)]
-        iteratives = [o for o in g.values() if _iterative_ce(o)]
-        for s in singles:
-            for it in iteratives:
-                n = len(s.robust)
-                rise = _count(it.robust) - _count(s.robust)
-                only_single = _count(it.robust & s.broken)
-                result = (
-                    f"{s.attack} {100 * s.robust_accuracy:.1f}% vs {it.attack} {100 * it.robust_accuracy:.1f}% robust"
-                )
-                warn = None
-                if _big(rise, n, ITERATIVE_TOLERANCE):
-                    warn = Warning(
-                        code,
-                        f"{it.attack} leaves {rise} more points robust than single-step {s.attack} at "
-                        f"{norm} eps {eps:g} ({100 * it.robust_accuracy:.1f}% vs {100 * s.robust_accuracy:.1f}%): "
-                        "an iterative attack should never be weaker",
-                        {
-                            "norm": norm,
-                            "eps": eps,
-                            "single_step": s.attack,
-                            "iterative": it.attack,
-                            "robust_accuracy_single_step": s.robust_accuracy,
-                            "robust_accuracy_iterative": it.robust_accuracy,
-                            "points_broken_only_by_single_step": only_single,
-                            "n": n,
-                        },
-                        "Gradients are probably masked (flat or noisy loss surface). Do not trust the "
-                        "iterative number: run `--suite strong`, raise --restarts, and look for "
-                        "non-differentiable or saturating layers in the model.",
-                    )
-                items.append(_Item(f"{s.attack} vs {it.attack}", _budget(norm, eps), n, result, rise, warn))
+    for norm, eps, s, it in _pairs(rows, _single_step, _iterative_ce):
+        n = len(s.robust)
+        rise = _count(it.robust) - _count(s.robust)
+        only_single = _count(it.robust & s.broken)
+        result = f"{s.attack} {100 * s.robust_accuracy:.1f}% vs {it.attack} {100 * it.robust_accuracy:.1f}% robust"
+        warn = None
+        if _big(rise, n, ITERATIVE_TOLERANCE):
+            warn = Warning(
+                code,
+                f"{it.attack} leaves {rise} more points robust than single-step {s.attack} at "
+                f"{norm} eps {eps:g} ({100 * it.robust_accuracy:.1f}% vs {100 * s.robust_accuracy:.1f}%): "
+                "an iterative attack should never be weaker",
+                {
+                    "norm": norm,
+                    "eps": eps,
+                    "single_step": s.attack,
+                    "iterative": it.attack,
+                    "robust_accuracy_single_step": s.robust_accuracy,
+                    "robust_accuracy_iterative": it.robust_accuracy,
+                    "points_broken_only_by_single_step": only_single,
+                    "n": n,
+                },
+                "Gradients are probably masked (flat or noisy loss surface). Do not trust the "
+                "iterative number: run `--suite strong`, raise --restarts, and look for "
+                "non-differentiable or saturating layers in the model.",
+            )
+        items.append(_Item(f"{s.attack} vs {it.attack}", _budget(norm, eps), n, result, rise, warn))
     out.add_all(code, items, "needs fgsm and pgd/apgd-ce at the same budget")
 
 
 def _margin_vs_ce(rows: list[AttackOutcome], out: Diagnostics) -> None:
     code = "margin-stronger-than-ce"
     items = []
-    for (norm, eps), g in _groups(rows).items():
-        ces = [o for o in g.values() if _iterative_ce(o)]
-        margins = [o for o in g.values() if _margin(o)]
-        for ce in ces:
-            for mg in margins:
-                n = len(ce.robust)
-                gap = _count(ce.robust & mg.broken)
-                result = f"{mg.attack} broke {gap} points {ce.attack} left robust ({100 * gap / max(n, 1):.1f}%)"
-                warn = None
-                if _big(gap, n, MARGIN_GAP):
-                    warn = Warning(
-                        code,
-                        f"margin-loss {mg.attack} broke {gap} of {n} points ({100 * gap / n:.1f}%) that "
-                        f"cross-entropy {ce.attack} left robust at {norm} eps {eps:g}: the CE attack "
-                        "overestimates robustness",
-                        {
-                            "norm": norm,
-                            "eps": eps,
-                            "ce_attack": ce.attack,
-                            "margin_attack": mg.attack,
-                            "robust_accuracy_ce": ce.robust_accuracy,
-                            "robust_accuracy_margin": mg.robust_accuracy,
-                            "margin_cumulative": mg.cumulative,
-                            "points_broken_only_by_margin": gap,
-                            "n": n,
-                        },
-                        "Cross-entropy gradients vanish on this model (saturated softmax: defensive "
-                        "distillation, scaled logits). Report the margin-loss / `--suite strong` number; "
-                        "a CE-only evaluation of this model is not trustworthy.",
-                    )
-                items.append(_Item(f"{ce.attack} vs {mg.attack}", _budget(norm, eps), n, result, gap, warn))
+    for norm, eps, ce, mg in _pairs(rows, _iterative_ce, _margin):
+        n = len(ce.robust)
+        gap = _count(ce.robust & mg.broken)
+        result = f"{mg.attack} broke {gap} points {ce.attack} left robust ({100 * gap / max(n, 1):.1f}%)"
+        warn = None
+        if _big(gap, n, MARGIN_GAP):
+            warn = Warning(
+                code,
+                f"margin-loss {mg.attack} broke {gap} of {n} points ({100 * gap / n:.1f}%) that "
+                f"cross-entropy {ce.attack} left robust at {norm} eps {eps:g}: the CE attack "
+                "overestimates robustness",
+                {
+                    "norm": norm,
+                    "eps": eps,
+                    "ce_attack": ce.attack,
+                    "margin_attack": mg.attack,
+                    "robust_accuracy_ce": ce.robust_accuracy,
+                    "robust_accuracy_margin": mg.robust_accuracy,
+                    "margin_cumulative": mg.cumulative,
+                    "points_broken_only_by_margin": gap,
+                    "n": n,
+                },
+                "Cross-entropy gradients vanish on this model (saturated softmax: defensive "
+                "distillation, scaled logits). Report the margin-loss / `--suite strong` number; "
+                "a CE-only evaluation of this model is not trustworthy.",
+            )
+        items.append(_Item(f"{ce.attack} vs {mg.attack}", _budget(norm, eps), n, result, gap, warn))
     out.add_all(code, items, "needs pgd/apgd-ce and cw/apgd-dlr at the same budget")
 
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustcli.attacks.base import Criterion, MinimizationAttack, top_other_classes
+from robustcli.attacks.base import AttackProblem, Criterion, MinimizationAttack, top_other_classes
 from robustcli.attacks.geometry import LpBall
-from robustcli.attacks.norms import NORMS, flat_norm, per_point
+from robustcli.attacks.norms import flat_norm, per_point
 from robustcli.attacks.traits import AttackTraits
 
 
@@ -54,12 +54,10 @@ class FABTargeted(MinimizationAttack):
         beta: float = 0.9,
         final_search: int = 20,
     ):
-        if norm not in NORMS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+        self.ball = LpBall(norm)  # refuses an unknown norm
         if steps < 1 or target_classes < 1 or final_search < 0:
             raise ValueError("steps and target_classes must be >= 1, final_search >= 0")
         self.norm = norm
-        self.ball = LpBall(norm)
         self.steps = steps
         self.target_classes = target_classes
         self.alpha_max = alpha_max
@@ -73,14 +71,8 @@ class FABTargeted(MinimizationAttack):
         # the linearised boundary is one of the logit differences Z_t - Z_y: a margin loss
         return AttackTraits("margin", self.norm, targeted=True, minimization=True, options=("steps",))
 
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        model, x, criterion = problem.model, problem.x, problem.criterion
         n = len(x)
         best = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         best_x = x.clone()

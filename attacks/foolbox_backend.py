@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack, MinimizationAttack
+from robustcli.attacks.base import AttackProblem, FixedEpsilonAttack, MinimizationAttack
 from robustcli.attacks.cw import CW_PRESETS
 from robustcli.attacks.registry import attack_traits
 
@@ -45,9 +44,10 @@ class _FoolboxMixin:
         self.restarts = restarts or 1
         self.fb_attack = _foolbox_attack(name, steps, options)
 
-    def run(self, model: nn.Module, x: torch.Tensor, criterion: Criterion, eps, generator):
+    def foolbox_run(self, problem: AttackProblem, eps: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         import foolbox as fb
 
+        model, x, criterion, generator = problem.model, problem.x, problem.criterion, problem.generator
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
         crit = (
             fb.criteria.TargetedMisclassification(criterion.targets)
@@ -66,11 +66,13 @@ class _FoolboxMixin:
 
 
 class FoolboxFixedEpsilon(_FoolboxMixin, FixedEpsilonAttack):
-    pass
+    def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.foolbox_run(problem, eps)
 
 
 class FoolboxMinimization(_FoolboxMixin, MinimizationAttack):
-    pass
+    def run(self, problem: AttackProblem) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.foolbox_run(problem, problem.eps)
 
 
 def make_foolbox_attack(name: str, norm: str, minimization: bool, **options):

@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
-
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack, input_gradient
+from robustcli.attacks.base import AttackProblem, FixedEpsilonAttack, input_gradient
 from robustcli.attacks.geometry import LpBall
 from robustcli.attacks.losses import attack_loss
 from robustcli.attacks.traits import AttackTraits
@@ -54,16 +52,8 @@ class GradientAttack(FixedEpsilonAttack):
         # the PGD losses "ce" and "margin" are loss families of their own
         return AttackTraits(self.loss, self.norm, single_step=self.single_step, options=self.options)
 
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if eps is None:
-            raise ValueError(f"{self.name} needs an eps budget")
+    def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        model, x, criterion, generator = problem.model, problem.x, problem.criterion, problem.generator
         stepsize = self.abs_stepsize if self.abs_stepsize is not None else self.rel_stepsize * eps
         labels = criterion.attack_labels
         x_adv = x.clone()

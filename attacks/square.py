@@ -38,9 +38,8 @@ import math
 from abc import abstractmethod
 
 import torch
-from torch import nn
 
-from robustcli.attacks.base import Criterion, FixedEpsilonAttack, search_unbroken
+from robustcli.attacks.base import AttackProblem, Criterion, FixedEpsilonAttack, search_unbroken
 from robustcli.attacks.losses import margin
 from robustcli.attacks.norms import flat_norm, per_point
 from robustcli.attacks.traits import AttackTraits
@@ -73,40 +72,29 @@ class SquareAttack(FixedEpsilonAttack):
         self.p_init = p_init
         self.restarts = restarts
 
-    def run(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        criterion: Criterion,
-        eps: float | None,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if eps is None:
-            raise ValueError(f"{self.name} needs an eps budget")
+    @property
+    def traits(self) -> AttackTraits:
+        return AttackTraits("margin", self.norm, gradient_free=True, options=("queries", "restarts"))
+
+    def run_within(self, problem: AttackProblem, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        x = problem.x
         if x.dim() != 4:
             raise ValueError(f"{self.name} needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
         x_adv = x.clone()
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         if eps > 0:
             with torch.no_grad():
-                search_unbroken(
-                    x_adv, success, self.restarts, lambda idx: self._search(model, x[idx], idx, criterion, eps, generator)
-                )
+                search_unbroken(x_adv, success, self.restarts, lambda idx: self._search(problem, idx, eps))
         return x_adv, success
 
     def _loss(self, logits: torch.Tensor, batch_idx: torch.Tensor, criterion: Criterion) -> torch.Tensor:
         lab = criterion.attack_labels[batch_idx]
         return -margin(logits, lab) if criterion.targeted else margin(logits, lab)
 
-    def _search(
-        self,
-        model: nn.Module,
-        x0: torch.Tensor,
-        idx: torch.Tensor,
-        criterion: Criterion,
-        eps: float,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search(self, problem: AttackProblem, idx: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random search on the points `idx` of the batch; returns (found, adversarial points)."""
+        model, criterion, generator = problem.model, problem.criterion, problem.generator
+        x0 = problem.x[idx]
         n = len(x0)
         dev = x0.device
         found = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -170,7 +158,6 @@ class SquareLinf(SquareAttack):
 
     name = "square"
     norm = "linf"
-    traits = AttackTraits("margin", "linf", gradient_free=True, options=("queries", "restarts"))
 
     def _start(self, x0, eps, generator):
         n, c, _, w = x0.shape
@@ -214,7 +201,6 @@ class SquareL2(SquareAttack):
 
     name = "square-l2"
     norm = "l2"
-    traits = AttackTraits("margin", "l2", gradient_free=True, options=("queries", "restarts"))
 
     def _start(self, x0, eps, generator):
         n, c, h, w = x0.shape

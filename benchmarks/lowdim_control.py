@@ -120,8 +120,6 @@ def lp_tightened_bounds(layers, lo, hi):
 
 def _relaxation(layers, pre, lo, hi):
     """Triangle relaxation of the given hidden layers: variables x, then (z, h) per layer."""
-    from scipy.sparse import lil_matrix
-
     n_in = len(lo)
     n = n_in + sum(2 * len(b) for _, b in layers)
     eq, ub = [], []
@@ -149,24 +147,28 @@ def _relaxation(layers, pre, lo, hi):
                 ub.append(({oh + j: 1.0, oz + j: -s}, -s * l_[j]))  # h <= s (z - l)
         prev, off = [oh + j for j in range(k)], off + 2 * k
 
-    def mat(rows):
-        A = lil_matrix((len(rows), n))
-        rhs = np.zeros(len(rows))
-        for r, (coefs, v) in enumerate(rows):
-            for col, val in coefs.items():
-                A[r, col] = val
-            rhs[r] = v
-        return A.tocsr(), rhs
-
-    A_eq, b_eq = mat(eq)
-    A_ub, b_ub = mat(ub) if ub else (None, None)
+    A_eq, b_eq = _sparse_rows(eq, n)
+    A_ub, b_ub = _sparse_rows(ub, n) if ub else (None, None)
     return A_ub, b_ub, A_eq, b_eq, bounds, n, prev
+
+
+def _sparse_rows(rows: list[tuple[dict[int, float], float]], n: int):
+    """Linear constraints given as (coefficients by variable index, right-hand side) rows, as a
+    sparse (len(rows), n) matrix and the right-hand sides."""
+    from scipy.sparse import lil_matrix
+
+    A = lil_matrix((len(rows), n))
+    rhs = np.zeros(len(rows))
+    for r, (coefs, v) in enumerate(rows):
+        for col, val in coefs.items():
+            A[r, col] = val
+        rhs[r] = v
+    return A.tocsr(), rhs
 
 
 def milp_min(layers, lo, hi, row: np.ndarray, time_limit: float, pre=None):
     """min row . f(x) over the box, exactly (big-M MILP). Returns (status, value, x)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
 
     pre = pre if pre is not None else lp_tightened_bounds(layers, lo, hi)
     n_in = len(lo)
@@ -213,13 +215,8 @@ def milp_min(layers, lo, hi, row: np.ndarray, time_limit: float, pre=None):
     for rows, kind in ((rows_eq, "eq"), (rows_ub, "ub")):
         if not rows:
             continue
-        A = lil_matrix((len(rows), n))
-        rhs = np.zeros(len(rows))
-        for r, (coefs, v) in enumerate(rows):
-            for col, val in coefs.items():
-                A[r, col] = val
-            rhs[r] = v
-        cons.append(LinearConstraint(A.tocsr(), rhs if kind == "eq" else -np.inf, rhs))
+        A, rhs = _sparse_rows(rows, n)
+        cons.append(LinearConstraint(A, rhs if kind == "eq" else -np.inf, rhs))
     res = milp(c, constraints=cons, integrality=integrality, bounds=Bounds(lb, ub),
                options={"time_limit": time_limit, "mip_rel_gap": 0.0})
     if res.status != 0 or res.x is None:

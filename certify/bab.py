@@ -47,6 +47,24 @@ class RoundClock:
         self._start = now
         return self.deadline is None or now + last <= self.deadline
 
+    def stop_reason(self, done: int, max_domains: int) -> str | None:
+        """Why a branch-and-bound loop stops before its next round ("timeout" if the round would not
+        fit, "limit" once more than `max_domains` domains were bounded), or None to go on."""
+        if not self.next_round_fits():
+            return "timeout"
+        if done > max_domains:
+            return "limit"
+        return None
+
+
+def worst_first(score: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next round's domains, the `batch` with the lowest bound (worst first), and a mask of
+    the domains that wait."""
+    order = score.argsort()[:batch]
+    rest = torch.ones(len(score), dtype=torch.bool, device=score.device)
+    rest[order] = False
+    return order, rest
+
 
 @dataclass
 class BabOutcome:
@@ -161,13 +179,10 @@ def bab_refute(
     out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     rounds = RoundClock(deadline)
     while len(scores_lb):
-        if not rounds.next_round_fits():
-            return BabOutcome(False, done, "timeout")
-        if done > max_domains:
-            return BabOutcome(False, done, "limit")
-        order = scores_lb.argsort()[:batch]  # worst domains first
-        rest = torch.ones(len(scores_lb), dtype=torch.bool, device=dev)
-        rest[order] = False
+        stop = rounds.stop_reason(done, max_domains)
+        if stop is not None:
+            return BabOutcome(False, done, stop)
+        order, rest = worst_first(scores_lb, batch)
         take = lambda ts: [t[order] for t in ts]  # noqa: E731
         keep = lambda ts: [t[rest] for t in ts]  # noqa: E731
         sp, al, be, rt = take(splits), take(alphas), take(betas), roots[order]

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.bab import RoundClock
+from robustcli.certify.bab import RoundClock, worst_first
 
 
 @dataclass
@@ -66,13 +66,10 @@ def input_bab_refute(
     done = 0
     rounds = RoundClock(deadline)
     while len(score):
-        if not rounds.next_round_fits():
-            return InputBabOutcome(False, done, "timeout")
-        if done > max_domains:
-            return InputBabOutcome(False, done, "limit")
-        order = score.argsort()[:batch]  # worst first
-        rest = torch.ones(len(score), dtype=torch.bool, device=dev)
-        rest[order] = False
+        stop = rounds.stop_reason(done, max_domains)
+        if stop is not None:
+            return InputBabOutcome(False, done, stop)
+        order, rest = worst_first(score, batch)
         blo, bhi, rt = box_lo[order], box_hi[order], roots[order]
         box_lo, box_hi, roots, score = box_lo[rest], box_hi[rest], roots[rest], score[rest]
         B = len(order)

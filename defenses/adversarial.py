@@ -20,7 +20,7 @@ eps = 0.3 from the first step often stall at chance accuracy.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +69,41 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
     return (log_p.exp() * (log_p - F.log_softmax(q_logits, 1))).sum(1)
 
 
-def eps_at(config: AdversarialConfig, epoch: int, batch: int, batches: int) -> float:
+class RampedEps(Protocol):
+    """A training config with a budget `eps` reached after `warmup_epochs` (AdvMoE's too)."""
+
+    eps: float
+    warmup_epochs: int
+
+
+def eps_at(config: RampedEps, epoch: int, batch: int, batches: int) -> float:
     """The training eps at this batch: linear ramp over `warmup_epochs`, then constant."""
     if config.warmup_epochs <= 0:
         return config.eps
     progress = (epoch * batches + batch + 1) / (config.warmup_epochs * batches)
     return config.eps * min(1.0, progress)
+
+
+def training_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """The trainers' random streams: batch order (on the CPU, where the loader shuffles) and the
+    inner attack's random starts (on the model's device), seeded `seed` and `seed + 1`."""
+    return {
+        "order": torch.Generator().manual_seed(seed),
+        "attack": torch.Generator(device=device).manual_seed(seed + 1),
+    }
+
+
+def pgd_at_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, generator: torch.Generator | None
+) -> dict[str, torch.Tensor]:
+    """PGD-AT's loss CE(f(x_adv), y) (Madry et al. 2018, eq. 2.1), x_adv from PGD on CE in the
+    Linf eps ball, and the batch's accuracy on x_adv."""
+    x_adv = pgd_maximize(
+        lambda z: F.cross_entropy(model(z), y, reduction="none"), x, eps, steps=steps, generator=generator, model=model
+    )
+    logits_adv = model(x_adv)
+    loss = F.cross_entropy(logits_adv, y)
+    return {"loss": loss, "adv_acc": (logits_adv.argmax(1) == y).float().mean()}
 
 
 def adversarial_loss(
@@ -93,13 +122,7 @@ def adversarial_loss(
         loss = F.cross_entropy(model(x), y)
         return {"loss": loss}
     if defense == "pgd-at":
-        x_adv = pgd_maximize(
-            lambda z: F.cross_entropy(model(z), y, reduction="none"),
-            x, eps, steps=attack_steps, generator=generator, model=model,
-        )  # fmt: skip
-        logits_adv = model(x_adv)
-        loss = F.cross_entropy(logits_adv, y)
-        return {"loss": loss, "adv_acc": (logits_adv.argmax(1) == y).float().mean()}
+        return pgd_at_loss(model, x, y, eps=eps, steps=attack_steps, generator=generator)
     if defense == "trades":
         with torch.no_grad(), eval_mode(model):
             p_clean = model(x)
@@ -134,10 +157,7 @@ def train_adversarial(
     """Train `model` in place on (x, y) in [0, 1] pixel space; return the per-epoch log."""
     device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generators = {
-        "order": torch.Generator().manual_seed(config.seed),
-        "attack": torch.Generator(device=device).manual_seed(config.seed + 1),
-    }
+    generators = training_generators(config.seed, device)
     if config.defense == "gaussian":
         generators["noise"] = torch.Generator(device=device).manual_seed(config.seed + 2)
 

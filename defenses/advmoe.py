@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustcli.attacks.base import eval_mode
-from robustcli.defenses.adversarial import kl_divergence
+from robustcli.defenses.adversarial import eps_at, kl_divergence, pgd_at_loss, training_generators
 from robustcli.defenses.inner_max import pgd_maximize
 from robustcli.defenses.moe import expert_parameters, moe_layers, router_parameters, routing_log_probs
 from robustcli.core.checkpoint import Checkpointer
@@ -121,15 +121,12 @@ def router_step(model, opt, x, y, *, eps, steps, beta, alpha, generator) -> dict
 
 
 def at_step(model, opt, x, y, *, eps, steps, generator) -> dict[str, torch.Tensor]:
-    x_adv = pgd_maximize(
-        lambda z: F.cross_entropy(model(z), y, reduction="none"), x, eps, steps=steps, generator=generator, model=model
-    )
-    logits_adv = model(x_adv)
-    loss = F.cross_entropy(logits_adv, y)
+    """PGD-AT of the whole MoE: one Adam step on `defenses.adversarial.pgd_at_loss`."""
+    losses = pgd_at_loss(model, x, y, eps=eps, steps=steps, generator=generator)
     model.zero_grad(set_to_none=True)
-    loss.backward()
+    losses["loss"].backward()
     opt.step()
-    return {"loss": loss.detach(), "adv_acc": (logits_adv.argmax(1) == y).float().mean()}
+    return {"loss": losses["loss"].detach(), "adv_acc": losses["adv_acc"]}
 
 
 def natural_step(model, opt, x, y) -> dict[str, torch.Tensor]:
@@ -162,20 +159,14 @@ def train_moe(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train a MoE-CNN in place (a dense model works too for `at` and `natural`)."""
-    from robustcli.defenses.adversarial import AdversarialConfig, eps_at
-
     if config.mode == "advmoe" and not moe_layers(model):
         raise ValueError("advmoe needs a model with MoE layers")
     device = next(model.parameters()).device
     opts = optimizers_for(model, config)
-    generators = {
-        "order": torch.Generator().manual_seed(config.seed),
-        "attack": torch.Generator(device=device).manual_seed(config.seed + 1),
-    }
-    ramp = AdversarialConfig(eps=config.eps, warmup_epochs=config.warmup_epochs)
+    generators = training_generators(config.seed, device)
 
     def step(xb: torch.Tensor, yb: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
-        eps = eps_at(ramp, ctx.epoch, ctx.batch, ctx.batches)
+        eps = eps_at(config, ctx.epoch, ctx.batch, ctx.batches)
         gen, k = generators["attack"], config.attack_steps
         if config.mode == "natural":
             out = natural_step(model, opts["all"], xb, yb)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from robustcli.attacks.evaluate import Evaluation
-from robustcli.core.errors import InputError
+from robustcli.requests import OptionError
 from robustcli.image_grid import broken_sample, grid_png, message_png, pgd_broken_sample, write_png
 from robustcli.session import Workload
 from robustcli.html_page import Page, Section, esc, image, paragraph, table, write_page
@@ -27,10 +27,11 @@ def check_output(path: str | None, flag: str, suffixes: tuple[str, ...]) -> None
     if path is None:
         return
     p = Path(path)
+    option = flag.removeprefix("--")
     if p.suffix.lower() not in suffixes:
-        raise InputError(f"{flag} {path}: use a file name ending in {' or '.join(suffixes)}")
+        raise OptionError(option, f"{path}: use a file name ending in {' or '.join(suffixes)}")
     if not p.parent.exists():
-        raise InputError(f"{flag} {path}: folder {p.parent} does not exist")
+        raise OptionError(option, f"{path}: folder {p.parent} does not exist")
 
 
 def _pct(v: Any) -> str:
@@ -179,6 +180,36 @@ def eval_page(report: dict, grids: dict[str, bytes | None] | None = None) -> Pag
             page.sections.append(section)
         if grids and c["name"] in grids:
             page.sections.append(_grid_section(grids[c["name"]], f"Broken points{what}"))
+    return page
+
+
+def training_page(
+    title: str,
+    meta: list[tuple[str, Any]],
+    final: Section,
+    curve_png: bytes | None,
+    grids: list[tuple[str, bytes | None, str]],
+    extra: list[Section] = (),  # type: ignore[assignment]
+) -> Page:
+    """The trainers' page: the final evaluation table, the training curve, anything the trainer adds
+    (e.g. distillation's diagnostics), and per (heading, grid, which points were searched) the
+    broken points of the final evaluation's attacks."""
+    page = Page(title, meta)
+    page.sections.append(final)
+    if curve_png is None:
+        page.sections.append(Section("Training curve", [paragraph("No epoch was logged in this run.", "muted")]))
+    else:
+        page.sections.append(
+            Section("Training curve", [image(curve_png, "training loss and accuracy per epoch")])
+        )
+    page.sections += list(extra)
+    for heading, grid, searched in grids:
+        section = _grid_section(grid, heading)
+        if grid is None:
+            section.body = [paragraph(f"No attack broke any of {searched}, so there is nothing to show.", "muted")]
+        else:
+            section.body.insert(1, paragraph(f"Drawn from {searched}.", "muted"))
+        page.sections.append(section)
     return page
 
 

@@ -47,8 +47,72 @@ def accuracy_vs_eps_png(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title(f"{title} ({norm})", fontsize=10)
+    return _png(fig)
+
+
+ACCURACY_KEYS = ("adv_acc", "train_accuracy", "holdout_accuracy", "holdout_verified")
+ACCURACY_LABELS = {
+    "adv_acc": "adversarial acc (training batches)",
+    "train_accuracy": "train acc",
+    "holdout_accuracy": "held-out clean acc",
+    "holdout_verified": "held-out IBP-verified acc",
+}
+
+
+def training_curve_png(histories: dict[str, list[dict]], *, title: str) -> bytes | None:
+    """Per-epoch training loss (left) and the accuracies the trainer logged (right), one line per
+    model and quantity; `histories` maps a model's name to the per-epoch records its trainer
+    returned (`epoch` is 0-based; drawn 1-based). Returns None when no record has a loss."""
+    series = {name: [r for r in records if _finite(r.get("loss"))] for name, records in histories.items()}
+    series = {name: records for name, records in series.items() if records}
+    if not series:
+        return None
+    accuracies = [k for k in ACCURACY_KEYS if any(_finite(r.get(k)) for records in series.values() for r in records)]
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    panels = 2 if accuracies else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.6), squeeze=False)
+    loss_ax = axes[0][0]
+    for name, records in series.items():
+        loss_ax.plot([r["epoch"] + 1 for r in records], [r["loss"] for r in records], marker="o", ms=4, label=name)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_title(f"{title}: loss", fontsize=10)
+    if accuracies:
+        acc_ax = axes[0][1]
+        for name, records in series.items():
+            for key in accuracies:
+                points = [(r["epoch"] + 1, 100 * r[key]) for r in records if _finite(r.get(key))]
+                if points:
+                    label = ACCURACY_LABELS[key] if len(series) == 1 else f"{name}: {ACCURACY_LABELS[key]}"
+                    acc_ax.plot(*zip(*points), marker="o", ms=4, label=label)
+        acc_ax.set_xlabel("epoch")
+        acc_ax.set_ylabel("accuracy (%)")
+        acc_ax.set_ylim(-2, 102)
+        acc_ax.set_title(f"{title}: accuracy", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes (laid out, 100 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")

@@ -19,7 +19,6 @@ from robustcli.certify.smoothing import (
     SmoothingCertificate,
     certified_accuracy,
     certify_smoothed,
-    check_smoothing_parameters,
     empty_certificate,
     merge_certificates,
     predict_from_counts,
@@ -29,12 +28,11 @@ from robustcli.core.errors import InputError
 from robustcli.options import MultiOption
 from robustcli.report import pct
 
-# Cohen et al. use n = 100,000; this CPU-sized default keeps a run on a few hundred points in
-# minutes. With alpha = 0.001 it caps the radius at sigma * Phi^-1(0.001 ** (1 / n)) = 2.46 sigma.
-DEFAULT_SAMPLES = 1000
-DEFAULT_N0 = 100
-DEFAULT_ALPHA = 0.001
-DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+from robustcli.requests import SmoothingRequest
+
+DEFAULT_SAMPLES = SmoothingRequest.samples
+DEFAULT_N0 = SmoothingRequest.n0
+DEFAULT_ALPHA = SmoothingRequest.alpha
 
 smoothing_options = [
     click.option("--sigma", cls=MultiOption, type=float,
@@ -66,25 +64,16 @@ def reject_smoothing_options() -> None:
             raise InputError(f"{flag} goes with --method smoothing")
 
 
-def validate_request(ctx: click.Context, methods: tuple[str, ...], sigma: tuple[float, ...], eps: tuple[float, ...],
-                     n0: int, samples: int, alpha: float, png_path: str | None, spec: str | None) -> tuple[float, ...]:  # fmt: skip
-    """Check everything before any work; return the radius grid."""
+def check_combination(ctx: click.Context, methods: tuple[str, ...], png_path: str | None, spec: str | None) -> None:
+    """What `--method smoothing` does not combine with; its own values are `SmoothingRequest`'s."""
     if set(methods) != {"smoothing"}:
         raise InputError("--method smoothing certifies a different classifier (the smoothed one); run it on its own")
     if spec is not None:
         raise InputError("--spec goes with bound methods (ibp, crown, ...), not with --method smoothing")
     if ctx.params.get("norm") == "linf" and ctx.get_parameter_source("norm") != click.core.ParameterSource.DEFAULT:
         raise InputError("randomized smoothing with Gaussian noise certifies L2 radii only; use --norm l2 or drop --norm")
-    if not sigma:
-        raise InputError("--method smoothing needs --sigma (e.g. --sigma 0.25 0.5)")
-    for s in sigma:
-        check_smoothing_parameters(s, n0, samples, alpha)
-    radii = tuple(eps) or DEFAULT_RADII
-    if any(not r >= 0 for r in radii):
-        raise InputError(f"--eps (L2 radii for smoothing) must be >= 0, got {', '.join(f'{r:g}' for r in radii)}")
     if png_path and not png_path.lower().endswith(".png"):
         raise InputError(f"--png {png_path}: use a file name ending in .png")
-    return tuple(sorted(set(radii)))
 
 
 def summarise(
@@ -238,10 +227,11 @@ def certify_smoothing_command(
     from robustcli.report import base_report, write_json
     from robustcli.session import open_workload
 
-    sigma = tuple(dict.fromkeys(sigma))  # a repeated sigma would only repeat its row
-    radii = validate_request(click.get_current_context(), methods, sigma, tuple(eps), n0, samples, alpha, png_path, spec)
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    check_combination(click.get_current_context(), methods, png_path, spec)
+    request = SmoothingRequest(
+        sigma=tuple(sigma), eps=tuple(eps), samples=samples, n0=n0, alpha=alpha, batch_size=batch_size, seed=seed
+    )
+    radii, sigma = request.radii, request.sigma
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     part = distributed.shard(len(w.data), max(1, batch_size // samples))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.bab import bab_refute
+from robustcli.certify.bab import RoundClock, bab_refute, worst_first
 from robustcli.certify.input_bab import input_bab_refute
 
 
@@ -49,6 +49,17 @@ def _box():
     return torch.full((1, 2), -1.0, dtype=torch.float64), torch.full((1, 2), 1.0, dtype=torch.float64)
 
 
+ROW = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)  # the margin z_0 - z_1
+
+
+def _shifted_properties(model):
+    """(C, d, should_hold) for C z + d > 0 on the box: the grid minimum of z_0 - z_1 shifted by 3%
+    of its range up (holds, with room to prove it) and down (a grid point violates)."""
+    true_min, spread, _, _ = _grid_min(model, ROW, torch.zeros(1, dtype=torch.float64))
+    for offset, should_hold in ((0.03, True), (-0.03, False)):
+        yield ROW, -true_min + offset * spread, should_hold
+
+
 def _assert_sound(out, should_hold, model, C, d, lo, hi):
     if should_hold:
         assert out.proved, out
@@ -71,10 +82,7 @@ def test_input_split_agrees_with_the_grid(seed):
     model = _net(seed)
     chain = cb.Chain.of(model, (2,))
     lo, hi = _box()
-    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
-    true_min, spread, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
-    for offset, should_hold in ((0.03, True), (-0.03, False)):
-        d = -true_min + offset * spread
+    for C, d, should_hold in _shifted_properties(model):
         out = input_bab_refute(chain, lo, hi, C[None], d[None], check=_check_for(model, C, d), deadline=None,
                                max_domains=200_000)
         _assert_sound(out, should_hold, model, C, d, lo, hi)
@@ -87,10 +95,7 @@ def test_relu_split_agrees_with_the_grid(seed):
     model = _net(seed, width=8, depth=2)
     chain = cb.Chain.of(model, (2,))
     lo, hi = _box()
-    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
-    true_min, spread, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
-    for offset, should_hold in ((0.03, True), (-0.03, False)):
-        d = -true_min + offset * spread
+    for C, d, should_hold in _shifted_properties(model):
         inter = cb.crown_intermediate(chain, lo, hi)
         out = bab_refute(chain, lo, hi, C[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
                          check=_check_for(model, C, d))
@@ -102,11 +107,31 @@ def test_input_bab_times_out_in_time():
 
     model = _net(0, width=64, depth=4)
     chain = cb.Chain.of(model, (2,))
-    lo, hi = torch.full((1, 2), -1.0, dtype=torch.float64), torch.full((1, 2), 1.0, dtype=torch.float64)
-    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
-    true_min, spread, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
+    lo, hi = _box()
+    C = ROW
+    true_min, _, _, _ = _grid_min(model, C, torch.zeros(1, dtype=torch.float64))
     d = -true_min + 1e-9  # holds only by a hair: splitting cannot finish quickly
     t0 = time.monotonic()
     out = input_bab_refute(chain, lo, hi, C[None], d[None], deadline=time.monotonic() + 1.0)
     assert time.monotonic() - t0 < 2.0
     assert not out.proved or float((true_min + d)) > 0
+
+
+def test_worst_first_takes_the_lowest_bounds_and_keeps_the_others():
+    score = torch.tensor([0.5, -2.0, 3.0, -1.0, 0.0], dtype=torch.float64)
+    order, rest = worst_first(score, 2)
+    assert order.tolist() == [1, 3]
+    assert rest.tolist() == [True, False, True, False, True]
+    order, rest = worst_first(score, 10)  # a batch larger than the queue takes all of it
+    assert sorted(order.tolist()) == list(range(5)) and not rest.any()
+
+
+def test_round_clock_stops_for_the_domain_limit_and_the_deadline():
+    import time
+
+    assert RoundClock(None).stop_reason(done=10, max_domains=10) is None
+    assert RoundClock(None).stop_reason(done=11, max_domains=10) == "limit"
+    clock = RoundClock(time.monotonic() + 1.0)
+    assert clock.stop_reason(done=0, max_domains=10) is None  # the first round starts
+    time.sleep(0.6)  # a round of 0.6 s: another one would end after the deadline
+    assert clock.stop_reason(done=0, max_domains=10) == "timeout"

@@ -6,18 +6,11 @@ import json
 
 import pytest
 import torch
+from cli_helpers import only_error_line
 
 import robustcli.certify.lirpa
 from robustcli.certify.lirpa import lirpa_available
 from robustcli.certify.verify import CertifyOutcome, SoundnessError, check_soundness
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_certify_reports_and_orders_accuracies(run_cli, tmp_path, digits_mlp):
@@ -58,7 +51,7 @@ def test_tightness_command(run_cli, tmp_path, digits_mlp):
 @pytest.mark.parametrize("eps", ["1.5", "-0.1", "nan"])
 def test_eps_out_of_range(run_cli, eps, tmp_path):
     out = tmp_path / "x.json"
-    line = one_error_line(run_cli("certify", "--model", "digits-mlp", "--eps", eps, "--json", out))
+    line = only_error_line(run_cli("certify", "--model", "digits-mlp", "--eps", eps, "--json", out))
     assert "eps" in line and not out.exists()
 
 
@@ -68,11 +61,11 @@ def test_unsupported_layer_for_ibp_names_it(run_cli, tmp_path, factory, layer):
 
     path = tmp_path / "net.pt"
     torch.save(getattr(certify_nets, factory)().state_dict(), path)
-    line = one_error_line(
+    line = only_error_line(
         run_cli("certify", "--model", path, "--arch", f"certify_nets:{factory}", "--data", "digits", "--n", "5")
     )
     assert layer in line and "'2'" in line and "crown" in line
-    line = one_error_line(
+    line = only_error_line(
         run_cli("tightness", "--model", path, "--arch", f"certify_nets:{factory}", "--data", "digits", "--n", "5")
     )
     assert layer in line
@@ -83,7 +76,7 @@ def test_missing_auto_lirpa_says_how_to_install_and_ibp_still_works(run_cli, mon
         raise ImportError("No module named 'auto_LiRPA'")
 
     monkeypatch.setattr(robustcli.certify.lirpa, "import_auto_lirpa", missing)
-    line = one_error_line(run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "lirpa-crown"))
+    line = only_error_line(run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "lirpa-crown"))
     assert "pip install --no-deps auto-lirpa==0.3" in line and "--method ibp" in line
     r = run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "ibp", "--pgd-steps", "2")
     assert r.exit_code == 0, r.output

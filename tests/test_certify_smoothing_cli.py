@@ -7,15 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import only_error_line
 from distributed_helpers import two_rank_results, two_rank_scenario
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def test_smoothing_table_json_and_png(run_cli, tmp_path, digits_mlp):
@@ -71,13 +64,13 @@ def test_smoothing_is_seeded(run_cli, tmp_path, digits_mlp):
 def test_smoothing_bad_input_one_line(run_cli, tmp_path, args, words):
     out = tmp_path / "x.json"
     r = run_cli("certify", "--model", "digits-mlp", "--n", "5", "--method", "smoothing", *args, "--json", out)
-    assert words in one_error_line(r)
+    assert words in only_error_line(r)
     assert not out.exists()
 
 
 def test_smoothing_options_need_the_method(run_cli, tmp_path):
     r = run_cli("certify", "--model", "digits-mlp", "--n", "5", "--sigma", "0.25")
-    assert "--method smoothing" in one_error_line(r)
+    assert "--method smoothing" in only_error_line(r)
 
 
 SMOOTHING_EVAL = """\

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,13 @@ from torch import nn
 class _Scale(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z * 1e4
+
+
+def digits_eval_config(path: Path, n: int, checks: str) -> Path:
+    """Write an eval config for the built-in digits MLP on its first n test points with `checks`
+    (the YAML list under `checks:`, indented by two spaces)."""
+    path.write_text(f"model: digits-mlp\nn: {n}\nchecks:\n{checks}")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +59,7 @@ checks:
 
 
 def test_strong_check_is_at_least_as_strong_as_its_extra_attacks(run_cli, tmp_path):
-    cfg = tmp_path / "s.yaml"
-    cfg.write_text(
-        """\
-model: digits-mlp
-n: 24
-checks:
+    cfg = digits_eval_config(tmp_path / "s.yaml", 24, """\
   - name: strong
     type: strong
     eps: [0.1]
@@ -89,10 +92,10 @@ checks:
 
 
 def test_scaling_check_without_a_fit_fails_with_the_reason(run_cli, tmp_path):
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(
-        "model: digits-mlp\nn: 30\nchecks:\n  - type: scaling\n    attacks: fgsm\n"
-        "    eps_min: 0.0001\n    eps_max: 0.001\n    points: 3\n    gates: [gamma > 0]\n"
+    cfg = digits_eval_config(
+        tmp_path / "p.yaml",
+        30,
+        "  - type: scaling\n    attacks: fgsm\n    eps_min: 0.0001\n    eps_max: 0.001\n    points: 3\n    gates: [gamma > 0]\n",
     )
     r = run_cli("eval", cfg, "--markdown", tmp_path / "p.md")
     assert r.exit_code == 1
@@ -100,12 +103,7 @@ def test_scaling_check_without_a_fit_fails_with_the_reason(run_cli, tmp_path):
 
 
 def test_certify_check_gates_per_method_and_any_method(run_cli, tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        """\
-model: digits-mlp
-n: 40
-checks:
+    cfg = digits_eval_config(tmp_path / "c.yaml", 40, """\
   - name: cert
     type: certify
     methods: [ibp]

@@ -225,15 +225,25 @@ def test_deep_vnnlib_parses_without_recursion(d):
     assert prop.n_inputs == 12 and len(prop.cases) == 1
 
 
-def test_gzip_bomb_vnnlib_is_cut_off(tmp_path, monkeypatch):
-    import robustcli.certify.vnnlib as vnnlib
+@pytest.mark.parametrize(
+    "module, limit, read, name, filler, words",
+    [
+        ("vnnlib", "MAX_TEXT_BYTES", "read_vnnlib", "bomb.vnnlib.gz", b" ", "unpacks to more than 1 MB"),
+        ("onnx_import", "MAX_ONNX_BYTES", "onnx_bytes", "bomb.onnx.gz", b"\x00", "unpacks to more than"),
+    ],
+)
+def test_gzip_bomb_is_cut_off(tmp_path, monkeypatch, module, limit, read, name, filler, words):
+    """A 4 MB gzip stream of one byte value, read under a 1 MB limit."""
+    import importlib
+
     from robustcli.core.errors import InputError
 
-    monkeypatch.setattr(vnnlib, "MAX_TEXT_BYTES", 1 << 20)
-    bomb = tmp_path / "bomb.vnnlib.gz"
-    bomb.write_bytes(gzip.compress(b" " * (4 << 20)))
-    with pytest.raises(InputError, match="unpacks to more than 1 MB"):
-        vnnlib.read_vnnlib(bomb)
+    reader = importlib.import_module(f"robustcli.certify.{module}")
+    monkeypatch.setattr(reader, limit, 1 << 20)
+    bomb = tmp_path / name
+    bomb.write_bytes(gzip.compress(filler * (4 << 20)))
+    with pytest.raises(InputError, match=words):
+        getattr(reader, read)(bomb)
 
 
 def test_flat_onnx_input_takes_image_data(run_cli, d, tmp_path):
@@ -375,17 +385,6 @@ def test_read_only_model_cache_is_one_line(run_cli, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert "read-only" in line and "digits-mlp" in line
     assert not list(tmp_path.glob("*.safetensors"))
-
-
-def test_gzip_bomb_onnx_is_cut_off(tmp_path, monkeypatch):
-    import robustcli.certify.onnx_import as onnx_import
-    from robustcli.core.errors import InputError
-
-    monkeypatch.setattr(onnx_import, "MAX_ONNX_BYTES", 1 << 20)
-    bomb = tmp_path / "bomb.onnx.gz"
-    bomb.write_bytes(gzip.compress(b"\x00" * (4 << 20)))
-    with pytest.raises(InputError, match="unpacks to more than"):
-        onnx_import.onnx_bytes(bomb)
 
 
 @pytest.mark.slow

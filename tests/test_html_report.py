@@ -189,6 +189,18 @@ def test_user_text_is_escaped():
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def chromium_screenshot(html: Path, tmp_path: Path) -> Path:
+    """Headless Chromium, offline, loads the page and writes a 1200x2400 screenshot (the path returned)."""
+    shot = tmp_path / "shot.png"
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,2400", f"--screenshot={shot}", html.as_uri(),
+    ]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    return shot
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
 def test_page_renders_in_headless_chromium(tmp_path):
     """A real browser loads the page offline and paints it: a screenshot with the page's colours."""
@@ -201,13 +213,7 @@ def test_page_renders_in_headless_chromium(tmp_path):
     }  # fmt: skip
     html = tmp_path / "page.html"
     html.write_text(attack_page(report, grid).render())
-    shot = tmp_path / "shot.png"
-    cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=1200,2400", f"--screenshot={shot}", html.as_uri(),
-    ]  # fmt: skip
-    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    shot = chromium_screenshot(html, tmp_path)
     assert shot.exists(), "chromium wrote no screenshot"
     img = Image.open(shot).convert("RGB")
     assert img.size == (1200, 2400)

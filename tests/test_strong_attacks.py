@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from robustcli.attacks.apgd import APGD, checkpoint_lengths
-from robustcli.attacks.base import Criterion
+from robustcli.attacks.base import AttackProblem, Criterion
 from robustcli.attacks.diagnostics import diagnose, run_diagnostics
 from robustcli.attacks.evaluate import WORST_CASE, AttackOutcome, Evaluation, evaluate
 from robustcli.attacks.fab import FABTargeted
@@ -232,7 +232,9 @@ def test_criterion_success_semantics_of_apgd_t():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5))
     x = torch.rand(8, 1, 2, 2)
     y = model(x).argmax(1)
-    x_adv, success = APGD(loss="dlr-targeted", steps=10, target_classes=20).run(model.eval(), x, Criterion(y), 1.0, None)
+    x_adv, success = APGD(loss="dlr-targeted", steps=10, target_classes=20).run(
+        AttackProblem(model.eval(), x, Criterion(y), 1.0, None)
+    )
     with torch.no_grad():
         assert (model(x_adv).argmax(1)[success] != y[success]).all()
     assert success.all()  # eps 1 covers the whole box of a linear model's input

@@ -13,11 +13,11 @@ import time
 
 from robustcli.attacks.evaluate import WORST_CASE, evaluate
 from robustcli.attacks.registry import ATTACKS, make_attack
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.base import EPS_KEY, CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, record_evaluation, request_problem
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 from robustcli.image_grid import broken_sample
 from robustcli.progress import evaluate_units
-from robustcli.requests import AttackRequest, OptionError, from_options
+from robustcli.requests import AttackRequest, from_options
 
 
 def request(options: dict) -> AttackRequest:
@@ -37,11 +37,7 @@ def _validate(options: dict) -> tuple[str, str] | None:
     norms = {make_attack(a).norm for a in _attacks(options)}
     if len(norms) > 1:
         return "attack", f"attacks {', '.join(_attacks(options))} mix norms ({', '.join(sorted(norms))}); use one check per norm"
-    try:
-        request(options)
-    except OptionError as e:
-        return e.option, e.detail
-    return None
+    return request_problem(request, options)
 
 
 def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
@@ -58,15 +54,8 @@ def run_attack_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
             keep_adversarials=ctx.keep_samples,
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
-    out.values[("clean_accuracy", None, None)] = result.clean_accuracy
     single = len(plan) == 1
-    for o in result.outcomes:
-        out.values[("robust_accuracy", o.attack, o.eps)] = o.robust_accuracy
-        out.values[("success_rate", o.attack, o.eps)] = o.success_rate
-        if o.attack == WORST_CASE or single:  # the default (attack=None) row: worst case over the check's attacks
-            out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
-            out.values[("success_rate", None, o.eps)] = o.success_rate
-    out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    record_evaluation(out, result, ("robust_accuracy", "success_rate"), lambda a: a == WORST_CASE or single)
     if ctx.keep_samples:
         out.sample = broken_sample(result, w.model.module, w.data.x, w.data.y, device=w.device)
     if wanted & {FLAG, METRIC} or options.get("diagnostics", False):
@@ -79,7 +68,7 @@ ATTACK_CHECK = CheckType(
     help="robust accuracy under attacks at fixed eps",
     keys={
         "attack": KeySpec("strs", required=True, choices=tuple(ATTACKS), help="attack names"),
-        "eps": KeySpec("floats", required=True, minimum=0.0, help="budgets"),
+        "eps": EPS_KEY,
         "steps": KeySpec("int", minimum=1, help="iterations (PGD default 40)"),
         "restarts": KeySpec("int", minimum=1, help="PGD restarts"),
         "diagnostics": KeySpec("bool", help="run the gradient-masking diagnostics even without a gate on them"),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+from robustcli.requests import OptionError
 from robustcli.session import Workload
 
 
@@ -23,6 +24,11 @@ class KeySpec:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     help: str = ""
+
+
+# Keys several check types share, spelled like the commands' flags.
+EPS_KEY = KeySpec("floats", required=True, minimum=0.0, help="budgets")
+NORM_KEY = KeySpec("str", choices=("linf", "l2"))
 
 
 @dataclass(frozen=True)
@@ -77,3 +83,29 @@ class CheckType:
     validate: Callable[[dict], tuple[str, str] | None] = lambda options: None
     # older key spellings still read (with a deprecation note): old -> current
     old_keys: dict[str, str] = field(default_factory=dict)
+
+
+def request_problem(build: Callable[[Mapping[str, Any]], Any], options: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A check's `validate` through its request: (key, message) of the request's OptionError, or None.
+
+    `build` turns the check's options into the request its command builds, so a value the command
+    refuses is refused here with the same words, under the config key of the same name."""
+    try:
+        build(options)
+    except OptionError as e:
+        return e.option, e.detail
+    return None
+
+
+def record_evaluation(out: CheckOutcome, evaluation: Any, metrics: tuple[str, ...], default: Callable[[str], bool]) -> None:
+    """Put an attack evaluation's clean accuracy and, per (attack, eps), each metric into `out`.
+
+    The row of the attack for which `default(attack)` holds is also the gate default (attack None):
+    the worst case over the check's attacks, or its only attack."""
+    out.values[("clean_accuracy", None, None)] = evaluation.clean_accuracy
+    for o in evaluation.outcomes:
+        for metric in metrics:
+            out.values[(metric, o.attack, o.eps)] = getattr(o, metric)
+            if default(o.attack):
+                out.values[(metric, None, o.eps)] = getattr(o, metric)
+    out.details = {"clean_accuracy": evaluation.clean_accuracy, "results": [o.summary() for o in evaluation.outcomes]}

@@ -14,8 +14,8 @@ import time
 import torch
 
 from robustcli.certify.verify import METHODS, certify_dataset
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
-from robustcli.requests import CertifyRequest, OptionError, from_options
+from robustcli.checks.base import EPS_KEY, NORM_KEY, CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, request_problem
+from robustcli.requests import CertifyRequest, from_options
 
 ANY_METHOD = "any"
 
@@ -31,14 +31,6 @@ def _eps(options: dict) -> tuple[float, ...]:
 
 def _methods(options: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(options.get("method", ("ibp",))))
-
-
-def _validate(options: dict) -> tuple[str, str] | None:
-    try:
-        request(options)
-    except OptionError as e:
-        return e.option, e.detail
-    return None
 
 
 def run_certify_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
@@ -73,9 +65,9 @@ CERTIFY_CHECK = CheckType(
     name="certify",
     help="verified accuracy under IBP / CROWN-family bounds, cross-checked against PGD",
     keys={
-        "eps": KeySpec("floats", required=True, minimum=0.0),
+        "eps": EPS_KEY,
         "method": KeySpec("strs", choices=METHODS, help="bound methods (default ibp)"),
-        "norm": KeySpec("str", choices=("linf", "l2")),
+        "norm": NORM_KEY,
         "pgd-steps": KeySpec("int", minimum=1),
         "pgd-restarts": KeySpec("int", minimum=1),
         "alpha-iterations": KeySpec("int", minimum=1),
@@ -89,6 +81,6 @@ CERTIFY_CHECK = CheckType(
     run=run_certify_check,
     eps_of=_eps,
     attacks_of=lambda options: (*_methods(options), ANY_METHOD),
-    validate=_validate,
+    validate=lambda options: request_problem(request, options),
     old_keys={"methods": "method"},
 )

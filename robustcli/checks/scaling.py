@@ -9,46 +9,58 @@ from __future__ import annotations
 
 import time
 
-from robustcli.analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
-from robustcli.analyses.scaling import DEFAULT_RANGE, log_grid, scaling_analysis
+from robustcli.analyses.scaling import scaling_analysis
 from robustcli.attacks.evaluate import WORST_CASE
 from robustcli.attacks.registry import ATTACKS, make_attack
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, request_problem
 from robustcli.progress import evaluate_units
+from robustcli.requests import OptionError, ScalingRequest, from_options
+
+CHECK_POINTS = 10  # the check's grid is coarser than the command's (12): a CI gate, not a figure
 
 
 def _attacks(options: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(options["attack"]))
 
 
+def _norm(options: dict) -> str:
+    return make_attack(options["attack"][0]).norm
+
+
+def request(options: dict) -> ScalingRequest:
+    """The check's keys are `robust analyze scaling`'s flag names. A check runs attacks of one norm,
+    and its `eps-min` / `eps-max` bound that norm's grid (the command's `--eps-l2-min` / `--eps-l2-max`
+    for L2 attacks); a problem with them is reported under the key the check wrote."""
+    values = {"points": CHECK_POINTS, **options}
+    if _norm(options) == "linf":
+        return from_options(ScalingRequest, values)
+    values = {(f"eps-l2-{k[4:]}" if k in ("eps-min", "eps-max") else k): v for k, v in values.items()}
+    try:
+        return from_options(ScalingRequest, values)
+    except OptionError as e:
+        raise OptionError(e.option.replace("eps-l2-", "eps-"), e.detail.replace("eps-l2-", "eps-")) from None
+
+
 def _validate(options: dict) -> tuple[str, str] | None:
     norms = {make_attack(a).norm for a in _attacks(options)}
     if len(norms) > 1:
         return "attack", "a scaling check takes attacks of one norm; use one check per norm"
-    norm = norms.pop()
-    lo = options.get("eps-min", DEFAULT_RANGE[norm][0])
-    hi = options.get("eps-max", DEFAULT_RANGE[norm][1])
-    if not 0 < lo < hi:
-        return "eps-min", f"the grid needs 0 < eps-min < eps-max, got {lo:g} and {hi:g}"
-    if not 0 < options.get("max-error", DEFAULT_MAX_ERROR) <= 1:
-        return "max-error", "must be in (0, 1]"
-    return None
+    return request_problem(request, options)
 
 
 def run_scaling_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
     w = ctx.workload
-    attacks = [make_attack(a, steps=options.get("steps")) for a in _attacks(options)]
+    req = request(options)
+    attacks = [make_attack(a, steps=req.steps, restarts=req.restarts) for a in req.attacks]
     norm = attacks[0].norm
-    grid = log_grid(
-        options.get("eps-min", DEFAULT_RANGE[norm][0]), options.get("eps-max", DEFAULT_RANGE[norm][1]), options.get("points", 10)
-    )
+    grid = req.grid(norm)
     t0 = time.perf_counter()
     units = evaluate_units([(a, grid) for a in attacks], len(w.data)) + len(w.data)  # attacks, then a gradient pass
     with ctx.progress("scaling check", units) as advance:
         result = scaling_analysis(
             w.model.module, w.data.x, w.data.y, attacks, grids={norm: grid}, device=w.device,
-            batch_size=ctx.batch_size, seed=ctx.seed, max_error=options.get("max-error", DEFAULT_MAX_ERROR),
-            min_broken=options.get("min-broken", DEFAULT_MIN_BROKEN), on_batch=lambda k: advance(k),
+            batch_size=ctx.batch_size, seed=ctx.seed, max_error=req.max_error, min_broken=req.min_broken,
+            level=req.level, resamples=req.resamples, on_batch=lambda k: advance(k),
         )  # fmt: skip
     out = CheckOutcome(time_s=time.perf_counter() - t0)
     single = len(attacks) == 1

@@ -12,32 +12,26 @@ from __future__ import annotations
 
 import math
 
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, request_problem
+from robustcli.requests import SmoothingRequest, from_options
 from robustcli.smoothing_report import DEFAULT_ALPHA, DEFAULT_N0, DEFAULT_SAMPLES, run_smoothing_certify
+
+
+def request(options: dict) -> SmoothingRequest:
+    """The check's keys are `robust certify --method smoothing`'s flag names; it takes one sigma."""
+    return from_options(SmoothingRequest, options)
 
 
 def _radii(options: dict) -> tuple[float, ...]:
     return tuple(options["eps"])
 
 
-def _validate(options: dict) -> tuple[str, str] | None:
-    if not options["sigma"] > 0:
-        return "sigma", "sigma must be > 0 (the noise std in [0, 1] pixel units)"
-    alpha = options.get("alpha", DEFAULT_ALPHA)
-    if not 0 < alpha < 1:
-        return "alpha", "alpha must be strictly between 0 and 1"
-    if options.get("n0", DEFAULT_N0) > options.get("samples", DEFAULT_SAMPLES):
-        return "n0", "n0 must not exceed samples"
-    return None
-
-
 def run_smoothing_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
     w = ctx.workload
-    samples, n0 = options.get("samples", DEFAULT_SAMPLES), options.get("n0", DEFAULT_N0)
-    radii = tuple(sorted(set(_radii(options))))
-    with ctx.progress("smoothing check", len(w.data) * (n0 + samples)) as advance:
+    req = request(options)
+    with ctx.progress("smoothing check", len(w.data) * (req.n0 + req.samples)) as advance:
         (row,) = run_smoothing_certify(
-            w, radii, (options["sigma"],), samples=samples, n0=n0, alpha=options.get("alpha", DEFAULT_ALPHA),
+            w, req.radii, req.sigma, samples=req.samples, n0=req.n0, alpha=req.alpha,
             batch_size=ctx.batch_size, seed=ctx.seed, advance=lambda k: advance(k),
         )  # fmt: skip
     out = CheckOutcome(time_s=row["time_s"])
@@ -70,5 +64,5 @@ SMOOTHING_CHECK = CheckType(
     flags={},
     run=run_smoothing_check,
     eps_of=_radii,
-    validate=_validate,
+    validate=lambda options: request_problem(request, options),
 )

@@ -14,11 +14,11 @@ import time
 from robustcli.attacks.evaluate import WORST_CASE, evaluate
 from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.attacks.suite import merge_evaluations, run_strong_suite, strong_suite
-from robustcli.checks.base import CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec
+from robustcli.checks.base import EPS_KEY, NORM_KEY, CheckOutcome, CheckType, EvalContext, KeySpec, MetricSpec, record_evaluation, request_problem
 from robustcli.checks.masking import FLAG, METRIC, add_masking
 from robustcli.image_grid import broken_sample
 from robustcli.progress import evaluate_units
-from robustcli.requests import OptionError, check_eps
+from robustcli.requests import AttackRequest
 
 DEFAULT_STEPS = 100
 DEFAULT_QUERIES = 5000
@@ -37,16 +37,21 @@ def _attacks(options: dict) -> tuple[str, ...]:
     return (*dict.fromkeys([*suite, *options.get("attack", ())]), WORST_CASE)
 
 
+def request(options: dict) -> AttackRequest:
+    """What `robust attack --suite strong --suite-norm NORM --attack ... --eps ...` is asked: the
+    suite and the extra attacks (all of the check's norm) at the check's budgets."""
+    return AttackRequest(
+        attack=tuple(options.get("attack", ())), eps=_eps(options), suite="strong", suite_norm=_norm(options),
+        steps=options.get("extra-steps"), queries=options.get("queries"),
+    )  # fmt: skip
+
+
 def _validate(options: dict) -> tuple[str, str] | None:
     norm = _norm(options)
     other = [a for a in options.get("attack", ()) if make_attack(a).norm != norm]
     if other:
         return "attack", f"attacks {', '.join(other)} are not {norm} attacks like the suite (norm: {norm})"
-    try:
-        check_eps(_eps(options), norm)
-    except OptionError as e:
-        return e.option, e.detail
-    return None
+    return request_problem(request, options)
 
 
 def run_strong_check(ctx: EvalContext, options: dict, wanted: set[str]) -> CheckOutcome:
@@ -71,12 +76,7 @@ def run_strong_check(ctx: EvalContext, options: dict, wanted: set[str]) -> Check
             )  # fmt: skip
             result = merge_evaluations(result, more)
     out = CheckOutcome()
-    out.values[("clean_accuracy", None, None)] = result.clean_accuracy
-    for o in result.outcomes:
-        out.values[("robust_accuracy", o.attack, o.eps)] = o.robust_accuracy
-        if o.attack == WORST_CASE:
-            out.values[("robust_accuracy", None, o.eps)] = o.robust_accuracy
-    out.details = {"clean_accuracy": result.clean_accuracy, "results": [o.summary() for o in result.outcomes]}
+    record_evaluation(out, result, ("robust_accuracy",), lambda a: a == WORST_CASE)
     if ctx.keep_samples:
         out.sample = broken_sample(result, w.model.module, w.data.x, w.data.y, device=w.device)
     add_masking(out, ctx, result)
@@ -88,8 +88,8 @@ STRONG_CHECK = CheckType(
     name="strong",
     help="the strong suite (APGD-CE, APGD-T, Square) with gradient-masking diagnostics",
     keys={
-        "eps": KeySpec("floats", required=True, minimum=0.0),
-        "norm": KeySpec("str", choices=("linf", "l2")),
+        "eps": EPS_KEY,
+        "norm": NORM_KEY,
         "steps": KeySpec("int", minimum=1, help=f"APGD iterations (default {DEFAULT_STEPS})"),
         "queries": KeySpec("int", minimum=1, help=f"Square queries (default {DEFAULT_QUERIES})"),
         "attack": KeySpec("strs", choices=tuple(ATTACKS), help="extra attacks to run alongside the suite"),

@@ -1,9 +1,9 @@
-"""Shared plumbing of the training commands (train, distill, train-moe): data, model, output checks."""
+"""Shared plumbing of the training commands: their common options, data, model and progress bar
+(option values are checked by their requests, `robustcli.training_requests`)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 import click
@@ -19,6 +19,7 @@ from robustcli.models import wrap_normalization
 from robustcli.options import data_format, data_format_options, data_option, device_option, seed_option, train_points_option
 from robustcli.progress import progress_bar
 from robustcli.session import check_model_on_data
+from robustcli.training_requests import TrainRequest
 from robustcli.zoo import NORMALIZATION
 
 DEFAULT_ARCH = {"mnist": "mnist-cnn", "digits": "digits-cnn"}
@@ -28,9 +29,9 @@ training_options = [
     click.option("--test-data", default=None, help="Test data for the final table (default: the bundled test split)."),
     data_format_options,
     train_points_option("train_n"),
-    click.option("--epochs", type=int, default=10, show_default=True),
-    click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
-    click.option("--batch-size", type=int, default=64, show_default=True),
+    click.option("--epochs", type=int, default=TrainRequest.epochs, show_default=True),
+    click.option("--lr", type=float, default=TrainRequest.lr, show_default=True, help="Adam learning rate."),
+    click.option("--batch-size", type=int, default=TrainRequest.batch_size, show_default=True),
     click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output model (.safetensors)."),
     click.option("--resume", is_flag=True, help="Continue from the checkpoint beside --out (OUT.ckpt.pt)."),
     device_option,
@@ -45,37 +46,6 @@ def apply_options(options: list[Callable]) -> Callable[[Callable], Callable]:
         return f
 
     return wrap
-
-
-def check_positive(**values: float | int | None) -> None:
-    for name, v in values.items():
-        if v is not None and not v > 0:
-            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {v}")
-
-
-DEFAULT_WARMUP = 2  # epochs of eps ramp when --warmup is not given (and --epochs leaves room)
-
-
-def warmup_epochs(warmup: int | None, epochs: int) -> int:
-    """--warmup, or the default: 2 epochs, but never all of them (--epochs 2 ramps over 1, so the
-    last epoch trains at the full eps; --epochs 1 has no ramp). An explicit value that leaves no
-    epoch at the full eps is refused with the fix."""
-    if warmup is None:
-        return max(0, min(DEFAULT_WARMUP, epochs - 1))
-    if warmup < 0:
-        raise InputError(f"--warmup must be >= 0, got {warmup}")
-    if 0 < warmup >= epochs:
-        raise InputError(f"--warmup {warmup} leaves no epoch at the full eps; use fewer warmup epochs or more --epochs")
-    return warmup
-
-
-def check_out(out: str) -> Path:
-    path = Path(out)
-    if path.suffix != ".safetensors":
-        raise InputError(f"--out {out}: the trained model is saved as safetensors; use a .safetensors file name")
-    if not path.parent.exists():
-        raise InputError(f"--out {out}: folder {path.parent} does not exist")
-    return path
 
 
 def train_test_data(data: str, test_data: str | None, train_n: int | None = None) -> tuple[Dataset, Dataset]:

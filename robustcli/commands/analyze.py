@@ -8,7 +8,7 @@ import click
 import torch
 
 from robustcli.analyses.powerlaw import DEFAULT_MAX_ERROR, DEFAULT_MIN_BROKEN
-from robustcli.analyses.scaling import DEFAULT_RANGE, ScalingResult, log_grid, scaling_analysis
+from robustcli.analyses.scaling import DEFAULT_RANGE, ScalingResult, scaling_analysis
 from robustcli.analyses.tilting import local_tilting, nearest_centroid, signs, tilting_sweep
 from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
@@ -27,31 +27,15 @@ from robustcli.options import (
 )
 from robustcli.progress import evaluate_units, progress_bar
 from robustcli.report import base_report, fmt, pct, print_table, write_json
+from robustcli.requests import ScalingRequest, TiltingRequest
 from robustcli.session import open_workload
 
 png_option = click.option("--png", "png_path", type=click.Path(dir_okay=False), help="Write a figure here (PNG).")
-DEFAULT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @click.group("analyze", cls=RobustGroup)
 def command() -> None:
     """Analyses of why models are not robust: power-law scaling, boundary tilting."""
-
-
-def _check_png(png_path: str | None) -> None:
-    if png_path and not png_path.lower().endswith(".png"):
-        raise InputError(f"--png {png_path}: use a file name ending in .png")
-
-
-def _grid(lo: float | None, hi: float | None, points: int, norm: str):
-    lo = DEFAULT_RANGE[norm][0] if lo is None else lo
-    hi = DEFAULT_RANGE[norm][1] if hi is None else hi
-    flag = "--eps" if norm == "linf" else "--eps-l2"
-    if not 0 < lo < hi:
-        raise InputError(f"{flag}-min and {flag}-max must satisfy 0 < min < max, got {lo:g} and {hi:g}")
-    if norm == "linf" and hi > 1:
-        raise InputError(f"--eps-max {hi:g} exceeds 1, the whole [0, 1] pixel range")
-    return log_grid(lo, hi, points)
 
 
 def scaling_report(result: ScalingResult, base: dict, options: dict) -> dict:
@@ -131,13 +115,13 @@ def scaling_tables(report: dict) -> None:
 @click.option("--eps-max", type=float, default=None, help=f"Largest Linf eps of the grid (default {DEFAULT_RANGE['linf'][1]:g}).")
 @click.option("--eps-l2-min", type=float, default=None, help=f"Smallest L2 eps (default {DEFAULT_RANGE['l2'][0]:g}).")
 @click.option("--eps-l2-max", type=float, default=None, help=f"Largest L2 eps (default {DEFAULT_RANGE['l2'][1]:g}).")
-@click.option("--points", type=int, default=12, show_default=True, help="Grid points (log-spaced).")
+@click.option("--points", type=int, default=ScalingRequest.points, show_default=True, help="Grid points (log-spaced).")
 @click.option("--steps", type=int, default=None, help="Attack iterations (PGD default 40).")
 @click.option("--restarts", type=int, default=None, help="PGD restarts.")
 @click.option("--max-error", type=float, default=DEFAULT_MAX_ERROR, show_default=True, help="Fit only points with error up to this.")
 @click.option("--min-broken", type=int, default=DEFAULT_MIN_BROKEN, show_default=True, help="Fit only points with at least this many broken points.")
-@click.option("--level", type=float, default=0.95, show_default=True, help="Confidence level of gamma's intervals.")
-@click.option("--resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for gamma's interval.")
+@click.option("--level", type=float, default=ScalingRequest.level, show_default=True, help="Confidence level of gamma's intervals.")
+@click.option("--resamples", type=int, default=ScalingRequest.resamples, show_default=True, help="Bootstrap resamples for gamma's interval.")
 @runtime_options
 @json_option
 @png_option
@@ -150,35 +134,25 @@ def scaling(
     \b
     robust analyze scaling --model mnist-mlp --attack fgsm pgd --n 500 --png scaling.png
     """
-    names = tuple(dict.fromkeys(attack or ("fgsm", "pgd")))
-    if points < 3:
-        raise InputError(f"--points must be >= 3 (a fit with an interval needs 3), got {points}")
-    for flag, v in (("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size), ("--min-broken", min_broken)):
-        if v is not None and v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    if not 0 < max_error <= 1:
-        raise InputError(f"--max-error must be in (0, 1], got {max_error}")
-    if not 0 < level < 1:
-        raise InputError(f"--level must be in (0, 1), got {level}")
-    if resamples < 0:
-        raise InputError(f"--resamples must be >= 0, got {resamples}")
-    _check_png(png_path)
-    attacks = [make_attack(a, steps=steps, restarts=restarts) for a in names]
-    grids = {}
-    for a in attacks:
-        if a.norm not in grids:
-            lo, hi = (eps_min, eps_max) if a.norm == "linf" else (eps_l2_min, eps_l2_max)
-            grids[a.norm] = _grid(lo, hi, points, a.norm)
+    request = ScalingRequest(
+        attack=tuple(attack), eps_min=eps_min, eps_max=eps_max, eps_l2_min=eps_l2_min, eps_l2_max=eps_l2_max,
+        points=points, steps=steps, restarts=restarts, max_error=max_error, min_broken=min_broken, level=level,
+        resamples=resamples, png=png_path, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    attacks = [make_attack(a, steps=request.steps, restarts=request.restarts) for a in request.attacks]
+    grids = request.grids()
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     # every (point, budget) of every attack, then one gradient pass over the points
     total = evaluate_units([(a, grids[a.norm]) for a in attacks], len(w.data)) + len(w.data)
     with progress_bar("scaling", total) as advance:
         result = scaling_analysis(
             w.model.module, w.data.x, w.data.y, attacks,
-            grids=grids, device=w.device, batch_size=batch_size, seed=seed, max_error=max_error,
-            min_broken=min_broken, level=level, resamples=resamples, on_batch=lambda k: advance(k),
+            grids=grids, device=w.device, batch_size=request.batch_size, seed=request.seed,
+            max_error=request.max_error, min_broken=request.min_broken, level=request.level,
+            resamples=request.resamples, on_batch=lambda k: advance(k),
         )  # fmt: skip
-    options = {"attacks": list(names), "points": points, "steps": steps, "restarts": restarts, "resamples": resamples}
+    options = {"attacks": list(request.attacks), "points": points, "steps": steps, "restarts": restarts,
+               "resamples": resamples}  # fmt: skip
     report = scaling_report(result, base_report("analyze scaling", w, seed), options)
     scaling_tables(report)
     if json_path:
@@ -221,7 +195,7 @@ def tilting_rows_table(report: dict) -> None:
 @data_option("mnist", help="mnist, digits, or a data file (used for both fit and test).")
 @click.option("--classes", cls=MultiOption, type=int, help="The two classes I and J (default 3 7).")
 @click.option("--weight-decay", "weight_decay", cls=MultiOption, type=float, help="L2 weight decays to sweep (default 0 1e-4 1e-3 1e-2 1e-1).")
-@click.option("--max-iter", type=int, default=500, show_default=True, help="L-BFGS iterations per fit.")
+@click.option("--max-iter", type=int, default=TiltingRequest.max_iter, show_default=True, help="L-BFGS iterations per fit.")
 @click.option("--model", default=None, help="Instead of a sweep: the local linear map of this model at each test point.")
 @click.option("--arch", default=None, help="Architecture for a state dict (with --model).")
 @click.option("--allow-pickle", is_flag=True, help="Load a pickled whole model (with --model; only files you trust).")
@@ -238,26 +212,16 @@ def tilting(
     robust analyze tilting --data mnist --classes 3 7 --weight-decay 0 1e-4 1e-3 1e-2 1e-1 --png tilting.png
     robust analyze tilting --model mnist-mlp --classes 3 7 --n 200
     """
-    classes = tuple(classes or (3, 7))
-    if len(classes) != 2 or classes[0] == classes[1]:
-        raise InputError(f"--classes needs two different class labels, got {' '.join(map(str, classes)) or 'none'}")
-    if any(c < 0 for c in classes):
-        raise InputError("--classes must be non-negative labels")
-    weight_decays = tuple(weight_decay)
-    if model and weight_decays:
-        raise InputError("--weight-decay sweeps logistic regressions; with --model the model's local linear map is analysed instead: pass one of them")
-    if max_iter < 1:
-        raise InputError(f"--max-iter must be >= 1, got {max_iter}")
-    if any(wd < 0 or wd != wd for wd in weight_decays):
-        raise InputError("--weight-decay values must be >= 0")
-    _check_png(png_path)
+    request = TiltingRequest(
+        classes=tuple(classes), weight_decay=tuple(weight_decay), max_iter=max_iter, model=model, n=n,
+        png=png_path, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    classes = request.classes
     test = load_dataset(data, "test")
     train = load_dataset(data, "train") if data in BUILTIN_DATASETS else test
     x_tr, t_tr = two_classes(train, classes, "training")
     x_te, t_te = two_classes(test, classes, "test")
     if n is not None:
-        if n < 1:
-            raise InputError(f"--n must be positive, got {n}")
         x_te, t_te = x_te[:n], t_te[:n]
     base = {"command": "analyze tilting", "data": test.name.split(":")[0], "classes": list(classes), "seed": seed,
             "train_points": len(t_tr), "test_points": len(t_te),
@@ -265,7 +229,7 @@ def tilting(
     if model:
         report = _local_tilting(model, arch, allow_pickle, data, device, batch_size, classes, x_tr, t_tr, x_te, t_te, base)
     else:
-        decays = tuple(weight_decays) if weight_decays else DEFAULT_DECAYS
+        decays = request.decays
         dev = resolve_device(device)
         with progress_bar("fitting", len(decays)) as advance:
             rows = tilting_sweep(

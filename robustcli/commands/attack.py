@@ -30,18 +30,18 @@ from robustcli.requests import AttackRequest
 from robustcli.session import Workload, open_workload
 from robustcli.tables import attack_table, diagnostics_table
 
-def resolve_targets(target: str | None, y: torch.Tensor, classes: int, seed: int) -> torch.Tensor | None:
+def resolve_targets(request: AttackRequest, y: torch.Tensor, classes: int) -> torch.Tensor | None:
+    """The target class of each point, or None for an untargeted attack (the form of `--target` is
+    the request's to check; whether a class index exists depends on the model)."""
+    target = request.target
     if target is None or target == "none":
         return None
     if target == "next":
         return (y + 1) % classes
     if target == "random":
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(request.seed)
         return (y + torch.randint(1, classes, y.shape, generator=g)) % classes
-    try:
-        cls = int(target)
-    except ValueError:
-        raise InputError(f"--target must be none, next, random or a class index, got {target!r}") from None
+    cls = int(target)
     if not 0 <= cls < classes:
         raise InputError(f"--target {cls} is outside the model's classes 0..{classes - 1}")
     return torch.full_like(y, cls)
@@ -163,7 +163,7 @@ def command(
                 click.echo(f"note: {names} ({norm}) run at the default {norm} budgets {values}; set {flag} to choose", err=True)
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
         w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    targets = resolve_targets(target, w.data.y, w.num_classes, seed)
+    targets = resolve_targets(request, w.data.y, w.num_classes)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     result = None
     if request.attacks:

@@ -10,16 +10,7 @@ from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, m
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
 from robustcli.html_report import check_output, html_option, write_certify_output
-from robustcli.options import (
-    MultiOption,
-    RobustCommand,
-    config_option,
-    data_options,
-    eps_option,
-    json_option,
-    model_options,
-    runtime_options,
-)
+from robustcli.options import MultiOption, RobustCommand, config_option, data_options, eps_option, json_option, model_options, runtime_options
 from robustcli.progress import progress_bar, shows_shard
 from robustcli.report import base_report, write_json
 from robustcli.requests import CertifyRequest

@@ -9,25 +9,28 @@ from pathlib import Path
 import click
 
 from robustcli.attacks.diagnostics import run_diagnostics
-from robustcli.defenses.distillation import attack_distilled, ce_gradient_norms, logit_scale, soft_labels, train_at_temperature
-from robustcli.core.checkpoint import Checkpointer
-from robustcli.commands._training import (
-    apply_options,
-    check_out,
-    check_positive,
-    epoch_progress,
-    new_model,
-    train_test_data,
-    training_options,
+from robustcli.defenses.distillation import (
+    attack_distilled,
+    ce_gradient_norms,
+    distillation_attacks,
+    logit_scale,
+    soft_labels,
+    train_at_temperature,
 )
+from robustcli.core import distributed
+from robustcli.core.checkpoint import Checkpointer
+from robustcli.commands._training import apply_options, epoch_progress, new_model, train_test_data, training_options
 from robustcli.core.device import resolve_device
-from robustcli.core.errors import InputError
 from robustcli.models import load_model, save_model
 from robustcli.options import RobustCommand, config_option, json_option, points_option
 from robustcli.progress import progress_bar
 from robustcli.report import fmt, pct, print_table, stdout, write_json
 from robustcli.session import check_finite_logits, check_model_on_data
 from robustcli.tables import diagnostics_table
+from robustcli.html_page import Section, paragraph
+from robustcli.html_report import diagnostics_section, html_option
+from robustcli.training_report import FINAL_CHECK_BATCH, first_batch_sample, write_training_html
+from robustcli.training_requests import DistillRequest
 from robustcli.training import accuracy
 
 VANISHED = 1e-12  # an input-gradient norm below this is zero for every attack that uses it
@@ -67,16 +70,17 @@ def _summary(name: str, model, x, y, evaluation, diagnostics) -> dict:
 @click.command("distill", cls=RobustCommand)
 @config_option
 @apply_options(training_options)
-@click.option("--temperature", type=float, default=100.0, show_default=True, help="Softmax temperature T of training.")
+@click.option("--temperature", type=float, default=DistillRequest.temperature, show_default=True, help="Softmax temperature T of training.")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="Use this model as the teacher instead of training one.")
 @click.option("--arch", default=None, help="Built-in architecture (default mnist-cnn / digits-cnn), path/to/file.py:factory or package.module:factory.")
 @click.option("--evaluate/--no-evaluate", default=False, help="Attack the distilled model and a T=1 baseline: FGSM, PGD-CE, PGD-margin, CW.")
-@click.option("--eval-eps", type=float, default=0.3, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
-@points_option(100, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")
+@click.option("--eval-eps", type=float, default=DistillRequest.eval_eps, show_default=True, help="Linf budget of FGSM and PGD in --evaluate.")
+@points_option(DistillRequest.num_points, help="Test points attacked in --evaluate.", old=("--eval-n",), name="eval_n")
 @json_option
+@html_option
 def command(
     data, test_data, train_n, epochs, lr, batch_size, out, resume, device, seed, temperature, teacher, arch, evaluate,
-    eval_eps, eval_n, json_path,
+    eval_eps, eval_n, json_path, html_path,
 ) -> None:  # fmt: skip
     """Train a distilled model at temperature T and deploy it at T = 1.
 
@@ -88,13 +92,24 @@ def command(
     \b
     robust distill --data mnist --temperature 100 --out distilled.safetensors --evaluate
     """
-    check_positive(epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature, eval_n=eval_n)
-    if not 0 <= eval_eps <= 1:
-        raise InputError(f"--eval-eps must lie in [0, 1] (pixel space), got {eval_eps}")
-    path = check_out(out)
+    request = DistillRequest(
+        data=data, test_data=test_data, n_train=train_n, epochs=epochs, lr=lr, batch_size=batch_size, out=out,
+        resume=resume, seed=seed, html=html_path, temperature=temperature, teacher=teacher, arch=arch,
+        evaluate=evaluate, eval_eps=eval_eps, num_points=eval_n,
+    )  # fmt: skip
+    run(request, device, json_path)
+
+
+def run(request: DistillRequest, device: str | None, json_path: str | None) -> None:
+    """Train the teacher (unless given) and the student, optionally attack both, and report."""
+    r = request
+    data, arch, teacher, temperature, resume, seed = r.data, r.arch, r.teacher, r.temperature, r.resume, r.seed
+    epochs, eval_eps, path = r.epochs, r.eval_eps, r.out_path
+    html_path = r.html if distributed.is_main() else None  # under torchrun rank 0 writes the page
     dev = resolve_device(device)
-    train, test = train_test_data(data, test_data, train_n)
-    kw = dict(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    train, test = train_test_data(data, r.test_data, r.n_train)
+    kw = dict(epochs=epochs, lr=r.lr, batch_size=r.batch_size, seed=seed)
+    histories: dict[str, list[dict]] = {}  # per trained model, for the HTML page's curve
     if teacher is not None:
         teacher_model = load_model(teacher, device=dev).module
         check_model_on_data(teacher_model, train, dev)
@@ -104,7 +119,9 @@ def command(
     else:
         teacher_model, arch_name = new_model(arch, data, train, dev, seed)
         teacher_path = sibling(path, "teacher")
-        _phase(teacher_model, train.x, train.y, temperature, teacher_path, resume, True, role="teacher", **kw)
+        histories["teacher"] = _phase(
+            teacher_model, train.x, train.y, temperature, teacher_path, resume, True, role="teacher", **kw
+        )
         save_model(
             teacher_model, teacher_path, arch_name,
             extra={"trained_on": train.name, "defense": "distillation-teacher", "temperature": temperature},
@@ -113,6 +130,7 @@ def command(
         student, _ = new_model(arch, data, train, dev, seed + 1)
     soft = soft_labels(teacher_model, train.x, temperature)
     history = _phase(student, train.x, soft, temperature, path, resume, teacher is not None, role="student", **kw)
+    histories["student"] = history
     save_model(
         student, path, arch_name,
         extra={
@@ -135,10 +153,12 @@ def command(
         "history": history,
     }
     rows = [[str(path), f"T={temperature:g}, deployed at T=1", pct(report["test_accuracy"]), fmt(report["logit_spread_median"])]]
-    if evaluate:
+    if r.evaluate:
         baseline, _ = new_model(arch, data, train, dev, seed + 2)
-        _phase(baseline, train.x, train.y, 1.0, sibling(path, "baseline"), resume, False, role="baseline", **kw)
-        sub = test.head(eval_n)
+        histories["baseline"] = _phase(
+            baseline, train.x, train.y, 1.0, sibling(path, "baseline"), resume, False, role="baseline", **kw
+        )
+        sub = test.head(r.num_points)
         results, diagnosed = [], None
         for name, model in (("baseline (T=1)", baseline), (f"distilled (T={temperature:g})", student)):
             with progress_bar(f"attacking {name}", 5 * len(sub)) as advance:
@@ -146,20 +166,45 @@ def command(
             diagnosed = run_diagnostics(ev, model, sub.x, sub.y, device=dev, seed=seed)
             results.append(_summary(name, model, sub.x, sub.y, ev, diagnosed))
         report["evaluation"] = {"eps": eval_eps, "n": len(sub), "models": results}
-        _evaluation_table(report["evaluation"], sub.name)
+        table = _evaluation_table(report["evaluation"], sub.name)
         stdout.print(f"Diagnostics of the distilled model ({len(diagnosed.warnings)} warnings):")
         diagnostics_table(diagnosed)
     else:
-        print_table(
+        table = (
             f"Defensive distillation of {arch_name} on {train.name} ({epochs} epochs per model)",
             ["model", "temperature", "test acc", "median logit spread"],
             rows,
+            None,
         )
+        print_table(*table[:3])
     if json_path:
         write_json(json_path, report)
+    if html_path:
+        title, columns, table_rows, caption = table
+        samples, extra = [], []
+        if r.evaluate:
+            # the Linf gradient attacks of --evaluate; CW (unbounded) is left out of the images
+            linf = [(a, e) for a, e in distillation_attacks(eval_eps) if a.name in ("pgd", "pgd-margin")]
+            sample, searched = first_batch_sample(
+                student, sub.x, sub.y, linf, batch_size=FINAL_CHECK_BATCH, seed=seed, device=dev
+            )
+            samples.append((f"Points PGD broke on the distilled model (Linf eps {eval_eps:g})", sample, searched))
+            distilled = results[-1]
+            section = diagnostics_section(distilled["diagnostics"], distilled["warnings"])
+            section.heading += " of the distilled model"
+            extra.append(section)
+        else:
+            note = "No attack ran in this run; --evaluate attacks the distilled model and a T = 1 baseline."
+            extra.append(Section("Attacks", [paragraph(note, "muted")]))
+        write_training_html(
+            html_path, title=f"robust distill: {title}", columns=columns, rows=table_rows, caption=caption,
+            meta=[("model", str(path)), ("arch", arch_name), ("data", train.name), ("test data", test.name),
+                  ("temperature", temperature), ("teacher", teacher_source), ("seed", seed), ("device", str(dev))],
+            histories=histories, samples=samples, extra=extra,
+        )  # fmt: skip
 
 
-def _evaluation_table(ev: dict, data_name: str) -> None:
+def _evaluation_table(ev: dict, data_name: str) -> tuple[str, list[str], list[list[str]], str]:
     columns = ["model", "clean", "logit spread", "CE grad 0", "FGSM", "PGD-CE", "PGD-mrg", "APGD-DLR", "CW (L2)",
                "flags"]  # fmt: skip
     rows = []
@@ -180,9 +225,7 @@ def _evaluation_table(ev: dict, data_name: str) -> None:
                 str(len(m["warnings"])),
             ]
         )
-    print_table(
-        f"Attack success on {data_name} (n={ev['n']}, Linf eps {ev['eps']:g}; CW unbounded)",
-        columns,
-        rows,
-        caption="success = share of correctly classified points the attack broke; flags = masking warnings",
-    )
+    title = f"Attack success on {data_name} (n={ev['n']}, Linf eps {ev['eps']:g}; CW unbounded)"
+    caption = "success = share of correctly classified points the attack broke; flags = masking warnings"
+    print_table(title, columns, rows, caption=caption)
+    return title, columns, rows, caption

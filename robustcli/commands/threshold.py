@@ -20,6 +20,7 @@ from robustcli.core.errors import InputError
 from robustcli.options import MultiOption, RobustCommand, config_option, data_option, eps_option, json_option, model_options, points_option, runtime_options
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, base_report, print_table, write_json
+from robustcli.requests import ThresholdRequest
 from robustcli.session import check_model_on_data, open_workload
 
 SPLIT_SEED = 0  # the calibration/test split of one file never depends on --seed
@@ -100,14 +101,14 @@ def _plot(path: str, curves: dict, chosen: float, title: str) -> None:
 @data_option(help="Data split into calibration and test halves (default: the model's bundled test split).")
 @points_option(help="Use only the first n points of --data.")
 @click.option("--calibration-data", default=None, help="A separate calibration file; --data is then all test.")
-@click.option("--calibration-share", type=float, default=0.5, show_default=True, help="Share of --data used for calibration.")
+@click.option("--calibration-share", type=float, default=ThresholdRequest.calibration_share, show_default=True, help="Share of --data used for calibration.")
 @click.option("--unsafe-class", "unsafe_class", cls=MultiOption, type=int, required=True, help="Class(es) the filter must block.")
-@click.option("--target-fnr", type=float, default=0.01, show_default=True, help="Highest tolerated share of unsafe inputs let through.")
-@click.option("--confidence", type=float, default=0.95, show_default=True, help="Level of the one-sided Clopper-Pearson bound.")
-@click.option("--attack", type=click.Choice(["pgd", "none"]), default="pgd", show_default=True)
-@eps_option("Linf budget of the attack on unsafe inputs.", default=0.1)
-@click.option("--steps", type=int, default=40, show_default=True)
-@click.option("--restarts", type=int, default=1, show_default=True)
+@click.option("--target-fnr", type=float, default=ThresholdRequest.target_fnr, show_default=True, help="Highest tolerated share of unsafe inputs let through.")
+@click.option("--confidence", type=float, default=ThresholdRequest.confidence, show_default=True, help="Level of the one-sided Clopper-Pearson bound.")
+@click.option("--attack", type=click.Choice(["pgd", "none"]), default=ThresholdRequest.attack, show_default=True)
+@eps_option("Linf budget of the attack on unsafe inputs.", default=ThresholdRequest.eps)
+@click.option("--steps", type=int, default=ThresholdRequest.steps, show_default=True)
+@click.option("--restarts", type=int, default=ThresholdRequest.restarts, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="PNG of FNR and safe-block rate vs threshold.")
 @runtime_options
 @json_option
@@ -125,28 +126,20 @@ def command(
     \b
     robust threshold --model mnist-cnn --unsafe-class 0 --target-fnr 0.05 --attack pgd --eps 0.1
     """
-    if not 0 < calibration_share < 1:
-        raise InputError(f"--calibration-share must lie in (0, 1), got {calibration_share}")
-    if not 0 < confidence < 1:
-        raise InputError(f"--confidence must lie in (0, 1), got {confidence}")
-    if not 0 <= eps <= 1:
-        raise InputError(f"--eps must lie in [0, 1], got {eps}")
-    for flag, v in (("--steps", steps), ("--restarts", restarts), ("--batch-size", batch_size)):
-        if v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    if plot and not plot.endswith(".png"):
-        raise InputError(f"--plot {plot}: use a .png file name")
+    request = ThresholdRequest(
+        unsafe_class=tuple(unsafe_class), calibration_share=calibration_share, target_fnr=target_fnr,
+        confidence=confidence, attack=attack, eps=eps, steps=steps, restarts=restarts, plot=plot,
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
-    bad = [c for c in unsafe_class if not 0 <= c < w.num_classes]
-    if bad:
-        raise InputError(f"--unsafe-class {bad[0]} is outside the model's classes 0..{w.num_classes - 1}")
+    request.check_classes(w.num_classes)
     if calibration_data:
         cal = load_dataset(calibration_data)
         check_model_on_data(w.model.module, cal, w.device)
         test = w.data
     else:
         cal, test = split_calibration(w.data, calibration_share)
-    unsafe = torch.tensor(sorted(set(unsafe_class)), dtype=torch.long)
+    unsafe = torch.tensor(request.unsafe, dtype=torch.long)
     check_calibration_size(int(torch.isin(cal.y, unsafe).sum()), target_fnr, confidence)
     opts = dict(attack=attack, eps=eps, steps=steps, restarts=restarts, batch_size=batch_size, seed=seed)
     p_cal = _probabilities(w.model.module, cal, unsafe, label="calibration", **opts)

@@ -14,7 +14,7 @@ from robustcli.core.errors import InputError
 from robustcli.options import RobustCommand, config_option, data_options, eps_option, json_option, model_options, runtime_options
 from robustcli.progress import progress_bar
 from robustcli.report import base_report, print_table, write_json
-from robustcli.requests import check_at_least, check_eps
+from robustcli.requests import TightnessRequest
 from robustcli.session import open_workload
 
 
@@ -22,8 +22,8 @@ from robustcli.session import open_workload
 @config_option
 @model_options
 @data_options
-@eps_option("Linf budget for the radii (tau itself is eps-free).", default=0.1)
-@click.option("--at-init/--no-at-init", default=False, show_default=True,
+@eps_option("Linf budget for the radii (tau itself is eps-free).", default=TightnessRequest.eps)
+@click.option("--at-init/--no-at-init", default=TightnessRequest.at_init, show_default=True,
               help="Also measure the same architecture freshly initialised (seeded by --seed), as Mao et al. report tau.")  # fmt: skip
 @runtime_options
 @json_option
@@ -37,8 +37,8 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, at_init, device,
     robust tightness --model mnist-cnn --eps 0.1
     robust tightness --model mnist-cnn --at-init --seed 0
     """
-    check_eps((eps,), "linf")
-    check_at_least(1, batch_size=batch_size)
+    request = TightnessRequest(eps=eps, at_init=at_init, batch_size=batch_size, seed=seed)
+    eps, batch_size = request.eps, request.batch_size
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     example = w.data.x[:2].to(w.device)
     net = walkable(w.model.module, example)  # the canonical layer tree the bound engines walk
