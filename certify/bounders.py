@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.graph import UnsupportedLayer, describe, model_steps, monotone_layers
+from robustcli.certify.graph import UnsupportedLayer, describe, lirpa_crown_bounds, model_steps, monotone_layers
 from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds
 from robustcli.core.errors import InputError
 
@@ -175,27 +175,17 @@ class CrownBounder:
 def refuse_monotone(model: nn.Module, method: str) -> None:
     """The native CROWN engine relaxes ReLUs only: a max pooling or smooth activation is refused,
     named, with only the methods that bound it: native IBP, and auto_LiRPA's CROWN when installed
-    and every such layer is one its 0.3 release bounds (`_lirpa_crown_bounds`)."""
+    and every such layer is one its 0.3 release bounds (`graph.lirpa_crown_bounds`)."""
     found = monotone_layers(model_steps(model, "ibp"))
     if not found:
         return
     from robustcli.certify.lirpa import lirpa_available
 
-    lirpa = lirpa_available() and all(_lirpa_crown_bounds(s.module) for s in found)
+    lirpa = lirpa_available() and all(lirpa_crown_bounds(s.module) for s in found)
     alternatives = "--method ibp" + (" or lirpa-crown (auto_LiRPA)" if lirpa else "")
     raise UnsupportedLayer(
         f"native {method} relaxes ReLUs only and cannot bound {describe(found[0])} of this model; use {alternatives}"
     )
-
-
-def _lirpa_crown_bounds(m: nn.Module) -> bool:
-    """Whether auto_LiRPA 0.3's CROWN bounds this monotone layer (measured: its BoundMaxPool refuses
-    padding and strides other than the kernel size; Sigmoid, Tanh and LeakyReLU work)."""
-    if not isinstance(m, nn.MaxPool2d):
-        return True
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-    return (pair(m.padding) == (0, 0) and pair(m.stride) == pair(m.kernel_size) and pair(m.dilation) == (1, 1)
-            and not m.ceil_mode)
 
 
 class LirpaMethodBounder:

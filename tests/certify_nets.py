@@ -108,14 +108,19 @@ def tanh_digits_mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
 
 
+def silu_digits_mlp() -> nn.Module:
+    """A digits-shaped MLP with a SiLU: not monotone, so native IBP must refuse it (auto_LiRPA bounds it)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.SiLU(), nn.Linear(16, 10))
+
+
+def tanhshrink_digits_cnn() -> nn.Module:
+    """A digits CNN with a Tanhshrink (x - tanh x, not monotone): native IBP refuses it, auto_LiRPA bounds it."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Tanhshrink(), nn.Flatten(), nn.Linear(256, 10))
+
+
 def gelu_digits_mlp() -> nn.Module:
-    """A digits-shaped MLP with a GELU: not monotone, so native IBP must refuse it."""
+    """A digits-shaped MLP with a GELU: neither native IBP nor auto_LiRPA 0.3 bounds it."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 10))
-
-
-def lppool_digits_cnn() -> nn.Module:
-    """A digits CNN with power-average pooling, a layer native IBP does not bound."""
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(64, 10))
 
 
 def maxpool_digits_cnn() -> nn.Module:

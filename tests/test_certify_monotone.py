@@ -159,3 +159,67 @@ def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown_refuses_in_one_line(tmp
     line = only_error_line(run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "8",
                                    "--method", "crown", "--json", out))
     assert "aten.tanh" in line and "--method ibp" in line and not out.exists()
+
+
+ACTIVATIONS = {
+    "hardtanh": (nn.Hardtanh(-0.5, 0.7), lambda x: torch.nn.functional.hardtanh(x, -0.5, 0.7)),
+    "relu6": (nn.ReLU6(), torch.nn.functional.relu6),
+    "clamp": (nn.Hardtanh(-0.2, 2.0), lambda x: x.clamp(-0.2, 2.0)),
+    "clamp_min": (nn.Hardtanh(-0.3, float("inf")), lambda x: torch.clamp(x, min=-0.3)),
+    "elu": (nn.ELU(0.5), lambda x: torch.nn.functional.elu(x, 0.5)),
+    "celu": (nn.CELU(0.7), lambda x: torch.nn.functional.celu(x, 0.7)),
+    "selu": (nn.SELU(), torch.nn.functional.selu),
+    "softplus": (nn.Softplus(2.0), lambda x: torch.nn.functional.softplus(x, 2.0)),
+    "log_sigmoid": (nn.LogSigmoid(), torch.nn.functional.logsigmoid),
+    "hardsigmoid": (nn.Hardsigmoid(), torch.nn.functional.hardsigmoid),
+    "softsign": (nn.Softsign(), None),  # functional softsign traces to abs/div: module form only
+    "adaptive_max_pool2d": (nn.AdaptiveMaxPool2d(3), lambda x: torch.nn.functional.adaptive_max_pool2d(x, 3)),
+}
+
+
+class _Functional(nn.Module):
+    def __init__(self, conv: nn.Conv2d, fc: nn.Linear, f):
+        super().__init__()
+        self.conv, self.fc, self.f = conv, fc, f
+
+    def forward(self, x):
+        return self.fc(self.f(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_every_monotone_activation_is_sound_and_traces_to_the_same_bounds(name):
+    module, functional = ACTIVATIONS[name]
+    torch.manual_seed(7)
+    pooled = name == "adaptive_max_pool2d"
+    conv, fc = nn.Conv2d(1, 3, 3, padding=1), nn.Linear(3 * (9 if pooled else 36), 4)
+    model = nn.Sequential(conv, module, nn.Flatten(), fc).eval()
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    spec = margin_spec(model(x).argmax(1), 4)
+    for norm, eps in (("linf", 0.05), ("l2", 0.4)):
+        low = build_bounder("ibp", model, x[:2]).lower(InputSet.ball(x, eps, norm), spec)
+        empirical = _empirical_min(model, x, spec, eps, norm)
+        assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{name} {norm}"
+        if functional is not None:
+            traced = build_bounder("ibp", _Functional(conv, fc, functional).eval(), x[:2])
+            assert not isinstance(traced.model, _Functional)  # went through the graph front end
+            torch.testing.assert_close(traced.lower(InputSet.ball(x, eps, norm), spec), low, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("factory,layer,lirpa_works", [("gelu_digits_mlp", "GELU", False), ("silu_digits_mlp", "SiLU", True)])
+def test_ibp_refusal_points_at_auto_lirpa_only_where_it_bounds_the_layer(factory, layer, lirpa_works):
+    import certify_nets
+
+    model = getattr(certify_nets, factory)().eval()
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(UnsupportedLayer) as e:
+        build_bounder("ibp", model, x)
+    msg = str(e.value)
+    assert layer in msg and "\n" not in msg
+    assert ("--method lirpa-crown" in msg) == lirpa_works
+    if lirpa_available():
+        spec = margin_spec(model(x).argmax(1), 10)
+        if lirpa_works:
+            build_bounder("lirpa-crown", model, x).lower(InputSet.ball(x, 0.01, "linf"), spec)
+        else:
+            with pytest.raises(Exception, match="cannot|failed"):
+                build_bounder("lirpa-crown", model, x).lower(InputSet.ball(x, 0.01, "linf"), spec)
