@@ -2,7 +2,10 @@
 
 Supported: nn.Sequential (not subclasses that override forward), robustcli's `Normalized`,
 `robustcli.core.nn.Residual`, Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
-AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode). Anything else raises
+AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
+MaxPool2d, Sigmoid, Tanh and LeakyReLU (slope >= 0): nondecreasing in every input, so interval
+propagation maps [l, u] to [f(l), f(u)] (Gowal et al. 2018, sec. 3). The CROWN chain engine
+bounds only ReLU networks; `monotone_layers` lists what it must refuse. Anything else raises
 `UnsupportedLayer`, naming the layer and a method that can bound it.
 """
 
@@ -23,10 +26,12 @@ CONSTANT_AFFINE = (ElementwiseAffine,)  # x * scale + shift with constants (norm
 POSITIVE_LINEAR = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # nonnegative weights: |W| = W
 RESHAPE = (nn.Flatten, Reshape)
 IDENTITY = (nn.Identity, nn.Dropout)
-# Smooth or non piecewise-linear activations: native IBP refuses them, auto_LiRPA's CROWN bounds them.
+# Nondecreasing in every input: the interval [l, u] maps to [f(l), f(u)] (IBP only, not the CROWN chain).
+MONOTONE = (nn.MaxPool2d, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
+# Other activations: native IBP refuses them (not monotone, or not handled), auto_LiRPA's CROWN bounds them.
 NONLINEAR_ACTIVATIONS = (
-    nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Mish,
-    nn.SELU, nn.CELU, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
+    nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Mish,
+    nn.SELU, nn.CELU, nn.Hardtanh, nn.PReLU, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
 )  # fmt: skip
 
 
@@ -81,17 +86,49 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
                 f"padding_mode={m.padding_mode!r}; {_alternative(method)}"
             )
         return [Step(prefix, m)]
+    if isinstance(m, MONOTONE):
+        return [_monotone_step(prefix, m, method)]
     if isinstance(m, NONLINEAR_ACTIVATIONS):
         raise UnsupportedLayer(
-            f"layer {_label(prefix, m)} is not a ReLU; native {method} handles only piecewise-linear ReLU "
-            f"networks; {_alternative(method)}"
+            f"layer {_label(prefix, m)} is not a ReLU; native {method} handles ReLU and the monotone "
+            f"MaxPool2d, Sigmoid, Tanh and LeakyReLU; {_alternative(method)}"
         )
     err = UnsupportedLayer(
         f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
-        f"BatchNorm, Flatten, AvgPool2d and Residual; {_alternative(method)}"
+        f"BatchNorm, Flatten, AvgPool2d, MaxPool2d, Sigmoid, Tanh, LeakyReLU and Residual; {_alternative(method)}"
     )
     err.leaf = next(m.children(), None) is None and type(m).forward is not nn.Module.forward
     raise err
+
+
+def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
+    if method == "tightness":
+        raise UnsupportedLayer(f"layer {_label(name, m)} is not a ReLU; {_alternative(method)}")
+    if isinstance(m, nn.LeakyReLU) and m.negative_slope < 0:
+        raise UnsupportedLayer(
+            f"layer {_label(name, m)} has a negative slope ({m.negative_slope}), so it is not monotone and native "
+            f"{method} cannot bound it; {_alternative(method)}"
+        )
+    if isinstance(m, nn.MaxPool2d) and m.return_indices:
+        raise UnsupportedLayer(f"layer {_label(name, m)} returns indices; bounding needs it to return values only")
+    return Step(name, m)
+
+
+def monotone_layers(steps: list[Step]) -> list[Step]:
+    """The monotone non-ReLU steps (MaxPool2d, Sigmoid, ...), residual branches included, in order."""
+    found: list[Step] = []
+    for s in steps:
+        if isinstance(s.module, MONOTONE):
+            found.append(s)
+        for b in s.branches:
+            found += monotone_layers(b)
+    return found
+
+
+def describe(step: Step) -> str:
+    """How the user knows the step: the graph operation it came from (traced models), else its module path."""
+    origin = getattr(step.module, "origin", None)
+    return origin if isinstance(origin, str) else f"layer {_label(step.name, step.module)}"
 
 
 def _join(prefix: str, name: str) -> str:

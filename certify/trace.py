@@ -10,12 +10,12 @@ go through `certify/onnx_import.py` into torch modules first, then the same path
 
 The ATen graph is rewritten into the canonical tree the bound engines walk (certify/graph.py,
 certify/chain_bounds.py): `nn.Sequential` of Linear, Conv2d, ReLU, BatchNorm1d/2d, Flatten,
-`Reshape`, AvgPool2d, AdaptiveAvgPool2d, `ElementwiseAffine` (add/sub/mul/div by constants:
+`Reshape`, AvgPool2d, AdaptiveAvgPool2d, the monotone MaxPool2d / Sigmoid / Tanh / LeakyReLU (each
+carries `origin`, the ATen operation it came from, so an engine that cannot bound it names that), `ElementwiseAffine` (add/sub/mul/div by constants:
 normalisation layers) and `Residual` (an add of two computed tensors that fork from one value).
 Parameters are copied (bounds are functions of the weights at the time of the call; training
 bounds the user's module directly, never this copy). Any other operation raises
-`UnsupportedOperation` naming the ATen op and the graph node, e.g. "aten.max_pool2d (node
-'max_pool2d')".
+`UnsupportedOperation` naming the ATen op and the graph node, e.g. "aten.sin (node 'sin')".
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from robustcli.core.nn import Residual
 # Operations that do nothing to values in eval mode.
 _IDENTITY = {"clone", "contiguous", "detach", "alias", "dropout", "feature_dropout", "lift_fresh_copy", "_to_copy"}
 _RESHAPE = {"view", "reshape", "flatten", "_unsafe_view", "squeeze", "unsqueeze"}
+# Nondecreasing in every input: interval bounds map [l, u] to [f(l), f(u)] (certify/ibp.py).
+_MONOTONE = {"max_pool2d", "max_pool2d_with_indices", "sigmoid", "sigmoid_", "tanh", "tanh_", "leaky_relu", "leaky_relu_"}
 _SHAPE_ONLY = {"sym_size", "size", "sym_numel", "_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range",
                "sym_constrain_range_for_size", "_assert_async"}
 
@@ -214,6 +216,8 @@ class _Converter:
 
     def _out_shape(self, node) -> tuple[int, ...]:
         val = node.meta.get("val")
+        if isinstance(val, (tuple, list)) and val:  # (values, indices) of max_pool2d_with_indices
+            val = val[0]
         if val is None or not hasattr(val, "shape"):
             raise UnsupportedOperation(f"{_where(node)} has no recorded output shape")
         if len(val.shape) == 0 or not _is_batch(val.shape[0], self.batch):
@@ -251,6 +255,8 @@ class _Converter:
             return None  # a transposed weight, consumed by addmm
         if op in ("conv2d", "convolution"):
             return self._conv(node, op, values)
+        if op in _MONOTONE:
+            return self._monotone(node, op, values)
         if op in ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional"):
             return self._batch_norm(node, op, values)
         if op in _RESHAPE:
@@ -280,8 +286,8 @@ class _Converter:
             return self._arith(node, op.rstrip("_"), values)
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
-            "batch_norm, view/reshape/flatten, avg_pool2d, adaptive_avg_pool2d, residual add and add/sub/mul/div by "
-            "constants" + _lirpa_hint()
+            "batch_norm, view/reshape/flatten, avg_pool2d, adaptive_avg_pool2d, max_pool2d, sigmoid, tanh, leaky_relu, "
+            "residual add and add/sub/mul/div by constants" + _lirpa_hint()
         )
 
     def _conv(self, node, op: str, values) -> _Value:
@@ -301,6 +307,21 @@ class _Converter:
         if b is not None:
             conv.bias.data = b.clone()
         return self._then(self._input(node, values), conv, node)
+
+    def _monotone(self, node, op: str, values) -> _Value:
+        """Max pooling and the monotone activations: one module each, labelled with the graph operation."""
+        arg = lambda i, name, default: node.args[i] if len(node.args) > i else node.kwargs.get(name, default)  # noqa: E731
+        if op.startswith("max_pool2d"):
+            k = _pair(arg(1, "kernel_size", None))
+            stride = _pair(arg(2, "stride", None)) or k
+            layer: nn.Module = nn.MaxPool2d(k, stride, _pair(arg(3, "padding", 0)), _pair(arg(4, "dilation", 1)),
+                                            ceil_mode=bool(arg(5, "ceil_mode", False)))
+        elif op.startswith("leaky_relu"):
+            layer = nn.LeakyReLU(float(arg(1, "negative_slope", 0.01)))
+        else:
+            layer = nn.Sigmoid() if op.startswith("sigmoid") else nn.Tanh()
+        layer.origin = _where(node)
+        return self._then(self._input(node, values), layer, node)
 
     def _batch_norm(self, node, op: str, values) -> _Value:
         a = list(node.args)
@@ -368,6 +389,15 @@ class _Converter:
         body, shortcut = a.layers[p:], b.layers[p:]
         res = Residual(nn.Sequential(*body), nn.Sequential(*shortcut) if shortcut else None)
         return _Value(a.layers[:p] + [res], self._out_shape(node))
+
+
+def _pair(v):
+    """An ATen int list ([2] or [2, 2]) or int as the int / tuple nn.MaxPool2d takes; None or [] stays empty."""
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return None
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[0])) if len(v) == 1 else tuple(int(t) for t in v)
+    return int(v)
 
 
 def _is_batch(dim, batch: int) -> bool:
