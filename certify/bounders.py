@@ -84,11 +84,13 @@ def walkable(model: nn.Module, example: torch.Tensor) -> nn.Module:
         from robustcli.certify.trace import UnsupportedOperation, canonical_model
 
         try:
-            return canonical_model(model, example)
+            canon = canonical_model(model, example)
         except UnsupportedOperation:
             if layer_error.leaf:  # e.g. nn.Tanh: the module's own name says more than its ATen op
                 raise layer_error from None
             raise
+        model_steps(canon, "ibp")  # e.g. a leaky_relu with a negative slope: refused here, before any bounding
+        return canon
 
 
 def spec_chain(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> cb.Chain:

@@ -73,6 +73,8 @@ LIRPA_CROWN_FAILS = (
 
 def lirpa_crown_bounds(m: nn.Module) -> bool:
     """Whether auto_LiRPA 0.3's CROWN bounds this layer (measured; see LIRPA_CROWN_BOUNDS)."""
+    if isinstance(m, nn.LeakyReLU) and m.negative_slope < 0:
+        return False  # not measured
     if isinstance(m, nn.MaxPool2d):
         pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
         return (pair(m.padding) == (0, 0) and pair(m.stride) == pair(m.kernel_size) and pair(m.dilation) == (1, 1)
@@ -82,7 +84,8 @@ def lirpa_crown_bounds(m: nn.Module) -> bool:
 
 def _alternative(method: str, m: nn.Module | None = None) -> str:
     if method == "tightness":
-        return "the tightness metric needs a ReLU network built from the layers native IBP supports"
+        return ("the tightness metric needs a ReLU network of Linear, Conv2d, BatchNorm, average pooling and "
+                "reshapes (its local linearisation is the ReLU activation pattern)")
     if m is not None and lirpa_crown_bounds(m):
         return "use --method lirpa-crown (auto_LiRPA bounds it)"
     if isinstance(m, LIRPA_CROWN_FAILS):
@@ -127,16 +130,17 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
 
 
 def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
+    what = describe(Step(name, m))
     if method == "tightness":
-        raise UnsupportedLayer(f"layer {_label(name, m)} is not a ReLU; {_alternative(method)}")
+        raise UnsupportedLayer(f"{what} is not a ReLU; {_alternative(method)}")
     slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else m.alpha if isinstance(m, nn.ELU) else 0.0
     if slope < 0:
         raise UnsupportedLayer(
-            f"layer {_label(name, m)} has a negative slope ({slope}), so it is not monotone and native "
-            f"{method} cannot bound it; {_alternative(method, m)}"
+            f"{what} has a negative slope ({slope}), so it is not monotone and native {method} cannot bound it; "
+            "use a slope >= 0"
         )
     if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and m.return_indices:
-        raise UnsupportedLayer(f"layer {_label(name, m)} returns indices; bounding needs it to return values only")
+        raise UnsupportedLayer(f"{what} returns indices; bounding needs it to return values only")
     return Step(name, m)
 
 

@@ -136,6 +136,20 @@ def test_leaky_relu_with_a_negative_slope_is_refused():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.LeakyReLU(-0.5), nn.Linear(3, 2))
     with pytest.raises(UnsupportedLayer, match="negative slope"):
         ibp_bounds(model, torch.rand(2, 4), 0.1)
+    # Written functionally: refused when the bounder is built (before any bounding), naming the ATen op.
+    functional = _Functional(nn.Conv2d(1, 2, 3), nn.Linear(8, 2), lambda x: torch.nn.functional.leaky_relu(x, -0.1))
+    with pytest.raises(UnsupportedLayer) as e:
+        build_bounder("ibp", functional.eval(), torch.rand(2, 1, 4, 4))
+    msg = str(e.value)
+    assert "aten.leaky_relu" in msg and "negative slope" in msg and "lirpa" not in msg and "\n" not in msg
+
+
+def test_tightness_refuses_monotone_layers_by_name():
+    from robustcli.certify.tightness import tightness
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3))
+    with pytest.raises(UnsupportedLayer, match=r"'2' \(MaxPool2d\) is not a ReLU"):
+        tightness(model, torch.rand(2, 1, 6, 6), margin_spec(torch.zeros(2, dtype=torch.long), 3))
 
 
 def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown_refuses_in_one_line(tmp_path, run_cli):
