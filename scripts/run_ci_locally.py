@@ -28,6 +28,7 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,10 @@ STAND_INS = {
     "actions/cache": "nothing: the cache path starts empty, as on a cache miss",
     "actions/upload-artifact": "the artifact check after the job (every path exists, not empty)",
 }
+
+
+# The PyTorch CPU index the workflows name; where it cannot be reached, torch comes the Makefile's way.
+TORCH_CPU_INDEX = re.compile(r"pip install torch --index-url (https://download\.pytorch\.org/whl/cpu)\b")
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,36 @@ def expand_gitlab(text: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m.group(1), ""), text)
 
 
+def makefile_torch() -> str:
+    """The Makefile's CPU torch requirement (`TORCH_CPU ?= torch==X`), what `make install` and
+    `.ci/run` install first."""
+    match = re.search(r"^TORCH_CPU \?= (\S+)", (ROOT / "Makefile").read_text(), flags=re.M)
+    if match is None:
+        raise ValueError("Makefile: no `TORCH_CPU ?= ...` line")
+    return match.group(1)
+
+
+def _resolves(url: str) -> bool:
+    host = re.sub(r"^https?://([^/:]+).*", r"\1", url)
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def local_command(command: str, torch_spec: str, resolves=_resolves) -> tuple[str, str]:
+    """The command as it runs here, and a note when it differs from the file: an unreachable
+    PyTorch CPU index is replaced by the Makefile's torch requirement. Without this, pip would not
+    fail but quietly take torch from whatever other index this machine's pip.conf names (here a
+    CUDA build with gigabytes of nvidia-* wheels)."""
+    match = TORCH_CPU_INDEX.search(command)
+    if match is None or resolves(match.group(1)):
+        return command, ""
+    note = f"{match.group(1)} unreachable here: ran `pip install {torch_spec}` (the Makefile's CPU torch) instead"
+    return TORCH_CPU_INDEX.sub(f"pip install {torch_spec}", command), note
+
+
 def _action_of(step: Step) -> str:
     return step.uses.split("@")[0]
 
@@ -218,7 +253,8 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
-def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: int) -> tuple[list[StepResult], Path, str]:
+def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: int,
+            torch_spec: str) -> tuple[list[StepResult], Path, str]:
     """Run the job's shell steps in a fresh clone; return the results, the clone and the step
     summary (GitHub) that the steps wrote."""
     workspace = work / "workspace"
@@ -257,6 +293,9 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
             continue
         log = work / f"step-{index}.log"
         step_env = dict(env)
+        command_text, substituted = local_command(step.command, torch_spec)
+        if substituted:
+            print(f"[{job.platform} {index}] {substituted}", flush=True)
         if job.platform == "github":
             summary = runner_temp / f"step-summary-{index}.md"
             summary.touch()
@@ -265,12 +304,12 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
                              "GITHUB_OUTPUT": str(runner_temp / f"output-{index}"),
                              "GITHUB_PATH": str(runner_temp / f"path-{index}")})
             script = runner_temp / f"step-{index}.sh"
-            script.write_text(expand_github(step.command, {"github.workspace": str(workspace), "runner.os": "Linux",
+            script.write_text(expand_github(command_text, {"github.workspace": str(workspace), "runner.os": "Linux",
                                                            "runner.temp": str(runner_temp), "github.sha": commit,
                                                            "github.job": job.name}))
             command = ["bash", "-e", str(script)]  # GitHub's default `shell` on Linux: bash -e {0}
         else:
-            command = ["bash", "-e", "-c", step.command]
+            command = ["bash", "-e", "-c", command_text]
         print(f"[{job.platform} {index}] {step.name}: running ...", flush=True)
         t0 = time.monotonic()
         code = _run(command, workspace, step_env, log, job.timeout_s - (t0 - started))
@@ -279,7 +318,7 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
             summary_parts.append(summary.read_text())
             env.update(_read_env_file(github_env))
         print(f"[{job.platform} {index}] exit {code} after {seconds:.0f} s; last lines of its output:\n{_tail(log, tail)}", flush=True)
-        results.append(StepResult(step, code, seconds, f"log: {log.name}"))
+        results.append(StepResult(step, code, seconds, substituted or ""))
         failed = failed or code != 0
     return results, workspace, "".join(summary_parts)
 
@@ -346,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix=f"ci-{job.platform}-"))
         print(f"== {job.platform} job {job.name!r} in {work}", flush=True)
         try:
-            results, workspace, summary = run_job(job, ROOT, commit, work, args.python, args.tail)
+            results, workspace, summary = run_job(job, ROOT, commit, work, args.python, args.tail, makefile_torch())
             problems = check_job(job, results, workspace, summary, args.expect_gate_exit)
         finally:
             if not args.keep:
