@@ -84,7 +84,15 @@ class CiJob:
     steps: list[Step]
     artifacts: list[str]
     junit: list[str] = field(default_factory=list)
+    caches: list[str] = field(default_factory=list)
     timeout_s: float = 3600.0
+
+    @property
+    def pip_caches(self) -> list[str]:
+        """Cache paths that hold pip's cache. They are not checked: this machine's packages come from
+        local wheel folders and a package proxy, and pip writes no cache entry for them."""
+        pip_dir = self.env.get("PIP_CACHE_DIR", "")
+        return [c for c in self.caches if pip_dir.endswith("/" + c)]
 
 
 def _step_name(step: dict, command: str, uses: str) -> str:
@@ -104,6 +112,7 @@ def load_github_job(path: Path = GITHUB_FILE) -> CiJob:
     (name, job), = jobs.items()
     steps: list[Step] = []
     artifacts: list[str] = []
+    caches: list[str] = []
     for raw in job.get("steps", []):
         condition = str(raw.get("if", ""))
         if "uses" in raw:
@@ -111,6 +120,8 @@ def load_github_job(path: Path = GITHUB_FILE) -> CiJob:
             steps.append(Step(_step_name(raw, "", uses), "uses", uses=uses, condition=condition))
             if uses.split("@")[0] == "actions/upload-artifact":
                 artifacts += str((raw.get("with") or {}).get("path", "")).split()
+            if uses.split("@")[0] == "actions/cache":
+                caches += str((raw.get("with") or {}).get("path", "")).split()
         elif "run" in raw:
             command = str(raw["run"])
             steps.append(Step(_step_name(raw, command, ""), "run", command=command, condition=condition))
@@ -118,7 +129,7 @@ def load_github_job(path: Path = GITHUB_FILE) -> CiJob:
             raise ValueError(f"{path}: job {name}: a step has neither `run` nor `uses`: {raw}")
     env = {str(k): str(v) for k, v in (job.get("env") or {}).items()}
     timeout_s = 60.0 * float(job.get("timeout-minutes", 360))
-    return CiJob("github", str(name), env, steps, artifacts, timeout_s=timeout_s)
+    return CiJob("github", str(name), env, steps, artifacts, caches=caches, timeout_s=timeout_s)
 
 
 def load_gitlab_job(path: Path = GITLAB_FILE) -> CiJob:
@@ -139,7 +150,8 @@ def load_gitlab_job(path: Path = GITLAB_FILE) -> CiJob:
     junit = (artifacts_spec.get("reports") or {}).get("junit", [])
     junit = [junit] if isinstance(junit, str) else [str(p) for p in junit]
     env = {str(k): str(v) for k, v in (job.get("variables") or {}).items()}
-    return CiJob("gitlab", str(name), env, steps, artifacts, junit=junit)
+    caches = [str(p) for p in (job.get("cache") or {}).get("paths", [])]
+    return CiJob("gitlab", str(name), env, steps, artifacts, junit=junit, caches=caches)
 
 
 _EXPRESSION = re.compile(r"\$\{\{\s*([^}]*?)\s*\}\}")
@@ -209,6 +221,7 @@ class StepResult:
     exit_code: int | None  # None: skipped
     seconds: float
     note: str
+    log: Path | None = None
 
 
 def _base_env(python_bin: Path) -> dict[str, str]:
@@ -253,14 +266,29 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
+def break_first_gate(job: CiJob, workspace: Path) -> str:
+    """Raise the first accuracy gate of the config the `robust eval` step names to 1.0 (which the
+    built-in models do not reach), so the failing-gate path runs; returns what was changed."""
+    gate = next(s for s in job.steps if s.is_gate)
+    config = workspace / re.search(r"robust eval (\S+)", gate.command).group(1)
+    text = config.read_text()
+    match = re.search(r"(\w*accuracy >= )([0-9.]+)", text)
+    if match is None:
+        raise ValueError(f"{config.name}: no accuracy gate to break")
+    config.write_text(text[: match.start(2)] + "1.0" + text[match.end(2):])
+    return f"{config.name}: `{match.group(0)}` raised to `{match.group(1)}1.0`"
+
+
 def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: int,
-            torch_spec: str) -> tuple[list[StepResult], Path, str]:
+            torch_spec: str, break_gate: bool = False) -> tuple[list[StepResult], Path, str]:
     """Run the job's shell steps in a fresh clone; return the results, the clone and the step
     summary (GitHub) that the steps wrote."""
     workspace = work / "workspace"
     runner_temp = work / "runner-temp"
     runner_temp.mkdir(parents=True)
     _clone(repo, commit, workspace)
+    if break_gate:
+        print(f"[{job.platform}] failing-gate run: {break_first_gate(job, workspace)}", flush=True)
     python_bin = _make_python(python, work / "python")
     env = _base_env(python_bin)
     env["CI"] = "true"
@@ -284,7 +312,7 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
     started = time.monotonic()
     for index, step in enumerate(job.steps, 1):
         if step.kind == "uses":
-            note = f"skipped ({step.uses}); stands in: {stand_in(step, python)}"
+            note = f"stands in: {stand_in(step, python)}"
             print(f"[{job.platform} {index}] {step.name}: {note}", flush=True)
             results.append(StepResult(step, None, 0.0, note))
             continue
@@ -318,7 +346,7 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
             summary_parts.append(summary.read_text())
             env.update(_read_env_file(github_env))
         print(f"[{job.platform} {index}] exit {code} after {seconds:.0f} s; last lines of its output:\n{_tail(log, tail)}", flush=True)
-        results.append(StepResult(step, code, seconds, substituted or ""))
+        results.append(StepResult(step, code, seconds, substituted or "", log))
         failed = failed or code != 0
     return results, workspace, "".join(summary_parts)
 
@@ -332,6 +360,9 @@ def check_job(job: CiJob, results: list[StepResult], workspace: Path, summary: s
     for r in gate_results:
         if r.exit_code != expect_gate_exit:
             problems.append(f"`robust eval` step exited {r.exit_code}, expected {expect_gate_exit}")
+        if job.platform == "github" and r.exit_code == 1 and r.log is not None \
+                and "::error title=robust eval gate failed" not in r.log.read_text(errors="replace"):
+            problems.append("a gate failed but the step printed no `::error` annotation")
     for r in results:
         if r.step.kind == "run" and not r.step.is_gate and r.exit_code != 0:
             problems.append(f"step {r.step.name!r} exited {r.exit_code}")
@@ -341,6 +372,10 @@ def check_job(job: CiJob, results: list[StepResult], workspace: Path, summary: s
             problems.append(f"artifact {rel} was not written")
         elif path.stat().st_size == 0:
             problems.append(f"artifact {rel} is empty")
+    for rel in [c for c in job.caches if c not in job.pip_caches]:
+        path = workspace / rel
+        if not path.is_dir() or not any(path.iterdir()):
+            problems.append(f"cache path {rel} is missing or empty after the job: the cache would save nothing")
     if job.platform == "github":
         markdown = next((workspace / p for p in job.artifacts if p.endswith(".md")), None)
         if markdown is None or not markdown.is_file():
@@ -364,10 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["github", "gitlab"], help="run one platform's job")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (printed)")
     parser.add_argument("--python", default="python3.11", help="the Python that stands in for setup-python / image")
-    parser.add_argument("--expect-gate-exit", type=int, default=0,
-                        help="exit code the `robust eval` step must have (0: the shipped gates hold)")
+    parser.add_argument("--expect-gate-exit", type=int, default=None,
+                        help="exit code the `robust eval` step must have (default 0: the shipped gates "
+                             "hold; 1 with --break-gate)")
+    parser.add_argument("--break-gate", action="store_true",
+                        help="raise the config's first accuracy gate to 1.0 in the clone: the failing-gate "
+                             "path (exit 1, `::error` annotation, reports still written)")
     parser.add_argument("--tail", type=int, default=6, help="lines of each step's output to print")
     args = parser.parse_args(argv)
+    if args.expect_gate_exit is None:
+        args.expect_gate_exit = 1 if args.break_gate else 0
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True,
                             capture_output=True, text=True).stdout.strip()
@@ -385,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix=f"ci-{job.platform}-"))
         print(f"== {job.platform} job {job.name!r} in {work}", flush=True)
         try:
-            results, workspace, summary = run_job(job, ROOT, commit, work, args.python, args.tail, makefile_torch())
+            results, workspace, summary = run_job(job, ROOT, commit, work, args.python, args.tail, makefile_torch(),
+                                                break_gate=args.break_gate)
             problems = check_job(job, results, workspace, summary, args.expect_gate_exit)
         finally:
             if not args.keep:
@@ -393,8 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(step_table(job, results))
         all_problems += [f"{job.platform}: {p}" for p in problems]
         print(tables[-1], flush=True)
-        print("checks: " + ("all hold (artifacts written, " + ("step summary has the report, " if job.platform == "github" else "")
-                            + f"`robust eval` exit {args.expect_gate_exit})" if not problems else "; ".join(problems)), flush=True)
+        held = ["every artifact written", f"`robust eval` exited {args.expect_gate_exit}"]
+        held.append("every cache path filled" + (f" (not checked: pip's {', '.join(job.pip_caches)})" if job.pip_caches else ""))
+        if job.platform == "github":
+            held.append("the step summary has the Markdown report")
+            if args.expect_gate_exit == 1:
+                held.append("the `::error` annotation was printed")
+        print(f"{job.platform} checks: " + ("all hold: " + ", ".join(held) if not problems else "; ".join(problems)),
+              flush=True)
     print("\n\n".join(tables))
     for p in all_problems:
         print(f"FAILED: {p}")

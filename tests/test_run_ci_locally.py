@@ -73,6 +73,49 @@ def test_checks_report_missing_artifacts_and_wrong_gate_exit(ci, tmp_path):
     assert "`robust eval` step exited 1, expected 0" in problems
     assert "artifact robust-report.json was not written" in problems
     assert "$GITHUB_STEP_SUMMARY did not receive the Markdown report" in problems
+    assert "cache path .cache/robustcli is missing or empty after the job: the cache would save nothing" in problems
     for name in REPORTS:
         (tmp_path / name).write_text("x" if name != "robust-report.md" else "## robust eval\n| gate |\n")
+    (tmp_path / ".cache" / "robustcli").mkdir(parents=True)
+    (tmp_path / ".cache" / "robustcli" / "digits-mlp.safetensors").write_text("x")
     assert ci.check_job(job, results, tmp_path, "## robust eval\n| gate |\n\n", expect_gate_exit=1) == []
+
+
+def test_unreachable_cpu_index_becomes_the_makefile_torch(ci):
+    job = ci.load_github_job(ROOT / "configs" / "github-actions.yml")
+    install = next(s.command for s in job.steps if s.kind == "run")
+    spec = ci.makefile_torch()
+    assert spec.startswith("torch==")
+    here, note = ci.local_command(install, spec, resolves=lambda url: False)
+    assert f"pip install {spec}\n" in here and "download.pytorch.org" not in here
+    assert "pip install ." in here and "unreachable" in note
+    assert ci.local_command(install, spec, resolves=lambda url: True) == (install, "")
+
+
+def test_cache_paths_found_and_checked(ci, tmp_path):
+    github = ci.load_github_job(ROOT / "configs" / "github-actions.yml")
+    gitlab = ci.load_gitlab_job(ROOT / "configs" / "gitlab-ci.yml")
+    assert github.caches == [".cache/robustcli"]
+    assert gitlab.caches == [".cache/robustcli", ".cache/pip"]
+    results = [ci.StepResult(s, 0, 0.0, "") for s in gitlab.steps]
+    for name in REPORTS:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".cache" / "robustcli").mkdir(parents=True)
+    (tmp_path / ".cache" / "robustcli" / "digits-mlp.safetensors").write_text("x")
+    assert gitlab.pip_caches == [".cache/pip"] and github.pip_caches == []
+    assert ci.check_job(gitlab, results, tmp_path, "", expect_gate_exit=0) == []  # pip's cache: not checked
+    (tmp_path / ".cache" / "robustcli" / "digits-mlp.safetensors").unlink()
+    assert ci.check_job(gitlab, results, tmp_path, "", expect_gate_exit=0) == [
+        "cache path .cache/robustcli is missing or empty after the job: the cache would save nothing"]
+
+
+def test_break_gate_raises_the_first_accuracy_gate(ci, tmp_path):
+    job = ci.load_github_job(ROOT / "configs" / "github-actions.yml")
+    (tmp_path / "configs").mkdir()
+    shipped = (ROOT / "configs" / "ci-example.yaml").read_text()
+    (tmp_path / "configs" / "ci-example.yaml").write_text(shipped)
+    change = ci.break_first_gate(job, tmp_path)
+    broken = (tmp_path / "configs" / "ci-example.yaml").read_text()
+    assert "clean_accuracy >= 1.0" in broken and "clean_accuracy >= 0.9" in shipped
+    assert broken.replace("clean_accuracy >= 1.0", "clean_accuracy >= 0.9") == shipped
+    assert "raised to `clean_accuracy >= 1.0`" in change
