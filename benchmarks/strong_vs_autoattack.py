@@ -5,6 +5,12 @@ same model and points, in one run, in Linf or L2.
     OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --model mnist-cnn --n 100 --eps 0.1 --paper-steps
     OMP_NUM_THREADS=1 python benchmarks/strong_vs_autoattack.py --norm l2 --eps 1.0 --paper-steps
 
+The whole 10,000-image test set in two processes (shards of consecutive points), then merged:
+
+    ... --eps 0.1 --paper-steps --only-paper-steps --start 0 --n 5000 --json a.json &
+    ... --eps 0.1 --paper-steps --only-paper-steps --start 5000 --n 5000 --json b.json; wait
+    python benchmarks/strong_vs_autoattack.py --merge a.json b.json
+
 Both sides run APGD-CE, APGD-T, FAB-T and Square (5,000 queries), each only on the points still
 robust. torchattacks 3.5.1's `AutoAttack` uses 10 iterations for APGD, APGD-T and FAB, where the
 AutoAttack paper and reference code use 100 (ours: 100). `--paper-steps` adds the same
@@ -63,17 +69,24 @@ def main() -> None:
     ap.add_argument("--eps", type=float, nargs="+", default=None, help="default 0.1 0.2 (linf), 1.0 (l2)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--paper-steps", action="store_true", help="also run torchattacks' parts with the paper's 100 iterations")
+    ap.add_argument("--only-paper-steps", action="store_true",
+                    help="with --paper-steps, skip torchattacks' 10-iteration AutoAttack")
+    ap.add_argument("--start", type=int, default=0, help="first test point (to split a run into shards)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="merge the --json files of shards")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.merge:
+        report(*merge([json.load(open(f)) for f in args.merge]))
+        return
     eps_list = args.eps or ([0.1, 0.2] if args.norm == "linf" else [1.0])
 
     loaded = load_model(args.model, progress=False)
     model = loaded.module.eval()
-    data = load_dataset(args.data or loaded.dataset or "mnist", "test").head(args.n)
-    x, y = data.x, data.y
+    data = load_dataset(args.data or loaded.dataset or "mnist", "test")
+    x, y = data.x[args.start : args.start + args.n], data.y[args.start : args.start + args.n]
     classes = int(model(x[:1]).shape[1])
     clean = predict(model, x, 500, torch.device("cpu")) == y
-    print(f"model {args.model} on {data.name}, {len(y)} points, {args.norm}, clean accuracy "
+    print(f"model {args.model} on {data.name}, points {args.start}-{args.start + len(y) - 1}, {args.norm}, clean accuracy "
           f"{100 * clean.float().mean():.1f}%, torch threads {torch.get_num_threads()}")  # fmt: skip
     rows = []
     for eps in eps_list:
@@ -85,7 +98,8 @@ def main() -> None:
         ours = next(o for o in ev.outcomes if o.attack == WORST_CASE).robust
         parts = {o.attack: o.robust_accuracy for o in ev.outcomes if o.attack != WORST_CASE}
         row = {"eps": eps, "ours_robust": ours.float().mean().item(), "ours_s": ours_t, "ours_cpu_s": ours_cpu, "ours_after": parts}
-        for label, steps in [("torchattacks", None)] + ([("torchattacks-100", 100)] if args.paper_steps else []):
+        default = [] if args.paper_steps and args.only_paper_steps else [("torchattacks", None)]
+        for label, steps in default + ([("torchattacks-100", 100)] if args.paper_steps else []):
             attack = torchattacks_autoattack(model, args.norm, eps, classes, args.seed, steps)
             t0, c0 = time.perf_counter(), time.process_time()
             x_adv = attack(x, y)
@@ -99,27 +113,52 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row))
 
-    labels = ["torchattacks"] + (["torchattacks-100"] if args.paper_steps else [])
+    report(rows, len(y), args.paper_steps)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "data": data.name, "norm": args.norm, "n": len(y), "start": args.start,
+                       "paper_steps": args.paper_steps, "rows": rows}, f, indent=2)
+
+
+def merge(shards: list[dict]) -> tuple[list[dict], int, bool]:
+    """Rows of shards of one run, combined: accuracies weighted by points, times and counts summed."""
+    n = sum(s["n"] for s in shards)
+    rows = []
+    for i, first in enumerate(shards[0]["rows"]):
+        parts = [s["rows"][i] for s in shards]
+        assert all(p["eps"] == first["eps"] for p in parts), "shards ran different eps"
+        row: dict = {"eps": first["eps"]}
+        for key, value in first.items():
+            if key.endswith("_robust") and isinstance(value, float):
+                row[key] = sum(p[key] * s["n"] for p, s in zip(parts, shards)) / n
+            elif key.endswith(("_s", "_only_ours_robust", "_only_theirs_robust")):
+                row[key] = sum(p[key] for p in parts)
+        rows.append(row)
+    spans = ", ".join(f"{s.get('start', 0)}+{s['n']}" for s in shards)
+    print(f"merged {len(shards)} shards: {n} points ({spans})")
+    return rows, n, all(s.get("paper_steps") for s in shards)
+
+
+def report(rows: list[dict], n: int, paper_steps: bool) -> None:
+    """The Markdown table and the goal's verdict."""
+    labels = [lab for lab in ("torchattacks", "torchattacks-100") if rows and f"{lab}_robust" in rows[0]]
     head = " | ".join(
         f"{lab} robust | {lab} time (CPU) | pts only we left robust | pts only they left robust" for lab in labels
     )
     print(f"\n| eps | ours robust | ours time (CPU) | {head} |")
     print("|---|---|---|" + "---|---|---|---|" * len(labels))
     for r in rows:
-        cells = [f"{r['eps']:g}", f"{100 * r['ours_robust']:.1f}%", f"{r['ours_s']:.1f} s ({r['ours_cpu_s']:.1f} s)"]
+        cells = [f"{r['eps']:g}", f"{100 * r['ours_robust']:.2f}%", f"{r['ours_s']:.1f} s ({r['ours_cpu_s']:.1f} s)"]
         for lab in labels:
-            cells += [f"{100 * r[f'{lab}_robust']:.1f}%", f"{r[f'{lab}_s']:.1f} s ({r[f'{lab}_cpu_s']:.1f} s)",
+            cells += [f"{100 * r[f'{lab}_robust']:.2f}%", f"{r[f'{lab}_s']:.1f} s ({r[f'{lab}_cpu_s']:.1f} s)",
                       str(r[f"{lab}_only_ours_robust"]), str(r[f"{lab}_only_theirs_robust"])]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
-    reference = "torchattacks-100" if args.paper_steps else "torchattacks"
+    reference = "torchattacks-100" if paper_steps else "torchattacks"
     worst_gap = max(r["ours_robust"] - r[f"{reference}_robust"] for r in rows)
-    goal = 0.005 if args.paper_steps else 0.01
+    goal = 0.005 if paper_steps else 0.01
     verdict = "met" if worst_gap <= goal + 1e-9 else "NOT met"
-    print(f"\ngoal (ours <= {reference} + {100 * goal:g} point): {verdict}; largest gap {100 * worst_gap:+.1f} points "
-          f"on {len(y)} points (one point = {100 / len(y):.2g} points of accuracy)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "data": data.name, "norm": args.norm, "n": len(y), "rows": rows}, f, indent=2)
+    print(f"\ngoal (ours <= {reference} + {100 * goal:g} point): {verdict}; largest gap {100 * worst_gap:+.2f} points "
+          f"on {n} points (one point = {100 / n:.2g} points of accuracy)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.graph import UnsupportedLayer, model_steps
+from robustcli.certify.graph import UnsupportedLayer, describe, lirpa_crown_bounds, model_steps, monotone_layers
 from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds
 from robustcli.core.errors import InputError
 
@@ -136,8 +136,10 @@ class CrownBounder:
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, *, intermediate: str = "crown",
-                 alpha_iterations: int = 0, dtype: torch.dtype = torch.float64, max_elements: int = 2**27):
+                 alpha_iterations: int = 0, dtype: torch.dtype = torch.float64, max_elements: int = 2**27,
+                 method: str = "crown"):
         model = walkable(model, example)
+        refuse_monotone(model, method)
         self.chain = cb.Chain.of(model, tuple(example.shape[1:]), dtype)  # NotAChain for residual graphs
         self.intermediate = intermediate
         self.alpha_iterations = alpha_iterations
@@ -170,6 +172,22 @@ class CrownBounder:
         return low if d is None else low + d
 
 
+def refuse_monotone(model: nn.Module, method: str) -> None:
+    """The native CROWN engine relaxes ReLUs only: a max pooling or smooth activation is refused,
+    named, with only the methods that bound it: native IBP, and auto_LiRPA's CROWN when installed
+    and every such layer is one its 0.3 release bounds (`graph.lirpa_crown_bounds`)."""
+    found = monotone_layers(model_steps(model, "ibp"))
+    if not found:
+        return
+    from robustcli.certify.lirpa import lirpa_available
+
+    lirpa = lirpa_available() and all(lirpa_crown_bounds(s.module) for s in found)
+    alternatives = "--method ibp" + (" or lirpa-crown (auto_LiRPA)" if lirpa else "")
+    raise UnsupportedLayer(
+        f"native {method} relaxes ReLUs only and cannot bound {describe(found[0])} of this model; use {alternatives}"
+    )
+
+
 class LirpaMethodBounder:
     """auto_LiRPA (certify/lirpa.py) behind the same interface; `method` is one of its names."""
 
@@ -195,10 +213,11 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _native_or_lirpa(intermediate: str, alpha: bool, lirpa_name: str):
+def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str):
     def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20) -> Bounder:
         try:
-            return CrownBounder(model, example, intermediate=intermediate, alpha_iterations=alpha_iterations if alpha else 0)
+            return CrownBounder(model, example, intermediate=intermediate,
+                                alpha_iterations=alpha_iterations if alpha else 0, method=name)
         except cb.NotAChain as e:
             from robustcli.certify.lirpa import lirpa_available
 
@@ -231,9 +250,9 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("ibp", "interval bound propagation (native)", lambda model, example, **_: IBPBounder(model, example)),
-        Method("crown-ibp", "CROWN with IBP intermediate bounds (native)", _native_or_lirpa("ibp", False, "crown-ibp")),
-        Method("crown", "CROWN linear relaxations (native)", _native_or_lirpa("crown", False, "crown")),
-        Method("alpha-crown", "CROWN with optimised lower slopes (native)", _native_or_lirpa("crown", True, "alpha-crown")),
+        Method("crown-ibp", "CROWN with IBP intermediate bounds (native)", _native_or_lirpa("crown-ibp", "ibp", False, "crown-ibp")),
+        Method("crown", "CROWN linear relaxations (native)", _native_or_lirpa("crown", "crown", False, "crown")),
+        Method("alpha-crown", "CROWN with optimised lower slopes (native)", _native_or_lirpa("alpha-crown", "crown", True, "alpha-crown")),
         Method("lirpa-ibp", "IBP through auto_LiRPA", _lirpa("lirpa-ibp"), True),
         Method("lirpa-crown-ibp", "CROWN-IBP through auto_LiRPA", _lirpa("crown-ibp"), True),
         Method("lirpa-crown", "CROWN through auto_LiRPA", _lirpa("crown"), True),

@@ -2,7 +2,11 @@
 
 Supported: nn.Sequential (not subclasses that override forward), robustcli's `Normalized`,
 `robustcli.core.nn.Residual`, Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
-AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode). Anything else raises
+AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
+(`MONOTONE`: max pooling, sigmoid, tanh, leaky ReLU with slope >= 0, hardtanh/ReLU6/clamp, ELU
+with alpha >= 0, CELU, SELU, softplus, log-sigmoid, hardsigmoid, softsign): nondecreasing in every input,
+so interval propagation maps [l, u] to [f(l), f(u)] (Gowal et al. 2018, sec. 3). The CROWN chain engine
+bounds only ReLU networks; `monotone_layers` lists what it must refuse. Anything else raises
 `UnsupportedLayer`, naming the layer and a method that can bound it.
 """
 
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Reshape
 from robustcli.core.nn import Residual
 from robustcli.core.nn import Normalized
 from robustcli.core.errors import InputError
@@ -23,10 +27,14 @@ CONSTANT_AFFINE = (ElementwiseAffine,)  # x * scale + shift with constants (norm
 POSITIVE_LINEAR = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # nonnegative weights: |W| = W
 RESHAPE = (nn.Flatten, Reshape)
 IDENTITY = (nn.Identity, nn.Dropout)
-# Smooth or non piecewise-linear activations: native IBP refuses them, auto_LiRPA's CROWN bounds them.
+# Nondecreasing in every input: the interval [l, u] maps to [f(l), f(u)] (IBP only, not the CROWN chain).
+MONOTONE = (
+    nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.Hardtanh, Clip, nn.ELU, nn.CELU,
+    nn.SELU, nn.Softplus, nn.LogSigmoid, nn.Hardsigmoid, nn.Softsign,
+)  # fmt: skip  (nn.ReLU6 is an nn.Hardtanh)
+# Other activations: not monotone (or a whole-vector map), so native IBP refuses them.
 NONLINEAR_ACTIVATIONS = (
-    nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Mish,
-    nn.SELU, nn.CELU, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
+    nn.GELU, nn.SiLU, nn.Softmax, nn.LogSoftmax, nn.Mish, nn.PReLU, nn.Hardswish, nn.Tanhshrink,
 )  # fmt: skip
 
 
@@ -54,9 +62,31 @@ def _label(name: str, module: nn.Module) -> str:
     return f"'{name or '<root>'}' ({type(module).__name__})"
 
 
-def _alternative(method: str) -> str:
+# Measured on auto_LiRPA 0.3 (a small CNN, Linf ball): its CROWN bounds these layers (MaxPool2d only with
+# kernel = stride and no padding), and fails on the layers of LIRPA_CROWN_FAILS.
+LIRPA_CROWN_BOUNDS = (nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.LogSigmoid, nn.SiLU, nn.Tanhshrink, nn.MaxPool2d)
+LIRPA_CROWN_FAILS = (
+    nn.GELU, nn.Softmax, nn.LogSoftmax, nn.Mish, nn.PReLU, nn.Hardswish, nn.LPPool2d, nn.ELU, nn.CELU, nn.SELU,
+    nn.Softplus, nn.Hardtanh, nn.Hardsigmoid, nn.Softsign, Clip,
+)  # fmt: skip
+
+
+def lirpa_crown_bounds(m: nn.Module) -> bool:
+    """Whether auto_LiRPA 0.3's CROWN bounds this layer (measured; see LIRPA_CROWN_BOUNDS)."""
+    if isinstance(m, nn.MaxPool2d):
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        return (pair(m.padding) == (0, 0) and pair(m.stride) == pair(m.kernel_size) and pair(m.dilation) == (1, 1)
+                and not m.ceil_mode)
+    return isinstance(m, LIRPA_CROWN_BOUNDS)
+
+
+def _alternative(method: str, m: nn.Module | None = None) -> str:
     if method == "tightness":
         return "the tightness metric needs a ReLU network built from the layers native IBP supports"
+    if m is not None and lirpa_crown_bounds(m):
+        return "use --method lirpa-crown (auto_LiRPA bounds it)"
+    if isinstance(m, LIRPA_CROWN_FAILS):
+        return "auto_LiRPA 0.3 (the lirpa-* methods) does not bound it either; replace it with a ReLU or a monotone layer"
     return "use --method lirpa-crown or lirpa-alpha-crown (auto_LiRPA), which bound more layer types"
 
 
@@ -81,17 +111,50 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
                 f"padding_mode={m.padding_mode!r}; {_alternative(method)}"
             )
         return [Step(prefix, m)]
+    if isinstance(m, MONOTONE):
+        return [_monotone_step(prefix, m, method)]
     if isinstance(m, NONLINEAR_ACTIVATIONS):
         raise UnsupportedLayer(
-            f"layer {_label(prefix, m)} is not a ReLU; native {method} handles only piecewise-linear ReLU "
-            f"networks; {_alternative(method)}"
+            f"layer {_label(prefix, m)} is not monotone; native {method} handles ReLU and the monotone "
+            f"activations (Sigmoid, Tanh, LeakyReLU, ELU, Softplus, ...) and max pooling; {_alternative(method, m)}"
         )
     err = UnsupportedLayer(
         f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
-        f"BatchNorm, Flatten, AvgPool2d and Residual; {_alternative(method)}"
+        f"BatchNorm, Flatten, AvgPool2d, MaxPool2d, Sigmoid, Tanh, LeakyReLU and Residual; {_alternative(method, m)}"
     )
     err.leaf = next(m.children(), None) is None and type(m).forward is not nn.Module.forward
     raise err
+
+
+def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
+    if method == "tightness":
+        raise UnsupportedLayer(f"layer {_label(name, m)} is not a ReLU; {_alternative(method)}")
+    slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else m.alpha if isinstance(m, nn.ELU) else 0.0
+    if slope < 0:
+        raise UnsupportedLayer(
+            f"layer {_label(name, m)} has a negative slope ({slope}), so it is not monotone and native "
+            f"{method} cannot bound it; {_alternative(method, m)}"
+        )
+    if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and m.return_indices:
+        raise UnsupportedLayer(f"layer {_label(name, m)} returns indices; bounding needs it to return values only")
+    return Step(name, m)
+
+
+def monotone_layers(steps: list[Step]) -> list[Step]:
+    """The monotone non-ReLU steps (MaxPool2d, Sigmoid, ...), residual branches included, in order."""
+    found: list[Step] = []
+    for s in steps:
+        if isinstance(s.module, MONOTONE):
+            found.append(s)
+        for b in s.branches:
+            found += monotone_layers(b)
+    return found
+
+
+def describe(step: Step) -> str:
+    """How the user knows the step: the graph operation it came from (traced models), else its module path."""
+    origin = getattr(step.module, "origin", None)
+    return origin if isinstance(origin, str) else f"layer {_label(step.name, step.module)}"
 
 
 def _join(prefix: str, name: str) -> str:

@@ -1,7 +1,10 @@
 """Native interval bound propagation (Gowal et al. 2018), differentiable, in centre/radius form.
 
 For an affine layer with input box (c, r): c' = W c + b, r' = |W| r (two matmuls per layer,
-Gowal et al. eq. 6); a ReLU maps [l, u] to [relu(l), relu(u)]. The last Linear layer is merged
+Gowal et al. eq. 6); a ReLU maps [l, u] to [relu(l), relu(u)], and so does every layer that is
+nondecreasing in each input (Gowal et al. sec. 3, monotonic activations): max pooling, sigmoid,
+tanh and leaky ReLU map [l, u] to [f(l), f(u)] (for max pooling: the max of the lower ends and
+the max of the upper ends of each window, which is exact for the box). The last Linear layer is merged
 with the specification C before bounding (auto_LiRPA's C matrix): the margins' bounds are those of
 (C W) h + C b, far tighter than subtracting two logit intervals.
 
@@ -35,6 +38,7 @@ from robustcli.certify.graph import (
     CONSTANT_AFFINE,
     ELEMENTWISE_AFFINE,
     IDENTITY,
+    MONOTONE,
     POSITIVE_LINEAR,
     RESHAPE,
     Step,
@@ -171,6 +175,15 @@ def _relu(state: _State, name: str, record: list[tuple[str, Bounds]] | None) -> 
     return _State(box, clean, None, state.relu_mode)
 
 
+def _monotone(state: _State, f: nn.Module) -> _State:
+    """A layer nondecreasing in every input (max pooling, sigmoid, tanh, leaky ReLU): [l, u] -> [f(l), f(u)].
+    An L2 ball is not carried through a nonlinear map: it collapses to its box first, as at a ReLU."""
+    state = state.collapse()
+    box = Bounds.from_interval(f(state.box.lower), f(state.box.upper))
+    clean = None if state.clean is None else f(state.clean)
+    return _State(box, clean, None, state.relu_mode)
+
+
 def _same(state: _State, f) -> _State:
     """A linear map with nonnegative weights or a reshape: apply it to centre and radius."""
     ball = None
@@ -199,6 +212,8 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
         return _affine(state, m)
     if isinstance(m, nn.ReLU):
         return _relu(state, step.name, record)
+    if isinstance(m, MONOTONE):
+        return _monotone(state, m)
     if isinstance(m, ELEMENTWISE_AFFINE):
         a, b = _bn_affine(m, state.clean, state.box.centre.dim())
         return _elementwise_affine(state, a, b)

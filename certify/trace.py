@@ -10,12 +10,13 @@ go through `certify/onnx_import.py` into torch modules first, then the same path
 
 The ATen graph is rewritten into the canonical tree the bound engines walk (certify/graph.py,
 certify/chain_bounds.py): `nn.Sequential` of Linear, Conv2d, ReLU, BatchNorm1d/2d, Flatten,
-`Reshape`, AvgPool2d, AdaptiveAvgPool2d, `ElementwiseAffine` (add/sub/mul/div by constants:
+`Reshape`, AvgPool2d, AdaptiveAvgPool2d, the monotone max pooling and activations
+(MaxPool2d, AdaptiveMaxPool2d, Sigmoid, Tanh, LeakyReLU, `Clip` for hardtanh/clamp, ReLU6, ELU, CELU,
+SELU, Softplus, LogSigmoid, Hardsigmoid; each carries `origin`, the ATen operation it came from, so an engine that cannot bound it names that), `ElementwiseAffine` (add/sub/mul/div by constants:
 normalisation layers) and `Residual` (an add of two computed tensors that fork from one value).
 Parameters are copied (bounds are functions of the weights at the time of the call; training
 bounds the user's module directly, never this copy). Any other operation raises
-`UnsupportedOperation` naming the ATen op and the graph node, e.g. "aten.max_pool2d (node
-'max_pool2d')".
+`UnsupportedOperation` naming the ATen op and the graph node, e.g. "aten.sin (node 'sin')".
 """
 
 from __future__ import annotations
@@ -29,13 +30,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Reshape
 from robustcli.core.errors import InputError
 from robustcli.core.nn import Residual
 
 # Operations that do nothing to values in eval mode.
 _IDENTITY = {"clone", "contiguous", "detach", "alias", "dropout", "feature_dropout", "lift_fresh_copy", "_to_copy"}
 _RESHAPE = {"view", "reshape", "flatten", "_unsafe_view", "squeeze", "unsqueeze"}
+# Nondecreasing in every input: interval bounds map [l, u] to [f(l), f(u)] (certify/ibp.py).
+_MONOTONE = {"max_pool2d", "max_pool2d_with_indices", "adaptive_max_pool2d", "sigmoid", "sigmoid_", "tanh", "tanh_",
+             "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "relu6", "clamp", "clamp_", "elu", "elu_", "celu",
+             "celu_", "selu", "selu_", "softplus", "log_sigmoid", "hardsigmoid", "hardsigmoid_", "clamp_min",
+             "clamp_min_", "clamp_max", "clamp_max_"}
 _SHAPE_ONLY = {"sym_size", "size", "sym_numel", "_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range",
                "sym_constrain_range_for_size", "_assert_async"}
 
@@ -179,6 +185,8 @@ class _Converter:
                 continue
             if op == "getitem":  # e.g. the first output of a batch norm that returns (y, mean, rstd)
                 src = values.get(node.args[0].name)
+                if node.args[1] != 0 and not node.users:
+                    continue  # an unused second output (max pooling's indices)
                 if node.args[1] != 0 or src is None:
                     raise UnsupportedOperation(f"graph node '{node.name}' takes output {node.args[1]} of an operation")
                 values[node.name] = src
@@ -214,6 +222,8 @@ class _Converter:
 
     def _out_shape(self, node) -> tuple[int, ...]:
         val = node.meta.get("val")
+        if isinstance(val, (tuple, list)) and val:  # (values, indices) of max_pool2d_with_indices
+            val = val[0]
         if val is None or not hasattr(val, "shape"):
             raise UnsupportedOperation(f"{_where(node)} has no recorded output shape")
         if len(val.shape) == 0 or not _is_batch(val.shape[0], self.batch):
@@ -251,6 +261,8 @@ class _Converter:
             return None  # a transposed weight, consumed by addmm
         if op in ("conv2d", "convolution"):
             return self._conv(node, op, values)
+        if op in _MONOTONE:
+            return self._monotone(node, op, values)
         if op in ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional"):
             return self._batch_norm(node, op, values)
         if op in _RESHAPE:
@@ -280,8 +292,8 @@ class _Converter:
             return self._arith(node, op.rstrip("_"), values)
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
-            "batch_norm, view/reshape/flatten, avg_pool2d, adaptive_avg_pool2d, residual add and add/sub/mul/div by "
-            "constants" + _lirpa_hint()
+            "batch_norm, view/reshape/flatten, avg/max pooling, monotone activations (sigmoid, tanh, leaky_relu, "
+            "hardtanh/clamp, elu, softplus, ...), residual add and add/sub/mul/div by constants" + _lirpa_hint()
         )
 
     def _conv(self, node, op: str, values) -> _Value:
@@ -301,6 +313,47 @@ class _Converter:
         if b is not None:
             conv.bias.data = b.clone()
         return self._then(self._input(node, values), conv, node)
+
+    def _monotone(self, node, op: str, values) -> _Value:
+        """Max pooling and the monotone activations: one module each, labelled with the graph operation."""
+        arg = lambda i, name, default: node.args[i] if len(node.args) > i else node.kwargs.get(name, default)  # noqa: E731
+        op = op.rstrip("_")
+        if op.startswith("max_pool2d"):
+            k = _pair(arg(1, "kernel_size", None))
+            stride = _pair(arg(2, "stride", None)) or k
+            layer: nn.Module = nn.MaxPool2d(k, stride, _pair(arg(3, "padding", 0)), _pair(arg(4, "dilation", 1)),
+                                            ceil_mode=bool(arg(5, "ceil_mode", False)))
+        elif op == "adaptive_max_pool2d":
+            layer = nn.AdaptiveMaxPool2d(_pair(arg(1, "output_size", None)))
+        elif op == "leaky_relu":
+            layer = nn.LeakyReLU(float(arg(1, "negative_slope", 0.01)))
+        elif op in ("hardtanh", "clamp", "clamp_min", "clamp_max"):
+            if op == "clamp_max":
+                low, high = None, arg(1, "max", None)
+            else:
+                low = arg(1, "min", -1.0 if op == "hardtanh" else None)
+                high = None if op == "clamp_min" else arg(2, "max", 1.0 if op == "hardtanh" else None)
+            if not all(v is None or isinstance(v, (int, float)) for v in (low, high)):
+                raise UnsupportedOperation(f"{_where(node)} clamps to computed bounds; only constant bounds are supported")
+            layer = Clip(low, high)
+        elif op == "relu6":
+            layer = nn.ReLU6()
+        elif op == "elu":
+            alpha, scale, input_scale = (float(arg(i, n, 1.0)) for i, n in ((1, "alpha"), (2, "scale"), (3, "input_scale")))
+            if (scale, input_scale) != (1.0, 1.0):
+                raise UnsupportedOperation(f"{_where(node)} uses scale={scale}, input_scale={input_scale}; only plain ELU "
+                                           "is supported")
+            layer = nn.ELU(alpha)
+        elif op == "celu":
+            layer = nn.CELU(float(arg(1, "alpha", 1.0)))
+        elif op == "softplus":
+            layer = nn.Softplus(float(arg(1, "beta", 1.0)), float(arg(2, "threshold", 20.0)))
+        else:
+            simple = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "selu": nn.SELU, "log_sigmoid": nn.LogSigmoid,
+                      "hardsigmoid": nn.Hardsigmoid}
+            layer = simple[op]()
+        layer.origin = _where(node)
+        return self._then(self._input(node, values), layer, node)
 
     def _batch_norm(self, node, op: str, values) -> _Value:
         a = list(node.args)
@@ -368,6 +421,15 @@ class _Converter:
         body, shortcut = a.layers[p:], b.layers[p:]
         res = Residual(nn.Sequential(*body), nn.Sequential(*shortcut) if shortcut else None)
         return _Value(a.layers[:p] + [res], self._out_shape(node))
+
+
+def _pair(v):
+    """An ATen int list ([2] or [2, 2]) or int as the int / tuple nn.MaxPool2d takes; None or [] stays empty."""
+    if v is None or (isinstance(v, (list, tuple)) and len(v) == 0):
+        return None
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[0])) if len(v) == 1 else tuple(int(t) for t in v)
+    return int(v)
 
 
 def _is_batch(dim, batch: int) -> bool:

@@ -1,7 +1,8 @@
 """`robust certify --spec prop.vnnlib`: check a VNNLIB property on a model (holds / violated / unknown).
 
 The input box and the output property come from the .vnnlib file; see certify/spec_verify.py.
-CLI-layer glue only: option checks, the counterexample file, the table and the JSON report.
+CLI-layer glue only: the counterexample file, the table and the JSON report; the options are a
+`SpecRequest` (robustcli/verify_requests.py) that the command builds.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from robustcli.certify.spec_verify import METHODS, SpecResult, verify_property
+from robustcli.certify.spec_verify import SpecResult, verify_property
 from robustcli.certify.vnnlib import read_vnnlib
 from robustcli.certify.vnncomp import write_counterexample
 from robustcli.archs import ARCHS
@@ -21,8 +22,7 @@ from robustcli.core.device import resolve_device
 from robustcli.models import LoadedModel, load_model
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, print_table, write_json
-
-BOUND_METHODS = tuple(m for m in METHODS if m != "attack")
+from robustcli.verify_requests import VerifyRequest
 
 
 def model_input_shape(loaded: LoadedModel, n_inputs: int, given: tuple[int, ...]) -> tuple[int, ...]:
@@ -44,16 +44,10 @@ def model_input_shape(loaded: LoadedModel, n_inputs: int, given: tuple[int, ...]
 def run_spec_check(
     loaded: LoadedModel,
     spec: str,
+    request: VerifyRequest,
     *,
-    methods: tuple[str, ...],
-    timeout: float | None,
-    seed: int,
     input_shape: tuple[int, ...] = (),
     counterexample: str | None = None,
-    attack_steps: int = 50,
-    attack_restarts: int = 10,
-    alpha_iterations: int = 20,
-    bab_split: str = "auto",
 ) -> tuple[SpecResult, dict]:
     """Verify `spec` on the loaded model; write the counterexample file when violated; return (result, report)."""
     prop = read_vnnlib(spec)
@@ -69,6 +63,7 @@ def run_spec_check(
     ce_path = Path(counterexample or f"{Path(loaded.name).stem}__{Path(spec).stem}.counterexample")
     if ce_path.parent and not ce_path.parent.exists():
         raise InputError(f"cannot write {ce_path}: folder {ce_path.parent} does not exist")
+    methods = request.methods
     with progress_bar("verifying", len(methods)) as advance:
         started: list[str] = []
 
@@ -79,9 +74,8 @@ def run_spec_check(
             advance(0, stage=name)
 
         result = verify_property(
-            loaded.module, prop, shape, methods=methods, timeout=timeout, seed=seed, reference=reference,
-            reference_name=ref_name, attack_steps=attack_steps, attack_restarts=attack_restarts,
-            alpha_iterations=alpha_iterations, on_stage=on_stage, bab_split=bab_split,
+            loaded.module, prop, shape, reference=reference, reference_name=ref_name, on_stage=on_stage,
+            **request.verifier_options(),
         )
         advance(len(methods) - len(started) + 1)
     report = {
@@ -112,46 +106,21 @@ def spec_tables(report: dict) -> None:
                + f" in {report['seconds']:.2f}s" + extra)
 
 
-def spec_methods(method: tuple[str, ...]) -> tuple[str, ...]:
-    """The attack, then the chosen bound methods in order of cost (all of them, with branch and
-    bound last, when none is chosen). Methods only auto_LiRPA offers have no spec engine here."""
-    unsupported = [m for m in method if m not in BOUND_METHODS]
-    if unsupported:
-        raise InputError(f"--method {unsupported[0]} is not available with --spec; use "
-                         f"{', '.join(BOUND_METHODS)} (default: all, in that order)")
-    chosen = [m for m in BOUND_METHODS if m in set(method)] if method else list(BOUND_METHODS)
-    return tuple(["attack"] + chosen)
-
-
+def check_spec_combination(*, data: str | None, n: int | None, eps: tuple[float, ...]) -> None:
+    """The property file gives the input box, so the dataset options do not combine with --spec."""
+    if data is not None or n is not None or eps:
+        raise InputError("--spec replaces --data, --n and --eps: the input box comes from the property file")
 
 
 def certify_spec(
-    model: str, *, arch, mean, std, allow_pickle, data, n, eps, method, pgd_steps, pgd_restarts,
-    alpha_iterations, spec, timeout, counterexample, device, seed, json_path, bab_split="auto",
+    model: str, request: VerifyRequest, *, arch, mean, std, allow_pickle, spec, counterexample, device, json_path,
 ) -> None:  # fmt: skip
     """`robust certify --spec`: the property file gives the input box and the output condition."""
-    if data is not None or n is not None or eps:
-        raise InputError("--spec replaces --data, --n and --eps: the input box comes from the property file")
-    if timeout is not None and not timeout > 0:
-        raise InputError(f"--timeout must be > 0, got {timeout}")
-    ctx = click.get_current_context()
-    explicit = lambda name: ctx.get_parameter_source(name) not in (  # noqa: E731
-        click.core.ParameterSource.DEFAULT, None)
-    # The spec attack's own defaults (50 steps, 10 restarts) unless --pgd-steps/--pgd-restarts are given.
-    steps = pgd_steps if explicit("pgd_steps") else 50
-    restarts = pgd_restarts if explicit("pgd_restarts") else 10
-    for flag, v in (("--pgd-steps", steps), ("--pgd-restarts", restarts), ("--alpha-iterations", alpha_iterations)):
-        if v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    methods = spec_methods(tuple(method))
     dev = resolve_device(device)
     loaded = load_model(model, arch=arch, mean=list(mean) or None, std=list(std) or None,
                         allow_pickle=allow_pickle, device=dev)
-    _, report = run_spec_check(
-        loaded, spec, methods=methods, timeout=timeout, seed=seed, counterexample=counterexample,
-        attack_steps=steps, attack_restarts=restarts, alpha_iterations=alpha_iterations, bab_split=bab_split,
-    )
+    _, report = run_spec_check(loaded, spec, request, counterexample=counterexample)
     spec_tables(report)
     if json_path:
-        write_json(json_path, {"command": "certify", **report, "methods": list(methods), "seed": seed,
-                               "device": str(dev)})
+        write_json(json_path, {"command": "certify", **report, "methods": list(request.methods),
+                               "seed": request.seed, "device": str(dev)})

@@ -104,8 +104,23 @@ def pgd_min_spec(model, x, spec, eps, norm, steps=40, g=None) -> torch.Tensor:
 
 
 def tanh_digits_mlp() -> nn.Module:
-    """A digits-shaped MLP with a Tanh: not piecewise linear, so native IBP must refuse it."""
+    """A digits-shaped MLP with a Tanh: monotone, so native IBP bounds it; the tightness metric refuses it."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+
+def silu_digits_mlp() -> nn.Module:
+    """A digits-shaped MLP with a SiLU: not monotone, so native IBP must refuse it (auto_LiRPA bounds it)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.SiLU(), nn.Linear(16, 10))
+
+
+def tanhshrink_digits_cnn() -> nn.Module:
+    """A digits CNN with a Tanhshrink (x - tanh x, not monotone): native IBP refuses it, auto_LiRPA bounds it."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Tanhshrink(), nn.Flatten(), nn.Linear(256, 10))
+
+
+def gelu_digits_mlp() -> nn.Module:
+    """A digits-shaped MLP with a GELU: neither native IBP nor auto_LiRPA 0.3 bounds it."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.GELU(), nn.Linear(16, 10))
 
 
 def maxpool_digits_cnn() -> nn.Module:
@@ -135,3 +150,28 @@ class UserDigitsCNN(nn.Module):
 def user_digits_cnn() -> nn.Module:
     torch.manual_seed(0)
     return UserDigitsCNN()
+
+
+class MonotoneDigitsCNN(nn.Module):
+    """A digits CNN written with max pooling and smooth activations (functional calls, view flatten):
+    every non-affine layer is monotone, so native IBP bounds it; the CROWN chain engine does not."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 3 * 3, 16)
+        self.fc2 = nn.Linear(16, 10)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        x = F.max_pool2d(torch.tanh(self.conv1((x - 0.5) / 0.25)), 2)
+        x = F.max_pool2d(F.leaky_relu(self.conv2(x), 0.1), 2, stride=2, padding=1)
+        x = torch.sigmoid(self.fc1(x.view(x.size(0), -1)))
+        return self.fc2(x)
+
+
+def monotone_digits_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return MonotoneDigitsCNN()

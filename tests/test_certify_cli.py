@@ -55,7 +55,7 @@ def test_eps_out_of_range(run_cli, eps, tmp_path):
     assert "eps" in line and not out.exists()
 
 
-@pytest.mark.parametrize("factory,layer", [("tanh_digits_mlp", "Tanh"), ("maxpool_digits_cnn", "MaxPool2d")])
+@pytest.mark.parametrize("factory,layer", [("silu_digits_mlp", "SiLU"), ("tanhshrink_digits_cnn", "Tanhshrink")])
 def test_unsupported_layer_for_ibp_names_it(run_cli, tmp_path, factory, layer):
     import certify_nets
 

@@ -142,7 +142,7 @@ def test_per_point_eps_and_verified():
 
 
 @pytest.mark.parametrize(
-    "layer,word", [(nn.Tanh(), "Tanh"), (nn.MaxPool2d(2), "MaxPool2d"), (nn.LSTM(4, 4), "LSTM")]
+    "layer,word", [(nn.SiLU(), "SiLU"), (nn.Tanhshrink(), "Tanhshrink"), (nn.LSTM(4, 4), "LSTM")]
 )
 def test_unsupported_layer_names_itself_and_an_alternative(layer, word):
     model = Normalized(nn.Sequential(nn.Conv2d(1, 4, 3), layer, nn.Flatten(), nn.Linear(4, 2)), [0.5], [0.5])

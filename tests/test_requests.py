@@ -1,6 +1,7 @@
-"""Requests of `analyze scaling`, `analyze tilting`, `certify --method smoothing`, `threshold` and
-`tightness` (and the eval `strong` check's use of AttackRequest): each refuses a bad value naming its flag, the command says so in one line with exit
-code 2, and an eval check with the same key says `checks[0].<key> ...`."""
+"""Requests of `analyze scaling`, `analyze tilting`, `certify --method smoothing`, `threshold`,
+`tightness`, `certify --spec` and `vnncomp` (and the eval `strong` check's use of AttackRequest):
+each refuses a bad value naming its flag, the command says so in one line with exit code 2, and an
+eval check with the same key says `checks[0].<key> ...`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from robustcli.requests import (
     TightnessRequest,
     TiltingRequest,
 )
+from robustcli.verify_requests import SpecRequest, VnncompRequest
 
 
 @pytest.mark.parametrize(
@@ -57,6 +59,24 @@ from robustcli.requests import (
         (TiltingRequest, {"weight_decay": (-0.1,)}, "weight-decay", ">= 0"),
         (TiltingRequest, {"max_iter": 0}, "max-iter", ">= 1"),
         (TiltingRequest, {"n": 0}, "n", "positive"),
+        (VnncompRequest, {"timeout": 0.0}, "timeout", "must be > 0, got 0.0"),
+        (VnncompRequest, {"timeout": -5.0}, "timeout", "must be > 0, got -5.0"),
+        (VnncompRequest, {"timeout": float("nan")}, "timeout", "must be > 0"),
+        (VnncompRequest, {"timeout": float("inf")}, "timeout", "must be > 0"),
+        (VnncompRequest, {"limit": 0}, "limit", "must be >= 1, got 0"),
+        (VnncompRequest, {"jobs": 0}, "jobs", "must be >= 1, got 0"),
+        (VnncompRequest, {"attack_steps": 0}, "attack-steps", "must be >= 1, got 0"),
+        (VnncompRequest, {"attack_restarts": -1}, "attack-restarts", "must be >= 1, got -1"),
+        (VnncompRequest, {"alpha_iterations": 0}, "alpha-iterations", "must be >= 1, got 0"),
+        (VnncompRequest, {"bab_split": "width"}, "bab-split", "'width' is not one of auto, input, relu"),
+        (VnncompRequest, {"method": ("crown-ibp",)}, "method", "'crown-ibp' is not one of attack"),
+        (SpecRequest, {"timeout": 0.0}, "timeout", "must be > 0, got 0.0"),
+        (SpecRequest, {"pgd_steps": 0}, "pgd-steps", "must be >= 1, got 0"),
+        (SpecRequest, {"pgd_restarts": 0}, "pgd-restarts", "must be >= 1, got 0"),
+        (SpecRequest, {"alpha_iterations": -2}, "alpha-iterations", "must be >= 1, got -2"),
+        (SpecRequest, {"bab_split": "width"}, "bab-split", "is not one of auto, input, relu"),
+        (SpecRequest, {"method": ("crown", "crown-ibp")}, "method", "crown-ibp is not available with --spec"),
+        (SpecRequest, {"method": ("attack",)}, "method", "attack is not available with --spec"),
     ],
 )
 def test_a_bad_value_names_its_flag(request_type, values, option, words):

@@ -17,6 +17,7 @@ from robustcli.requests import CertifyRequest
 from robustcli.session import open_workload
 from robustcli.smoothing_report import add_smoothing_options, certify_smoothing_command, reject_smoothing_options
 from robustcli.tables import certify_table
+from robustcli.verify_requests import SpecRequest
 
 # A certified point that PGD broke (or that is misclassified) means a bound engine is wrong: a bug,
 # reported on one line with its own exit code, never as a user error (2) or a failed check (1).
@@ -37,13 +38,16 @@ UNSOUND_EXIT = 3
     "smoothing: randomized smoothing (L2, --sigma).",
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--pgd-steps", type=int, default=40, show_default=True, help="PGD steps for the upper bound.")
-@click.option("--pgd-restarts", type=int, default=1, show_default=True)
-@click.option("--alpha-iterations", type=int, default=20, show_default=True, help="alpha-CROWN optimisation steps.")
+@click.option("--pgd-steps", type=int, default=CertifyRequest.pgd_steps, show_default=True,
+              help=f"PGD steps for the upper bound (with --spec: default {SpecRequest().attack_budget()[0]}).")
+@click.option("--pgd-restarts", type=int, default=CertifyRequest.pgd_restarts, show_default=True,
+              help=f"With --spec: default {SpecRequest().attack_budget()[1]}.")
+@click.option("--alpha-iterations", type=int, default=CertifyRequest.alpha_iterations, show_default=True,
+              help="alpha-CROWN optimisation steps.")
 @click.option("--spec", type=click.Path(dir_okay=False), help="VNNLIB property: replaces --data and --eps.")
-@click.option("--timeout", type=float, default=None, help="With --spec: seconds before answering timeout.")
+@click.option("--timeout", type=float, default=SpecRequest.timeout, help="With --spec: seconds before answering timeout.")
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
-@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default="auto", show_default=True,
+@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default=SpecRequest.bab_split, show_default=True,
               help="With --spec: branch and bound splits the input box (input), ReLUs (relu), or input "
               "for at most 16 inputs (auto).")
 @add_smoothing_options
@@ -78,13 +82,21 @@ def command(
     if spec is not None and html_path:
         raise InputError("--html goes with --data/--eps runs; with --spec use --json for the verdict")
     if spec is not None:
-        from robustcli.spec_check import certify_spec
+        from robustcli.spec_check import certify_spec, check_spec_combination
 
+        check_spec_combination(data=data, n=n, eps=eps)
+        ctx = click.get_current_context()
+        named = lambda name: ctx.get_parameter_source(name) not in (  # noqa: E731
+            click.core.ParameterSource.DEFAULT, None)
+        # certify's PGD defaults size the dataset upper bound; the spec attack has its own unless named.
+        request = SpecRequest(
+            method=tuple(method), timeout=timeout, alpha_iterations=alpha_iterations, bab_split=bab_split, seed=seed,
+            pgd_steps=pgd_steps if named("pgd_steps") else None,
+            pgd_restarts=pgd_restarts if named("pgd_restarts") else None,
+        )  # fmt: skip
         certify_spec(
-            model, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, data=data, n=n, eps=eps,
-            method=method, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, alpha_iterations=alpha_iterations,
-            spec=spec, timeout=timeout, counterexample=counterexample, device=device, seed=seed, json_path=json_path,
-            bab_split=bab_split,
+            model, request, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, spec=spec,
+            counterexample=counterexample, device=device, json_path=json_path,
         )
         return
     if "bab" in method or timeout is not None or counterexample is not None:

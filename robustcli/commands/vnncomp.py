@@ -5,17 +5,18 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import os
+
 import click
 
 from robustcli.certify.spec_verify import BAB_SPLITS, METHODS
-import os
-
 from robustcli.certify.vnncomp import read_instances, result_line, run_benchmark
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.options import MultiOption, RobustCommand, config_option, device_option, json_option, seed_option
 from robustcli.progress import progress_bar
 from robustcli.report import print_table, write_json
+from robustcli.verify_requests import VnncompRequest
 
 RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 
@@ -23,19 +24,20 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.command("vnncomp", cls=RobustCommand)
 @config_option
 @click.argument("instances", type=click.Path(dir_okay=False))
-@click.option("--timeout", type=float, default=None, help="Seconds per instance (default: the CSV's column).")
+@click.option("--timeout", type=float, default=VnncompRequest.timeout,
+              help="Seconds per instance (default: the CSV's column).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="VNN-COMP results CSV to write.")
 @click.option("--counterexamples", type=click.Path(file_okay=False),
               help="Folder for counterexample files (default: beside --out, else none written).")
 @click.option("--method", cls=MultiOption, type=click.Choice(METHODS),
-              help="Stages in order (default attack ibp crown alpha-crown).")
-@click.option("--limit", type=int, default=None, help="Run only the first N instances.")
-@click.option("--jobs", type=int, default=1, show_default=True,
+              help=f"Stages in order (default all: {' '.join(VnncompRequest().methods)}).")
+@click.option("--limit", type=int, default=VnncompRequest.limit, help="Run only the first N instances.")
+@click.option("--jobs", type=int, default=VnncompRequest.jobs, show_default=True,
               help="Instances run in parallel worker processes (CPU threads are split between them).")
-@click.option("--attack-steps", type=int, default=50, show_default=True)
-@click.option("--attack-restarts", type=int, default=10, show_default=True)
-@click.option("--alpha-iterations", type=int, default=20, show_default=True)
-@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default="auto", show_default=True,
+@click.option("--attack-steps", type=int, default=VnncompRequest.attack_steps, show_default=True)
+@click.option("--attack-restarts", type=int, default=VnncompRequest.attack_restarts, show_default=True)
+@click.option("--alpha-iterations", type=int, default=VnncompRequest.alpha_iterations, show_default=True)
+@click.option("--bab-split", type=click.Choice(BAB_SPLITS), default=VnncompRequest.bab_split, show_default=True,
               help="Branch and bound splits the input box (input), ReLUs (relu), or input for <= 16 inputs (auto).")
 @device_option
 @seed_option
@@ -52,17 +54,11 @@ def command(
     Each result line is appended to --out (and flushed) as soon as its instance is decided, so an
     interrupted run keeps every finished line; an instance that fails is recorded as `error`.
     """
-    if timeout is not None and not (timeout > 0 and timeout != float("inf")):
-        raise InputError(f"--timeout must be > 0, got {timeout}")
-    if limit is not None and limit < 1:
-        raise InputError(f"--limit must be >= 1, got {limit}")
-    if jobs < 1:
-        raise InputError(f"--jobs must be >= 1, got {jobs}")
-    for flag, v in (("--attack-steps", attack_steps), ("--attack-restarts", attack_restarts),
-                    ("--alpha-iterations", alpha_iterations)):
-        if v < 1:
-            raise InputError(f"{flag} must be >= 1, got {v}")
-    todo = read_instances(instances)[:limit]
+    request = VnncompRequest(
+        method=tuple(method), timeout=timeout, alpha_iterations=alpha_iterations, bab_split=bab_split, seed=seed,
+        attack_steps=attack_steps, attack_restarts=attack_restarts, limit=limit, jobs=jobs,
+    )  # fmt: skip
+    todo = read_instances(instances)[: request.limit]
     dev = resolve_device(device)
     ce_dir = Path(counterexamples) if counterexamples else (
         Path(out_path).parent / (Path(out_path).stem + "_counterexamples") if out_path else None)
@@ -71,7 +67,6 @@ def command(
             raise InputError(f"folder {p} does not exist")
     if ce_dir is not None:
         ce_dir.mkdir(parents=True, exist_ok=True)
-    methods = tuple(dict.fromkeys(method)) if method else METHODS
     benchmark = Path(instances).resolve().parent.name
     counts: Counter = Counter()
     # Opened (and emptied) before any work: each finished instance's line is appended and flushed.
@@ -90,10 +85,8 @@ def command(
                 advance(1, **{k: counts[k] for k in RESULTS if counts[k]})
 
             results = run_benchmark(
-                todo, timeout=timeout, methods=methods, seed=seed, device=dev, counterexample_dir=ce_dir,
-                attack_steps=attack_steps, attack_restarts=attack_restarts, alpha_iterations=alpha_iterations,
-                bab_split=bab_split,
-                on_instance=on_instance, jobs=jobs,
+                todo, device=dev, counterexample_dir=ce_dir, on_instance=on_instance, jobs=request.jobs,
+                **request.verifier_options(),
             )
     finally:
         if out_file is not None:
@@ -105,7 +98,8 @@ def command(
                 rows, caption=summary)
     if json_path:
         write_json(json_path, {
-            "command": "vnncomp", "instances": str(instances), "timeout": timeout, "methods": list(methods), "jobs": jobs,
-            "seed": seed, "device": str(dev), "counts": {k: counts[k] for k in RESULTS},
+            "command": "vnncomp", "instances": str(instances), "timeout": request.timeout,
+            "methods": list(request.methods), "jobs": request.jobs, "seed": request.seed, "device": str(dev),
+            "counts": {k: counts[k] for k in RESULTS},
             "results": [r.summary() for r in results],
         })
