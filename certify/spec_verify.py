@@ -7,8 +7,9 @@ Answers (VNN-COMP 2021 words):
 - `holds`: every violation conjunction of every box is refuted by a sound lower bound > 0 on one
   of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py), or by branch and
   bound on ReLU splits (certify/bab.py) for the conjunctions those leave open. Models that are
-  not chains (ONNX graphs with residual adds) are bounded by auto_LiRPA instead
-  (certify/spec_lirpa.py), without branch and bound.
+  not chains (ONNX graphs with residual adds, max pooling, smooth activations) are bounded by
+  native IBP in float64 (certify/ibp.py) where it walks them, and by auto_LiRPA for the CROWN
+  stages (certify/spec_lirpa.py), without branch and bound.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -18,6 +19,7 @@ counterexample is most likely.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -57,6 +59,36 @@ def refuted(lower: torch.Tensor, case: SpecCase) -> torch.Tensor:
     return torch.stack(
         [(lower[:, sl] > 0).any(1) if sl.stop > sl.start else torch.zeros(lower.shape[0], dtype=torch.bool, device=lower.device)
          for sl in rows], 1)
+
+
+def _native_ibp_model(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> nn.Module | None:
+    """A float64 copy of the layer tree native IBP walks (residual adds, max pooling, monotone
+    activations: certify/ibp.py), or None when it cannot bound the model (auto_LiRPA is tried then)."""
+    from robustcli.certify.bounders import walkable
+    from robustcli.certify.graph import UnsupportedLayer
+    from robustcli.certify.trace import UnsupportedOperation
+
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    try:
+        tree = walkable(model, torch.zeros(2, *input_shape, dtype=dtype, device=device))
+    except (UnsupportedLayer, UnsupportedOperation):
+        return None
+    return copy.deepcopy(tree).double().eval()
+
+
+def _native_ibp_box_lower(tree: nn.Module, case: SpecCase, input_shape: tuple[int, ...], C: torch.Tensor,
+                          d: torch.Tensor) -> torch.Tensor:
+    """(1, S) lower bound of C f(x) + d over the case's box, by native IBP in float64."""
+    from robustcli.certify.ibp import ibp_box_bounds
+
+    q = next(tree.parameters(), None)
+    dev = q.device if q is not None else torch.device("cpu")
+    lo = case.lower.to(dev, torch.float64).reshape(1, *input_shape)
+    hi = case.upper.to(dev, torch.float64).reshape(1, *input_shape)
+    with torch.no_grad():
+        lower, _ = ibp_box_bounds(tree, lo, hi, C.to(dev, torch.float64)[None])
+    return lower + d.to(dev, torch.float64)
 
 
 def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
@@ -115,6 +147,7 @@ def verify_property(
     g = torch.Generator().manual_seed(seed)
     proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
     chains: dict[int, cb.Chain | None] = {}
+    natives: dict[int, nn.Module | None] = {}  # the float64 tree native IBP walks, for graph models
     not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
     def attack(steps: int, restarts: int, until: float | None) -> tuple[SpecResult | None, str]:
@@ -167,6 +200,14 @@ def verify_property(
                     note = f"branch and bound needs a chain model ({not_chain})"
                     break
                 C, d, _ = case.stacked()
+                if method == "ibp":
+                    if 0 not in natives:
+                        natives[0] = _native_ibp_model(model, input_shape, device)
+                    if natives[0] is not None:  # native IBP walks graphs the chain engine does not
+                        lower = _native_ibp_box_lower(natives[0], case, input_shape, C, d)
+                        note = "native IBP (graph model)"
+                        proved[ci] |= refuted(lower, case)[0].cpu()
+                        continue
                 try:
                     lower = lirpa_box_lower(model, case.lower.reshape(1, *input_shape).to(device),
                                             case.upper.reshape(1, *input_shape).to(device), C.to(device),

@@ -175,3 +175,11 @@ class MonotoneDigitsCNN(nn.Module):
 def monotone_digits_cnn() -> nn.Module:
     torch.manual_seed(0)
     return MonotoneDigitsCNN()
+
+
+def monotone_digits_cnn_bn() -> nn.Module:
+    """A Sequential digits CNN with BatchNorm, Tanh, max pooling and Sigmoid (certified training walks it)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Sigmoid(), nn.Linear(16, 10),
+    )  # fmt: skip

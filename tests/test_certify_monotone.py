@@ -139,27 +139,37 @@ def test_leaky_relu_with_a_negative_slope_is_refused():
 
 
 def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown_refuses_in_one_line(tmp_path, run_cli):
+    """`robust certify --method ibp` on the CNN saved the four usual ways: exit 0, equal margins."""
     model = monotone_digits_cnn().eval()
     x = torch.rand(2, 1, 8, 8)
     batch = torch.export.Dim("batch", min=2)
     torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(tmp_path / "m.pt2"))
     torch.save(model.state_dict(), tmp_path / "state.pt")
-    margins = []
-    for args in (["--model", tmp_path / "m.pt2"], ["--model", tmp_path / "state.pt", "--arch", "certify_nets:monotone_digits_cnn"]):
-        out = tmp_path / "cert.json"
+    torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "scripted.pt"))
+    files = {"pt2": ["--model", tmp_path / "m.pt2"], "torchscript": ["--model", tmp_path / "scripted.pt"],
+             "state": ["--model", tmp_path / "state.pt", "--arch", "certify_nets:monotone_digits_cnn"]}
+    try:
+        torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+        files["onnx"] = ["--model", tmp_path / "m.onnx"]
+    except ImportError:
+        pass
+    margins = {}
+    for name, args in files.items():
+        out = tmp_path / f"{name}.json"
         r = run_cli("certify", *args, "--data", "digits", "--n", "8", "--eps", "0.01", "--method", "ibp",
                     "--pgd-steps", "2", "--json", out)
-        assert r.exit_code == 0, r.output
+        assert r.exit_code == 0, f"{name}: {r.output}"
         assert "verified" in r.output
         row = json.loads(out.read_text())["results"][0]
         assert 0.0 <= row["verified_accuracy"] <= row["pgd_accuracy"] <= row["clean_accuracy"]
-        margins.append(row["mean_margin_lower_bound"])
-    assert margins[0] == pytest.approx(margins[1], abs=1e-4)
+        margins[name] = row["mean_margin_lower_bound"]
+    for name, m in margins.items():
+        assert m == pytest.approx(margins["state"], abs=1e-4), name
     out = tmp_path / "crown.json"
     line = only_error_line(run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "8",
                                    "--method", "crown", "--json", out))
     assert "aten.tanh" in line and "--method ibp" in line and not out.exists()
-
 
 ACTIVATIONS = {
     "hardtanh": (nn.Hardtanh(-0.5, 0.7), lambda x: torch.nn.functional.hardtanh(x, -0.5, 0.7)),
@@ -223,3 +233,63 @@ def test_ibp_refusal_points_at_auto_lirpa_only_where_it_bounds_the_layer(factory
         else:
             with pytest.raises(Exception, match="cannot|failed"):
                 build_bounder("lirpa-crown", model, x).lower(InputSet.ball(x, 0.01, "linf"), spec)
+
+
+def test_ibp_training_lowers_the_robust_loss_through_monotone_layers():
+    """Certified training's loss (cross-entropy of the negated margin bounds) falls under Adam."""
+    from certify_nets import monotone_digits_cnn_bn
+
+    torch.manual_seed(0)
+    model = monotone_digits_cnn_bn().train()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+
+    def robust_loss() -> torch.Tensor:
+        lower, _ = ibp_bounds(model, x, 0.05, "linf", margin_spec(y, 10))
+        return torch.nn.functional.cross_entropy(torch.cat([torch.zeros(32, 1), -lower], 1), torch.zeros(32, dtype=torch.long))
+
+    first = float(robust_loss().detach())
+    for _ in range(30):
+        opt.zero_grad()
+        robust_loss().backward()
+        opt.step()
+    assert float(robust_loss().detach()) < 0.8 * first
+
+
+def test_train_ibp_cli_trains_a_max_pooling_tanh_sigmoid_cnn(tmp_path, run_cli):
+    out = tmp_path / "m.safetensors"
+    r = run_cli("train-ibp", "--data", "digits", "--arch", "certify_nets:monotone_digits_cnn_bn", "--eps", "0.05",
+                "--epochs", "2", "--n-train", "64", "--n", "16", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert out.exists() and "IBP-verified accuracy" in r.output
+
+
+def test_spec_verification_bounds_a_max_pooling_onnx_graph_with_native_ibp(tmp_path):
+    """`certify --spec` / vnncomp: a model the chain engine cannot read is bounded by native IBP in
+    float64 (no auto_LiRPA needed); a 'holds' is never contradicted by sampled points of the box."""
+    pytest.importorskip("onnx")
+    from onnx_helpers import vnnlib_box
+    from robustcli.certify.onnx_import import onnx_to_torch
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    model = monotone_digits_cnn().eval()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"], output_names=["y"])
+    conv = onnx_to_torch(tmp_path / "m.onnx")
+    x0 = x[0].flatten()
+    label = int(model(x[:1]).argmax())
+    for width, expected in ((1e-4, "holds"), (0.5, None)):
+        lo, hi = (x0 - width).clamp(0, 1), (x0 + width).clamp(0, 1)
+        prop = parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10))
+        res = verify_property(conv.module, prop, conv.input_shape, methods=("ibp",), timeout=30)
+        assert any("native IBP" in s.get("note", "") for s in res.stages), res.stages
+        pts = lo + (hi - lo) * torch.rand(2000, 64, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            out = model(pts.view(-1, 1, 8, 8))
+        violated = bool((out.max(1).values > out[:, label]).any() | (out.argmax(1) != label).any())
+        if expected is not None:
+            assert res.status == expected
+        if res.status == "holds":
+            assert not violated
