@@ -293,6 +293,7 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
     env = _base_env(python_bin)
     env["CI"] = "true"
     summary_parts: list[str] = []
+    context: dict[str, str] = {}
     if job.platform == "github":
         context = {"github.workspace": str(workspace), "runner.os": "Linux", "runner.temp": str(runner_temp),
                    "github.sha": commit, "github.job": job.name}
@@ -332,9 +333,7 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
                              "GITHUB_OUTPUT": str(runner_temp / f"output-{index}"),
                              "GITHUB_PATH": str(runner_temp / f"path-{index}")})
             script = runner_temp / f"step-{index}.sh"
-            script.write_text(expand_github(command_text, {"github.workspace": str(workspace), "runner.os": "Linux",
-                                                           "runner.temp": str(runner_temp), "github.sha": commit,
-                                                           "github.job": job.name}))
+            script.write_text(expand_github(command_text, context))
             command = ["bash", "-e", str(script)]  # GitHub's default `shell` on Linux: bash -e {0}
         else:
             command = ["bash", "-e", "-c", command_text]
@@ -345,6 +344,10 @@ def run_job(job: CiJob, repo: Path, commit: str, work: Path, python: str, tail: 
         if job.platform == "github":
             summary_parts.append(summary.read_text())
             env.update(_read_env_file(github_env))
+            added_path = runner_temp / f"path-{index}"
+            if added_path.exists():  # $GITHUB_PATH: folders put first on PATH for the later steps
+                folders = [line for line in added_path.read_text().splitlines() if line.strip()]
+                env["PATH"] = os.pathsep.join(list(reversed(folders)) + [env["PATH"]])
         print(f"[{job.platform} {index}] exit {code} after {seconds:.0f} s; last lines of its output:\n{_tail(log, tail)}", flush=True)
         results.append(StepResult(step, code, seconds, substituted or "", log))
         failed = failed or code != 0
