@@ -307,3 +307,24 @@ def test_spec_verification_bounds_a_max_pooling_onnx_graph_with_native_ibp(tmp_p
             assert res.status == expected
         if res.status == "holds":
             assert not violated
+
+
+@pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
+@pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.3)])
+def test_native_ibp_equals_auto_lirpa_ibp_through_max_pooling_tanh_sigmoid(norm, eps):
+    """Same interval arithmetic: equal in Linf (float32 rounding); in L2 native is never looser
+    (it carries the exact ball through the first affine layer)."""
+    from certify_nets import monotone_digits_cnn_bn
+
+    torch.manual_seed(0)
+    model = monotone_digits_cnn_bn()
+    x = torch.rand(4, 1, 8, 8)
+    model(x)  # running statistics away from their defaults
+    model.eval()
+    spec = margin_spec(model(x).argmax(1), 10)
+    s = InputSet.ball(x, eps, norm)
+    native = build_bounder("ibp", model, x[:2]).lower(s, spec)
+    lirpa = build_bounder("lirpa-ibp", model, x[:2]).lower(s, spec)
+    assert bool((native >= lirpa - 1e-5).all())
+    if norm == "linf":
+        torch.testing.assert_close(native, lirpa, atol=1e-5, rtol=1e-5)
