@@ -53,6 +53,14 @@ def test_documented_command_parses(command):
     _check(command)
 
 
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.file}:{c.line}" for c in COMMANDS])
+def test_documented_command_uses_current_option_names(command):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.suppress(click.exceptions.Exit, click.ClickException):
+        parse_command(command.argv, command.complete)
+    assert "is deprecated" not in err.getvalue(), f"{command.where()}\n  -> {err.getvalue().strip()}"
+
+
 def test_the_readme_tour_is_found_and_covers_every_command():
     from robustcli.cli import cli
 
