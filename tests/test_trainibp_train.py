@@ -140,7 +140,8 @@ def test_short_recipe_needs_batchnorm_and_bad_input_exits_2(run_cli, tmp_path):
 def test_example_configs(run_cli, tmp_path, monkeypatch):
     from robustcli.commands.train_ibp import command
 
-    options = {p.name for p in command.params}
+    # config keys are the long flag names a user types (`reg` for --reg/--no-reg)
+    options = {o[2:].replace("-", "_") for p in command.params for o in p.opts if o.startswith("--")}
     for path in CONFIGS.glob("train-ibp-*.yaml"):
         keys = {str(k).replace("-", "_") for k in yaml.safe_load(path.read_text())}
         assert keys <= options, (path.name, keys - options)
