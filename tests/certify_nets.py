@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -183,3 +186,23 @@ def monotone_digits_cnn_bn() -> nn.Module:
         nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
         nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Sigmoid(), nn.Linear(16, 10),
     )  # fmt: skip
+
+
+def model_formats(folder: Path, model: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
+    """The model as a user could hand it over: the module, a `.pt2` program, TorchScript and (when
+    the onnx extra is installed) ONNX, each read back the way `robust` reads it."""
+    forms = {"module": model}
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(model, (x,)), buf)
+    buf.seek(0)
+    forms["pt2"] = torch.export.load(buf).module()
+    forms["torchscript"] = torch.jit.trace(model, x)
+    try:
+        from robustcli.certify.onnx_import import onnx_to_torch
+
+        path = folder / "model.onnx"
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
+        forms["onnx"] = onnx_to_torch(path).module
+    except ImportError:
+        pass
+    return forms

@@ -4,14 +4,13 @@ written with F.relu and x.view bounds the same from a module, .pt2, TorchScript 
 
 from __future__ import annotations
 
-import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify_nets import UserDigitsCNN, pgd_min_spec, random_cnn, random_mlp, sample_ball, spec_values
+from certify_nets import UserDigitsCNN, model_formats, pgd_min_spec, random_cnn, random_mlp, sample_ball, spec_values
 from robustcli.certify.bounders import METHODS, InputSet, build_bounder
 from robustcli.certify.lirpa import lirpa_available
 from robustcli.certify.spec import margin_spec
@@ -108,21 +107,7 @@ def _formats(tmp_path):
     torch.manual_seed(0)
     model = UserCNN().eval()
     x = torch.rand(3, 1, 8, 8)
-    forms = {"module": model}
-    buf = io.BytesIO()
-    torch.export.save(torch.export.export(model, (x,)), buf)
-    buf.seek(0)
-    forms["pt2"] = torch.export.load(buf).module()
-    forms["torchscript"] = torch.jit.trace(model, x)
-    try:
-        from robustcli.certify.onnx_import import onnx_to_torch
-
-        path = tmp_path / "user.onnx"
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
-        forms["onnx"] = onnx_to_torch(path).module
-    except ImportError:
-        pass
-    return model, x, forms
+    return model, x, model_formats(tmp_path, model, x)
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown"])

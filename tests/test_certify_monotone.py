@@ -5,14 +5,13 @@ line that names the operation and points only at methods that bound it."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
 import torch
 from torch import nn
 
-from certify_nets import monotone_digits_cnn, pgd_min_spec, sample_ball, spec_values
+from certify_nets import model_formats, monotone_digits_cnn, pgd_min_spec, sample_ball, spec_values
 from cli_helpers import only_error_line
 from robustcli.certify.bounders import InputSet, build_bounder
 from robustcli.certify.graph import UnsupportedLayer
@@ -74,31 +73,13 @@ def test_ibp_gradients_flow_through_monotone_layers():
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
-def _formats(tmp_path, model, x):
-    forms = {"module": model}
-    buf = io.BytesIO()
-    torch.export.save(torch.export.export(model, (x,)), buf)
-    buf.seek(0)
-    forms["pt2"] = torch.export.load(buf).module()
-    forms["torchscript"] = torch.jit.trace(model, x)
-    try:
-        from robustcli.certify.onnx_import import onnx_to_torch
-
-        path = tmp_path / "mono.onnx"
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"])
-        forms["onnx"] = onnx_to_torch(path).module
-    except ImportError:
-        pass
-    return forms
-
-
 @pytest.mark.parametrize("norm,eps", [("linf", 0.02), ("l2", 0.3)])
 def test_monotone_cnn_bounds_the_same_from_every_format(tmp_path, norm, eps):
     model = monotone_digits_cnn().eval()
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     spec = margin_spec(model(x).argmax(1), 10)
     s = InputSet.ball(x, eps, norm)
-    lows = {name: build_bounder("ibp", m, x[:2]).lower(s, spec) for name, m in _formats(tmp_path, model, x).items()}
+    lows = {name: build_bounder("ibp", m, x[:2]).lower(s, spec) for name, m in model_formats(tmp_path, model, x).items()}
     assert {"module", "pt2", "torchscript"} <= set(lows)
     for name, low in lows.items():
         torch.testing.assert_close(low, lows["module"], atol=1e-5, rtol=1e-5, msg=f"{name} differs")
