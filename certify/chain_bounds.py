@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcli.certify.conv_patches import bn_affine, conv_transpose_unpadded, patch_lower, patchable
+from robustcli.certify.conv_patches import bn_affine, conv_transpose_unpadded, layer_shapes, patch_lower, patchable
 from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
 
 # AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
@@ -178,12 +178,7 @@ def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Ten
     """(A W, A b) layer by layer with each layer's transpose (conv_transpose2d, W^T, diagonal
     scales): no forward pass. None if some layer has no explicit transpose here (the caller then
     uses a vector-Jacobian product)."""
-    shapes = [tuple(in_shape)]
-    x = torch.zeros(1, *in_shape, dtype=A.dtype, device=A.device)
-    with torch.no_grad():
-        for m in block:
-            x = m(x)
-            shapes.append(tuple(x.shape[1:]))
+    shapes = layer_shapes(block, in_shape, A.dtype, A.device)
     bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
     for m, s_in, s_out in zip(reversed(block), reversed(shapes[:-1]), reversed(shapes[1:])):
         R = A.shape[0]
@@ -405,9 +400,8 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
         idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
         valid = unstable.gather(1, idx)
         if patchable(chain.blocks[: i + 1], chain.in_shapes[: i + 1], chain.out_shapes[: i + 1]):
-            relus = [_relu_lines(*(t.reshape(B, -1) for t in bounds[j])) for j in range(i)]
-            relus = [tuple(t.reshape(B, *chain.out_shapes[j]) for t in (low_s, up_s, up_t))
-                     for j, (up_s, up_t, low_s, _) in enumerate(relus)]
+            # the ReLU lines are elementwise, so they keep the bounds' (B, C, H, W) shape
+            relus = [(low_s, up_s, up_t) for up_s, up_t, low_s, _ in (_relu_lines(*bounds[j]) for j in range(i))]
             low = patch_lower(chain.blocks[: i + 1], chain.in_shapes, chain.out_shapes, idx, relus, lo, hi, ball)
         elif (dense := chain.dense(i)) is not None:  # rows of the block's matrix: no pass through the block for one-hot rows
             w, b = dense

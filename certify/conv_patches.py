@@ -53,6 +53,18 @@ class Window:
         return Window(size, stride, offset)  # type: ignore[arg-type]
 
 
+def layer_shapes(block: list[nn.Module], in_shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> list[tuple[int, ...]]:
+    """The per-point shape before the first layer of `block` and after each layer (one zero pass)."""
+    shapes = [tuple(in_shape)]
+    x = torch.zeros(1, *in_shape, dtype=dtype, device=device)
+    with torch.no_grad():
+        for m in block:
+            x = m(x)
+            shapes.append(tuple(x.shape[1:]))
+    return shapes
+
+
 def conv_supported(m: nn.Module) -> bool:
     return (
         isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and isinstance(m.padding, tuple)
@@ -179,18 +191,15 @@ def patch_lower(
     p = PatchRows(coef, Window((1, 1), (1, 1), (0, 0)), pos, (gh, gw))
     bias = torch.zeros(B, 2 * k, dtype=dtype, device=device)
     for j in range(i, -1, -1):
-        shapes = [in_shapes[j]]
-        for m in blocks[j][:-1]:
-            shapes.append(_out_shape(m, shapes[-1]))
-        for m, s_in in zip(reversed(blocks[j]), reversed(shapes)):
+        shapes = layer_shapes(blocks[j], in_shapes[j], dtype, device)
+        for m, s_in, s_out in zip(reversed(blocks[j]), reversed(shapes[:-1]), reversed(shapes[1:])):
             if isinstance(m, nn.Conv2d):
                 bias = bias + p.back_conv(m, s_in)
             elif isinstance(m, nn.BatchNorm2d):
                 scale, shift = bn_affine(m)
-                out_shape = _out_shape(m, s_in)
-                bias = bias + p.back_elementwise(scale.view(-1, 1, 1), shift.view(-1, 1, 1), out_shape)
+                bias = bias + p.back_elementwise(scale.view(-1, 1, 1), shift.view(-1, 1, 1), s_out)
             elif isinstance(m, ElementwiseAffine):
-                bias = bias + p.back_elementwise(m.scale, m.shift, _out_shape(m, s_in))
+                bias = bias + p.back_elementwise(m.scale, m.shift, s_out)
         if j == 0:
             break
         low_s, up_s, up_t = (p.gather(t) for t in relus[j - 1])
@@ -204,12 +213,3 @@ def patch_lower(
         out = torch.maximum(out, (a * p.gather(x0).flatten(2)).sum(2) - r.reshape(-1, 1) * a.norm(dim=2))
     return out + bias
 
-
-def _out_shape(m: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-    if isinstance(m, nn.Conv2d):
-        h, w = (
-            (n + 2 * p - d * (k - 1) - 1) // s + 1
-            for n, p, d, k, s in zip(in_shape[1:], m.padding, m.dilation, m.kernel_size, m.stride)
-        )
-        return (m.out_channels, h, w)
-    return tuple(in_shape)
