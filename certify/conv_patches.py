@@ -163,8 +163,10 @@ class PatchRows:
         """Through y = x * scale + shift (broadcast to `shape`); returns the constant it adds. The
         gathered scale is zero outside the map, so the result is zero there."""
         full = lambda v: torch.broadcast_to(torch.as_tensor(v, dtype=self.coef.dtype, device=self.coef.device), (1, *shape))  # noqa: E731
-        bias = (self.coef * self.gather(full(shift))).flatten(2).sum(2)
-        self.coef = self.coef * self.gather(full(scale))
+        g = self.gather(torch.cat([full(shift), full(scale)], 1))  # one gather for both maps
+        c = shape[0]
+        bias = (self.coef * g[:, :, :c]).flatten(2).sum(2)
+        self.coef = self.coef * g[:, :, c:]
         self.outside_zeroed = True
         return bias
 
@@ -216,6 +218,8 @@ def conv_input_vjp(a: torch.Tensor, m: nn.Conv2d, in_size: tuple[int, int], padd
     n = a.shape[0]
     c = m.weight.shape[1] * m.groups
     if a.dtype == torch.float32 and a.device.type == "cpu":
+        if m.weight.shape[1] <= 4 and m.groups == 1 and tuple(m.dilation) == (1, 1):
+            return _conv_input_vjp_by_phases(a, m, in_size, padding)
         extra = tuple(
             size + 2 * p - ((o - 1) * s + d * (k - 1) + 1)
             for size, p, o, s, d, k in zip(in_size, padding, a.shape[2:], m.stride, m.dilation, m.kernel_size)
@@ -226,6 +230,26 @@ def conv_input_vjp(a: torch.Tensor, m: nn.Conv2d, in_size: tuple[int, int], padd
     return torch.ops.aten.convolution_backward(
         a, x, m.weight, None, m.stride, padding, m.dilation, False, [0, 0], m.groups, (True, False, False)
     )[0]
+
+
+def _conv_input_vjp_by_phases(a: torch.Tensor, m: nn.Conv2d, in_size: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """conv_input_vjp as one forward convolution: the transposed map's outputs of one stride phase
+    (y = q * stride + r) read a fixed ceil(k / stride)-tap window of `a`, so the kernel split by
+    phase (the phases as output channels) correlates with `a` padded by taps - 1, and the phases
+    are interleaved back. On CPU in float32 this is about 3x faster than oneDNN's transposed
+    convolution for convolutions with few input channels (measured: MNIST CNN, first layer)."""
+    o, c, kh, kw = m.weight.shape
+    sh, sw = m.stride
+    th, tw = -(-kh // sh), -(-kw // sw)
+    wp = F.pad(m.weight, (0, tw * sw - kw, 0, th * sh - kh))  # zero taps up to a multiple of the stride
+    # tap j of phase r is kernel position (taps - 1 - j) * stride + r
+    wc = wp.reshape(o, c, th, sh, tw, sw).flip(2, 4).permute(1, 3, 5, 0, 2, 4).reshape(c * sh * sw, o, th, tw)
+    y = F.conv2d(a, wc, None, 1, (th - 1, tw - 1))  # (N, C*sh*sw, Qh, Qw)
+    n, _, qh, qw = y.shape
+    full = y.reshape(n, c, sh, sw, qh, qw).permute(0, 1, 4, 2, 5, 3).reshape(n, c, qh * sh, qw * sw)
+    (ph, pw), (h, w) = padding, in_size
+    full = F.pad(full, (0, max(0, pw + w - qw * sw), 0, max(0, ph + h - qh * sh)))  # stride leftovers read nothing
+    return full[:, :, ph : ph + h, pw : pw + w]
 
 
 def conv_transpose_unpadded(a: torch.Tensor, m: nn.Conv2d, size: tuple[int, int], cache: dict | None = None) -> torch.Tensor:
