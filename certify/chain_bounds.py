@@ -89,6 +89,13 @@ class Chain:
                 out_shapes.append(tuple(x.shape[1:]))
         return cls(blocks, in_shapes, out_shapes, dtype, device)
 
+    def layer_shapes(self, i: int) -> list[tuple[int, ...]]:
+        """Per-point shapes before block i's first layer and after each of its layers (computed once)."""
+        cache = self.__dict__.setdefault("_layer_shapes", {})
+        if i not in cache:
+            cache[i] = layer_shapes(self.blocks[i], self.in_shapes[i], self.dtype, self.device)
+        return cache[i]
+
     def dense(self, i: int, max_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Block i as a dense matrix and bias (n_out, n_in), (n_out,), computed once; None if too large."""
         cache = self.__dict__.setdefault("_dense", {})
@@ -138,9 +145,11 @@ def ibp_affine(m: nn.Module, c: torch.Tensor, r: torch.Tensor) -> tuple[torch.Te
     return m(c), m(r)  # Flatten, Reshape, Identity
 
 
-def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor,
+                shapes: list[tuple[int, ...]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For rows A (R, *out_shape) of a linear function of the block's output, return (A W, A b):
-    the same function of the block's input, as rows (R, *in_shape) and a constant (R,)."""
+    the same function of the block's input, as rows (R, *in_shape) and a constant (R,).
+    `shapes`: the block's `layer_shapes`, if the caller has them."""
     bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
     if not block:
         return A, bias
@@ -149,7 +158,7 @@ def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tens
         if lin.bias is not None:
             bias = A @ lin.bias
         return (A @ lin.weight).reshape(A.shape[0], *in_shape), bias
-    fast = _back_layers(block, in_shape, A)
+    fast = _back_layers(block, in_shape, A, shapes)
     if fast is not None:
         return fast
     # Generic: the block is affine, so A W is the vector-Jacobian product at any point.
@@ -168,11 +177,12 @@ def _conv_transpose(A: torch.Tensor, m: nn.Conv2d, s_in: tuple[int, ...]) -> tor
     return conv_input_vjp(A, m, tuple(s_in[1:]), m.padding)  # type: ignore[arg-type]
 
 
-def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor):
+def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor,
+                 shapes: list[tuple[int, ...]] | None = None):
     """(A W, A b) layer by layer with each layer's transpose (conv_transpose2d, W^T, diagonal
     scales): no forward pass. None if some layer has no explicit transpose here (the caller then
     uses a vector-Jacobian product)."""
-    shapes = layer_shapes(block, in_shape, A.dtype, A.device)
+    shapes = shapes if shapes is not None else layer_shapes(block, in_shape, A.dtype, A.device)
     bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
     for m, s_in, s_out in zip(reversed(block), reversed(shapes[:-1]), reversed(shapes[1:])):
         R = A.shape[0]
@@ -294,7 +304,7 @@ def backward_lower(
     for j in range(upto, -1, -1):
         if j < upto or through_block is None:
             flat = A.reshape(B * R, *chain.out_shapes[j])
-            aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], flat)
+            aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], flat, chain.layer_shapes(j))
             A = aw.reshape(B, R, -1)
             bias = bias + b.reshape(B, R)
         if j == 0:

@@ -305,7 +305,11 @@ def patch_lower(
     p.paired = True
     bias = torch.zeros(B, k, dtype=dtype, device=device)
     for j in range(i, -1, -1):
-        shapes = layer_shapes(blocks[j], in_shapes[j], dtype, device)
+        if cache is None or ("shapes", j) not in cache:
+            shapes = layer_shapes(blocks[j], in_shapes[j], dtype, device)
+            if cache is not None:
+                cache[("shapes", j)] = shapes
+        shapes = cache[("shapes", j)] if cache is not None else shapes
         layers = list(zip(reversed(blocks[j]), reversed(shapes[:-1]), reversed(shapes[1:])))
         if j == i:
             first = next((n for n, (m, _, _) in enumerate(layers) if not isinstance(m, _PASS_THROUGH)), None)
