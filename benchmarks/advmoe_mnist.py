@@ -5,7 +5,7 @@ PGD steps for all three. Reports clean and PGD-40 accuracy on the first --n-test
 strong suite's accuracy (APGD-CE, APGD-T, Square; cascade) on the first --n of them, and
 inference MACs per input. Per-epoch logs go to stderr; the table to stdout.
 
-    OMP_NUM_THREADS=1 python benchmarks/advmoe_mnist.py --n-train 4000 --epochs 4 --n-test 2000 --n 100
+    OMP_NUM_THREADS=1 python benchmarks/advmoe_mnist.py --n-train 10000 --epochs 5 --n-test 5000 --n 100
 """
 
 from __future__ import annotations

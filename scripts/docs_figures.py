@@ -83,6 +83,12 @@ FIGURES = (
     Figure("train-warmup-mnist", "docs/defenses.md",
            ("train", "--data", "mnist", "--n-train", "20000", "--epochs", "3", "--warmup", "1", "--eps", "0.3",
             "--eval-steps", "20", "--n", "1000", "--out", "warmup.safetensors")),
+    Figure("train-trades-digits", "docs/defenses.md",
+           ("train", "--data", "digits", "--defense", "trades", "--eps", "0.2", "--epochs", "4", "--warmup", "1",
+            "--out", "t1.safetensors")),
+    # attacks the weights the previous figure wrote: run the two together
+    Figure("attack-trades-digits", "docs/defenses.md",
+           ("attack", "--model", "t1.safetensors", "--data", "digits", "--attack", "pgd", "--eps", "0.2")),
     Figure("distill-mnist", "docs/defenses.md",
            ("distill", "--data", "mnist", "--n-train", "20000", "--epochs", "10", "--temperature", "100",
             "--out", "distilled.safetensors", "--evaluate", "--eval-eps", "0.3", "--n", "100")),
@@ -91,8 +97,14 @@ FIGURES = (
            expect_exit=2),
     Figure("threshold-mnist", "docs/defenses.md",
            ("threshold", "--model", "mnist-cnn", "--unsafe-class", "0", "--target-fnr", "0.01", "--attack", "pgd",
-            "--eps", "0.1")),    Figure("threshold-at-mnist", "docs/defenses.md",
+            "--eps", "0.1")),
+    Figure("threshold-at-mnist", "docs/defenses.md",
            ("--epochs", "3", "--eps", "0.1", "--target-fnr", "0.01"), script="benchmarks/defenses_threshold_at.py"),
+    Figure("train-moe-digits", "docs/defenses.md",
+           ("train-moe", "--data", "digits", "--epochs", "3", "--warmup", "1", "--eps", "0.2", "--n-train", "600",
+            "--eval-steps", "10", "--out", "moe.safetensors")),
+    Figure("advmoe-mnist", "docs/defenses.md",
+           ("--n-train", "10000", "--epochs", "5", "--n-test", "5000", "--n", "100"), script="benchmarks/advmoe_mnist.py"),
 )  # fmt: skip
 
 
