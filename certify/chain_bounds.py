@@ -242,6 +242,20 @@ def _relu_lines(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return up_s, up_t, low_s, unstable
 
 
+def _relax_rows(A: torch.Tensor, low_s, up_s, up_t, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows A (B, R, n) of a ReLU's output taken to its input through CROWN's lines: a positive
+    coefficient takes the lower line, a negative one the upper line, whose intercept up_t adds to
+    the constant. Split as A = pos + neg (one of them is exactly zero per entry) so that no
+    broadcast `where` runs (slow on CPU); in place where nothing needs gradients."""
+    B = A.shape[0]
+    neg = A.clamp(max=0)
+    bias = bias + torch.bmm(neg, up_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2)
+    if torch.is_grad_enabled() and (A.requires_grad or low_s.requires_grad):
+        return bias, (A - neg) * low_s + neg * up_s
+    pos = A - neg
+    return bias, pos.mul_(low_s).add_(neg.mul_(up_s))
+
+
 def backward_lower(
     chain: Chain,
     upto: int,
@@ -291,9 +305,7 @@ def backward_lower(
             low_s = torch.where(unstable, alphas[j - 1], low_s)
         if record is not None:
             record[j - 1] = A
-        # the upper line's intercept counts where the coefficient is negative; one slope per entry
-        bias = bias + torch.bmm(A.clamp(max=0), up_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2)
-        A = A * torch.where(A >= 0, low_s, up_s)
+        bias, A = _relax_rows(A, low_s, up_s, up_t, bias)
         if split_terms is not None and split_terms[j - 1] is not None:
             A = A + split_terms[j - 1]
     if record is not None:
