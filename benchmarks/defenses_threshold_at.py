@@ -76,14 +76,16 @@ def main() -> None:
     print(f"unsafe class 0, attack PGD-{args.steps} Linf eps {args.eps}; thresholds chosen for target FNR "
           f"{args.target_fnr} on the calibration half ({len(cal)} images, {n_unsafe_cal} unsafe), "
           f"rates on the test half ({len(held)} images, {int(torch.isin(held.y, unsafe).sum())} unsafe)")  # fmt: skip
-    print(f"{'threshold':>28} {'model':>8} {'FNR clean':>10} {'FNR attacked':>13} {'safe blocked':>13}")
+    labels = {label: f"{label} ({t:.3g})" for label, t in thresholds.items()}
+    width = max(len(text) for text in labels.values())
+    print(f"{'threshold':>{width}} {'model':>8} {'FNR clean':>10} {'FNR attacked':>13} {'safe blocked':>13}")
     for label, t in thresholds.items():
         for defense in models:
             r = filter_rates(t, *probs[defense])
             rows.append({"threshold_label": label, "threshold": t, "model": defense, "fnr_clean": r.fnr_clean.rate,
                          "fnr_attacked": r.fnr_attacked.rate, "fnr_attacked_ci": r.fnr_attacked.ci,
                          "safe_blocked": r.safe_blocked.rate, "n_unsafe": r.fnr_clean.n})  # fmt: skip
-            print(f"{label + f' ({t:.3g})':>28} {defense:>8} {100 * r.fnr_clean.rate:>9.1f}% "
+            print(f"{labels[label]:>{width}} {defense:>8} {100 * r.fnr_clean.rate:>9.1f}% "
                   f"{100 * r.fnr_attacked.rate:>12.1f}% {100 * r.safe_blocked.rate:>12.1f}%")  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:

@@ -209,11 +209,11 @@ class LirpaMethodBounder:
     any work (see `_refuse_l2_concat`)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20,
-                 norm: str | None = None):
+                 norm: str | None = None, label: str | None = None):
         from robustcli.certify.lirpa import LirpaBounder
 
         self.inner = LirpaBounder(model, example, method, alpha_iterations=alpha_iterations)
-        self.method = method
+        self.label = label or method  # the method name the user chose
         try:
             self.steps = model_steps(model, "ibp")
         except UnsupportedLayer:
@@ -234,7 +234,7 @@ class LirpaMethodBounder:
             low, _ = self.inner.bounds(inputs.x0, float(eps[0]), inputs.norm, C, bound_upper=False)
         except InputError as e:
             if "BoundConcat" in str(e) and self.steps:
-                _refuse_l2_concat(self.steps, self.method)
+                _refuse_l2_concat(self.steps, self.label)
             raise
         return low if d is None else low + d
 
@@ -245,7 +245,7 @@ def _refuse_l2_concat(steps: list, method: str) -> None:
     fails there (measured: IBP and CROWN-IBP always, CROWN when it asks for that interval)."""
     joins = _input_joins(steps)[0] or layers_of(steps, (Concat,))
     raise UnsupportedLayer(
-        f"auto_LiRPA 0.3, which bounds this graph for {method}, cannot bound {describe(joins[0])} of this model "
+        f"{method} bounds this graph through auto_LiRPA 0.3, which cannot bound {describe(joins[0])} of this model "
         "under an L2 ball (it joins the unchanged input with computed values); use --method ibp"
     )
 
@@ -291,14 +291,21 @@ def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str)
                                        "which bounds general graphs, is not installed") from None
             # The canonical tree, not the user's object: auto_LiRPA traces plain modules, and a .pt2
             # program or TorchScript module then bounds exactly as the module it was saved from.
-            return LirpaMethodBounder(tree, example, lirpa_name, alpha_iterations=alpha_iterations, norm=norm)
+            return LirpaMethodBounder(tree, example, lirpa_name, alpha_iterations=alpha_iterations, norm=norm, label=name)
 
     return build
 
 
 def _lirpa(name: str):
     def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20, norm: str | None = None) -> Bounder:
-        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations, norm=norm)
+        try:
+            # The canonical tree where the front end reads the model: auto_LiRPA's own tracer keeps
+            # `x.view(x.size(0), -1)` at the traced batch size and cannot read .pt2 / TorchScript.
+            model = walkable(model, example)
+        except InputError:
+            pass  # an operation only auto_LiRPA bounds (SiLU, ...): it reads the model itself
+        label = name if name.startswith("lirpa-") else f"lirpa-{name}"
+        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations, norm=norm, label=label)
 
     return build
 

@@ -11,7 +11,9 @@ Choices, documented because auto_LiRPA 0.3 needs them:
 - `Normalized` becomes a 1x1 depthwise convolution and AvgPool2d (count_include_pad, no ceil) an
   equivalent depthwise convolution: 0.3's CROWN asserts on a division in conv "patches" mode and
   its average-pool backward pass fails on non-contiguous tensors. Both rewrites compute the same
-  function (checked in the tests).
+  function (checked in the tests). `ElementwiseAffine` (normalisation read from a graph) likewise
+  becomes a depthwise convolution when it is per channel on images, else gets constants of the
+  input's rank (with fewer axes 0.3's backward bounds fail on batches of more than one point).
 - alpha-CROWN uses bound_opts `sparse_features_alpha: False` (shape mismatch on CNNs) and
   `sparse_spec_alpha: False` (assertion when a spec C is given).
 - L2 balls: auto_LiRPA bounds the whole L2 ball (its x_L/x_U apply to Linf only), a superset of
@@ -20,6 +22,7 @@ Choices, documented because auto_LiRPA 0.3 needs them:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from typing import Any
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 from robustcli.certify.lirpa_compat import import_auto_lirpa
+from robustcli.certify.onnx_layers import ElementwiseAffine
 from robustcli.core.nn import Normalized, eval_mode
 from robustcli.core.errors import InputError
 
@@ -72,14 +76,34 @@ def _avgpool_as_conv(pool: nn.AvgPool2d, channels: int, device: torch.device) ->
     return conv.to(device)
 
 
+def _elementwise_for_lirpa(m: ElementwiseAffine, shape: tuple[int, ...]) -> nn.Module:
+    """x * scale + shift (normalisation read from a graph) in a form auto_LiRPA 0.3 bounds, for an
+    input of `shape` (batch axis included). Measured failures of the plain form: its backward bounds
+    fail on batches of more than one point when a constant has fewer axes than the input ("shape
+    '[9, N, -1]' is invalid"; it takes a constant's first axis for the batch), and its conv patches
+    mode asserts on a product with a constant. So a per-channel map of an image becomes a 1x1
+    depthwise convolution (as `Normalized` does), and any other gets constants of the input's rank."""
+    full = lambda t: t.reshape((1,) * (len(shape) - t.dim()) + tuple(t.shape))  # noqa: E731
+    scale, shift = full(m.scale), full(m.shift)
+    if len(shape) == 4 and all(t.shape[0] == 1 and t.shape[2:] == (1, 1) for t in (scale, shift)):
+        c = shape[1]
+        return _depthwise_affine(c, scale.expand(1, c, 1, 1).reshape(c), shift.expand(1, c, 1, 1).reshape(c))
+    return ElementwiseAffine(scale, shift)
+
+
 def lirpa_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A deep copy of the model computing the same function with layers auto_LiRPA 0.3 bounds well."""
     model = copy.deepcopy(model)
     channels: dict[nn.Module, int] = {}
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, inp, out: channels.__setitem__(mod, inp[0].shape[1]))
         for m in model.modules()
         if isinstance(m, nn.AvgPool2d)
+    ] + [
+        m.register_forward_hook(lambda mod, inp, out: shapes.__setitem__(mod, tuple(inp[0].shape)))
+        for m in model.modules()
+        if isinstance(m, ElementwiseAffine)
     ]
     with torch.no_grad(), eval_mode(model):
         model(example[:1])
@@ -92,6 +116,8 @@ def lirpa_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
             return nn.Sequential(_depthwise_affine(c, 1.0 / m.std, -m.mean / m.std), rewrite(m.model))
         if isinstance(m, nn.AvgPool2d) and m in channels:
             return _avgpool_as_conv(m, channels[m], example.device)
+        if isinstance(m, ElementwiseAffine) and m in shapes:
+            return _elementwise_for_lirpa(m, shapes[m])
         for name, child in m.named_children():
             setattr(m, name, rewrite(child))
         return m
@@ -148,9 +174,12 @@ class LirpaBounder:
         bt = self.lirpa.BoundedTensor(x, ptb)
         method = LIRPA_METHODS[self.method]
         try:
-            lower, up = self.module.compute_bounds(
-                x=(bt,), C=spec, method=method, bound_lower=True, bound_upper=bound_upper
-            )
+            # alpha-CROWN optimises its slopes by gradient descent, also when the caller bounds
+            # under torch.no_grad (the returned bounds are detached either way).
+            with torch.enable_grad() if self.method == "alpha-crown" else contextlib.nullcontext():
+                lower, up = self.module.compute_bounds(
+                    x=(bt,), C=spec, method=method, bound_lower=True, bound_upper=bound_upper
+                )
         except Exception as e:  # noqa: BLE001
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(

@@ -197,7 +197,12 @@ class _Converter:
             values[node.name] = self.convert(node, op, values)
         if output is None:
             raise UnsupportedOperation("the model's output does not depend on its input")
-        return nn.Sequential(*output.layers)
+        tree = nn.Sequential(*output.layers)
+        # One mode for the whole tree, the graph's own: eval unless its batch norms normalise with
+        # batch statistics. Engines that set a model's mode from its top module (auto_LiRPA's
+        # BoundedModule does) must not switch eval-mode batch norms to batch statistics.
+        bns = [m for m in tree.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return tree.train(any(bn.training for bn in bns))
 
     def _fold_constants(self, node, values) -> bool:
         """Evaluate an operation whose tensor inputs are all constants (e.g. 1 / std); True if done."""
@@ -397,7 +402,7 @@ class _Converter:
         if c is None:
             raise UnsupportedOperation(f"{_where(node)} uses an operand that is neither computed nor constant")
         c = c.to(self.example.dtype)
-        if c.dim() > len(v.shape) or (c.dim() == len(v.shape) + 1 and c.shape[0] != 1):
+        if c.dim() > len(v.shape) + 1 or (c.dim() == len(v.shape) + 1 and c.shape[0] != 1):
             raise UnsupportedOperation(f"{_where(node)} uses a constant with a batch dimension")
         if c.dim() == len(v.shape) + 1:
             c = c[0]

@@ -27,7 +27,7 @@ from robustcli.certify.ibp import ibp_bounds
 from robustcli.certify.lirpa import lirpa_available
 from robustcli.certify.spec import margin_spec
 from robustcli.certify.trace import UnsupportedOperation, canonical_model
-from robustcli.core.nn import Concat
+from robustcli.core.nn import Concat, Normalized
 
 CROWN = pytest.mark.skipif(not lirpa_available(), reason="the CROWN family bounds concatenations through auto_LiRPA")
 
@@ -111,11 +111,18 @@ def test_concatenated_branches_bound_exactly_as_the_stacked_layer(norm):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["ibp", pytest.param("crown", marks=CROWN)])
-def test_every_format_gives_the_same_bounds(tmp_path, method):
-    model = concat_digits_cnn().eval()
+@pytest.fixture(scope="module")
+def saved_forms(tmp_path_factory):
+    """The CNN with normalisation in front (a `Normalized` wrapper, so the graph forms carry it as
+    constants) as a module, .pt2, TorchScript and ONNX; saved once for the tests below."""
+    model = Normalized(concat_digits_cnn(), [0.4], [0.3]).eval()
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-    forms = model_formats(tmp_path, model, x)
+    return model, x, model_formats(tmp_path_factory.mktemp("forms"), model, x)
+
+
+@pytest.mark.parametrize("method", ["ibp", pytest.param("crown", marks=CROWN), pytest.param("lirpa-crown", marks=CROWN)])
+def test_every_format_gives_the_same_bounds(saved_forms, method):
+    model, x, forms = saved_forms
     spec = margin_spec(model(x).argmax(1), 10)
     s = InputSet.ball(x, 0.02, "linf")
     lows = {name: build_bounder(method, m, x[:2]).lower(s, spec) for name, m in forms.items()}
@@ -160,6 +167,18 @@ def test_cli_certifies_a_concat_model_from_a_pt2_file(tmp_path, run_cli):
 
 
 @CROWN
+def test_native_ibp_equals_auto_lirpa_ibp_through_concatenation():
+    """Two implementations of the same interval arithmetic (last layer merged with C in both)."""
+    model = concat_digits_cnn().eval()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(8))
+    spec = margin_spec(model(x).argmax(1), 10)
+    s = InputSet.ball(x, 0.02, "linf")
+    native = build_bounder("ibp", model, x[:2]).lower(s, spec)
+    lirpa = build_bounder("lirpa-ibp", model, x[:2]).lower(s, spec)
+    torch.testing.assert_close(native, lirpa, atol=1e-4, rtol=1e-4)
+
+
+@CROWN
 @pytest.mark.parametrize("method", ["crown", "crown-ibp", "lirpa-crown-ibp"])
 def test_crown_under_l2_refuses_a_cat_of_the_input_itself_naming_it(method):
     """auto_LiRPA 0.3's BoundConcat cannot join the L2 ball itself with computed values (measured):
@@ -167,8 +186,9 @@ def test_crown_under_l2_refuses_a_cat_of_the_input_itself_naming_it(method):
     model = concat_digits_cnn().eval()
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(UnsupportedLayer) as e:
-        build_bounder(method, model if method.startswith("crown") else walkable(model, x), x, norm="l2")
+        build_bounder(method, model, x, norm="l2")
     msg = str(e.value)
+    assert msg.startswith(f"{method} bounds this graph through auto_LiRPA 0.3")
     assert "aten.cat (node 'cat')" in msg and "L2" in msg and msg.endswith("use --method ibp") and "\n" not in msg
     build_bounder(method, model, x, norm="linf")  # Linf balls are bounded
 
@@ -232,3 +252,31 @@ def test_cli_refuses_crown_under_l2_on_a_cat_of_the_input_in_one_line(tmp_path, 
 def test_walkable_keeps_a_module_built_from_concat():
     model = concat_digits_sequential().eval()
     assert walkable(model, torch.rand(2, 1, 8, 8)) is model  # no tracing needed: the tree is walked directly
+
+
+@CROWN
+def test_auto_lirpa_forms_of_graph_normalisation_compute_the_same_function():
+    """The per-channel normalisation a graph carries as constants becomes a depthwise convolution for
+    auto_LiRPA (its patches mode asserts on products with constants); the function is unchanged."""
+    from robustcli.certify.lirpa import lirpa_friendly
+
+    model = Normalized(concat_digits_cnn(), [0.4], [0.3]).eval()
+    x = torch.rand(3, 1, 8, 8)
+    tree = walkable(model, x[:2])
+    friendly = lirpa_friendly(tree, x[:2])
+    assert any(isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (1, 1) for m in friendly.modules())
+    torch.testing.assert_close(friendly(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@CROWN
+def test_alpha_crown_through_auto_lirpa_bounds_under_no_grad():
+    """Dataset certification bounds under torch.no_grad; alpha-CROWN still optimises its slopes."""
+    model = _branches_after_a_stem()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    spec = margin_spec(model(x).argmax(1), 10)
+    s = InputSet.ball(x, 0.03, "linf")
+    with torch.no_grad():
+        alpha = build_bounder("alpha-crown", model, x[:2], alpha_iterations=3).lower(s, spec)
+        crown = build_bounder("crown", model, x[:2]).lower(s, spec)
+    assert bool((alpha >= crown - 1e-5).all())
+    assert bool((alpha <= _empirical_min(model, x, spec, 0.03, "linf") + 1e-5).all())
