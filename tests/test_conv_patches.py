@@ -112,7 +112,8 @@ def test_patches_equal_dense_rows_in_groups_of_points(dtype, monkeypatch):
     eps = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.2], dtype=dtype).view(-1, 1, 1, 1)  # very different unstable counts
     lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     whole = cb.crown_intermediate(chain, lo, hi)
-    monkeypatch.setattr(cb, "_GROUP_ELEMENTS", 1)  # one point per group
+    monkeypatch.setattr(cb, "_GROUP_ELEMENTS", 1)  # one point per group, one dense row per part
+    monkeypatch.setattr(cb, "_PATCH_ROWS", 3)  # patch rows in parts of 3 neurons
     grouped = cb.crown_intermediate(chain, lo, hi)
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for (wl, wu), (gl, gu) in zip(whole, grouped):
