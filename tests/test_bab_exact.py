@@ -179,3 +179,32 @@ def test_round_clock_stops_for_the_domain_limit_and_the_deadline():
     assert clock.stop_reason(done=0, max_domains=10) is None  # the first round starts
     time.sleep(0.6)  # a round of 0.6 s: another one would end after the deadline
     assert clock.stop_reason(done=0, max_domains=10) == "timeout"
+
+
+def test_auto_sub_problem_bounds_reuse_first_then_refresh(monkeypatch):
+    """`auto` gives the reuse phase its share of the time and starts again with refresh only when
+    that phase runs out of time; a decided first phase is the answer."""
+    import time
+
+    from robustcli.certify import spec_verify
+    from robustcli.certify.bab import BabOutcome
+
+    calls = []
+
+    def fake(*a, deadline, refresh, **kw):
+        calls.append((refresh, deadline))
+        return BabOutcome(False, 10, "timeout" if not refresh else "proved")
+
+    monkeypatch.setattr(spec_verify, "bab_refute", fake)
+    now = time.monotonic()
+    out = spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "auto")
+    assert [c[0] for c in calls] == [False, True] and out.reason == "proved" and out.domains == 20
+    assert calls[0][1] - now == pytest.approx(10.0 * spec_verify.REUSE_SHARE, abs=0.2)
+    assert calls[1][1] == now + 10.0
+    calls.clear()
+    monkeypatch.setattr(spec_verify, "bab_refute", lambda *a, refresh, **kw: calls.append(refresh) or BabOutcome(True, 3, "proved"))
+    assert spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "auto").proved and calls == [False]
+    calls.clear()
+    spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "reuse")
+    spec_verify.relu_bab(None, None, None, None, None, None, None, "refresh")
+    assert calls == [False, True]
