@@ -14,7 +14,8 @@ its modules are walkable, else the graph front end's rewrite (certify/trace.py),
 ONNX. IBP walks the tree directly (residual adds, BatchNorm in train mode, exact L2 ball through
 the first affine layer: certify/ibp.py); the CROWN family walks chains of affine blocks and ReLUs
 (certify/chain_bounds.py) and hands graphs it does not cover (residual adds) to auto_LiRPA behind
-the same interface when auto_LiRPA is installed. The `lirpa-*` names always use auto_LiRPA.
+the same interface when auto_LiRPA is installed (residual adds and concatenations, which auto_LiRPA
+0.3 bounds with its BoundAdd / BoundConcat). The `lirpa-*` names always use auto_LiRPA.
 """
 
 from __future__ import annotations
@@ -26,9 +27,19 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.graph import UnsupportedLayer, describe, lirpa_crown_bounds, model_steps, monotone_layers
+from robustcli.certify.graph import (
+    IDENTITY,
+    RESHAPE,
+    UnsupportedLayer,
+    describe,
+    layers_of,
+    lirpa_crown_bounds,
+    model_steps,
+    monotone_layers,
+)
 from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds
 from robustcli.core.errors import InputError
+from robustcli.core.nn import Concat, eval_mode
 
 
 @dataclass
@@ -191,12 +202,27 @@ def refuse_monotone(model: nn.Module, method: str) -> None:
 
 
 class LirpaMethodBounder:
-    """auto_LiRPA (certify/lirpa.py) behind the same interface; `method` is one of its names."""
+    """auto_LiRPA (certify/lirpa.py) behind the same interface; `method` is one of its names.
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20):
+    `norm`, when known at build time: an L2 bounder of a model with concatenations is tried once on
+    one point, so a concatenation auto_LiRPA 0.3 cannot bound under an L2 ball is refused before
+    any work (see `_refuse_l2_concat`)."""
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20,
+                 norm: str | None = None):
         from robustcli.certify.lirpa import LirpaBounder
 
         self.inner = LirpaBounder(model, example, method, alpha_iterations=alpha_iterations)
+        self.method = method
+        try:
+            self.steps = model_steps(model, "ibp")
+        except UnsupportedLayer:
+            self.steps = []  # a model only auto_LiRPA reads: its own error messages stand
+        if norm == "l2" and layers_of(self.steps, (Concat,)):
+            x = example[:1]
+            with torch.no_grad(), eval_mode(model):
+                spec = torch.zeros(1, 1, model(x).shape[1], dtype=x.dtype, device=x.device)
+            self.lower(InputSet.ball(x, 1e-3, "l2"), spec)
 
     def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
         if inputs.norm is None:
@@ -204,8 +230,44 @@ class LirpaMethodBounder:
         eps = inputs.eps
         if bool((eps != eps[0]).any()):
             raise InputError("the auto_LiRPA methods here need one eps for the whole batch")
-        low, _ = self.inner.bounds(inputs.x0, float(eps[0]), inputs.norm, C, bound_upper=False)
+        try:
+            low, _ = self.inner.bounds(inputs.x0, float(eps[0]), inputs.norm, C, bound_upper=False)
+        except InputError as e:
+            if "BoundConcat" in str(e) and self.steps:
+                _refuse_l2_concat(self.steps, self.method)
+            raise
         return low if d is None else low + d
+
+
+def _refuse_l2_concat(steps: list, method: str) -> None:
+    """auto_LiRPA 0.3's interval step through a concatenation (BoundConcat) takes an L2 ball only when
+    every part is that ball itself; a part that is the input, only reshaped, next to a computed part
+    fails there (measured: IBP and CROWN-IBP always, CROWN when it asks for that interval)."""
+    joins = _input_joins(steps)[0] or layers_of(steps, (Concat,))
+    raise UnsupportedLayer(
+        f"auto_LiRPA 0.3, which bounds this graph for {method}, cannot bound {describe(joins[0])} of this model "
+        "under an L2 ball (it joins the unchanged input with computed values); use --method ibp"
+    )
+
+
+def _input_joins(steps: list, raw: bool = True) -> tuple[list, bool]:
+    """(the Concat steps that join the input itself, only reshaped, with computed values; whether the
+    output of `steps` is still the input itself) for steps entered with `raw`."""
+    found = []
+    for s in steps:
+        if isinstance(s.module, Concat):
+            outs = [_input_joins(b, raw) for b in s.branches]
+            found += [f for fs, _ in outs for f in fs]
+            kinds = {r for _, r in outs}
+            if kinds == {True, False}:
+                found.append(s)
+            raw = kinds == {True}
+        elif s.branches:
+            found += [f for b in s.branches for f in _input_joins(b, raw)[0]]
+            raw = False
+        elif not isinstance(s.module, RESHAPE + IDENTITY):
+            raw = False
+    return found, raw
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -216,9 +278,10 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str):
-    def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20) -> Bounder:
+    def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20, norm: str | None = None) -> Bounder:
+        tree = walkable(model, example)
         try:
-            return CrownBounder(model, example, intermediate=intermediate,
+            return CrownBounder(tree, example, intermediate=intermediate,
                                 alpha_iterations=alpha_iterations if alpha else 0, method=name)
         except cb.NotAChain as e:
             from robustcli.certify.lirpa import lirpa_available
@@ -226,21 +289,24 @@ def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str)
             if not lirpa_available():
                 raise UnsupportedLayer(f"the native CROWN engine cannot bound this model ({e}) and auto_LiRPA, "
                                        "which bounds general graphs, is not installed") from None
-            return LirpaMethodBounder(model, example, lirpa_name, alpha_iterations=alpha_iterations)
+            # The canonical tree, not the user's object: auto_LiRPA traces plain modules, and a .pt2
+            # program or TorchScript module then bounds exactly as the module it was saved from.
+            return LirpaMethodBounder(tree, example, lirpa_name, alpha_iterations=alpha_iterations, norm=norm)
 
     return build
 
 
 def _lirpa(name: str):
-    def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20) -> Bounder:
-        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations)
+    def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20, norm: str | None = None) -> Bounder:
+        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations, norm=norm)
 
     return build
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registry entry: `build(model, example, alpha_iterations=...)` returns a bounder."""
+    """A registry entry: `build(model, example, alpha_iterations=..., norm=...)` returns a bounder
+    (`norm`, "linf" or "l2" when known, lets a builder refuse a ball it cannot bound before any work)."""
 
     name: str
     summary: str

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcli.certify.conv_patches import bn_affine, conv_transpose_unpadded, layer_shapes, patch_lower, patchable
+from robustcli.certify.conv_patches import bn_affine, conv_input_vjp, layer_shapes, patch_lower, patchable
 from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
 
 # AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
@@ -164,14 +164,8 @@ def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tens
 
 
 def _conv_transpose(A: torch.Tensor, m: nn.Conv2d, s_in: tuple[int, ...]) -> torch.Tensor:
-    """A (R, O, H', W') times the convolution's matrix transposed, as (R, *s_in): the transposed
-    map over the padded input (`conv_transpose_unpadded`), cropped to the input."""
-    size = tuple((n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(A.shape[2:], m.stride, m.dilation, m.kernel_size))
-    full = conv_transpose_unpadded(A, m, size)  # type: ignore[arg-type]
-    (p, q), (h, w) = m.padding, s_in[1:]
-    # inputs past the last window (stride leftovers) get no coefficient: pad with zeros
-    full = F.pad(full, (0, max(0, q + w - size[1]), 0, max(0, p + h - size[0])))
-    return full[:, :, p : p + h, q : q + w]
+    """A (R, O, H', W') times the convolution's matrix transposed, as (R, *s_in)."""
+    return conv_input_vjp(A, m, tuple(s_in[1:]), m.padding)  # type: ignore[arg-type]
 
 
 def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor):
@@ -248,6 +242,20 @@ def _relu_lines(l: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return up_s, up_t, low_s, unstable
 
 
+def _relax_rows(A: torch.Tensor, low_s, up_s, up_t, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows A (B, R, n) of a ReLU's output taken to its input through CROWN's lines: a positive
+    coefficient takes the lower line, a negative one the upper line, whose intercept up_t adds to
+    the constant. Split as A = pos + neg (one of them is exactly zero per entry) so that no
+    broadcast `where` runs (slow on CPU); in place where nothing needs gradients."""
+    B = A.shape[0]
+    neg = A.clamp(max=0)
+    bias = bias + torch.bmm(neg, up_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2)
+    if torch.is_grad_enabled() and (A.requires_grad or low_s.requires_grad):
+        return bias, (A - neg) * low_s + neg * up_s
+    pos = A - neg
+    return bias, pos.mul_(low_s).add_(neg.mul_(up_s))
+
+
 def backward_lower(
     chain: Chain,
     upto: int,
@@ -297,9 +305,7 @@ def backward_lower(
             low_s = torch.where(unstable, alphas[j - 1], low_s)
         if record is not None:
             record[j - 1] = A
-        neg = A.clamp(max=0)
-        bias = bias + torch.einsum("brn,bxn->br", neg, up_t.expand(B, 1, -1))
-        A = torch.where(A >= 0, A * low_s, A * up_s)
+        bias, A = _relax_rows(A, low_s, up_s, up_t, bias)
         if split_terms is not None and split_terms[j - 1] is not None:
             A = A + split_terms[j - 1]
     if record is not None:
@@ -402,27 +408,64 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
             continue
         idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
         valid = unstable.gather(1, idx)
-        if patchable(chain.blocks[: i + 1], chain.in_shapes[: i + 1], chain.out_shapes[: i + 1]):
-            # the ReLU lines are elementwise, so they keep the bounds' (B, C, H, W) shape
-            relus = [(low_s, up_s, up_t) for up_s, up_t, low_s, _ in (_relu_lines(*bounds[j]) for j in range(i))]
-            low = patch_lower(chain.blocks[: i + 1], chain.in_shapes, chain.out_shapes, idx, relus, lo, hi, ball)
-        elif (dense := chain.dense(i)) is not None:  # rows of the block's matrix: no pass through the block for one-hot rows
-            w, b = dense
-            wk, bk = w[idx], b[idx]  # (B, k, n_in), (B, k)
-            through = (torch.cat([wk, -wk], 1), torch.cat([bk, -bk], 1))
-            low = backward_lower(chain, i, None, lo, hi, bounds, ball=ball, through_block=through)
-        else:
-            n = bl.shape[1]
-            rows = torch.zeros(B, 2 * k, n, dtype=chain.dtype, device=chain.device)
-            rows[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)  # basic slices are views: the scatter writes into rows
-            rows[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
-            low = backward_lower(chain, i, rows.reshape(B, 2 * k, *shape), lo, hi, bounds, ball=ball)
+        low = _rows_lower_by_points(chain, i, idx, valid, lo, hi, bounds, ball)
         inf = torch.tensor(float("inf"), dtype=chain.dtype, device=chain.device)
         l_new = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
         u_new = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
         # l_new > u_new can only mean the sub-problem is empty (contradictory splits); branch and bound reads it so.
         bounds.append((l_new.reshape(B, *shape), u_new.reshape(B, *shape)))
     return bounds
+
+
+# Coefficients of one backward pass are computed for a group of points at a time, at most this
+# many numbers: tensors this small stay in cache and in the allocator's reused heap (glibc maps
+# blocks over 32 MB afresh for every tensor, so each of their pages faults on first touch, which
+# made one pass over them several times slower than the arithmetic).
+_GROUP_ELEMENTS = 2**20
+
+
+def _rows_lower_by_points(chain: Chain, i: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
+    """Lower bounds (B, 2k) of z_i[idx] and -z_i[idx] where `valid` (B, k; true entries first in
+    each row), computed in groups of points, each group with only as many rows as its own points
+    need (entries past them are left at zero)."""
+    B, k = idx.shape
+    width = max(_numel(s) for s in (*chain.in_shapes[: i + 1], *chain.out_shapes[: i + 1]))
+    step = max(1, _GROUP_ELEMENTS // (2 * k * width))
+    if step >= B:
+        return _rows_lower(chain, i, idx, lo, hi, bounds, ball)
+    counts = valid.sum(1).tolist()
+    part = lambda t, sl: t if t.shape[0] == 1 else t[sl]  # noqa: E731  (the input box may have batch 1)
+    out = torch.zeros(B, 2 * k, dtype=chain.dtype, device=chain.device)
+    for s in range(0, B, step):
+        sl = slice(s, s + step)
+        kg = max(counts[sl])
+        if kg == 0:
+            continue
+        bnd = [(l[sl], u[sl]) for l, u in bounds]
+        b = None if ball is None else (ball[0][sl], ball[1][sl])
+        low = _rows_lower(chain, i, idx[sl, :kg], part(lo, sl), part(hi, sl), bnd, b)
+        out[sl, :kg], out[sl, k : k + kg] = low[:, :kg], low[:, kg:]
+    return out
+
+
+def _rows_lower(chain: Chain, i: int, idx: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
+    B, k = idx.shape
+    if patchable(chain.blocks[: i + 1], chain.in_shapes[: i + 1], chain.out_shapes[: i + 1]):
+        # the ReLU lines are elementwise, so they keep the bounds' (B, C, H, W) shape
+        relus = [(low_s, up_s, up_t) for up_s, up_t, low_s, _ in (_relu_lines(*bounds[j]) for j in range(i))]
+        return patch_lower(chain.blocks[: i + 1], chain.in_shapes, chain.out_shapes, idx, relus, lo, hi, ball,
+                           chain.__dict__.setdefault("_patch", {}))
+    if (dense := chain.dense(i)) is not None:  # rows of the block's matrix: no pass through the block for one-hot rows
+        w, b = dense
+        wk, bk = w[idx], b[idx]  # (B, k, n_in), (B, k)
+        through = (torch.cat([wk, -wk], 1), torch.cat([bk, -bk], 1))
+        return backward_lower(chain, i, None, lo, hi, bounds, ball=ball, through_block=through)
+    shape = chain.out_shapes[i]
+    n = _numel(shape)
+    rows = torch.zeros(B, 2 * k, n, dtype=chain.dtype, device=chain.device)
+    rows[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)  # basic slices are views: the scatter writes into rows
+    rows[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
+    return backward_lower(chain, i, rows.reshape(B, 2 * k, *shape), lo, hi, bounds, ball=ball)
 
 
 def crown_spec(chain: Chain, lo, hi, C, d, bounds=None) -> tuple[torch.Tensor, list]:

@@ -1,7 +1,7 @@
 """A model as a list of steps that bound engines walk, with one clear error per unsupported layer.
 
 Supported: nn.Sequential (not subclasses that override forward), robustcli's `Normalized`,
-`robustcli.core.nn.Residual`, Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
+`robustcli.core.nn.Residual` and `Concat` (branches forking from one value, summed or concatenated), Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
 AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
 (`MONOTONE`: max pooling, sigmoid, tanh, leaky ReLU with slope >= 0, hardtanh/ReLU6/clamp, ELU
 with alpha >= 0, CELU, SELU, softplus, log-sigmoid, hardsigmoid, softsign): nondecreasing in every input,
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Reshape
-from robustcli.core.nn import Residual
+from robustcli.core.nn import Concat, Residual
 from robustcli.core.nn import Normalized
 from robustcli.core.errors import InputError
 
@@ -51,7 +51,7 @@ class UnsupportedLayer(InputError):
 class Step:
     name: str  # dotted path in the model, as named_modules() spells it ('' for the root)
     module: nn.Module
-    branches: list[list["Step"]] = field(default_factory=list)  # Residual: [body, shortcut]
+    branches: list[list["Step"]] = field(default_factory=list)  # Residual: [body, shortcut]; Concat: its branches
 
     @property
     def kind(self) -> str:
@@ -107,6 +107,8 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         body = model_steps(m.body, method, _join(prefix, "body"))
         shortcut = model_steps(m.shortcut, method, _join(prefix, "shortcut"))
         return [Step(prefix, m, [body, shortcut])]
+    if isinstance(m, Concat):
+        return [Step(prefix, m, [model_steps(b, method, _join(prefix, f"branches.{i}")) for i, b in enumerate(m.branches)])]
     if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + CONSTANT_AFFINE + POSITIVE_LINEAR + RESHAPE + IDENTITY):
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise UnsupportedLayer(
@@ -123,7 +125,8 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         )
     err = UnsupportedLayer(
         f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
-        f"BatchNorm, Flatten, AvgPool2d, MaxPool2d, Sigmoid, Tanh, LeakyReLU and Residual; {_alternative(method, m)}"
+        f"BatchNorm, Flatten, AvgPool2d, MaxPool2d, Sigmoid, Tanh, LeakyReLU, Residual and Concat; "
+        f"{_alternative(method, m)}"
     )
     err.leaf = next(m.children(), None) is None and type(m).forward is not nn.Module.forward
     raise err
@@ -144,15 +147,20 @@ def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
     return Step(name, m)
 
 
-def monotone_layers(steps: list[Step]) -> list[Step]:
-    """The monotone non-ReLU steps (MaxPool2d, Sigmoid, ...), residual branches included, in order."""
+def layers_of(steps: list[Step], kinds: tuple[type, ...]) -> list[Step]:
+    """The steps whose module is one of `kinds`, branches included, in order."""
     found: list[Step] = []
     for s in steps:
-        if isinstance(s.module, MONOTONE):
+        if isinstance(s.module, kinds):
             found.append(s)
         for b in s.branches:
-            found += monotone_layers(b)
+            found += layers_of(b, kinds)
     return found
+
+
+def monotone_layers(steps: list[Step]) -> list[Step]:
+    """The monotone non-ReLU steps (MaxPool2d, Sigmoid, ...), branches included, in order."""
+    return layers_of(steps, MONOTONE)
 
 
 def describe(step: Step) -> str:

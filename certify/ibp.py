@@ -4,9 +4,10 @@ For an affine layer with input box (c, r): c' = W c + b, r' = |W| r (two matmuls
 Gowal et al. eq. 6); a ReLU maps [l, u] to [relu(l), relu(u)], and so does every layer that is
 nondecreasing in each input (Gowal et al. sec. 3, monotonic activations): max pooling, sigmoid,
 tanh and leaky ReLU map [l, u] to [f(l), f(u)] (for max pooling: the max of the lower ends and
-the max of the upper ends of each window, which is exact for the box). The last Linear layer is merged
-with the specification C before bounding (auto_LiRPA's C matrix): the margins' bounds are those of
-(C W) h + C b, far tighter than subtracting two logit intervals.
+the max of the upper ends of each window, which is exact for the box). Branches that fork from one
+value are bounded from the same input set and summed (residual add) or concatenated (torch.cat).
+The last Linear layer is merged with the specification C before bounding (auto_LiRPA's C matrix):
+the margins' bounds are those of (C W) h + C b, far tighter than subtracting two logit intervals.
 
 Input sets, always intersected with the pixel box [0, 1]:
 - Linf: the box [max(x - eps, 0), min(x + eps, 1)].
@@ -47,7 +48,7 @@ from robustcli.certify.graph import (
     needs_clean_pass,
     uses_batch_stats,
 )
-from robustcli.core.nn import Normalized
+from robustcli.core.nn import Concat, Normalized
 
 NORMS = ("linf", "l2")
 
@@ -226,6 +227,8 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
                 "put the model in eval mode before bounding it"
             )
         return state
+    if isinstance(m, Concat):
+        return _concat(step, state, record, method)
     if step.branches:
         state = state.collapse()
         outs = [_run(branch, state, record, method).collapse() for branch in step.branches]
@@ -233,6 +236,19 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
         clean = None if state.clean is None else sum(o.clean for o in outs)
         return _State(box, clean, None, state.relu_mode)
     raise UnsupportedLayer(f"{method} cannot bound layer '{step.name}' ({step.kind})")  # graph.py filters these
+
+
+def _concat(step: Step, state: _State, record, method: str) -> _State:
+    """Branches joined by torch.cat: each branch's box contains that branch's image of the input
+    set, so their concatenation contains the image of the set (the box of a product is the product
+    of the boxes). Each branch starts from the full state, so an L2 ball still reaches its first
+    affine layer exactly; the joined value is a box (the ball's directions are shared across the
+    branches, which a per-branch ball cannot express)."""
+    outs = [_run(branch, state, record, method).collapse() for branch in step.branches]
+    dim = step.module.dim
+    box = Bounds(torch.cat([o.box.centre for o in outs], dim), torch.cat([o.box.radius for o in outs], dim))
+    clean = None if state.clean is None else torch.cat([o.clean for o in outs], dim)
+    return _State(box, clean, None, state.relu_mode)
 
 
 def _merged_last_layer(state: _State, m: nn.Linear, spec: torch.Tensor) -> Bounds:

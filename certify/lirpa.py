@@ -21,6 +21,7 @@ Choices, documented because auto_LiRPA 0.3 needs them:
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -112,7 +113,11 @@ class LirpaBounder:
             opts["optimize_bound_args"] = {"iteration": alpha_iterations}
         friendly = lirpa_friendly(model, example)
         try:
-            self.module = lirpa.BoundedModule(friendly, example[:1], bound_opts=opts, device=str(example.device))
+            # Its tracer goes through torch.onnx, which warns about modes and in-place ops it rewrites;
+            # the CLI prints one line per outcome, and a failure is reported below.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.module = lirpa.BoundedModule(friendly, example[:1], bound_opts=opts, device=str(example.device))
         except Exception as e:  # noqa: BLE001 - auto_LiRPA's tracer raises anything on a model it cannot parse
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(

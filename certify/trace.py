@@ -13,7 +13,8 @@ certify/chain_bounds.py): `nn.Sequential` of Linear, Conv2d, ReLU, BatchNorm1d/2
 `Reshape`, AvgPool2d, AdaptiveAvgPool2d, the monotone max pooling and activations
 (MaxPool2d, AdaptiveMaxPool2d, Sigmoid, Tanh, LeakyReLU, `Clip` for hardtanh/clamp, ReLU6, ELU, CELU,
 SELU, Softplus, LogSigmoid, Hardsigmoid; each carries `origin`, the ATen operation it came from, so an engine that cannot bound it names that), `ElementwiseAffine` (add/sub/mul/div by constants:
-normalisation layers) and `Residual` (an add of two computed tensors that fork from one value).
+normalisation layers), `Residual` (an add of two computed tensors that fork from one value) and
+`Concat` (a torch.cat of computed tensors that fork from one value, along a feature axis).
 Parameters are copied (bounds are functions of the weights at the time of the call; training
 bounds the user's module directly, never this copy). Any other operation raises
 `UnsupportedOperation` naming the ATen op and the graph node, e.g. "aten.sin (node 'sin')".
@@ -32,7 +33,7 @@ from torch import nn
 
 from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Reshape
 from robustcli.core.errors import InputError
-from robustcli.core.nn import Residual
+from robustcli.core.nn import Concat, Residual
 
 # Operations that do nothing to values in eval mode.
 _IDENTITY = {"clone", "contiguous", "detach", "alias", "dropout", "feature_dropout", "lift_fresh_copy", "_to_copy"}
@@ -279,7 +280,8 @@ class _Converter:
             ceil = args[4] if len(args) > 4 else False
             include_pad = args[5] if len(args) > 5 else True
             divisor = args[6] if len(args) > 6 else None
-            pool = nn.AvgPool2d(k, stride, padding, ceil, include_pad, divisor)
+            # Tuples, as nn.AvgPool2d built by hand has them (ATen gives int lists).
+            pool = nn.AvgPool2d(_pair(k), _pair(stride), _pair(padding), ceil, include_pad, divisor)
             return self._then(self._input(node, values), pool, node)
         if op in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d"):
             return self._then(self._input(node, values), nn.AdaptiveAvgPool2d(tuple(args[1])), node)
@@ -290,10 +292,13 @@ class _Converter:
             return _Value(v.layers + layers, self._out_shape(node))
         if op in ("add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "rsub"):
             return self._arith(node, op.rstrip("_"), values)
+        if op in ("cat", "concat", "concatenate"):
+            return self._concat(node, values)
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
             "batch_norm, view/reshape/flatten, avg/max pooling, monotone activations (sigmoid, tanh, leaky_relu, "
-            "hardtanh/clamp, elu, softplus, ...), residual add and add/sub/mul/div by constants" + _lirpa_hint()
+            "hardtanh/clamp, elu, softplus, ...), residual add, concatenation (cat) and add/sub/mul/div by constants"
+            + _lirpa_hint()
         )
 
     def _conv(self, node, op: str, values) -> _Value:
@@ -415,12 +420,37 @@ class _Converter:
         return self._then(v, layer, node)
 
     def _residual(self, node, a: _Value, b: _Value) -> _Value:
-        p = 0
-        while p < min(len(a.layers), len(b.layers)) and a.layers[p] is b.layers[p]:
-            p += 1
+        p = _fork(a, b)
         body, shortcut = a.layers[p:], b.layers[p:]
         res = Residual(nn.Sequential(*body), nn.Sequential(*shortcut) if shortcut else None)
         return _Value(a.layers[:p] + [res], self._out_shape(node))
+
+    def _concat(self, node, values) -> _Value:
+        """aten.cat of computed tensors along a feature axis: the layers they share, then one `Concat`
+        whose branches are the rest of each (an empty rest is the shared value itself)."""
+        parts = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        inputs = [values.get(p.name) if isinstance(p, torch.fx.Node) else None for p in parts]
+        if not inputs or any(v is None for v in inputs):
+            raise UnsupportedOperation(f"{_where(node)} concatenates a constant tensor with computed ones; only tensors "
+                                       "computed from the model input can be concatenated")
+        rank = len(inputs[0].shape) + 1  # with the batch axis
+        if int(dim) % rank == 0:
+            raise UnsupportedOperation(f"{_where(node)} concatenates along the batch dimension; each point must be "
+                                       "computed on its own")
+        p = _fork(*inputs)
+        branches = [nn.Sequential(*v.layers[p:]) if len(v.layers) > p else nn.Identity() for v in inputs]
+        layer = Concat(branches, int(dim) % rank)
+        layer.origin = _where(node)
+        return _Value(inputs[0].layers[:p] + [layer], self._out_shape(node))
+
+
+def _fork(*values: _Value) -> int:
+    """How many leading layers the values share (the same module objects): where their branches fork."""
+    p = 0
+    while all(p < len(v.layers) for v in values) and all(v.layers[p] is values[0].layers[p] for v in values):
+        p += 1
+    return p
 
 
 def _pair(v):

@@ -148,7 +148,7 @@ def certify_dataset(
         bounders = dict(bounders or {})
         for m in methods:
             if n and m not in bounders:  # an empty shard of a sharded run has nothing to bound
-                bounders[m] = build_bounder(m, model, x[:2].to(device), alpha_iterations=alpha_iterations)
+                bounders[m] = build_bounder(m, model, x[:2].to(device), alpha_iterations=alpha_iterations, norm=norm)
         correct = torch.zeros(n, dtype=torch.bool, device=device)
         with torch.no_grad():
             for s in range(0, n, batch_size):

@@ -228,7 +228,8 @@ class CertifyRequest(RuntimeRequest):
         from robustcli.attacks.base import eval_mode
 
         with eval_mode(model):
-            return {m: build_bounder(m, model, example, alpha_iterations=self.alpha_iterations) for m in self.methods}
+            return {m: build_bounder(m, model, example, alpha_iterations=self.alpha_iterations, norm=self.norm)
+                    for m in self.methods}
 
     @property
     def budgets(self) -> tuple[float, ...]:

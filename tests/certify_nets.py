@@ -188,6 +188,47 @@ def monotone_digits_cnn_bn() -> nn.Module:
     )  # fmt: skip
 
 
+class ConcatDigitsCNN(nn.Module):
+    """A digits CNN joining branches with torch.cat the way people write it: DenseNet-style reuse of
+    the input (`cat([x, f(x)], 1)`), an Inception block (1x1 conv, 3x3 conv, 3x3 average pool side
+    by side) and a feature-level cat after the flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.a, self.b = nn.Conv2d(5, 3, 1), nn.Conv2d(5, 3, 3, padding=1)
+        self.fc1, self.fc_extra = nn.Linear(11 * 4 * 4, 12), nn.Linear(12, 6)
+        self.fc2 = nn.Linear(18, 10)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        h = torch.cat([x, F.relu(self.bn(self.stem(x)))], 1)
+        h = torch.cat([F.relu(self.a(h)), F.relu(self.b(h)), F.avg_pool2d(h, 3, 1, 1)], dim=1)
+        z = F.relu(self.fc1(F.avg_pool2d(h, 2).view(h.size(0), -1)))
+        return self.fc2(torch.cat([z, F.relu(self.fc_extra(z))], -1))
+
+
+def concat_digits_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    model = ConcatDigitsCNN()
+    randomize_bn(model, torch.Generator().manual_seed(0))
+    return model
+
+
+def concat_digits_sequential() -> nn.Module:
+    """The same kind of network from `Concat` modules (what certified training walks): BatchNorm in
+    the branches so training bounds them with batch statistics."""
+    from robustcli.core.nn import Concat
+
+    torch.manual_seed(0)
+    stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    inception = Concat([nn.Sequential(nn.Conv2d(5, 3, 1), nn.ReLU()),
+                        nn.Sequential(nn.Conv2d(5, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU())], dim=1)
+    return nn.Sequential(Concat([nn.Identity(), stem]), inception, nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(6 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 10))
+
+
 def model_formats(folder: Path, model: nn.Module, x: torch.Tensor) -> dict[str, nn.Module]:
     """The model as a user could hand it over: the module, a `.pt2` program, TorchScript and (when
     the onnx extra is installed) ONNX, each read back the way `robust` reads it."""

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustcli.certify.chain_bounds as cb
-from robustcli.certify.conv_patches import patchable
+from robustcli.certify.conv_patches import conv_transpose_unpadded, patchable
 from robustcli.certify.onnx_layers import ElementwiseAffine
 
 
@@ -91,3 +91,29 @@ def test_transposed_convolution_is_the_vector_jacobian_product(cin, cout, k, s, 
     x = torch.randn(4, cin, side, side, dtype=torch.float64, requires_grad=True)
     (expected,) = torch.autograd.grad(F.conv2d(x, m.weight, None, m.stride, m.padding, m.dilation), x, rows)
     assert torch.allclose(cb._conv_transpose(rows, m, (cin, side, side)), expected, atol=1e-12)
+    # float32 takes other kernels on CPU (conv_transpose2d; a patch's dense matrix)
+    got32 = cb._conv_transpose(rows.float(), m.float(), (cin, side, side))
+    assert got32.dtype == torch.float32 and torch.allclose(got32.double(), expected, atol=1e-4)
+    m32, a = m.float(), rows[:, :, :2, :2].float()
+    size = tuple((n - 1) * st + dl * (kk - 1) + 1 for n, st, dl, kk in zip(a.shape[2:], m.stride, m.dilation, m.kernel_size))
+    plain = conv_transpose_unpadded(a, m32, size)
+    via_matrix = conv_transpose_unpadded(a, m32, size, cache={})
+    assert plain.shape == via_matrix.shape == (4, cin, *size) and torch.allclose(plain, via_matrix, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_patches_equal_dense_rows_in_groups_of_points(dtype, monkeypatch):
+    """Rows computed a few points at a time, each group with only its own unstable neurons, give
+    the bounds of one pass over the whole batch."""
+    net = _nets()["stride2-pad1"]
+    chain = cb.Chain.of(net, (1, 16, 16), dtype)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(5, 1, 16, 16, generator=g, dtype=dtype)
+    eps = torch.tensor([0.0, 0.01, 0.05, 0.1, 0.2], dtype=dtype).view(-1, 1, 1, 1)  # very different unstable counts
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    whole = cb.crown_intermediate(chain, lo, hi)
+    monkeypatch.setattr(cb, "_GROUP_ELEMENTS", 1)  # one point per group
+    grouped = cb.crown_intermediate(chain, lo, hi)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for (wl, wu), (gl, gu) in zip(whole, grouped):
+        assert torch.allclose(wl, gl, atol=tol) and torch.allclose(wu, gu, atol=tol)

@@ -1,5 +1,5 @@
-"""Small modules that engines and loaders share: input normalisation and a residual block, and
-the one way to run a model in eval mode for a while.
+"""Small modules that engines and loaders share: input normalisation, a residual block, a
+concatenation of branches, and the one way to run a model in eval mode for a while.
 
 Plain modules (no functional tricks inside `forward`) so bound engines can walk them."""
 
@@ -41,6 +41,30 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + self.shortcut(x)
+
+
+class Concat(nn.Module):
+    """torch.cat([branch(x) for branch in branches], dim): branches that fork from one value and
+    are joined along a feature axis (Inception blocks, `torch.cat([x, conv(x)], 1)` in DenseNets).
+
+    `dim` counts the batch axis (1 = channels of an (N, C, H, W) tensor) and is never 0: each point
+    is computed on its own. A plain module so bound engines can walk it, like `Residual`.
+    """
+
+    def __init__(self, branches: list[nn.Module], dim: int = 1):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"Concat joins along a feature axis (dim >= 1, batch axis excluded), got dim={dim}")
+        if not branches:
+            raise ValueError("Concat needs at least one branch")
+        self.branches = nn.ModuleList(branches)
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 class Normalized(nn.Module):
