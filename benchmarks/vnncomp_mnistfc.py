@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from robustcli.certify.spec_verify import METHODS  # noqa: E402
+from robustcli.certify.spec_verify import BAB_BOUNDS, METHODS  # noqa: E402
 from robustcli.certify.vnncomp import read_instances, result_lines, run_benchmark  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "vnncomp2021-mnistfc"
@@ -39,6 +39,9 @@ def main() -> int:
     ap.add_argument("--networks", nargs="*", default=None, help="e.g. 256x2 256x4")
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--alpha-iterations", type=int, default=20)
+    ap.add_argument("--bab-bounds", choices=BAB_BOUNDS, default="auto")
+    ap.add_argument("--properties", nargs="*", default=None,
+                    help="only these instances, as NETWORK:PROPERTY, e.g. 256x4:prop_5_0.03")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
@@ -48,6 +51,9 @@ def main() -> int:
     instances = read_instances(args.data / "mnistfc_instances.csv")
     if args.networks:
         instances = [i for i in instances if any(n in i.network.name for n in args.networks)]
+    if args.properties:
+        wanted = {tuple(p.split(":")) for p in args.properties}
+        instances = [i for i in instances if any(n in i.network.name and i.property.stem == q for n, q in wanted)]
     instances = instances[: args.limit]
     truth = {(r["network"], r["property"]): r for r in csv.DictReader((args.data / "ground_truth.csv").open())}
 
@@ -60,7 +66,7 @@ def main() -> int:
               flush=True)
 
     results = run_benchmark(instances, timeout=args.timeout, methods=tuple(args.methods), seed=args.seed,
-                            alpha_iterations=args.alpha_iterations, on_instance=progress,
+                            alpha_iterations=args.alpha_iterations, bab_bounds=args.bab_bounds, on_instance=progress,
                             counterexample_dir=args.out.parent if args.out else None)
     wall = time.monotonic() - t0
 

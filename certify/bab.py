@@ -153,6 +153,10 @@ def bab_refute(
     max_domains: int = 200_000,
     fsb_candidates: int = 3,
     check=None,
+    refresh: bool = True,
+    search=None,
+    search_share: float = 0.1,
+    search_starts: int = 8,
 ) -> BabOutcome:
     """Try to prove, for every root j, that some row of C[j] z_L + d[j] is > 0 on the whole box.
 
@@ -160,6 +164,12 @@ def bab_refute(
     each round bounds one batch across all of them (pad short disjuncts with rows C = 0, d = -1).
     `bounds`: intermediate bounds of the whole box (the roots' starting point).
     `check(x)` (1, n_inputs) -> bool: does the model violate the property at x (for LP minimisers).
+    `search(starts)` (S, n_inputs) -> (n_inputs,) or None: a counterexample search from these starts
+    (None: no search). Between rounds, while it has used less than `search_share` of the time, it
+    runs from the input minimising the linear bound of each of the `search_starts` worst open
+    domains (the relaxation's primal point: where the bound is weakest, the model often is too).
+    `refresh`: recompute the intermediate bounds of each sub-problem (else the parent's, clamped
+    at the split neurons, are kept: each domain costs about a twentieth as much).
     """
     L = len(bounds)
     D, R = C.shape[0], C.shape[1]
@@ -178,6 +188,7 @@ def bab_refute(
     done = 0
     out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     rounds = RoundClock(deadline)
+    started, searched = time.monotonic(), 0.0
     while len(scores_lb):
         stop = rounds.stop_reason(done, max_domains)
         if stop is not None:
@@ -186,13 +197,16 @@ def bab_refute(
         take = lambda ts: [t[order] for t in ts]  # noqa: E731
         keep = lambda ts: [t[rest] for t in ts]  # noqa: E731
         sp, al, be, rt = take(splits), take(alphas), take(betas), roots[order]
-        pl, pu = take(lows), take(ups)
+        pl, pu, inherited = take(lows), take(ups), scores_lb[order]
         splits, alphas, betas, roots = keep(splits), keep(alphas), keep(betas), roots[rest]
         lows, ups, scores_lb = keep(lows), keep(ups), scores_lb[rest]
         A0, d0 = A_roots[rt], d[rt]
         B = len(order)
         with torch.no_grad():
-            bnd = crown_intermediate(chain, lo, hi, base=list(zip(pl, pu)), splits=sp)
+            if refresh:
+                bnd = crown_intermediate(chain, lo, hi, base=list(zip(pl, pu)), splits=sp)
+            else:
+                bnd = _clamp(list(zip(pl, pu)), sp)
         bnd = [(l.reshape(B, -1), u.reshape(B, -1)) for l, u in bnd]
         # A lower bound above an upper bound: no input of the box meets these splits (the domain is empty).
         empty = torch.stack([(l > u + 1e-9 * (1 + u.abs())).any(1) for l, u in bnd]).any(0) if L else torch.zeros(B, dtype=torch.bool, device=dev)
@@ -218,7 +232,8 @@ def bab_refute(
                     best_al[j][better] = al[j].detach()[better]
                     best_be[j][better] = be[j].detach()[better]
                 if it == 0 or bool(better.any()):
-                    record = {j: r.detach() for j, r in rec.items() if j >= 0}
+                    record = {j: r.detach() for j, r in rec.items()}
+                    best_row = low.detach().argmax(1)
                 if bool((best > 0).all()) or it == iterations - 1:
                     break
                 grads = torch.autograd.grad(-top.clamp(max=1e-3).sum(), al + be)
@@ -231,10 +246,18 @@ def bab_refute(
                     p.sub_(step)
                     p.clamp_(0, 1) if k < L else p.clamp_(min=0)
         done += B
+        # A sub-domain's minimum is at least its parent's: keep the better of the two bounds.
+        best = torch.maximum(best, inherited)
         open_ = (best <= 0) & ~empty
         if not bool(open_.any()):
             continue
         idx = open_.nonzero().flatten()
+        if search is not None and searched <= search_share * (time.monotonic() - started):
+            t_search = time.monotonic()
+            x = search(_primal_points(lo, hi, record[-1], best_row, idx[best[idx].argsort()[:search_starts]]))
+            searched += time.monotonic() - t_search
+            if x is not None:
+                return BabOutcome(False, done, "counterexample", x.reshape(-1))
         # Branching scores (BaBSR) on unsplit unstable neurons of each open domain.
         score_layers = []
         for j in range(L):
@@ -276,6 +299,13 @@ def bab_refute(
             scores_lb = torch.cat([scores_lb, best[idx]])
             roots = torch.cat([roots, rt[idx]])
     return BabOutcome(True, done, "proved")
+
+
+def _primal_points(lo, hi, A_in, rows, domains) -> torch.Tensor:
+    """The box corner minimising each domain's linear lower bound on its row `rows[b]`: x = lo where
+    the input coefficient is >= 0, else hi. A_in (B, R, n_inputs); returns (len(domains), n_inputs)."""
+    a = A_in[domains, rows[domains]]
+    return torch.where(a >= 0, lo.reshape(1, -1), hi.reshape(1, -1))
 
 
 def _fsb(chain, lo, hi, A0, d0, bnd, sp, scores, sizes, k: int) -> torch.Tensor:

@@ -291,7 +291,8 @@ def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str)
                                        "which bounds general graphs, is not installed") from None
             # The canonical tree, not the user's object: auto_LiRPA traces plain modules, and a .pt2
             # program or TorchScript module then bounds exactly as the module it was saved from.
-            return LirpaMethodBounder(tree, example, lirpa_name, alpha_iterations=alpha_iterations, norm=norm, label=name)
+            return LirpaMethodBounder(tree, example, lirpa_name, alpha_iterations=alpha_iterations, norm=norm,
+                                      label=name)
 
     return build
 

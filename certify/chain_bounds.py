@@ -366,7 +366,10 @@ def crown_intermediate(
         low = backward_lower(chain, i, rows, lo, hi, bounds, alphas[i] if alphas is not None else None, ball=ball)
         B = lo.shape[0]
         l_new, u_new = low[:, :n].reshape(B, *shape), -low[:, n:].reshape(B, *shape)
-        bounds.append((torch.maximum(l_new, base[i][0]), torch.minimum(u_new, base[i][1])))
+        # The value is the intersection with `base`; the gradient is l_new's everywhere, so a slope
+        # whose bound is (still) looser than the base keeps being optimised instead of being cut off.
+        l_cap, u_cap = torch.maximum(l_new, base[i][0]), torch.minimum(u_new, base[i][1])
+        bounds.append((l_new + (l_cap - l_new).detach(), u_new + (u_cap - u_new).detach()))
     return bounds
 
 
@@ -527,16 +530,18 @@ def alpha_crown_spec(
     m2 = [torch.zeros_like(a) for a in params]
     beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=chain.dtype, device=chain.device)
-    tightened = [(l.clone(), u.clone()) for l, u in bounds] if tightened_out is not None else None
+    # Every iterate's intermediate bounds are sound, so each iteration starts from the tightest seen
+    # so far (auto_LiRPA's alpha-CROWN keeps its best intermediate bounds too): later layers then
+    # gain from earlier layers' progress within the same run.
+    tightened = [(l.clone(), u.clone()) for l, u in bounds]
     for it in range(iterations):
         with torch.enable_grad():
-            bnd = crown_intermediate(chain, lo, hi, inter, base=bounds, ball=ball) if L > 1 else bounds
+            bnd = crown_intermediate(chain, lo, hi, inter, base=tightened, ball=ball) if L > 1 else bounds
             low = backward_lower(chain, L, A, lo, hi, bnd, final, ball=ball) + d
             best = torch.maximum(best, low.detach())
-            if tightened is not None:  # every iterate's intermediate bounds are sound: keep the tightest
-                for k, (l, u) in enumerate(bnd):
-                    tl, tu = tightened[k]
-                    tightened[k] = (torch.maximum(tl, l.detach()), torch.minimum(tu, u.detach()))
+            for k, (l, u) in enumerate(bnd):
+                tl, tu = tightened[k]
+                tightened[k] = (torch.maximum(tl, l.detach()), torch.minimum(tu, u.detach()))
             if on_iteration is not None:
                 on_iteration(it, best)
             if (stop_when_positive and bool((best > 0).all())) or (deadline is not None and time.monotonic() > deadline):

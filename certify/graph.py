@@ -1,8 +1,9 @@
 """A model as a list of steps that bound engines walk, with one clear error per unsupported layer.
 
 Supported: nn.Sequential (not subclasses that override forward), robustcli's `Normalized`,
-`robustcli.core.nn.Residual` and `Concat` (branches forking from one value, summed or concatenated), Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten,
-AvgPool2d, AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
+`robustcli.core.nn.Residual` and `Concat` (branches forking from one value, summed or
+concatenated), Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten, AvgPool2d,
+AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
 (`MONOTONE`: max pooling, sigmoid, tanh, leaky ReLU with slope >= 0, hardtanh/ReLU6/clamp, ELU
 with alpha >= 0, CELU, SELU, softplus, log-sigmoid, hardsigmoid, softsign): nondecreasing in every input,
 so interval propagation maps [l, u] to [f(l), f(u)] (Gowal et al. 2018, sec. 3). The CROWN chain engine
@@ -108,7 +109,8 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         shortcut = model_steps(m.shortcut, method, _join(prefix, "shortcut"))
         return [Step(prefix, m, [body, shortcut])]
     if isinstance(m, Concat):
-        return [Step(prefix, m, [model_steps(b, method, _join(prefix, f"branches.{i}")) for i, b in enumerate(m.branches)])]
+        branches = [model_steps(b, method, _join(prefix, f"branches.{i}")) for i, b in enumerate(m.branches)]
+        return [Step(prefix, m, branches)]
     if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + CONSTANT_AFFINE + POSITIVE_LINEAR + RESHAPE + IDENTITY):
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise UnsupportedLayer(

@@ -45,11 +45,13 @@ def spec_pgd(
     restarts: int = 10,
     generator: torch.Generator | None = None,
     deadline: float | None = None,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Candidate counterexamples (M, n_inputs) float32 in the box, best first (may be empty).
 
     Returns points whose margins the model (in float32) puts on the violation side, in order of
-    how far; an empty result means none was found.
+    how far; an empty result means none was found. `starts` (S, n_inputs): start every disjunct
+    from each of these points (clipped to the box) instead of `restarts` random ones.
     """
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
@@ -57,7 +59,9 @@ def spec_pgd(
     C, d, rows = case.stacked()
     C, d = C.to(device, torch.float32), d.to(device, torch.float32)
     D = len(rows)
-    if D == 0:
+    if starts is not None:
+        restarts = len(starts)
+    if D == 0 or restarts == 0:
         return torch.empty(0, lo.numel(), device=device)
     if C.shape[0] == 0:  # no output condition: any input in the box violates
         return ((lo + hi) / 2).reshape(1, -1)
@@ -71,7 +75,11 @@ def spec_pgd(
     n = lo.numel()
     u = torch.rand(D * restarts, n, generator=generator, device="cpu").to(device)
     x = lo + (hi - lo) * u
-    x[:D] = (lo + hi) / 2  # one start per disjunct at the centre (the clean input for robustness specs)
+    if starts is not None:  # start i of disjunct j is row i * D + j
+        x = torch.minimum(torch.maximum(starts.to(device, torch.float32).reshape(len(starts), -1), lo), hi)
+        x = x.repeat_interleave(D, 0)
+    else:
+        x[:D] = (lo + hi) / 2  # one start per disjunct at the centre (the clean input for robustness specs)
     width = hi - lo
     found: list[tuple[float, torch.Tensor]] = []
 

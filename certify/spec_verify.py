@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.bab import bab_refute
+from robustcli.certify.bab import BabOutcome, bab_refute
 from robustcli.certify.bounders import spec_chain
 from robustcli.certify.input_bab import input_bab_refute
 from robustcli.certify.spec_lirpa import lirpa_box_lower
@@ -38,6 +38,8 @@ from robustcli.core.errors import InputError
 
 METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 BAB_SPLITS = ("auto", "input", "relu")
+BAB_BOUNDS = ("auto", "reuse", "refresh")
+REUSE_SHARE = 0.3  # of the branch-and-bound time, spent keeping parent bounds before refreshing them
 
 
 @dataclass
@@ -96,6 +98,20 @@ def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
     return bool(((xd >= case.lower) & (xd <= case.upper)).all())
 
 
+def relu_bab(chain, lo, hi, C, d, inter, deadline: float | None, bounds: str, **kw) -> BabOutcome:
+    """ReLU branch and bound with the sub-problem bounds `bounds` says (see `verify_property`); in
+    "auto", a reuse phase that runs out of time hands over to a fresh refresh search."""
+    if bounds != "auto" or deadline is None:
+        return bab_refute(chain, lo, hi, C, d, inter, deadline=deadline, refresh=bounds != "reuse", **kw)
+    first = bab_refute(chain, lo, hi, C, d, inter, refresh=False, **kw,
+                       deadline=time.monotonic() + REUSE_SHARE * max(0.0, deadline - time.monotonic()))
+    if first.reason != "timeout":
+        return first
+    second = bab_refute(chain, lo, hi, C, d, inter, deadline=deadline, refresh=True, **kw)
+    second.domains += first.domains
+    return second
+
+
 def verify_property(
     model: nn.Module,
     prop: VnnlibProperty,
@@ -112,6 +128,8 @@ def verify_property(
     on_stage: Callable[[str], None] | None = None,
     bab_split: str = "auto",
     input_split_max_dim: int = 16,
+    bab_bounds: str = "auto",
+    search_steps: int = 20,
 ) -> SpecResult:
     """Run `methods` in order until the property is decided or `timeout` seconds have passed.
 
@@ -119,9 +137,18 @@ def verify_property(
     counterexamples (default: the model itself in float32).
     `bab_split`: what branch and bound splits: "input" (the input box; certify/input_bab.py),
     "relu" (ReLU phases; certify/bab.py) or "auto" (input for at most `input_split_max_dim` inputs).
+    `bab_bounds`: the intermediate bounds of ReLU branch and bound's sub-problems: "reuse" the
+    parent's (cheap domains: thousands per second on a 256-wide MLP), "refresh" them by CROWN per
+    sub-problem (tight domains, tens per second), or "auto": reuse for the first `REUSE_SHARE` of
+    its time, then start again with refresh. Reuse wins where a split changes little downstream
+    (shallow networks, mostly stable later layers); refresh wins where later layers are loose and a
+    split tightens them (deep networks at large eps). `search_steps`: steps of the counterexample
+    search that ReLU branch and bound runs from its worst domains between rounds.
     """
     if bab_split not in BAB_SPLITS:
         raise ValueError(f"unknown bab_split {bab_split!r}; expected one of {BAB_SPLITS}")
+    if bab_bounds not in BAB_BOUNDS:
+        raise ValueError(f"unknown bab_bounds {bab_bounds!r}; expected one of {BAB_BOUNDS}")
     start = time.monotonic()
     deadline = start + timeout if timeout is not None else None
     p = next(model.parameters(), None)
@@ -150,16 +177,22 @@ def verify_property(
     natives: dict[int, nn.Module | None] = {}  # the float64 tree native IBP walks, for graph models
     not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
+    def confirmed(cands: torch.Tensor, case: SpecCase) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The first of the best three candidates the reference runtime confirms: (x, its outputs)."""
+        for x in cands[:3]:
+            y = reference(x[None].cpu())
+            if _in_box(x, case) and bool(case.violated_by(y).all()):
+                return x, y
+        return None
+
     def attack(steps: int, restarts: int, until: float | None) -> tuple[SpecResult | None, str]:
         note = ""
         for case in prop.cases:
             cands = spec_pgd(model, case, input_shape, steps=steps, restarts=restarts, generator=g, deadline=until)
-            for x in cands[:3]:
-                y = reference(x[None].cpu())
-                if _in_box(x, case) and bool(case.violated_by(y).all()):
-                    stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "counterexample"})
-                    return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
-                                confirmed_by=reference_name), ""
+            if (hit := confirmed(cands, case)) is not None:
+                stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "counterexample"})
+                return done("violated", method, counterexample=hit[0].detach().cpu(), outputs=hit[1][0],
+                            confirmed_by=reference_name), ""
             if len(cands):
                 note = f"{len(cands)} candidate(s) not confirmed by {reference_name}"
         return None, note
@@ -244,10 +277,17 @@ def verify_property(
                             y = model(x.to(device, torch.float32).reshape(len(x), *input_shape))
                         return case.violated_by(y.reshape(len(x), -1).double().cpu()).to(x.device)
 
+                    def search(starts: torch.Tensor, case=case) -> torch.Tensor | None:
+                        cands = spec_pgd(model, case, input_shape, steps=search_steps, generator=g, deadline=deadline,
+                                         starts=starts.reshape(len(starts), *input_shape))
+                        hit = confirmed(cands, case)
+                        return None if hit is None else hit[0].to(chain.device, chain.dtype)
+
                     if split_inputs:
                         outcome = input_bab_refute(chain, lo, hi, Cb, db, check=check, deadline=deadline)
                     else:
-                        outcome = bab_refute(chain, lo, hi, Cb, db, inter, deadline=deadline, check=check)
+                        outcome = relu_bab(chain, lo, hi, Cb, db, inter, deadline, bab_bounds, check=check,
+                                           search=search)
                     if outcome.counterexample is not None:
                         x = outcome.counterexample.float()
                         y = reference(x[None].cpu())

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from robustcli.certify.spec_verify import BAB_SPLITS, METHODS
+from robustcli.certify.spec_verify import BAB_BOUNDS, BAB_SPLITS, METHODS
 from robustcli.requests import OptionError, check_at_least
 
 SPEC_ATTACK_STEPS = 50  # the spec attack's PGD steps and restarts per output case
@@ -36,6 +36,7 @@ class VerifyRequest:
     timeout: float | None = None
     alpha_iterations: int = 20
     bab_split: str = "auto"
+    bab_bounds: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -45,6 +46,8 @@ class VerifyRequest:
         self.check_counts()
         if self.bab_split not in BAB_SPLITS:
             raise OptionError("bab-split", f"{self.bab_split!r} is not one of {', '.join(BAB_SPLITS)}")
+        if self.bab_bounds not in BAB_BOUNDS:
+            raise OptionError("bab-bounds", f"{self.bab_bounds!r} is not one of {', '.join(BAB_BOUNDS)}")
         self.check_methods()
 
     def check_counts(self) -> None:
@@ -70,6 +73,7 @@ class VerifyRequest:
         return {
             "methods": self.methods, "timeout": self.timeout, "seed": self.seed, "attack_steps": steps,
             "attack_restarts": restarts, "alpha_iterations": self.alpha_iterations, "bab_split": self.bab_split,
+            "bab_bounds": self.bab_bounds,
         }  # fmt: skip
 
 

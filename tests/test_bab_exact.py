@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.bab import RoundClock, bab_refute, worst_first
+from robustcli.certify.bab import RoundClock, _primal_points, bab_refute, worst_first
 from robustcli.certify.input_bab import input_bab_refute
 
 
@@ -88,18 +88,62 @@ def test_input_split_agrees_with_the_grid(seed):
         _assert_sound(out, should_hold, model, C, d, lo, hi)
 
 
+@pytest.mark.parametrize("refresh", [True, False])
 @pytest.mark.parametrize("seed", [2] + [pytest.param(s, marks=SLOW) for s in (0, 1, 3)])
-def test_relu_split_agrees_with_the_grid(seed):
-    """ReLU splitting with refreshed intermediate bounds, beta-CROWN, FSB and exact closing of
-    fully split domains (2 x 8 ReLUs): complete, so it proves or finds a real counterexample."""
+def test_relu_split_agrees_with_the_grid(seed, refresh):
+    """ReLU splitting with beta-CROWN, FSB and exact closing of fully split domains (2 x 8 ReLUs),
+    with and without refreshed intermediate bounds: complete, so it proves or finds a real
+    counterexample."""
     model = _net(seed, width=8, depth=2)
     chain = cb.Chain.of(model, (2,))
     lo, hi = _box()
     for C, d, should_hold in _shifted_properties(model):
         inter = cb.crown_intermediate(chain, lo, hi)
         out = bab_refute(chain, lo, hi, C[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
-                         check=_check_for(model, C, d))
+                         check=_check_for(model, C, d), refresh=refresh)
         _assert_sound(out, should_hold, model, C, d, lo, hi)
+
+
+def test_primal_points_attain_the_linear_bound():
+    """The corner chosen for a domain attains the minimum of its linear bound over the box."""
+    g = torch.Generator().manual_seed(0)
+    lo, hi = -torch.rand(1, 5, generator=g, dtype=torch.float64), torch.rand(1, 5, generator=g, dtype=torch.float64)
+    A = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    rows, domains = torch.tensor([0, 2, 1, 0]), torch.tensor([3, 1])
+    x = _primal_points(lo, hi, A, rows, domains)
+    a = A[domains, rows[domains]]
+    c, r = (hi + lo) / 2, (hi - lo) / 2
+    assert torch.allclose((a * x).sum(1), (a * c).sum(1) - (a.abs() * r).sum(1))
+    assert bool(((x >= lo) & (x <= hi)).all())
+
+
+def test_relu_split_search_returns_its_counterexample():
+    """Between rounds the search runs from the worst domains' primal points, inside the box, and a
+    counterexample it returns ends branch and bound."""
+    model = _net(2, width=8, depth=2)
+    chain = cb.Chain.of(model, (2,))
+    lo, hi = _box()
+    (_, _, _), (C, d, should_hold) = list(_shifted_properties(model))
+    assert not should_hold
+    calls = []
+
+    def search(starts):
+        calls.append(starts)
+        assert bool(((starts >= lo) & (starts <= hi)).all())
+        x = starts.clone().requires_grad_(True)  # a few signed-gradient steps on the margin
+        for _ in range(30):
+            m = (model(x) @ C.T + d).sum()
+            (gx,) = torch.autograd.grad(m, x)
+            x = torch.minimum(torch.maximum(x - 0.05 * gx.sign(), lo), hi).detach().requires_grad_(True)
+        with torch.no_grad():
+            bad = ((model(x) @ C.T + d) <= 0).squeeze(1)
+        return x[bad][0].detach() if bool(bad.any()) else None
+
+    inter = cb.crown_intermediate(chain, lo, hi)
+    out = bab_refute(chain, lo, hi, C[None], d[None], inter, deadline=None, max_domains=20_000,
+                     search=search, search_share=1.0)
+    assert calls and out.reason == "counterexample"
+    _assert_sound(out, False, model, C, d, lo, hi)
 
 
 def test_input_bab_times_out_in_time():
@@ -135,3 +179,32 @@ def test_round_clock_stops_for_the_domain_limit_and_the_deadline():
     assert clock.stop_reason(done=0, max_domains=10) is None  # the first round starts
     time.sleep(0.6)  # a round of 0.6 s: another one would end after the deadline
     assert clock.stop_reason(done=0, max_domains=10) == "timeout"
+
+
+def test_auto_sub_problem_bounds_reuse_first_then_refresh(monkeypatch):
+    """`auto` gives the reuse phase its share of the time and starts again with refresh only when
+    that phase runs out of time; a decided first phase is the answer."""
+    import time
+
+    from robustcli.certify import spec_verify
+    from robustcli.certify.bab import BabOutcome
+
+    calls = []
+
+    def fake(*a, deadline, refresh, **kw):
+        calls.append((refresh, deadline))
+        return BabOutcome(False, 10, "timeout" if not refresh else "proved")
+
+    monkeypatch.setattr(spec_verify, "bab_refute", fake)
+    now = time.monotonic()
+    out = spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "auto")
+    assert [c[0] for c in calls] == [False, True] and out.reason == "proved" and out.domains == 20
+    assert calls[0][1] - now == pytest.approx(10.0 * spec_verify.REUSE_SHARE, abs=0.2)
+    assert calls[1][1] == now + 10.0
+    calls.clear()
+    monkeypatch.setattr(spec_verify, "bab_refute", lambda *a, refresh, **kw: calls.append(refresh) or BabOutcome(True, 3, "proved"))
+    assert spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "auto").proved and calls == [False]
+    calls.clear()
+    spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "reuse")
+    spec_verify.relu_bab(None, None, None, None, None, None, None, "refresh")
+    assert calls == [False, True]

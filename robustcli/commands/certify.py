@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from robustcli.certify.bounders import METHODS as BOUNDERS
-from robustcli.certify.spec_verify import BAB_SPLITS
+from robustcli.certify.spec_verify import BAB_BOUNDS, BAB_SPLITS
 from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
@@ -50,13 +50,16 @@ UNSOUND_EXIT = 3
 @click.option("--bab-split", type=click.Choice(BAB_SPLITS), default=SpecRequest.bab_split, show_default=True,
               help="With --spec: branch and bound splits the input box (input), ReLUs (relu), or input "
               "for at most 16 inputs (auto).")
+@click.option("--bab-bounds", type=click.Choice(BAB_BOUNDS), default=SpecRequest.bab_bounds, show_default=True,
+              help="With --spec: sub-problem bounds of ReLU branch and bound: the parent's (reuse), CROWN per sub-problem "
+              "(refresh), or reuse for 30% of the time, then refresh (auto).")
 @add_smoothing_options
 @runtime_options
 @json_option
 @html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, bab_split, device, batch_size, seed, json_path, html_path, **smoothing,
+    spec, timeout, counterexample, bab_split, bab_bounds, device, batch_size, seed, json_path, html_path, **smoothing,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -90,7 +93,8 @@ def command(
             click.core.ParameterSource.DEFAULT, None)
         # certify's PGD defaults size the dataset upper bound; the spec attack has its own unless named.
         request = SpecRequest(
-            method=tuple(method), timeout=timeout, alpha_iterations=alpha_iterations, bab_split=bab_split, seed=seed,
+            method=tuple(method), timeout=timeout, alpha_iterations=alpha_iterations, bab_split=bab_split,
+            bab_bounds=bab_bounds, seed=seed,
             pgd_steps=pgd_steps if named("pgd_steps") else None,
             pgd_restarts=pgd_restarts if named("pgd_restarts") else None,
         )  # fmt: skip

@@ -9,7 +9,7 @@ import os
 
 import click
 
-from robustcli.certify.spec_verify import BAB_SPLITS, METHODS
+from robustcli.certify.spec_verify import BAB_BOUNDS, BAB_SPLITS, METHODS
 from robustcli.certify.vnncomp import read_instances, result_line, run_benchmark
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
@@ -39,12 +39,15 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.option("--alpha-iterations", type=int, default=VnncompRequest.alpha_iterations, show_default=True)
 @click.option("--bab-split", type=click.Choice(BAB_SPLITS), default=VnncompRequest.bab_split, show_default=True,
               help="Branch and bound splits the input box (input), ReLUs (relu), or input for <= 16 inputs (auto).")
+@click.option("--bab-bounds", type=click.Choice(BAB_BOUNDS), default=VnncompRequest.bab_bounds, show_default=True,
+              help="Sub-problem bounds of ReLU branch and bound: the parent's (reuse), CROWN per sub-problem "
+              "(refresh), or reuse for 30% of the time, then refresh (auto).")
 @device_option
 @seed_option
 @json_option
 def command(
     instances, timeout, out_path, counterexamples, method, limit, jobs, attack_steps, attack_restarts,
-    alpha_iterations, bab_split, device, seed, json_path,
+    alpha_iterations, bab_split, bab_bounds, device, seed, json_path,
 ) -> None:  # fmt: skip
     """Run a VNN-COMP benchmark: ONNX networks x VNNLIB properties from an instances CSV.
 
@@ -55,7 +58,8 @@ def command(
     interrupted run keeps every finished line; an instance that fails is recorded as `error`.
     """
     request = VnncompRequest(
-        method=tuple(method), timeout=timeout, alpha_iterations=alpha_iterations, bab_split=bab_split, seed=seed,
+        method=tuple(method), timeout=timeout, alpha_iterations=alpha_iterations, bab_split=bab_split,
+            bab_bounds=bab_bounds, seed=seed,
         attack_steps=attack_steps, attack_restarts=attack_restarts, limit=limit, jobs=jobs,
     )  # fmt: skip
     todo = read_instances(instances)[: request.limit]
