@@ -177,6 +177,7 @@ def verify_property(
     natives: dict[int, nn.Module | None] = {}  # the float64 tree native IBP walks, for graph models
     not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
+
     def confirmed(cands: torch.Tensor, case: SpecCase) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The first of the best three candidates the reference runtime confirms: (x, its outputs)."""
         for x in cands[:3]:
