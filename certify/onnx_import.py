@@ -6,7 +6,9 @@ graph is a chain, so bound engines can walk it, else an `OnnxGraph` that runs th
 
 Supported: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv (2-D), BatchNormalization
 (inference), Constant, Identity, Transpose where it only moves size-1 axes, and constant folding
-of Shape/Gather/Unsqueeze/Squeeze/Concat/Cast as exporters emit for `x.view(x.size(0), -1)`.
+of Shape/Gather/Unsqueeze/Squeeze/Concat/Cast as exporters emit for `x.view(x.size(0), -1)`; and,
+for attacks (forward and backward passes only), pooling, Concat, Pad and the common activations
+(the list in `run`'s refusal), each as the torch module of the same function.
 Anything else is an `InputError` naming the node.
 
 Choices (the ONNX spec leaves the batch open): the first axis of the graph input is the batch. A
@@ -29,6 +31,8 @@ from torch import nn
 
 from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, OnnxGraph, Pad, Reshape
 from robustcli.core.errors import InputError, first_line
+
+SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805  # ONNX's (and torch's) SELU constants
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
 
@@ -162,7 +166,8 @@ class _Converter:
                 raise self.fail(i, node, f"operator {node.op_type} is outside the supported feed-forward set "
                                 "(Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
                                 "BatchNormalization, Constant, Identity, Transpose, MaxPool, AveragePool, "
-                                "GlobalAveragePool, Sigmoid, Tanh, Softmax, LeakyRelu, Clip, Pad, Concat)")
+                                "GlobalAveragePool, Sigmoid, Tanh, Softmax, LogSoftmax, LeakyRelu, Elu, Celu, Selu, "
+                                "Softplus, Softsign, HardSigmoid, HardSwish, Clip, Pad, Concat, Dropout)")
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
@@ -424,6 +429,45 @@ class _Converter:
 
     def op_LeakyRelu(self, i, node, inputs, a) -> None:
         self.add(nn.LeakyReLU(float(a.get("alpha", 0.01))), inputs[:1], node.output[0])
+
+    def op_Elu(self, i, node, inputs, a) -> None:
+        self.add(nn.ELU(float(a.get("alpha", 1.0))), inputs[:1], node.output[0])
+
+    def op_Celu(self, i, node, inputs, a) -> None:
+        self.add(nn.CELU(float(a.get("alpha", 1.0))), inputs[:1], node.output[0])
+
+    def op_Selu(self, i, node, inputs, a) -> None:
+        alpha, gamma = float(a.get("alpha", SELU_ALPHA)), float(a.get("gamma", SELU_GAMMA))
+        if abs(alpha - SELU_ALPHA) < 1e-6 and abs(gamma - SELU_GAMMA) < 1e-6:
+            self.add(nn.SELU(), inputs[:1], node.output[0])
+        else:  # gamma * elu(x, alpha)
+            self.add(nn.Sequential(nn.ELU(alpha), ElementwiseAffine(torch.tensor(gamma), None)), inputs[:1], node.output[0])
+
+    def op_Softplus(self, i, node, inputs, a) -> None:
+        self.add(nn.Softplus(), inputs[:1], node.output[0])
+
+    def op_Softsign(self, i, node, inputs, a) -> None:
+        self.add(nn.Softsign(), inputs[:1], node.output[0])
+
+    def op_HardSigmoid(self, i, node, inputs, a) -> None:
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        if abs(alpha - 1 / 6) < 1e-6 and abs(beta - 0.5) < 1e-6:  # torch's hardsigmoid exports these
+            self.add(nn.Hardsigmoid(), inputs[:1], node.output[0])
+        else:  # max(0, min(1, alpha x + beta))
+            self.add(nn.Sequential(ElementwiseAffine(torch.tensor(alpha), torch.tensor(beta)), Clip(0.0, 1.0)),
+                     inputs[:1], node.output[0])
+
+    def op_HardSwish(self, i, node, inputs, a) -> None:
+        self.add(nn.Hardswish(), inputs[:1], node.output[0])
+
+    def op_Dropout(self, i, node, inputs, a) -> None:  # inference: the identity (its mask output unused)
+        self.op_Identity(i, node, inputs, a)
+
+    def op_LogSoftmax(self, i, node, inputs, a) -> None:
+        axis = int(a.get("axis", -1))
+        if (axis % self.values[inputs[0]].dim()) == 0:
+            raise self.fail(i, node, "log-softmax over the batch axis")
+        self.add(nn.LogSoftmax(dim=axis), inputs[:1], node.output[0])
 
     def op_Softmax(self, i, node, inputs, a) -> None:
         axis = int(a.get("axis", -1))

@@ -212,3 +212,50 @@ def test_attack_accepts_an_onnx_cnn_with_pooling_and_smooth_activations(tmp_path
     r = run_cli("attack", "--model", path, "--data", "digits", "--n", "8", "--attack", "pgd", "--eps", "0.1",
                 "--steps", "3")
     assert r.exit_code == 0, r.output
+
+
+ACTIVATIONS = [
+    ("Elu", {"alpha": 0.7}), ("Celu", {"alpha": 1.3}), ("Selu", {}), ("Selu", {"alpha": 1.2, "gamma": 0.9}),
+    ("Softplus", {}), ("Softsign", {}), ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5}),
+    ("HardSwish", {}), ("Dropout", {}), ("LogSoftmax", {"axis": 1}),
+]
+
+
+def _activation_mlp(tmp_path, op, attrs):
+    rng = np.random.default_rng(0)
+    w0, w1 = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w0"], ["h"], transB=1), helper.make_node(op, ["h"], ["a"], **attrs),
+             helper.make_node("Gemm", ["a", "w1"], ["y"], transB=1)]
+    return save(tmp_path / f"{op}.onnx", nodes, [tensor("w0", w0), tensor("w1", w1)], (1, 6), (1, 3),
+                opset=14)  # HardSwish is opset 14
+
+
+@pytest.mark.parametrize("op,attrs", ACTIVATIONS)
+def test_smooth_and_piecewise_activations_match_onnxruntime(tmp_path, op, attrs):
+    """Attacks need only forward and backward passes: these activations import, equal to onnxruntime
+    (scale 3 reaches both sides of every kink and saturation), with gradients."""
+    path = _activation_mlp(tmp_path, op, attrs)
+    conv = onnx_to_torch(path)
+    assert_matches_onnxruntime(path, conv, scale=3.0)
+    x = torch.randn(4, 6, requires_grad=True)
+    conv.module(x).sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
+@pytest.mark.parametrize("op,attrs", [a for a in ACTIVATIONS if a[0] in ("Elu", "Celu", "Selu", "Softplus", "Softsign", "HardSigmoid")])
+def test_monotone_activations_from_onnx_bound_soundly_with_ibp(tmp_path, op, attrs):
+    """The monotone ones are the modules native IBP bounds: never above a sampled point of the ball."""
+    from robustcli.certify.bounders import METHODS, InputSet
+    from robustcli.certify.spec import margin_spec
+
+    conv = onnx_to_torch(_activation_mlp(tmp_path, op, attrs))
+    model = conv.module.eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 6, generator=g), torch.tensor([0, 1, 2, 0])
+    C = margin_spec(y, 3)
+    low = METHODS["ibp"].build(model, x[:2]).lower(InputSet.ball(x, 0.1, "linf"), C)
+    pts = (x[:, None] + 0.1 * (2 * torch.rand(4, 500, 6, generator=g) - 1)).clamp(0, 1)
+    with torch.no_grad():
+        out = model(pts.reshape(-1, 6)).reshape(4, 500, 3)
+    margins = torch.einsum("bkc,bnc->bnk", C, out)
+    assert bool((low[:, None, :] <= margins + 1e-5).all())
