@@ -440,8 +440,11 @@ _PATCH_ROWS = 1024
 def _rows_lower_by_points(chain: Chain, i: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
     """Lower bounds (B, 2k) of z_i[idx] and -z_i[idx] where `valid` (B, k; true entries first in
     each row), computed in groups of points, each group with only as many rows as its own points
-    need (entries past them are left at zero)."""
+    need (entries past them are left at zero). The parts are for CPU caches and heap; on a GPU
+    the whole batch is one pass, as small parts would leave it idle between kernel launches."""
     B, k = idx.shape
+    if idx.device.type != "cpu":
+        return _rows_lower(chain, i, idx, lo, hi, bounds, ball)
     width = max(_numel(s) for s in (*chain.in_shapes[: i + 1], *chain.out_shapes[: i + 1]))
     step = max(1, _GROUP_ELEMENTS // (2 * k * width))
     patches = patchable(chain.blocks[: i + 1], chain.in_shapes[: i + 1], chain.out_shapes[: i + 1])
