@@ -274,7 +274,9 @@ def batch_size_option(default: int = 256) -> Callable[[Callable], Callable]:
 def data_option(
     default: str | None = None, required: bool = False, help: str = "mnist, digits, or a .npz/.pt/.safetensors file or image folder."
 ) -> Callable[[Callable], Callable]:
-    return click.option("--data", default=default, required=required, show_default=default is not None, help=help)
+    # No `default=None`: Click 8.2+ counts an explicit None default as a value and skips `required`.
+    kind = {"default": default, "show_default": True} if default is not None else {}
+    return click.option("--data", required=required, help=help, **kind)
 
 
 def points_option(
@@ -302,7 +304,8 @@ def eps_option(
     help: str, default: float | None = None, multiple: bool = False, required: bool = False
 ) -> Callable[[Callable], Callable]:
     """`--eps`: the budget(s); validated by the command's request (`robustcli.requests.check_eps`)."""
-    kind = {"cls": MultiOption} if multiple else {"default": default, "show_default": default is not None}
+    # No `default=None`: Click 8.2+ counts an explicit None default as a value and skips `required`.
+    kind = {"cls": MultiOption} if multiple else ({"default": default, "show_default": True} if default is not None else {})
     return click.option("--eps", type=float, required=required, help=help, **kind)
 
 

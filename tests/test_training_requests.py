@@ -136,3 +136,14 @@ def test_command_reports_a_request_error_in_one_line(run_cli, tmp_path):
     assert r.exit_code == 2 and "--top-k must lie in 1..--experts (4), got 5" in r.stderr
     assert not list(tmp_path.iterdir())
     assert CliRunner().invoke(cli, ["train", "--help"]).exit_code == 0
+
+
+def test_a_missing_required_option_is_one_line_not_a_traceback(run_cli, tmp_path):
+    """`--eps` of train-ibp and `--data` of the trainers are required: leaving them out is Click's one
+    line and exit 2 (an explicit default of None used to skip the check and crash in the request)."""
+    out = str(tmp_path / "m.safetensors")
+    for args, flag in ((("train-ibp", "--data", "digits", "--out", out), "--eps"), (("train", "--out", out), "--data")):
+        r = run_cli(*args)
+        assert r.exit_code == 2, r.output
+        assert f"Missing option '{flag}'" in r.output and "Traceback" not in r.output
+        assert not (tmp_path / "m.safetensors").exists()
