@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certify_nets import UserDigitsCNN, model_formats, pgd_min_spec, random_cnn, random_mlp, sample_ball, spec_values
+from certify_nets import UserDigitsCNN, model_files, model_formats, pgd_min_spec, random_cnn, random_mlp, sample_ball, spec_values
 from robustcli.certify.bounders import METHODS, InputSet, build_bounder
 from robustcli.certify.lirpa import lirpa_available
 from robustcli.certify.spec import margin_spec
@@ -149,18 +149,7 @@ def test_user_cnn_certifies_from_every_file_format_at_the_cli(tmp_path, run_cli)
 
     model = user_digits_cnn().eval()
     x = torch.rand(2, 1, 8, 8)
-    torch.save(model.state_dict(), tmp_path / "state.pt")
-    batch = torch.export.Dim("batch", min=2)  # a program exported for any batch size, as attacks need
-    torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(tmp_path / "prog.pt2"))
-    torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "scripted.pt"))
-    files = {"state": ["--model", tmp_path / "state.pt", "--arch", "certify_nets:user_digits_cnn"],
-             "pt2": ["--model", tmp_path / "prog.pt2"], "torchscript": ["--model", tmp_path / "scripted.pt"]}
-    try:
-        torch.onnx.export(model, (x,), str(tmp_path / "net.onnx"), dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-        files["onnx"] = ["--model", tmp_path / "net.onnx"]
-    except ImportError:
-        pass
+    files = model_files(tmp_path, model, x, "certify_nets:user_digits_cnn")
     margins = {}
     for name, args in files.items():
         out = tmp_path / f"{name}.json"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify_nets import model_formats, monotone_digits_cnn, pgd_min_spec, sample_ball, spec_values
+from certify_nets import model_files, model_formats, monotone_digits_cnn, pgd_min_spec, sample_ball, spec_values
 from cli_helpers import only_error_line
 from robustcli.certify.bounders import InputSet, build_bounder
 from robustcli.certify.graph import UnsupportedLayer
@@ -137,18 +137,7 @@ def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown_refuses_in_one_line(tmp
     """`robust certify --method ibp` on the CNN saved the four usual ways: exit 0, equal margins."""
     model = monotone_digits_cnn().eval()
     x = torch.rand(2, 1, 8, 8)
-    batch = torch.export.Dim("batch", min=2)
-    torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(tmp_path / "m.pt2"))
-    torch.save(model.state_dict(), tmp_path / "state.pt")
-    torch.jit.save(torch.jit.trace(model, x), str(tmp_path / "scripted.pt"))
-    files = {"pt2": ["--model", tmp_path / "m.pt2"], "torchscript": ["--model", tmp_path / "scripted.pt"],
-             "state": ["--model", tmp_path / "state.pt", "--arch", "certify_nets:monotone_digits_cnn"]}
-    try:
-        torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-        files["onnx"] = ["--model", tmp_path / "m.onnx"]
-    except ImportError:
-        pass
+    files = model_files(tmp_path, model, x, "certify_nets:monotone_digits_cnn")
     margins = {}
     for name, args in files.items():
         out = tmp_path / f"{name}.json"
