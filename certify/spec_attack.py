@@ -73,12 +73,11 @@ def spec_pgd(
     target = _targets(C, rows).to(device).repeat(restarts)  # (D * restarts,), -1: margin loss only
     target[: D * ((restarts + 1) // 2)] = -1  # the first half of the restarts (and the centre) follow the margin
     n = lo.numel()
-    u = torch.rand(D * restarts, n, generator=generator, device="cpu").to(device)
-    x = lo + (hi - lo) * u
     if starts is not None:  # start i of disjunct j is row i * D + j
         x = torch.minimum(torch.maximum(starts.to(device, torch.float32).reshape(len(starts), -1), lo), hi)
         x = x.repeat_interleave(D, 0)
     else:
+        x = lo + (hi - lo) * torch.rand(D * restarts, n, generator=generator, device="cpu").to(device)
         x[:D] = (lo + hi) / 2  # one start per disjunct at the centre (the clean input for robustness specs)
     width = hi - lo
     found: list[tuple[float, torch.Tensor]] = []
