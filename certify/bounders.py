@@ -12,10 +12,11 @@ alpha-CROWN: Xu et al. 2021) run on the canonical layer tree of the model: the m
 its modules are walkable, else the graph front end's rewrite (certify/trace.py), so a user's
 `F.relu` / `x.view(x.size(0), -1)` CNN bounds the same from a module, `.pt2`, TorchScript or
 ONNX. IBP walks the tree directly (residual adds, BatchNorm in train mode, exact L2 ball through
-the first affine layer: certify/ibp.py); the CROWN family walks chains of affine blocks and ReLUs
-(certify/chain_bounds.py) and hands graphs it does not cover (residual adds) to auto_LiRPA behind
-the same interface when auto_LiRPA is installed (residual adds and concatenations, which auto_LiRPA
-0.3 bounds with its BoundAdd / BoundConcat). The `lirpa-*` names always use auto_LiRPA.
+the first affine layer: certify/ibp.py); the CROWN family bounds chains of affine blocks and ReLUs
+with certify/chain_bounds.py and ReLU graphs with residual adds and concatenations with
+certify/dag_bounds.py (input boxes and balls alike), and refuses max pooling and smooth
+activations, naming them. A tree neither engine covers (BatchNorm with batch statistics) goes to
+auto_LiRPA behind the same interface when it is installed. The `lirpa-*` names always use auto_LiRPA.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
+from robustcli.certify import dag_bounds as db
 from robustcli.certify.graph import (
     IDENTITY,
     RESHAPE,
@@ -107,7 +109,8 @@ def walkable(model: nn.Module, example: torch.Tensor) -> nn.Module:
 def spec_chain(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> cb.Chain:
     """A float64 chain of the model for spec verification and branch and bound: the model's own
     layers when they form a chain, else the graph front end's rewrite. Raises NotAChain (with the
-    reason) for graphs that are not chains (residual adds) or have operations it cannot read."""
+    reason) for graphs that are not chains (residual adds, concatenations: certify/dag_bounds.py
+    bounds those) or have operations it cannot read."""
     try:
         return cb.Chain.of(model, input_shape)
     except cb.NotAChain as first:
@@ -140,7 +143,9 @@ class IBPBounder:
 
 
 class CrownBounder:
-    """Native CROWN / CROWN-IBP / alpha-CROWN on a chain (certify/chain_bounds.py).
+    """Native CROWN / CROWN-IBP / alpha-CROWN: on a chain by certify/chain_bounds.py, on a graph
+    with residual adds and concatenations by certify/dag_bounds.py (raises NotAChain for layers
+    neither covers).
 
     `intermediate`: "crown" (CROWN bounds for every ReLU's input) or "ibp" (CROWN-IBP).
     `alpha_iterations` > 0 optimises the lower slopes (alpha-CROWN). Computes in `dtype` (float64
@@ -153,16 +158,25 @@ class CrownBounder:
                  method: str = "crown"):
         model = walkable(model, example)
         refuse_monotone(model, method)
-        self.chain = cb.Chain.of(model, tuple(example.shape[1:]), dtype)  # NotAChain for residual graphs
+        self.dag: db.Dag | None = None
+        try:
+            self.chain = cb.Chain.of(model, tuple(example.shape[1:]), dtype)
+        except cb.NotAChain:
+            self.dag = db.Dag.of(model, tuple(example.shape[1:]), dtype)  # NotADag (a NotAChain) if it cannot
         self.intermediate = intermediate
         self.alpha_iterations = alpha_iterations
         self.max_elements = max_elements
 
     def _chunk(self) -> int:
-        widest = max(max(_numel(s) for s in self.chain.in_shapes), max(_numel(s) for s in self.chain.out_shapes))
+        if self.dag is not None:
+            widest = self.dag.width()
+        else:
+            widest = max(max(_numel(s) for s in self.chain.in_shapes), max(_numel(s) for s in self.chain.out_shapes))
         return max(1, self.max_elements // (2 * widest * widest))
 
     def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        if self.dag is not None:
+            return self._dag_lower(inputs, C, d)
         ch = self.chain
         out = []
         step = self._chunk()
@@ -180,6 +194,26 @@ class CrownBounder:
                                               inter, iterations=self.alpha_iterations, stop_when_positive=False, ball=ball)
                 else:
                     low = cb.backward_lower(ch, len(ch.blocks) - 1, A, lo, hi, inter, ball=ball)
+            out.append(low)
+        low = torch.cat(out).to(C.dtype).to(C.device)
+        return low if d is None else low + d
+
+    def _dag_lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+        g = self.dag
+        out = []
+        step = self._chunk()
+        for s in range(0, len(inputs), step):
+            part = inputs.slice(slice(s, s + step))
+            lo, hi = part.lower.to(g.device, g.dtype), part.upper.to(g.device, g.dtype)
+            ball = None if part.l2_ball is None else tuple(t.to(g.device, g.dtype) for t in part.l2_ball)
+            Cs = C[s : s + step].to(g.device, g.dtype)
+            with torch.no_grad():
+                inter = db.crown_intermediate(g, lo, hi, ball, crown=self.intermediate != "ibp")
+                if self.alpha_iterations > 0:
+                    low = db.alpha_crown_spec(g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations,
+                                              stop_when_positive=False, ball=ball)
+                else:
+                    low, _ = db.crown_spec(g, lo, hi, Cs, None, inter, ball=ball)
             out.append(low)
         low = torch.cat(out).to(C.dtype).to(C.device)
         return low if d is None else low + d

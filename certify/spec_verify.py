@@ -7,9 +7,11 @@ Answers (VNN-COMP 2021 words):
 - `holds`: every violation conjunction of every box is refuted by a sound lower bound > 0 on one
   of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py), or by branch and
   bound on ReLU splits (certify/bab.py) for the conjunctions those leave open. Models that are
-  not chains (ONNX graphs with residual adds, max pooling, smooth activations) are bounded by
-  native IBP in float64 (certify/ibp.py) where it walks them, and by auto_LiRPA for the CROWN
-  stages (certify/spec_lirpa.py), without branch and bound.
+  not chains are bounded by native IBP in float64 (certify/ibp.py) where it walks them; their
+  CROWN stages run natively in float64 on ReLU graphs with residual adds and concatenations
+  (certify/dag_bounds.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that engine
+  does not cover (max pooling, smooth activations). Branch and bound needs a chain: graph models
+  get no `bab` stage.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
+from robustcli.certify import dag_bounds as db
 from robustcli.certify.bab import BabOutcome, bab_refute
 from robustcli.certify.bounders import spec_chain
 from robustcli.certify.input_bab import input_bab_refute
@@ -79,6 +82,22 @@ def _native_ibp_model(model: nn.Module, input_shape: tuple[int, ...], device: to
     return copy.deepcopy(tree).double().eval()
 
 
+def _native_dag(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> db.Dag | None:
+    """The float64 graph that native CROWN bounds (ReLU networks with residual adds and
+    concatenations: certify/dag_bounds.py), or None when it has other layers (auto_LiRPA is tried then)."""
+    from robustcli.certify.bounders import walkable
+    from robustcli.certify.graph import UnsupportedLayer
+    from robustcli.certify.trace import UnsupportedOperation
+
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    try:
+        tree = walkable(model, torch.zeros(2, *input_shape, dtype=dtype, device=device))
+        return db.Dag.of(tree, input_shape)
+    except (UnsupportedLayer, UnsupportedOperation, db.NotADag):
+        return None
+
+
 def _native_ibp_box_lower(tree: nn.Module, case: SpecCase, input_shape: tuple[int, ...], C: torch.Tensor,
                           d: torch.Tensor) -> torch.Tensor:
     """(1, S) lower bound of C f(x) + d over the case's box, by native IBP in float64."""
@@ -91,6 +110,25 @@ def _native_ibp_box_lower(tree: nn.Module, case: SpecCase, input_shape: tuple[in
     with torch.no_grad():
         lower, _ = ibp_box_bounds(tree, lo, hi, C.to(dev, torch.float64)[None])
     return lower + d.to(dev, torch.float64)
+
+
+def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, ...], C: torch.Tensor, d: torch.Tensor,
+                          method: str, bounds: dict, ci: int, alpha_iterations: int, t0: float,
+                          deadline: float | None, bab_follows: bool) -> torch.Tensor:
+    """(1, S) lower bound of C f(x) + d over the case's box by native CROWN / alpha-CROWN on the
+    graph; the case's CROWN intermediate bounds are computed once and kept in `bounds`."""
+    C, d = C.to(dag.device, dag.dtype), d.to(dag.device, dag.dtype)
+    lo = case.lower.to(dag.device, dag.dtype).reshape(1, *input_shape)
+    hi = case.upper.to(dag.device, dag.dtype).reshape(1, *input_shape)
+    with torch.no_grad():
+        inter = bounds.get((ci, "dag-crown"))
+        if inter is None:
+            inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(dag, lo, hi)
+        if method == "crown":
+            return db.crown_spec(dag, lo, hi, C, d, inter)[0]
+        # At most 40% of the remaining time when branch and bound follows, as for chains.
+        until = t0 + 0.4 * (deadline - t0) if deadline is not None and bab_follows else deadline
+        return db.alpha_crown_spec(dag, lo, hi, C, d[None], inter, iterations=alpha_iterations, deadline=until)
 
 
 def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
@@ -175,6 +213,7 @@ def verify_property(
     proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
     chains: dict[int, cb.Chain | None] = {}
     natives: dict[int, nn.Module | None] = {}  # the float64 tree native IBP walks, for graph models
+    dags: dict[int, db.Dag | None] = {}  # the float64 graph native CROWN bounds, for graph models
     not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
 
@@ -229,11 +268,22 @@ def verify_property(
                     chains[0] = None
                     not_chain = str(e)
             chain = chains[0]
-            if chain is None:  # a graph model: auto_LiRPA bounds it if it can; no branch and bound
+            if chain is None:  # a graph model: native CROWN or auto_LiRPA bounds it if it can; no branch and bound
                 if method == "bab":
                     note = f"branch and bound needs a chain model ({not_chain})"
                     break
                 C, d, _ = case.stacked()
+                if method in ("crown", "alpha-crown"):
+                    if 0 not in dags:
+                        dags[0] = _native_dag(model, input_shape, device)
+                    if (dag := dags[0]) is not None:
+                        lower = _native_dag_box_lower(dag, case, input_shape, C, d, method, bounds, ci,
+                                                      alpha_iterations, t0, deadline, "bab" in methods)
+                        note = "native CROWN (graph model)"
+                        proved[ci] |= refuted(lower, case)[0].cpu()
+                        if out_of_time():
+                            break
+                        continue
                 if method == "ibp":
                     if 0 not in natives:
                         natives[0] = _native_ibp_model(model, input_shape, device)

@@ -266,3 +266,21 @@ def model_files(folder: Path, model: nn.Module, x: torch.Tensor, arch: str) -> d
     except ImportError:
         pass
     return files
+
+
+def resnet_digits_cnn(fc_residual: bool = True) -> nn.Module:
+    """A ResNet-style digits CNN from `Residual` modules: normalisation in front, two residual blocks
+    (identity shortcut with BatchNorm in the body, then a strided block with a 1x1 conv shortcut),
+    a ReLU after each add, average pooling and (`fc_residual`) a residual MLP block before the head
+    (auto_LiRPA 0.3's CROWN fails on that add of flat tensors: IndexError, measured)."""
+    torch.manual_seed(0)
+    block1 = Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)))
+    block2 = Residual(nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1)),
+                      nn.Conv2d(4, 6, 1, stride=2))
+    fc_block = Residual(nn.Sequential(nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 24)))
+    model = Normalized(nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), block1, nn.ReLU(), block2, nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+        *([fc_block, nn.ReLU()] if fc_residual else []), nn.Linear(24, 10),
+    ), [0.4], [0.3])  # fmt: skip
+    randomize_bn(model, torch.Generator().manual_seed(0))
+    return model.eval()

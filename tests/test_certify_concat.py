@@ -1,6 +1,6 @@
 """Concatenation of branches (torch.cat, `robustcli.core.nn.Concat`): traced into the canonical
-tree, bounded soundly by native IBP (Linf and L2 balls, boxes) and by the CROWN family (through
-auto_LiRPA's BoundConcat), the same bounds from a module, .pt2, TorchScript and ONNX, certified at
+tree, bounded soundly by native IBP (Linf and L2 balls, boxes) and by the CROWN family (native,
+certify/dag_bounds.py; and through auto_LiRPA's BoundConcat), the same bounds from a module, .pt2, TorchScript and ONNX, certified at
 the CLI, differentiable for certified training; a cat the engines cannot bound is refused in one
 line naming aten.cat and its node."""
 
@@ -29,7 +29,7 @@ from robustcli.certify.spec import margin_spec
 from robustcli.certify.trace import UnsupportedOperation, canonical_model
 from robustcli.core.nn import Concat, Normalized
 
-CROWN = pytest.mark.skipif(not lirpa_available(), reason="the CROWN family bounds concatenations through auto_LiRPA")
+CROWN = pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
 
 
 def _empirical_min(model, x, spec, eps, norm):
@@ -179,10 +179,11 @@ def test_native_ibp_equals_auto_lirpa_ibp_through_concatenation():
 
 
 @CROWN
-@pytest.mark.parametrize("method", ["crown", "crown-ibp", "lirpa-crown-ibp"])
+@pytest.mark.parametrize("method", ["lirpa-crown-ibp"])
 def test_crown_under_l2_refuses_a_cat_of_the_input_itself_naming_it(method):
     """auto_LiRPA 0.3's BoundConcat cannot join the L2 ball itself with computed values (measured):
-    refused when the bounder is built, naming the node and only native IBP, which bounds it."""
+    refused when the bounder is built, naming the node and only native IBP, which bounds it. (The
+    native CROWN family bounds this graph itself: certify/dag_bounds.py.)"""
     model = concat_digits_cnn().eval()
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(UnsupportedLayer) as e:
@@ -191,6 +192,16 @@ def test_crown_under_l2_refuses_a_cat_of_the_input_itself_naming_it(method):
     assert msg.startswith(f"{method} bounds this graph through auto_LiRPA 0.3")
     assert "aten.cat (node 'cat')" in msg and "L2" in msg and msg.endswith("use --method ibp") and "\n" not in msg
     build_bounder(method, model, x, norm="linf")  # Linf balls are bounded
+
+
+@pytest.mark.parametrize("method", ["crown", "crown-ibp", "alpha-crown"])
+def test_native_crown_under_l2_bounds_a_cat_of_the_input_itself(method):
+    model = concat_digits_cnn().eval()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(12))
+    spec = margin_spec(model(x).argmax(1), 10)
+    low = build_bounder(method, model, x[:2], norm="l2", alpha_iterations=4).lower(InputSet.ball(x, 0.3, "l2"), spec)
+    empirical = _empirical_min(model, x, spec, 0.3, "l2")
+    assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()) and bool(torch.isfinite(low).all())
 
 
 class _CatOnBatch(nn.Module):
@@ -245,8 +256,11 @@ def test_cli_refuses_crown_under_l2_on_a_cat_of_the_input_in_one_line(tmp_path, 
     torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(tmp_path / "m.pt2"))
     out = tmp_path / "r.json"
     line = only_error_line(run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "4",
-                                   "--norm", "l2", "--eps", "0.1", "--method", "ibp", "crown-ibp", "--json", out))
+                                   "--norm", "l2", "--eps", "0.1", "--method", "ibp", "lirpa-crown-ibp", "--json", out))
     assert "aten.cat (node 'cat')" in line and line.endswith("use --method ibp") and not out.exists()
+    r = run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "4", "--norm", "l2", "--eps",
+                "0.1", "--method", "ibp", "crown-ibp", "--pgd-steps", "2", "--json", out)  # native: bounded
+    assert r.exit_code == 0, r.output
 
 
 def test_walkable_keeps_a_module_built_from_concat():

@@ -215,11 +215,8 @@ def test_branch_and_bound_proves_what_crown_cannot_and_never_proves_a_violation(
             assert not out.proved  # a grid point violates: no proof may exist
 
 
-def test_graph_model_is_bounded_through_auto_lirpa(tmp_path):
-    from robustcli.certify.lirpa import lirpa_available
-
-    if not lirpa_available():
-        pytest.skip("auto_LiRPA is not installed")
+def test_graph_model_is_bounded_by_native_graph_crown(tmp_path):
+    """A residual ONNX graph (not a chain): its CROWN stages run natively (certify/dag_bounds.py)."""
     from onnx_helpers import helper, save, tensor
 
     rng = np.random.default_rng(4)
@@ -243,7 +240,7 @@ def test_graph_model_is_bounded_through_auto_lirpa(tmp_path):
     holds = vnnlib_box([0.0] * 5, [0.2] * 5, 0, 3, extra_outputs="(assert (<= Y_0 Y_2))")
     res = verify_property(conv.module, parse_vnnlib(holds), conv.input_shape)
     assert res.status == "holds" and res.method in ("crown", "alpha-crown")
-    assert any("auto_LiRPA" in s.get("note", "") for s in res.stages)
+    assert any("native CROWN (graph model)" in s.get("note", "") for s in res.stages)
     shifted = vnnlib_box([0.0] * 5, [0.2] * 5, 0, 3, extra_outputs="(assert (<= Y_0 (+ Y_2 5.0)))")
     res = verify_property(conv.module, parse_vnnlib(shifted), conv.input_shape)
     assert res.status == "violated"  # Y_0 - Y_2 < 5 at some point: found and confirmed, never proved

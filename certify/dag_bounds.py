@@ -1,0 +1,471 @@
+"""Lower bounds of C f(x) + d for ReLU networks with residual adds and concatenations: CROWN and
+alpha-CROWN on a computation graph.
+
+The canonical layer tree (nn.Sequential, `Residual(body, shortcut)`, `Concat(branches, dim)`,
+`Normalized`, and the affine leaves of certify/chain_bounds.py with ReLUs) becomes a DAG of nodes:
+the input, an affine run (consecutive affine layers of one branch), an add, a concatenation along a
+per-point feature axis, and a ReLU. Nodes are numbered in a topological order (every node after
+its parents).
+
+- CROWN (Zhang et al. 2018, Thm 3.2) in the general-graph form of Xu et al. 2020 ("Automatic
+  perturbation analysis", sec. 3.2, auto_LiRPA's backward mode): the rows A of a bounded quantity
+  are propagated from its node towards the input in reverse topological order. A node is reached
+  only after all its consumers, so the coefficients arriving from several consumers are summed
+  first (a fork feeding a residual add and its shortcut); an add passes its coefficients to every
+  parent, a concatenation passes each parent its slice, an affine run passes A W (and adds A b
+  to the constant), a ReLU relaxes A with the lines of chain_bounds (upper line u (z - l)/(u - l),
+  adaptive lower slope 1 if u > -l else 0 on unstable neurons). The input's coefficients are
+  concretised over the box, and for an L2 ball also by the dual norm (A x0 - eps ||A||_2), the
+  larger bound kept, as in chain_bounds.
+- Intermediate bounds: every node that feeds a ReLU is bounded, in topological order, by IBP from
+  the (already tightened) bounds of the ReLUs before it (Gowal et al. 2018, eq. 6), then by CROWN
+  for the neurons IBP leaves unstable only (a stable neuron's relaxation is exact whatever its
+  bounds), each neuron's interval the intersection of both. On a chain this is the same
+  computation as chain_bounds', which chains keep using.
+- alpha-CROWN (Xu et al. 2021, sec. 3.1): the lower slopes of every (ReLU, bounded quantity) pair
+  become variables in [0, 1] (one per row and neuron), optimised by projected Adam (lr 0.1) on the
+  specification's bound, started at CROWN's adaptive slopes; every iterate is sound, so the best
+  bound per row over the iterations is kept, and later iterations start from the tightest
+  intermediate bounds seen.
+
+Computed in float64 by default; the engine runs on the device of the model's parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustcli.certify.chain_bounds import AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine
+from robustcli.certify.conv_patches import layer_shapes
+from robustcli.certify.onnx_layers import ElementwiseAffine
+
+
+class NotADag(NotAChain):
+    """The model has a layer the graph engine does not bound (max pooling, smooth activations,
+    BatchNorm with batch statistics)."""
+
+
+@dataclass
+class Node:
+    """One value of the graph. kind: "input", "affine" (`layers` applied to the one parent), "add",
+    "concat" (parents joined along per-point axis `axis`), "relu"."""
+
+    kind: str
+    parents: tuple[int, ...]
+    shape: tuple[int, ...] = ()
+    layers: list[nn.Module] = field(default_factory=list)
+    axis: int = 0
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # affine: per-layer shapes (layer_shapes)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass
+class Dag:
+    """The graph, its output node, and the nodes whose bounds the ReLUs need (`pre`, topological)."""
+
+    nodes: list[Node]
+    output: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def of(cls, model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> "Dag":
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+        builder = _Builder(dtype)
+        out, run = builder.walk(model, 0, [])
+        out = builder.flush(out, run)
+        dag = cls(builder.nodes, out, dtype, device)
+        dag._shapes(tuple(input_shape))
+        return dag
+
+    def _shapes(self, input_shape: tuple[int, ...]) -> None:
+        vals: list[torch.Tensor] = []
+        with torch.no_grad():
+            for n in self.nodes:
+                if n.kind == "input":
+                    v = torch.zeros(1, *input_shape, dtype=self.dtype, device=self.device)
+                elif n.kind == "affine":
+                    p = vals[n.parents[0]]
+                    n.shapes = layer_shapes(n.layers, tuple(p.shape[1:]), self.dtype, self.device)
+                    v = p
+                    for m in n.layers:
+                        v = m(v)
+                elif n.kind == "add":
+                    shapes = {tuple(vals[q].shape) for q in n.parents}
+                    if len(shapes) != 1:
+                        raise NotADag(f"a residual add joins values of different shapes {sorted(shapes)}")
+                    v = sum(vals[q] for q in n.parents)
+                elif n.kind == "concat":
+                    v = torch.cat([vals[q] for q in n.parents], n.axis + 1)
+                else:
+                    v = F.relu(vals[n.parents[0]])
+                n.shape = tuple(v.shape[1:])
+                vals.append(v)
+
+    @property
+    def pre(self) -> list[int]:
+        """Nodes that feed a ReLU, in topological order."""
+        return sorted({n.parents[0] for n in self.nodes if n.kind == "relu"})
+
+    @property
+    def relus(self) -> list[int]:
+        return [i for i, n in enumerate(self.nodes) if n.kind == "relu"]
+
+    def ancestors(self, target: int) -> set[int]:
+        cache = self.__dict__.setdefault("_ancestors", {})
+        if target not in cache:
+            seen, todo = set(), [target]
+            while todo:
+                i = todo.pop()
+                if i not in seen:
+                    seen.add(i)
+                    todo += list(self.nodes[i].parents)
+            cache[target] = seen
+        return cache[target]
+
+    def width(self) -> int:
+        return max(n.numel for n in self.nodes)
+
+
+class _Builder:
+    """Turns the layer tree into nodes. `walk(module, src, run)`: the value so far is the affine
+    `run` applied to node `src`; returns the same pair after the module."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+        self.nodes: list[Node] = [Node("input", ())]
+
+    def add(self, node: Node) -> int:
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def flush(self, src: int, run: list[nn.Module]) -> int:
+        return self.add(Node("affine", (src,), layers=run)) if run else src
+
+    def walk(self, m: nn.Module, src: int, run: list[nn.Module]) -> tuple[int, list[nn.Module]]:
+        from robustcli.core.nn import Concat, Normalized, Residual
+
+        if isinstance(m, Normalized):
+            norm = ElementwiseAffine(1.0 / m.std[0], -m.mean[0] / m.std[0])
+            return self.walk(m.model, src, run + [_as_dtype(norm, self.dtype)])
+        if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward:
+            for child in m:
+                src, run = self.walk(child, src, run)
+            return src, run
+        if isinstance(m, nn.ReLU):
+            return self.add(Node("relu", (self.flush(src, run),))), []
+        if isinstance(m, Residual):
+            fork = self.flush(src, run)
+            outs = [self.flush(*self.walk(b, fork, [])) for b in (m.body, m.shortcut)]
+            return self.add(Node("add", tuple(outs))), []
+        if isinstance(m, Concat):
+            fork = self.flush(src, run)
+            outs = [self.flush(*self.walk(b, fork, [])) for b in m.branches]
+            return self.add(Node("concat", tuple(outs), axis=m.dim - 1)), []
+        if isinstance(m, AFFINE):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (m.training or m.running_mean is None):
+                raise NotADag("BatchNorm must be in eval mode with running statistics")
+            if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+                raise NotADag(f"Conv2d with padding_mode={m.padding_mode!r}")
+            return src, run + [_as_dtype(m, self.dtype)]
+        raise NotADag(f"layer {type(m).__name__} is not supported by the graph CROWN engine")
+
+
+def _as_dtype(m: nn.Module, dtype: torch.dtype) -> nn.Module:
+    m = copy.deepcopy(m)
+    m.eval()
+    m.requires_grad_(False)  # bounds are functions of the input box only
+    return m.to(dtype)
+
+
+# -- IBP --------------------------------------------------------------------------------------------
+def _ibp_node(dag: Dag, i: int, box: dict[int, tuple[torch.Tensor, torch.Tensor]], lo, hi):
+    """Interval (l, u) of node i from its parents' intervals in `box`."""
+    n = dag.nodes[i]
+    if n.kind == "input":
+        return lo, hi
+    if n.kind == "relu":
+        l, u = box[n.parents[0]]
+        return F.relu(l), F.relu(u)
+    if n.kind == "add":
+        parts = [box[q] for q in n.parents]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if n.kind == "concat":
+        parts = [box[q] for q in n.parents]
+        B = max(p[0].shape[0] for p in parts)
+        return tuple(torch.cat([p[k].expand(B, *p[k].shape[1:]) for p in parts], n.axis + 1) for k in (0, 1))
+    l, u = box[n.parents[0]]
+    c, r = (u + l) / 2, (u - l) / 2
+    for m in n.layers:
+        c, r = ibp_affine(m, c, r)
+    return c - r, c + r
+
+
+def ibp_nodes(dag: Dag, lo: torch.Tensor, hi: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """IBP intervals of every node (Gowal et al. 2018), each (B, *shape)."""
+    box: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i in range(len(dag.nodes)):
+        box[i] = _ibp_node(dag, i, box, lo, hi)
+    return box
+
+
+# -- CROWN backward pass ----------------------------------------------------------------------------
+def backward_lower(
+    dag: Dag,
+    target: int,
+    A: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    alphas: dict[int, torch.Tensor] | None = None,
+    ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Lower bound (B, R) of A . v_target over the input set; A (B, R, *shape of the target).
+
+    `bounds[q]` (B, *shape): the interval of each node q feeding a ReLU between the target and the
+    input. `alphas[r]` (B, R, n_r): lower slopes of ReLU node r's unstable neurons for these rows
+    (else the adaptive choice). `ball` = (centre (B, *input), radius (B,)): the input set is also
+    inside this L2 ball (see chain_bounds.backward_lower)."""
+    B, R = A.shape[:2]
+    coef: dict[int, torch.Tensor] = {target: A.reshape(B, R, -1)}
+    bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
+
+    def send(q: int, a: torch.Tensor) -> None:
+        coef[q] = coef[q] + a if q in coef else a
+
+    for i in range(target, 0, -1):
+        a = coef.pop(i, None)
+        if a is None:
+            continue
+        n = dag.nodes[i]
+        if n.kind == "affine":
+            parent = dag.nodes[n.parents[0]]
+            aw, b = back_affine(n.layers, parent.shape, a.reshape(B * R, *n.shape), n.shapes)
+            send(n.parents[0], aw.reshape(B, R, -1))
+            bias = bias + b.reshape(B, R)
+        elif n.kind == "add":
+            for q in n.parents:
+                send(q, a)
+        elif n.kind == "concat":
+            sizes = [dag.nodes[q].shape[n.axis] for q in n.parents]
+            parts = a.reshape(B, R, *n.shape).split(sizes, dim=n.axis + 2)
+            for q, part in zip(n.parents, parts):
+                send(q, part.reshape(B, R, -1))
+        else:  # relu
+            l, u = (t.reshape(B, 1, -1) for t in bounds[n.parents[0]])
+            up_s, up_t, low_s, unstable = _relu_lines(l, u)
+            if alphas is not None and i in alphas:
+                low_s = torch.where(unstable, alphas[i], low_s)
+            bias, a = _relax_rows(a, low_s, up_s, up_t, bias)
+            send(n.parents[0], a)
+    a = coef.get(0)
+    if a is None:  # the target does not depend on the input
+        return bias
+    c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1).expand(B, 1, -1)
+    r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1).expand(B, 1, -1)
+    out = torch.einsum("brn,bxn->br", a, c) - torch.einsum("brn,bxn->br", a.abs(), r)
+    if ball is not None:
+        x0, radius = ball
+        out = torch.maximum(out, (a * x0.reshape(x0.shape[0], 1, -1)).sum(-1) - radius.reshape(-1, 1) * a.norm(dim=-1))
+    return out + bias
+
+
+# Rows of one backward pass are computed at most this many numbers of the widest node at a time
+# (points times rows), so the working set stays bounded on wide convolutional layers.
+_GROUP_ELEMENTS = 2**20
+
+
+def _one_hot_rows(idx: torch.Tensor, n: int, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
+    """Rows (B, 2k, *shape): +e_idx then -e_idx (lower bounds of z[idx] and of -z[idx])."""
+    B, k = idx.shape
+    rows = torch.zeros(B, 2 * k, n, dtype=dtype, device=device)
+    rows[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)
+    rows[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
+    return rows.reshape(B, 2 * k, *shape)
+
+
+def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
+    """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx] (rows past a point's `valid` ones stay zero),
+    in groups of points and rows (see _GROUP_ELEMENTS)."""
+    B, k = idx.shape
+    n = dag.nodes[q]
+    if idx.device.type != "cpu":
+        return backward_lower(dag, q, _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device), lo, hi, bounds, ball=ball)
+    width = dag.width()
+    step = max(1, _GROUP_ELEMENTS // (2 * k * width))
+    per_call = max(1, _GROUP_ELEMENTS // (2 * width))
+    counts = valid.sum(1).tolist()
+    part = lambda t, sl: t if t.shape[0] == 1 else t[sl]  # noqa: E731  (the input box may have batch 1)
+    out = torch.zeros(B, 2 * k, dtype=dag.dtype, device=dag.device)
+    for s in range(0, B, step):
+        sl = slice(s, s + step)
+        kg = max(counts[sl])
+        if kg == 0:
+            continue
+        bnd = {j: (l[sl], u[sl]) for j, (l, u) in bounds.items()}
+        b = None if ball is None else (ball[0][sl], ball[1][sl])
+        calls = -(-kg // per_call)
+        size = -(-kg // calls)
+        for r in range(0, kg, size):
+            e = min(kg, r + size)
+            rows = _one_hot_rows(idx[sl, r:e], n.numel, n.shape, dag.dtype, dag.device)
+            low = backward_lower(dag, q, rows, part(lo, sl), part(hi, sl), bnd, ball=b)
+            out[sl, r:e], out[sl, k + r : k + e] = low[:, : e - r], low[:, e - r :]
+    return out
+
+
+def crown_intermediate(
+    dag: Dag, lo: torch.Tensor, hi: torch.Tensor, ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+    base: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None, crown: bool = True,
+    intersect_ibp: bool = True,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Intervals (B, *shape) of every node feeding a ReLU: IBP from the bounds before it, intersected
+    with `base` when given, then CROWN for the neurons still unstable (`crown=False`: IBP only,
+    i.e. CROWN-IBP's intermediate bounds).
+
+    `intersect_ibp=False`: CROWN's bounds alone, for every neuron (what auto_LiRPA 0.3's CROWN
+    computes; for comparisons). The adaptive lower slope depends on the bounds, so tighter
+    intermediate bounds can make a later bound slightly looser: the two modes differ both ways."""
+    pre = set(dag.pre)
+    box: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    B = lo.shape[0]
+    for i, n in enumerate(dag.nodes):
+        box[i] = _ibp_node(dag, i, box, lo, hi)
+        if i not in pre:
+            continue
+        bl, bu = (t.expand(max(B, t.shape[0]), *t.shape[1:]) for t in box[i])
+        if base is not None:
+            bl, bu = torch.maximum(bl, base[i][0]), torch.minimum(bu, base[i][1])
+        Bq = bl.shape[0]
+        bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
+        unstable = (bl < 0) & (bu > 0)
+        if not intersect_ibp:
+            unstable = torch.ones_like(unstable)
+            bl, bu = torch.full_like(bl, -float("inf")), torch.full_like(bu, float("inf"))
+        k = int(unstable.sum(1).max()) if unstable.numel() else 0
+        direct = n.kind == "affine" and n.parents[0] == 0 and _ibp_exact(n.layers) and ball is None and intersect_ibp
+        if crown and k > 0 and i != 0 and not direct:
+            idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+            valid = unstable.gather(1, idx)
+            low = _rows_lower(dag, i, idx, valid, lo, hi, out, ball)
+            inf = torch.tensor(float("inf"), dtype=dag.dtype, device=dag.device)
+            bl = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
+            bu = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
+        out[i] = box[i] = (bl.reshape(Bq, *n.shape), bu.reshape(Bq, *n.shape))
+    return out
+
+
+def crown_spec(dag: Dag, lo, hi, C, d=None, bounds=None, ball=None) -> tuple[torch.Tensor, dict]:
+    """CROWN lower bound (B, K) of C f(x) + d, C (K, n_out) or (B, K, n_out); with the intermediate bounds."""
+    bounds = bounds if bounds is not None else crown_intermediate(dag, lo, hi, ball)
+    B = lo.shape[0]
+    A = C.reshape(*C.shape[:-1], *dag.nodes[dag.output].shape)
+    A = A.expand(B, *A.shape) if C.dim() == 2 else A
+    low = backward_lower(dag, dag.output, A, lo, hi, bounds, ball=ball)
+    return (low if d is None else low + d), bounds
+
+
+# -- alpha-CROWN ------------------------------------------------------------------------------------
+def alpha_crown_spec(
+    dag: Dag, lo, hi, C, d, bounds: dict[int, tuple[torch.Tensor, torch.Tensor]], *, iterations: int = 20,
+    lr: float = 0.1, deadline: float | None = None, stop_when_positive: bool = True,
+    ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tightened_out: dict | None = None,
+) -> torch.Tensor:
+    """alpha-CROWN: optimise the lower slopes of every (ReLU, bounded quantity) pair.
+
+    Bounded quantities: the specification, and each node feeding a ReLU, for the neurons that are
+    unstable under `bounds` (the CROWN intermediate bounds, kept as a floor). Returns the best lower
+    bound (B, K) per row over the iterations (iteration 0 is CROWN)."""
+    B = lo.shape[0]
+    K = C.shape[-2]
+    A = C.reshape(*C.shape[:-1], *dag.nodes[dag.output].shape)
+    A = A.expand(B, *A.shape) if C.dim() == 2 else A
+    d = torch.zeros(B, K, dtype=dag.dtype, device=dag.device) if d is None else d
+    bounds = {q: (l.detach(), u.detach()) for q, (l, u) in bounds.items()}
+    relus = dag.relus
+
+    def init(rows: int, r: int) -> torch.Tensor:
+        l, u = (t.reshape(t.shape[0], 1, -1) for t in bounds[dag.nodes[r].parents[0]])
+        return (u > -l).to(dag.dtype).expand(B, rows, -1).clone().requires_grad_(True)
+
+    # Rows of each intermediate quantity: its neurons unstable under the CROWN bounds.
+    rows_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for q in dag.pre:
+        if q == 0:
+            continue
+        l, u = (t.reshape(t.shape[0], -1) for t in bounds[q])
+        unstable = (l < 0) & (u > 0)
+        k = int(unstable.sum(1).max()) if unstable.numel() else 0
+        if k > 0 and any(r in dag.ancestors(q) for r in relus):  # else CROWN is exact for q
+            idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+            rows_of[q] = (idx, unstable.gather(1, idx))
+    inter = {q: {r: init(2 * idx.shape[1], r) for r in relus if r in dag.ancestors(q)} for q, (idx, _) in rows_of.items()}
+    final = {r: init(K, r) for r in relus if r in dag.ancestors(dag.output)}
+    params = [a for per in inter.values() for a in per.values()] + list(final.values())
+    if not params or K == 0:
+        with torch.no_grad():
+            low = backward_lower(dag, dag.output, A, lo, hi, bounds, ball=ball) + d
+        if tightened_out is not None:
+            tightened_out.update(bounds)
+        return low
+    m1 = [torch.zeros_like(a) for a in params]
+    m2 = [torch.zeros_like(a) for a in params]
+    beta1, beta2 = 0.9, 0.999
+    best = torch.full((B, K), float("-inf"), dtype=dag.dtype, device=dag.device)
+    tightened = {q: (l.clone(), u.clone()) for q, (l, u) in bounds.items()}
+    for it in range(iterations):
+        with torch.enable_grad():
+            bnd: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for q in dag.pre:
+                bl, bu = tightened[q]
+                if q not in rows_of:
+                    bnd[q] = (bl, bu)
+                    continue
+                idx, valid = rows_of[q]
+                n = dag.nodes[q]
+                k = idx.shape[1]
+                rows = _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device)
+                low = backward_lower(dag, q, rows, lo, hi, bnd, inter[q], ball=ball)
+                fl, fu = bl.reshape(B, -1), bu.reshape(B, -1)
+                l_new = fl.scatter(1, idx, torch.where(valid, low[:, :k], fl.gather(1, idx)))
+                u_new = fu.scatter(1, idx, torch.where(valid, -low[:, k:], fu.gather(1, idx)))
+                # The value is the intersection with the tightest bounds so far; the gradient is the
+                # new bound's, so a slope whose bound is still looser keeps being optimised.
+                l_cap, u_cap = torch.maximum(l_new, fl), torch.minimum(u_new, fu)
+                bnd[q] = ((l_new + (l_cap - l_new).detach()).reshape(B, *n.shape),
+                          (u_new + (u_cap - u_new).detach()).reshape(B, *n.shape))
+            low = backward_lower(dag, dag.output, A, lo, hi, bnd, final, ball=ball) + d
+            best = torch.maximum(best, low.detach())
+            for q, (l, u) in bnd.items():
+                tl, tu = tightened[q]
+                tightened[q] = (torch.maximum(tl, l.detach()), torch.minimum(tu, u.detach()))
+            if (stop_when_positive and bool((best > 0).all())) or (deadline is not None and time.monotonic() > deadline):
+                break
+            loss = -low.clamp(max=1e-2).sum()  # proven rows stop pulling on the shared slopes
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        with torch.no_grad():
+            for a, g, v1, v2 in zip(params, grads, m1, m2):
+                if g is None:
+                    continue
+                v1.mul_(beta1).add_(g, alpha=1 - beta1)
+                v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
+                a.sub_(step).clamp_(0, 1)
+    if tightened_out is not None:
+        tightened_out.update(tightened)
+    return best
