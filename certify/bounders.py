@@ -243,10 +243,10 @@ class LirpaMethodBounder:
     any work (see `_refuse_l2_concat`)."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20,
-                 norm: str | None = None, label: str | None = None):
+                 norm: str | None = None, label: str | None = None, fallback: str = "try --method ibp"):
         from robustcli.certify.lirpa import LirpaBounder
 
-        self.inner = LirpaBounder(model, example, method, alpha_iterations=alpha_iterations)
+        self.inner = LirpaBounder(model, example, method, alpha_iterations=alpha_iterations, fallback=fallback)
         self.label = label or method  # the method name the user chose
         try:
             self.steps = model_steps(model, "ibp")
@@ -333,14 +333,16 @@ def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str)
 
 def _lirpa(name: str):
     def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20, norm: str | None = None) -> Bounder:
+        fallback = "try --method ibp"
         try:
             # The canonical tree where the front end reads the model: auto_LiRPA's own tracer keeps
             # `x.view(x.size(0), -1)` at the traced batch size and cannot read .pt2 / TorchScript.
             model = walkable(model, example)
-        except InputError:
-            pass  # an operation only auto_LiRPA bounds (SiLU, ...): it reads the model itself
+        except InputError:  # an operation only auto_LiRPA may bound (SiLU, ...): it reads the model itself
+            fallback = "the native methods cannot bound it either"
         label = name if name.startswith("lirpa-") else f"lirpa-{name}"
-        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations, norm=norm, label=label)
+        return LirpaMethodBounder(model, example, name, alpha_iterations=alpha_iterations, norm=norm, label=label,
+                                  fallback=fallback)
 
     return build
 
@@ -375,4 +377,29 @@ def build_bounder(method: str, model: nn.Module, example: torch.Tensor, **option
     """The bounder registered as `method` for this model (raises InputError naming what is missing)."""
     if method not in METHODS:
         raise InputError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[method].build(model, example, **options)
+    from robustcli.certify.trace import UnsupportedOperation
+
+    try:
+        return METHODS[method].build(model, example, **options)
+    except UnsupportedOperation as e:
+        if METHODS[method].needs_lirpa:
+            raise
+        raise UnsupportedOperation(f"{e}{_lirpa_verdict(model, example)}") from None
+
+
+def _lirpa_verdict(model: nn.Module, example: torch.Tensor) -> str:
+    """Whether auto_LiRPA's CROWN bounds a model the native engines refuse, found by bounding one point
+    (its support depends on the whole graph, not only on the operation), so a refusal never points to
+    a method that fails too."""
+    from robustcli.certify.lirpa import LirpaBounder, lirpa_available
+
+    if not lirpa_available():
+        return ""
+    x = example[:1]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            spec = torch.zeros(1, 1, model(x).shape[1], dtype=x.dtype, device=x.device)
+        LirpaBounder(model, x, "crown").bounds(x, 1e-3, "linf", spec, bound_upper=False)
+    except Exception:  # noqa: BLE001 - any failure of auto_LiRPA means it is no alternative here
+        return "; auto_LiRPA 0.3 (the lirpa-* methods) cannot bound it either"
+    return "; --method lirpa-crown (auto_LiRPA) bounds it"

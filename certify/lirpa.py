@@ -128,12 +128,14 @@ def lirpa_friendly(model: nn.Module, example: torch.Tensor) -> nn.Module:
 class LirpaBounder:
     """auto_LiRPA bounds of C @ logits for one model; build once, call per batch."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20):
+    def __init__(self, model: nn.Module, example: torch.Tensor, method: str, *, alpha_iterations: int = 20,
+                 fallback: str = "try --method ibp"):
         if method not in LIRPA_METHODS:
             raise ValueError(f"unknown auto_LiRPA method {method!r}; expected one of {list(LIRPA_METHODS)}")
         lirpa = auto_lirpa(method)
         self.lirpa = lirpa
         self.method = method
+        self.fallback = fallback  # what a failure message suggests instead
         opts: dict[str, Any] = {"sparse_features_alpha": False, "sparse_spec_alpha": False}
         if method == "alpha-crown":
             opts["optimize_bound_args"] = {"iteration": alpha_iterations}
@@ -147,11 +149,12 @@ class LirpaBounder:
         except Exception as e:  # noqa: BLE001 - auto_LiRPA's tracer raises anything on a model it cannot parse
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(
-                f"auto_LiRPA cannot bound this model ({type(e).__name__}: {first[:200]}); "
-                "try --method ibp or simplify the model to Sequential layers"
+                f"auto_LiRPA cannot bound this model ({type(e).__name__}: {first[:200]}); {fallback}"
             ) from None
         # BoundedModule starts in train mode whatever the model's mode is.
         self.module.train(model.training)
+        if method != "lirpa-ibp":
+            _refuse_unsound_relaxations(self.module, method)
 
     def bounds(
         self,
@@ -183,9 +186,25 @@ class LirpaBounder:
         except Exception as e:  # noqa: BLE001
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(
-                f"auto_LiRPA {method} failed on this model ({type(e).__name__}: {first[:200]}); try --method ibp"
+                f"auto_LiRPA {method} failed on this model ({type(e).__name__}: {first[:200]}); {self.fallback}"
             ) from None
         return lower.detach(), up.detach() if bound_upper and up is not None else None
+
+
+# auto_LiRPA 0.3 operators whose linear relaxation is not sound, found by sampling (a lower bound above
+# sampled outputs): BoundSqrt's upper tangent line has slope -0.5 x^-1.5 instead of 0.5 x^-0.5. Its
+# interval step (lirpa-ibp) is monotone and sound.
+UNSOUND_RELAXATIONS = {"BoundSqrt": "square root"}
+
+
+def _refuse_unsound_relaxations(module: nn.Module, method: str) -> None:
+    for name, node in module._modules.items():
+        what = UNSOUND_RELAXATIONS.get(type(node).__name__)
+        if what is not None:
+            raise InputError(
+                f"auto_LiRPA 0.3's {LIRPA_METHODS[method]} relaxation of a {what} (node {name!r}) is not sound, "
+                "so it is refused here; use --method lirpa-ibp, whose interval bounds of it are"
+            )
 
 
 def lirpa_bounds(

@@ -15,6 +15,7 @@ if the attribute is really missing, so the shim is idempotent and never override
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import types
 import warnings
@@ -88,16 +89,27 @@ def _named_members_keyword(bounded_module_cls: type) -> None:
     bounded_module_cls._named_members = _named_members
 
 
-def _import_keeping_warning_filters() -> types.ModuleType:
-    """auto_LiRPA calls `warnings.simplefilter("once")` on import, which would show every warning in
-    the process (torch's TorchScript deprecation on each certify run): the filters are restored after
-    the import, the import's own deprecation warnings dropped and any other warning passed on."""
+def _import_keeping_process_state() -> types.ModuleType:
+    """Import auto_LiRPA without letting it change the process's warnings and logging.
+
+    It calls `warnings.simplefilter("once")` on import, which would show every warning in the process
+    (torch's TorchScript deprecation on each certify run): the filters are restored after the import,
+    the import's own deprecation warnings dropped and any other warning passed on."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         module = importlib.import_module("auto_LiRPA")
     for w in caught:
         if not issubclass(w.category, DeprecationWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # Its utils also call logging.basicConfig(stream=sys.stdout), which would route every log record
+    # of the process to stdout (where `--json -` writes), and log a failure before raising it: the
+    # failure reaches the user as this tool's one-line error, so its own records are dropped.
+    for h in root.handlers:
+        if h not in handlers:
+            root.removeHandler(h)
+    logging.getLogger("auto_LiRPA.utils").setLevel(logging.CRITICAL + 1)
     return module
 
 
@@ -105,11 +117,11 @@ def import_auto_lirpa() -> types.ModuleType:
     """Import auto_LiRPA, patching around version 0.3's incompatibilities first. Raises ImportError."""
     version = installed_version()
     if version != PATCHED_VERSION:
-        return _import_keeping_warning_filters()
+        return _import_keeping_process_state()
     _numpy_arraysetops()
     _onnx_opset_setter()
     _node_getitem()
-    module = _import_keeping_warning_filters()
+    module = _import_keeping_process_state()
     _named_members_keyword(module.BoundedModule)
     from auto_LiRPA.bound_multi_gpu import BoundDataParallel
 

@@ -21,9 +21,19 @@ def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Call
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    from robustcli.certify.onnx_import import onnx_bytes
+    from robustcli.certify.onnx_import import load_onnx, onnx_bytes
+    from robustcli.core.errors import first_line
 
-    session = ort.InferenceSession(onnx_bytes(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    path = Path(path)
+    model = onnx_bytes(path)
+    if _has_external_data(model):
+        # Weights in a side file (`net.onnx.data`, torch.onnx.export's default): onnxruntime resolves
+        # it next to the file; an in-memory copy is made only for a gzipped file.
+        model = str(path) if path.suffix != ".gz" else load_onnx(path).SerializeToString()
+    try:
+        session = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types for files it cannot run
+        raise InputError(f"onnxruntime cannot run {path.name} to confirm counterexamples: {first_line(e)}") from None
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -34,3 +44,10 @@ def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Call
         return torch.stack(rows)
 
     return run
+
+
+def _has_external_data(data: bytes) -> bool:
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)

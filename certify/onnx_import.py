@@ -7,8 +7,9 @@ graph is a chain, so bound engines can walk it, else an `OnnxGraph` that runs th
 Supported: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv (2-D), BatchNormalization
 (inference), Constant, Identity, Transpose where it only moves size-1 axes, and constant folding
 of Shape/Gather/Unsqueeze/Squeeze/Concat/Cast as exporters emit for `x.view(x.size(0), -1)`; and,
-for attacks (forward and backward passes only), pooling, Concat, Pad and the common activations
-(the list in `run`'s refusal), each as the torch module of the same function.
+for attacks (forward and backward passes only), pooling, Concat, Pad, the common activations
+(the list in `run`'s refusal) and Mul of two computed tensors (GELU as exporters before opset 20
+write it, x * 0.5 * (1 + erf(x / sqrt 2))), each as the torch module of the same function.
 Anything else is an `InputError` naming the node.
 
 Choices (the ONNX spec leaves the batch open): the first axis of the graph input is the batch. A
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, OnnxGraph, Pad, Reshape
+from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, Erf, OnnxGraph, Pad, Reshape
 from robustcli.core.errors import InputError, first_line
 
 SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805  # ONNX's (and torch's) SELU constants
@@ -167,7 +168,7 @@ class _Converter:
                                 "(Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
                                 "BatchNormalization, Constant, Identity, Transpose, MaxPool, AveragePool, "
                                 "GlobalAveragePool, Sigmoid, Tanh, Softmax, LogSoftmax, LeakyRelu, Elu, Celu, Selu, "
-                                "Softplus, Softsign, HardSigmoid, HardSwish, Clip, Pad, Concat, Dropout)")
+                                "Softplus, Softsign, HardSigmoid, HardSwish, Gelu, Erf, Clip, Pad, Concat, Dropout)")
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
@@ -278,8 +279,8 @@ class _Converter:
         op = node.op_type
         dyn = [n for n in inputs if n not in self.consts]
         if len(dyn) == 2:
-            if op not in ("Add", "Sub"):
-                raise self.fail(i, node, f"{op} of two computed tensors is not piecewise linear")
+            if op == "Div":
+                raise self.fail(i, node, "division by a computed tensor is outside the supported set")
             self.add(Binary(op), inputs, node.output[0])
             return
         c = self._float(self.consts[inputs[1] if inputs[0] in dyn else inputs[0]])
@@ -456,6 +457,16 @@ class _Converter:
         else:  # max(0, min(1, alpha x + beta))
             self.add(nn.Sequential(ElementwiseAffine(torch.tensor(alpha), torch.tensor(beta)), Clip(0.0, 1.0)),
                      inputs[:1], node.output[0])
+
+    def op_Gelu(self, i, node, inputs, a) -> None:
+        approximate = a.get("approximate", b"none")
+        approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+        if approximate not in ("none", "tanh"):
+            raise self.fail(i, node, f"approximate={approximate!r} (ONNX defines 'none' and 'tanh')")
+        self.add(nn.GELU(approximate=approximate), inputs[:1], node.output[0])
+
+    def op_Erf(self, i, node, inputs, a) -> None:
+        self.add(Erf(), inputs[:1], node.output[0])
 
     def op_HardSwish(self, i, node, inputs, a) -> None:
         self.add(nn.Hardswish(), inputs[:1], node.output[0])

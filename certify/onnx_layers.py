@@ -1,8 +1,10 @@
 """The few torch layers an ONNX graph needs beyond torch.nn's own: per-element affine maps,
-batch-preserving reshapes, and a graph executor for graphs that are not a chain.
+batch-preserving reshapes, clipping, padding, erf, binary operations on computed tensors, and a
+graph executor for graphs that are not a chain.
 
-Every layer here acts on each batch element independently and, except `OnnxGraph`, is affine,
-so bound engines can treat it as "an affine map they can evaluate" (see certify/chain_bounds.py).
+Every layer here acts on each batch element independently. `ElementwiseAffine` and `Reshape` are
+affine, so bound engines treat them as affine maps they can evaluate (see certify/chain_bounds.py);
+the graph front end (certify/trace.py) reads the others through the ATen operations they run.
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ class Pad(nn.Module):
         return F.pad(x, self.pads, self.mode)
 
 
+class Erf(nn.Module):
+    """The error function elementwise (ONNX Erf, which exporters emit for GELU before opset 20)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
+
+
 class Concat(nn.Module):
     """torch.cat of computed tensors along a non-batch axis (ONNX Concat); only in graph modules."""
 
@@ -75,14 +84,20 @@ class Concat(nn.Module):
 
 
 class Binary(nn.Module):
-    """Add or Sub of two computed tensors (a residual connection); only in graph modules."""
+    """Add, Sub or Mul of two computed tensors; only in graph modules. Add and Sub are residual
+    connections; Mul (x * erf(x / sqrt 2) in exported GELUs, gates) is for attacks only: bound
+    engines refuse it by name."""
+
+    OPS = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul}
 
     def __init__(self, op: str):
         super().__init__()
+        if op not in self.OPS:
+            raise ValueError(f"Binary supports {', '.join(self.OPS)}, not {op}")
         self.op = op
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a + b if self.op == "Add" else a - b
+        return self.OPS[self.op](a, b)
 
     def extra_repr(self) -> str:
         return self.op

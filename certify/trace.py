@@ -303,7 +303,6 @@ class _Converter:
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
             "batch_norm, view/reshape/flatten, avg/max pooling, monotone activations (sigmoid, tanh, leaky_relu, "
             "hardtanh/clamp, elu, softplus, ...), residual add, concatenation (cat) and add/sub/mul/div by constants"
-            + _lirpa_hint()
         )
 
     def _conv(self, node, op: str, values) -> _Value:
@@ -472,9 +471,3 @@ def _is_batch(dim, batch: int) -> bool:
         return int(dim) == batch
     except (TypeError, ValueError):
         return True  # a symbolic batch size
-
-
-def _lirpa_hint() -> str:
-    from robustcli.certify.lirpa import lirpa_available
-
-    return "; --method lirpa-crown (auto_LiRPA) bounds more operations" if lirpa_available() else ""

@@ -141,6 +141,42 @@ def test_unsupported_operation_is_named_in_one_line():
         assert "--method crown" not in msg and "--method ibp" not in msg  # never a method that fails too
 
 
+@pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
+@pytest.mark.parametrize("op,lirpa_bounds", [(torch.sin, True), (torch.exp, True), (lambda t: t * torch.sigmoid(t), True),
+                                             (torch.erf, False), (lambda t: torch.sqrt(torch.exp(t)), False),
+                                             (lambda t: torch.sin(t.abs() + 0.1), False)])
+def test_a_refusal_points_to_auto_lirpa_only_where_it_bounds_the_operation(op, lirpa_bounds):
+    """The native refusal names auto_LiRPA only when its CROWN bounds the model (then soundly, below
+    sampled points), and says it cannot either when it fails there too: on erf, on the square root
+    it relaxes unsoundly, and on sin(|z| + 0.1), whose graph it cannot read although it bounds sin."""
+    from robustcli.core.errors import InputError
+    from robustcli.certify.trace import UnsupportedOperation
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(op(self.a(x.flatten(1))))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.rand(4, 6)
+    with pytest.raises(UnsupportedOperation) as e:
+        build_bounder("crown", model, x[:2])
+    msg = str(e.value)
+    spec = margin_spec(torch.tensor([0, 1, 2, 0]), 3)
+    if lirpa_bounds:
+        assert "lirpa-crown (auto_LiRPA) bounds it" in msg
+        low = build_bounder("lirpa-crown", model, x[:2]).lower(InputSet.ball(x, 0.02, "linf"), spec)
+        for pts in sample_ball(x, 0.02, "linf", 200, torch.Generator().manual_seed(1), corners=False):
+            assert bool((low <= spec_values(model, pts, spec) + 1e-5).all())
+    else:
+        assert "cannot bound it either" in msg and "--method lirpa" not in msg
+        with pytest.raises(InputError, match="native methods cannot bound it either|not sound"):
+            build_bounder("lirpa-crown", model, x[:2]).lower(InputSet.ball(x, 0.02, "linf"), spec)
+
+
 def test_user_cnn_certifies_from_every_file_format_at_the_cli(tmp_path, run_cli):
     """`robust certify --model my.pt` on the model people write, saved the four usual ways."""
     import json
@@ -159,3 +195,30 @@ def test_user_cnn_certifies_from_every_file_format_at_the_cli(tmp_path, run_cli)
         margins[name] = [row["mean_margin_lower_bound"] for row in json.loads(out.read_text())["results"]]
     for name, m in margins.items():
         assert m == pytest.approx(margins["state"], abs=1e-4), name
+
+
+@pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
+def test_auto_lirpa_square_root_relaxation_is_refused_because_it_is_unsound():
+    """auto_LiRPA 0.3's CROWN bound of sqrt(exp(z)) lies above sampled outputs (the wrong tangent slope):
+    its linear relaxations are refused, naming lirpa-ibp, whose interval bound holds."""
+    from robustcli.core.errors import InputError
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.sqrt(torch.exp(self.a(x))))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.rand(3, 6)
+    with torch.no_grad():
+        model.a.weight.mul_(3)
+    spec = margin_spec(torch.tensor([0, 1, 2]), 3)
+    for method in ("lirpa-crown", "lirpa-crown-ibp", "lirpa-alpha-crown"):
+        with pytest.raises(InputError, match="square root.*not sound.*lirpa-ibp"):
+            build_bounder(method, model, x[:2])
+    low = build_bounder("lirpa-ibp", model, x[:2]).lower(InputSet.ball(x, 0.1, "linf"), spec)
+    for pts in sample_ball(x, 0.1, "linf", 500, torch.Generator().manual_seed(1), corners=False):
+        assert bool((low <= spec_values(model, pts, spec) + 1e-5).all())

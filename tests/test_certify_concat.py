@@ -233,7 +233,11 @@ def test_unsupported_cat_is_refused_in_one_line_naming_the_node(net, what, metho
         build_bounder(method, net().eval(), x)
     msg = str(e.value)
     assert "aten.cat (node 'cat" in msg and what in msg and "\n" not in msg
-    assert "--method" not in msg  # never a pointer to a method that fails too
+    # never a pointer to a method that fails too: auto_LiRPA is named only where it bounds the model
+    assert "--method" not in msg.replace("--method lirpa-crown (auto_LiRPA) bounds it", "")
+    if "--method lirpa-crown" in msg:
+        spec = torch.eye(10)[None].expand(2, 10, 10)
+        assert bool(torch.isfinite(build_bounder("lirpa-crown", net().eval(), x).lower(InputSet.ball(x, 0.01, "linf"), spec)).all())
 
 
 def test_cli_refuses_an_unsupported_cat_in_one_line(tmp_path, run_cli):

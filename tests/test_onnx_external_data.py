@@ -44,3 +44,23 @@ def test_default_torch_onnx_export_loads(tmp_path):
     torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(path))
     x = torch.rand(5, 1, 8, 8)
     torch.testing.assert_close(onnx_to_torch(path).module(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnxruntime_confirms_counterexamples_of_a_file_with_a_side_file(tmp_path):
+    """The reference that confirms counterexamples runs the same file, side file included, and equals
+    the model; a file onnxruntime cannot run is one clear error, not a traceback."""
+    from robustcli.certify.onnx_check import onnxruntime_function
+
+    model = _model()
+    inline = tmp_path / "inline.onnx"
+    torch.onnx.export(model, torch.zeros(1, 1, 8, 8), str(inline), dynamo=False)
+    split = tmp_path / "split.onnx"
+    onnx.save_model(onnx.load(str(inline)), str(split), save_as_external_data=True, location="split.onnx.data", size_threshold=0)
+    x = torch.rand(3, 64)
+    ref = onnxruntime_function(split, (1, 8, 8))(x)
+    torch.testing.assert_close(ref, model(x.reshape(3, 1, 8, 8)).double(), rtol=1e-4, atol=1e-5)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07")  # a model proto with an IR version and no graph
+    with pytest.raises(InputError, match="onnxruntime cannot run bad.onnx"):
+        onnxruntime_function(bad, (1, 8, 8))

@@ -259,3 +259,64 @@ def test_monotone_activations_from_onnx_bound_soundly_with_ibp(tmp_path, op, att
         out = model(pts.reshape(-1, 6)).reshape(4, 500, 3)
     margins = torch.einsum("bkc,bnc->bnk", C, out)
     assert bool((low[:, None, :] <= margins + 1e-5).all())
+
+
+def _gelu_mlp(tmp_path, form: str, in_features: int = 6):
+    """Gemm -> GELU -> Gemm with the GELU as ONNX's node (opset 20, exact or tanh) or as exporters
+    before opset 20 write it: x * 0.5 * (1 + erf(x / sqrt 2)), a product of two computed tensors."""
+    rng = np.random.default_rng(1)
+    w0, w1 = rng.standard_normal((8, in_features)).astype(np.float32), rng.standard_normal((10, 8)).astype(np.float32)
+    inits = [tensor("w0", w0), tensor("w1", w1)]
+    if form == "decomposed":
+        inits += [tensor("sqrt2", np.array(np.sqrt(2.0), np.float32)), tensor("one", np.array(1.0, np.float32)),
+                  tensor("half", np.array(0.5, np.float32))]
+        act = [helper.make_node("Div", ["h", "sqrt2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+               helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["h", "e1"], ["p"], name="gate"),
+               helper.make_node("Mul", ["p", "half"], ["a"])]
+        opset = 17
+    else:
+        act = [helper.make_node("Gelu", ["h"], ["a"], approximate=form)]
+        opset = 20
+    nodes = ([helper.make_node("Flatten", ["x"], ["f"], axis=1), helper.make_node("Gemm", ["f", "w0"], ["h"], transB=1)]
+             + act + [helper.make_node("Gemm", ["a", "w1"], ["y"], transB=1)])
+    shape = (1, in_features) if in_features != 64 else (1, 1, 8, 8)
+    return save(tmp_path / f"gelu_{form}.onnx", nodes, inits, shape, (1, 10), opset=opset)
+
+
+@pytest.mark.parametrize("form", ["none", "tanh", "decomposed"])
+def test_gelu_node_and_its_erf_form_match_onnxruntime(tmp_path, form):
+    """GELU as the opset-20 node (exact and tanh) and as older exporters' Erf / Mul graph imports for
+    attacks, equal to onnxruntime on both sides of the curve's minimum, with finite gradients."""
+    path = _gelu_mlp(tmp_path, form)
+    conv = onnx_to_torch(path)
+    assert_matches_onnxruntime(path, conv, scale=3.0)
+    x = torch.randn(4, 6, requires_grad=True)
+    conv.module(x).sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and bool((x.grad != 0).any())
+
+
+def test_unknown_gelu_approximation_and_division_by_a_computed_tensor_are_refused(tmp_path):
+    nodes = [helper.make_node("Gelu", ["x"], ["y"], approximate="cubic", name="g")]
+    with pytest.raises(InputError, match=r"'g' \(Gelu, node 0\).*approximate='cubic'"):
+        onnx_to_torch(save(tmp_path / "g.onnx", nodes, [], (1, 4), (1, 4), opset=20))
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Div", ["x", "r"], ["y"], name="ratio")]
+    with pytest.raises(InputError, match=r"'ratio' \(Div, node 1\).*division by a computed tensor"):
+        onnx_to_torch(save(tmp_path / "d.onnx", nodes, [], (1, 4), (1, 4)))
+
+
+@pytest.mark.parametrize("form", ["none", "decomposed"])
+def test_gelu_model_attacks_and_certify_refuses_without_pointing_to_a_failing_method(tmp_path, run_cli, form):
+    """A GELU network attacks; bounding it is refused in one line (exit 2) that names what is missing
+    and never suggests a method that fails too: neither native IBP/CROWN nor auto_LiRPA 0.3 bound it."""
+    path = _gelu_mlp(tmp_path, form, in_features=64)
+    r = run_cli("attack", "--model", path, "--data", "digits", "--n", "8", "--attack", "pgd", "--eps", "0.1",
+                "--steps", "3")
+    assert r.exit_code == 0, r.output
+    for method in ("ibp", "crown", "lirpa-crown"):
+        r = run_cli("certify", "--model", path, "--data", "digits", "--n", "4", "--eps", "0.01", "--method", method)
+        assert r.exit_code == 2, (method, r.output)
+        err = r.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in r.output, (method, r.output)
+        assert "ERROR" not in r.output  # auto_LiRPA's own log lines stay out of the terminal
+        assert "try --method ibp" not in err and "lirpa-crown (auto_LiRPA) bounds" not in err, (method, err)
+        assert ("cannot bound it either" in err or "does not bound it either" in err), (method, err)
