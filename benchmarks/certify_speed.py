@@ -21,12 +21,21 @@ from robustcli.certify.lirpa import LirpaBounder
 from robustcli.session import open_workload
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out = fn()  # warm-up (and the result)
-    times = []
+def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> tuple[float, object]:
+    def sync() -> None:  # a CUDA call returns before its kernels finish
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    out = fn()  # warm-up (and the result); with repeats=0 the one timed call
+    sync()
+    times = [time.perf_counter() - t0] if repeats == 0 else []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out
 
@@ -39,25 +48,27 @@ def main() -> None:
     p.add_argument("--eps", type=float, nargs="+", default=[0.005, 0.01, 0.02])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
 
-    w = open_workload(args.model, None, n=max(args.n + [args.crown_n]), device="cpu")
+    w = open_workload(args.model, None, n=max(args.n + [args.crown_n]), device=args.device)
+    device = w.device
     model = w.model.module.eval().requires_grad_(True)  # loaded models come frozen; training needs gradients
     rows = []
-    print(f"model {args.model}, torch threads {torch.get_num_threads()}")
+    print(f"model {args.model}, device {device}, torch threads {torch.get_num_threads()}")
 
     for n, eps in [(n, e) for n in args.n for e in args.eps[:1]]:
-        x, y = w.data.x[:n], w.data.y[:n]
+        x, y = w.data.x[:n].to(device), w.data.y[:n].to(device)
         spec = margin_spec(y, w.num_classes)
         # IBP, native vs auto_LiRPA: without gradients (certification) and with a backward pass (training).
         t0 = time.perf_counter()
         bounder = LirpaBounder(model, x, "lirpa-ibp")
         build_s = time.perf_counter() - t0
         with torch.no_grad():
-            t_nat, (l_nat, u_nat) = timed(lambda: ibp_bounds(model, x, eps, "linf", spec), args.repeats)
-        t_lir, (l_lir, u_lir) = timed(lambda: bounder.bounds(x, eps, "linf", spec), args.repeats)
+            t_nat, (l_nat, u_nat) = timed(lambda: ibp_bounds(model, x, eps, "linf", spec), args.repeats, device)
+        t_lir, (l_lir, u_lir) = timed(lambda: bounder.bounds(x, eps, "linf", spec), args.repeats, device)
         diff = max((l_nat - l_lir).abs().max().item(), (u_nat - u_lir).abs().max().item())
         assert diff <= 1e-4 * (1 + l_nat.abs().max().item()), f"native and auto_LiRPA IBP differ by {diff}"
 
@@ -79,8 +90,8 @@ def main() -> None:
             )
             lower.mean().backward()
 
-        t_nat_bwd, _ = timed(native_train, args.repeats)
-        t_lir_bwd, _ = timed(lirpa_train, args.repeats)
+        t_nat_bwd, _ = timed(native_train, args.repeats, device)
+        t_lir_bwd, _ = timed(lirpa_train, args.repeats, device)
         rows.append({
             "eps": eps, "n": len(x), "lirpa_build_s": build_s,
             "native_ibp_s": t_nat, "lirpa_ibp_s": t_lir, "speedup": t_lir / t_nat,
@@ -96,18 +107,17 @@ def main() -> None:
         )
 
     # CROWN family on a smaller batch: time and verified accuracy vs IBP on the same points.
-    xc, yc = w.data.x[: args.crown_n], w.data.y[: args.crown_n]
+    xc, yc = w.data.x[: args.crown_n].to(device), w.data.y[: args.crown_n].to(device)
     spec_c = margin_spec(yc, w.num_classes)
     crown = []
     bounders = {m: LirpaBounder(model, xc, m) for m in ("crown-ibp", "crown")}
     for eps in args.eps:
         with torch.no_grad():
-            t_ibp, (l_ibp, _) = timed(lambda: ibp_bounds(model, xc, eps, "linf", spec_c), args.repeats)
+            t_ibp, (l_ibp, _) = timed(lambda: ibp_bounds(model, xc, eps, "linf", spec_c), args.repeats, device)
         row = {"eps": eps, "n": len(xc), "ibp_s": t_ibp, "ibp_verified": verified(l_ibp).float().mean().item()}
         for m, b in bounders.items():
-            t0 = time.perf_counter()
-            lower, _ = b.bounds(xc, eps, "linf", spec_c, bound_upper=False)
-            row[f"{m}_s"] = time.perf_counter() - t0
+            t, (lower, _) = timed(lambda: b.bounds(xc, eps, "linf", spec_c, bound_upper=False), 0, device)
+            row[f"{m}_s"] = t
             row[f"{m}_verified"] = verified(lower).float().mean().item()
         crown.append(row)
         print(
@@ -117,7 +127,7 @@ def main() -> None:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "ibp": rows, "crown": crown}, f, indent=2)
+            json.dump({"model": args.model, "device": str(device), "ibp": rows, "crown": crown}, f, indent=2)
 
 
 if __name__ == "__main__":

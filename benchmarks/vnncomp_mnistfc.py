@@ -2,6 +2,7 @@
 
     python benchmarks/vnncomp_mnistfc.py --timeout 5 [--data ../shared/vnncomp2021-mnistfc]
         [--limit N] [--networks 256x2 256x4] [--out results.csv] [--json report.json]
+        [--device cuda] [--threads 2]
 
 Runs every instance of the instances CSV (or the first N / the chosen networks) with the
 per-instance timeout given here (the competition's was 120 s, alpha-beta-CROWN's answers in
@@ -43,10 +44,12 @@ def main() -> int:
     ap.add_argument("--properties", nargs="*", default=None,
                     help="only these instances, as NETWORK:PROPERTY, e.g. 256x4:prop_5_0.03")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the one process")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
 
     instances = read_instances(args.data / "mnistfc_instances.csv")
     if args.networks:
@@ -67,6 +70,7 @@ def main() -> int:
 
     results = run_benchmark(instances, timeout=args.timeout, methods=tuple(args.methods), seed=args.seed,
                             alpha_iterations=args.alpha_iterations, bab_bounds=args.bab_bounds, on_instance=progress,
+                            device=torch.device(args.device),
                             counterexample_dir=args.out.parent if args.out else None)
     wall = time.monotonic() - t0
 
@@ -111,7 +115,8 @@ def main() -> int:
         args.out.write_text("\n".join(result_lines(results, "mnistfc")) + "\n")
     if args.json:
         args.json.write_text(json.dumps({
-            "timeout": args.timeout, "methods": args.methods, "wall_seconds": wall, "counts": dict(ours),
+            "timeout": args.timeout, "methods": args.methods, "device": args.device, "threads": args.threads,
+            "wall_seconds": wall, "counts": dict(ours),
             "abcrown_counts": dict(abcrown), "counts_on_ground_truth": dict(ours_gt), "unsound": unsound,
             "not_in_ground_truth": missing, "results": [r.summary() for r in results],
         }, indent=2) + "\n")

@@ -113,6 +113,9 @@ class _Converter:
             }
         except Exception as e:  # noqa: BLE001 - data that does not match its declared dims or type
             raise InputError(f"an ONNX initializer cannot be read: {first_line(e)}") from None
+        for name, t in self.consts.items():  # infinities have uses (Clip bounds, masks); NaN has none
+            if t.is_floating_point() and bool(torch.isnan(t).any()):
+                raise InputError(f"the ONNX initializer {name!r} holds NaN values; the model cannot be evaluated")
         inputs = [i for i in graph.input if i.name not in self.consts]
         if len(inputs) != 1 or len(graph.output) != 1:
             raise InputError(
@@ -209,7 +212,9 @@ class _Converter:
                 out = np.concatenate(x, axis=a["axis"])
             elif op == "ConstantOfShape":
                 v = np.array(self.numpy_helper.to_array(a["value"])).reshape(-1) if "value" in a else np.zeros(1, np.float32)
-                out = np.full(tuple(int(t) for t in x[0].tolist()), v[0], dtype=v.dtype)
+                shape = [int(t) for t in np.asarray(x[0]).reshape(-1).tolist()]
+                _check_dims(shape, f"ONNX node {node.name!r} (ConstantOfShape, node {i})", allow_zero=True)  # before numpy allocates it
+                out = np.full(tuple(shape), v[0], dtype=v.dtype)
             elif op == "Slice":
                 starts, ends = x[1].tolist(), x[2].tolist()
                 axes = x[3].tolist() if len(x) > 3 else list(range(len(starts)))
@@ -587,7 +592,7 @@ def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...]) ->
     with torch.no_grad():
         both = module(x)
         each = torch.cat([module(x[:1]), module(x[1:])])
-    if both.shape != each.shape or not torch.allclose(both, each, rtol=1e-4, atol=1e-5):
+    if both.shape != each.shape or not torch.allclose(both, each, rtol=1e-4, atol=1e-5, equal_nan=True):
         raise InputError("the ONNX graph mixes points of a batch (its reshapes use the batch axis); cannot convert")
 
 

@@ -69,27 +69,35 @@ def read_instances(path: str | Path) -> list[Instance]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"instances file {path} does not exist")
-    out = []
-    with path.open(newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) != 3:
-                raise InputError(f"{path.name}:{lineno}: expected network,property,timeout; got {len(row)} columns")
-            net, prop = (path.parent / row[0].strip(), path.parent / row[1].strip())
-            try:
-                timeout = float(row[2])
-            except ValueError:
-                raise InputError(f"{path.name}:{lineno}: timeout {row[2]!r} is not a number") from None
-            if not (math.isfinite(timeout) and timeout > 0):
-                raise InputError(f"{path.name}:{lineno}: timeout {row[2].strip()!r} must be a positive number of seconds")
-            for p in (net, prop):
-                if not p.is_file():
-                    raise InputError(f"{path.name}:{lineno}: {p} does not exist")
-            out.append(Instance(net, prop, timeout))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            out = [inst for inst in (_instance(path, lineno, row) for lineno, row in enumerate(csv.reader(f), 1)) if inst]
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text file; an instances CSV has network,property,timeout lines") from None
+    except csv.Error as e:  # a NUL byte, a field over the csv module's size limit
+        raise InputError(f"{path} is not a readable CSV ({e}); an instances CSV has network,property,timeout lines") from None
     if not out:
         raise InputError(f"{path.name} lists no instances")
     return out
+
+
+def _instance(path: Path, lineno: int, row: list[str]) -> Instance | None:
+    """One line of an instances CSV (None for a blank one); paths are relative to the CSV's folder."""
+    if not row or not "".join(row).strip():
+        return None
+    if len(row) != 3:
+        raise InputError(f"{path.name}:{lineno}: expected network,property,timeout; got {len(row)} columns")
+    net, prop = (path.parent / row[0].strip(), path.parent / row[1].strip())
+    try:
+        timeout = float(row[2])
+    except ValueError:
+        raise InputError(f"{path.name}:{lineno}: timeout {row[2]!r} is not a number") from None
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise InputError(f"{path.name}:{lineno}: timeout {row[2].strip()!r} must be a positive number of seconds")
+    for p in (net, prop):
+        if not p.is_file():
+            raise InputError(f"{path.name}:{lineno}: {p} does not exist")
+    return Instance(net, prop, timeout)
 
 
 def write_counterexample(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:

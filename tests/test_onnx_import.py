@@ -320,3 +320,20 @@ def test_gelu_model_attacks_and_certify_refuses_without_pointing_to_a_failing_me
         assert "ERROR" not in r.output  # auto_LiRPA's own log lines stay out of the terminal
         assert "try --method ibp" not in err and "lirpa-crown (auto_LiRPA) bounds" not in err, (method, err)
         assert ("cannot bound it either" in err or "does not bound it either" in err), (method, err)
+
+
+def test_constant_of_shape_bomb_and_nan_weights_are_refused_in_one_line(tmp_path, run_cli):
+    """Attacker-made files: a ConstantOfShape asking for 10^10 elements is refused before numpy
+    allocates them; NaN weights are named (not reported as a batch-mixing graph)."""
+    from onnx import numpy_helper
+
+    bomb = save(tmp_path / "bomb.onnx", [
+        helper.make_node("ConstantOfShape", ["shp"], ["c"], value=numpy_helper.from_array(np.array([1.0], np.float32))),
+        helper.make_node("Add", ["x", "c"], ["y"])], [tensor("shp", np.array([1, 100_000, 100_000], np.int64))],
+        (1, 64), (1, 64))
+    nan = save(tmp_path / "nan.onnx", [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+               [tensor("w", np.full((10, 64), np.nan, np.float32))], (1, 64), (1, 10))
+    for path, words in ((bomb, "ConstantOfShape"), (nan, "'w' holds NaN")):
+        r = run_cli("attack", "--model", path, "--data", "digits", "--n", "4")
+        assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+        assert "Traceback" not in r.output

@@ -76,6 +76,12 @@ def test_vnncomp_appends_lines_records_errors_and_refuses_bad_timeouts(tmp_path,
         r = run_cli("vnncomp", tmp_path / "neg.csv", "--out", tmp_path / "neg_out.csv")
         assert r.exit_code == 2 and "positive number of seconds" in r.stderr and len(r.stderr.splitlines()) == 1
         assert not (tmp_path / "neg_out.csv").exists()
+    # a binary file or a NUL byte in the CSV: one line, nothing written
+    for name, data in (("bin.csv", bytes(range(256)) * 4), ("nul.csv", b"net.onnx,ok.vnnlib,5\n\x00,a,b\n")):
+        (tmp_path / name).write_bytes(data)
+        r = run_cli("vnncomp", tmp_path / name, "--out", tmp_path / "bin_out.csv")
+        assert r.exit_code == 2 and name in r.stderr and len(r.stderr.splitlines()) == 1, r.output
+        assert "Traceback" not in r.output and not (tmp_path / "bin_out.csv").exists()
 
 
 def test_result_line_is_on_disk_before_the_next_instance_starts(tmp_path, monkeypatch):
