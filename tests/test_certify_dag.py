@@ -271,3 +271,40 @@ def test_patch_rows_equal_dense_rows(name, norm, eps):
     for q in inter_a:
         torch.testing.assert_close(inter_a[q][0], inter_b[q][0], atol=1e-10, rtol=0)
         torch.testing.assert_close(inter_a[q][1], inter_b[q][1], atol=1e-10, rtol=0)
+
+
+def vnnlib_box(lower, upper, label: int, n_out: int, extra_outputs: str | None = None) -> str:
+    """A VNN-COMP style robustness property on a box: violated iff some other output >= the label's."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(lower))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, (lo, hi) in enumerate(zip(lower, upper)):
+        lines += [f"(assert (<= X_{i} {float(hi)!r}))", f"(assert (>= X_{i} {float(lo)!r}))"]
+    ors = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
+    lines.append(extra_outputs or f"(assert (or {ors}))")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("stages", [("crown",), ("alpha-crown",)])
+def test_spec_verification_bounds_a_residual_cnn_natively(stages):
+    """A VNNLIB robustness box on the residual CNN: the CROWN stage proves it natively (no auto_LiRPA)
+    where the proof is right (the margin's CROWN bound over the box is positive), and the stage's note
+    says so; a property with the label's margin shifted past the sampled minimum is never proved."""
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    model = resnet_digits_cnn()
+    x = _points(10, 1)
+    label = int(model(x).argmax(1))
+    lo, hi = (x - 0.004).clamp(0, 1).flatten(), (x + 0.004).clamp(0, 1).flatten()
+    prop = parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10))
+    res = verify_property(model, prop, (1, 8, 8), methods=stages)
+    assert res.status == "holds" and res.method == stages[0]
+    assert res.stages[0]["note"] == "native CROWN (graph model)"
+    with torch.no_grad():
+        pts = lo + (hi - lo) * torch.rand(2000, lo.numel(), generator=torch.Generator().manual_seed(0))
+        y = model(pts.reshape(-1, 1, 8, 8))
+        margin = (y[:, label:label + 1] - y).topk(2, dim=1, largest=False).values[:, 1]  # smallest over j != label
+    shift = float(margin.min()) + 0.01  # Y_label - Y_j >= shift is false at some sampled point
+    others = " ".join(f"(and (<= Y_{label} (+ Y_{j} {shift!r})))" for j in range(10) if j != label)
+    false = parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10, extra_outputs=f"(assert (or {others}))"))
+    assert verify_property(model, false, (1, 8, 8), methods=stages).status != "holds"
