@@ -235,7 +235,7 @@ def test_maxpool_in_a_residual_model_is_still_refused_natively():
         db.Dag.of(model, (1, 8, 8))
 
 
-@pytest.mark.parametrize("fmt", ["state", "pt2"])
+@pytest.mark.parametrize("fmt", [pytest.param("state", marks=pytest.mark.slow), "pt2"])
 def test_cli_certifies_a_residual_model_file_with_crown(tmp_path, run_cli, fmt):
     from certify_nets import model_files
 
