@@ -420,11 +420,14 @@ def alpha_crown_spec(
     lr: float = 0.1, deadline: float | None = None, stop_when_positive: bool = True,
     ball: tuple[torch.Tensor, torch.Tensor] | None = None,
     tightened_out: dict | None = None,
+    intermediate: bool = True,
 ) -> torch.Tensor:
     """alpha-CROWN: optimise the lower slopes of every (ReLU, bounded quantity) pair.
 
-    Bounded quantities: the specification, and each node feeding a ReLU, for the neurons that are
-    unstable under `bounds` (the CROWN intermediate bounds, kept as a floor). Returns the best lower
+    Bounded quantities: the specification, and (`intermediate`) each node feeding a ReLU, for the
+    neurons that are unstable under `bounds` (the CROWN intermediate bounds, kept as a floor).
+    `intermediate=False` keeps the intermediate bounds fixed and optimises the specification's
+    slopes only (one backward pass per iteration instead of one per layer). Returns the best lower
     bound (B, K) per row over the iterations (iteration 0 is CROWN)."""
     B = lo.shape[0]
     K = C.shape[-2]
@@ -440,7 +443,7 @@ def alpha_crown_spec(
 
     # Rows of each intermediate quantity: its neurons unstable under the CROWN bounds.
     rows_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for q in dag.pre:
+    for q in dag.pre if intermediate else []:
         if q == 0:
             continue
         l, u = (t.reshape(t.shape[0], -1) for t in bounds[q])
