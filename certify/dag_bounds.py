@@ -139,6 +139,21 @@ class Dag:
     def width(self) -> int:
         return max(n.numel for n in self.nodes)
 
+    def dense(self, i: int, max_elements: int = 2**22) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Affine node i as a dense matrix and bias (n_out, n_in), (n_out,), computed once; None if
+        too large or not an affine node."""
+        cache = self.__dict__.setdefault("_dense", {})
+        if i not in cache:
+            n = self.nodes[i]
+            parent = self.nodes[n.parents[0]] if n.parents else None
+            if n.kind != "affine" or n.numel * parent.numel > max_elements:
+                cache[i] = None
+            else:
+                eye = torch.eye(n.numel, dtype=self.dtype, device=self.device).reshape(n.numel, *n.shape)
+                w, b = back_affine(n.layers, parent.shape, eye, n.shapes)
+                cache[i] = (w.reshape(n.numel, parent.numel), b)
+        return cache[i]
+
 
 class _Builder:
     """Turns the layer tree into nodes. `walk(module, src, run)`: the value so far is the affine
@@ -232,8 +247,9 @@ def backward_lower(
     bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
     alphas: dict[int, torch.Tensor] | None = None,
     ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Lower bound (B, R) of A . v_target over the input set; A (B, R, *shape of the target).
+    """Lower bound (B, R) of A . v_target + bias over the input set; A (B, R, *shape of the target).
 
     `bounds[q]` (B, *shape): the interval of each node q feeding a ReLU between the target and the
     input. `alphas[r]` (B, R, n_r): lower slopes of ReLU node r's unstable neurons for these rows
@@ -241,7 +257,7 @@ def backward_lower(
     inside this L2 ball (see chain_bounds.backward_lower)."""
     B, R = A.shape[:2]
     coef: dict[int, torch.Tensor] = {target: A.reshape(B, R, -1)}
-    bias = torch.zeros(B, R, dtype=A.dtype, device=A.device)
+    bias = torch.zeros(B, R, dtype=A.dtype, device=A.device) if bias is None else bias
 
     def send(q: int, a: torch.Tensor) -> None:
         coef[q] = coef[q] + a if q in coef else a
@@ -297,13 +313,25 @@ def _one_hot_rows(idx: torch.Tensor, n: int, shape: tuple[int, ...], dtype, devi
     return rows.reshape(B, 2 * k, *shape)
 
 
+def _rows_pass(dag: Dag, q: int, idx: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
+    """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx]. Through an affine node the one-hot rows are
+    rows of its dense matrix (gathered, no pass through the node)."""
+    n = dag.nodes[q]
+    if (dense := dag.dense(q)) is not None:
+        w, b = dense
+        wk, bk = w[idx], b[idx]  # (B, k, n_in), (B, k)
+        parent = n.parents[0]
+        return backward_lower(dag, parent, torch.cat([wk, -wk], 1), lo, hi, bounds, ball=ball, bias=torch.cat([bk, -bk], 1))
+    return backward_lower(dag, q, _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device), lo, hi, bounds, ball=ball)
+
+
 def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
     """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx] (rows past a point's `valid` ones stay zero),
     in groups of points and rows (see _GROUP_ELEMENTS)."""
     B, k = idx.shape
     n = dag.nodes[q]
     if idx.device.type != "cpu":
-        return backward_lower(dag, q, _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device), lo, hi, bounds, ball=ball)
+        return _rows_pass(dag, q, idx, lo, hi, bounds, ball)
     width = dag.width()
     step = max(1, _GROUP_ELEMENTS // (2 * k * width))
     per_call = max(1, _GROUP_ELEMENTS // (2 * width))
@@ -321,8 +349,7 @@ def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi
         size = -(-kg // calls)
         for r in range(0, kg, size):
             e = min(kg, r + size)
-            rows = _one_hot_rows(idx[sl, r:e], n.numel, n.shape, dag.dtype, dag.device)
-            low = backward_lower(dag, q, rows, part(lo, sl), part(hi, sl), bnd, ball=b)
+            low = _rows_pass(dag, q, idx[sl, r:e], part(lo, sl), part(hi, sl), bnd, b)
             out[sl, r:e], out[sl, k + r : k + e] = low[:, : e - r], low[:, e - r :]
     return out
 
