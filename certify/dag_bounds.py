@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcli.certify import dag_patches
 from robustcli.certify.chain_bounds import AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine
 from robustcli.certify.conv_patches import layer_shapes
 from robustcli.certify.onnx_layers import ElementwiseAffine
@@ -302,6 +303,7 @@ def backward_lower(
 # Rows of one backward pass are computed at most this many numbers of the widest node at a time
 # (points times rows), so the working set stays bounded on wide convolutional layers.
 _GROUP_ELEMENTS = 2**20
+_PATCH_ROWS = 1024  # rows per pass when they are patches (each only a window of the map)
 
 
 def _one_hot_rows(idx: torch.Tensor, n: int, shape: tuple[int, ...], dtype, device) -> torch.Tensor:
@@ -314,9 +316,15 @@ def _one_hot_rows(idx: torch.Tensor, n: int, shape: tuple[int, ...], dtype, devi
 
 
 def _rows_pass(dag: Dag, q: int, idx: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
-    """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx]. Through an affine node the one-hot rows are
-    rows of its dense matrix (gathered, no pass through the node)."""
+    """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx]: as patches where the graph below is
+    convolutional (certify/dag_patches.py), else through an affine node as rows of its dense matrix
+    (gathered, no pass through the node), else dense one-hot rows."""
     n = dag.nodes[q]
+    if dag_patches.patchable(dag, q):
+        try:
+            return dag_patches.patch_rows_lower(dag, q, idx, lo, hi, bounds, ball)
+        except dag_patches.NoPatches:
+            dag.__dict__["_patchable"][q] = False
     if (dense := dag.dense(q)) is not None:
         w, b = dense
         wk, bk = w[idx], b[idx]  # (B, k, n_in), (B, k)
@@ -334,7 +342,7 @@ def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi
         return _rows_pass(dag, q, idx, lo, hi, bounds, ball)
     width = dag.width()
     step = max(1, _GROUP_ELEMENTS // (2 * k * width))
-    per_call = max(1, _GROUP_ELEMENTS // (2 * width))
+    per_call = _PATCH_ROWS if dag_patches.patchable(dag, q) else max(1, _GROUP_ELEMENTS // (2 * width))
     counts = valid.sum(1).tolist()
     part = lambda t, sl: t if t.shape[0] == 1 else t[sl]  # noqa: E731  (the input box may have batch 1)
     out = torch.zeros(B, 2 * k, dtype=dag.dtype, device=dag.device)

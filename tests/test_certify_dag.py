@@ -251,3 +251,23 @@ def test_cli_certifies_a_residual_model_file_with_crown(tmp_path, run_cli, fmt):
         assert 0.0 <= row["verified_accuracy"] <= row["pgd_accuracy"] <= row["clean_accuracy"]
     assert rows["crown"]["mean_margin_lower_bound"] >= rows["ibp"]["mean_margin_lower_bound"] - 1e-6
     assert rows["alpha-crown"]["mean_margin_lower_bound"] >= rows["crown"]["mean_margin_lower_bound"] - 1e-6
+
+
+@pytest.mark.parametrize("name", ["resnet", "concat", "concat-input"])
+@pytest.mark.parametrize("norm,eps", [("linf", 0.04), ("l2", 0.4)])
+def test_patch_rows_equal_dense_rows(name, norm, eps):
+    """Rows kept as patches through convolutions, adds and channel concatenations give the dense
+    rows' bounds (the same arithmetic where the rows are not zero)."""
+    model = {**NETS, **LIRPA_NETS}[name]()
+    x = _points(9).double()
+    s = InputSet.ball(x, eps, norm)
+    spec = _spec(model, x.float()).double()
+    patched, dense = db.Dag.of(model, tuple(x.shape[1:])), db.Dag.of(model, tuple(x.shape[1:]))
+    dense._patchable = {q: False for q in range(len(dense.nodes))}
+    a, inter_a = db.crown_spec(patched, s.lower, s.upper, spec, ball=s.l2_ball)
+    b, inter_b = db.crown_spec(dense, s.lower, s.upper, spec, ball=s.l2_ball)
+    assert any(patched._patchable.values())  # some rows went as patches
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    for q in inter_a:
+        torch.testing.assert_close(inter_a[q][0], inter_b[q][0], atol=1e-10, rtol=0)
+        torch.testing.assert_close(inter_a[q][1], inter_b[q][1], atol=1e-10, rtol=0)
