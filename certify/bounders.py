@@ -39,7 +39,8 @@ from robustcli.certify.graph import (
     model_steps,
     monotone_layers,
 )
-from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds
+from robustcli.certify.bounds import Bounds
+from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds, propagate
 from robustcli.core.errors import InputError
 from robustcli.core.nn import Concat, eval_mode
 
@@ -84,8 +85,27 @@ class InputSet:
         return InputSet(self.lower[s], self.upper[s], pick(self.x0), pick(self.eps), self.norm)
 
 
+@dataclass
+class ReluInputBounds:
+    """Sound bounds of the values entering one ReLU (its pre-activations) over an input set:
+    `lower`, `upper` (N, *shape) per point. `name` says which ReLU: the module path where the model
+    names it, else its place in the network ("ReLU 2" is the second the network applies)."""
+
+    name: str
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
 class Bounder(Protocol):
     def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def intermediate(self, inputs: InputSet) -> list[ReluInputBounds]:
+        """The bounds of every ReLU's input the method computes on its way, in network order."""
+        ...
+
+
+def _numbered(bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> list[ReluInputBounds]:
+    return [ReluInputBounds(f"ReLU {k}", l, u) for k, (l, u) in enumerate(bounds, 1)]
 
 
 def walkable(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -141,6 +161,16 @@ class IBPBounder:
             low, _ = ibp_box_bounds(self.model, inputs.lower, inputs.upper, C)
         return low if d is None else low + d
 
+    def intermediate(self, inputs: InputSet) -> list[ReluInputBounds]:
+        record: list = []
+        with torch.no_grad():
+            if inputs.norm is not None:
+                propagate(self.model, inputs.x0, inputs.eps, inputs.norm, record=record)
+            else:
+                box = Bounds.from_interval(inputs.lower, inputs.upper)
+                propagate(self.model, box.centre, 0.0, "linf", box=box, record=record)
+        return [ReluInputBounds(name, b.lower, b.upper) for name, b in record]
+
 
 class CrownBounder:
     """Native CROWN / CROWN-IBP / alpha-CROWN: on a chain by certify/chain_bounds.py, on a graph
@@ -163,7 +193,7 @@ class CrownBounder:
             self.chain = cb.Chain.of(model, tuple(example.shape[1:]), dtype)
         except cb.NotAChain:
             self.dag = db.Dag.of(model, tuple(example.shape[1:]), dtype)  # NotADag (a NotAChain) if it cannot
-        self.intermediate = intermediate
+        self.relu_bounds = intermediate  # "crown" or "ibp"
         self.alpha_iterations = alpha_iterations
         self.max_elements = max_elements
 
@@ -188,7 +218,7 @@ class CrownBounder:
             A = Cs.reshape(Cs.shape[0], Cs.shape[1], *ch.out_shapes[-1])
             with torch.no_grad():
                 base = cb.ibp_intermediate(ch, lo, hi)
-                inter = base if self.intermediate == "ibp" else cb.crown_intermediate(ch, lo, hi, base=base, ball=ball)
+                inter = base if self.relu_bounds == "ibp" else cb.crown_intermediate(ch, lo, hi, base=base, ball=ball)
                 if self.alpha_iterations > 0:
                     low = cb.alpha_crown_spec(ch, lo, hi, Cs, torch.zeros(Cs.shape[:2], dtype=ch.dtype, device=ch.device),
                                               inter, iterations=self.alpha_iterations, stop_when_positive=False, ball=ball)
@@ -197,6 +227,28 @@ class CrownBounder:
             out.append(low)
         low = torch.cat(out).to(C.dtype).to(C.device)
         return low if d is None else low + d
+
+    def intermediate(self, inputs: InputSet) -> list[ReluInputBounds]:
+        """CROWN's bounds of every ReLU input (CROWN-IBP: IBP's); alpha-CROWN optimises its slopes for
+        a specification, so without one it reports CROWN's."""
+        g = self.dag if self.dag is not None else self.chain
+        parts: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        step = self._chunk()
+        for s in range(0, len(inputs), step):
+            part = inputs.slice(slice(s, s + step))
+            lo, hi = part.lower.to(g.device, g.dtype), part.upper.to(g.device, g.dtype)
+            ball = None if part.l2_ball is None else tuple(t.to(g.device, g.dtype) for t in part.l2_ball)
+            with torch.no_grad():
+                if self.dag is not None:
+                    inter = db.crown_intermediate(self.dag, lo, hi, ball, crown=self.relu_bounds != "ibp")
+                    parts.append([inter[i] for i in self.dag.pre])
+                else:
+                    base = cb.ibp_intermediate(self.chain, lo, hi)
+                    parts.append(base if self.relu_bounds == "ibp"
+                                 else cb.crown_intermediate(self.chain, lo, hi, base=base, ball=ball))
+        dtype, device = inputs.lower.dtype, inputs.lower.device
+        return _numbered([(torch.cat([p[k][0] for p in parts]).to(device, dtype),
+                           torch.cat([p[k][1] for p in parts]).to(device, dtype)) for k in range(len(parts[0]))])
 
     def _dag_lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
         g = self.dag
@@ -210,7 +262,7 @@ class CrownBounder:
             ball = None if part.l2_ball is None else tuple(t.to(g.device, g.dtype) for t in part.l2_ball)
             Cs = C[s : s + step].to(g.device, g.dtype)
             with torch.no_grad():
-                inter = db.crown_intermediate(g, lo, hi, ball, crown=self.intermediate != "ibp")
+                inter = db.crown_intermediate(g, lo, hi, ball, crown=self.relu_bounds != "ibp")
                 if self.alpha_iterations > 0:
                     low = db.alpha_crown_spec(g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations,
                                               stop_when_positive=False, ball=ball)
@@ -260,14 +312,24 @@ class LirpaMethodBounder:
                 spec = torch.zeros(1, 1, model(x).shape[1], dtype=x.dtype, device=x.device)
             self.lower(InputSet.ball(x, 1e-3, "l2"), spec)
 
-    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+    def _eps(self, inputs: InputSet) -> float:
         if inputs.norm is None:
             raise InputError("the auto_LiRPA methods here bound eps balls; use a native method for input boxes")
         eps = inputs.eps
         if bool((eps != eps[0]).any()):
             raise InputError("the auto_LiRPA methods here need one eps for the whole batch")
+        return float(eps[0])
+
+    def intermediate(self, inputs: InputSet) -> list[ReluInputBounds]:
+        """The bounds auto_LiRPA keeps on each ReLU's input node after bounding the logits."""
+        self.inner.bounds(inputs.x0, self._eps(inputs), inputs.norm, None, bound_upper=False)
+        return _numbered([(relu.inputs[0].lower.detach(), relu.inputs[0].upper.detach())
+                          for relu in self.inner.module.relus])
+
+    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        eps = self._eps(inputs)
         try:
-            low, _ = self.inner.bounds(inputs.x0, float(eps[0]), inputs.norm, C, bound_upper=False)
+            low, _ = self.inner.bounds(inputs.x0, eps, inputs.norm, C, bound_upper=False)
         except InputError as e:
             if "BoundConcat" in str(e) and self.steps:
                 _refuse_l2_concat(self.steps, self.label)

@@ -29,8 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcli.certify.deadline import DeadlineReached, check_deadline
 from robustcli.certify.conv_patches import bn_affine, conv_input_vjp, layer_shapes, patch_lower, patchable
 from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
+
+# Most slope variables alpha-CROWN optimises for intermediate layers (float64: 2 GiB), see alpha_crown_spec.
+ALPHA_ELEMENTS = 2**28
 
 # AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
 AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity,
@@ -343,6 +347,7 @@ def crown_intermediate(
     base: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ball: tuple[torch.Tensor, torch.Tensor] | None = None,
     splits: list[torch.Tensor] | None = None,
+    deadline: float | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """CROWN bounds of every ReLU input, each intersected with `base` (IBP unless given).
 
@@ -354,12 +359,14 @@ def crown_intermediate(
     Without `alphas`, only neurons that are unstable under the IBP bound (refreshed from the
     tighter bounds of the layer before) get a backward pass: a stable neuron's relaxation is exact
     whatever its bounds, so tightening them cannot change any later bound. Rows are gathered per
-    point (each point its own unstable set, padded to the batch's largest)."""
+    point (each point its own unstable set, padded to the batch's largest). Past `deadline`
+    (time.monotonic()) it raises DeadlineReached (certify/deadline.py), checked between parts."""
     base = base if base is not None else ibp_intermediate(chain, lo, hi)
     if alphas is None:
-        return _crown_intermediate_unstable(chain, lo, hi, base, ball, splits)
+        return _crown_intermediate_unstable(chain, lo, hi, base, ball, splits, deadline)
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(len(chain.blocks) - 1):
+        check_deadline(deadline)
         shape = chain.out_shapes[i]
         n = base[i][0][0].numel()
         rows = _eye_rows(shape, chain.dtype, chain.device)
@@ -386,7 +393,7 @@ def _clamp_split(bl, bu, s):
     return torch.where(s > 0, bl.clamp(min=0), bl), torch.where(s < 0, bu.clamp(max=0), bu)
 
 
-def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
+def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadline=None):
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     # With splits, layers up to the first split layer keep their (clamped) base bounds: nothing
     # before them changed, so recomputing would give the base bounds again.
@@ -418,7 +425,7 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None):
             continue
         idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
         valid = unstable.gather(1, idx)
-        low = _rows_lower_by_points(chain, i, idx, valid, lo, hi, bounds, ball)
+        low = _rows_lower_by_points(chain, i, idx, valid, lo, hi, bounds, ball, deadline)
         inf = torch.tensor(float("inf"), dtype=chain.dtype, device=chain.device)
         l_new = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
         u_new = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
@@ -437,12 +444,14 @@ _GROUP_ELEMENTS = 2**18
 _PATCH_ROWS = 1024
 
 
-def _rows_lower_by_points(chain: Chain, i: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
+def _rows_lower_by_points(chain: Chain, i: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball,
+                          deadline: float | None = None) -> torch.Tensor:
     """Lower bounds (B, 2k) of z_i[idx] and -z_i[idx] where `valid` (B, k; true entries first in
     each row), computed in groups of points, each group with only as many rows as its own points
     need (entries past them are left at zero). The parts are for CPU caches and heap; on a GPU
     the whole batch is one pass, as small parts would leave it idle between kernel launches."""
     B, k = idx.shape
+    check_deadline(deadline)
     if idx.device.type != "cpu":
         return _rows_lower(chain, i, idx, lo, hi, bounds, ball)
     width = max(_numel(s) for s in (*chain.in_shapes[: i + 1], *chain.out_shapes[: i + 1]))
@@ -464,6 +473,7 @@ def _rows_lower_by_points(chain: Chain, i: int, idx: torch.Tensor, valid: torch.
         calls = -(-kg // per_call)
         size = -(-kg // calls)  # equal parts
         for r in range(0, kg, size):
+            check_deadline(deadline)
             e = min(kg, r + size)
             low = _rows_lower(chain, i, idx[sl, r:e], part(lo, sl), part(hi, sl), bnd, b)
             out[sl, r:e], out[sl, k + r : k + e] = low[:, : e - r], low[:, e - r :]
@@ -490,8 +500,8 @@ def _rows_lower(chain: Chain, i: int, idx: torch.Tensor, lo, hi, bounds, ball) -
     return backward_lower(chain, i, rows.reshape(B, 2 * k, *shape), lo, hi, bounds, ball=ball)
 
 
-def crown_spec(chain: Chain, lo, hi, C, d, bounds=None) -> tuple[torch.Tensor, list]:
-    bounds = bounds if bounds is not None else crown_intermediate(chain, lo, hi)
+def crown_spec(chain: Chain, lo, hi, C, d, bounds=None, deadline: float | None = None) -> tuple[torch.Tensor, list]:
+    bounds = bounds if bounds is not None else crown_intermediate(chain, lo, hi, deadline=deadline)
     A = C.reshape(C.shape[0], *chain.out_shapes[-1])
     return backward_lower(chain, len(chain.blocks) - 1, A, lo, hi, bounds) + d, bounds
 
@@ -508,6 +518,12 @@ def alpha_crown_spec(
     `bounds` are CROWN intermediate bounds (kept as a floor: optimised ones are intersected with
     them). Returns the best lower bound (B, K) per row over the iterations; if `tightened_out` is
     a list, it receives the tightest intermediate bounds seen (for branch and bound).
+
+    The intermediate layers' slopes take one value per (bounded neuron, ReLU neuron) pair; when
+    those would exceed `ALPHA_ELEMENTS` numbers (wide convolutional layers: 32x32x32 neurons need
+    2^31 per layer pair), only the specification's slopes are optimised and the intermediate
+    bounds stay CROWN's (sound, less tight). Past `deadline` it stops after the current iteration
+    (inside the first one it raises DeadlineReached: no bound yet).
     """
     # C (K, n_out) shared by the batch, or (B, K, n_out) per point.
     B, L, K = lo.shape[0], len(chain.blocks) - 1, C.shape[-2]
@@ -519,7 +535,9 @@ def alpha_crown_spec(
         return (u > -l).to(chain.dtype).expand(B, rows, -1).clone().requires_grad_(True)
 
     sizes = [bounds[i][0][0].numel() for i in range(L)]
-    inter = [[init(2 * sizes[i], j) for j in range(i)] for i in range(L)]
+    pairs = B * sum(2 * sizes[i] * sizes[j] for i in range(L) for j in range(i))
+    inter = [[init(2 * sizes[i], j) for j in range(i)] if pairs <= ALPHA_ELEMENTS else [] for i in range(L)]
+    optimise_inter = pairs <= ALPHA_ELEMENTS and L > 1
     final = [init(K, j) for j in range(L)]
     params = [a for row in inter for a in row] + final
     if not params or K == 0:  # no ReLU (CROWN is exact) or no margin: nothing to optimise
@@ -539,7 +557,13 @@ def alpha_crown_spec(
     tightened = [(l.clone(), u.clone()) for l, u in bounds]
     for it in range(iterations):
         with torch.enable_grad():
-            bnd = crown_intermediate(chain, lo, hi, inter, base=tightened, ball=ball) if L > 1 else bounds
+            try:
+                bnd = crown_intermediate(chain, lo, hi, inter, base=tightened, ball=ball,
+                                         deadline=deadline) if optimise_inter else bounds
+            except DeadlineReached:
+                if it == 0:
+                    raise
+                break
             low = backward_lower(chain, L, A, lo, hi, bnd, final, ball=ball) + d
             best = torch.maximum(best, low.detach())
             for k, (l, u) in enumerate(bnd):

@@ -33,6 +33,7 @@ from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bab import BabOutcome, bab_refute
 from robustcli.certify.bounders import spec_chain
+from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
 from robustcli.certify.spec_lirpa import lirpa_box_lower
 from robustcli.certify.spec_attack import spec_pgd
@@ -43,6 +44,7 @@ METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 BAB_SPLITS = ("auto", "input", "relu")
 BAB_BOUNDS = ("auto", "reuse", "refresh")
 REUSE_SHARE = 0.3  # of the branch-and-bound time, spent keeping parent bounds before refreshing them
+ATTACK_SHARE = 0.25  # of the time left, the most the first attack stage takes when bound stages follow
 
 
 @dataclass
@@ -237,148 +239,157 @@ def verify_property(
                 note = f"{len(cands)} candidate(s) not confirmed by {reference_name}"
         return None, note
 
-    for method in methods:
-        if out_of_time():
-            return done("timeout", None)
-        if on_stage is not None:
-            on_stage(method)
-        t0 = time.monotonic()
-        note = ""
-        if method == "attack":
-            found, note = attack(attack_steps, attack_restarts, deadline)
-            if found is not None:
-                return found
-            stages.append({"method": method, "seconds": time.monotonic() - t0, "note": note or "none found"})
-            continue
-        split_inputs = bab_split == "input" or (bab_split == "auto" and prop.n_inputs <= input_split_max_dim)
-        if method == "bab" and not split_inputs:  # input splitting searches for counterexamples itself
-            until = t0 + (deadline - t0) / 4 if deadline is not None else None
-            found, note = attack(2 * attack_steps, 5 * attack_restarts, until)
-            if found is not None:
-                return found
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        for ci, case in enumerate(prop.cases):
-            if bool(proved[ci].all()):
-                continue
-            if not chains:  # one float64 copy of the model serves every case
-                try:
-                    chains[0] = spec_chain(model, input_shape, device)
-                except cb.NotAChain as e:
-                    chains[0] = None
-                    not_chain = str(e)
-            chain = chains[0]
-            if chain is None:  # a graph model: native CROWN or auto_LiRPA bounds it if it can; no branch and bound
-                if method == "bab":
-                    note = f"branch and bound needs a chain model ({not_chain})"
-                    break
-                C, d, _ = case.stacked()
-                if method in ("crown", "alpha-crown"):
-                    if 0 not in dags:
-                        dags[0] = _native_dag(model, input_shape, device)
-                    if (dag := dags[0]) is not None:
-                        lower = _native_dag_box_lower(dag, case, input_shape, C, d, method, bounds, ci,
-                                                      alpha_iterations, t0, deadline, "bab" in methods)
-                        note = "native CROWN (graph model)"
-                        proved[ci] |= refuted(lower, case)[0].cpu()
-                        if out_of_time():
-                            break
-                        continue
-                if method == "ibp":
-                    if 0 not in natives:
-                        natives[0] = _native_ibp_model(model, input_shape, device)
-                    if natives[0] is not None:  # native IBP walks graphs the chain engine does not
-                        lower = _native_ibp_box_lower(natives[0], case, input_shape, C, d)
-                        note = "native IBP (graph model)"
-                        proved[ci] |= refuted(lower, case)[0].cpu()
-                        continue
-                try:
-                    lower = lirpa_box_lower(model, case.lower.reshape(1, *input_shape).to(device),
-                                            case.upper.reshape(1, *input_shape).to(device), C.to(device),
-                                            d.to(device), method, alpha_iterations=alpha_iterations)
-                except InputError as e:
-                    note = f"{not_chain}; {e}"
-                    break
-                note = "auto_LiRPA (graph model)"
-                proved[ci] |= refuted(lower, case)[0].cpu()
-                continue
-            C, d, _ = case.stacked()
-            C, d = C.to(chain.device, chain.dtype), d.to(chain.device, chain.dtype)
-            lo = case.lower.to(chain.device, chain.dtype).reshape(1, *input_shape)
-            hi = case.upper.to(chain.device, chain.dtype).reshape(1, *input_shape)
-            with torch.no_grad():
-                if method == "bab":
-                    inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
-                    if inter is None:
-                        inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi)
-                    _, _, rows = case.stacked()
-                    open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
-                    R = max(rows[j].stop - rows[j].start for j in open_)
-                    if R == 0 or not inter:
-                        # no output condition (any input violates), or no ReLU (CROWN is exact)
-                        note = "nothing to branch on"
-                        break
-                    Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
-                    db = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
-                    for k, j in enumerate(open_):
-                        n = rows[j].stop - rows[j].start
-                        Cb[k, :n], db[k, :n] = C[rows[j]], d[rows[j]]
-                    def check(x: torch.Tensor, case=case) -> torch.Tensor:
-                        with torch.no_grad():
-                            y = model(x.to(device, torch.float32).reshape(len(x), *input_shape))
-                        return case.violated_by(y.reshape(len(x), -1).double().cpu()).to(x.device)
-
-                    def search(starts: torch.Tensor, case=case) -> torch.Tensor | None:
-                        cands = spec_pgd(model, case, input_shape, steps=search_steps, generator=g, deadline=deadline,
-                                         starts=starts.reshape(len(starts), *input_shape))
-                        hit = confirmed(cands, case)
-                        return None if hit is None else hit[0].to(chain.device, chain.dtype)
-
-                    if split_inputs:
-                        outcome = input_bab_refute(chain, lo, hi, Cb, db, check=check, deadline=deadline)
-                    else:
-                        outcome = relu_bab(chain, lo, hi, Cb, db, inter, deadline, bab_bounds, check=check,
-                                           search=search)
-                    if outcome.counterexample is not None:
-                        x = outcome.counterexample.float()
-                        y = reference(x[None].cpu())
-                        if _in_box(x, case) and bool(case.violated_by(y).all()):
-                            stages.append({"method": method, "seconds": time.monotonic() - t0,
-                                           "note": f"{outcome.domains} domains: counterexample"})
-                            return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
-                                        confirmed_by=reference_name)
-                        note = f"branch and bound: a candidate not confirmed by {reference_name}"
-                        break
-                    if outcome.reason == "timeout":  # it stops short of the deadline when a round would overrun it
-                        stopped_for_time[0] = True
-                    if outcome.proved:
-                        proved[ci][:] = True
-                    kind = "boxes (input split)" if split_inputs else "domains (ReLU split)"
-                    note = f"{outcome.domains} {kind}" + ("" if outcome.proved else f", {outcome.reason}")
-                    if not outcome.proved:
-                        break  # an open case keeps the property open
-                    continue
-                if method == "ibp":
-                    lower = cb.ibp_spec(chain, lo, hi, C, d)
-                elif method == "crown":
-                    lower, bounds[(ci, "crown")] = cb.crown_spec(chain, lo, hi, C, d, bounds.get((ci, "crown")))
-                else:
-                    inter = bounds.get((ci, "crown"))
-                    if inter is None:
-                        inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi)
-                    tight: list = []
-                    # At most 40% of the remaining time, so branch and bound keeps some.
-                    until = t0 + 0.4 * (deadline - t0) if deadline is not None and "bab" in methods else deadline
-                    lower = cb.alpha_crown_spec(chain, lo, hi, C, d, inter, iterations=alpha_iterations,
-                                                deadline=until, tightened_out=tight)
-                    bounds[(ci, "alpha")] = tight
-            proved[ci] |= refuted(lower, case)[0].cpu()
+    try:
+        for method in methods:
             if out_of_time():
-                break
-        total = sum(len(p_) for p_ in proved)
-        n_proved = int(sum(int(p_.sum()) for p_ in proved))
-        stages.append({"method": method, "seconds": time.monotonic() - t0, "refuted": n_proved, "total": total,
-                       **({"note": note} if note else {})})
-        if all(bool(p_.all()) for p_ in proved):
-            return done("holds", method)
+                return done("timeout", None)
+            if on_stage is not None:
+                on_stage(method)
+            t0 = time.monotonic()
+            note = ""
+            if method == "attack":
+                # The first attack leaves the bound stages most of the time (on a large CNN its
+                # restarts alone can fill any budget); the bab stage attacks again, longer.
+                later = deadline is not None and methods.index(method) < len(methods) - 1
+                until = t0 + ATTACK_SHARE * (deadline - t0) if later else deadline
+                found, note = attack(attack_steps, attack_restarts, until)
+                if found is not None:
+                    return found
+                stages.append({"method": method, "seconds": time.monotonic() - t0, "note": note or "none found"})
+                continue
+            split_inputs = bab_split == "input" or (bab_split == "auto" and prop.n_inputs <= input_split_max_dim)
+            if method == "bab" and not split_inputs:  # input splitting searches for counterexamples itself
+                until = t0 + (deadline - t0) / 4 if deadline is not None else None
+                found, note = attack(2 * attack_steps, 5 * attack_restarts, until)
+                if found is not None:
+                    return found
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+            for ci, case in enumerate(prop.cases):
+                if bool(proved[ci].all()):
+                    continue
+                if not chains:  # one float64 copy of the model serves every case
+                    try:
+                        chains[0] = spec_chain(model, input_shape, device)
+                    except cb.NotAChain as e:
+                        chains[0] = None
+                        not_chain = str(e)
+                chain = chains[0]
+                if chain is None:  # a graph model: native CROWN or auto_LiRPA bounds it if it can; no branch and bound
+                    if method == "bab":
+                        note = f"branch and bound needs a chain model ({not_chain})"
+                        break
+                    C, d, _ = case.stacked()
+                    if method in ("crown", "alpha-crown"):
+                        if 0 not in dags:
+                            dags[0] = _native_dag(model, input_shape, device)
+                        if (dag := dags[0]) is not None:
+                            lower = _native_dag_box_lower(dag, case, input_shape, C, d, method, bounds, ci,
+                                                          alpha_iterations, t0, deadline, "bab" in methods)
+                            note = "native CROWN (graph model)"
+                            proved[ci] |= refuted(lower, case)[0].cpu()
+                            if out_of_time():
+                                break
+                            continue
+                    if method == "ibp":
+                        if 0 not in natives:
+                            natives[0] = _native_ibp_model(model, input_shape, device)
+                        if natives[0] is not None:  # native IBP walks graphs the chain engine does not
+                            lower = _native_ibp_box_lower(natives[0], case, input_shape, C, d)
+                            note = "native IBP (graph model)"
+                            proved[ci] |= refuted(lower, case)[0].cpu()
+                            continue
+                    try:
+                        lower = lirpa_box_lower(model, case.lower.reshape(1, *input_shape).to(device),
+                                                case.upper.reshape(1, *input_shape).to(device), C.to(device),
+                                                d.to(device), method, alpha_iterations=alpha_iterations)
+                    except InputError as e:
+                        note = f"{not_chain}; {e}"
+                        break
+                    note = "auto_LiRPA (graph model)"
+                    proved[ci] |= refuted(lower, case)[0].cpu()
+                    continue
+                C, d, _ = case.stacked()
+                C, d = C.to(chain.device, chain.dtype), d.to(chain.device, chain.dtype)
+                lo = case.lower.to(chain.device, chain.dtype).reshape(1, *input_shape)
+                hi = case.upper.to(chain.device, chain.dtype).reshape(1, *input_shape)
+                with torch.no_grad():
+                    if method == "bab":
+                        inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
+                        if inter is None:
+                            inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi, deadline=deadline)
+                        _, _, rows = case.stacked()
+                        open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
+                        R = max(rows[j].stop - rows[j].start for j in open_)
+                        if R == 0 or not inter:
+                            # no output condition (any input violates), or no ReLU (CROWN is exact)
+                            note = "nothing to branch on"
+                            break
+                        Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
+                        db = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
+                        for k, j in enumerate(open_):
+                            n = rows[j].stop - rows[j].start
+                            Cb[k, :n], db[k, :n] = C[rows[j]], d[rows[j]]
+                        def check(x: torch.Tensor, case=case) -> torch.Tensor:
+                            with torch.no_grad():
+                                y = model(x.to(device, torch.float32).reshape(len(x), *input_shape))
+                            return case.violated_by(y.reshape(len(x), -1).double().cpu()).to(x.device)
+
+                        def search(starts: torch.Tensor, case=case) -> torch.Tensor | None:
+                            cands = spec_pgd(model, case, input_shape, steps=search_steps, generator=g,
+                                             deadline=deadline, starts=starts.reshape(len(starts), *input_shape))
+                            hit = confirmed(cands, case)
+                            return None if hit is None else hit[0].to(chain.device, chain.dtype)
+
+                        if split_inputs:
+                            outcome = input_bab_refute(chain, lo, hi, Cb, db, check=check, deadline=deadline)
+                        else:
+                            outcome = relu_bab(chain, lo, hi, Cb, db, inter, deadline, bab_bounds, check=check,
+                                               search=search)
+                        if outcome.counterexample is not None:
+                            x = outcome.counterexample.float()
+                            y = reference(x[None].cpu())
+                            if _in_box(x, case) and bool(case.violated_by(y).all()):
+                                stages.append({"method": method, "seconds": time.monotonic() - t0,
+                                               "note": f"{outcome.domains} domains: counterexample"})
+                                return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
+                                            confirmed_by=reference_name)
+                            note = f"branch and bound: a candidate not confirmed by {reference_name}"
+                            break
+                        if outcome.reason == "timeout":  # it stops short of the deadline when a round would overrun it
+                            stopped_for_time[0] = True
+                        if outcome.proved:
+                            proved[ci][:] = True
+                        kind = "boxes (input split)" if split_inputs else "domains (ReLU split)"
+                        note = f"{outcome.domains} {kind}" + ("" if outcome.proved else f", {outcome.reason}")
+                        if not outcome.proved:
+                            break  # an open case keeps the property open
+                        continue
+                    if method == "ibp":
+                        lower = cb.ibp_spec(chain, lo, hi, C, d)
+                    elif method == "crown":
+                        lower, bounds[(ci, "crown")] = cb.crown_spec(chain, lo, hi, C, d, bounds.get((ci, "crown")),
+                                                                  deadline=deadline)
+                    else:
+                        inter = bounds.get((ci, "crown"))
+                        if inter is None:
+                            inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi, deadline=deadline)
+                        tight: list = []
+                        # At most 40% of the remaining time, so branch and bound keeps some.
+                        until = t0 + 0.4 * (deadline - t0) if deadline is not None and "bab" in methods else deadline
+                        lower = cb.alpha_crown_spec(chain, lo, hi, C, d, inter, iterations=alpha_iterations,
+                                                    deadline=until, tightened_out=tight)
+                        bounds[(ci, "alpha")] = tight
+                proved[ci] |= refuted(lower, case)[0].cpu()
+                if out_of_time():
+                    break
+            total = sum(len(p_) for p_ in proved)
+            n_proved = int(sum(int(p_.sum()) for p_ in proved))
+            stages.append({"method": method, "seconds": time.monotonic() - t0, "refuted": n_proved, "total": total,
+                           **({"note": note} if note else {})})
+            if all(bool(p_.all()) for p_ in proved):
+                return done("holds", method)
+    except DeadlineReached:  # a bound computation stopped at the deadline: no answer in time
+        stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "stopped at the deadline"})
+        return done("timeout", None)
     return done("timeout" if out_of_time() or stopped_for_time[0] else "unknown", None)

@@ -222,3 +222,50 @@ def test_auto_lirpa_square_root_relaxation_is_refused_because_it_is_unsound():
     low = build_bounder("lirpa-ibp", model, x[:2]).lower(InputSet.ball(x, 0.1, "linf"), spec)
     for pts in sample_ball(x, 0.1, "linf", 500, torch.Generator().manual_seed(1), corners=False):
         assert bool((low <= spec_values(model, pts, spec) + 1e-5).all())
+
+
+def _relu_inputs(model: nn.Module, points: torch.Tensor) -> list[torch.Tensor]:
+    """The values entering each nn.ReLU module, in the order the network applies them."""
+    seen: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+             for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with torch.no_grad():
+            model(points)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("kind,depth,bn,residual", NETS)
+@pytest.mark.parametrize("inputs", ["linf", "l2", "box"])
+def test_intermediate_bounds_contain_every_sampled_relu_input(kind, depth, bn, residual, inputs):
+    """Every bounder reports its bounds of each ReLU's input on request: one entry per ReLU, each
+    containing the pre-activations of points sampled in the set; CROWN's lie inside IBP's (boxes
+    and Linf balls)."""
+    model, x = _net(kind, depth, bn, residual, 7 + depth)
+    eps = {"linf": 0.05, "l2": 0.4, "box": 0.05}[inputs]
+    if inputs == "box":
+        s = InputSet.box((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
+    else:
+        s = InputSet.ball(x, eps, inputs)
+    g = torch.Generator().manual_seed(2)
+    pts = list(sample_ball(x, eps, "linf" if inputs == "box" else inputs, 100, g, corners=False))
+    pts += list(sample_ball(x, eps, "linf" if inputs == "box" else inputs, 30, g, corners=True))
+    samples = [_relu_inputs(model, p) for p in pts]
+    n_relu = len(samples[0])
+    methods = NATIVE + (["lirpa-crown"] if lirpa_available() and inputs != "box" else [])
+    got = {m: build_bounder(m, model, x[:2]).intermediate(s) for m in methods}
+    for m, layers in got.items():
+        assert len(layers) == n_relu, m
+        for k, b in enumerate(layers):
+            vals = torch.stack([smp[k] for smp in samples])
+            assert b.lower.shape == vals.shape[1:], (m, k)
+            assert bool((b.lower <= vals + 1e-6).all() and (vals <= b.upper + 1e-6).all()), (m, b.name)
+    if inputs == "l2":
+        return  # native IBP carries the L2 ball exactly through the first layer; CROWN may be looser there
+    for k in range(n_relu):  # CROWN computes in float64 and is intersected with IBP's float64 bounds
+        crown, ibp = got["crown"][k], got["ibp"][k]
+        assert bool((crown.lower >= ibp.lower - 1e-5 * (1 + ibp.lower.abs())).all()), k
+        assert bool((crown.upper <= ibp.upper + 1e-5 * (1 + ibp.upper.abs())).all()), k
