@@ -452,17 +452,21 @@ def alpha_crown_spec(
         if k > 0 and any(r in dag.ancestors(q) for r in relus):  # else CROWN is exact for q
             idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
             rows_of[q] = (idx, unstable.gather(1, idx))
-    inter = {q: {r: init(2 * idx.shape[1], r) for r in relus if r in dag.ancestors(q)} for q, (idx, _) in rows_of.items()}
+    # Slopes of a convolutional quantity are kept in patch form (certify/dag_patches.py), created on
+    # its first pass; others are dense (B, rows, n_relu).
+    patched = {q for q in rows_of if dag_patches.patchable(dag, q)}
+    inter: dict[int, dict[int, torch.Tensor]] = {
+        q: {} if q in patched else {r: init(2 * idx.shape[1], r) for r in relus if r in dag.ancestors(q)}
+        for q, (idx, _) in rows_of.items()}
     final = {r: init(K, r) for r in relus if r in dag.ancestors(dag.output)}
     params = [a for per in inter.values() for a in per.values()] + list(final.values())
-    if not params or K == 0:
+    if not params and not patched or K == 0:
         with torch.no_grad():
             low = backward_lower(dag, dag.output, A, lo, hi, bounds, ball=ball) + d
         if tightened_out is not None:
             tightened_out.update(bounds)
         return low
-    m1 = [torch.zeros_like(a) for a in params]
-    m2 = [torch.zeros_like(a) for a in params]
+    moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # Adam's, per parameter (by id)
     beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=dag.dtype, device=dag.device)
     tightened = {q: (l.clone(), u.clone()) for q, (l, u) in bounds.items()}
@@ -477,8 +481,16 @@ def alpha_crown_spec(
                 idx, valid = rows_of[q]
                 n = dag.nodes[q]
                 k = idx.shape[1]
-                rows = _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device)
-                low = backward_lower(dag, q, rows, lo, hi, bnd, inter[q], ball=ball)
+                low = None
+                if q in patched:
+                    try:
+                        low = dag_patches.patch_rows_lower(dag, q, idx, lo, hi, bnd, ball, alphas=inter[q])
+                    except dag_patches.NoPatches:  # e.g. strides that differ at a fork: dense slopes
+                        patched.discard(q)
+                        inter[q] = {r: init(2 * k, r) for r in relus if r in dag.ancestors(q)}
+                if low is None:
+                    rows = _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device)
+                    low = backward_lower(dag, q, rows, lo, hi, bnd, inter[q], ball=ball)
                 fl, fu = bl.reshape(B, -1), bu.reshape(B, -1)
                 l_new = fl.scatter(1, idx, torch.where(valid, low[:, :k], fl.gather(1, idx)))
                 u_new = fu.scatter(1, idx, torch.where(valid, -low[:, k:], fu.gather(1, idx)))
@@ -495,11 +507,13 @@ def alpha_crown_spec(
             if (stop_when_positive and bool((best > 0).all())) or (deadline is not None and time.monotonic() > deadline):
                 break
             loss = -low.clamp(max=1e-2).sum()  # proven rows stop pulling on the shared slopes
+            params = [a for per in inter.values() for a in per.values()] + list(final.values())
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
-            for a, g, v1, v2 in zip(params, grads, m1, m2):
+            for a, g in zip(params, grads):
                 if g is None:
                     continue
+                v1, v2 = moments.setdefault(id(a), (torch.zeros_like(a), torch.zeros_like(a)))
                 v1.mul_(beta1).add_(g, alpha=1 - beta1)
                 v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)

@@ -95,10 +95,32 @@ def _merge(a: PatchRows, b: PatchRows) -> PatchRows:
     return out
 
 
+def _relax_with_slopes(p: PatchRows, r: int, lines, alphas: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Through ReLU node r's relaxation with optimisable lower slopes kept in patch form: one slope
+    per row and window position (B, 2k, C, ph, pw), only read where the neuron is unstable; created
+    at CROWN's adaptive slope on first use. Returns the constant the upper line adds."""
+    up_s, up_t, low_s, unstable = lines
+    _unpair(p)  # the rows for z and -z take different slopes
+    g = p.gather(torch.cat([low_s, up_s, up_t, unstable.to(low_s.dtype)], 1))
+    c = low_s.shape[1]
+    low, up, t, unst = g[:, :, :c], g[:, :, c : 2 * c], g[:, :, 2 * c : 3 * c], g[:, :, 3 * c :]
+    if r not in alphas:
+        alphas[r] = low.detach().clone().requires_grad_(True)
+    low = torch.where(unst > 0, alphas[r], low)
+    neg = p.coef.clamp(max=0)
+    pos = p.coef - neg
+    p.coef = pos * low + neg * up
+    p.outside_zeroed = True
+    return (neg * t).flatten(2).sum(2)
+
+
 def patch_rows_lower(dag: "Dag", q: int, idx: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                     bounds: dict, ball: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     bounds: dict, ball: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     alphas: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Lower bounds (B, 2k) of v_q[idx] and of -v_q[idx] over the input set, rows kept as patches.
-    `bounds[j]` (B, *shape): intervals of the nodes feeding ReLUs (as backward_lower)."""
+    `bounds[j]` (B, *shape): intervals of the nodes feeding ReLUs (as backward_lower). `alphas`
+    (alpha-CROWN): ReLU node -> lower slopes in patch form, filled on the first call (see
+    `_relax_with_slopes`); the same rows must come back on later calls."""
     from robustcli.certify.chain_bounds import _relu_lines
 
     n_q = dag.nodes[q]
@@ -152,8 +174,12 @@ def patch_rows_lower(dag: "Dag", q: int, idx: torch.Tensor, lo: torch.Tensor, hi
                 c.map_shape = tuple(dag.nodes[parent].shape)
                 send(parent, c)
         else:  # relu
-            up_s, up_t, low_s, _ = _relu_lines(*bounds[n.parents[0]])
-            bias = bias + p.back_relu(low_s, up_s, up_t)  # (B, 2k) whether or not the rows were paired
+            lines = _relu_lines(*bounds[n.parents[0]])
+            if alphas is not None:
+                bias = bias + _relax_with_slopes(p, i, lines, alphas)
+            else:
+                up_s, up_t, low_s, _ = lines
+                bias = bias + p.back_relu(low_s, up_s, up_t)  # (B, 2k) whether or not the rows were paired
             p.map_shape = tuple(dag.nodes[n.parents[0]].shape)
             send(n.parents[0], p)
     p = state.get(0)
