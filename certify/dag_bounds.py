@@ -21,12 +21,14 @@ its parents).
   the (already tightened) bounds of the ReLUs before it (Gowal et al. 2018, eq. 6), then by CROWN
   for the neurons IBP leaves unstable only (a stable neuron's relaxation is exact whatever its
   bounds), each neuron's interval the intersection of both. On a chain this is the same
-  computation as chain_bounds', which chains keep using.
+  computation as chain_bounds', which chains keep using. Rows of a convolutional node whose graph
+  down to the input is convolutional are kept as patches (certify/dag_patches.py); other one-hot
+  rows through an affine node are rows of its dense matrix.
 - alpha-CROWN (Xu et al. 2021, sec. 3.1): the lower slopes of every (ReLU, bounded quantity) pair
-  become variables in [0, 1] (one per row and neuron), optimised by projected Adam (lr 0.1) on the
-  specification's bound, started at CROWN's adaptive slopes; every iterate is sound, so the best
-  bound per row over the iterations is kept, and later iterations start from the tightest
-  intermediate bounds seen.
+  become variables in [0, 1] (one per row and neuron; in patch form for convolutional quantities),
+  optimised by projected Adam (lr 0.1) on the specification's bound, started at CROWN's adaptive
+  slopes; every iterate is sound, so the best bound per row over the iterations is kept, and later
+  iterations start from the tightest intermediate bounds seen.
 
 Computed in float64 by default; the engine runs on the device of the model's parameters.
 """
