@@ -1,5 +1,6 @@
-"""Bounds of C f(x) + d over a per-element input box through auto_LiRPA, for models that are not
-chains (e.g. ONNX graphs with residual adds), where certify/chain_bounds.py does not apply.
+"""Bounds of C f(x) + d over a per-element input box through auto_LiRPA, for graph models the native
+CROWN engines do not cover (max pooling, smooth activations; ReLU graphs with residual adds and
+concatenations are bounded natively by certify/dag_bounds.py).
 
 Uses certify/lirpa.py's compat shim and model rewrites, with the box as
 `PerturbationLpNorm(norm=inf, x_L=lower, x_U=upper)`; the methods are auto_LiRPA's IBP, CROWN and

@@ -106,7 +106,7 @@ def test_chains_keep_the_chain_engine():
 
 @LIRPA
 @pytest.mark.parametrize("name", list(LIRPA_NETS))
-@pytest.mark.parametrize("eps", [0.01, 0.04])
+@pytest.mark.parametrize("eps", [0.01, pytest.param(0.04, marks=pytest.mark.slow)])
 def test_crown_equals_auto_lirpa_crown_on_graphs(name, eps):
     """The same relaxation (adaptive lower slope) through the same graph, with CROWN's intermediate
     bounds alone (as auto_LiRPA computes them): equal to 1e-5 (auto_LiRPA computes in float32). The
