@@ -329,3 +329,22 @@ def test_alpha_crown_with_patch_slopes_equals_dense_slopes(name):
     crown, _ = db.crown_spec(dag, s.lower, s.upper, spec, bounds=inter)
     assert float((lows[0] - crown).max()) > 1e-4  # the slopes moved
     torch.testing.assert_close(lows[0], lows[1], atol=1e-10, rtol=0)
+
+
+@LIRPA
+def test_spec_verification_keeps_auto_lirpa_for_max_pooling():
+    """A graph the native CROWN engines do not cover (max pooling) still gets its CROWN stage from
+    auto_LiRPA."""
+    from certify_nets import maxpool_digits_cnn
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    torch.manual_seed(0)
+    model = maxpool_digits_cnn().eval()
+    x = _points(12, 1)
+    label = int(model(x).argmax(1))
+    lo, hi = (x - 0.002).clamp(0, 1).flatten(), (x + 0.002).clamp(0, 1).flatten()
+    res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10)), (1, 8, 8),
+                          methods=("crown",))
+    assert res.stages[0]["note"] == "auto_LiRPA (graph model)"
+    assert res.status in ("holds", "unknown")
