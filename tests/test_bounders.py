@@ -44,8 +44,6 @@ def _check_ball(method, model, x, eps, norm):
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.4)])
 @pytest.mark.parametrize("method", NATIVE)
 def test_native_bounders_are_sound_on_balls(method, kind, depth, bn, residual, norm, eps):
-    if residual and method != "ibp" and not lirpa_available():
-        pytest.skip("the CROWN family bounds residual graphs through auto_LiRPA")
     model, x = _net(kind, depth, bn, residual, 3 * depth + bn)
     _check_ball(method, model, x, eps, norm)
 
