@@ -339,7 +339,6 @@ def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi
     """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx] (rows past a point's `valid` ones stay zero),
     in groups of points and rows (see _GROUP_ELEMENTS)."""
     B, k = idx.shape
-    n = dag.nodes[q]
     if idx.device.type != "cpu":
         return _rows_pass(dag, q, idx, lo, hi, bounds, ball)
     width = dag.width()
