@@ -389,7 +389,7 @@ def crown_intermediate(
         Bq = bl.shape[0]
         bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
         unstable = (bl < 0) & (bu > 0)
-        if not intersect_ibp:
+        if not intersect_ibp and crown and i != 0:  # every neuron gets CROWN's bound, nothing else
             unstable = torch.ones_like(unstable)
             bl, bu = torch.full_like(bl, -float("inf")), torch.full_like(bu, float("inf"))
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
