@@ -93,7 +93,8 @@ class PatchRows:
     After a transposed convolution a patch may hold coefficients at padding positions (outside the
     map), which carry no variable. They are zeroed lazily (`outside_zeroed`): every value gathered
     for a patch is zero outside the map, so a ReLU's slopes, an elementwise scale and the box's
-    centre and radius zero them anyway; only a convolution's bias sum and the L2 norm need them
+    centre and radius zero them anyway; a convolution (its bias sum and its transposition, which
+    would carry an outside entry back onto positions inside the next map) and the L2 norm need them
     zeroed first."""
 
     def __init__(self, coef: torch.Tensor, window: Window, pos: tuple[torch.Tensor, torch.Tensor], grid: tuple[int, int]):
@@ -139,8 +140,10 @@ class PatchRows:
         """Rows of the convolution's input; returns the constant (B, R) the bias adds."""
         B, R, O, ph, pw = self.coef.shape
         bias = torch.zeros(B, R, dtype=self.coef.dtype, device=self.coef.device)
+        # Entries at padding positions carry no variable; transposed once more they would land on
+        # positions inside the input map (two convolutions with no elementwise map between them).
+        self.zero_outside()
         if m.bias is not None:
-            self.zero_outside()
             bias = self.coef.sum((3, 4)) @ m.bias
         self.window = self.window.through_conv(m)
         coef = conv_transpose_unpadded(self.coef.reshape(B * R, O, ph, pw), m, self.window.size, cache)

@@ -3,8 +3,8 @@ as patches (auto_LiRPA's "patches" mode, Xu et al. 2020; certify/conv_patches.py
 
 A neuron of a convolutional map depends on a window of every map before it, so its CROWN row
 (Zhang et al. 2018, Thm 3.2) is kept as that window, a (C, ph, pw) patch per row, while the pass
-goes through convolutions, elementwise affine maps (BatchNorm, normalisation), ReLU relaxations,
-residual adds and channel concatenations. Where two paths meet at a fork (a residual block's body
+goes through convolutions, average pooling (a depthwise convolution), elementwise affine maps (BatchNorm,
+normalisation), ReLU relaxations, residual adds and channel concatenations. Where two paths meet at a fork (a residual block's body
 and shortcut), their windows differ (two 3x3 convolutions against an identity): both are embedded
 in the smallest window that holds them (same stride needed) and summed, as the dense pass sums the
 two rows. Entries outside a map are zero in every gathered value, so sums over a patch are sums
@@ -12,8 +12,7 @@ over the map; the arithmetic is the dense pass's restricted to where the rows ar
 the bounds are equal up to rounding.
 
 `patch_rows_lower` raises `NoPatches` when the graph below the rows has a layer or join this
-cannot follow (flat maps, average pooling, strides that differ at a fork); the caller then uses
-dense rows.
+cannot follow (flat maps, strides that differ at a fork); the caller then uses dense rows.
 """
 
 from __future__ import annotations
@@ -38,9 +37,29 @@ class NoPatches(ValueError):
     """The rows cannot be kept as patches through this graph."""
 
 
+def _pool_as_conv(m: nn.AvgPool2d, channels: int, cache: dict) -> nn.Conv2d:
+    """Average pooling (zero padding counted, no ceil mode) as the depthwise convolution it is."""
+    key = ("pool", id(m), channels)
+    if key not in cache:
+        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+        k = pair(m.kernel_size)
+        stride = pair(m.stride if m.stride is not None else m.kernel_size)
+        conv = nn.Conv2d(channels, channels, k, stride, pair(m.padding), groups=channels, bias=False)
+        conv = conv.to(device=cache["device"], dtype=cache["dtype"]).requires_grad_(False)
+        conv.weight.data.fill_(1.0 / (k[0] * k[1]))
+        cache[key] = conv
+    return cache[key]
+
+
+def _pool_ok(m: nn.Module) -> bool:
+    return (isinstance(m, nn.AvgPool2d) and not m.ceil_mode and m.divisor_override is None
+            and (m.count_include_pad or m.padding in (0, (0, 0))))
+
+
 def patchable(dag: "Dag", q: int) -> bool:
-    """Every node from the input to node q is a (C, H, W) map reached through convolutions,
-    elementwise affine maps, ReLUs, adds and channel concatenations (strides are checked on the way)."""
+    """Every node from the input to node q is a (C, H, W) map reached through convolutions, average
+    pooling, elementwise affine maps, ReLUs, adds and channel concatenations (strides are checked on
+    the way)."""
     cache = dag.__dict__.setdefault("_patchable", {})
     if q not in cache:
         ok = True
@@ -49,7 +68,8 @@ def patchable(dag: "Dag", q: int) -> bool:
             if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0):
                 ok = False
             elif n.kind == "affine" and not all(
-                    conv_supported(m) or isinstance(m, (nn.BatchNorm2d, ElementwiseAffine, *_PASS)) for m in n.layers):
+                    conv_supported(m) or _pool_ok(m) or isinstance(m, (nn.BatchNorm2d, ElementwiseAffine, *_PASS))
+                    for m in n.layers):
                 ok = False
         cache[q] = ok
     return cache[q]
@@ -143,7 +163,7 @@ def patch_rows_lower(dag: "Dag", q: int, idx: torch.Tensor, lo: torch.Tensor, hi
     def send(j: int, p: PatchRows) -> None:
         state[j] = _merge(state[j], p) if j in state else p
 
-    cache = dag.__dict__.setdefault("_patch_cache", {})
+    cache = dag.__dict__.setdefault("_patch_cache", {"device": device, "dtype": dtype})
     for i in range(q, 0, -1):
         p = state.pop(i, None)
         if p is None:
@@ -154,6 +174,8 @@ def patch_rows_lower(dag: "Dag", q: int, idx: torch.Tensor, lo: torch.Tensor, hi
             for m, s_in, s_out in zip(reversed(n.layers), reversed(shapes[:-1]), reversed(shapes[1:])):
                 if isinstance(m, nn.Conv2d):
                     add_bias(p, p.back_conv(m, s_in, cache))
+                elif isinstance(m, nn.AvgPool2d):
+                    p.back_conv(_pool_as_conv(m, s_in[0], cache), s_in, cache)  # no bias
                 elif isinstance(m, nn.BatchNorm2d):
                     scale, shift = bn_affine(m)
                     add_bias(p, p.back_elementwise(scale.view(-1, 1, 1), shift.view(-1, 1, 1), s_out))

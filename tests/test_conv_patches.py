@@ -28,7 +28,15 @@ def _nets() -> dict[str, nn.Module]:
             nn.Conv2d(1, 4, (3, 5), (1, 2), (1, 2)), nn.ReLU(), nn.Conv2d(4, 6, 3, 1, 1, groups=2), nn.ReLU(),
             nn.Flatten(), nn.Linear(6 * 16 * 8, 3),
         ),
+        # Two convolutions with no elementwise map between them (a bias-free one: an average
+        # pooling written as a depthwise convolution): entries at padding positions must not be
+        # carried back onto the map by the second transposition.
+        "consecutive-bias-free-convs": nn.Sequential(
+            nn.Conv2d(1, 4, 3, 1, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 1, 1, groups=4, bias=False),
+            nn.Conv2d(4, 5, 3, 1, 1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 16 * 16, 3),
+        ),
     }  # fmt: skip
+    nets["consecutive-bias-free-convs"][2].weight.data.fill_(1 / 9)
     for net in nets.values():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
