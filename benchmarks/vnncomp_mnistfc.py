@@ -96,7 +96,7 @@ def main() -> int:
 
     print()
     print(f"instances run: {len(results)}  timeout {args.timeout:g}s each  methods {' '.join(args.methods)}  "
-          f"wall {wall:.0f}s  torch threads 1")
+          f"wall {wall:.0f}s  torch threads {torch.get_num_threads()}")
     print(f"{'':18s}{'holds':>7s}{'violated':>10s}{'unknown':>9s}{'timeout':>9s}")
     print(f"{'robust (ours)':18s}{ours['holds']:7d}{ours['violated']:10d}{ours['unknown']:9d}{ours['timeout']:9d}"
           f"   (all {len(results)} instances run)")
