@@ -14,8 +14,8 @@ its modules are walkable, else the graph front end's rewrite (certify/trace.py),
 ONNX. IBP walks the tree directly (residual adds, BatchNorm in train mode, exact L2 ball through
 the first affine layer: certify/ibp.py); the CROWN family bounds chains of affine blocks and ReLUs
 with certify/chain_bounds.py and ReLU graphs with residual adds and concatenations with
-certify/dag_bounds.py (input boxes and balls alike), and refuses max pooling and smooth
-activations, naming them. A tree neither engine covers (BatchNorm with batch statistics) goes to
+certify/dag_bounds.py (input boxes and balls alike; max pooling relaxed there, so a chain with a
+max pooling goes to the graph engine), and refuses smooth activations, naming them. A tree neither engine covers (BatchNorm with batch statistics) goes to
 auto_LiRPA behind the same interface when it is installed. The `lirpa-*` names always use auto_LiRPA.
 """
 
@@ -241,7 +241,7 @@ class CrownBounder:
             with torch.no_grad():
                 if self.dag is not None:
                     inter = db.crown_intermediate(self.dag, lo, hi, ball, crown=self.relu_bounds != "ibp")
-                    parts.append([inter[i] for i in self.dag.pre])
+                    parts.append([inter[i] for i in self.dag.relu_inputs])
                 else:
                     base = cb.ibp_intermediate(self.chain, lo, hi)
                     parts.append(base if self.relu_bounds == "ibp"
@@ -274,18 +274,20 @@ class CrownBounder:
 
 
 def refuse_monotone(model: nn.Module, method: str) -> None:
-    """The native CROWN engine relaxes ReLUs only: a max pooling or smooth activation is refused,
-    named, with only the methods that bound it: native IBP, and auto_LiRPA's CROWN when installed
-    and every such layer is one its 0.3 release bounds (`graph.lirpa_crown_bounds`)."""
-    found = monotone_layers(model_steps(model, "ibp"))
+    """The native CROWN engine relaxes ReLUs and max pooling (nn.MaxPool2d, certify/dag_bounds.py):
+    any other monotone layer (smooth activations, adaptive max pooling, clamps) is refused, named,
+    with only the methods that bound the model: native IBP, and auto_LiRPA's CROWN when installed
+    and every such layer, max pooling included, is one its 0.3 release bounds (`graph.lirpa_crown_bounds`)."""
+    every = monotone_layers(model_steps(model, "ibp"))
+    found = [s for s in every if not isinstance(s.module, nn.MaxPool2d)]
     if not found:
         return
     from robustcli.certify.lirpa import lirpa_available
 
-    lirpa = lirpa_available() and all(lirpa_crown_bounds(s.module) for s in found)
+    lirpa = lirpa_available() and all(lirpa_crown_bounds(s.module) for s in every)
     alternatives = "--method ibp" + (" or lirpa-crown (auto_LiRPA)" if lirpa else "")
     raise UnsupportedLayer(
-        f"native {method} relaxes ReLUs only and cannot bound {describe(found[0])} of this model; use {alternatives}"
+        f"native {method} relaxes ReLUs and max pooling only and cannot bound {describe(found[0])} of this model; use {alternatives}"
     )
 
 

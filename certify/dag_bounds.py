@@ -4,7 +4,8 @@ alpha-CROWN on a computation graph.
 The canonical layer tree (nn.Sequential, `Residual(body, shortcut)`, `Concat(branches, dim)`,
 `Normalized`, and the affine leaves of certify/chain_bounds.py with ReLUs) becomes a DAG of nodes:
 the input, an affine run (consecutive affine layers of one branch), an add, a concatenation along a
-per-point feature axis, and a ReLU. Nodes are numbered in a topological order (every node after
+per-point feature axis, a ReLU, and a max pooling (nn.MaxPool2d: padding, dilation and ceil_mode
+read as windows of input positions, see `_window_index`). Nodes are numbered in a topological order (every node after
 its parents).
 
 - CROWN (Zhang et al. 2018, Thm 3.2) in the general-graph form of Xu et al. 2020 ("Automatic
@@ -16,11 +17,15 @@ its parents).
   to the constant), a ReLU relaxes A with the lines of chain_bounds (upper line u (z - l)/(u - l),
   adaptive lower slope 1 if u > -l else 0 on unstable neurons). The input's coefficients are
   concretised over the box, and for an L2 ball also by the dual norm (A x0 - eps ||A||_2), the
-  larger bound kept, as in chain_bounds.
-- Intermediate bounds: every node that feeds a ReLU is bounded, in topological order, by IBP from
+  larger bound kept, as in chain_bounds. A max pooling relaxes each output window with the lines
+  of DeepPoly (Singh et al. 2019, sec. 4, max pooling; `_maxpool_lines`): the window's value
+  y = max_j x_j is exactly x_{j*} when one input's lower bound is at least every other input's
+  upper bound; otherwise y >= x_{j*} (j* the input of largest lower bound) and y <= max_j u_j.
+- Intermediate bounds: every node that feeds a ReLU or a max pooling is bounded, in topological order, by IBP from
   the (already tightened) bounds of the ReLUs before it (Gowal et al. 2018, eq. 6), then by CROWN
   for the neurons IBP leaves unstable only (a stable neuron's relaxation is exact whatever its
-  bounds), each neuron's interval the intersection of both. On a chain this is the same
+  bounds; for a max pooling's input: the inputs of windows not decided by their bounds), each
+  neuron's interval the intersection of both. On a chain this is the same
   computation as chain_bounds', which chains keep using. Rows of a convolutional node whose graph
   down to the input is convolutional are kept as patches (certify/dag_patches.py); other one-hot
   rows through an affine node are rows of its dense matrix.
@@ -28,7 +33,8 @@ its parents).
   become variables in [0, 1] (one per row and neuron; in patch form for convolutional quantities),
   optimised by projected Adam (lr 0.1) on the specification's bound, started at CROWN's adaptive
   slopes; every iterate is sound, so the best bound per row over the iterations is kept, and later
-  iterations start from the tightest intermediate bounds seen.
+  iterations start from the tightest intermediate bounds seen. Max pooling lines are not optimised
+  (they follow the intermediate bounds, which the ReLU slopes tighten).
 
 Computed in float64 by default; the engine runs on the device of the model's parameters.
 """
@@ -55,14 +61,16 @@ from robustcli.certify.onnx_layers import ElementwiseAffine
 
 
 class NotADag(NotAChain):
-    """The model has a layer the graph engine does not bound (max pooling, smooth activations,
-    BatchNorm with batch statistics)."""
+    """The model has a layer the graph engine does not bound (smooth activations, adaptive max
+    pooling, BatchNorm with batch statistics)."""
 
 
 @dataclass
 class Node:
     """One value of the graph. kind: "input", "affine" (`layers` applied to the one parent), "add",
-    "concat" (parents joined along per-point axis `axis`), "relu"."""
+    "concat" (parents joined along per-point axis `axis`), "relu", "maxpool" (`layers` = [the
+    nn.MaxPool2d]; `window` (n_out, k): flat parent index of every output's window slots, padding
+    slots = the parent's numel)."""
 
     kind: str
     parents: tuple[int, ...]
@@ -70,6 +78,7 @@ class Node:
     layers: list[nn.Module] = field(default_factory=list)
     axis: int = 0
     shapes: list[tuple[int, ...]] = field(default_factory=list)  # affine: per-layer shapes (layer_shapes)
+    window: torch.Tensor | None = None
 
     @property
     def numel(self) -> int:
@@ -118,6 +127,12 @@ class Dag:
                     v = sum(vals[q] for q in n.parents)
                 elif n.kind == "concat":
                     v = torch.cat([vals[q] for q in n.parents], n.axis + 1)
+                elif n.kind == "maxpool":
+                    p = vals[n.parents[0]]
+                    if p.dim() != 4:
+                        raise NotADag(f"MaxPool2d on a value of shape {tuple(p.shape[1:])}: the graph engine pools (C, H, W) maps")
+                    v = n.layers[0](p)
+                    n.window = _window_index(n.layers[0], tuple(p.shape[1:]), tuple(v.shape[2:]), self.device)
                 else:
                     v = F.relu(vals[n.parents[0]])
                 n.shape = tuple(v.shape[1:])
@@ -125,6 +140,11 @@ class Dag:
 
     @property
     def pre(self) -> list[int]:
+        """Nodes that feed a ReLU or a max pooling (their relaxations need bounds), in topological order."""
+        return sorted({n.parents[0] for n in self.nodes if n.kind in ("relu", "maxpool")})
+
+    @property
+    def relu_inputs(self) -> list[int]:
         """Nodes that feed a ReLU, in topological order."""
         return sorted({n.parents[0] for n in self.nodes if n.kind == "relu"})
 
@@ -190,6 +210,10 @@ class _Builder:
             return src, run
         if isinstance(m, nn.ReLU):
             return self.add(Node("relu", (self.flush(src, run),))), []
+        if isinstance(m, nn.MaxPool2d):
+            if m.return_indices:
+                raise NotADag("MaxPool2d with return_indices=True")
+            return self.add(Node("maxpool", (self.flush(src, run),), layers=[_as_dtype(m, self.dtype)])), []
         if isinstance(m, Residual):
             fork = self.flush(src, run)
             outs = [self.flush(*self.walk(b, fork, [])) for b in (m.body, m.shortcut)]
@@ -214,6 +238,91 @@ def _as_dtype(m: nn.Module, dtype: torch.dtype) -> nn.Module:
     return m.to(dtype)
 
 
+# -- max pooling ------------------------------------------------------------------------------------
+def _window_index(m: nn.MaxPool2d, in_shape: tuple[int, ...], out_hw: tuple[int, ...],
+                  device: torch.device) -> torch.Tensor:
+    """(n_out, k): for output (c, i, j) in flat order, the flat input index of each of its window's
+    k = kh * kw slots; a slot on padding, or past the edge (ceil_mode's last window), gets n_in,
+    which stands for -inf (torch's max pooling pads with -inf, so such a slot never is the max).
+
+    Built by unfolding a map of input indices padded with n_in: the same windows as
+    F.max_pool2d for any padding, stride, dilation and ceil_mode (tested against it)."""
+    C, H, W = in_shape
+    n_in = C * H * W
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    (kh, kw), (sh, sw) = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size)
+    (ph, pw), (dh, dw) = pair(m.padding), pair(m.dilation)
+    Ho, Wo = out_hw
+    # ceil_mode may ask for a last window reaching past the right padding: pad far enough for it.
+    extra_h = max(0, (Ho - 1) * sh + dh * (kh - 1) + 1 - (H + 2 * ph))
+    extra_w = max(0, (Wo - 1) * sw + dw * (kw - 1) + 1 - (W + 2 * pw))
+    idx = torch.arange(n_in, dtype=torch.float64).reshape(1, C, H, W)
+    idx = F.pad(idx, (pw, pw + extra_w, ph, ph + extra_h), value=float(n_in))
+    Hp, Wp = idx.shape[2:]
+    cols = F.unfold(idx, (kh, kw), dilation=(dh, dw), stride=(sh, sw))  # (1, C*kh*kw, Hu*Wu)
+    Hu, Wu = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
+    cols = cols.reshape(C, kh * kw, Hu, Wu)[:, :, :Ho, :Wo]
+    return cols.permute(0, 2, 3, 1).reshape(C * Ho * Wo, kh * kw).round().long().to(device)
+
+
+def _maxpool_lines(window: torch.Tensor, l: torch.Tensor, u: torch.Tensor):
+    """DeepPoly's max pooling relaxation (Singh et al. 2019, sec. 4) of y_o = max_{j in window o} x_j
+    over the box l <= x <= u (l, u (B, n_in)). Returns (jstar, exact, upper), each (B, n_out):
+
+    - jstar: the window input of largest lower bound. y_o >= x_jstar holds for every x (y is a max
+      over a set holding x_jstar), so the lower line is sound for any choice; the largest lower
+      bound makes it tightest at the box's lower corner.
+    - exact: l_jstar >= u_j for every other input j of the window: then every x_j <= u_j <= l_jstar
+      <= x_jstar, so y_o = x_jstar on the whole box (the upper line is x_jstar too).
+    - upper: max_j u_j, the constant upper line y_o <= max_j u_j (each x_j <= u_j), used where not
+      exact. Padding slots are -inf and take part in neither."""
+    B = l.shape[0]
+    ninf = torch.full((B, 1), float("-inf"), dtype=l.dtype, device=l.device)
+    lw = torch.cat([l, ninf], 1)[:, window]  # (B, n_out, k)
+    uw = torch.cat([u, ninf], 1)[:, window]
+    lmax, slot = lw.max(2)
+    jstar = window.expand(B, *window.shape).gather(2, slot.unsqueeze(2)).squeeze(2)
+    others = uw.scatter(2, slot.unsqueeze(2), float("-inf")).amax(2)
+    return jstar, lmax >= others, uw.amax(2)
+
+
+def _maxpool_back(n: Node, parent_numel: int, a: torch.Tensor, bounds_parent, bias: torch.Tensor):
+    """Rows a (B, R, n_out) of a max pooling's output taken to its input through `_maxpool_lines`:
+    a positive coefficient takes the lower line x_jstar, a negative one the upper line (x_jstar
+    where exact, else the constant max_j u_j, added to the bias). Returns (bias, rows (B, R, n_in))."""
+    B, R = a.shape[:2]
+    l, u = (t.reshape(t.shape[0], -1) for t in bounds_parent)
+    jstar, exact, upper = _maxpool_lines(n.window, l, u)
+    jstar, exact, upper = (t.expand(B, *t.shape[1:]) for t in (jstar, exact, upper))
+    neg = a.clamp(max=0)
+    loose = ~exact.unsqueeze(1)
+    bias = bias + (torch.where(loose, neg, torch.zeros_like(neg)) * torch.where(exact, 0.0, upper).unsqueeze(1)).sum(2)
+    through = torch.where(loose, a - neg, a)
+    rows = torch.zeros(B, R, parent_numel, dtype=a.dtype, device=a.device)
+    return bias, rows.scatter_add(2, jstar.unsqueeze(1).expand(B, R, -1), through)
+
+
+def _needs_rows(dag: "Dag", i: int, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, n) neurons of node i whose bounds can still change a relaxation, given bounds l, u (B, n):
+    a ReLU's unstable inputs (l < 0 < u), and the inputs of a max pooling's windows that are not
+    exact (`_maxpool_lines`). Tightening any other neuron leaves every relaxation as it is."""
+    mask = torch.zeros_like(l, dtype=torch.bool)
+    B, n = l.shape
+    for c in dag.nodes:
+        if not c.parents or c.parents[0] != i:
+            continue
+        if c.kind == "relu":
+            mask |= (l < 0) & (u > 0)
+        elif c.kind == "maxpool":
+            _, exact, _ = _maxpool_lines(c.window, l, u)
+            k = c.window.shape[1]
+            loose = (~exact).to(l.dtype).unsqueeze(2).expand(-1, -1, k).reshape(B, -1)
+            marks = torch.zeros(B, n + 1, dtype=l.dtype, device=l.device)
+            marks.scatter_reduce_(1, c.window.reshape(1, -1).expand(B, -1), loose, "amax")
+            mask |= marks[:, :n] > 0
+    return mask
+
+
 # -- IBP --------------------------------------------------------------------------------------------
 def _ibp_node(dag: Dag, i: int, box: dict[int, tuple[torch.Tensor, torch.Tensor]], lo, hi):
     """Interval (l, u) of node i from its parents' intervals in `box`."""
@@ -223,6 +332,9 @@ def _ibp_node(dag: Dag, i: int, box: dict[int, tuple[torch.Tensor, torch.Tensor]
     if n.kind == "relu":
         l, u = box[n.parents[0]]
         return F.relu(l), F.relu(u)
+    if n.kind == "maxpool":  # monotone in every input: exact on a box
+        l, u = box[n.parents[0]]
+        return n.layers[0](l), n.layers[0](u)
     if n.kind == "add":
         parts = [box[q] for q in n.parents]
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
@@ -259,8 +371,8 @@ def backward_lower(
 ) -> torch.Tensor:
     """Lower bound (B, R) of A . v_target + bias over the input set; A (B, R, *shape of the target).
 
-    `bounds[q]` (B, *shape): the interval of each node q feeding a ReLU between the target and the
-    input. `alphas[r]` (B, R, n_r): lower slopes of ReLU node r's unstable neurons for these rows
+    `bounds[q]` (B, *shape): the interval of each node q feeding a ReLU or a max pooling between
+    the target and the input. `alphas[r]` (B, R, n_r): lower slopes of ReLU node r's unstable neurons for these rows
     (else the adaptive choice). `ball` = (centre (B, *input), radius (B,)): the input set is also
     inside this L2 ball (see chain_bounds.backward_lower)."""
     B, R = A.shape[:2]
@@ -288,6 +400,9 @@ def backward_lower(
             parts = a.reshape(B, R, *n.shape).split(sizes, dim=n.axis + 2)
             for q, part in zip(n.parents, parts):
                 send(q, part.reshape(B, R, -1))
+        elif n.kind == "maxpool":
+            bias, a = _maxpool_back(n, dag.nodes[n.parents[0]].numel, a, bounds[n.parents[0]], bias)
+            send(n.parents[0], a)
         else:  # relu
             l, u = (t.reshape(B, 1, -1) for t in bounds[n.parents[0]])
             up_s, up_t, low_s, unstable = _relu_lines(l, u)
@@ -377,9 +492,9 @@ def crown_intermediate(
     base: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None, crown: bool = True,
     intersect_ibp: bool = True, deadline: float | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Intervals (B, *shape) of every node feeding a ReLU: IBP from the bounds before it, intersected
-    with `base` when given, then CROWN for the neurons still unstable (`crown=False`: IBP only,
-    i.e. CROWN-IBP's intermediate bounds).
+    """Intervals (B, *shape) of every node feeding a ReLU or a max pooling: IBP from the bounds
+    before it, intersected with `base` when given, then CROWN for the neurons whose bounds can still
+    change a relaxation (`_needs_rows`) (`crown=False`: IBP only, i.e. CROWN-IBP's intermediate bounds).
 
     `intersect_ibp=False`: CROWN's bounds alone, for every neuron (what auto_LiRPA 0.3's CROWN
     computes; for comparisons). The adaptive lower slope depends on the bounds, so tighter
@@ -401,7 +516,7 @@ def crown_intermediate(
             bl, bu = torch.maximum(bl, base[i][0]), torch.minimum(bu, base[i][1])
         Bq = bl.shape[0]
         bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
-        unstable = (bl < 0) & (bu > 0)
+        unstable = _needs_rows(dag, i, bl, bu)
         if not intersect_ibp and crown and i != 0:  # every neuron gets CROWN's bound, nothing else
             unstable = torch.ones_like(unstable)
             bl, bu = torch.full_like(bl, -float("inf")), torch.full_like(bu, float("inf"))
@@ -471,7 +586,7 @@ def alpha_crown_spec(
         if q == 0:
             continue
         l, u = (t.reshape(t.shape[0], -1) for t in bounds[q])
-        unstable = (l < 0) & (u > 0)
+        unstable = _needs_rows(dag, q, l, u)
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
         if k > 0 and any(r in dag.ancestors(q) for r in relus):  # else CROWN is exact for q
             idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]

@@ -59,13 +59,14 @@ def _pool_ok(m: nn.Module) -> bool:
 def patchable(dag: "Dag", q: int) -> bool:
     """Every node from the input to node q is a (C, H, W) map reached through convolutions, average
     pooling, elementwise affine maps, ReLUs, adds and channel concatenations (strides are checked on
-    the way)."""
+    the way); a max pooling's relaxation gathers one input per window (not a window-shaped map),
+    so rows through it are dense."""
     cache = dag.__dict__.setdefault("_patchable", {})
     if q not in cache:
         ok = True
         for i in dag.ancestors(q):
             n = dag.nodes[i]
-            if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0):
+            if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0) or n.kind == "maxpool":
                 ok = False
             elif n.kind == "affine" and not all(
                     conv_supported(m) or _pool_ok(m) or isinstance(m, (nn.BatchNorm2d, ElementwiseAffine, *_PASS))

@@ -8,9 +8,9 @@ Answers (VNN-COMP 2021 words):
   of its margins (IBP, CROWN or alpha-CROWN, see certify/chain_bounds.py), or by branch and
   bound on ReLU splits (certify/bab.py) for the conjunctions those leave open. Models that are
   not chains are bounded by native IBP in float64 (certify/ibp.py) where it walks them; their
-  CROWN stages run natively in float64 on ReLU graphs with residual adds and concatenations
-  (certify/dag_bounds.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that engine
-  does not cover (max pooling, smooth activations). Branch and bound needs a chain: graph models
+  CROWN stages run natively in float64 on ReLU graphs with residual adds, concatenations and max
+  pooling (certify/dag_bounds.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that
+  engine does not cover (smooth activations). Branch and bound needs a chain: graph models
   get no `bab` stage.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
@@ -85,8 +85,8 @@ def _native_ibp_model(model: nn.Module, input_shape: tuple[int, ...], device: to
 
 
 def _native_dag(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> db.Dag | None:
-    """The float64 graph that native CROWN bounds (ReLU networks with residual adds and
-    concatenations: certify/dag_bounds.py), or None when it has other layers (auto_LiRPA is tried then)."""
+    """The float64 graph that native CROWN bounds (ReLU networks with residual adds, concatenations
+    and max pooling: certify/dag_bounds.py), or None when it has other layers (auto_LiRPA is tried then)."""
     from robustcli.certify.bounders import walkable
     from robustcli.certify.graph import UnsupportedLayer
     from robustcli.certify.trace import UnsupportedOperation

@@ -234,16 +234,13 @@ def test_graph_crown_needs_no_auto_lirpa(monkeypatch):
     assert bool(torch.isfinite(low).all())
 
 
-def test_maxpool_in_a_residual_model_is_still_refused_natively():
-    """Max pooling stays with auto_LiRPA / IBP: the native CROWN family names it."""
-    from robustcli.certify.graph import UnsupportedLayer
-
+def test_maxpool_in_a_residual_model_is_bounded_natively():
+    """Max pooling is a node of the graph engine (certify/dag_bounds.py); tests/test_certify_maxpool.py
+    checks its soundness."""
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10)).eval()
-    with pytest.raises(UnsupportedLayer):
-        build_bounder("crown", model, _points(0)[:2])
-    with pytest.raises(db.NotADag):
-        db.Dag.of(model, (1, 8, 8))
+    bounder = build_bounder("crown", model, _points(0)[:2])
+    assert isinstance(bounder, CrownBounder) and "maxpool" in {n.kind for n in bounder.dag.nodes}
 
 
 @pytest.mark.parametrize("fmt", [pytest.param("state", marks=pytest.mark.slow), "pt2"])
@@ -343,15 +340,14 @@ def test_alpha_crown_with_patch_slopes_equals_dense_slopes(name):
 
 
 @LIRPA
-def test_spec_verification_keeps_auto_lirpa_for_max_pooling():
-    """A graph the native CROWN engines do not cover (max pooling) still gets its CROWN stage from
-    auto_LiRPA."""
-    from certify_nets import maxpool_digits_cnn
+def test_spec_verification_keeps_auto_lirpa_for_smooth_activations():
+    """A graph the native CROWN engines do not cover (tanh before a max pooling) still gets its
+    CROWN stage from auto_LiRPA."""
     from robustcli.certify.spec_verify import verify_property
     from robustcli.certify.vnnlib import parse_vnnlib
 
     torch.manual_seed(0)
-    model = maxpool_digits_cnn().eval()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10)).eval()
     x = _points(12, 1)
     label = int(model(x).argmax(1))
     lo, hi = (x - 0.002).clamp(0, 1).flatten(), (x + 0.002).clamp(0, 1).flatten()
