@@ -506,6 +506,19 @@ def crown_spec(chain: Chain, lo, hi, C, d, bounds=None, deadline: float | None =
     return backward_lower(chain, len(chain.blocks) - 1, A, lo, hi, bounds) + d, bounds
 
 
+def projected_adam_step_(a: torch.Tensor, g: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, it: int, lr: float,
+                         beta1: float = 0.9, beta2: float = 0.999) -> None:
+    """One Adam step (Kingma & Ba 2015, Alg. 1: bias-corrected moments, eps 1e-8) of slopes `a` on
+    gradient `g` of the loss, in place, then the projection onto [0, 1] (alpha-CROWN's slope box,
+    Xu et al. 2021 sec. 3.1). `v1`, `v2`: the parameter's first / second moments, updated in place;
+    `it`: the 0-based iteration. By hand: importing torch.optim pulls in torch._dynamo, seconds of
+    start-up per process."""
+    v1.mul_(beta1).add_(g, alpha=1 - beta1)
+    v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
+    a.sub_(step).clamp_(0, 1)
+
+
 def alpha_crown_spec(
     chain: Chain, lo, hi, C, d, bounds, *, iterations: int = 20, lr: float = 0.1,
     deadline: float | None = None, stop_when_positive: bool = True,
@@ -549,7 +562,6 @@ def alpha_crown_spec(
     # Adam by hand: importing torch.optim pulls in torch._dynamo, seconds of start-up per process.
     m1 = [torch.zeros_like(a) for a in params]
     m2 = [torch.zeros_like(a) for a in params]
-    beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=chain.dtype, device=chain.device)
     # Every iterate's intermediate bounds are sound, so each iteration starts from the tightest seen
     # so far (auto_LiRPA's alpha-CROWN keeps its best intermediate bounds too): later layers then
@@ -577,12 +589,8 @@ def alpha_crown_spec(
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             for a, g, v1, v2 in zip(params, grads, m1, m2):
-                if g is None:
-                    continue
-                v1.mul_(beta1).add_(g, alpha=1 - beta1)
-                v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
-                a.sub_(step).clamp_(0, 1)
+                if g is not None:
+                    projected_adam_step_(a, g, v1, v2, it, lr)
     if tightened_out is not None:
         tightened_out[:] = tightened
     return best

@@ -43,9 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_patches
-from robustcli.certify.chain_bounds import AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine
+from robustcli.certify.chain_bounds import (
+    AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine,
+    projected_adam_step_,
+)
 from robustcli.certify.conv_patches import layer_shapes
+from robustcli.certify.deadline import DeadlineReached, check_deadline
 from robustcli.certify.onnx_layers import ElementwiseAffine
 
 
@@ -335,10 +340,13 @@ def _rows_pass(dag: Dag, q: int, idx: torch.Tensor, lo, hi, bounds, ball) -> tor
     return backward_lower(dag, q, _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device), lo, hi, bounds, ball=ball)
 
 
-def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball) -> torch.Tensor:
+def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball,
+                deadline: float | None = None) -> torch.Tensor:
     """Lower bounds (B, 2k) of v_q[idx] and -v_q[idx] (rows past a point's `valid` ones stay zero),
-    in groups of points and rows (see _GROUP_ELEMENTS)."""
+    in groups of points and rows (see _GROUP_ELEMENTS). Past `deadline` (time.monotonic()) it
+    raises DeadlineReached, checked before every part."""
     B, k = idx.shape
+    check_deadline(deadline)
     if idx.device.type != "cpu":
         return _rows_pass(dag, q, idx, lo, hi, bounds, ball)
     width = dag.width()
@@ -357,6 +365,7 @@ def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi
         calls = -(-kg // per_call)
         size = -(-kg // calls)
         for r in range(0, kg, size):
+            check_deadline(deadline)
             e = min(kg, r + size)
             low = _rows_pass(dag, q, idx[sl, r:e], part(lo, sl), part(hi, sl), bnd, b)
             out[sl, r:e], out[sl, k + r : k + e] = low[:, : e - r], low[:, e - r :]
@@ -366,7 +375,7 @@ def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi
 def crown_intermediate(
     dag: Dag, lo: torch.Tensor, hi: torch.Tensor, ball: tuple[torch.Tensor, torch.Tensor] | None = None,
     base: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None, crown: bool = True,
-    intersect_ibp: bool = True,
+    intersect_ibp: bool = True, deadline: float | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Intervals (B, *shape) of every node feeding a ReLU: IBP from the bounds before it, intersected
     with `base` when given, then CROWN for the neurons still unstable (`crown=False`: IBP only,
@@ -374,7 +383,10 @@ def crown_intermediate(
 
     `intersect_ibp=False`: CROWN's bounds alone, for every neuron (what auto_LiRPA 0.3's CROWN
     computes; for comparisons). The adaptive lower slope depends on the bounds, so tighter
-    intermediate bounds can make a later bound slightly looser: the two modes differ both ways."""
+    intermediate bounds can make a later bound slightly looser: the two modes differ both ways.
+
+    Past `deadline` (time.monotonic()) it raises DeadlineReached (certify/deadline.py), checked
+    before every bounded node and every part of its rows."""
     pre = set(dag.pre)
     box: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -383,6 +395,7 @@ def crown_intermediate(
         box[i] = _ibp_node(dag, i, box, lo, hi)
         if i not in pre:
             continue
+        check_deadline(deadline)
         bl, bu = (t.expand(max(B, t.shape[0]), *t.shape[1:]) for t in box[i])
         if base is not None:
             bl, bu = torch.maximum(bl, base[i][0]), torch.minimum(bu, base[i][1])
@@ -397,7 +410,7 @@ def crown_intermediate(
         if crown and k > 0 and i != 0 and not direct:
             idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
             valid = unstable.gather(1, idx)
-            low = _rows_lower(dag, i, idx, valid, lo, hi, out, ball)
+            low = _rows_lower(dag, i, idx, valid, lo, hi, out, ball, deadline)
             inf = torch.tensor(float("inf"), dtype=dag.dtype, device=dag.device)
             bl = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
             bu = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
@@ -405,9 +418,12 @@ def crown_intermediate(
     return out
 
 
-def crown_spec(dag: Dag, lo, hi, C, d=None, bounds=None, ball=None) -> tuple[torch.Tensor, dict]:
-    """CROWN lower bound (B, K) of C f(x) + d, C (K, n_out) or (B, K, n_out); with the intermediate bounds."""
-    bounds = bounds if bounds is not None else crown_intermediate(dag, lo, hi, ball)
+def crown_spec(dag: Dag, lo, hi, C, d=None, bounds=None, ball=None,
+               deadline: float | None = None) -> tuple[torch.Tensor, dict]:
+    """CROWN lower bound (B, K) of C f(x) + d, C (K, n_out) or (B, K, n_out); with the intermediate
+    bounds. Past `deadline` it raises DeadlineReached (see crown_intermediate)."""
+    bounds = bounds if bounds is not None else crown_intermediate(dag, lo, hi, ball, deadline=deadline)
+    check_deadline(deadline)
     B = lo.shape[0]
     A = C.reshape(*C.shape[:-1], *dag.nodes[dag.output].shape)
     A = A.expand(B, *A.shape) if C.dim() == 2 else A
@@ -429,7 +445,14 @@ def alpha_crown_spec(
     neurons that are unstable under `bounds` (the CROWN intermediate bounds, kept as a floor).
     `intermediate=False` keeps the intermediate bounds fixed and optimises the specification's
     slopes only (one backward pass per iteration instead of one per layer). Returns the best lower
-    bound (B, K) per row over the iterations (iteration 0 is CROWN)."""
+    bound (B, K) per row over the iterations (iteration 0 is CROWN).
+
+    Memory: the intermediate quantities' slopes take one value per (bounded neuron, ReLU neuron)
+    pair; when those would exceed chain_bounds.ALPHA_ELEMENTS numbers (counted as dense, an upper
+    bound of the patch form), only the specification's slopes are optimised and the intermediate
+    bounds stay CROWN's, as in chain_bounds.alpha_crown_spec (sound, less tight).
+    Past `deadline` (time.monotonic()) it stops after the current iteration and returns the best
+    bound so far; inside the first iteration it raises DeadlineReached (no bound yet)."""
     B = lo.shape[0]
     K = C.shape[-2]
     A = C.reshape(*C.shape[:-1], *dag.nodes[dag.output].shape)
@@ -453,6 +476,10 @@ def alpha_crown_spec(
         if k > 0 and any(r in dag.ancestors(q) for r in relus):  # else CROWN is exact for q
             idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
             rows_of[q] = (idx, unstable.gather(1, idx))
+    pairs = B * sum(2 * idx.shape[1] * sum(dag.nodes[r].numel for r in relus if r in dag.ancestors(q))
+                    for q, (idx, _) in rows_of.items())
+    if pairs > cb.ALPHA_ELEMENTS:
+        rows_of = {}
     # Slopes of a convolutional quantity are kept in patch form (certify/dag_patches.py), created on
     # its first pass; others are dense (B, rows, n_relu).
     patched = {q for q in rows_of if dag_patches.patchable(dag, q)}
@@ -468,38 +495,16 @@ def alpha_crown_spec(
             tightened_out.update(bounds)
         return low
     moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # Adam's, per parameter (by id)
-    beta1, beta2 = 0.9, 0.999
     best = torch.full((B, K), float("-inf"), dtype=dag.dtype, device=dag.device)
     tightened = {q: (l.clone(), u.clone()) for q, (l, u) in bounds.items()}
     for it in range(iterations):
         with torch.enable_grad():
-            bnd: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-            for q in dag.pre:
-                bl, bu = tightened[q]
-                if q not in rows_of:
-                    bnd[q] = (bl, bu)
-                    continue
-                idx, valid = rows_of[q]
-                n = dag.nodes[q]
-                k = idx.shape[1]
-                low = None
-                if q in patched:
-                    try:
-                        low = dag_patches.patch_rows_lower(dag, q, idx, lo, hi, bnd, ball, alphas=inter[q])
-                    except dag_patches.NoPatches:  # e.g. strides that differ at a fork: dense slopes
-                        patched.discard(q)
-                        inter[q] = {r: init(2 * k, r) for r in relus if r in dag.ancestors(q)}
-                if low is None:
-                    rows = _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device)
-                    low = backward_lower(dag, q, rows, lo, hi, bnd, inter[q], ball=ball)
-                fl, fu = bl.reshape(B, -1), bu.reshape(B, -1)
-                l_new = fl.scatter(1, idx, torch.where(valid, low[:, :k], fl.gather(1, idx)))
-                u_new = fu.scatter(1, idx, torch.where(valid, -low[:, k:], fu.gather(1, idx)))
-                # The value is the intersection with the tightest bounds so far; the gradient is the
-                # new bound's, so a slope whose bound is still looser keeps being optimised.
-                l_cap, u_cap = torch.maximum(l_new, fl), torch.minimum(u_new, fu)
-                bnd[q] = ((l_new + (l_cap - l_new).detach()).reshape(B, *n.shape),
-                          (u_new + (u_cap - u_new).detach()).reshape(B, *n.shape))
+            try:
+                bnd = _alpha_intermediate(dag, lo, hi, rows_of, patched, inter, tightened, init, ball, deadline)
+            except DeadlineReached:
+                if it == 0:
+                    raise
+                break
             low = backward_lower(dag, dag.output, A, lo, hi, bnd, final, ball=ball) + d
             best = torch.maximum(best, low.detach())
             for q, (l, u) in bnd.items():
@@ -512,13 +517,47 @@ def alpha_crown_spec(
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             for a, g in zip(params, grads):
-                if g is None:
-                    continue
-                v1, v2 = moments.setdefault(id(a), (torch.zeros_like(a), torch.zeros_like(a)))
-                v1.mul_(beta1).add_(g, alpha=1 - beta1)
-                v2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step = lr * (v1 / (1 - beta1 ** (it + 1))) / ((v2 / (1 - beta2 ** (it + 1))).sqrt() + 1e-8)
-                a.sub_(step).clamp_(0, 1)
+                if g is not None:
+                    v1, v2 = moments.setdefault(id(a), (torch.zeros_like(a), torch.zeros_like(a)))
+                    cb.projected_adam_step_(a, g, v1, v2, it, lr)
     if tightened_out is not None:
         tightened_out.update(tightened)
     return best
+
+
+def _alpha_intermediate(dag: Dag, lo, hi, rows_of, patched: set[int], inter, tightened, init, ball,
+                        deadline: float | None) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """One alpha-CROWN iteration's bounds of every node feeding a ReLU, in topological order, with
+    the slopes `inter[q]` of each quantity in `rows_of` (others keep `tightened`); raises
+    DeadlineReached past `deadline`, checked before each quantity."""
+    relus = dag.relus
+    B = lo.shape[0]
+    bnd: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for q in dag.pre:
+        bl, bu = tightened[q]
+        if q not in rows_of:
+            bnd[q] = (bl, bu)
+            continue
+        check_deadline(deadline)
+        idx, valid = rows_of[q]
+        n = dag.nodes[q]
+        k = idx.shape[1]
+        low = None
+        if q in patched:
+            try:
+                low = dag_patches.patch_rows_lower(dag, q, idx, lo, hi, bnd, ball, alphas=inter[q])
+            except dag_patches.NoPatches:  # e.g. strides that differ at a fork: dense slopes
+                patched.discard(q)
+                inter[q] = {r: init(2 * k, r) for r in relus if r in dag.ancestors(q)}
+        if low is None:
+            rows = _one_hot_rows(idx, n.numel, n.shape, dag.dtype, dag.device)
+            low = backward_lower(dag, q, rows, lo, hi, bnd, inter[q], ball=ball)
+        fl, fu = bl.reshape(B, -1), bu.reshape(B, -1)
+        l_new = fl.scatter(1, idx, torch.where(valid, low[:, :k], fl.gather(1, idx)))
+        u_new = fu.scatter(1, idx, torch.where(valid, -low[:, k:], fu.gather(1, idx)))
+        # The value is the intersection with the tightest bounds so far; the gradient is the
+        # new bound's, so a slope whose bound is still looser keeps being optimised.
+        l_cap, u_cap = torch.maximum(l_new, fl), torch.minimum(u_new, fu)
+        bnd[q] = ((l_new + (l_cap - l_new).detach()).reshape(B, *n.shape),
+                  (u_new + (u_cap - u_new).detach()).reshape(B, *n.shape))
+    return bnd

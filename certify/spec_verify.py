@@ -118,16 +118,17 @@ def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, .
                           method: str, bounds: dict, ci: int, alpha_iterations: int, t0: float,
                           deadline: float | None, bab_follows: bool) -> torch.Tensor:
     """(1, S) lower bound of C f(x) + d over the case's box by native CROWN / alpha-CROWN on the
-    graph; the case's CROWN intermediate bounds are computed once and kept in `bounds`."""
+    graph; the case's CROWN intermediate bounds are computed once and kept in `bounds`. Past
+    `deadline` the CROWN passes raise DeadlineReached (the verifier answers `timeout`)."""
     C, d = C.to(dag.device, dag.dtype), d.to(dag.device, dag.dtype)
     lo = case.lower.to(dag.device, dag.dtype).reshape(1, *input_shape)
     hi = case.upper.to(dag.device, dag.dtype).reshape(1, *input_shape)
     with torch.no_grad():
         inter = bounds.get((ci, "dag-crown"))
         if inter is None:
-            inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(dag, lo, hi)
+            inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(dag, lo, hi, deadline=deadline)
         if method == "crown":
-            return db.crown_spec(dag, lo, hi, C, d, inter)[0]
+            return db.crown_spec(dag, lo, hi, C, d, inter, deadline=deadline)[0]
         # At most 40% of the remaining time when branch and bound follows, as for chains.
         until = t0 + 0.4 * (deadline - t0) if deadline is not None and bab_follows else deadline
         return db.alpha_crown_spec(dag, lo, hi, C, d[None], inter, iterations=alpha_iterations, deadline=until)

@@ -100,3 +100,95 @@ def test_alpha_crown_without_intermediate_slopes_is_sound_and_no_looser_than_cro
     with torch.no_grad():
         vals = torch.einsum("kc,bnc->bnk", C, model(pts.reshape(-1, 6)).reshape(4, 2000, 3))
     assert bool((spec_only[:, None] <= vals + 1e-9).all())
+
+
+# -- the graph engine (certify/dag_bounds.py) --------------------------------------------------------
+def _residual_mlp(seed: int = 0) -> nn.Module:
+    from robustcli.core.nn import Residual
+
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 32), nn.ReLU(), Residual(nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))),
+                         nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval()  # fmt: skip
+
+
+def test_graph_crown_rows_stop_at_a_passed_deadline():
+    from robustcli.certify import dag_bounds as db
+
+    dag = db.Dag.of(_residual_mlp(), (6,))
+    lo, hi = torch.zeros(1, 6, dtype=torch.float64), torch.ones(1, 6, dtype=torch.float64)
+    with pytest.raises(DeadlineReached):
+        db.crown_intermediate(dag, lo, hi, deadline=time.monotonic() - 1)
+    C = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(DeadlineReached):
+        db.crown_spec(dag, lo, hi, C, deadline=time.monotonic() - 1)
+    assert set(db.crown_intermediate(dag, lo, hi, deadline=time.monotonic() + 60)) == set(dag.pre)
+
+
+def test_a_slow_graph_crown_stage_answers_timeout_near_the_deadline(monkeypatch):
+    """Graph CROWN rows that take 0.4 s per part cannot run past a 1 s timeout: `timeout` within 1 s."""
+    from robustcli.certify import dag_bounds as db
+
+    model = _residual_mlp()
+    prop, _ = _hard_box(model)
+    # The first graph verification imports the graph front end (about 1 s, once per process): not
+    # bound work, so done before the clock matters.
+    verify_property(model, prop, (6,), methods=("ibp",), timeout=60.0)
+    rows = db._rows_pass
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return rows(*args, **kwargs)
+
+    monkeypatch.setattr(db, "_rows_pass", slow)
+    monkeypatch.setattr(db, "_GROUP_ELEMENTS", 64)  # many small parts, so the clock is read often
+    for method in ("crown", "alpha-crown"):
+        t0 = time.monotonic()
+        res = verify_property(model, prop, (6,), methods=(method,), timeout=1.0)
+        assert res.status == "timeout", method
+        assert time.monotonic() - t0 < 2.0, method
+        assert res.stages[-1]["note"] == "stopped at the deadline"
+
+
+def test_graph_alpha_crown_stops_at_its_deadline_with_the_best_bound_so_far():
+    from robustcli.certify import dag_bounds as db
+
+    model = _residual_mlp(2)
+    dag = db.Dag.of(model, (6,))
+    x = torch.full((1, 6), 0.5, dtype=torch.float64)
+    lo, hi = x - 0.3, x + 0.3
+    C = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    crown, inter = db.crown_spec(dag, lo, hi, C)
+    with pytest.raises(DeadlineReached):  # no iteration can finish: no bound
+        db.alpha_crown_spec(dag, lo, hi, C, None, inter, deadline=time.monotonic() - 1)
+    t0 = time.monotonic()
+    low = db.alpha_crown_spec(dag, lo, hi, C, None, inter, iterations=10**6, deadline=t0 + 0.5,
+                              stop_when_positive=False)
+    assert time.monotonic() - t0 < 1.5 and bool((low >= crown - 1e-9).all())
+
+
+def test_graph_alpha_crown_without_intermediate_slopes_is_sound_and_no_looser_than_crown(monkeypatch):
+    from robustcli.certify import dag_bounds as db
+
+    model = _residual_mlp(1).double()
+    dag = db.Dag.of(model, (6,))
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 6, generator=g, dtype=torch.float64)
+    lo, hi = (x - 0.25).clamp(0, 1), (x + 0.25).clamp(0, 1)
+    C = torch.tensor([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]], dtype=torch.float64)
+    crown, inter = db.crown_spec(dag, lo, hi, C)
+    full = db.alpha_crown_spec(dag, lo, hi, C, None, inter, iterations=10, stop_when_positive=False)
+    monkeypatch.setattr(cb, "ALPHA_ELEMENTS", 0)  # as if the layers were too wide
+    tight: dict = {}
+    spec_only = db.alpha_crown_spec(dag, lo, hi, C, None, inter, iterations=10, stop_when_positive=False,
+                                    tightened_out=tight)
+    for q, (l, u) in inter.items():  # the intermediate bounds stayed CROWN's
+        torch.testing.assert_close(tight[q][0], l, atol=0, rtol=0)
+        torch.testing.assert_close(tight[q][1], u, atol=0, rtol=0)
+    assert bool((spec_only >= crown - 1e-9).all())
+    assert bool((spec_only > crown + 1e-6).any())  # the specification's slopes were optimised
+    assert bool((full >= crown - 1e-9).all())
+    pts = lo[:, None] + (hi - lo)[:, None] * torch.rand(4, 2000, 6, generator=g, dtype=torch.float64)
+    pts[:, :500] = torch.where(torch.rand(4, 500, 6, generator=g, dtype=torch.float64) < 0.5, lo[:, None], hi[:, None])
+    with torch.no_grad():
+        vals = torch.einsum("kc,bnc->bnk", C, model(pts.reshape(-1, 6)).reshape(4, 2000, 3))
+    assert bool((spec_only[:, None] <= vals + 1e-9).all())
