@@ -154,7 +154,7 @@ class LirpaBounder:
         # BoundedModule starts in train mode whatever the model's mode is.
         self.module.train(model.training)
         if method != "lirpa-ibp":
-            _refuse_unsound_relaxations(self.module, method)
+            refuse_unsound_relaxations(self.module, method)
 
     def bounds(
         self,
@@ -197,13 +197,16 @@ class LirpaBounder:
 UNSOUND_RELAXATIONS = {"BoundSqrt": "square root"}
 
 
-def _refuse_unsound_relaxations(module: nn.Module, method: str) -> None:
+def refuse_unsound_relaxations(module: nn.Module, method: str,
+                               instead: str = "use --method lirpa-ibp, whose interval bounds of it are") -> None:
+    """InputError when the BoundedModule holds an operator whose relaxation is not sound (`method`
+    is one of LIRPA_METHODS; its IBP is not affected)."""
     for name, node in module._modules.items():
         what = UNSOUND_RELAXATIONS.get(type(node).__name__)
         if what is not None:
             raise InputError(
                 f"auto_LiRPA 0.3's {LIRPA_METHODS[method]} relaxation of a {what} (node {name!r}) is not sound, "
-                "so it is refused here; use --method lirpa-ibp, whose interval bounds of it are"
+                f"so it is refused here; {instead}"
             )
 
 

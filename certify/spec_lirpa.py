@@ -22,7 +22,7 @@ def lirpa_box_lower(
     InputError when auto_LiRPA is missing or cannot handle the model."""
     import numpy as np
 
-    from robustcli.certify.lirpa import auto_lirpa, lirpa_friendly
+    from robustcli.certify.lirpa import refuse_unsound_relaxations, auto_lirpa, lirpa_friendly
 
     p = next(model.parameters(), None)
     dtype = p.dtype if p is not None else torch.float32
@@ -35,6 +35,12 @@ def lirpa_box_lower(
             "sparse_intermediate_bounds": False, "optimize_bound_args": {"iteration": alpha_iterations}}
     try:
         module = lirpa.BoundedModule(lirpa_friendly(model, centre), centre, bound_opts=opts, device=str(centre.device))
+    except Exception as e:  # noqa: BLE001 - auto_LiRPA's tracer raises anything on a model it cannot parse
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"auto_LiRPA {method} failed on this model ({type(e).__name__}: {first[:200]})") from None
+    if method != "ibp":
+        refuse_unsound_relaxations(module, method, instead="only interval bounds (the ibp stage) hold for it")
+    try:
         ptb = lirpa.PerturbationLpNorm(norm=np.inf, eps=float((hi - lo).max()) / 2, x_L=lo, x_U=hi)
         name = {"ibp": "IBP", "crown": "CROWN", "alpha-crown": "alpha-CROWN"}[method]
         lower, _ = module.compute_bounds(x=(lirpa.BoundedTensor(centre, ptb),), C=C.to(dtype)[None], method=name,

@@ -220,6 +220,16 @@ def test_auto_lirpa_square_root_relaxation_is_refused_because_it_is_unsound():
     low = build_bounder("lirpa-ibp", model, x[:2]).lower(InputSet.ball(x, 0.1, "linf"), spec)
     for pts in sample_ball(x, 0.1, "linf", 500, torch.Generator().manual_seed(1), corners=False):
         assert bool((low <= spec_values(model, pts, spec) + 1e-5).all())
+    # the VNNLIB verifier's auto_LiRPA stages (graph models it cannot bound natively) refuse it too
+    from robustcli.certify.spec_lirpa import lirpa_box_lower
+
+    lo, hi = (x[:1] - 0.1).clamp(0, 1), (x[:1] + 0.1).clamp(0, 1)
+    for method in ("crown", "alpha-crown"):
+        with pytest.raises(InputError, match="square root.*not sound.*interval bounds"):
+            lirpa_box_lower(model, lo, hi, spec[0], torch.zeros(spec.shape[1]), method)
+    ibp = lirpa_box_lower(model, lo, hi, spec[0], torch.zeros(spec.shape[1]), "ibp")
+    for pts in sample_ball(x[:1], 0.1, "linf", 500, torch.Generator().manual_seed(2), corners=False):
+        assert bool((ibp.float() <= spec_values(model, pts, spec[:1]) + 1e-5).all())
 
 
 def _relu_inputs(model: nn.Module, points: torch.Tensor) -> list[torch.Tensor]:
