@@ -271,9 +271,9 @@ def _maxpool_lines(window: torch.Tensor, l: torch.Tensor, u: torch.Tensor):
     """DeepPoly's max pooling relaxation (Singh et al. 2019, sec. 4) of y_o = max_{j in window o} x_j
     over the box l <= x <= u (l, u (B, n_in)). Returns (jstar, exact, upper), each (B, n_out):
 
-    - jstar: the window input of largest lower bound. y_o >= x_jstar holds for every x (y is a max
-      over a set holding x_jstar), so the lower line is sound for any choice; the largest lower
-      bound makes it tightest at the box's lower corner.
+    - jstar: the window input of largest lower bound (ties: of largest upper bound). y_o >= x_jstar
+      holds for every x (y is a max over a set holding x_jstar), so the lower line is sound for any
+      choice; the largest lower bound makes it tightest at the box's lower corner.
     - exact: l_jstar >= u_j for every other input j of the window: then every x_j <= u_j <= l_jstar
       <= x_jstar, so y_o = x_jstar on the whole box (the upper line is x_jstar too).
     - upper: max_j u_j, the constant upper line y_o <= max_j u_j (each x_j <= u_j), used where not
@@ -282,7 +282,11 @@ def _maxpool_lines(window: torch.Tensor, l: torch.Tensor, u: torch.Tensor):
     ninf = torch.full((B, 1), float("-inf"), dtype=l.dtype, device=l.device)
     lw = torch.cat([l, ninf], 1)[:, window]  # (B, n_out, k)
     uw = torch.cat([u, ninf], 1)[:, window]
-    lmax, slot = lw.max(2)
+    lmax = lw.amax(2, keepdim=True)
+    # Ties in the lower bound are common (ReLU outputs with lower bound 0): among them the input of
+    # largest upper bound, whose line x_jstar then follows y over more of the box.
+    slot = torch.where(lw == lmax, uw, torch.full_like(uw, float("-inf"))).argmax(2)
+    lmax = lmax.squeeze(2)
     jstar = window.expand(B, *window.shape).gather(2, slot.unsqueeze(2)).squeeze(2)
     others = uw.scatter(2, slot.unsqueeze(2), float("-inf")).amax(2)
     return jstar, lmax >= others, uw.amax(2)
@@ -537,7 +541,12 @@ def crown_intermediate(
         Bq = bl.shape[0]
         bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
         unstable = _needs_rows(dag, i, bl, bu)
-        if not intersect_ibp and crown and i != 0:  # every neuron gets CROWN's bound, nothing else
+        if n.kind == "relu":
+            # A ReLU's output (a max pooling's input): [relu(l), relu(u)] from its input's bounds is
+            # what CROWN's lines give too (the upper line's maximum is u, the lower line's minimum
+            # is 0 or l), so no rows.
+            unstable = torch.zeros_like(unstable)
+        elif not intersect_ibp and crown and i != 0:  # every neuron gets CROWN's bound, nothing else
             unstable = torch.ones_like(unstable)
             bl, bu = torch.full_like(bl, -float("inf")), torch.full_like(bu, float("inf"))
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
@@ -603,7 +612,7 @@ def alpha_crown_spec(
     # Rows of each intermediate quantity: its neurons unstable under the CROWN bounds.
     rows_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for q in dag.pre if intermediate else []:
-        if q == 0:
+        if q == 0 or dag.nodes[q].kind == "relu":  # a ReLU's output follows its input (_alpha_intermediate)
             continue
         l, u = (t.reshape(t.shape[0], -1) for t in bounds[q])
         unstable = _needs_rows(dag, q, l, u)
@@ -676,6 +685,10 @@ def _alpha_intermediate(dag: Dag, lo, hi, rows_of, patched: set[int], inter, tig
     bnd: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for q in dag.pre:
         bl, bu = tightened[q]
+        if dag.nodes[q].kind == "relu":  # from its input's bounds of this iteration (see crown_intermediate)
+            pl, pu = bnd[dag.nodes[q].parents[0]]
+            bnd[q] = (torch.maximum(F.relu(pl), bl), torch.minimum(F.relu(pu), bu))
+            continue
         if q not in rows_of:
             bnd[q] = (bl, bu)
             continue
