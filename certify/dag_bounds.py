@@ -33,8 +33,10 @@ its parents).
   become variables in [0, 1] (one per row and neuron; in patch form for convolutional quantities),
   optimised by projected Adam (lr 0.1) on the specification's bound, started at CROWN's adaptive
   slopes; every iterate is sound, so the best bound per row over the iterations is kept, and later
-  iterations start from the tightest intermediate bounds seen. Max pooling lines are not optimised
-  (they follow the intermediate bounds, which the ReLU slopes tighten).
+  iterations start from the tightest intermediate bounds seen. For the specification, a max
+  pooling's lower line where the window is not exact becomes a convex combination of the window's
+  inputs with optimised weights (y >= every x_j, so y >= sum_j lambda_j x_j; auto_LiRPA 0.3
+  optimises the same line); the intermediate quantities keep x_{j*}.
 
 Computed in float64 by default; the engine runs on the device of the model's parameters.
 """
@@ -290,10 +292,16 @@ def _maxpool_lines(window: torch.Tensor, l: torch.Tensor, u: torch.Tensor):
     return jstar, lmax >= others, uw.amax(2)
 
 
-def _maxpool_back(n: Node, parent_numel: int, a: torch.Tensor, bounds_parent, bias: torch.Tensor):
+def _maxpool_back(n: Node, parent_numel: int, a: torch.Tensor, bounds_parent, bias: torch.Tensor,
+                  weights: torch.Tensor | None = None):
     """Rows a (B, R, n_out) of a max pooling's output taken to its input through `_maxpool_lines`:
     a positive coefficient takes the lower line x_jstar, a negative one the upper line (x_jstar
-    where exact, else the constant max_j u_j, added to the bias). Returns (bias, rows (B, R, n_in))."""
+    where exact, else the constant max_j u_j, added to the bias). Returns (bias, rows (B, R, n_in)).
+
+    `weights` (B, R, n_out, k) in [0, 1] (alpha-CROWN's): where a window is not exact, the lower
+    line becomes the convex combination sum_j lambda_j x_j, lambda = the weights of the window's
+    real slots normalised to sum 1 (y >= every x_j, so y >= any convex combination of them; auto_LiRPA
+    optimises the same line); all-zero weights fall back to x_jstar."""
     B, R = a.shape[:2]
     l, u = (t.reshape(t.shape[0], -1) for t in bounds_parent)
     jstar, exact, upper = _maxpool_lines(n.window, l, u)
@@ -301,9 +309,20 @@ def _maxpool_back(n: Node, parent_numel: int, a: torch.Tensor, bounds_parent, bi
     neg = a.clamp(max=0)
     loose = ~exact.unsqueeze(1)
     bias = bias + (torch.where(loose, neg, torch.zeros_like(neg)) * torch.where(exact, 0.0, upper).unsqueeze(1)).sum(2)
-    through = torch.where(loose, a - neg, a)
-    rows = torch.zeros(B, R, parent_numel, dtype=a.dtype, device=a.device)
-    return bias, rows.scatter_add(2, jstar.unsqueeze(1).expand(B, R, -1), through)
+    rows = torch.zeros(B, R, parent_numel + 1, dtype=a.dtype, device=a.device)  # + the padding slot, dropped
+    if weights is None:
+        through = torch.where(loose, a - neg, a)
+        return bias, rows.scatter_add(2, jstar.unsqueeze(1).expand(B, R, -1), through)[:, :, :parent_numel]
+    window = n.window  # (n_out, k)
+    onehot = (window.unsqueeze(0) == jstar.unsqueeze(-1)).to(a.dtype).unsqueeze(1)  # (B, 1, n_out, k)
+    w = weights * (window < parent_numel).to(a.dtype)
+    total = w.sum(-1, keepdim=True)
+    lam = torch.where(total > 0, w / total.clamp_min(torch.finfo(a.dtype).tiny), onehot)
+    # exact windows pass all of a to x_jstar; the others pass their positive part along lambda
+    coef = torch.where(loose, a - neg, torch.zeros_like(a)).unsqueeze(-1) * lam + \
+        torch.where(loose, torch.zeros_like(a), a).unsqueeze(-1) * onehot
+    index = window.reshape(1, 1, -1).expand(B, R, -1)
+    return bias, rows.scatter_add(2, index, coef.reshape(B, R, -1))[:, :, :parent_numel]
 
 
 def _needs_rows(dag: "Dag", i: int, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -405,7 +424,8 @@ def backward_lower(
             for q, part in zip(n.parents, parts):
                 send(q, part.reshape(B, R, -1))
         elif n.kind == "maxpool":
-            bias, a = _maxpool_back(n, dag.nodes[n.parents[0]].numel, a, bounds[n.parents[0]], bias)
+            weights = alphas.get(i) if alphas is not None else None
+            bias, a = _maxpool_back(n, dag.nodes[n.parents[0]].numel, a, bounds[n.parents[0]], bias, weights)
             send(n.parents[0], a)
         else:  # relu
             l, u = (t.reshape(B, 1, -1) for t in bounds[n.parents[0]])
@@ -611,6 +631,12 @@ def alpha_crown_spec(
         q: {} if q in patched else {r: init(2 * idx.shape[1], r) for r in relus if r in dag.ancestors(q)}
         for q, (idx, _) in rows_of.items()}
     final = {r: init(K, r) for r in relus if r in dag.ancestors(dag.output)}
+    # the specification's max pooling lower lines too (intermediate quantities keep x_jstar)
+    for p in (i for i, n in enumerate(dag.nodes) if n.kind == "maxpool" and i in dag.ancestors(dag.output)):
+        l, u = (t.reshape(t.shape[0], -1) for t in bounds[dag.nodes[p].parents[0]])
+        jstar = _maxpool_lines(dag.nodes[p].window, l, u)[0]
+        onehot = (dag.nodes[p].window.unsqueeze(0) == jstar.unsqueeze(-1)).to(dag.dtype)
+        final[p] = onehot.unsqueeze(1).expand(B, K, *onehot.shape[1:]).clone().requires_grad_(True)
     params = [a for per in inter.values() for a in per.values()] + list(final.values())
     if not params and not patched or K == 0:
         with torch.no_grad():
