@@ -274,12 +274,12 @@ class CrownBounder:
 
 
 def refuse_monotone(model: nn.Module, method: str) -> None:
-    """The native CROWN engine relaxes ReLUs and max pooling (nn.MaxPool2d, certify/dag_bounds.py):
-    any other monotone layer (smooth activations, adaptive max pooling, clamps) is refused, named,
+    """The native CROWN engine relaxes ReLUs and max pooling (nn.MaxPool2d, nn.AdaptiveMaxPool2d:
+    certify/dag_bounds.py): any other monotone layer (smooth activations, clamps) is refused, named,
     with only the methods that bound the model: native IBP, and auto_LiRPA's CROWN when installed
     and every such layer, max pooling included, is one its 0.3 release bounds (`graph.lirpa_crown_bounds`)."""
     every = monotone_layers(model_steps(model, "ibp"))
-    found = [s for s in every if not isinstance(s.module, nn.MaxPool2d)]
+    found = [s for s in every if not isinstance(s.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d))]
     if not found:
         return
     from robustcli.certify.lirpa import lirpa_available

@@ -5,7 +5,7 @@ The canonical layer tree (nn.Sequential, `Residual(body, shortcut)`, `Concat(bra
 `Normalized`, and the affine leaves of certify/chain_bounds.py with ReLUs) becomes a DAG of nodes:
 the input, an affine run (consecutive affine layers of one branch), an add, a concatenation along a
 per-point feature axis, a ReLU, and a max pooling (nn.MaxPool2d: padding, dilation and ceil_mode
-read as windows of input positions, see `_window_index`). Nodes are numbered in a topological order (every node after
+read as windows of input positions, see `_window_index`; nn.AdaptiveMaxPool2d likewise). Nodes are numbered in a topological order (every node after
 its parents).
 
 - CROWN (Zhang et al. 2018, Thm 3.2) in the general-graph form of Xu et al. 2020 ("Automatic
@@ -63,15 +63,15 @@ from robustcli.certify.onnx_layers import ElementwiseAffine
 
 
 class NotADag(NotAChain):
-    """The model has a layer the graph engine does not bound (smooth activations, adaptive max
-    pooling, BatchNorm with batch statistics)."""
+    """The model has a layer the graph engine does not bound (smooth activations, clamps, BatchNorm
+    with batch statistics)."""
 
 
 @dataclass
 class Node:
     """One value of the graph. kind: "input", "affine" (`layers` applied to the one parent), "add",
     "concat" (parents joined along per-point axis `axis`), "relu", "maxpool" (`layers` = [the
-    nn.MaxPool2d]; `window` (n_out, k): flat parent index of every output's window slots, padding
+    nn.MaxPool2d or nn.AdaptiveMaxPool2d]; `window` (n_out, k): flat parent index of every output's window slots, padding
     slots = the parent's numel)."""
 
     kind: str
@@ -132,9 +132,10 @@ class Dag:
                 elif n.kind == "maxpool":
                     p = vals[n.parents[0]]
                     if p.dim() != 4:
-                        raise NotADag(f"MaxPool2d on a value of shape {tuple(p.shape[1:])}: the graph engine pools (C, H, W) maps")
+                        raise NotADag(f"{type(n.layers[0]).__name__} on a value of shape {tuple(p.shape[1:])}: the graph engine pools (C, H, W) maps")
                     v = n.layers[0](p)
-                    n.window = _window_index(n.layers[0], tuple(p.shape[1:]), tuple(v.shape[2:]), self.device)
+                    index = _adaptive_window_index if isinstance(n.layers[0], nn.AdaptiveMaxPool2d) else _window_index
+                    n.window = index(n.layers[0], tuple(p.shape[1:]), tuple(v.shape[2:]), self.device)
                 else:
                     v = F.relu(vals[n.parents[0]])
                 n.shape = tuple(v.shape[1:])
@@ -212,9 +213,9 @@ class _Builder:
             return src, run
         if isinstance(m, nn.ReLU):
             return self.add(Node("relu", (self.flush(src, run),))), []
-        if isinstance(m, nn.MaxPool2d):
+        if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
             if m.return_indices:
-                raise NotADag("MaxPool2d with return_indices=True")
+                raise NotADag(f"{type(m).__name__} with return_indices=True")
             return self.add(Node("maxpool", (self.flush(src, run),), layers=[_as_dtype(m, self.dtype)])), []
         if isinstance(m, Residual):
             fork = self.flush(src, run)
@@ -265,6 +266,28 @@ def _window_index(m: nn.MaxPool2d, in_shape: tuple[int, ...], out_hw: tuple[int,
     Hu, Wu = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
     cols = cols.reshape(C, kh * kw, Hu, Wu)[:, :, :Ho, :Wo]
     return cols.permute(0, 2, 3, 1).reshape(C * Ho * Wo, kh * kw).round().long().to(device)
+
+
+def _adaptive_window_index(m: nn.AdaptiveMaxPool2d, in_shape: tuple[int, ...], out_hw: tuple[int, ...],
+                           device: torch.device) -> torch.Tensor:
+    """(n_out, k) windows of adaptive max pooling, as `_window_index`: output row i covers input rows
+    floor(i H / Ho) .. ceil((i + 1) H / Ho) - 1 (torch's rule; likewise columns). Windows may differ
+    in size; k is the largest, smaller ones padded with n_in (-inf)."""
+    C, H, W = in_shape
+    n_in = C * H * W
+    Ho, Wo = out_hw
+
+    def spans(n: int, m: int) -> list[range]:
+        return [range((i * n) // m, -(-((i + 1) * n) // m)) for i in range(m)]
+
+    rows, cols = spans(H, Ho), spans(W, Wo)
+    k = max(len(r) for r in rows) * max(len(c) for c in cols)
+    table = torch.full((C, Ho, Wo, k), n_in, dtype=torch.long)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            flat = torch.tensor([a * W + b for a in r for b in c], dtype=torch.long)
+            table[:, i, j, : len(flat)] = flat + torch.arange(C).unsqueeze(1) * H * W
+    return table.reshape(C * Ho * Wo, k).to(device)
 
 
 def _maxpool_lines(window: torch.Tensor, l: torch.Tensor, u: torch.Tensor):

@@ -47,7 +47,14 @@ def _residual_ceil() -> nn.Module:
                          nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10)).eval()  # fmt: skip
 
 
-NETS = {"k2s2": _k2s2, "k3s2p1": _k3s2p1, "k3s1": _k3s1, "residual-ceil": _residual_ceil}
+def _adaptive() -> nn.Module:
+    """Adaptive max pooling 8x8 -> 3x3: overlapping windows of sizes 3 and 4."""
+    torch.manual_seed(15)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(3), nn.Flatten(),
+                         nn.Linear(36, 10)).eval()
+
+
+NETS = {"k2s2": _k2s2, "k3s2p1": _k3s2p1, "k3s1": _k3s1, "residual-ceil": _residual_ceil, "adaptive": _adaptive}
 
 
 def _points(seed: int, n: int = 3) -> torch.Tensor:
@@ -66,6 +73,17 @@ def test_windows_are_torch_max_pooling_windows(pool, hw):
     x = torch.randn(3, 2, *hw, dtype=torch.float64)
     y = pool(x)
     window = db._window_index(pool, (2, *hw), tuple(y.shape[2:]), torch.device("cpu"))
+    padded = torch.cat([x.reshape(3, -1), torch.full((3, 1), float("-inf"), dtype=torch.float64)], 1)
+    assert torch.equal(padded[:, window].amax(2), y.reshape(3, -1))
+
+
+@pytest.mark.parametrize("size", [3, (2, 5), 4, 1])
+@pytest.mark.parametrize("hw", [(7, 7), (8, 6)])
+def test_adaptive_windows_are_torch_adaptive_max_pooling_windows(size, hw):
+    pool = nn.AdaptiveMaxPool2d(size)
+    x = torch.randn(3, 2, *hw, dtype=torch.float64)
+    y = pool(x)
+    window = db._adaptive_window_index(pool, (2, *hw), tuple(y.shape[2:]), torch.device("cpu"))
     padded = torch.cat([x.reshape(3, -1), torch.full((3, 1), float("-inf"), dtype=torch.float64)], 1)
     assert torch.equal(padded[:, window].amax(2), y.reshape(3, -1))
 
