@@ -284,3 +284,28 @@ def resnet_digits_cnn(fc_residual: bool = True) -> nn.Module:
     ), [0.4], [0.3])  # fmt: skip
     randomize_bn(model, torch.Generator().manual_seed(0))
     return model.eval()
+
+
+def empirical_min(model: nn.Module, x: torch.Tensor, spec: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """(N, S) the smallest margins found inside the ball n [0, 1]: 150 sampled points, 50 corners
+    (Linf) or sphere points (L2), and a 20-step PGD."""
+    g = torch.Generator().manual_seed(1)
+    sampled = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 150, g, corners=False)])
+    corners = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 50, g, corners=True)])
+    attacked = pgd_min_spec(model, x, spec, eps, norm, steps=20, g=g)
+    return torch.minimum(torch.minimum(sampled.min(0).values, corners.min(0).values), attacked)
+
+
+def grid_points(seed: int, n: int = 3) -> torch.Tensor:
+    """n random 1x8x8 inputs in [0, 1]."""
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def predicted_margins(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The margin specification of the model's own predictions at x."""
+    from robustcli.certify.spec import margin_spec
+
+    with torch.no_grad():
+        out = model(x)
+    return margin_spec(out.argmax(1), out.shape[1])
+

@@ -15,9 +15,8 @@ from torch import nn
 from certify_nets import (
     concat_digits_cnn,
     concat_digits_sequential,
+    empirical_min,
     model_formats,
-    pgd_min_spec,
-    sample_ball,
     spec_values,
 )
 from cli_helpers import only_error_line
@@ -32,13 +31,6 @@ from robustcli.core.nn import Concat, Normalized
 CROWN = pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
 
 
-def _empirical_min(model, x, spec, eps, norm):
-    """The smallest margin found inside the ball n [0, 1]: sampled points, corners / sphere points, PGD."""
-    g = torch.Generator().manual_seed(1)
-    sampled = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 150, g, corners=False)])
-    corners = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 50, g, corners=True)])
-    attacked = pgd_min_spec(model, x, spec, eps, norm, steps=20, g=g)
-    return torch.minimum(torch.minimum(sampled.min(0).values, corners.min(0).values), attacked)
 
 
 def test_cat_is_traced_into_concat_modules_computing_the_same_function():
@@ -76,7 +68,7 @@ def test_bounds_through_concatenation_are_sound_on_balls(method, norm, net):
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     spec = margin_spec(model(x).argmax(1), 10)
     low = build_bounder(method, model, x[:2], norm=norm, alpha_iterations=5).lower(InputSet.ball(x, eps, norm), spec)
-    empirical = _empirical_min(model, x, spec, eps, norm)
+    empirical = empirical_min(model, x, spec, eps, norm)
     assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{method} {norm}: bound above a point"
     assert bool((low > -1e3).all())  # finite and not vacuous at this size
 
@@ -199,7 +191,7 @@ def test_native_crown_under_l2_bounds_a_cat_of_the_input_itself(method):
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(12))
     spec = margin_spec(model(x).argmax(1), 10)
     low = build_bounder(method, model, x[:2], norm="l2", alpha_iterations=4).lower(InputSet.ball(x, 0.3, "l2"), spec)
-    empirical = _empirical_min(model, x, spec, 0.3, "l2")
+    empirical = empirical_min(model, x, spec, 0.3, "l2")
     assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()) and bool(torch.isfinite(low).all())
 
 
@@ -296,4 +288,4 @@ def test_alpha_crown_through_auto_lirpa_bounds_under_no_grad():
         alpha = build_bounder("alpha-crown", model, x[:2], alpha_iterations=3).lower(s, spec)
         crown = build_bounder("crown", model, x[:2]).lower(s, spec)
     assert bool((alpha >= crown - 1e-5).all())
-    assert bool((alpha <= _empirical_min(model, x, spec, 0.03, "linf") + 1e-5).all())
+    assert bool((alpha <= empirical_min(model, x, spec, 0.03, "linf") + 1e-5).all())

@@ -11,12 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from certify_nets import pgd_min_spec, random_cnn, random_mlp, resnet_digits_cnn, sample_ball, spec_values
+from certify_nets import empirical_min, grid_points, predicted_margins, random_cnn, random_mlp, resnet_digits_cnn
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bounders import CrownBounder, InputSet, build_bounder
 from robustcli.certify.lirpa import lirpa_available
-from robustcli.certify.spec import margin_spec
 from robustcli.core.nn import Concat, Normalized, Residual
 
 LIRPA = pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
@@ -92,26 +91,21 @@ LIRPA_NETS = {"resnet-conv": lambda: resnet_digits_cnn(fc_residual=False), "resi
               "concat-input": _concat_input_cnn, "concat-pool": _concat_pool_cnn, "concat-flat": _concat_flat_mlp}
 
 
-def _points(seed: int, n: int = 3) -> torch.Tensor:
-    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def _spec(model, x):
-    with torch.no_grad():
-        return margin_spec(model(x).argmax(1), model(x).shape[1])
 
 
 @pytest.mark.parametrize("name", list(NETS))
 def test_graph_models_are_bounded_natively(name):
     model = NETS[name]()
-    bounder = build_bounder("crown", model, _points(0)[:2])
+    bounder = build_bounder("crown", model, grid_points(0)[:2])
     assert isinstance(bounder, CrownBounder) and bounder.dag is not None
     kinds = {n.kind for n in bounder.dag.nodes}
     assert ("add" in kinds) or ("concat" in kinds)
 
 
 def test_chains_keep_the_chain_engine():
-    bounder = build_bounder("crown", random_cnn(3, True, 4), _points(0)[:2])
+    bounder = build_bounder("crown", random_cnn(3, True, 4), grid_points(0)[:2])
     assert bounder.dag is None and isinstance(bounder.chain, cb.Chain)
 
 
@@ -125,8 +119,8 @@ def test_crown_equals_auto_lirpa_crown_on_graphs(name, eps):
     from robustcli.certify.lirpa import LirpaBounder
 
     model = LIRPA_NETS[name]()
-    x = _points(1, 4)
-    spec = _spec(model, x)
+    x = grid_points(1, 4)
+    spec = predicted_margins(model, x)
     lirpa, _ = LirpaBounder(model, x[:2], "crown").bounds(x, eps, "linf", spec, bound_upper=False)
     s = InputSet.ball(x.double(), eps, "linf")
     dag = db.Dag.of(model, tuple(x.shape[1:]))
@@ -145,8 +139,8 @@ CHAINS = {"mlp": lambda: random_mlp(4, True, 2), "cnn": lambda: random_cnn(3, Tr
 @pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
 def test_dag_engine_equals_chain_engine_on_chains(name, norm, eps):
     model = CHAINS[name]()
-    x = _points(2) if name != "mlp" else torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    spec = _spec(model, x).double()
+    x = grid_points(2) if name != "mlp" else torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    spec = predicted_margins(model, x).double()
     s = InputSet.ball(x.double(), eps, norm)
     ball = s.l2_ball
     chain, dag = cb.Chain.of(model, tuple(x.shape[1:])), db.Dag.of(model, tuple(x.shape[1:]))
@@ -164,24 +158,18 @@ def test_dag_engine_equals_chain_engine_on_chains(name, norm, eps):
     torch.testing.assert_close(got_ibp, want_ibp, atol=1e-8, rtol=0)
 
 
-def _empirical_min(model, x, spec, eps, norm):
-    g = torch.Generator().manual_seed(1)
-    sampled = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 150, g, corners=False)])
-    corners = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 50, g, corners=True)])
-    attacked = pgd_min_spec(model, x, spec, eps, norm, steps=20, g=g)
-    return torch.minimum(torch.minimum(sampled.min(0).values, corners.min(0).values), attacked)
 
 
 @pytest.mark.parametrize("name", list(NETS))
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.4)])
 def test_graph_bounds_are_sound_on_balls(name, norm, eps):
     model = NETS[name]()
-    x = _points(4)
-    spec = _spec(model, x)
+    x = grid_points(4)
+    spec = predicted_margins(model, x)
     s = InputSet.ball(x, eps, norm)
     lows = {m: build_bounder(m, model, x[:2], alpha_iterations=6, norm=norm).lower(s, spec)
             for m in ("crown-ibp", "crown", "alpha-crown")}
-    empirical = _empirical_min(model, x, spec, eps, norm)
+    empirical = empirical_min(model, x, spec, eps, norm)
     for m, low in lows.items():
         assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{m} {norm}: bound above a point"
         assert bool(torch.isfinite(low).all())
@@ -193,7 +181,7 @@ def test_graph_bounds_are_sound_on_balls(name, norm, eps):
 def test_graph_bounds_are_sound_on_boxes(name):
     """A per-element box with an offset d (what VNNLIB gives): auto_LiRPA is not asked."""
     model = NETS[name]()
-    x = _points(5)
+    x = grid_points(5)
     g = torch.Generator().manual_seed(6)
     width = 0.06 * torch.rand(x.shape, generator=g)
     lo, hi = (x - width).clamp(0, 1), (x + 0.5 * width).clamp(0, 1)
@@ -212,13 +200,13 @@ def test_graph_bounds_are_sound_on_boxes(name):
 def test_alpha_crown_tightens_a_residual_model():
     """At a radius where CROWN leaves many neurons unstable, optimised slopes gain somewhere."""
     model = resnet_digits_cnn()
-    x = _points(7, 2)
-    spec = _spec(model, x)
+    x = grid_points(7, 2)
+    spec = predicted_margins(model, x)
     s = InputSet.ball(x, 0.05, "linf")
     crown = build_bounder("crown", model, x).lower(s, spec)
     alpha = build_bounder("alpha-crown", model, x, alpha_iterations=15).lower(s, spec)
     assert bool((alpha >= crown - 1e-9).all()) and float((alpha - crown).max()) > 1e-4
-    assert bool((alpha <= _empirical_min(model, x, spec, 0.05, "linf") + 1e-5).all())
+    assert bool((alpha <= empirical_min(model, x, spec, 0.05, "linf") + 1e-5).all())
 
 
 def test_graph_crown_needs_no_auto_lirpa(monkeypatch):
@@ -229,8 +217,8 @@ def test_graph_crown_needs_no_auto_lirpa(monkeypatch):
 
     monkeypatch.setattr(robustcli.certify.lirpa, "import_auto_lirpa", missing)
     model = resnet_digits_cnn()
-    x = _points(8)
-    low = build_bounder("crown", model, x[:2]).lower(InputSet.ball(x, 0.01, "linf"), _spec(model, x))
+    x = grid_points(8)
+    low = build_bounder("crown", model, x[:2]).lower(InputSet.ball(x, 0.01, "linf"), predicted_margins(model, x))
     assert bool(torch.isfinite(low).all())
 
 
@@ -239,7 +227,7 @@ def test_maxpool_in_a_residual_model_is_bounded_natively():
     checks its soundness."""
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10)).eval()
-    bounder = build_bounder("crown", model, _points(0)[:2])
+    bounder = build_bounder("crown", model, grid_points(0)[:2])
     assert isinstance(bounder, CrownBounder) and "maxpool" in {n.kind for n in bounder.dag.nodes}
 
 
@@ -248,7 +236,7 @@ def test_cli_certifies_a_residual_model_file_with_crown(tmp_path, run_cli, fmt):
     from certify_nets import model_files
 
     model = resnet_digits_cnn()
-    files = model_files(tmp_path, model, _points(0, 2), "certify_nets:resnet_digits_cnn")
+    files = model_files(tmp_path, model, grid_points(0, 2), "certify_nets:resnet_digits_cnn")
     out = tmp_path / "r.json"
     r = run_cli("certify", *files[fmt], "--data", "digits", "--n", "8", "--eps", "0.01", "--method", "ibp", "crown",
                 "alpha-crown", "--pgd-steps", "2", "--json", out)
@@ -267,9 +255,9 @@ def test_patch_rows_equal_dense_rows(name, norm, eps):
     """Rows kept as patches through convolutions, adds and channel concatenations give the dense
     rows' bounds (the same arithmetic where the rows are not zero)."""
     model = {**NETS, **LIRPA_NETS}[name]()
-    x = _points(9).double()
+    x = grid_points(9).double()
     s = InputSet.ball(x, eps, norm)
-    spec = _spec(model, x.float()).double()
+    spec = predicted_margins(model, x.float()).double()
     patched, dense = db.Dag.of(model, tuple(x.shape[1:])), db.Dag.of(model, tuple(x.shape[1:]))
     dense._patchable = {q: False for q in range(len(dense.nodes))}
     a, inter_a = db.crown_spec(patched, s.lower, s.upper, spec, ball=s.l2_ball)
@@ -301,7 +289,7 @@ def test_spec_verification_bounds_a_residual_cnn_natively(stages):
     from robustcli.certify.vnnlib import parse_vnnlib
 
     model = resnet_digits_cnn()
-    x = _points(10, 1)
+    x = grid_points(10, 1)
     label = int(model(x).argmax(1))
     lo, hi = (x - 0.004).clamp(0, 1).flatten(), (x + 0.004).clamp(0, 1).flatten()
     prop = parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10))
@@ -323,7 +311,7 @@ def test_alpha_crown_with_patch_slopes_equals_dense_slopes(name):
     """Slopes kept per row and window position are the dense slopes restricted to where the row is
     not zero: the same parametrisation, so the same Adam iterates and bounds."""
     model = NETS[name]()
-    x = _points(11).double()
+    x = grid_points(11).double()
     s = InputSet.ball(x, 0.05, "linf")
     spec = torch.randn(len(x), 4, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # rows not yet proven
     lows = []
@@ -348,7 +336,7 @@ def test_spec_verification_keeps_auto_lirpa_for_smooth_activations():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10)).eval()
-    x = _points(12, 1)
+    x = grid_points(12, 1)
     label = int(model(x).argmax(1))
     lo, hi = (x - 0.002).clamp(0, 1).flatten(), (x + 0.002).clamp(0, 1).flatten()
     res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10)), (1, 8, 8),

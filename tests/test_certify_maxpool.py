@@ -10,12 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from certify_nets import pgd_min_spec, sample_ball, spec_values
+from certify_nets import empirical_min, grid_points, predicted_margins
 from onnx_helpers import vnnlib_box
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bounders import CrownBounder, InputSet, build_bounder
 from robustcli.certify.lirpa import lirpa_available
-from robustcli.certify.spec import margin_spec
 from robustcli.core.nn import Residual
 
 LIRPA = pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
@@ -57,13 +56,8 @@ def _adaptive() -> nn.Module:
 NETS = {"k2s2": _k2s2, "k3s2p1": _k3s2p1, "k3s1": _k3s1, "residual-ceil": _residual_ceil, "adaptive": _adaptive}
 
 
-def _points(seed: int, n: int = 3) -> torch.Tensor:
-    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def _spec(model, x):
-    with torch.no_grad():
-        return margin_spec(model(x).argmax(1), model(x).shape[1])
 
 
 @pytest.mark.parametrize("pool", [nn.MaxPool2d(2), nn.MaxPool2d(3, 2, 1), nn.MaxPool2d(3, 1), nn.MaxPool2d(3, 2, ceil_mode=True),
@@ -110,25 +104,19 @@ def test_maxpool_lines_hold_on_every_point_of_the_box():
     torch.testing.assert_close(y[:, exact], x_star[:, exact], atol=0, rtol=0)
 
 
-def _empirical_min(model, x, spec, eps, norm):
-    g = torch.Generator().manual_seed(1)
-    sampled = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 150, g, corners=False)])
-    corners = torch.stack([spec_values(model, p, spec) for p in sample_ball(x, eps, norm, 50, g, corners=True)])
-    attacked = pgd_min_spec(model, x, spec, eps, norm, steps=20, g=g)
-    return torch.minimum(torch.minimum(sampled.min(0).values, corners.min(0).values), attacked)
 
 
 @pytest.mark.parametrize("name", list(NETS))
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.4)])
 def test_maxpool_bounds_are_sound_on_balls_and_no_looser_than_ibp(name, norm, eps):
     model = NETS[name]()
-    x = _points(4)
-    spec = _spec(model, x)
+    x = grid_points(4)
+    spec = predicted_margins(model, x)
     s = InputSet.ball(x, eps, norm)
     lows = {m: build_bounder(m, model, x[:2], alpha_iterations=6, norm=norm).lower(s, spec)
             for m in ("ibp", "crown-ibp", "crown", "alpha-crown")}
     assert isinstance(build_bounder("crown", model, x[:2]), CrownBounder)
-    empirical = _empirical_min(model, x, spec, eps, norm)
+    empirical = empirical_min(model, x, spec, eps, norm)
     for m, low in lows.items():
         assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{m} {norm}: bound above a point"
         assert bool(torch.isfinite(low).all())
@@ -141,7 +129,7 @@ def test_maxpool_bounds_are_sound_on_balls_and_no_looser_than_ibp(name, norm, ep
 def test_maxpool_bounds_are_sound_on_boxes(name):
     """A per-element box with an offset d (what VNNLIB gives)."""
     model = NETS[name]()
-    x = _points(5)
+    x = grid_points(5)
     g = torch.Generator().manual_seed(6)
     width = 0.08 * torch.rand(x.shape, generator=g)
     lo, hi = (x - width).clamp(0, 1), (x + 0.5 * width).clamp(0, 1)
@@ -165,13 +153,13 @@ def test_native_crown_against_auto_lirpa_on_kernel_equal_stride():
     """auto_LiRPA 0.3 bounds max pooling with kernel = stride and no padding. Its relaxation differs
     (no equality asked); both are sound, and native CROWN is never looser than IBP."""
     model = _k2s2()
-    x = _points(7)
-    spec = _spec(model, x)
+    x = grid_points(7)
+    spec = predicted_margins(model, x)
     s = InputSet.ball(x, 0.02, "linf")
     native = build_bounder("crown", model, x[:2]).lower(s, spec)
     lirpa = build_bounder("lirpa-crown", model, x[:2]).lower(s, spec)
     ibp = build_bounder("ibp", model, x[:2]).lower(s, spec)
-    empirical = _empirical_min(model, x, spec, 0.02, "linf")
+    empirical = empirical_min(model, x, spec, 0.02, "linf")
     assert bool((native <= empirical + 1e-5).all()) and bool((lirpa <= empirical + 1e-4).all())
     assert bool((native >= ibp - 1e-6).all())
     diff = native - lirpa.to(native.dtype)
@@ -182,7 +170,7 @@ def test_native_crown_against_auto_lirpa_on_kernel_equal_stride():
 def test_cli_certifies_a_max_pooling_model_file_with_crown(tmp_path, run_cli):
     model = _k3s2p1()
     batch = torch.export.Dim("batch", min=2)
-    program = torch.export.export(model, (_points(0, 2),), dynamic_shapes=({0: batch},))
+    program = torch.export.export(model, (grid_points(0, 2),), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(tmp_path / "m.pt2"))
     out = tmp_path / "r.json"
     r = run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "8", "--eps", "0.01", "--method", "ibp", "crown",
@@ -197,7 +185,7 @@ def test_onnx_max_pooling_cnn_spec_gets_native_crown(tmp_path, run_cli):
     a 'holds' is never contradicted by sampled points of the box."""
     pytest.importorskip("onnx")
     model = _k3s2p1()
-    x = _points(9, 1)
+    x = grid_points(9, 1)
     torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=False, input_names=["x"], output_names=["y"])
     label = int(model(x).argmax(1))
     lo, hi = (x - 0.002).clamp(0, 1).flatten(), (x + 0.002).clamp(0, 1).flatten()
@@ -242,8 +230,8 @@ def test_alpha_crown_optimises_the_max_pooling_lines(monkeypatch):
     """alpha-CROWN gains more over CROWN when it also optimises the max pooling lower lines than with
     them fixed at x_jstar (as auto_LiRPA 0.3 optimises them), and stays sound."""
     model = NETS["residual-ceil"]()
-    x = _points(4)
-    spec = _spec(model, x)
+    x = grid_points(4)
+    spec = predicted_margins(model, x)
     s = InputSet.ball(x, 0.06, "linf")
     crown = build_bounder("crown", model, x[:2]).lower(s, spec)
     optimised = build_bounder("alpha-crown", model, x[:2], alpha_iterations=20).lower(s, spec)
@@ -251,5 +239,5 @@ def test_alpha_crown_optimises_the_max_pooling_lines(monkeypatch):
     monkeypatch.setattr(db, "_maxpool_back", lambda *args, **kw: back(*args[:5]))  # the weights ignored
     fixed = build_bounder("alpha-crown", model, x[:2], alpha_iterations=20).lower(s, spec)
     assert float((optimised - crown).max()) > float((fixed - crown).max())
-    empirical = _empirical_min(model, x, spec, 0.06, "linf")
+    empirical = empirical_min(model, x, spec, 0.06, "linf")
     assert bool((optimised <= empirical + 1e-5 + 1e-5 * empirical.abs()).all())
