@@ -15,8 +15,9 @@ ONNX. IBP walks the tree directly (residual adds, BatchNorm in train mode, exact
 the first affine layer: certify/ibp.py); the CROWN family bounds chains of affine blocks and ReLUs
 with certify/chain_bounds.py and ReLU graphs with residual adds and concatenations with
 certify/dag_bounds.py (input boxes and balls alike; max pooling relaxed there, so a chain with a
-max pooling goes to the graph engine), and refuses smooth activations, naming them. A tree neither engine covers (BatchNorm with batch statistics) goes to
-auto_LiRPA behind the same interface when it is installed. The `lirpa-*` names always use auto_LiRPA.
+max pooling goes to the graph engine), and refuses smooth activations, naming them. A tree neither
+engine covers (BatchNorm with batch statistics) goes to auto_LiRPA behind the same interface when
+it is installed. The `lirpa-*` names always use auto_LiRPA.
 """
 
 from __future__ import annotations

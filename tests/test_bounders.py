@@ -246,13 +246,19 @@ def _relu_inputs(model: nn.Module, points: torch.Tensor) -> list[torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize("kind,depth,bn,residual", NETS)
+@pytest.mark.parametrize("kind,depth,bn,residual", NETS + [("pool", 3, False, False)])
 @pytest.mark.parametrize("inputs", ["linf", "l2", "box"])
 def test_intermediate_bounds_contain_every_sampled_relu_input(kind, depth, bn, residual, inputs):
     """Every bounder reports its bounds of each ReLU's input on request: one entry per ReLU, each
     containing the pre-activations of points sampled in the set; CROWN's lie inside IBP's (boxes
     and Linf balls)."""
-    model, x = _net(kind, depth, bn, residual, 7 + depth)
+    if kind == "pool":  # a max pooling between ReLUs: its input is bounded too, but is no ReLU's
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(64, 5)).eval()
+        x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    else:
+        model, x = _net(kind, depth, bn, residual, 7 + depth)
     eps = {"linf": 0.05, "l2": 0.4, "box": 0.05}[inputs]
     if inputs == "box":
         s = InputSet.box((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
