@@ -48,13 +48,14 @@ def main() -> None:
     p.add_argument("--eps", type=float, default=0.003)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["crown"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    model = res32(args.seed)
-    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed + 1))
+    model = res32(args.seed).to(args.device)  # the verifier runs on the model's device
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(args.seed + 1)).to(args.device)
     with torch.no_grad():
         label = int(model(x).argmax())
-    lo, hi = (x - args.eps).clamp(0, 1).flatten(), (x + args.eps).clamp(0, 1).flatten()
+    lo, hi = (x - args.eps).clamp(0, 1).flatten().cpu(), (x + args.eps).clamp(0, 1).flatten().cpu()
     prop = parse_vnnlib(box_property(lo, hi, label, 10))
     verify_property(model, prop, (3, 32, 32), methods=("ibp",), timeout=600)  # imports, once per process
     for timeout in args.timeouts:

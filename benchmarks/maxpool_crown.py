@@ -66,29 +66,33 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha-iterations", type=int, default=10)
     p.add_argument("--pools", nargs="+", default=list(POOLS), choices=list(POOLS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     from robustcli.certify.lirpa import lirpa_available
     from robustcli.data import load_mnist
 
     tr, te = load_mnist("train"), load_mnist("test")
-    x, y = te.x[: args.n], te.y[: args.n]
+    dev = torch.device(args.device)
+    x, y = te.x[: args.n].to(dev), te.y[: args.n].to(dev)
     spec = margin_spec(y, 10)
     for pool in args.pools:
-        model = pooled_cnn(pool, args.seed)
-        train(model, tr.x[: args.n_train], tr.y[: args.n_train], args.epochs, args.seed)
+        model = pooled_cnn(pool, args.seed).to(dev)
+        train(model, tr.x[: args.n_train].to(dev), tr.y[: args.n_train].to(dev), args.epochs, args.seed)
         with torch.no_grad():
-            acc = float((model(te.x[:1000]).argmax(1) == te.y[:1000]).float().mean())
-        print(f"{pool}: clean accuracy {acc:.3f} on 1000 test images; n {args.n}")
+            acc = float((model(te.x[:1000].to(dev)).argmax(1).cpu() == te.y[:1000]).float().mean())
+        print(f"{pool}: clean accuracy {acc:.3f} on 1000 test images; n {args.n}; device {dev}")
         methods = ["ibp", "crown-ibp", "crown", "alpha-crown"] + (["lirpa-crown"] if pool == "k2s2" and lirpa_available() else [])
         bounders = {m: build_bounder(m, model, x[:2], alpha_iterations=args.alpha_iterations) for m in methods}
         for eps in args.eps:
             s = InputSet.ball(x, eps, "linf")
             lows, secs = {}, {}
             for m, b in bounders.items():
-                c0 = time.process_time()
+                c0 = time.process_time() if dev.type == "cpu" else time.perf_counter()
                 lows[m] = b.lower(s, spec).double()
-                secs[m] = (time.process_time() - c0) / args.n
+                if dev.type == "cuda":  # kernels run asynchronously: wall time after they finish
+                    torch.cuda.synchronize(dev)
+                secs[m] = ((time.process_time() if dev.type == "cpu" else time.perf_counter()) - c0) / args.n
             row = ", ".join(f"{m} mean {float(l.mean()):.3f} verified {int((l > 0).all(1).sum())} ({secs[m]:.3f} s/pt)"
                             for m, l in lows.items())
             print(f"  eps {eps}: {row}")
