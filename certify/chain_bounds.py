@@ -460,22 +460,37 @@ def _rows_lower_by_points(chain: Chain, i: int, idx: torch.Tensor, valid: torch.
     per_call = _PATCH_ROWS if patches else max(1, _GROUP_ELEMENTS // (2 * width))
     if step >= B and per_call >= k:
         return _rows_lower(chain, i, idx, lo, hi, bounds, ball)
+    return rows_in_parts(lambda *part: _rows_lower(chain, i, *part), idx, valid, lo, hi, bounds, ball, step, per_call,
+                         deadline)
+
+
+def rows_in_parts(one_pass: Callable, idx: torch.Tensor, valid: torch.Tensor, lo, hi, bounds, ball, step: int,
+                  per_call: int, deadline: float | None = None) -> torch.Tensor:
+    """Lower bounds (B, 2k) of the rows `idx` (B, k) and their negations, `step` points and at most
+    `per_call` rows at a time, each group of points with only as many rows as its own points need
+    (`valid`: true entries first in each row; entries past them stay zero). `one_pass(idx, lo, hi,
+    bounds, ball)` bounds one part; `bounds` is a list or dict of (lower, upper) per point. Shared by
+    the chain and graph engines; past `deadline` it raises DeadlineReached, checked before each part."""
+    B, k = idx.shape
     counts = valid.sum(1).tolist()
     part = lambda t, sl: t if t.shape[0] == 1 else t[sl]  # noqa: E731  (the input box may have batch 1)
-    out = torch.zeros(B, 2 * k, dtype=chain.dtype, device=chain.device)
+    out = torch.zeros(B, 2 * k, dtype=lo.dtype, device=lo.device)
     for s in range(0, B, step):
         sl = slice(s, s + step)
         kg = max(counts[sl])
         if kg == 0:
             continue
-        bnd = [(l[sl], u[sl]) for l, u in bounds]
+        if isinstance(bounds, dict):
+            bnd = {j: (l[sl], u[sl]) for j, (l, u) in bounds.items()}
+        else:
+            bnd = [(l[sl], u[sl]) for l, u in bounds]
         b = None if ball is None else (ball[0][sl], ball[1][sl])
         calls = -(-kg // per_call)
         size = -(-kg // calls)  # equal parts
         for r in range(0, kg, size):
             check_deadline(deadline)
             e = min(kg, r + size)
-            low = _rows_lower(chain, i, idx[sl, r:e], part(lo, sl), part(hi, sl), bnd, b)
+            low = one_pass(idx[sl, r:e], part(lo, sl), part(hi, sl), bnd, b)
             out[sl, r:e], out[sl, k + r : k + e] = low[:, : e - r], low[:, e - r :]
     return out
 

@@ -136,6 +136,24 @@ class PatchRows:
             self.coef = self.coef * inside
             self.outside_zeroed = True
 
+    def lower_over_input(self, lo: torch.Tensor, hi: torch.Tensor,
+                         ball: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The rows' minimum over the input box [lo, hi] (c a - |a| r with one gather for centre and
+        radius), and for an L2 ball (x0, eps) also a x0 - eps ||a||_2, the larger kept; paired rows
+        give (B, 2R): the bounds of z and of -z from the same coefficients. Without the bias."""
+        cr = self.gather(torch.cat([(hi + lo) / 2, (hi - lo) / 2], 1))
+        c_in = lo.shape[1]
+        a = self.coef.flatten(2)
+        dot, mag = (a * cr[:, :, :c_in].flatten(2)).sum(2), (a.abs() * cr[:, :, c_in:].flatten(2)).sum(2)
+        out = torch.cat([dot - mag, -dot - mag], 1) if self.paired else dot - mag
+        if ball is not None:
+            self.zero_outside()  # the box's gathered values are zero outside the map; x0's norm is not
+            a = self.coef.flatten(2)
+            x0, r = ball
+            dot0, norm = (a * self.gather(x0).flatten(2)).sum(2), r.reshape(-1, 1) * a.norm(dim=2)
+            out = torch.maximum(out, torch.cat([dot0 - norm, -dot0 - norm], 1) if self.paired else dot0 - norm)
+        return out
+
     def back_conv(self, m: nn.Conv2d, in_shape: tuple[int, ...], cache: dict | None = None) -> torch.Tensor:
         """Rows of the convolution's input; returns the constant (B, R) the bias adds."""
         B, R, O, ph, pw = self.coef.shape
@@ -335,20 +353,5 @@ def patch_lower(
         was_paired = p.paired
         relu_bias = p.back_relu(*relus[j - 1])
         bias = (torch.cat([bias, -bias], 1) if was_paired else bias) + relu_bias
-    # one gather for centre and radius
-    cr = p.gather(torch.cat([(hi + lo) / 2, (hi - lo) / 2], 1))
-    c_in = lo.shape[1]
-    a = p.coef.flatten(2)
-    centre, radius = cr[:, :, :c_in].flatten(2), cr[:, :, c_in:].flatten(2)
-    dot, mag = (a * centre).sum(2), (a.abs() * radius).sum(2)
-    if p.paired:  # no ReLU on the way: the bounds of z and of -z from the same rows
-        out = torch.cat([dot - mag, -dot - mag], 1)
-    else:
-        out = dot - mag
-    if ball is not None:
-        p.zero_outside()
-        a = p.coef.flatten(2)
-        x0, r = ball
-        dot0, norm = (a * p.gather(x0).flatten(2)).sum(2), r.reshape(-1, 1) * a.norm(dim=2)
-        out = torch.maximum(out, torch.cat([dot0 - norm, -dot0 - norm], 1) if p.paired else dot0 - norm)
-    return out + (torch.cat([bias, -bias], 1) if p.paired else bias)
+    # paired: no ReLU on the way, the bounds of z and of -z from the same rows
+    return p.lower_over_input(lo, hi, ball) + (torch.cat([bias, -bias], 1) if p.paired else bias)

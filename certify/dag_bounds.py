@@ -514,24 +514,8 @@ def _rows_lower(dag: Dag, q: int, idx: torch.Tensor, valid: torch.Tensor, lo, hi
     width = dag.width()
     step = max(1, _GROUP_ELEMENTS // (2 * k * width))
     per_call = _PATCH_ROWS if dag_patches.patchable(dag, q) else max(1, _GROUP_ELEMENTS // (2 * width))
-    counts = valid.sum(1).tolist()
-    part = lambda t, sl: t if t.shape[0] == 1 else t[sl]  # noqa: E731  (the input box may have batch 1)
-    out = torch.zeros(B, 2 * k, dtype=dag.dtype, device=dag.device)
-    for s in range(0, B, step):
-        sl = slice(s, s + step)
-        kg = max(counts[sl])
-        if kg == 0:
-            continue
-        bnd = {j: (l[sl], u[sl]) for j, (l, u) in bounds.items()}
-        b = None if ball is None else (ball[0][sl], ball[1][sl])
-        calls = -(-kg // per_call)
-        size = -(-kg // calls)
-        for r in range(0, kg, size):
-            check_deadline(deadline)
-            e = min(kg, r + size)
-            low = _rows_pass(dag, q, idx[sl, r:e], part(lo, sl), part(hi, sl), bnd, b)
-            out[sl, r:e], out[sl, k + r : k + e] = low[:, : e - r], low[:, e - r :]
-    return out
+    return cb.rows_in_parts(lambda *part: _rows_pass(dag, q, *part), idx, valid, lo, hi, bounds, ball, step, per_call,
+                            deadline)
 
 
 def crown_intermediate(

@@ -208,15 +208,4 @@ def patch_rows_lower(dag: "Dag", q: int, idx: torch.Tensor, lo: torch.Tensor, hi
     p = state.get(0)
     if p is None:
         return bias
-    cr = p.gather(torch.cat([(hi + lo) / 2, (hi - lo) / 2], 1))
-    c_in = lo.shape[1]
-    a = p.coef.flatten(2)
-    dot, mag = (a * cr[:, :, :c_in].flatten(2)).sum(2), (a.abs() * cr[:, :, c_in:].flatten(2)).sum(2)
-    out = torch.cat([dot - mag, -dot - mag], 1) if p.paired else dot - mag
-    if ball is not None:
-        p.zero_outside()
-        a = p.coef.flatten(2)
-        x0, r = ball
-        dot0, norm = (a * p.gather(x0).flatten(2)).sum(2), r.reshape(-1, 1) * a.norm(dim=2)
-        out = torch.maximum(out, torch.cat([dot0 - norm, -dot0 - norm], 1) if p.paired else dot0 - norm)
-    return out + bias
+    return p.lower_over_input(lo, hi, ball) + bias
