@@ -29,6 +29,7 @@ import warnings
 import torch
 from torch import nn
 
+from clean_training import train_clean  # beside this script
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bounders import CrownBounder, InputSet
 from robustcli.certify.lirpa import LirpaBounder
@@ -45,21 +46,6 @@ def resnet_mnist(seed: int) -> nn.Module:
         nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), block1, nn.ReLU(), block2, nn.ReLU(), nn.Flatten(),
         nn.Linear(16 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 10),
     ), [0.1307], [0.3081])  # fmt: skip
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for s in range(0, len(x), 64):
-            idx = order[s : s + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return float(loss)
 
 
 def timed(f, device: torch.device = torch.device("cpu")):
@@ -91,7 +77,7 @@ def main() -> None:
     tr, te = load_mnist("train"), load_mnist("test")
     dev = torch.device(args.device)
     model = resnet_mnist(args.seed).to(dev)
-    loss = train(model, tr.x[: args.n_train].to(dev), tr.y[: args.n_train].to(dev), args.epochs, args.seed)
+    loss = train_clean(model, tr.x[: args.n_train].to(dev), tr.y[: args.n_train].to(dev), args.epochs, args.seed)
     model.eval()
     x, y = te.x[: args.n].to(dev), te.y[: args.n].to(dev)
     with torch.no_grad():

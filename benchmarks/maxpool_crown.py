@@ -24,6 +24,7 @@ import warnings
 import torch
 from torch import nn
 
+from clean_training import train_clean  # beside this script
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bounders import InputSet, build_bounder
 from robustcli.certify.spec import margin_spec
@@ -40,21 +41,6 @@ def pooled_cnn(pool: str, seed: int) -> nn.Module:
         nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), POOLS[pool](), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
         nn.Flatten(), nn.Linear(16 * out * out, 64), nn.ReLU(), nn.Linear(64, 10),
     ), [0.1307], [0.3081])  # fmt: skip
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for s in range(0, len(x), 64):
-            idx = order[s : s + 64]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
 
 
 def main() -> None:
@@ -78,7 +64,7 @@ def main() -> None:
     spec = margin_spec(y, 10)
     for pool in args.pools:
         model = pooled_cnn(pool, args.seed).to(dev)
-        train(model, tr.x[: args.n_train].to(dev), tr.y[: args.n_train].to(dev), args.epochs, args.seed)
+        train_clean(model, tr.x[: args.n_train].to(dev), tr.y[: args.n_train].to(dev), args.epochs, args.seed)
         with torch.no_grad():
             acc = float((model(te.x[:1000].to(dev)).argmax(1).cpu() == te.y[:1000]).float().mean())
         print(f"{pool}: clean accuracy {acc:.3f} on 1000 test images; n {args.n}; device {dev}")
