@@ -418,3 +418,27 @@ def test_verifier_bab_stage_on_a_graph_answers_near_its_timeout():
     res = verify_property(model, prop, (6,), timeout=3.0, bab_split="relu", methods=("crown", "bab"))
     assert time.monotonic() - t0 < 4.0
     assert res.status in ("timeout", "holds"), res.stages
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_chain_through_the_graph_adapter_takes_the_same_search(seed):
+    """A ReLU chain bounded as a graph: the graph engine's bounds are the chain engine's, so both
+    adapters drive the one loop through the same search (outcome and domain count), for ReLU splits
+    with refresh and reuse and for input splits."""
+    from robustcli.certify import chain_bounds as cb
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    chain, dag = cb.Chain.of(model, (2,)), db.Dag.of(model, (2,))
+    lo, hi = _box2()
+    true_min, spread = _grid_margin(model)
+    for offset in (0.03, -0.03):
+        d = torch.tensor([-true_min + offset * spread], dtype=torch.float64)
+        check = _check_for(model, (2,), d)
+        for refresh in (True, False):
+            runs = [bab_refute(eng, lo, hi, ROW[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
+                               check=check, refresh=refresh)
+                    for eng, inter in ((chain, cb.crown_intermediate(chain, lo, hi)), (dag, db.crown_intermediate(dag, lo, hi)))]
+            assert [(r.proved, r.domains, r.reason) for r in runs[:1]] == [(r.proved, r.domains, r.reason) for r in runs[1:]]
+        runs = [input_bab_refute(eng, lo, hi, ROW[None], d[None], check=check, deadline=None) for eng in (chain, dag)]
+        assert (runs[0].proved, runs[0].domains) == (runs[1].proved, runs[1].domains)
