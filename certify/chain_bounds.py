@@ -210,6 +210,8 @@ def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Ten
             A = At * m.scale
         elif isinstance(m, (nn.Flatten, Reshape, nn.Identity, nn.Dropout)):
             pass
+        elif hasattr(m, "transpose_rows"):  # a linear layer that knows its transpose (maxpool_relus.Gather)
+            A = m.transpose_rows(A.reshape(R, *s_out), s_in)
         else:
             return None
         A = A.reshape(R, *s_in)
