@@ -7,8 +7,8 @@ The model (`--arch`): `resmlp` is Flatten, Linear 64 -> 32, ReLU, two residual b
 Residual(Linear 32 -> 32, ReLU, Linear 32 -> 32) each followed by a ReLU, Linear 32 -> 10; `rescnn`
 is Conv 1 -> 4 (3x3, pad 1), ReLU, Residual(Conv 4 -> 4, ReLU, Conv 4 -> 4), ReLU, Flatten, Linear
 256 -> 32, ReLU, Linear 32 -> 10; `poolcnn` is Conv 1 -> 4 (3x3, pad 1), ReLU, MaxPool2d(2), Flatten,
-Linear 64 -> 32, ReLU, Linear 32 -> 10 (64 inputs: ReLU splits, which stop without an answer at
-the first domain whose max pooling windows stay undecided once its ReLUs are fixed). Trained here for `--epochs` on scikit-learn's 8x8 digits (train
+Linear 64 -> 32, ReLU, Linear 32 -> 10 (64 inputs: ReLU splits, on the max pooling's ReLU form,
+certify/maxpool_relus.py). Trained here for `--epochs` on scikit-learn's 8x8 digits (train
 split, seeded). Properties: the Linf box of half-width `--eps` (clipped to [0, 1]) around each of
 the first `--n` correctly classified test digits, violated iff another class scores at least the
 label's (VNN-COMP's robustness form). Each property runs `verify_property` twice in the same
