@@ -20,6 +20,13 @@ batch of the worst domains and, for all of them at once:
   re-scored by the bound its two children get from one CROWN pass with the neuron fixed (the
   better of the two children's worse bound), the best taken.
 The property holds once every domain is refuted.
+
+The loop is the same for ReLU chains and ReLU graphs (residual adds, concatenations, max pooling):
+it sees the network through certify/bab_network.py, which says which intervals a domain carries
+(every ReLU's input; on a graph also every max pooling's input, never split), which of them are
+split layers, and how to bound, refresh, clamp and close. A graph domain with an undecided max
+pooling window is not affine once its ReLUs are fixed, so it cannot be closed: the search then
+ends as `exhausted` (no answer), never as proved.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from robustcli.certify.chain_bounds import Chain, back_affine, backward_lower, crown_intermediate
+from robustcli.certify.bab_network import BabNetwork, as_bab_network
+from robustcli.certify.chain_bounds import Chain
+from robustcli.certify.dag_bounds import Dag
+from robustcli.certify.deadline import DeadlineReached
 
 
 class RoundClock:
@@ -70,51 +80,32 @@ def worst_first(score: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Te
 class BabOutcome:
     proved: bool
     domains: int  # domains bounded
-    reason: str  # proved | timeout | exhausted | limit | counterexample
+    reason: str  # proved | timeout | exhausted (a domain could not be decided) | limit | counterexample
     counterexample: torch.Tensor | None = None  # (n_inputs,) from a closed domain's linear program
 
 
-def _clamp(bounds, splits):
-    out = []
-    for (l, u), s in zip(bounds, splits):
-        out.append((torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)))
-    return out
-
-
-def _affine_rows(chain: Chain, upto: int, A: torch.Tensor, active: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows A (R, *shape of z_upto) as affine functions of the input when every ReLU j < upto has the
-    fixed phase `active[j]` (n_j,) bool: returns (R, n_in) coefficients and (R,) constants."""
-    bias = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
-    for j in range(upto, -1, -1):
-        aw, b = back_affine(chain.blocks[j], chain.in_shapes[j], A.reshape(A.shape[0], *chain.out_shapes[j]))
-        bias = bias + b
-        A = aw.reshape(A.shape[0], -1)
-        if j > 0:
-            A = A * active[j - 1].to(A.dtype)
-    return A.cpu().numpy(), bias.cpu().numpy()
-
-
-def close_domain(chain: Chain, lo, hi, C, d, bounds, splits) -> tuple[bool | None, torch.Tensor | None]:
-    """Decide a domain without unstable ReLUs by one LP: min_x max_r (C z_L + d)_r over the box and the
-    split constraints. Returns (True, None) if refuted, (False, x) with a minimiser, or (None, None)
-    if the LP failed or is too close to 0 to call."""
+def close_domain(net: BabNetwork, lo, hi, C, d, bounds, splits) -> tuple[bool | None, torch.Tensor | None]:
+    """Decide a domain without unstable ReLUs by one LP: min_x max_r (C f(x) + d)_r over the box and
+    the split constraints, the network being affine on the domain (`net.closable`). Returns
+    (True, None) if refuted, (False, x) with a minimiser, or (None, None) if the LP failed, is too
+    close to 0 to call, or the network is not affine on the domain (a graph's undecided max pooling)."""
     from scipy.optimize import linprog
 
-    L = len(bounds)
-    active = [(l.flatten() >= 0) | (s.flatten() > 0) for (l, _), s in zip(bounds, splits)]
+    if not net.closable(bounds):
+        return None, None
     A_ub, b_ub = [], []
-    for j in range(L):
+    for j in range(len(splits)):
         idx = (splits[j].flatten() != 0).nonzero().flatten()
         if len(idx) == 0:
             continue
         n = splits[j].numel()
-        rows = torch.zeros(len(idx), n, dtype=chain.dtype, device=chain.device)
+        rows = torch.zeros(len(idx), n, dtype=net.dtype, device=net.device)
         rows[torch.arange(len(idx)), idx] = 1.0
-        a, b = _affine_rows(chain, j, rows, active)
+        a, b = net.affine_rows(j, rows, bounds, splits)
         sign = splits[j].flatten()[idx].cpu().numpy().astype(np.float64)  # +1: z >= 0 -> -z <= 0
         A_ub.append(-sign[:, None] * a)
         b_ub.append(sign * b)
-    a_out, b_out = _affine_rows(chain, L, C.reshape(C.shape[0], *chain.out_shapes[-1]), active)
+    a_out, b_out = net.affine_rows(None, C.reshape(C.shape[0], -1), bounds, splits)
     b_out = b_out + d.cpu().numpy()
     n_in = a_out.shape[1]
     # variables (x, t): minimise t subject to a_r x + b_r <= t for every row r
@@ -134,11 +125,11 @@ def close_domain(chain: Chain, lo, hi, C, d, bounds, splits) -> tuple[bool | Non
     t = float(res.x[-1])
     if t > 1e-7 * (1 + np.abs(b_out).max()):
         return True, None
-    return False, torch.tensor(res.x[:-1], dtype=chain.dtype).reshape(1, *chain.in_shapes[0])
+    return False, torch.tensor(res.x[:-1], dtype=net.dtype).reshape(1, *net.in_shape)
 
 
 def bab_refute(
-    chain: Chain,
+    network: Chain | Dag | BabNetwork,
     lo: torch.Tensor,
     hi: torch.Tensor,
     C: torch.Tensor,
@@ -162,7 +153,9 @@ def bab_refute(
 
     C (D, R, n_outputs), d (D, R): D disjuncts (roots) of up to R rows, searched together so that
     each round bounds one batch across all of them (pad short disjuncts with rows C = 0, d = -1).
-    `bounds`: intermediate bounds of the whole box (the roots' starting point).
+    `network`: the chain, the graph, or an adapter (certify/bab_network.py).
+    `bounds`: intermediate bounds of the whole box (the roots' starting point), as the network's
+    crown_intermediate returns them (a list per ReLU for a chain, a dict per node for a graph).
     `check(x)` (1, n_inputs) -> bool: does the model violate the property at x (for LP minimisers).
     `search(starts)` (S, n_inputs) -> (n_inputs,) or None: a counterexample search from these starts
     (None: no search). Between rounds, while it has used less than `search_share` of the time, it
@@ -171,18 +164,21 @@ def bab_refute(
     `refresh`: recompute the intermediate bounds of each sub-problem (else the parent's, clamped
     at the split neurons, are kept: each domain costs about a twentieth as much).
     """
-    L = len(bounds)
+    net = as_bab_network(network)
+    slots = net.slots
+    L = len(slots)  # split layers (ReLU inputs); the carried intervals may hold more (max pooling inputs)
     D, R = C.shape[0], C.shape[1]
-    flat = [(l.reshape(1, -1), u.reshape(1, -1)) for l, u in bounds]
-    sizes = [f[0].shape[1] for f in flat]
-    A_roots = C.reshape(D, R, *chain.out_shapes[-1])
-    dev, dt = chain.device, chain.dtype
-    # Domain queue: root index, split signs per layer (int8), parent bounds, alphas and betas per layer.
+    flat = [(l.reshape(1, -1), u.reshape(1, -1)) for l, u in net.carried(bounds)]
+    sizes = [flat[k][0].shape[1] for k in slots]
+    A_roots = C.reshape(D, R, *net.out_shape)
+    dev, dt = net.device, net.dtype
+    # Domain queue: root index, split signs per split layer (int8), parent intervals per carried
+    # quantity, alphas and betas per split layer.
     roots = torch.arange(D, device=dev)
     splits = [torch.zeros(D, n, dtype=torch.int8, device=dev) for n in sizes]
     lows = [f[0].expand(D, -1).clone() for f in flat]
     ups = [f[1].expand(D, -1).clone() for f in flat]
-    alphas = [(f[1] > -f[0]).to(dt).reshape(1, 1, -1).expand(D, R, -1).clone() for f in flat]
+    alphas = [(flat[k][1] > -flat[k][0]).to(dt).reshape(1, 1, -1).expand(D, R, -1).clone() for k in slots]
     betas = [torch.zeros(D, R, n, dtype=dt, device=dev) for n in sizes]
     scores_lb = torch.full((D,), float("-inf"), dtype=dt, device=dev)
     done = 0
@@ -203,13 +199,16 @@ def bab_refute(
         A0, d0 = A_roots[rt], d[rt]
         B = len(order)
         with torch.no_grad():
-            if refresh:
-                bnd = crown_intermediate(chain, lo, hi, base=list(zip(pl, pu)), splits=sp)
-            else:
-                bnd = _clamp(list(zip(pl, pu)), sp)
+            try:
+                if refresh:
+                    bnd = net.intermediate(lo, hi, base=list(zip(pl, pu)), splits=sp, deadline=deadline)
+                else:
+                    bnd = net.clamp(list(zip(pl, pu)), sp)
+            except DeadlineReached:  # a large network's refresh reached the deadline mid-round
+                return BabOutcome(False, done, "timeout")
         bnd = [(l.reshape(B, -1), u.reshape(B, -1)) for l, u in bnd]
         # A lower bound above an upper bound: no input of the box meets these splits (the domain is empty).
-        empty = torch.stack([(l > u + 1e-9 * (1 + u.abs())).any(1) for l, u in bnd]).any(0) if L else torch.zeros(B, dtype=torch.bool, device=dev)
+        empty = torch.stack([(l > u + 1e-9 * (1 + u.abs())).any(1) for l, u in bnd]).any(0) if bnd else torch.zeros(B, dtype=torch.bool, device=dev)
         al = [a.clone().requires_grad_(True) for a in al]
         be = [b.clone().requires_grad_(True) for b in be]
         m1 = [torch.zeros_like(t) for t in al + be]
@@ -224,7 +223,7 @@ def bab_refute(
             with torch.enable_grad():
                 terms = [-b * s.to(dt).unsqueeze(1) for b, s in zip(be, sp)]
                 rec: dict[int, torch.Tensor] = {}
-                low = backward_lower(chain, L, A0, lo, hi, bnd, al, terms, rec) + d0
+                low = net.lower(A0, lo, hi, bnd, al, terms, rec) + d0
                 top = low.max(1).values  # the disjunct is refuted if any of its rows is > 0
                 better = top.detach() > best
                 best = torch.where(better, top.detach(), best)
@@ -261,7 +260,7 @@ def bab_refute(
         # Branching scores (BaBSR) on unsplit unstable neurons of each open domain.
         score_layers = []
         for j in range(L):
-            l, u = bnd[j][0][idx], bnd[j][1][idx]
+            l, u = bnd[slots[j]][0][idx], bnd[slots[j]][1][idx]
             unstable = (l < 0) & (u > 0) & (sp[j][idx] == 0)
             a = record[j][idx].max(1).values if R > 1 else record[j][idx, 0]
             intercept = torch.where(unstable, -l * u / (u - l).clamp(min=1e-12), torch.zeros_like(l))
@@ -272,7 +271,7 @@ def bab_refute(
         closed = scores.max(1).values < 0  # no unstable neuron left: the network is affine on the domain
         for k in closed.nonzero().flatten().tolist():
             b = int(idx[k])
-            refuted, x = close_domain(chain, lo, hi, A0[b], d0[b], [(t[0][b], t[1][b]) for t in bnd], [s[b] for s in sp])
+            refuted, x = close_domain(net, lo, hi, A0[b], d0[b], [(t[0][b], t[1][b]) for t in bnd], [s[b] for s in sp])
             if refuted:
                 continue
             if x is not None and check is not None and bool(check(x.reshape(1, -1))):
@@ -282,7 +281,7 @@ def bab_refute(
         idx, scores = idx[keep_open], scores[keep_open]
         if len(idx) == 0:
             continue
-        pick = _fsb(chain, lo, hi, A0[idx], d0[idx], [(t[0][idx], t[1][idx]) for t in bnd],
+        pick = _fsb(net, lo, hi, A0[idx], d0[idx], [(t[0][idx], t[1][idx]) for t in bnd],
                     [s[idx] for s in sp], scores, sizes, fsb_candidates)
         offsets = torch.tensor([0] + sizes, device=dev).cumsum(0)
         for sign in (1, -1):
@@ -308,7 +307,7 @@ def _primal_points(lo, hi, A_in, rows, domains) -> torch.Tensor:
     return torch.where(a >= 0, lo.reshape(1, -1), hi.reshape(1, -1))
 
 
-def _fsb(chain, lo, hi, A0, d0, bnd, sp, scores, sizes, k: int) -> torch.Tensor:
+def _fsb(net: BabNetwork, lo, hi, A0, d0, bnd, sp, scores, sizes, k: int) -> torch.Tensor:
     """Filtered smart branching: of the top-k BaBSR candidates per domain, the one whose worse child
     bound (one CROWN pass per child, intermediate bounds kept) is highest. Returns flat indices (B,)."""
     B = scores.shape[0]
@@ -317,8 +316,8 @@ def _fsb(chain, lo, hi, A0, d0, bnd, sp, scores, sizes, k: int) -> torch.Tensor:
     if k == 1:
         return cand[:, 0]
     offsets = torch.tensor([0] + sizes, device=scores.device).cumsum(0)
-    L = len(bnd)
-    worst = torch.empty(B, k, dtype=chain.dtype, device=scores.device)
+    slots = net.slots
+    L = len(slots)
     with torch.no_grad():
         # Children as one batch: (candidate, sign, domain).
         reps = 2 * k
@@ -330,13 +329,13 @@ def _fsb(chain, lo, hi, A0, d0, bnd, sp, scores, sizes, k: int) -> torch.Tensor:
                     in_j = (cand[:, c] >= offsets[j]) & (cand[:, c] < offsets[j + 1])
                     rows = in_j.nonzero().flatten()
                     col = cand[rows, c] - offsets[j]
-                    l, u = bb[j]
+                    l, u = bb[slots[j]]
                     tgt = rows + block.start
                     if sign > 0:
                         l[tgt, col] = l[tgt, col].clamp(min=0)
                     else:
                         u[tgt, col] = u[tgt, col].clamp(max=0)
-        low = backward_lower(chain, L, A0.repeat(reps, 1, *([1] * (A0.dim() - 2))), lo, hi, bb) + d0.repeat(reps, 1)
+        low = net.lower(A0.repeat(reps, 1, *([1] * (A0.dim() - 2))), lo, hi, bb) + d0.repeat(reps, 1)
         top = low.max(1).values.reshape(k, 2, B)
         worst = top.min(1).values.T  # (B, k): a split is as good as its worse child
     return cand.gather(1, worst.argmax(1, keepdim=True)).squeeze(1)

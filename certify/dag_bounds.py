@@ -414,13 +414,48 @@ def backward_lower(
     alphas: dict[int, torch.Tensor] | None = None,
     ball: tuple[torch.Tensor, torch.Tensor] | None = None,
     bias: torch.Tensor | None = None,
+    split_terms: dict[int, torch.Tensor] | None = None,
+    record: dict[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Lower bound (B, R) of A . v_target + bias over the input set; A (B, R, *shape of the target).
 
     `bounds[q]` (B, *shape): the interval of each node q feeding a ReLU or a max pooling between
     the target and the input. `alphas[r]` (B, R, n_r): lower slopes of ReLU node r's unstable neurons for these rows
     (else the adaptive choice). `ball` = (centre (B, *input), radius (B,)): the input set is also
-    inside this L2 ball (see chain_bounds.backward_lower)."""
+    inside this L2 ball (see chain_bounds.backward_lower).
+
+    `split_terms[q]` (B, R, n_q), q a node feeding a ReLU: Lagrangian terms -beta * sign added to
+    the coefficients of v_q once all its consumers have sent theirs (beta-CROWN, Wang et al. 2021,
+    eq. 7; see certify/bab.py). `record[q]` receives the coefficients of the output of the ReLU(s)
+    fed by q (what BaBSR scores read), `record[-1]` those of the input (zero where the target does
+    not depend on the input)."""
+    a, bias = back_to_input(dag, target, A, bounds, alphas, bias, split_terms, record)
+    if a is None:  # the target does not depend on the input
+        return bias
+    B = a.shape[0]
+    c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1).expand(B, 1, -1)
+    r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1).expand(B, 1, -1)
+    out = torch.einsum("brn,bxn->br", a, c) - torch.einsum("brn,bxn->br", a.abs(), r)
+    if ball is not None:
+        x0, radius = ball
+        out = torch.maximum(out, (a * x0.reshape(x0.shape[0], 1, -1)).sum(-1) - radius.reshape(-1, 1) * a.norm(dim=-1))
+    return out + bias
+
+
+def back_to_input(
+    dag: Dag,
+    target: int,
+    A: torch.Tensor,
+    bounds: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    alphas: dict[int, torch.Tensor] | None = None,
+    bias: torch.Tensor | None = None,
+    split_terms: dict[int, torch.Tensor] | None = None,
+    record: dict[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """CROWN's backward pass (see `backward_lower`) up to the input: the rows' linear lower bound
+    a . x + bias, as (a (B, R, n_input) or None if the target does not depend on the input, bias
+    (B, R)). Where every relaxation on the way is exact (stable ReLUs, max pooling windows decided
+    by their bounds) this is the target's affine function of the input on the bounds' domain."""
     B, R = A.shape[:2]
     coef: dict[int, torch.Tensor] = {target: A.reshape(B, R, -1)}
     bias = torch.zeros(B, R, dtype=A.dtype, device=A.device) if bias is None else bias
@@ -430,6 +465,10 @@ def backward_lower(
 
     for i in range(target, 0, -1):
         a = coef.pop(i, None)
+        if split_terms is not None and i in split_terms:
+            # every consumer has sent its coefficients by now (reverse topological order), so the
+            # term enters once per node, however many ReLUs read it
+            a = split_terms[i] if a is None else a + split_terms[i]
         if a is None:
             continue
         n = dag.nodes[i]
@@ -451,22 +490,21 @@ def backward_lower(
             bias, a = _maxpool_back(n, dag.nodes[n.parents[0]].numel, a, bounds[n.parents[0]], bias, weights)
             send(n.parents[0], a)
         else:  # relu
-            l, u = (t.reshape(B, 1, -1) for t in bounds[n.parents[0]])
+            q = n.parents[0]
+            if record is not None:
+                record[q] = record[q] + a if q in record else a
+            l, u = (t.reshape(B, 1, -1) for t in bounds[q])
             up_s, up_t, low_s, unstable = _relu_lines(l, u)
             if alphas is not None and i in alphas:
                 low_s = torch.where(unstable, alphas[i], low_s)
             bias, a = _relax_rows(a, low_s, up_s, up_t, bias)
-            send(n.parents[0], a)
+            send(q, a)
     a = coef.get(0)
-    if a is None:  # the target does not depend on the input
-        return bias
-    c = ((hi + lo) / 2).reshape(lo.shape[0], 1, -1).expand(B, 1, -1)
-    r = ((hi - lo) / 2).reshape(lo.shape[0], 1, -1).expand(B, 1, -1)
-    out = torch.einsum("brn,bxn->br", a, c) - torch.einsum("brn,bxn->br", a.abs(), r)
-    if ball is not None:
-        x0, radius = ball
-        out = torch.maximum(out, (a * x0.reshape(x0.shape[0], 1, -1)).sum(-1) - radius.reshape(-1, 1) * a.norm(dim=-1))
-    return out + bias
+    if split_terms is not None and 0 in split_terms:  # a ReLU right on the input
+        a = split_terms[0] if a is None else a + split_terms[0]
+    if record is not None:
+        record[-1] = a if a is not None else torch.zeros(B, R, dag.nodes[0].numel, dtype=bias.dtype, device=bias.device)
+    return a, bias
 
 
 # Rows of one backward pass are computed at most this many numbers of the widest node at a time
@@ -522,10 +560,19 @@ def crown_intermediate(
     dag: Dag, lo: torch.Tensor, hi: torch.Tensor, ball: tuple[torch.Tensor, torch.Tensor] | None = None,
     base: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None, crown: bool = True,
     intersect_ibp: bool = True, deadline: float | None = None,
+    splits: dict[int, torch.Tensor] | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Intervals (B, *shape) of every node feeding a ReLU or a max pooling: IBP from the bounds
     before it, intersected with `base` when given, then CROWN for the neurons whose bounds can still
     change a relaxation (`_needs_rows`) (`crown=False`: IBP only, i.e. CROWN-IBP's intermediate bounds).
+
+    `splits[q]` (B, n_q) int8, q a node feeding a ReLU: +1 / -1 where branch and bound fixed the
+    neuron active (v >= 0) / inactive (v <= 0) in that domain. Its interval is clamped (l = max(l, 0)
+    / u = min(u, 0)) before any later node is bounded, so every later bound is the sub-problem's
+    (beta-CROWN's refreshed intermediate bounds, Wang et al. 2021, without multipliers on the
+    intermediate objectives). With splits and `base`, a node with no split node among its strict
+    ancestors keeps `base` (clamped): nothing below it changed, so recomputing would give it again.
+    A clamped lower bound above its upper bound means the domain holds no input.
 
     `intersect_ibp=False`: CROWN's bounds alone, for every neuron (what auto_LiRPA 0.3's CROWN
     computes; for comparisons). The adaptive lower slope depends on the bounds, so tighter
@@ -537,7 +584,12 @@ def crown_intermediate(
     box: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     B = lo.shape[0]
+    split_nodes = {q for q, s in (splits or {}).items() if bool((s != 0).any())}
     for i, n in enumerate(dag.nodes):
+        if splits is not None and base is not None and i in pre and not (split_nodes & (dag.ancestors(i) - {i})):
+            bl, bu = _clamp_split(base[i], splits.get(i))
+            out[i] = box[i] = (bl, bu)
+            continue
         box[i] = _ibp_node(dag, i, box, lo, hi)
         if i not in pre:
             continue
@@ -545,6 +597,8 @@ def crown_intermediate(
         bl, bu = (t.expand(max(B, t.shape[0]), *t.shape[1:]) for t in box[i])
         if base is not None:
             bl, bu = torch.maximum(bl, base[i][0]), torch.minimum(bu, base[i][1])
+        if splits is not None and i in splits:  # a split neuron is stable: no rows for it
+            bl, bu = _clamp_split((bl, bu), splits[i])
         Bq = bl.shape[0]
         bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
         unstable = _needs_rows(dag, i, bl, bu)
@@ -565,8 +619,20 @@ def crown_intermediate(
             inf = torch.tensor(float("inf"), dtype=dag.dtype, device=dag.device)
             bl = bl.scatter_reduce(1, idx, torch.where(valid, low[:, :k], -inf), "amax")
             bu = bu.scatter_reduce(1, idx, torch.where(valid, -low[:, k:], inf), "amin")
+        if splits is not None and i in splits:
+            bl, bu = _clamp_split((bl, bu), splits[i])
         out[i] = box[i] = (bl.reshape(Bq, *n.shape), bu.reshape(Bq, *n.shape))
     return out
+
+
+def _clamp_split(bounds: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A node's interval (B, ...) with its split neurons clamped: l >= 0 where s > 0 (active),
+    u <= 0 where s < 0 (inactive); s (B, n) int8 or None."""
+    l, u = bounds
+    if s is None:
+        return l, u
+    s = s.reshape(s.shape[0], *l.shape[1:])
+    return torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)
 
 
 def crown_spec(dag: Dag, lo, hi, C, d=None, bounds=None, ball=None,

@@ -15,7 +15,8 @@ once with CROWN (intermediate bounds recomputed per sub-box: they are the point 
   the bound's looseness that dimension's width accounts for; the "smart branching" score of input
   BaB in alpha-beta-CROWN).
 Every bound is sound for its sub-box and the sub-boxes of a root cover it, so the property holds
-once no domain is open.
+once no domain is open. The network is a ReLU chain or a ReLU graph (residual adds, concatenations,
+max pooling), bounded through certify/bab_network.py with the graph engine's CROWN per sub-box.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from typing import Callable
 import torch
 
 from robustcli.certify import chain_bounds as cb
+from robustcli.certify import dag_bounds as db
 from robustcli.certify.bab import RoundClock, worst_first
+from robustcli.certify.bab_network import BabNetwork, as_bab_network
+from robustcli.certify.deadline import DeadlineReached
 
 
 @dataclass
@@ -38,7 +42,7 @@ class InputBabOutcome:
 
 
 def input_bab_refute(
-    chain: cb.Chain,
+    network: cb.Chain | db.Dag | BabNetwork,
     lo: torch.Tensor,
     hi: torch.Tensor,
     C: torch.Tensor,
@@ -54,11 +58,13 @@ def input_bab_refute(
 
     lo, hi (1, *input_shape); C (D, R, n_out), d (D, R) (pad short disjuncts with C = 0, d = -1).
     `check(x)` (B, n_inputs) -> bool (B,): does the real model violate the property at x.
+    `network`: the chain, the graph, or an adapter (certify/bab_network.py).
     """
-    dev, dt = chain.device, chain.dtype
+    net = as_bab_network(network)
+    dev, dt = net.device, net.dtype
     D, R = C.shape[0], C.shape[1]
     shape = tuple(lo.shape[1:])
-    A_roots = C.reshape(D, R, *chain.out_shapes[-1])
+    A_roots = C.reshape(D, R, *net.out_shape)
     box_lo = lo.reshape(1, -1).expand(D, -1).clone()
     box_hi = hi.reshape(1, -1).expand(D, -1).clone()
     roots = torch.arange(D, device=dev)
@@ -75,9 +81,12 @@ def input_bab_refute(
         B = len(order)
         lo_b, hi_b = blo.reshape(B, *shape), bhi.reshape(B, *shape)
         with torch.no_grad():
-            inter = cb.crown_intermediate(chain, lo_b, hi_b)
+            try:
+                inter = net.intermediate(lo_b, hi_b, deadline=deadline)
+            except DeadlineReached:  # a large network's bounds reached the deadline mid-round
+                return InputBabOutcome(False, done, "timeout")
             rec: dict[int, torch.Tensor] = {}
-            low = cb.backward_lower(chain, len(chain.blocks) - 1, A_roots[rt], lo_b, hi_b, inter, record=rec) + d[rt]
+            low = net.lower(A_roots[rt], lo_b, hi_b, inter, record=rec) + d[rt]
         done += B
         top, row = low.max(1)  # refuted if any row of the disjunct is > 0; `row` is the closest to it
         open_ = top <= 0

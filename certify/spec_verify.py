@@ -10,8 +10,9 @@ Answers (VNN-COMP 2021 words):
   not chains are bounded by native IBP in float64 (certify/ibp.py) where it walks them; their
   CROWN stages run natively in float64 on ReLU graphs with residual adds, concatenations and max
   pooling (certify/dag_bounds.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that
-  engine does not cover (smooth activations). Branch and bound needs a chain: graph models
-  get no `bab` stage.
+  engine does not cover (smooth activations). Branch and bound runs on chains and on the ReLU
+  graphs of the native engine (certify/bab_network.py adapts either); graphs only auto_LiRPA
+  bounds get no `bab` stage.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -32,6 +33,7 @@ from torch import nn
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bab import BabOutcome, bab_refute
+from robustcli.certify.bab_network import as_bab_network
 from robustcli.certify.bounders import spec_chain
 from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
@@ -131,7 +133,11 @@ def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, .
             return db.crown_spec(dag, lo, hi, C, d, inter, deadline=deadline)[0]
         # At most 40% of the remaining time when branch and bound follows, as for chains.
         until = t0 + 0.4 * (deadline - t0) if deadline is not None and bab_follows else deadline
-        return db.alpha_crown_spec(dag, lo, hi, C, d[None], inter, iterations=alpha_iterations, deadline=until)
+        tight: dict = {}
+        low = db.alpha_crown_spec(dag, lo, hi, C, d[None], inter, iterations=alpha_iterations, deadline=until,
+                                  tightened_out=tight)
+        bounds[(ci, "dag-alpha")] = tight  # branch and bound starts from them
+        return low
 
 
 def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
@@ -141,7 +147,8 @@ def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
 
 def relu_bab(chain, lo, hi, C, d, inter, deadline: float | None, bounds: str, **kw) -> BabOutcome:
     """ReLU branch and bound with the sub-problem bounds `bounds` says (see `verify_property`); in
-    "auto", a reuse phase that runs out of time hands over to a fresh refresh search."""
+    "auto", a reuse phase that runs out of time hands over to a fresh refresh search. `chain`: the
+    network as bab_refute takes it (a chain, a graph or its certify/bab_network.py adapter)."""
     if bounds != "auto" or deadline is None:
         return bab_refute(chain, lo, hi, C, d, inter, deadline=deadline, refresh=bounds != "reuse", **kw)
     first = bab_refute(chain, lo, hi, C, d, inter, refresh=False, **kw,
@@ -276,10 +283,13 @@ def verify_property(
                         chains[0] = None
                         not_chain = str(e)
                 chain = chains[0]
-                if chain is None:  # a graph model: native CROWN or auto_LiRPA bounds it if it can; no branch and bound
-                    if method == "bab":
-                        note = f"branch and bound needs a chain model ({not_chain})"
+                if chain is None and method == "bab":  # a graph model: branch and bound on the native graph
+                    if 0 not in dags:
+                        dags[0] = _native_dag(model, input_shape, device)
+                    if dags[0] is None:
+                        note = f"branch and bound needs a chain or a ReLU graph the native engine bounds ({not_chain})"
                         break
+                elif chain is None:  # a graph model: native CROWN or auto_LiRPA bounds it if it can
                     C, d, _ = case.stacked()
                     if method in ("crown", "alpha-crown"):
                         if 0 not in dags:
@@ -310,27 +320,34 @@ def verify_property(
                     note = "auto_LiRPA (graph model)"
                     proved[ci] |= refuted(lower, case)[0].cpu()
                     continue
+                engine = chain if chain is not None else dags[0]  # graph models reach here for `bab` only
                 C, d, _ = case.stacked()
-                C, d = C.to(chain.device, chain.dtype), d.to(chain.device, chain.dtype)
-                lo = case.lower.to(chain.device, chain.dtype).reshape(1, *input_shape)
-                hi = case.upper.to(chain.device, chain.dtype).reshape(1, *input_shape)
+                C, d = C.to(engine.device, engine.dtype), d.to(engine.device, engine.dtype)
+                lo = case.lower.to(engine.device, engine.dtype).reshape(1, *input_shape)
+                hi = case.upper.to(engine.device, engine.dtype).reshape(1, *input_shape)
                 with torch.no_grad():
                     if method == "bab":
-                        inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
-                        if inter is None:
-                            inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi, deadline=deadline)
+                        if chain is not None:
+                            inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
+                            if inter is None:
+                                inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi, deadline=deadline)
+                        else:
+                            inter = bounds.get((ci, "dag-alpha")) or bounds.get((ci, "dag-crown"))
+                            if inter is None:
+                                inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(engine, lo, hi, deadline=deadline)
+                        net = as_bab_network(engine)
                         _, _, rows = case.stacked()
                         open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
                         R = max(rows[j].stop - rows[j].start for j in open_)
-                        if R == 0 or not inter:
+                        if R == 0 or not net.slots:
                             # no output condition (any input violates), or no ReLU (CROWN is exact)
                             note = "nothing to branch on"
                             break
                         Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
-                        db = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
+                        d_pad = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
                         for k, j in enumerate(open_):
                             n = rows[j].stop - rows[j].start
-                            Cb[k, :n], db[k, :n] = C[rows[j]], d[rows[j]]
+                            Cb[k, :n], d_pad[k, :n] = C[rows[j]], d[rows[j]]
                         def check(x: torch.Tensor, case=case) -> torch.Tensor:
                             with torch.no_grad():
                                 y = model(x.to(device, torch.float32).reshape(len(x), *input_shape))
@@ -340,12 +357,12 @@ def verify_property(
                             cands = spec_pgd(model, case, input_shape, steps=search_steps, generator=g,
                                              deadline=deadline, starts=starts.reshape(len(starts), *input_shape))
                             hit = confirmed(cands, case)
-                            return None if hit is None else hit[0].to(chain.device, chain.dtype)
+                            return None if hit is None else hit[0].to(engine.device, engine.dtype)
 
                         if split_inputs:
-                            outcome = input_bab_refute(chain, lo, hi, Cb, db, check=check, deadline=deadline)
+                            outcome = input_bab_refute(net, lo, hi, Cb, d_pad, check=check, deadline=deadline)
                         else:
-                            outcome = relu_bab(chain, lo, hi, Cb, db, inter, deadline, bab_bounds, check=check,
+                            outcome = relu_bab(net, lo, hi, Cb, d_pad, inter, deadline, bab_bounds, check=check,
                                                search=search)
                         if outcome.counterexample is not None:
                             x = outcome.counterexample.float()
