@@ -1,7 +1,7 @@
 """Lower bounds of C f(x) + d over an input box for ReLU chains: IBP, CROWN and alpha-CROWN.
 
 The model is a chain (nn.Sequential, possibly nested, possibly wrapped in `Normalized`) of affine
-layers (Linear, Conv2d, eval-mode BatchNorm1d/2d, Flatten, Reshape, ElementwiseAffine, Identity)
+layers (Linear, Conv2d, eval-mode BatchNorm1d/2d, Flatten, Reshape, Permute, ElementwiseAffine, Identity)
 and ReLUs. It is split into affine blocks z_0 = A_0(x), z_i = A_i(relu(z_{i-1})), output z_L.
 
 - IBP (Gowal et al. 2018): centre/radius through affine layers, c' = W c + b, r' = |W| r; the
@@ -31,14 +31,14 @@ from torch import nn
 
 from robustcli.certify.deadline import DeadlineReached, check_deadline
 from robustcli.certify.conv_patches import bn_affine, conv_input_vjp, layer_shapes, patch_lower, patchable
-from robustcli.certify.onnx_layers import ElementwiseAffine, Reshape
+from robustcli.certify.onnx_layers import ElementwiseAffine, Permute, Reshape
 
 # Most slope variables alpha-CROWN optimises for intermediate layers (float64: 2 GiB), see alpha_crown_spec.
 ALPHA_ELEMENTS = 2**28
 
 # AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
 AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity,
-          nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout)
+          nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, Permute)
 
 
 class NotAChain(ValueError):
@@ -146,7 +146,7 @@ def ibp_affine(m: nn.Module, c: torch.Tensor, r: torch.Tensor) -> tuple[torch.Te
         return m(c), r * _per_channel(scale.abs(), r)
     if isinstance(m, ElementwiseAffine):
         return m(c), r * m.scale.abs()
-    return m(c), m(r)  # Flatten, Reshape, Identity
+    return m(c), m(r)  # Flatten, Reshape, Identity, Permute (a reordering: |W| r = W r)
 
 
 def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor,
@@ -210,6 +210,8 @@ def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Ten
             A = At * m.scale
         elif isinstance(m, (nn.Flatten, Reshape, nn.Identity, nn.Dropout)):
             pass
+        elif isinstance(m, Permute):  # rows over the output's axes, read back in the input's order
+            A = A.reshape(R, *s_out).permute(*m.inverse)
         elif hasattr(m, "transpose_rows"):  # a linear layer that knows its transpose (maxpool_relus.Gather)
             A = m.transpose_rows(A.reshape(R, *s_out), s_in)
         else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Reshape
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape
 from robustcli.core.nn import Concat, Residual
 from robustcli.core.nn import Normalized
 from robustcli.core.errors import InputError
@@ -26,7 +26,7 @@ LINEAR = (nn.Linear, nn.Conv2d)
 ELEMENTWISE_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d)
 CONSTANT_AFFINE = (ElementwiseAffine,)  # x * scale + shift with constants (normalisation from a graph)
 POSITIVE_LINEAR = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # nonnegative weights: |W| = W
-RESHAPE = (nn.Flatten, Reshape)
+RESHAPE = (nn.Flatten, Reshape, Permute)  # reorderings of coordinates: boxes and L2 balls map to themselves
 IDENTITY = (nn.Identity, nn.Dropout)
 # Nondecreasing in every input: the interval [l, u] maps to [f(l), f(u)] (IBP only, not the CROWN chain).
 MONOTONE = (

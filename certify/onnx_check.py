@@ -11,9 +11,13 @@ import torch
 from robustcli.core.errors import InputError
 
 
+ONNXRUNTIME_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
+
+
 def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
     """f(x) for x (B, n_inputs) float32: the file's outputs (B, n_outputs) computed by onnxruntime,
-    one point at a time (VNN-COMP files often fix the batch to 1)."""
+    one point at a time (VNN-COMP files often fix the batch to 1), in the input type the file declares
+    (float64 models exist; onnxruntime refuses a float32 array for a double input)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -35,11 +39,15 @@ def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Call
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own error types for files it cannot run
         raise InputError(f"onnxruntime cannot run {path.name} to confirm counterexamples: {first_line(e)}") from None
     name = session.get_inputs()[0].name
+    dtype = ONNXRUNTIME_INPUT_TYPES.get(session.get_inputs()[0].type)
+    if dtype is None:
+        raise InputError(f"{path.name} takes a {session.get_inputs()[0].type} input; a classifier's input is float, "
+                         "double or float16")
 
     def run(x: torch.Tensor) -> torch.Tensor:
         rows = []
         for xi in x.detach().cpu().to(torch.float32).numpy():
-            out = session.run(None, {name: xi.reshape(1, *input_shape).astype(np.float32)})[0]
+            out = session.run(None, {name: xi.reshape(1, *input_shape).astype(dtype)})[0]
             rows.append(torch.from_numpy(np.asarray(out, dtype=np.float64).reshape(-1)))
         return torch.stack(rows)
 

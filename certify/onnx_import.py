@@ -5,7 +5,8 @@ an `nn.Sequential` of standard layers (Flatten, Linear, Conv2d, BatchNorm1d/2d, 
 graph is a chain, so bound engines can walk it, else an `OnnxGraph` that runs the nodes in order.
 
 Supported: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv (2-D), BatchNormalization
-(inference), Constant, Identity, Transpose where it only moves size-1 axes, and constant folding
+(inference), Constant, Identity, Transpose that keeps the batch axis first (a reshape when it only
+moves size-1 axes, else a `Permute`: NHWC inputs moved to NCHW), and constant folding
 of Shape/Gather/Unsqueeze/Squeeze/Concat/Cast as exporters emit for `x.view(x.size(0), -1)`; and,
 for attacks (forward and backward passes only), pooling, Concat, Pad, the common activations
 (the list in `run`'s refusal) and Mul of two computed tensors (GELU as exporters before opset 20
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, Erf, OnnxGraph, Pad, Reshape
+from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, Erf, OnnxGraph, Pad, Permute, Reshape
 from robustcli.core.errors import InputError, first_line
 
 SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805  # ONNX's (and torch's) SELU constants
@@ -352,11 +353,16 @@ class _Converter:
     def op_Transpose(self, i, node, inputs, a) -> None:
         x = self.values[inputs[0]]
         perm = list(a.get("perm", reversed(range(x.dim()))))
+        if sorted(perm) != list(range(x.dim())):
+            raise self.fail(i, node, f"perm={perm} is not a permutation of the {x.dim()} axes of shape {tuple(x.shape)}")
         kept = [p for p in perm if x.shape[p] != 1]
-        if perm[0] != 0 or kept != sorted(kept):
-            raise self.fail(i, node, f"Transpose perm={perm} on shape {tuple(x.shape)} reorders data "
-                            "(only layout no-ops that move size-1 axes are supported)")
-        self._reshape_to(i, node, x, list(x.permute(perm).shape), inputs[0])
+        if perm[0] == 0 and kept == sorted(kept):
+            # moves only size-1 axes: a reshape, which keeps chain models chains of standard layers
+            self._reshape_to(i, node, x, list(x.permute(perm).shape), inputs[0])
+        elif perm[0] == 0:
+            self.add(Permute(tuple(perm)), inputs[:1], node.output[0])  # e.g. an NHWC input moved to NCHW
+        else:
+            raise self.fail(i, node, f"Transpose perm={perm} on shape {tuple(x.shape)} moves the batch axis")
 
     def op_Conv(self, i, node, inputs, a) -> None:
         x = self.values[inputs[0]]

@@ -2,8 +2,8 @@
 batch-preserving reshapes, clipping, padding, erf, binary operations on computed tensors, and a
 graph executor for graphs that are not a chain.
 
-Every layer here acts on each batch element independently. `ElementwiseAffine` and `Reshape` are
-affine, so bound engines treat them as affine maps they can evaluate (see certify/chain_bounds.py);
+Every layer here acts on each batch element independently. `ElementwiseAffine`, `Reshape` and
+`Permute` are affine, so bound engines treat them as affine maps they can evaluate (see certify/chain_bounds.py);
 the graph front end (certify/trace.py) reads the others through the ATen operations they run.
 """
 
@@ -37,6 +37,32 @@ class Reshape(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"
+
+
+class Permute(nn.Module):
+    """Reorder the axes of each batch element (ONNX Transpose with the batch axis left first, e.g. an
+    NHWC input moved to NCHW). A permutation of coordinates: linear, |W| = W, an L-inf box maps to a
+    box and an L2 ball to a ball, so bound engines pass centres, radii and rows through it."""
+
+    def __init__(self, perm: tuple[int, ...]):
+        super().__init__()
+        perm = tuple(int(p) for p in perm)
+        if not perm or perm[0] != 0 or sorted(perm) != list(range(len(perm))):
+            raise ValueError(f"Permute needs a permutation that keeps the batch axis first, got {perm}")
+        self.perm = perm
+
+    @property
+    def inverse(self) -> tuple[int, ...]:
+        inv = [0] * len(self.perm)
+        for i, p in enumerate(self.perm):
+            inv[p] = i
+        return tuple(inv)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.perm)
+
+    def extra_repr(self) -> str:
+        return f"perm={self.perm}"
 
 
 class Clip(nn.Module):

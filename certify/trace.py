@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Reshape
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape
 from robustcli.core.errors import InputError
 from robustcli.core.nn import Concat, Residual
 
@@ -265,6 +265,9 @@ class _Converter:
             return self._then(self._input(node, values, 1), lin, node)
         if op in ("t", "permute") and isinstance(args[0], torch.fx.Node) and args[0].name in self.tensors:
             return None  # a transposed weight, consumed by addmm
+        if op == "permute" and list(args[1])[:1] == [0]:  # a layout change of a computed tensor (NHWC -> NCHW)
+            v = self._input(node, values)
+            return _Value(v.layers + [Permute(tuple(args[1]))], self._out_shape(node))
         if op in ("conv2d", "convolution"):
             return self._conv(node, op, values)
         if op in _MONOTONE:

@@ -141,10 +141,16 @@ def test_unsupported_op_names_the_node(tmp_path):
         onnx_to_torch(path)
 
 
-def test_reorder_transpose_is_refused(tmp_path):
+def test_reorder_transpose_converts_and_batch_transpose_is_refused(tmp_path):
+    # A Transpose that reorders data within a point (an NHWC input moved to NCHW) is a Permute layer;
+    # one that moves the batch axis would mix points and stays refused, naming the node.
     nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1], name="swap")]
     path = save(tmp_path / "tr.onnx", nodes, [], (1, 2, 3), (1, 3, 2))
-    with pytest.raises(InputError, match="'swap'.*reorders data"):
+    conv = onnx_to_torch(path)
+    assert_matches_onnxruntime(path, conv)
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2], name="swap")]
+    path = save(tmp_path / "trb.onnx", nodes, [], (1, 2, 3), (2, 1, 3))
+    with pytest.raises(InputError, match="'swap'.*moves the batch axis"):
         onnx_to_torch(path)
 
 

@@ -1,0 +1,104 @@
+"""`robust vnncomp` end to end on look-alikes of VNN-COMP categories (tests/vnncomp_lookalikes.py).
+
+Each category's instances have known answers (a Lipschitz-proved `holds`, a `violated` built from a
+point); the run must write one competition-format row per instance, never contradict a known answer,
+confirm every counterexample with onnxruntime, and answer within the timeout. Instances without a
+known answer (larger boxes: they may run to their timeout) are in the slow test.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+import vnncomp_lookalikes as V  # noqa: E402
+from onnx_helpers import helper, save, tensor  # noqa: E402
+
+from robustcli.certify.chain_bounds import Chain, crown_spec, ibp_spec  # noqa: E402
+from robustcli.certify.onnx_import import onnx_to_torch  # noqa: E402
+from robustcli.certify.onnx_layers import Permute  # noqa: E402
+
+
+def _run(run_cli, tmp_path, category: str, known_only: bool):
+    items = V.build(category, tmp_path / category)
+    if known_only:
+        items = [it for it in items if it.expected is not None]
+    inst = tmp_path / category / "run.csv"
+    with inst.open("w", newline="") as f:
+        csv.writer(f).writerows([it.network.name, it.property.name, f"{it.timeout:g}"] for it in items)
+    out = tmp_path / category / "results.csv"
+    r = run_cli("vnncomp", inst, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    return items, out, [row for row in csv.reader(out.open()) if row]
+
+
+@pytest.mark.parametrize("category", sorted(V.CATEGORIES))
+def test_lookalike_category_known_answers(tmp_path, run_cli, category):
+    items, out, rows = _run(run_cli, tmp_path, category, known_only=True)
+    assert V.judge(items, out, tmp_path / category / "results_counterexamples") == []
+    got = {r[2][2:]: r[4] for r in rows}
+    for it in items:  # the known answers are easy (a wide margin, a point that violates): all decided
+        assert got[it.property.name] == it.expected, (it.property.name, got[it.property.name])
+    assert all(r[0] == category for r in rows)  # benchmark column: the instances folder's name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("category", sorted(V.CATEGORIES))
+def test_lookalike_category_all_instances_sound(tmp_path, run_cli, category):
+    items, out, rows = _run(run_cli, tmp_path, category, known_only=False)
+    assert V.judge(items, out, tmp_path / category / "results_counterexamples") == []
+    assert "error" not in [r[4] for r in rows]
+
+
+def test_transpose_of_the_input_bounds_like_the_folded_network(tmp_path):
+    """An NHWC input transposed to NCHW before a convolution (tf2onnx's idiom) converts to a Permute
+    layer; IBP and CROWN through it give the bounds of the same network fed NCHW directly."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32)
+    w2 = (rng.standard_normal((5, 4 * 6 * 6)) * 0.1).astype(np.float32)
+    body = [helper.make_node("Conv", ["nchw", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Flatten", ["r"], ["f"], axis=1), helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1)]
+    inits = [tensor("w1", w1), tensor("w2", w2)]
+    nhwc = save(tmp_path / "nhwc.onnx", [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2])] + body,
+                inits, (1, 6, 6, 3), (1, 5))
+    nchw = save(tmp_path / "nchw.onnx", [helper.make_node("Identity", ["x"], ["nchw"])] + body, inits, (1, 3, 6, 6), (1, 5))
+    a, b = onnx_to_torch(nhwc), onnx_to_torch(nchw)
+    assert a.chain and any(isinstance(m, Permute) for m in a.module)
+    x = torch.rand(1, 6, 6, 3, generator=torch.Generator().manual_seed(0))
+    lo_a, hi_a = x - 0.05, x + 0.05
+    lo_b, hi_b = lo_a.permute(0, 3, 1, 2), hi_a.permute(0, 3, 1, 2)
+    torch.testing.assert_close(a.module(x), b.module(x.permute(0, 3, 1, 2)))
+    C = torch.eye(5, dtype=torch.float64)[:4] - torch.eye(5, dtype=torch.float64)[1:]
+    d = torch.zeros(4, dtype=torch.float64)
+    ca, cbn = Chain.of(a.module, a.input_shape), Chain.of(b.module, b.input_shape)
+    torch.testing.assert_close(ibp_spec(ca, lo_a.double(), hi_a.double(), C, d),
+                               ibp_spec(cbn, lo_b.double(), hi_b.double(), C, d))
+    torch.testing.assert_close(crown_spec(ca, lo_a.double(), hi_a.double(), C, d)[0],
+                               crown_spec(cbn, lo_b.double(), hi_b.double(), C, d)[0])
+
+
+def test_unsupported_network_is_one_error_row_and_the_run_goes_on(tmp_path, run_cli):
+    """A network with an operator outside the set (LpPool) is an `error` row with one stderr line
+    naming the operator; the other instances of the CSV still run."""
+    items = V.build("rl_benchmarks", tmp_path)
+    known = [it for it in items if it.expected is not None][:2]
+    pool = save(tmp_path / "lppool.onnx", [helper.make_node("LpPool", ["x"], ["p"], kernel_shape=[2, 2]),
+                                           helper.make_node("Flatten", ["p"], ["y"], axis=1)], [], (1, 1, 2, 2), (1, 1))
+    spec = tmp_path / "pool.vnnlib"
+    spec.write_text(V.vnnlib([0.0] * 4, [1.0] * 4, 1, "(assert (<= Y_0 -1.0))"))
+    inst = tmp_path / "mixed.csv"
+    inst.write_text("".join(f"{it.network.name},{it.property.name},3\n" for it in known[:1]) + f"{pool.name},{spec.name},3\n"
+                    + "".join(f"{it.network.name},{it.property.name},3\n" for it in known[1:]))
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", inst, "--out", out)
+    assert r.exit_code == 0, r.output
+    rows = [row for row in csv.reader(out.open()) if row]
+    assert [row[4] for row in rows] == [known[0].expected, "error", known[1].expected]
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "LpPool" in err[0] and "lppool.onnx" in err[0]
