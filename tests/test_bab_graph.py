@@ -243,7 +243,15 @@ def _node_values(dag: db.Dag, x: torch.Tensor) -> list[torch.Tensor]:
 
 SUB_CASES = [("residual", residual_mlp(4), (2,), 1.0), ("concat", concat_mlp(5), (2,), 1.0),
              ("shared-relu", shared_relu_mlp(6), (2,), 1.0),
-             ("pool-cnn", pool_cnn(3), (1, 4, 4), 0.15), ("residual-cnn", residual_cnn(3), (1, 4, 4), 0.15)]
+             ("pool-cnn", pool_cnn(3), (1, 4, 4), 0.15), ("residual-cnn", residual_cnn(3), (1, 4, 4), 0.15),
+             ("pool-cnn-relu-form", pool_cnn(3), (1, 4, 4), 0.15)]
+
+
+def _graph(name: str, model: nn.Module, shape: tuple[int, ...]) -> db.Dag:
+    from robustcli.certify.maxpool_relus import maxpool_as_relus
+
+    dag = db.Dag.of(model, shape)
+    return maxpool_as_relus(dag) if name.endswith("relu-form") else dag
 
 
 @pytest.mark.parametrize("name,model,shape,eps", SUB_CASES, ids=[c[0] for c in SUB_CASES])
@@ -254,7 +262,7 @@ def test_refreshed_bounds_and_beta_bounds_hold_for_points_meeting_the_splits(nam
     beta-CROWN bound with random betas and slopes; a domain found empty holds no sampled point."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    dag = db.Dag.of(model, shape)
+    dag = _graph(name, model, shape)
     net = DagNetwork(dag)
     x0 = torch.rand(1, *shape, generator=g, dtype=torch.float64) * 0.5
     lo, hi = x0 - eps, x0 + eps
@@ -314,7 +322,7 @@ def test_closed_domain_rows_are_the_network_on_the_domain(name, model, shape, ep
     windows), the domain's affine rows evaluate to the model's margin at points of the domain, and
     the LP's minimiser is a point whose margin is the LP's minimum."""
     g = torch.Generator().manual_seed(2)
-    dag = db.Dag.of(model, shape)
+    dag = _graph(name, model, shape)
     net = DagNetwork(dag)
     x0 = torch.rand(1, *shape, generator=g, dtype=torch.float64)
     lo, hi = x0 - 1e-4, x0 + 1e-4
