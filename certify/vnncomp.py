@@ -128,13 +128,19 @@ def run_instance(
     models: dict | None = None,
     **options,
 ) -> InstanceResult:
-    """Verify one instance (timeout None: the instance's own). Conversion time counts as prepare."""
+    """Verify one instance (timeout None: the instance's own). Conversion time counts as prepare.
+    `models` caches each network's conversion, or the reason it failed, across instances."""
     t0 = time.monotonic()
     models = models if models is not None else {}
     try:
         if inst.network not in models:
-            conv = onnx_to_torch(inst.network)
-            models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
+            try:
+                conv = onnx_to_torch(inst.network)
+                models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
+            except Exception as e:  # noqa: BLE001 - kept, so the network's other instances fail fast with the same reason
+                models[inst.network] = e
+        if isinstance(models[inst.network], Exception):
+            raise models[inst.network]
         conv, module, reference = models[inst.network]
         prop = read_vnnlib(inst.property)
     except Exception as e:  # noqa: BLE001 - any failure of one instance is that instance's `error`
