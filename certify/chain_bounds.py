@@ -212,6 +212,8 @@ def _back_layers(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Ten
             pass
         elif isinstance(m, Permute):  # rows over the output's axes, read back in the input's order
             A = A.reshape(R, *s_out).permute(*m.inverse)
+        elif hasattr(m, "transpose_rows"):  # a linear layer that knows its transpose (maxpool_relus.Gather)
+            A = m.transpose_rows(A.reshape(R, *s_out), s_in)
         else:
             return None
         A = A.reshape(R, *s_in)

@@ -11,8 +11,8 @@ Answers (VNN-COMP 2021 words):
   CROWN stages run natively in float64 on ReLU graphs with residual adds, concatenations and max
   pooling (certify/dag_bounds.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that
   engine does not cover (smooth activations). Branch and bound runs on chains and on the ReLU
-  graphs of the native engine (certify/bab_network.py adapts either); graphs only auto_LiRPA
-  bounds get no `bab` stage.
+  graphs of the native engine (certify/bab_network.py adapts either; ReLU splits take a max
+  pooling in its ReLU form, certify/maxpool_relus.py); graphs only auto_LiRPA bounds get no `bab` stage.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -37,6 +37,7 @@ from robustcli.certify.bab_network import as_bab_network
 from robustcli.certify.bounders import spec_chain
 from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
+from robustcli.certify.maxpool_relus import maxpool_as_relus
 from robustcli.certify.spec_lirpa import lirpa_box_lower
 from robustcli.certify.spec_attack import spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
@@ -223,7 +224,7 @@ def verify_property(
     proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
     chains: dict[int, cb.Chain | None] = {}
     natives: dict[int, nn.Module | None] = {}  # the float64 tree native IBP walks, for graph models
-    dags: dict[int, db.Dag | None] = {}  # the float64 graph native CROWN bounds, for graph models
+    dags: dict[int, db.Dag | None] = {}  # the float64 graph native CROWN bounds (0), its max pooling's ReLU form (1)
     not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
 
@@ -331,6 +332,15 @@ def verify_property(
                             inter = bounds.get((ci, "alpha")) or bounds.get((ci, "crown"))
                             if inter is None:
                                 inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi, deadline=deadline)
+                        elif not split_inputs and any(n.kind == "maxpool" for n in engine.nodes):
+                            # ReLU splits on max pooling: its ReLU form, whose every step can be split
+                            # (certify/maxpool_relus.py); its bounds are its own
+                            if 1 not in dags:
+                                dags[1] = maxpool_as_relus(engine)
+                            engine = dags[1]
+                            inter = bounds.get((ci, "relu-form"))
+                            if inter is None:
+                                inter = bounds[(ci, "relu-form")] = db.crown_intermediate(engine, lo, hi, deadline=deadline)
                         else:
                             inter = bounds.get((ci, "dag-alpha")) or bounds.get((ci, "dag-crown"))
                             if inter is None:

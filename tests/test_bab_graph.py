@@ -37,6 +37,14 @@ def concat_mlp(seed: int, width: int = 6) -> nn.Module:
     return nn.Sequential(nn.Linear(2, width), nn.ReLU(), branches, nn.ReLU(), nn.Linear(2 * width + 4, 3)).double().eval()
 
 
+def shared_relu_mlp(seed: int) -> nn.Module:
+    """Two ReLU nodes read one value (a concatenation of relu(a) and Linear(relu(a))): one split
+    layer feeding two ReLUs."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 6), Concat([nn.ReLU(), nn.Sequential(nn.ReLU(), nn.Linear(6, 5))]),
+                         nn.Linear(11, 6), nn.ReLU(), nn.Linear(6, 3)).double().eval()
+
+
 def pool_cnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 8),
@@ -50,7 +58,7 @@ def residual_cnn(seed: int) -> nn.Module:
                          nn.Linear(32, 3)).double().eval()
 
 
-NETS_2D = {"residual": residual_mlp, "concat": concat_mlp}
+NETS_2D = {"residual": residual_mlp, "concat": concat_mlp, "shared-relu": shared_relu_mlp}
 
 
 def _box2():
@@ -88,7 +96,8 @@ def _assert_sound(out, should_hold: bool | None, model, shape, d, lo, hi):
 
 
 @pytest.mark.parametrize("refresh", [True, False])
-@pytest.mark.parametrize("name,seed", [(n, s) for n in NETS_2D for s in range(4)])
+@pytest.mark.parametrize("name,seed", [(n, s) for n in NETS_2D for s in range(2)] +
+                         [pytest.param(n, s, marks=pytest.mark.slow) for n in NETS_2D for s in (2, 3)])
 def test_relu_split_on_graphs_agrees_with_the_grid(name, seed, refresh):
     """ReLU splitting on a residual / concatenating graph (beta-CROWN, FSB, LP closing): complete on
     2-D inputs, so it proves the property with 3% to spare and finds a real counterexample with 3%
@@ -107,7 +116,8 @@ def test_relu_split_on_graphs_agrees_with_the_grid(name, seed, refresh):
             assert out.reason == "counterexample", out
 
 
-@pytest.mark.parametrize("name,seed", [(n, s) for n in NETS_2D for s in range(4)])
+@pytest.mark.parametrize("name,seed", [(n, s) for n in NETS_2D for s in range(2)] +
+                         [pytest.param(n, s, marks=pytest.mark.slow) for n in NETS_2D for s in (2, 3)])
 def test_input_split_on_graphs_agrees_with_the_grid(name, seed):
     model = NETS_2D[name](seed)
     dag = db.Dag.of(model, (2,))
@@ -232,6 +242,7 @@ def _node_values(dag: db.Dag, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 SUB_CASES = [("residual", residual_mlp(4), (2,), 1.0), ("concat", concat_mlp(5), (2,), 1.0),
+             ("shared-relu", shared_relu_mlp(6), (2,), 1.0),
              ("pool-cnn", pool_cnn(3), (1, 4, 4), 0.15), ("residual-cnn", residual_cnn(3), (1, 4, 4), 0.15)]
 
 
@@ -418,3 +429,104 @@ def test_verifier_bab_stage_on_a_graph_answers_near_its_timeout():
     res = verify_property(model, prop, (6,), timeout=3.0, bab_split="relu", methods=("crown", "bab"))
     assert time.monotonic() - t0 < 4.0
     assert res.status in ("timeout", "holds"), res.stages
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_chain_through_the_graph_adapter_takes_the_same_search(seed):
+    """A ReLU chain bounded as a graph: the graph engine's bounds are the chain engine's, so both
+    adapters drive the one loop through the same search (outcome and domain count), for ReLU splits
+    with refresh and reuse and for input splits."""
+    from robustcli.certify import chain_bounds as cb
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    chain, dag = cb.Chain.of(model, (2,)), db.Dag.of(model, (2,))
+    lo, hi = _box2()
+    true_min, spread = _grid_margin(model)
+    for offset in (0.03, -0.03):
+        d = torch.tensor([-true_min + offset * spread], dtype=torch.float64)
+        check = _check_for(model, (2,), d)
+        for refresh in (True, False):
+            runs = [bab_refute(eng, lo, hi, ROW[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
+                               check=check, refresh=refresh)
+                    for eng, inter in ((chain, cb.crown_intermediate(chain, lo, hi)), (dag, db.crown_intermediate(dag, lo, hi)))]
+            assert [(r.proved, r.domains, r.reason) for r in runs[:1]] == [(r.proved, r.domains, r.reason) for r in runs[1:]]
+        runs = [input_bab_refute(eng, lo, hi, ROW[None], d[None], check=check, deadline=None) for eng in (chain, dag)]
+        assert (runs[0].proved, runs[0].domains) == (runs[1].proved, runs[1].domains)
+
+
+# -- max pooling in its ReLU form --------------------------------------------------------------------------
+POOLS = [nn.MaxPool2d(2), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), nn.MaxPool2d(2, stride=1, dilation=2),
+         nn.AdaptiveMaxPool2d((2, 3))]
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=[repr(p) for p in POOLS])
+def test_max_pooling_relu_form_is_the_same_function_and_bounded_soundly(pool):
+    """m_j = m_{j-1} + relu(x_j - m_{j-1}) per window (padding slots repeating a real input) computes
+    the pooling exactly, for padding, ceil_mode, dilation and adaptive windows; CROWN on the ReLU form
+    is below every sampled margin."""
+    from robustcli.certify.maxpool_relus import maxpool_as_relus
+
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), pool, nn.Flatten())
+    n = body(torch.zeros(1, 1, 6, 7)).shape[1]
+    model = nn.Sequential(*body, nn.Linear(n, 3)).double().eval()
+    shape = (1, 6, 7)
+    relu_form = maxpool_as_relus(db.Dag.of(model, shape))
+    assert not any(node.kind == "maxpool" for node in relu_form.nodes)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(200, *shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(_node_values(relu_form, x)[relu_form.output], model(x), atol=1e-12, rtol=0)
+    lo, hi = x[:1] - 0.1, x[:1] + 0.1
+    low = db.crown_spec(relu_form, lo, hi, ROW)[0]
+    pts = lo + (hi - lo) * torch.rand(4000, *shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        assert float((model(pts) @ ROW.T).min()) >= float(low) - 1e-9
+
+
+def test_relu_split_on_the_relu_form_of_max_pooling_decides_what_deeppoly_cannot():
+    """On the max pooling CNN, ReLU splitting with DeepPoly's max pooling lines stops without an
+    answer (an undecided window once the ReLUs are fixed); on the pooling's ReLU form it proves the
+    thresholds above the found minimum and returns a real counterexample at it."""
+    from robustcli.certify.maxpool_relus import maxpool_as_relus
+
+    model = pool_cnn(1)
+    shape = (1, 4, 4)
+    x0 = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lo, hi = x0 - 0.05, x0 + 0.05
+    dag = db.Dag.of(model, shape)
+    relu_form = maxpool_as_relus(dag)
+    found, spread = _sampled_min(model, lo, hi)
+    for offset, should_hold in ((0.05, True), (0.0, False)):
+        d = torch.tensor([-found + offset * spread], dtype=torch.float64)
+        check = _check_for(model, shape, d)
+        pooled = bab_refute(dag, lo, hi, ROW[None], d[None], db.crown_intermediate(dag, lo, hi), deadline=None,
+                            max_domains=20_000, check=check)
+        assert not pooled.proved and pooled.reason in ("exhausted", "counterexample")
+        for refresh in (True, False):
+            out = bab_refute(relu_form, lo, hi, ROW[None], d[None], db.crown_intermediate(relu_form, lo, hi),
+                             deadline=None, max_domains=20_000, check=check, refresh=refresh)
+            _assert_sound(out, should_hold, model, shape, d, lo, hi)
+            if not should_hold:
+                assert out.reason == "counterexample", out
+
+
+def test_verifier_relu_splits_a_max_pooling_graph_in_its_relu_form():
+    """`verify_property` with ReLU splits on the max pooling CNN: alpha-CROWN leaves the property open,
+    the bab stage (on the ReLU form) proves it."""
+    from onnx_helpers import vnnlib_box
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    model = pool_cnn(1)
+    shape = (1, 4, 4)
+    x0 = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    lo, hi = x0 - 0.05, x0 + 0.05
+    found, spread = _sampled_min(model, lo, hi)
+    shift = found - 0.1 * spread  # violated iff Y_0 - Y_1 <= shift
+    prop = parse_vnnlib(vnnlib_box(lo.flatten().tolist(), hi.flatten().tolist(), 0, 3,
+                                   extra_outputs=f"(assert (<= Y_0 (+ Y_1 {shift!r})))"))
+    res = verify_property(model.float(), prop, shape, timeout=60, bab_split="relu")
+    assert res.status == "holds" and res.method == "bab", res.stages
+    assert "domains (ReLU split)" in res.stages[-1]["note"]

@@ -244,3 +244,44 @@ def test_graph_model_is_bounded_by_native_graph_crown(tmp_path):
     shifted = vnnlib_box([0.0] * 5, [0.2] * 5, 0, 3, extra_outputs="(assert (<= Y_0 (+ Y_2 5.0)))")
     res = verify_property(conv.module, parse_vnnlib(shifted), conv.input_shape)
     assert res.status == "violated"  # Y_0 - Y_2 < 5 at some point: found and confirmed, never proved
+
+
+def test_certify_spec_branch_and_bound_proves_a_residual_onnx_graph(tmp_path, run_cli):
+    """`robust certify --spec` on a residual ONNX graph: with the bound stages only the property stays
+    open; with `bab` (ReLU splits, on the native graph) it holds, decided by `bab`."""
+    from onnx_helpers import helper, save, tensor
+    from robustcli.certify import dag_bounds as db
+    from robustcli.certify.spec_verify import _native_dag
+
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w0", "b0"], ["a"], transB=1),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Gemm", ["r", "w1", "b1"], ["c"], transB=1),
+        helper.make_node("Add", ["c", "a"], ["s"]),
+        helper.make_node("Relu", ["s"], ["s2"]),
+        helper.make_node("Gemm", ["s2", "w2", "b2"], ["y"], transB=1),
+    ]
+    inits = [tensor(f"{k}{i}", rng.standard_normal(shape).astype(np.float32))
+             for i, (ws, bs) in enumerate([((12, 5), 12), ((12, 12), 12), ((3, 12), 3)])
+             for k, shape in (("w", ws), ("b", (bs,)))]
+    path = save(tmp_path / "res.onnx", nodes, inits, (1, 5), (1, 3))
+    conv = onnx_to_torch(path)
+    assert not conv.chain
+    lo, hi = torch.zeros(1, 5, dtype=torch.float64), torch.ones(1, 5, dtype=torch.float64)
+    dag = _native_dag(conv.module, (5,), torch.device("cpu"))  # the graph the verifier bounds
+    C = torch.tensor([[1.0, 0.0, -1.0]], dtype=torch.float64)
+    crown = float(db.crown_spec(dag, lo, hi, C)[0])
+    with torch.no_grad():
+        sampled = float((conv.module(torch.rand(50_000, 5, generator=torch.Generator().manual_seed(0))) @ C.float().T).min())
+    shift = crown + 0.5 * (sampled - crown)  # violated iff Y_0 - Y_2 <= shift
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(vnnlib_box([0.0] * 5, [1.0] * 5, 0, 3, extra_outputs=f"(assert (<= Y_0 (+ Y_2 {shift!r})))"))
+    out = tmp_path / "r.json"
+    r = run_cli("certify", "--model", path, "--spec", spec, "--method", "ibp", "crown", "alpha-crown", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["status"] == "unknown"
+    r = run_cli("certify", "--model", path, "--spec", spec, "--bab-split", "relu", "--timeout", "60", "--json", out)
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["status"] == "holds" and report["method"] == "bab", report
