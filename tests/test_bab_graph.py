@@ -530,3 +530,21 @@ def test_verifier_relu_splits_a_max_pooling_graph_in_its_relu_form():
     res = verify_property(model.float(), prop, shape, timeout=60, bab_split="relu")
     assert res.status == "holds" and res.method == "bab", res.stages
     assert "domains (ReLU split)" in res.stages[-1]["note"]
+
+
+def test_verifier_bab_stage_names_why_a_smooth_graph_gets_none():
+    """A graph with a Tanh (only auto_LiRPA bounds it): the bab stage says it needs a chain or a ReLU
+    graph, and the answer stays open."""
+    from onnx_helpers import vnnlib_box
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    label = int(model(x).argmax(1))
+    lo, hi = (x - 0.3).clamp(0, 1).flatten(), (x + 0.3).clamp(0, 1).flatten()
+    res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 3)), (1, 4, 4),
+                          methods=("bab",), bab_split="relu", attack_steps=1, attack_restarts=1)
+    if res.status != "violated":  # the attack before branching may find a counterexample
+        assert res.status == "unknown" and "needs a chain or a ReLU graph" in res.stages[-1]["note"], res.stages
