@@ -25,6 +25,7 @@ def onnxruntime_function(path: str | Path, input_shape: tuple[int, ...]) -> Call
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: its warnings about a file's layout are not the user's concern here
     from robustcli.certify.onnx_import import load_onnx, onnx_bytes
     from robustcli.core.errors import first_line
 

@@ -172,7 +172,8 @@ class _Converter:
                                 "(Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
                                 "BatchNormalization, Constant, Identity, Transpose, MaxPool, AveragePool, "
                                 "GlobalAveragePool, Sigmoid, Tanh, Softmax, LogSoftmax, LeakyRelu, Elu, Celu, Selu, "
-                                "Softplus, Softsign, HardSigmoid, HardSwish, Gelu, Erf, Clip, Pad, Concat, Dropout)")
+                                "Softplus, Softsign, HardSigmoid, HardSwish, Gelu, Erf, Clip, Pad, Concat, Dropout, "
+                                "Cast, Squeeze, Unsqueeze)")
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
@@ -483,7 +484,48 @@ class _Converter:
         self.add(nn.Hardswish(), inputs[:1], node.output[0])
 
     def op_Dropout(self, i, node, inputs, a) -> None:  # inference: the identity (its mask output unused)
+        train = self.consts.get(inputs[2]) if len(inputs) > 2 else torch.tensor(False)
+        if train is None or bool(train.reshape(-1)[0]):
+            raise self.fail(i, node, "training_mode is on (or computed): dropout would be random; export in eval mode")
         self.op_Identity(i, node, inputs, a)
+
+    def op_Cast(self, i, node, inputs, a) -> None:
+        """A cast between floating types (exporters insert float -> float casts): the model runs in
+        float32 here, as it does for float64 files; casts to integers or booleans are refused."""
+        from onnx import helper
+
+        target = np.dtype(helper.tensor_dtype_to_np_dtype(a["to"]))
+        if target.kind != "f":
+            raise self.fail(i, node, f"cast of a computed tensor to {target.name} (only float types are supported)")
+        self.op_Identity(i, node, inputs, a)
+
+    def _axes(self, i, node, inputs, a, rank: int) -> list[int] | None:
+        if len(inputs) > 1 and inputs[1] not in self.consts:
+            raise self.fail(i, node, "the axes must be a constant")
+        axes = a.get("axes", self.consts[inputs[1]].tolist() if len(inputs) > 1 else None)
+        if axes is None:
+            return None
+        axes = sorted(int(ax) % rank for ax in axes)
+        if 0 in axes:
+            raise self.fail(i, node, "the batch axis cannot be squeezed or unsqueezed")
+        return axes
+
+    def op_Squeeze(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        axes = self._axes(i, node, inputs, a, x.dim())
+        axes = axes if axes is not None else [d for d in range(1, x.dim()) if x.shape[d] == 1]
+        if any(x.shape[d] != 1 for d in axes):
+            raise self.fail(i, node, f"axes {axes} of shape {tuple(x.shape)} are not all of size 1")
+        self._reshape_to(i, node, x, [s for d, s in enumerate(x.shape) if d not in axes], inputs[0])
+
+    def op_Unsqueeze(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        given = a.get("axes") or (self.consts[inputs[1]].reshape(-1).tolist() if len(inputs) > 1 and inputs[1] in self.consts else [])
+        axes = self._axes(i, node, inputs, a, x.dim() + len(given))  # negative axes count in the output's rank
+        shape = list(x.shape)
+        for d in axes or []:
+            shape.insert(d, 1)
+        self._reshape_to(i, node, x, shape, inputs[0])
 
     def op_LogSoftmax(self, i, node, inputs, a) -> None:
         axis = int(a.get("axis", -1))

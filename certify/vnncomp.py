@@ -38,6 +38,18 @@ class Instance:
     network: Path
     property: Path
     timeout: float
+    # The paths as the CSV writes them (relative to its folder; VNN-COMP 2022+ uses `onnx/x.onnx`,
+    # `vnnlib/p.vnnlib`): result lines repeat them, so scoring scripts can match rows to instances.
+    network_text: str | None = None
+    property_text: str | None = None
+
+    def csv_paths(self) -> tuple[str, str]:
+        """`./<path as in the CSV>` for network and property (`./<file name>` when built by hand)."""
+        def dotted(text: str | None, p: Path) -> str:
+            rel = (text or p.name).strip().replace("\\", "/")
+            return rel if rel.startswith(("./", "/")) else f"./{rel}"
+
+        return dotted(self.network_text, self.network), dotted(self.property_text, self.property)
 
 
 @dataclass
@@ -97,7 +109,7 @@ def _instance(path: Path, lineno: int, row: list[str]) -> Instance | None:
     for p in (net, prop):
         if not p.is_file():
             raise InputError(f"{path.name}:{lineno}: {p} does not exist")
-    return Instance(net, prop, timeout)
+    return Instance(net, prop, timeout, row[0].strip(), row[1].strip())
 
 
 def write_counterexample(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -128,13 +140,19 @@ def run_instance(
     models: dict | None = None,
     **options,
 ) -> InstanceResult:
-    """Verify one instance (timeout None: the instance's own). Conversion time counts as prepare."""
+    """Verify one instance (timeout None: the instance's own). Conversion time counts as prepare.
+    `models` caches each network's conversion, or the reason it failed, across instances."""
     t0 = time.monotonic()
     models = models if models is not None else {}
     try:
         if inst.network not in models:
-            conv = onnx_to_torch(inst.network)
-            models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
+            try:
+                conv = onnx_to_torch(inst.network)
+                models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
+            except Exception as e:  # noqa: BLE001 - kept, so the network's other instances fail fast with the same reason
+                models[inst.network] = e
+        if isinstance(models[inst.network], Exception):
+            raise models[inst.network]
         conv, module, reference = models[inst.network]
         prop = read_vnnlib(inst.property)
     except Exception as e:  # noqa: BLE001 - any failure of one instance is that instance's `error`
@@ -217,8 +235,8 @@ def run_benchmark(
 
 def result_line(r: InstanceResult, benchmark: str) -> str:
     """One VNN-COMP 2021 results_csv line."""
-    return (f"{benchmark},./{r.instance.network.name},./{r.instance.property.name},{r.prepare_seconds:.6f},"
-            f"{r.result},{r.seconds:.6f}")
+    net, prop = r.instance.csv_paths()
+    return f"{benchmark},{net},{prop},{r.prepare_seconds:.6f},{r.result},{r.seconds:.6f}"
 
 
 def result_lines(results: list[InstanceResult], benchmark: str) -> list[str]:

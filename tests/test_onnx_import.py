@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from onnx_helpers import helper, mlp_onnx, save, tensor
+from onnx import TensorProto  # noqa: E402 - after onnx_helpers, which skips these tests without onnx
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -343,3 +344,28 @@ def test_constant_of_shape_bomb_and_nan_weights_are_refused_in_one_line(tmp_path
         r = run_cli("attack", "--model", path, "--data", "digits", "--n", "4")
         assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
         assert "Traceback" not in r.output
+
+
+def test_exporter_no_ops_convert_and_their_unsafe_forms_are_refused(tmp_path):
+    # float -> float Cast and Squeeze/Unsqueeze of computed tensors are layout no-ops; a cast to an
+    # integer type, dropout in training mode, or squeezing the batch axis are refused by name.
+    nodes = [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["c", "ax"], ["u"]), helper.make_node("Squeeze", ["u", "ax"], ["y"])]
+    path = save(tmp_path / "ok.onnx", nodes, [tensor("ax", np.array([-1], np.int64))], (1, 4), (1, 4))
+    assert_matches_onnxruntime(path, onnx_to_torch(path))
+    bad = {
+        "int": ([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT32, name="tocast")], [], "int32"),
+        "train": ([helper.make_node("Dropout", ["x", "r", "t"], ["y"], name="drop")],
+                  [tensor("r", np.float32(0.5)), tensor("t", np.bool_(True))], "training_mode"),
+        "batch": ([helper.make_node("Squeeze", ["x", "ax0"], ["y"], name="sq")],
+                  [tensor("ax0", np.array([0], np.int64))], "batch axis"),
+    }
+    for name, (nodes, inits, why) in bad.items():
+        out_shape = (4,) if name == "batch" else (1, 4)
+        elem = TensorProto.INT32 if name == "int" else TensorProto.FLOAT
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", elem, list(out_shape))], initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        with pytest.raises(InputError, match=why):
+            onnx_to_torch(model)

@@ -97,6 +97,17 @@ def lipschitz(m: nn.Module) -> float:
     raise TypeError(f"no Lipschitz bound for {type(m).__name__}")
 
 
+def linear_radius(model: nn.Module, x0: np.ndarray, shape: tuple[int, ...]) -> float:
+    """The L-inf radius at which the first-order model of the top-two margin reaches zero,
+    margin / ||grad margin||_1: boxes well inside it defeat attacks, yet bounds need real work."""
+    x = torch.tensor(x0, dtype=torch.float32).reshape(1, *shape).requires_grad_(True)
+    y = model(x)[0]
+    top = torch.topk(y, 2).indices
+    m = y[top[0]] - y[top[1]]
+    (g,) = torch.autograd.grad(m, x)
+    return float(m.detach() / g.abs().sum())
+
+
 def _init(model: nn.Module, seed: int) -> nn.Module:
     """He-scaled random weights and non-trivial batch-norm statistics, deterministic per seed."""
     g = torch.Generator().manual_seed(seed)
@@ -156,6 +167,7 @@ def ort_outputs(path: Path, x: np.ndarray) -> np.ndarray:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
     s = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     inp = s.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in inp.shape]
@@ -201,7 +213,8 @@ class Writer:
         self.items.append(Lookalike(net, spec, timeout, expected))
 
     def robustness(self, net: Path, L: float, x0: np.ndarray, lo: float, hi: float, tag: str, *,
-                   timeout: float = 5.0, style: str = "all", big_eps: float | None = None) -> None:
+                   timeout: float = 5.0, style: str = "all", big_eps: float | None = None,
+                   model: nn.Module | None = None, shape: tuple[int, ...] | None = None) -> None:
         """A provable `holds` (eps from the Lipschitz bound), a `violated` built from a point, and
         (big_eps) one instance with an unknown answer, all around x0."""
         y0 = ort_outputs(net, x0)[0]
@@ -220,9 +233,15 @@ class Writer:
         target = runner_up
         out_v = one_vs_all(target, n_out) if style == "all" else one_vs_one(target, label)
         self.add(net, f"{tag}_violated", vnnlib(*box_v, n_out, out_v), timeout, "violated")
-        if big_eps is not None:
-            box_u = (np.clip(x0 - big_eps, lo, hi), np.clip(x0 + big_eps, lo, hi))
-            self.add(net, f"{tag}_open", vnnlib(*box_u, n_out, out), timeout, None)
+        # unknown answers: the fixed radius given, and 10x / 100x the provable one (where IBP's
+        # looseness shows and CROWN, alpha-CROWN and branch and bound have work)
+        radii = [10 * eps, 100 * eps]
+        if model is not None:  # near the margin's first-order reach: attacks and bounds both have work
+            r = linear_radius(model, x0, shape)
+            radii = [10 * eps, 0.3 * r, 0.8 * r]
+        for k, e in enumerate(([big_eps] if big_eps is not None else []) + radii):
+            box_u = (np.clip(x0 - e, lo, hi), np.clip(x0 + e, lo, hi))
+            self.add(net, f"{tag}_open{k}", vnnlib(*box_u, n_out, out), timeout, None)
 
     def write_csv(self) -> Path:
         path = self.folder / "instances.csv"
@@ -339,7 +358,50 @@ def cifar(folder: Path, seed: int = 1) -> list[Lookalike]:
         path = export(model, (3, 32, 32), folder / f"{name}.onnx", opset, do_constant_folding=fold)
         x0 = w.rng.uniform(0, 1, 3 * 32 * 32)
         w.robustness(path, lipschitz(model), x0, 0.0, 1.0, f"{name}_img{k}", style="all" if k != 1 else "one",
-                     big_eps=2 / 255 if k == 0 else None)
+                     big_eps=2 / 255 if k == 0 else None, model=model, shape=(3, 32, 32))
+    # oval21's files, written by hand: per-channel Sub/Div, Conv, and the flatten as the
+    # Shape -> Gather -> Unsqueeze -> Concat -> Reshape chain of older exporters
+    model = _init(nn.Sequential(Normalize(mean, std), nn.Conv2d(3, 8, 4, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 4, 2, 1),
+                                nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 100), nn.ReLU(), nn.Linear(100, 10)), seed + 7)
+    c1, c2, l1, l2 = model[1], model[3], model[6], model[8]
+    nodes = [helper.make_node("Sub", ["input", "mean"], ["s"]), helper.make_node("Div", ["s", "std"], ["n"]),
+             helper.make_node("Conv", ["n", "c1w", "c1b"], ["c1"], kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "c2w", "c2b"], ["c2"], kernel_shape=[4, 4], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Shape", ["r2"], ["shape"]), helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+             helper.make_node("Unsqueeze", ["batch"], ["batch1"], axes=[0]),
+             helper.make_node("Concat", ["batch1", "minus1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["r2", "target"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "l1w", "l1b"], ["g1"], transB=1), helper.make_node("Relu", ["g1"], ["r3"]),
+             helper.make_node("Gemm", ["r3", "l2w", "l2b"], ["output"], transB=1)]
+    inits = [t("mean", np32(mean).reshape(1, 3, 1, 1)), t("std", np32(std).reshape(1, 3, 1, 1)),
+             t("c1w", np32(c1.weight)), t("c1b", np32(c1.bias)), t("c2w", np32(c2.weight)), t("c2b", np32(c2.bias)),
+             t("zero", np.array(0, np.int64)), t("minus1", np.array([-1], np.int64)),
+             t("l1w", np32(l1.weight)), t("l1b", np32(l1.bias)), t("l2w", np32(l2.weight)), t("l2b", np32(l2.bias))]
+    path = save_graph(folder / "cifar_wide_kw.onnx", nodes, inits, (1, 3, 32, 32), (1, 10), opset=11)
+    w.robustness(path, lipschitz(model), w.rng.uniform(0, 1, 3 * 32 * 32), 0.0, 1.0, "cifar_wide_kw_img3", style="one",
+                 big_eps=2 / 255, model=model, shape=(3, 32, 32))
+    w.write_csv()
+    return w.items
+
+
+def cifar_big(folder: Path, seed: int = 8) -> list[Lookalike]:
+    """A cifar2020 ConvBig-sized net (4 convolutions of 32-64 channels, two 512-wide layers: about
+    60,000 ReLUs) at eps 2/255 and 8/255 with 5 s timeouts: the stages must stop on time."""
+    w = Writer(folder, seed)
+    mean, std = _cifar_mean_std()
+    model = _init(nn.Sequential(
+        Normalize(mean, std), nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(), FlattenView(),
+        nn.Linear(64 * 8 * 8, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)), seed)
+    path = export(model, (3, 32, 32), folder / "convBigRELU__PGD.onnx", 11, do_constant_folding=False)
+    x0 = w.rng.uniform(0, 1, 3 * 32 * 32)
+    y0 = ort_outputs(path, x0)[0]
+    label = int(np.argmax(y0))
+    for k, eps in enumerate((0.3 * linear_radius(model, x0, (3, 32, 32)), 0.8 * linear_radius(model, x0, (3, 32, 32)))):
+        box = (np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1))
+        w.add(path, f"convbig_eps{k}", vnnlib(*box, 10, one_vs_all(label, 10)), 5, None)
     w.write_csv()
     return w.items
 
@@ -364,7 +426,7 @@ def eran(folder: Path, seed: int = 2) -> list[Lookalike]:
         name = "ffnnSIGMOID__Point_2_40" if k == 0 else "ffnnTANH__Point_2_40"
         path = save_graph(folder / f"{name}.onnx", nodes, inits, (1, 784), (1, 10), opset=12)
         x0 = w.rng.uniform(0, 1, 784)
-        w.robustness(path, lipschitz(model), x0, 0.0, 1.0, f"{name}_img{k}", big_eps=0.015)
+        w.robustness(path, lipschitz(model), x0, 0.0, 1.0, f"{name}_img{k}", big_eps=0.015, model=model, shape=(784,))
     w.write_csv()
     return w.items
 
@@ -386,7 +448,8 @@ def verivital(folder: Path, seed: int = 3) -> list[Lookalike]:
         # do_constant_folding=False keeps BatchNormalization nodes (folding merges them into the Conv)
         path = export(model, (1, 28, 28), folder / f"{name}.onnx", 11 + 2 * k, do_constant_folding=False)
         x0 = w.rng.uniform(0, 1, 784)
-        w.robustness(path, lipschitz(model), x0, 0.0, 1.0, f"{name}_img{k}", big_eps=0.02 if k == 0 else None)
+        w.robustness(path, lipschitz(model), x0, 0.0, 1.0, f"{name}_img{k}", big_eps=0.02 if k == 0 else None,
+                     model=model, shape=(1, 28, 28))
     w.write_csv()
     return w.items
 
@@ -428,7 +491,7 @@ def sri_resnet(folder: Path, seed: int = 5) -> list[Lookalike]:
                                 nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)), seed)
     path = export(model, (3, 32, 32), folder / "resnet_2b.onnx", 13, do_constant_folding=False)
     x0 = w.rng.uniform(0, 1, 3 * 32 * 32)
-    w.robustness(path, lipschitz(model), x0, 0.0, 1.0, "resnet_2b_img0", big_eps=1 / 255)
+    w.robustness(path, lipschitz(model), x0, 0.0, 1.0, "resnet_2b_img0", big_eps=1 / 255, model=model, shape=(3, 32, 32))
     w.write_csv()
     return w.items
 
@@ -478,6 +541,48 @@ def idioms(folder: Path, seed: int = 6) -> list[Lookalike]:
     nodes.append(helper.make_node("Reshape", ["o2", "oshape"], ["output"]))
     inits.append(t("oshape", np.array([1, 1, 10], np.int64)))
     nets.append(save_graph(folder / "output_1x1x10.onnx", nodes, inits, (1, 48), (1, 1, 10), opset=13))
+    # Gemm with transB=0, alpha and beta; normalisation as a constant-first Sub and a Mul by 1/std;
+    # Cast (float -> float) and Squeeze/Unsqueeze of computed tensors; a tf2onnx-style input name
+    half = np.float32(0.5)
+    nodes = [helper.make_node("Sub", ["mean", "input:0"], ["neg"]), helper.make_node("Mul", ["neg", "minus_inv_std"], ["n"]),
+             helper.make_node("Cast", ["n"], ["nc"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["nc", "ax1"], ["u"]), helper.make_node("Squeeze", ["u", "ax1"], ["sq"]),
+             helper.make_node("Gemm", ["sq", "W0", "B0"], ["a0"], alpha=2.0, beta=1.0),
+             helper.make_node("Relu", ["a0"], ["h1"]),
+             helper.make_node("Gemm", ["h1", "W1", "B1"], ["output"], transB=1)]
+    inits = [t("mean", np.full(48, 0.0, np.float32)), t("minus_inv_std", np.full(48, -1.0, np.float32)),
+             t("ax1", np.array([1], np.int64)), t("W0", (W0.T * half).astype(np.float32)), t("B0", B0), t("W1", W1), t("B1", B1)]
+    nets.append(save_graph(folder / "gemm_alpha_cast_squeeze.onnx", nodes, inits, (1, 48), (1, 10), opset=13,
+                           in_name="input:0"))
+    # MatMul straight on a (1, 1, 1, 48) input (no Flatten), bias Add with the constant first, a
+    # symbolic batch dimension, Reshape to (-1, 10) at the end
+    nodes = [helper.make_node("MatMul", ["input", "W0"], ["m0"]), helper.make_node("Add", ["B0", "m0"], ["a0"]),
+             helper.make_node("Relu", ["a0"], ["h1"]), helper.make_node("MatMul", ["h1", "W1"], ["m1"]),
+             helper.make_node("Add", ["m1", "B1"], ["o4"]), helper.make_node("Reshape", ["o4", "oshape"], ["output"])]
+    inits = [t("W0", W0.T), t("B0", B0), t("W1", W1.T), t("B1", B1), t("oshape", np.array([-1, 10], np.int64))]
+    nets.append(save_graph(folder / "matmul_4d_symbolic_batch.onnx", nodes, inits, ("N", 1, 1, 48), ("N", 10), opset=13))
+    # an old-IR file whose weights are also listed as graph inputs, and Dropout with ratio and
+    # training_mode inputs (opset 12+)
+    nodes = [helper.make_node("MatMul", ["input", "W0"], ["m0"]), helper.make_node("Add", ["m0", "B0"], ["a0"]),
+             helper.make_node("Dropout", ["a0", "ratio", "train"], ["d0"]), helper.make_node("Relu", ["d0"], ["h1"]),
+             helper.make_node("MatMul", ["h1", "W1"], ["m1"]), helper.make_node("Add", ["m1", "B1"], ["output"])]
+    inits = [t("W0", W0.T), t("B0", B0), t("W1", W1.T), t("B1", B1), t("ratio", np.float32(0.5)), t("train", np.bool_(False))]
+    graph = helper.make_graph(nodes, "weights_as_inputs",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 48])]
+                              + [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 6
+    onnx.checker.check_model(model)
+    onnx.save(model, str(folder / "weights_as_inputs.onnx"))
+    nets.append(folder / "weights_as_inputs.onnx")
+    # weights in a side file (torch.onnx.export's default since torch 2.9), via onnx's own writer
+    nodes, inits = mlp_nodes("input", "output")
+    ext = save_graph(folder / "external_data.onnx", nodes, inits, (1, 48), (1, 10), opset=13)
+    model = onnx.load(str(ext))
+    onnx.save_model(model, str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="external_data.onnx.data", size_threshold=0)
+    nets.append(ext)
     for k, path in enumerate(nets):
         x0 = w.rng.uniform(0, 1, 48)
         # the Lipschitz bound does not depend on the input layout: the first layer sees a permutation of x
@@ -487,9 +592,11 @@ def idioms(folder: Path, seed: int = 6) -> list[Lookalike]:
 
 
 CATEGORIES: dict[str, Callable[[Path], list[Lookalike]]] = {
-    "acasxu": acasxu, "cifar2020": cifar, "eran": eran, "verivital": verivital, "rl_benchmarks": rl_benchmarks,
+    "acasxu": acasxu, "cifar2020": cifar, "cifar2020_big": cifar_big, "eran": eran, "verivital": verivital, "rl_benchmarks": rl_benchmarks,
     "sri_resnet": sri_resnet, "idioms": idioms,
 }
+
+UNKNOWN_ONLY = ("cifar2020_big",)  # categories without instances of known answer (they run to their timeouts)
 
 
 def build(category: str, folder: Path) -> list[Lookalike]:
@@ -527,6 +634,35 @@ def sampled_violation(item: Lookalike, samples: int = 256, seed: int = 0) -> boo
     return False
 
 
+def pgd_violation(item: Lookalike, steps: int = 100, restarts: int = 8, seed: int = 0) -> bool:
+    """Does a plain sign-gradient descent on each disjunct's worst margin (max_k C_k y + d_k), from
+    random starts in each box, reach a point onnxruntime confirms as a violation? Independent of the
+    verifier's own attack; on the module converted from the file."""
+    from robustcli.certify.onnx_import import onnx_to_torch
+    from robustcli.certify.vnnlib import read_vnnlib
+
+    conv = onnx_to_torch(item.network)
+    model = conv.module.double()
+    prop = read_vnnlib(item.property)
+    g = torch.Generator().manual_seed(seed)
+    for case in prop.cases:
+        lo, hi = case.lower, case.upper
+        for o in case.disjuncts:
+            x = lo + (hi - lo) * torch.rand(restarts, len(lo), generator=g, dtype=torch.float64)
+            step = (hi - lo) / 8
+            for k in range(steps):
+                x.requires_grad_(True)
+                y = model(x.reshape(restarts, *conv.input_shape)).reshape(restarts, -1)
+                worst = (y @ o.C.T + o.d).max(1).values
+                (grad,) = torch.autograd.grad(worst.sum(), x)
+                with torch.no_grad():
+                    x = torch.minimum(torch.maximum(x - step * (1 - k / steps) * grad.sign(), lo), hi)
+            y = torch.from_numpy(ort_outputs(item.network, x.detach().float().double().clamp(lo, hi).numpy()))
+            if bool(case.violated_by(y).any()):
+                return True
+    return False
+
+
 def judge(items: list[Lookalike], results_csv: Path, ce_dir: Path | None) -> list[str]:
     """Problems of one run: a missing or malformed row, an unsound answer, a wrong known answer
     (a decided instance answered otherwise is not a problem; only a contradiction is), an
@@ -555,8 +691,8 @@ def judge(items: list[Lookalike], results_csv: Path, ce_dir: Path | None) -> lis
             problems.append(f"{it.property.name}: {seconds:.2f}s for a {it.timeout:g}s timeout")
         if result == "holds" and it.expected == "violated":
             problems.append(f"{it.property.name}: UNSOUND holds where a counterexample exists")
-        if result == "holds" and it.expected is None and sampled_violation(it):
-            problems.append(f"{it.property.name}: UNSOUND holds; sampling found a counterexample")
+        if result == "holds" and it.expected is None and (sampled_violation(it) or pgd_violation(it)):
+            problems.append(f"{it.property.name}: UNSOUND holds; sampling or gradient descent found a counterexample")
         if result == "violated":
             if it.expected == "holds":
                 problems.append(f"{it.property.name}: UNSOUND violated where the property provably holds")
