@@ -139,3 +139,35 @@ def test_vnncomp_2022_layout_subfolders_and_gzip(tmp_path, run_cli):
     rows = [row for row in csv.reader(out.open()) if row]
     assert [(row[1], row[2], row[4]) for row in rows] == [
         ("./" + ln.split(",")[0], "./" + ln.split(",")[1], it.expected) for ln, it in zip(lines, items)]
+
+
+def test_transpose_of_the_input_in_a_residual_graph_bounds_like_nchw(tmp_path):
+    """The same Permute inside a graph model (a residual Add): native IBP and native CROWN refute
+    the same margins as on the network fed NCHW directly."""
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32), (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
+    w3 = (rng.standard_normal((5, 4 * 6 * 6)) * 0.1).astype(np.float32)
+    body = [helper.make_node("Conv", ["nchw", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c2", "r"], ["s"]),
+            helper.make_node("Relu", ["s"], ["r2"]), helper.make_node("Flatten", ["r2"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    inits = [tensor("w1", w1), tensor("w2", w2), tensor("w3", w3)]
+    nhwc = save(tmp_path / "nhwc.onnx", [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2])] + body,
+                inits, (1, 6, 6, 3), (1, 5))
+    nchw = save(tmp_path / "nchw.onnx", [helper.make_node("Identity", ["x"], ["nchw"])] + body, inits, (1, 3, 6, 6), (1, 5))
+    a, b = onnx_to_torch(nhwc), onnx_to_torch(nchw)
+    assert not a.chain
+    x = np.random.default_rng(1).uniform(0, 1, (6, 6, 3))
+    label = int(np.argmax(V.ort_outputs(nhwc, x.reshape(-1))[0]))
+    for eps in (0.001, 0.01):
+        pa = parse_vnnlib(V.vnnlib((x - eps).reshape(-1), (x + eps).reshape(-1), 5, V.one_vs_all(label, 5)))
+        xb = x.transpose(2, 0, 1)
+        pb = parse_vnnlib(V.vnnlib((xb - eps).reshape(-1), (xb + eps).reshape(-1), 5, V.one_vs_all(label, 5)))
+        for methods in (("ibp",), ("crown",)):
+            ra = verify_property(a.module, pa, a.input_shape, methods=methods, timeout=20)
+            rb = verify_property(b.module, pb, b.input_shape, methods=methods, timeout=20)
+            assert ra.status == rb.status and ra.stages[0]["refuted"] == rb.stages[0]["refuted"], (ra.stages, rb.stages)
+            assert "graph model" in ra.stages[0]["note"]

@@ -70,10 +70,20 @@ class Residual(nn.Module):
 
 
 class FlattenView(nn.Module):
-    """x.view(x.size(0), -1): what the TorchScript exporter writes as Shape/Gather/Unsqueeze/Concat/Reshape."""
+    """x.reshape(x.size(0), -1): what the TorchScript exporter writes as Shape/Gather/Unsqueeze/Concat/Reshape."""
 
     def forward(self, x):
-        return x.view(x.size(0), -1)
+        return x.reshape(x.size(0), -1)
+
+
+class NHWC(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+class NCHW(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 3, 1, 2)
 
 
 def lipschitz(m: nn.Module) -> float:
@@ -92,7 +102,8 @@ def lipschitz(m: nn.Module) -> float:
         return float((1 / m.std).abs().max())
     if isinstance(m, nn.Sigmoid):
         return 0.25
-    if isinstance(m, (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, FlattenView, nn.Identity, nn.Dropout)):
+    if isinstance(m, (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, FlattenView, nn.Identity, nn.Dropout,
+                      NHWC, NCHW)):
         return 1.0
     raise TypeError(f"no Lipschitz bound for {type(m).__name__}")
 
@@ -382,6 +393,29 @@ def cifar(folder: Path, seed: int = 1) -> list[Lookalike]:
     path = save_graph(folder / "cifar_wide_kw.onnx", nodes, inits, (1, 3, 32, 32), (1, 10), opset=11)
     w.robustness(path, lipschitz(model), w.rng.uniform(0, 1, 3 * 32 * 32), 0.0, 1.0, "cifar_wide_kw_img3", style="one",
                  big_eps=2 / 255, model=model, shape=(3, 32, 32))
+    # ERAN's conversions from TensorFlow flatten in NHWC order: Transpose(0, 2, 3, 1) before Reshape
+    model = _init(nn.Sequential(Normalize(mean, std), nn.Conv2d(3, 8, 4, 2, 1), nn.ReLU(), NHWC(),
+                                FlattenView(), nn.Linear(8 * 16 * 16, 50), nn.ReLU(), nn.Linear(50, 10)), seed + 8)
+    path = export(model, (3, 32, 32), folder / "convSmallRELU__Point_transposed.onnx", 12)
+    w.robustness(path, lipschitz(model), w.rng.uniform(0, 1, 3 * 32 * 32), 0.0, 1.0, "eran_transposed_img4",
+                 model=model, shape=(3, 32, 32))
+    # Keras through tf2onnx (marabou-cifar10): an NHWC input, Transpose to NCHW for the Conv and back,
+    # Reshape with a 0 (copy the batch) and -1, MatMul + Add
+    conv, fc1, fc2 = nn.Conv2d(3, 4, 3, 2, 1), nn.Linear(4 * 16 * 16, 32), nn.Linear(32, 10)
+    ref = _init(nn.Sequential(NCHW(), conv, nn.ReLU(), NHWC(), FlattenView(), fc1, nn.ReLU(), fc2), seed + 9)
+    nodes = [helper.make_node("Transpose", ["input_1:0"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "cw", "cb"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Transpose", ["r"], ["nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["nhwc", "flat_shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["m2"]),
+             helper.make_node("Add", ["m2", "b2"], ["dense_2"])]
+    inits = [t("cw", np32(conv.weight)), t("cb", np32(conv.bias)), t("flat_shape", np.array([0, -1], np.int64)),
+             t("w1", np32(fc1.weight.T)), t("b1", np32(fc1.bias)), t("w2", np32(fc2.weight.T)), t("b2", np32(fc2.bias))]
+    path = save_graph(folder / "marabou_cifar10_keras_nhwc.onnx", nodes, inits, ("unk__6", 32, 32, 3), ("unk__7", 10),
+                      opset=13, in_name="input_1:0", out_name="dense_2")
+    w.robustness(path, lipschitz(ref), w.rng.uniform(0, 1, 32 * 32 * 3), 0.0, 1.0, "keras_nhwc_img5",
+                 model=ref, shape=(32, 32, 3))
     w.write_csv()
     return w.items
 
