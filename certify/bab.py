@@ -26,7 +26,8 @@ it sees the network through certify/bab_network.py, which says which intervals a
 (every ReLU's input; on a graph also every max pooling's input, never split), which of them are
 split layers, and how to bound, refresh, clamp and close. A graph domain with an undecided max
 pooling window is not affine once its ReLUs are fixed, so it cannot be closed: the search then
-ends as `exhausted` (no answer), never as proved.
+ends as `exhausted` (no answer), never as proved (the verifier hands ReLU splits the pooling's
+ReLU form instead, certify/maxpool_relus.py, where every step is a ReLU to split).
 """
 
 from __future__ import annotations

@@ -243,7 +243,15 @@ def _node_values(dag: db.Dag, x: torch.Tensor) -> list[torch.Tensor]:
 
 SUB_CASES = [("residual", residual_mlp(4), (2,), 1.0), ("concat", concat_mlp(5), (2,), 1.0),
              ("shared-relu", shared_relu_mlp(6), (2,), 1.0),
-             ("pool-cnn", pool_cnn(3), (1, 4, 4), 0.15), ("residual-cnn", residual_cnn(3), (1, 4, 4), 0.15)]
+             ("pool-cnn", pool_cnn(3), (1, 4, 4), 0.15), ("residual-cnn", residual_cnn(3), (1, 4, 4), 0.15),
+             ("pool-cnn-relu-form", pool_cnn(3), (1, 4, 4), 0.15)]
+
+
+def _graph(name: str, model: nn.Module, shape: tuple[int, ...]) -> db.Dag:
+    from robustcli.certify.maxpool_relus import maxpool_as_relus
+
+    dag = db.Dag.of(model, shape)
+    return maxpool_as_relus(dag) if name.endswith("relu-form") else dag
 
 
 @pytest.mark.parametrize("name,model,shape,eps", SUB_CASES, ids=[c[0] for c in SUB_CASES])
@@ -254,7 +262,7 @@ def test_refreshed_bounds_and_beta_bounds_hold_for_points_meeting_the_splits(nam
     beta-CROWN bound with random betas and slopes; a domain found empty holds no sampled point."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    dag = db.Dag.of(model, shape)
+    dag = _graph(name, model, shape)
     net = DagNetwork(dag)
     x0 = torch.rand(1, *shape, generator=g, dtype=torch.float64) * 0.5
     lo, hi = x0 - eps, x0 + eps
@@ -314,7 +322,7 @@ def test_closed_domain_rows_are_the_network_on_the_domain(name, model, shape, ep
     windows), the domain's affine rows evaluate to the model's margin at points of the domain, and
     the LP's minimiser is a point whose margin is the LP's minimum."""
     g = torch.Generator().manual_seed(2)
-    dag = db.Dag.of(model, shape)
+    dag = _graph(name, model, shape)
     net = DagNetwork(dag)
     x0 = torch.rand(1, *shape, generator=g, dtype=torch.float64)
     lo, hi = x0 - 1e-4, x0 + 1e-4
@@ -530,3 +538,21 @@ def test_verifier_relu_splits_a_max_pooling_graph_in_its_relu_form():
     res = verify_property(model.float(), prop, shape, timeout=60, bab_split="relu")
     assert res.status == "holds" and res.method == "bab", res.stages
     assert "domains (ReLU split)" in res.stages[-1]["note"]
+
+
+def test_verifier_bab_stage_names_why_a_smooth_graph_gets_none():
+    """A graph with a Tanh (only auto_LiRPA bounds it): the bab stage says it needs a chain or a ReLU
+    graph, and the answer stays open."""
+    from onnx_helpers import vnnlib_box
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    label = int(model(x).argmax(1))
+    lo, hi = (x - 0.3).clamp(0, 1).flatten(), (x + 0.3).clamp(0, 1).flatten()
+    res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 3)), (1, 4, 4),
+                          methods=("bab",), bab_split="relu", attack_steps=1, attack_restarts=1)
+    if res.status != "violated":  # the attack before branching may find a counterexample
+        assert res.status == "unknown" and "needs a chain or a ReLU graph" in res.stages[-1]["note"], res.stages
