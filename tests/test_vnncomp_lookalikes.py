@@ -171,3 +171,16 @@ def test_transpose_of_the_input_in_a_residual_graph_bounds_like_nchw(tmp_path):
             rb = verify_property(b.module, pb, b.input_shape, methods=methods, timeout=20)
             assert ra.status == rb.status and ra.stages[0]["refuted"] == rb.stages[0]["refuted"], (ra.stages, rb.stages)
             assert "graph model" in ra.stages[0]["note"]
+
+
+def test_convbig_sized_network_answers_within_a_one_second_timeout(tmp_path, run_cli):
+    """A ConvBig-sized CNN (about 60,000 ReLUs) at a radius no stage decides quickly: with a 1 s
+    timeout the row says timeout (or unknown) and its time is at most 1 s + 1 s."""
+    items = V.build("cifar2020_big", tmp_path)
+    inst = tmp_path / "one.csv"
+    inst.write_text(f"{items[0].network.name},{items[0].property.name},1\n")
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", inst, "--out", out)
+    assert r.exit_code == 0, r.output
+    (row,) = [row for row in csv.reader(out.open()) if row]
+    assert row[4] in ("timeout", "unknown") and float(row[5]) <= 2.0, row
