@@ -48,6 +48,22 @@ def test_lookalike_category_known_answers(tmp_path, run_cli, category):
     assert all(r[0] == category for r in rows)  # benchmark column: the instances folder's name
 
 
+def test_branch_and_bound_finds_the_second_box_counterexample(tmp_path, run_cli):
+    """Without the attack stage, branch and bound must answer a property with two input boxes whose
+    first is narrower than float32's spacing there (a float64 candidate rounds out of it, so it is
+    not confirmed) and whose second holds a counterexample: the candidate is moved into the box
+    and the second box is still searched (`violated`, confirmed), never `unknown`."""
+    items = [it for it in V.build("acasxu", tmp_path / "acasxu") if it.property.stem.endswith("twoboxes_violated")]
+    assert items
+    inst = tmp_path / "acasxu" / "run.csv"
+    inst.write_text("".join(f"{it.network.name},{it.property.name},{it.timeout:g}\n" for it in items))
+    out = tmp_path / "acasxu" / "results.csv"
+    r = run_cli("vnncomp", inst, "--out", out, "--method", "crown", "alpha-crown", "bab")
+    assert r.exit_code == 0, r.output
+    assert V.judge(items, out, tmp_path / "acasxu" / "results_counterexamples") == []
+    assert [row[4] for row in csv.reader(out.open()) if row] == ["violated"] * len(items)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("category", sorted(V.CATEGORIES))
 def test_lookalike_category_all_instances_sound(tmp_path, run_cli, category):
@@ -139,3 +155,48 @@ def test_vnncomp_2022_layout_subfolders_and_gzip(tmp_path, run_cli):
     rows = [row for row in csv.reader(out.open()) if row]
     assert [(row[1], row[2], row[4]) for row in rows] == [
         ("./" + ln.split(",")[0], "./" + ln.split(",")[1], it.expected) for ln, it in zip(lines, items)]
+
+
+def test_transpose_of_the_input_in_a_residual_graph_bounds_like_nchw(tmp_path):
+    """The same Permute inside a graph model (a residual Add): native IBP and native CROWN refute
+    the same margins as on the network fed NCHW directly."""
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32), (rng.standard_normal((4, 4, 3, 3)) * 0.3).astype(np.float32)
+    w3 = (rng.standard_normal((5, 4 * 6 * 6)) * 0.1).astype(np.float32)
+    body = [helper.make_node("Conv", ["nchw", "w1"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("Conv", ["r", "w2"], ["c2"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c2", "r"], ["s"]),
+            helper.make_node("Relu", ["s"], ["r2"]), helper.make_node("Flatten", ["r2"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    inits = [tensor("w1", w1), tensor("w2", w2), tensor("w3", w3)]
+    nhwc = save(tmp_path / "nhwc.onnx", [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2])] + body,
+                inits, (1, 6, 6, 3), (1, 5))
+    nchw = save(tmp_path / "nchw.onnx", [helper.make_node("Identity", ["x"], ["nchw"])] + body, inits, (1, 3, 6, 6), (1, 5))
+    a, b = onnx_to_torch(nhwc), onnx_to_torch(nchw)
+    assert not a.chain
+    x = np.random.default_rng(1).uniform(0, 1, (6, 6, 3))
+    label = int(np.argmax(V.ort_outputs(nhwc, x.reshape(-1))[0]))
+    for eps in (0.001, 0.01):
+        pa = parse_vnnlib(V.vnnlib((x - eps).reshape(-1), (x + eps).reshape(-1), 5, V.one_vs_all(label, 5)))
+        xb = x.transpose(2, 0, 1)
+        pb = parse_vnnlib(V.vnnlib((xb - eps).reshape(-1), (xb + eps).reshape(-1), 5, V.one_vs_all(label, 5)))
+        for methods in (("ibp",), ("crown",)):
+            ra = verify_property(a.module, pa, a.input_shape, methods=methods, timeout=20)
+            rb = verify_property(b.module, pb, b.input_shape, methods=methods, timeout=20)
+            assert ra.status == rb.status and ra.stages[0]["refuted"] == rb.stages[0]["refuted"], (ra.stages, rb.stages)
+            assert "graph model" in ra.stages[0]["note"]
+
+
+def test_convbig_sized_network_answers_within_a_one_second_timeout(tmp_path, run_cli):
+    """A ConvBig-sized CNN (about 60,000 ReLUs) at a radius no stage decides quickly: with a 1 s
+    timeout the row says timeout (or unknown) and its time is at most 1 s + 1 s."""
+    items = V.build("cifar2020_big", tmp_path)
+    inst = tmp_path / "one.csv"
+    inst.write_text(f"{items[0].network.name},{items[0].property.name},1\n")
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", inst, "--out", out)
+    assert r.exit_code == 0, r.output
+    (row,) = [row for row in csv.reader(out.open()) if row]
+    assert row[4] in ("timeout", "unknown") and float(row[5]) <= 2.0, row

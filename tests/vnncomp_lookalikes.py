@@ -70,10 +70,20 @@ class Residual(nn.Module):
 
 
 class FlattenView(nn.Module):
-    """x.view(x.size(0), -1): what the TorchScript exporter writes as Shape/Gather/Unsqueeze/Concat/Reshape."""
+    """x.reshape(x.size(0), -1): what the TorchScript exporter writes as Shape/Gather/Unsqueeze/Concat/Reshape."""
 
     def forward(self, x):
-        return x.view(x.size(0), -1)
+        return x.reshape(x.size(0), -1)
+
+
+class NHWC(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+class NCHW(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 3, 1, 2)
 
 
 def lipschitz(m: nn.Module) -> float:
@@ -92,7 +102,8 @@ def lipschitz(m: nn.Module) -> float:
         return float((1 / m.std).abs().max())
     if isinstance(m, nn.Sigmoid):
         return 0.25
-    if isinstance(m, (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, FlattenView, nn.Identity, nn.Dropout)):
+    if isinstance(m, (nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, FlattenView, nn.Identity, nn.Dropout,
+                      NHWC, NCHW)):
         return 1.0
     raise TypeError(f"no Lipschitz bound for {type(m).__name__}")
 
@@ -382,6 +393,29 @@ def cifar(folder: Path, seed: int = 1) -> list[Lookalike]:
     path = save_graph(folder / "cifar_wide_kw.onnx", nodes, inits, (1, 3, 32, 32), (1, 10), opset=11)
     w.robustness(path, lipschitz(model), w.rng.uniform(0, 1, 3 * 32 * 32), 0.0, 1.0, "cifar_wide_kw_img3", style="one",
                  big_eps=2 / 255, model=model, shape=(3, 32, 32))
+    # ERAN's conversions from TensorFlow flatten in NHWC order: Transpose(0, 2, 3, 1) before Reshape
+    model = _init(nn.Sequential(Normalize(mean, std), nn.Conv2d(3, 8, 4, 2, 1), nn.ReLU(), NHWC(),
+                                FlattenView(), nn.Linear(8 * 16 * 16, 50), nn.ReLU(), nn.Linear(50, 10)), seed + 8)
+    path = export(model, (3, 32, 32), folder / "convSmallRELU__Point_transposed.onnx", 12)
+    w.robustness(path, lipschitz(model), w.rng.uniform(0, 1, 3 * 32 * 32), 0.0, 1.0, "eran_transposed_img4",
+                 model=model, shape=(3, 32, 32))
+    # Keras through tf2onnx (marabou-cifar10): an NHWC input, Transpose to NCHW for the Conv and back,
+    # Reshape with a 0 (copy the batch) and -1, MatMul + Add
+    conv, fc1, fc2 = nn.Conv2d(3, 4, 3, 2, 1), nn.Linear(4 * 16 * 16, 32), nn.Linear(32, 10)
+    ref = _init(nn.Sequential(NCHW(), conv, nn.ReLU(), NHWC(), FlattenView(), fc1, nn.ReLU(), fc2), seed + 9)
+    nodes = [helper.make_node("Transpose", ["input_1:0"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "cw", "cb"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Transpose", ["r"], ["nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("Reshape", ["nhwc", "flat_shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "w1"], ["m1"]), helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["h"]), helper.make_node("MatMul", ["h", "w2"], ["m2"]),
+             helper.make_node("Add", ["m2", "b2"], ["dense_2"])]
+    inits = [t("cw", np32(conv.weight)), t("cb", np32(conv.bias)), t("flat_shape", np.array([0, -1], np.int64)),
+             t("w1", np32(fc1.weight.T)), t("b1", np32(fc1.bias)), t("w2", np32(fc2.weight.T)), t("b2", np32(fc2.bias))]
+    path = save_graph(folder / "marabou_cifar10_keras_nhwc.onnx", nodes, inits, ("unk__6", 32, 32, 3), ("unk__7", 10),
+                      opset=13, in_name="input_1:0", out_name="dense_2")
+    w.robustness(path, lipschitz(ref), w.rng.uniform(0, 1, 32 * 32 * 3), 0.0, 1.0, "keras_nhwc_img5",
+                 model=ref, shape=(32, 32, 3))
     w.write_csv()
     return w.items
 
@@ -431,6 +465,33 @@ def eran(folder: Path, seed: int = 2) -> list[Lookalike]:
     return w.items
 
 
+# Activations with their Lipschitz constants (sup |f'|) and whether the bound engines bound them
+# (native IBP: monotone ones; auto_LiRPA: SiLU's sigmoid * x; neither: erf in GELU, HardSwish's product).
+ACTIVATIONS = {
+    "leakyrelu": (lambda: nn.LeakyReLU(0.1), 1.0, True), "elu": (nn.ELU, 1.0, True),
+    "softplus": (nn.Softplus, 1.0, True), "silu": (nn.SiLU, 1.1, True),
+    "gelu": (nn.GELU, 1.13, False), "hardswish": (nn.Hardswish, 1.5, False),
+}
+
+
+def activations(folder: Path, seed: int = 9) -> list[Lookalike]:
+    """Small MLPs with the other activations exporters write (LeakyRelu, Elu, Softplus; SiLU as
+    Sigmoid * x, GELU as x * (1 + Erf(x / sqrt 2)) / 2, HardSwish as HardSigmoid * x before opset 14).
+    Where no engine bounds the network, the provable `holds` has no expected answer (`unknown` is
+    right); violations must still be found and confirmed."""
+    w = Writer(folder, seed)
+    for k, (name, (act, lip, bounded)) in enumerate(ACTIVATIONS.items()):
+        model = _init(nn.Sequential(nn.Linear(8, 16), act(), nn.Linear(16, 16), act(), nn.Linear(16, 3)), seed + k)
+        path = export(model, (8,), folder / f"mlp_{name}.onnx", 13)
+        L = lipschitz(model[0]) * lip * lipschitz(model[2]) * lip * lipschitz(model[4])
+        before = len(w.items)
+        w.robustness(path, L, w.rng.uniform(-1, 1, 8), -1.0, 1.0, f"{name}", timeout=3, model=model, shape=(8,))
+        if not bounded:
+            w.items[before].expected = None
+    w.write_csv()
+    return w.items
+
+
 def verivital(folder: Path, seed: int = 3) -> list[Lookalike]:
     """verivital's MNIST CNNs: Conv + ReLU + MaxPool 2x2 and AveragePool, and a Conv + BatchNormalization
     (inference) net; input (1, 1, 28, 28) in [0, 1]."""
@@ -474,6 +535,15 @@ def rl_benchmarks(folder: Path, seed: int = 4) -> list[Lookalike]:
         w.add(path, f"rl{k}_halfspace_violated", vnnlib(*box, n_out, f"(assert (<= Y_0 {float(c1)!r}))"), 3, "violated")
         c2 = y0[0] - 0.3 * L * eps
         w.add(path, f"rl{k}_halfspace_open", vnnlib(*box, n_out, f"(assert (<= Y_0 {float(c2)!r}))"), 3, None)
+        # one `or` of (input box and output condition) pairs, as reachability benchmarks write them;
+        # the condition is linear with coefficients: violated on the second box only (x1 in it)
+        lo2, hi2 = np.minimum(x1 - 0.01, x0 - eps), np.maximum(x1 + 0.01, x0 + eps)
+        pairs = [(box, f"(<= (* 2.0 Y_0) {2 * float(c)!r})"), ((lo2, hi2), f"(<= (+ Y_0 (* -1 {float(c1)!r})) 0)")]
+        decls = "\n".join([f"(declare-const X_{i} Real)" for i in range(n_in)] + [f"(declare-const Y_{j} Real)" for j in range(n_out)])
+        body = "\n".join(f"  (and {_box_text(b)[5:-1]} {cond})" for b, cond in pairs)
+        w.add(path, f"rl{k}_pairs_violated", f"{decls}\n(assert (or\n{body}\n))\n", 3, "violated")
+        body = "\n".join(f"  (and {_box_text(b)[5:-1]} {cond})" for b, cond in pairs[:1] * 2)
+        w.add(path, f"rl{k}_pairs_holds", f"{decls}\n(assert (or\n{body}\n))\n", 3, "holds")
     w.write_csv()
     return w.items
 
@@ -531,8 +601,9 @@ def idioms(folder: Path, seed: int = 6) -> list[Lookalike]:
     # initializer names with path-like characters (as exporters of other frameworks write them)
     names = ("sequential/dense/MatMul/ReadVariableOp:0", "sequential/dense/BiasAdd/ReadVariableOp:0",
              "model.fc2.weight", "onnx::MatMul_12")
-    nodes, inits = mlp_nodes("input", "output", names=names)
-    nets.append(save_graph(folder / "odd_names.onnx", nodes, inits, (1, 48), (1, 10), opset=13))
+    nodes, inits = mlp_nodes("flat", "output", names=names)  # and a Flatten with a negative axis on (1, 1, 48)
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=-1)] + nodes
+    nets.append(save_graph(folder / "odd_names.onnx", nodes, inits, (1, 1, 48), (1, 10), opset=13))
     # a float64 model
     nodes, inits = mlp_nodes("input", "output", dtype=np.float64)
     nets.append(save_graph(folder / "float64.onnx", nodes, inits, (1, 48), (1, 10), opset=13, dtype=TensorProto.DOUBLE))
@@ -593,7 +664,7 @@ def idioms(folder: Path, seed: int = 6) -> list[Lookalike]:
 
 CATEGORIES: dict[str, Callable[[Path], list[Lookalike]]] = {
     "acasxu": acasxu, "cifar2020": cifar, "cifar2020_big": cifar_big, "eran": eran, "verivital": verivital, "rl_benchmarks": rl_benchmarks,
-    "sri_resnet": sri_resnet, "idioms": idioms,
+    "sri_resnet": sri_resnet, "idioms": idioms, "activations": activations,
 }
 
 UNKNOWN_ONLY = ("cifar2020_big",)  # categories without instances of known answer (they run to their timeouts)
