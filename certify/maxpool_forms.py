@@ -213,3 +213,30 @@ def tighten_open_points(forms: TwoForms, lo, hi, C, d, low: torch.Tensor, own: I
     out = low.clone()
     out[pick] = torch.maximum(low[pick], better)
     return out
+
+
+PROBE_POINTS = 4  # open points `relu_form_pays` bounds both ways
+
+
+def relu_form_pays(forms: TwoForms, lo, hi, C, d, crown_low: torch.Tensor, own: Intervals,
+                   ball: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool | None:
+    """Does the ReLU form's CROWN bound beat the DeepPoly form's on an open row of this model?
+    Bounded on the first `PROBE_POINTS` points whose DeepPoly CROWN bound `crown_low` (+ d) has a
+    row at or below zero; None when no point is open (ask again later). Measured
+    (notes/15-poolform.md), the answer is a property of the model rather than of the point: on a
+    digits CNN the ReLU form won 95-100% of rows, on MNIST CNNs none, at 15x-200x the cost; a
+    dataset bounder asks once and then uses the ReLU form on every open point or on none."""
+    ref = crown_low if d is None else crown_low + d
+    open_ = (ref <= 0).any(1)
+    if not bool(open_.any()):
+        return None
+    pick = open_.nonzero().flatten()[:PROBE_POINTS]
+    sub = lambda t: t[pick]  # noqa: E731
+    lo_p, hi_p = sub(lo), sub(hi)
+    C_p = sub(C) if C.dim() == 3 else C
+    ball_p = None if ball is None else (sub(ball[0]), sub(ball[1]))
+    with torch.no_grad():
+        tb = crown_intermediate(forms, lo_p, hi_p, ball_p, own={q: (sub(l), sub(u)) for q, (l, u) in own.items()})
+        relu = db.crown_spec(forms.relu, lo_p, hi_p, C_p, None, tb.relu, ball=ball_p)[0]
+        dp = torch.maximum(sub(crown_low), db.crown_spec(forms.dag, lo_p, hi_p, C_p, None, tb.dag, ball=ball_p)[0])
+    return bool(((relu > dp + 1e-9) & (sub(ref) <= 0)).any())
