@@ -39,7 +39,7 @@ from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
 from robustcli.certify.maxpool_relus import maxpool_as_relus
 from robustcli.certify.spec_lirpa import lirpa_box_lower
-from robustcli.certify.spec_attack import spec_pgd
+from robustcli.certify.spec_attack import float32_box, spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
 from robustcli.core.errors import InputError
 
@@ -375,7 +375,10 @@ def verify_property(
                             outcome = relu_bab(net, lo, hi, Cb, d_pad, inter, deadline, bab_bounds, check=check,
                                                search=search)
                         if outcome.counterexample is not None:
-                            x = outcome.counterexample.float()
+                            # float32 nearest to the float64 point, moved into the box where rounding left it
+                            # (a box narrower than float32's spacing at its magnitude)
+                            lo32, hi32 = float32_box(case.lower, case.upper)
+                            x = torch.minimum(torch.maximum(outcome.counterexample.float().cpu(), lo32), hi32)
                             y = reference(x[None].cpu())
                             if _in_box(x, case) and bool(case.violated_by(y).all()):
                                 stages.append({"method": method, "seconds": time.monotonic() - t0,
@@ -383,7 +386,7 @@ def verify_property(
                                 return done("violated", method, counterexample=x.detach().cpu(), outputs=y[0],
                                             confirmed_by=reference_name)
                             note = f"branch and bound: a candidate not confirmed by {reference_name}"
-                            break
+                            continue  # another case of the property may still have a counterexample
                         if outcome.reason == "timeout":  # it stops short of the deadline when a round would overrun it
                             stopped_for_time[0] = True
                         if outcome.proved:

@@ -48,6 +48,22 @@ def test_lookalike_category_known_answers(tmp_path, run_cli, category):
     assert all(r[0] == category for r in rows)  # benchmark column: the instances folder's name
 
 
+def test_branch_and_bound_finds_the_second_box_counterexample(tmp_path, run_cli):
+    """Without the attack stage, branch and bound must answer a property with two input boxes whose
+    first is narrower than float32's spacing there (a float64 candidate rounds out of it, so it is
+    not confirmed) and whose second holds a counterexample: the candidate is moved into the box
+    and the second box is still searched (`violated`, confirmed), never `unknown`."""
+    items = [it for it in V.build("acasxu", tmp_path / "acasxu") if it.property.stem.endswith("twoboxes_violated")]
+    assert items
+    inst = tmp_path / "acasxu" / "run.csv"
+    inst.write_text("".join(f"{it.network.name},{it.property.name},{it.timeout:g}\n" for it in items))
+    out = tmp_path / "acasxu" / "results.csv"
+    r = run_cli("vnncomp", inst, "--out", out, "--method", "crown", "alpha-crown", "bab")
+    assert r.exit_code == 0, r.output
+    assert V.judge(items, out, tmp_path / "acasxu" / "results_counterexamples") == []
+    assert [row[4] for row in csv.reader(out.open()) if row] == ["violated"] * len(items)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("category", sorted(V.CATEGORIES))
 def test_lookalike_category_all_instances_sound(tmp_path, run_cli, category):
