@@ -200,3 +200,18 @@ def test_convbig_sized_network_answers_within_a_one_second_timeout(tmp_path, run
     assert r.exit_code == 0, r.output
     (row,) = [row for row in csv.reader(out.open()) if row]
     assert row[4] in ("timeout", "unknown") and float(row[5]) <= 2.0, row
+
+
+@pytest.mark.parametrize("network", ["nhwc_transpose", "float64", "output_1x1x10"])
+def test_certify_spec_on_idiom_networks(tmp_path, run_cli, network):
+    """`robust certify --spec` (not only the runner) on the idioms that needed converter or
+    reference changes: the known answers, a counterexample confirmed by onnxruntime."""
+    items = {it.property.stem: it for it in V.build("idioms", tmp_path)}
+    for kind in ("holds", "violated"):
+        it = items[f"{network}_{kind}"]
+        ce = tmp_path / f"{network}.counterexample"
+        r = run_cli("certify", "--model", it.network, "--spec", it.property, "--timeout", "5", "--counterexample", ce)
+        assert r.exit_code == 0, r.output
+        assert f"result: {kind}" in r.output
+        if kind == "violated":
+            assert "confirmed by onnxruntime" in r.output and ce.exists()
