@@ -29,7 +29,7 @@ import torch
 from robustcli.certify.onnx_check import onnxruntime_function
 from robustcli.certify.onnx_import import onnx_to_torch
 from robustcli.certify.spec_verify import METHODS, SpecResult, verify_property
-from robustcli.certify.vnnlib import read_vnnlib
+from robustcli.certify.vnnlib import check_fits, read_vnnlib
 from robustcli.core.errors import InputError
 
 
@@ -155,14 +155,9 @@ def run_instance(
             raise models[inst.network]
         conv, module, reference = models[inst.network]
         prop = read_vnnlib(inst.property)
+        check_fits(prop, math.prod(conv.input_shape), math.prod(conv.output_shape), inst.network.name)
     except Exception as e:  # noqa: BLE001 - any failure of one instance is that instance's `error`
         return _error(inst, t0, "prepare", e)
-    n_in = 1
-    for s in conv.input_shape:
-        n_in *= s
-    if prop.n_inputs != n_in:
-        return InstanceResult(inst, "error", 0.0, time.monotonic() - t0, stages=[{
-            "method": "prepare", "note": f"{inst.property.name} has {prop.n_inputs} inputs, the network {n_in}"}])
     prepare = time.monotonic() - t0
     t1 = time.monotonic()
     try:

@@ -381,6 +381,15 @@ def _box(atoms: list[_Atom], n_in: int, r: _Reader,
     return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
 
+def check_fits(prop: VnnlibProperty, n_inputs: int, n_outputs: int, network: str) -> None:
+    """InputError unless the property's X_i and Y_j count the network's inputs and outputs."""
+    if prop.n_inputs != n_inputs or prop.n_outputs != n_outputs:
+        raise InputError(
+            f"{prop.source} declares {prop.n_inputs} inputs X_i and {prop.n_outputs} outputs Y_j, but {network} has "
+            f"{n_inputs} inputs and {n_outputs} outputs; the property does not fit this network"
+        )
+
+
 MAX_TEXT_BYTES = 512 << 20  # a property file (after gunzip) larger than this is refused unread
 
 

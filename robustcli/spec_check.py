@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from robustcli.certify.spec_verify import SpecResult, verify_property
-from robustcli.certify.vnnlib import read_vnnlib
+from robustcli.certify.vnnlib import check_fits, read_vnnlib
 from robustcli.certify.vnncomp import write_counterexample
 from robustcli.archs import ARCHS
 from robustcli.core.errors import InputError
@@ -41,6 +41,19 @@ def model_input_shape(loaded: LoadedModel, n_inputs: int, given: tuple[int, ...]
     return shape
 
 
+def model_output_size(module, shape: tuple[int, ...]) -> int:
+    """Outputs per point, from one forward pass at zero on the model's device."""
+    import torch
+
+    from robustcli.core.nn import eval_mode
+
+    p = next(module.parameters(), None)
+    with torch.no_grad(), eval_mode(module):
+        y = module(torch.zeros(1, *shape, device=p.device if p is not None else "cpu",
+                                      dtype=p.dtype if p is not None and p.is_floating_point() else torch.float32))
+    return y[0].numel()
+
+
 def run_spec_check(
     loaded: LoadedModel,
     spec: str,
@@ -52,6 +65,7 @@ def run_spec_check(
     """Verify `spec` on the loaded model; write the counterexample file when violated; return (result, report)."""
     prop = read_vnnlib(spec)
     shape = model_input_shape(loaded, prop.n_inputs, input_shape)
+    check_fits(prop, prop.n_inputs, model_output_size(loaded.module, shape), Path(loaded.name).name)
     reference, ref_name = None, "torch"
     if loaded.meta.get("format") == "onnx":
         try:

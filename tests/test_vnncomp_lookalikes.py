@@ -215,3 +215,21 @@ def test_certify_spec_on_idiom_networks(tmp_path, run_cli, network):
         assert f"result: {kind}" in r.output
         if kind == "violated":
             assert "confirmed by onnxruntime" in r.output and ce.exists()
+
+
+def test_property_with_the_wrong_number_of_outputs_is_one_clear_line(tmp_path, run_cli):
+    """A property declaring more (or fewer) Y_j than the network has outputs: an `error` row in the
+    runner and exit 2 in `certify --spec`, one line naming both counts (it was a shape error inside
+    the attack)."""
+    it = next(it for it in V.build("rl_benchmarks", tmp_path) if it.expected == "holds")  # 2 outputs
+    text = it.property.read_text().replace("(declare-const Y_1 Real)", "(declare-const Y_1 Real)\n(declare-const Y_2 Real)")
+    spec = tmp_path / "three_outputs.vnnlib"
+    spec.write_text(text)
+    (tmp_path / "inst.csv").write_text(f"{it.network.name},{spec.name},3\n{it.network.name},{it.property.name},3\n")
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", tmp_path / "inst.csv", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert [row[4] for row in csv.reader(out.open()) if row] == ["error", "holds"]
+    assert "3 outputs Y_j" in r.stderr and "2 outputs" in r.stderr
+    r = run_cli("certify", "--model", it.network, "--spec", spec)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "does not fit" in r.stderr
