@@ -30,6 +30,7 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
+from robustcli.certify import maxpool_forms as mf
 from robustcli.certify.graph import (
     IDENTITY,
     RESHAPE,
@@ -178,6 +179,11 @@ class CrownBounder:
     with residual adds and concatenations by certify/dag_bounds.py (raises NotAChain for layers
     neither covers).
 
+    On a max pooling graph with CROWN's intermediate bounds, points whose DeepPoly bound leaves a
+    row at or below zero are bounded again with both max pooling relaxations
+    (certify/maxpool_forms.py: the ReLU form costs 10x-100x the DeepPoly form, so only there), if
+    the ReLU form wins a row on the first open points (`maxpool_forms.relu_form_pays`).
+
     `intermediate`: "crown" (CROWN bounds for every ReLU's input) or "ibp" (CROWN-IBP).
     `alpha_iterations` > 0 optimises the lower slopes (alpha-CROWN). Computes in `dtype` (float64
     by default: the bound is sound up to its rounding) and in point chunks of at most
@@ -194,6 +200,10 @@ class CrownBounder:
             self.chain = cb.Chain.of(model, tuple(example.shape[1:]), dtype)
         except cb.NotAChain:
             self.dag = db.Dag.of(model, tuple(example.shape[1:]), dtype)  # NotADag (a NotAChain) if it cannot
+        # Max pooling: also its ReLU form's relaxation where DeepPoly's lines leave a point open
+        # (certify/maxpool_forms.py); CROWN-IBP's IBP intervals of the ReLU form's steps are loose.
+        self.forms = mf.TwoForms.of(self.dag) if self.dag is not None and intermediate == "crown" else None
+        self.relu_form_pays: bool | None = None  # decided on the first open points (mf.relu_form_pays)
         self.relu_bounds = intermediate  # "crown" or "ibp"
         self.alpha_iterations = alpha_iterations
         self.max_elements = max_elements
@@ -264,11 +274,19 @@ class CrownBounder:
             Cs = C[s : s + step].to(g.device, g.dtype)
             with torch.no_grad():
                 inter = db.crown_intermediate(g, lo, hi, ball, crown=self.relu_bounds != "ibp")
+                low, _ = db.crown_spec(g, lo, hi, Cs, None, inter, ball=ball)
+                crown_low = low
                 if self.alpha_iterations > 0:
                     low = db.alpha_crown_spec(g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations,
                                               stop_when_positive=False, ball=ball)
-                else:
-                    low, _ = db.crown_spec(g, lo, hi, Cs, None, inter, ball=ball)
+                if self.forms is not None:
+                    ds = None if d is None else d[s : s + step].to(g.device, g.dtype)
+                    if self.relu_form_pays is None:
+                        self.relu_form_pays = mf.relu_form_pays(self.forms, lo, hi, Cs, ds, crown_low, inter, ball=ball)
+                    if self.relu_form_pays:
+                        low = mf.tighten_open_points(self.forms, lo, hi, Cs, ds, low, inter, crown_low=crown_low,
+                                                     alpha_iterations=self.alpha_iterations,
+                                                     stop_when_positive=False, ball=ball)
             out.append(low)
         low = torch.cat(out).to(C.dtype).to(C.device)
         return low if d is None else low + d

@@ -51,8 +51,15 @@ def maxpool_as_relus(dag: Dag) -> Dag:
     """The same function as `dag`, every max pooling node replaced by its ReLU form (see the module
     docstring); other nodes are kept (in the same order). A graph without max pooling is returned
     as it is."""
+    return relu_form(dag)[0]
+
+
+def relu_form(dag: Dag) -> tuple[Dag, dict[int, int]]:
+    """`maxpool_as_relus(dag)` and, for every node i of `dag`, the node of the ReLU form holding the
+    same value (a max pooling: the reshape of its windows' running maxima). Bounds of node i in one
+    graph are bounds of node `of[i]` in the other (certify/maxpool_forms.py intersects them)."""
     if not any(n.kind == "maxpool" for n in dag.nodes):
-        return dag
+        return dag, {i: i for i in range(len(dag.nodes))}
     nodes: list[Node] = []
     new_of: dict[int, int] = {}
 
@@ -82,4 +89,4 @@ def maxpool_as_relus(dag: Dag) -> Dag:
         new_of[i] = add(Node("affine", (m,), layers=[Reshape(n.shape)]))
     out = Dag(nodes, new_of[dag.output], dt, dev)
     out._shapes(dag.nodes[0].shape)
-    return out
+    return out, new_of

@@ -9,10 +9,11 @@ Answers (VNN-COMP 2021 words):
   bound on ReLU splits (certify/bab.py) for the conjunctions those leave open. Models that are
   not chains are bounded by native IBP in float64 (certify/ibp.py) where it walks them; their
   CROWN stages run natively in float64 on ReLU graphs with residual adds, concatenations and max
-  pooling (certify/dag_bounds.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that
+  pooling (certify/dag_bounds.py; a case DeepPoly's max pooling lines leave open is bounded again
+  with the pooling's ReLU form too, certify/maxpool_forms.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that
   engine does not cover (smooth activations). Branch and bound runs on chains and on the ReLU
   graphs of the native engine (certify/bab_network.py adapts either; ReLU splits take a max
-  pooling in its ReLU form, certify/maxpool_relus.py); graphs only auto_LiRPA bounds get no `bab` stage.
+  pooling in its ReLU form, certify/maxpool_relus.py, from alpha-CROWN's intervals of both forms); graphs only auto_LiRPA bounds get no `bab` stage.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -37,7 +38,7 @@ from robustcli.certify.bab_network import as_bab_network
 from robustcli.certify.bounders import spec_chain
 from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
-from robustcli.certify.maxpool_relus import maxpool_as_relus
+from robustcli.certify import maxpool_forms as mf
 from robustcli.certify.spec_lirpa import lirpa_box_lower
 from robustcli.certify.spec_attack import float32_box, spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
@@ -119,10 +120,14 @@ def _native_ibp_box_lower(tree: nn.Module, case: SpecCase, input_shape: tuple[in
 
 def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, ...], C: torch.Tensor, d: torch.Tensor,
                           method: str, bounds: dict, ci: int, alpha_iterations: int, t0: float,
-                          deadline: float | None, bab_follows: bool) -> torch.Tensor:
+                          deadline: float | None, bab_follows: bool,
+                          forms: mf.TwoForms | None = None) -> torch.Tensor:
     """(1, S) lower bound of C f(x) + d over the case's box by native CROWN / alpha-CROWN on the
-    graph; the case's CROWN intermediate bounds are computed once and kept in `bounds`. Past
-    `deadline` the CROWN passes raise DeadlineReached (the verifier answers `timeout`)."""
+    graph; the case's CROWN intermediate bounds are computed once and kept in `bounds`. On a max
+    pooling graph (`forms`), a case DeepPoly's lines leave open is bounded again with both max
+    pooling relaxations (certify/maxpool_forms.py); alpha-CROWN's intervals of the pooling's ReLU
+    form are kept for branch and bound. Past `deadline` the CROWN passes raise DeadlineReached (the
+    verifier answers `timeout`)."""
     C, d = C.to(dag.device, dag.dtype), d.to(dag.device, dag.dtype)
     lo = case.lower.to(dag.device, dag.dtype).reshape(1, *input_shape)
     hi = case.upper.to(dag.device, dag.dtype).reshape(1, *input_shape)
@@ -131,14 +136,68 @@ def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, .
         if inter is None:
             inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(dag, lo, hi, deadline=deadline)
         if method == "crown":
-            return db.crown_spec(dag, lo, hi, C, d, inter, deadline=deadline)[0]
+            low = db.crown_spec(dag, lo, hi, C, d, inter, deadline=deadline)[0]
+            if forms is not None and not bool(refuted(low, case).all()):
+                # the ReLU form costs 10x-100x DeepPoly's CROWN: at most 30% of the time left, so
+                # the later stages keep theirs; stopped there, DeepPoly's bound stands
+                now = time.monotonic()
+                until = now + 0.3 * (deadline - now) if deadline is not None else None
+                try:
+                    two = mf.crown_intermediate(forms, lo, hi, deadline=until, own=inter)
+                    low = torch.maximum(low, mf.crown_spec(forms, lo, hi, C, d, two, deadline=until)[0])
+                    bounds[(ci, "two-form")] = two
+                except DeadlineReached:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise
+            return low
         # At most 40% of the remaining time when branch and bound follows, as for chains.
         until = t0 + 0.4 * (deadline - t0) if deadline is not None and bab_follows else deadline
         tight: dict = {}
         low = db.alpha_crown_spec(dag, lo, hi, C, d[None], inter, iterations=alpha_iterations, deadline=until,
                                   tightened_out=tight)
         bounds[(ci, "dag-alpha")] = tight  # branch and bound starts from them
+        if forms is not None and not bool(refuted(low, case).all()):
+            # both relaxations from alpha-CROWN's tightened intervals; its share of the time is
+            # what the DeepPoly form left of the 40%
+            both: dict = {}
+            try:
+                two = mf.crown_intermediate(forms, lo, hi, deadline=until, own=tight)
+                # branch and bound splits the ReLU form: its roots want alpha-CROWN on it even where
+                # its CROWN bound starts below DeepPoly's
+                low = torch.maximum(low, mf.alpha_crown_spec(forms, lo, hi, C, d[None], two, iterations=alpha_iterations,
+                                                             deadline=until, tightened_out=both,
+                                                             relu_alpha="open" if bab_follows else "wins"))
+                bounds[(ci, "two-form-alpha")] = both
+            except DeadlineReached:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
         return low
+
+
+def _relu_form_roots(forms: mf.TwoForms, lo, hi, C, d, bounds: dict, ci: int, alpha_iterations: int, t0: float,
+                     deadline: float | None) -> dict:
+    """Intervals of the max pooling's ReLU form that ReLU branch and bound starts from: the
+    alpha-crown stage's (both relaxations, alpha-CROWN on each) when it ran on this case, else
+    alpha-CROWN on both forms here with at most a fifth of the time left."""
+    if (ci, "two-form-alpha") in bounds:
+        return bounds[(ci, "two-form-alpha")]["relu"]
+    two = bounds.get((ci, "two-form"))
+    if two is None:
+        own = bounds.get((ci, "dag-alpha")) or bounds.get((ci, "dag-crown"))
+        two = bounds[(ci, "two-form")] = mf.crown_intermediate(forms, lo, hi, deadline=deadline, own=own)
+    if alpha_iterations <= 0:
+        return two.relu
+    until = t0 + 0.2 * (deadline - t0) if deadline is not None else None
+    both: dict = {}
+    try:
+        mf.alpha_crown_spec(forms, lo, hi, C, d[None], two, iterations=alpha_iterations, deadline=until,
+                            tightened_out=both, relu_alpha="open")
+    except DeadlineReached:
+        if deadline is not None and time.monotonic() > deadline:
+            raise
+        return two.relu
+    bounds[(ci, "two-form-alpha")] = both
+    return both["relu"]
 
 
 def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
@@ -224,7 +283,8 @@ def verify_property(
     proved = [torch.zeros(len(c.disjuncts), dtype=torch.bool) for c in prop.cases]
     chains: dict[int, cb.Chain | None] = {}
     natives: dict[int, nn.Module | None] = {}  # the float64 tree native IBP walks, for graph models
-    dags: dict[int, db.Dag | None] = {}  # the float64 graph native CROWN bounds (0), its max pooling's ReLU form (1)
+    dags: dict[int, db.Dag | None] = {}  # the float64 graph native CROWN bounds
+    forms: dict[int, mf.TwoForms | None] = {}  # its two max pooling relaxations (None: no max pooling)
     not_chain = ""
     bounds: dict[tuple[int, str], list] = {}
 
@@ -296,8 +356,10 @@ def verify_property(
                         if 0 not in dags:
                             dags[0] = _native_dag(model, input_shape, device)
                         if (dag := dags[0]) is not None:
+                            if 0 not in forms:
+                                forms[0] = mf.TwoForms.of(dag)
                             lower = _native_dag_box_lower(dag, case, input_shape, C, d, method, bounds, ci,
-                                                          alpha_iterations, t0, deadline, "bab" in methods)
+                                                          alpha_iterations, t0, deadline, "bab" in methods, forms[0])
                             note = "native CROWN (graph model)"
                             proved[ci] |= refuted(lower, case)[0].cpu()
                             if out_of_time():
@@ -334,13 +396,12 @@ def verify_property(
                                 inter = bounds[(ci, "crown")] = cb.crown_intermediate(chain, lo, hi, deadline=deadline)
                         elif not split_inputs and any(n.kind == "maxpool" for n in engine.nodes):
                             # ReLU splits on max pooling: its ReLU form, whose every step can be split
-                            # (certify/maxpool_relus.py); its bounds are its own
-                            if 1 not in dags:
-                                dags[1] = maxpool_as_relus(engine)
-                            engine = dags[1]
-                            inter = bounds.get((ci, "relu-form"))
-                            if inter is None:
-                                inter = bounds[(ci, "relu-form")] = db.crown_intermediate(engine, lo, hi, deadline=deadline)
+                            # (certify/maxpool_relus.py), from alpha-CROWN's intervals of both
+                            # relaxations (certify/maxpool_forms.py)
+                            if 0 not in forms:
+                                forms[0] = mf.TwoForms.of(engine)
+                            engine = forms[0].relu
+                            inter = _relu_form_roots(forms[0], lo, hi, C, d, bounds, ci, alpha_iterations, t0, deadline)
                         else:
                             inter = bounds.get((ci, "dag-alpha")) or bounds.get((ci, "dag-crown"))
                             if inter is None:
