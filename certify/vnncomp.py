@@ -82,7 +82,8 @@ def read_instances(path: str | Path) -> list[Instance]:
     if not path.is_file():
         raise InputError(f"instances file {path} does not exist")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (spreadsheet exports write one) is not part of the first path
+        with path.open(newline="", encoding="utf-8-sig") as f:
             out = [inst for inst in (_instance(path, lineno, row) for lineno, row in enumerate(csv.reader(f), 1)) if inst]
     except UnicodeDecodeError:
         raise InputError(f"{path} is not a text file; an instances CSV has network,property,timeout lines") from None

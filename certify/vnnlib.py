@@ -408,9 +408,9 @@ def read_vnnlib(path: str | Path) -> VnnlibProperty:
                 raw = f.read(MAX_TEXT_BYTES + 1)  # bounded: a gzip bomb stops here
             if len(raw) > MAX_TEXT_BYTES:
                 raise InputError(f"{path} unpacks to more than {MAX_TEXT_BYTES >> 20} MB; split the property")
-            text = raw.decode()
+            text = raw.decode("utf-8-sig")  # -sig: drops a byte-order mark, which is not VNNLIB
         else:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")
     except (EOFError, gzip.BadGzipFile, zlib.error):
         raise InputError(f"{path} is not a valid gzip file") from None
     except OSError as e:

@@ -233,3 +233,15 @@ def test_property_with_the_wrong_number_of_outputs_is_one_clear_line(tmp_path, r
     assert "3 outputs Y_j" in r.stderr and "2 outputs" in r.stderr
     r = run_cli("certify", "--model", it.network, "--spec", spec)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "does not fit" in r.stderr
+
+
+def test_byte_order_marks_in_the_csv_and_the_property_are_ignored(tmp_path, run_cli):
+    """Files saved by Windows editors or spreadsheets start with a UTF-8 byte-order mark."""
+    it = next(it for it in V.build("rl_benchmarks", tmp_path) if it.expected == "violated")
+    spec = tmp_path / "bom.vnnlib"
+    spec.write_bytes(b"\xef\xbb\xbf" + it.property.read_bytes())
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + f"{it.network.name},{spec.name},3\r\n".encode())
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", tmp_path / "bom.csv", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert [row[4] for row in csv.reader(out.open()) if row] == ["violated"]
