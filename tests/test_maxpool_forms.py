@@ -226,3 +226,32 @@ def test_branch_and_bound_roots_start_from_alpha_crown_on_the_relu_form():
     with torch.no_grad():
         vals = node_values(forms.relu, pts)
     assert contained(roots, vals)
+
+
+def residual_ceil_net() -> nn.Module:
+    """A max pooling (3x3, stride 2, ceil_mode) after a residual add, then a ReLU."""
+    from robustcli.core.nn import Residual
+
+    torch.manual_seed(14)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1))),
+                         nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10)).double().eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("eps,pays", [(0.1, False), (0.03, True)])
+def test_bounder_uses_the_relu_form_only_where_it_wins_a_row(eps, pays):
+    """The dataset bounder bounds its first open points both ways once: where the ReLU form wins no
+    open row (this net at eps 0.1) it keeps DeepPoly's bound exactly; where it wins, it uses it."""
+    model = residual_ceil_net()
+    x = grid_points(6, 6).double()
+    spec = predicted_margins(model, x).double()
+    s = InputSet.ball(x, eps, "linf")
+    b = build_bounder("crown", model, x[:2])
+    alone = build_bounder("crown", model, x[:2])
+    alone.forms = None
+    low, dp = b.lower(s, spec), alone.lower(s, spec)
+    assert b.relu_form_pays is pays
+    if pays:
+        assert float((low - dp).max()) > 1e-6
+    else:
+        torch.testing.assert_close(low, dp, rtol=0, atol=0)
+    assert bool((low <= empirical_min(model, x, spec, eps, "linf") + 1e-7).all())
