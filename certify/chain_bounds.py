@@ -31,14 +31,14 @@ from torch import nn
 
 from robustcli.certify.deadline import DeadlineReached, check_deadline
 from robustcli.certify.conv_patches import bn_affine, conv_input_vjp, layer_shapes, patch_lower, patchable
-from robustcli.certify.onnx_layers import ElementwiseAffine, Permute, Reshape
+from robustcli.certify.onnx_layers import ElementwiseAffine, Permute, Reshape, Slice
 
 # Most slope variables alpha-CROWN optimises for intermediate layers (float64: 2 GiB), see alpha_crown_spec.
 ALPHA_ELEMENTS = 2**28
 
 # AvgPool2d / AdaptiveAvgPool2d are linear with nonnegative weights, so |W| r = pool(r) (ibp_affine's default).
 AFFINE = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten, Reshape, ElementwiseAffine, nn.Identity,
-          nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, Permute)
+          nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, Permute, Slice)
 
 
 class NotAChain(ValueError):
@@ -146,7 +146,7 @@ def ibp_affine(m: nn.Module, c: torch.Tensor, r: torch.Tensor) -> tuple[torch.Te
         return m(c), r * _per_channel(scale.abs(), r)
     if isinstance(m, ElementwiseAffine):
         return m(c), r * m.scale.abs()
-    return m(c), m(r)  # Flatten, Reshape, Identity, Permute (a reordering: |W| r = W r)
+    return m(c), m(r)  # Flatten, Reshape, Identity, Permute, Slice (0/1 weights: |W| r = W r)
 
 
 def back_affine(block: list[nn.Module], in_shape: tuple[int, ...], A: torch.Tensor,

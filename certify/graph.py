@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape, Slice
 from robustcli.core.nn import Concat, Residual
 from robustcli.core.nn import Normalized
 from robustcli.core.errors import InputError
@@ -27,6 +27,7 @@ ELEMENTWISE_AFFINE = (nn.BatchNorm1d, nn.BatchNorm2d)
 CONSTANT_AFFINE = (ElementwiseAffine,)  # x * scale + shift with constants (normalisation from a graph)
 POSITIVE_LINEAR = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # nonnegative weights: |W| = W
 RESHAPE = (nn.Flatten, Reshape, Permute)  # reorderings of coordinates: boxes and L2 balls map to themselves
+SELECT = (Slice,)  # keeps some coordinates: a box maps to a box (an L2 ball does not stay a ball around them)
 IDENTITY = (nn.Identity, nn.Dropout)
 # Nondecreasing in every input: the interval [l, u] maps to [f(l), f(u)] (IBP only, not the CROWN chain).
 MONOTONE = (
@@ -111,7 +112,7 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
     if isinstance(m, Concat):
         branches = [model_steps(b, method, _join(prefix, f"branches.{i}")) for i, b in enumerate(m.branches)]
         return [Step(prefix, m, branches)]
-    if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + CONSTANT_AFFINE + POSITIVE_LINEAR + RESHAPE + IDENTITY):
+    if isinstance(m, nn.ReLU) or isinstance(m, LINEAR + ELEMENTWISE_AFFINE + CONSTANT_AFFINE + POSITIVE_LINEAR + RESHAPE + SELECT + IDENTITY):
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             raise UnsupportedLayer(
                 f"{method} supports only zero padding, but layer {_label(prefix, m)} uses "

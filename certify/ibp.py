@@ -42,6 +42,7 @@ from robustcli.certify.graph import (
     MONOTONE,
     POSITIVE_LINEAR,
     RESHAPE,
+    SELECT,
     Step,
     UnsupportedLayer,
     model_steps,
@@ -218,7 +219,7 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
     if isinstance(m, ELEMENTWISE_AFFINE):
         a, b = _bn_affine(m, state.clean, state.box.centre.dim())
         return _elementwise_affine(state, a, b)
-    if isinstance(m, RESHAPE + POSITIVE_LINEAR):
+    if isinstance(m, RESHAPE + POSITIVE_LINEAR + SELECT):  # a selection collapses an L2 ball to its box first
         return _same(state, m)
     if isinstance(m, IDENTITY):
         if isinstance(m, nn.Dropout) and m.training and m.p > 0:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, Erf, OnnxGraph, Pad, Permute, Reshape
+from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, Erf, OnnxGraph, Pad, Permute, Reshape, Slice
 from robustcli.core.errors import InputError, first_line
 
 SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805  # ONNX's (and torch's) SELU constants
@@ -173,7 +173,7 @@ class _Converter:
                                 "BatchNormalization, Constant, Identity, Transpose, MaxPool, AveragePool, "
                                 "GlobalAveragePool, Sigmoid, Tanh, Softmax, LogSoftmax, LeakyRelu, Elu, Celu, Selu, "
                                 "Softplus, Softsign, HardSigmoid, HardSwish, Gelu, Erf, Clip, Pad, Concat, Dropout, "
-                                "Cast, Squeeze, Unsqueeze)")
+                                "Cast, Squeeze, Unsqueeze, Slice, Split)")
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
@@ -218,11 +218,8 @@ class _Converter:
                 _check_dims(shape, f"ONNX node {node.name!r} (ConstantOfShape, node {i})", allow_zero=True)  # before numpy allocates it
                 out = np.full(tuple(shape), v[0], dtype=v.dtype)
             elif op == "Slice":
-                starts, ends = x[1].tolist(), x[2].tolist()
-                axes = x[3].tolist() if len(x) > 3 else list(range(len(starts)))
-                steps = x[4].tolist() if len(x) > 4 else [1] * len(starts)
                 sl = [slice(None)] * x[0].ndim
-                for ax, st, en, sp in zip(axes, starts, ends, steps):
+                for ax, st, en, sp in self._slice_params(node, inputs, a, x[0].ndim):
                     sl[ax] = slice(st, en, sp)
                 out = x[0][tuple(sl)]
             elif op == "Cast":
@@ -234,6 +231,57 @@ class _Converter:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise self.fail(i, node, str(e)) from None
         self.consts[node.output[0]] = torch.from_numpy(np.array(out))
+
+    def _slice_params(self, node, inputs, a, rank: int) -> list[tuple[int, int, int, int]]:
+        """(axis, start, end, step) per sliced axis, from inputs (opset >= 10) or attributes (before)."""
+        def given(k: int, attr: str):
+            if len(inputs) > k:
+                if inputs[k] not in self.consts:
+                    raise ValueError(f"the Slice {attr} must be constants")
+                return self.consts[inputs[k]].reshape(-1).tolist()
+            return a.get(attr)
+
+        starts, ends = given(1, "starts"), given(2, "ends")
+        if starts is None or ends is None:
+            raise ValueError("Slice needs starts and ends")
+        axes = given(3, "axes") or list(range(len(starts)))
+        steps = given(4, "steps") or [1] * len(starts)
+        return [(int(ax) % rank, int(st), int(en), int(sp)) for ax, st, en, sp in zip(axes, starts, ends, steps)]
+
+    def op_Slice(self, i, node, inputs, a) -> None:
+        """A Slice of a computed tensor (nn4sys-style models cut their input into parts): a `Slice` layer."""
+        x = self.values[inputs[0]]
+        try:
+            ranges = self._slice_params(node, inputs, a, x.dim())
+        except ValueError as e:
+            raise self.fail(i, node, str(e)) from None
+        if any(ax == 0 for ax, *_ in ranges):
+            raise self.fail(i, node, "slicing the batch axis")
+        if any(sp <= 0 for *_, sp in ranges):
+            raise self.fail(i, node, "a negative step (reversal)")
+        ranges = [(ax, *slice(st, en, sp).indices(x.shape[ax])) for ax, st, en, sp in ranges]  # ONNX clamps like Python
+        self.add(Slice(tuple(ranges)), inputs[:1], node.output[0])
+
+    def op_Split(self, i, node, inputs, a) -> None:
+        """Split of a computed tensor along a non-batch axis: one `Slice` per output."""
+        x = self.values[inputs[0]]
+        axis = int(a.get("axis", 0)) % x.dim()
+        if axis == 0:
+            raise self.fail(i, node, "splitting the batch axis")
+        if len(inputs) > 1 and inputs[1] not in self.consts:
+            raise self.fail(i, node, "the split sizes must be a constant")
+        sizes = self.consts[inputs[1]].reshape(-1).tolist() if len(inputs) > 1 else a.get("split")
+        n = len(node.output)
+        if not sizes:
+            if x.shape[axis] % n:
+                raise self.fail(i, node, f"axis of size {x.shape[axis]} does not split into {n} equal parts")
+            sizes = [x.shape[axis] // n] * n
+        if len(sizes) != n or sum(sizes) != x.shape[axis]:
+            raise self.fail(i, node, f"split sizes {sizes} do not cover the axis of size {x.shape[axis]} in {n} outputs")
+        begin = 0
+        for size, out in zip(sizes, node.output):
+            self.add(Slice(((axis, begin, begin + int(size), 1),)), inputs[:1], out)
+            begin += int(size)
 
     def op_Shape(self, i, node, inputs, a) -> None:
         src = self.values.get(inputs[0])

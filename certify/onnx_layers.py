@@ -2,8 +2,8 @@
 batch-preserving reshapes, clipping, padding, erf, binary operations on computed tensors, and a
 graph executor for graphs that are not a chain.
 
-Every layer here acts on each batch element independently. `ElementwiseAffine`, `Reshape` and
-`Permute` are affine, so bound engines treat them as affine maps they can evaluate (see certify/chain_bounds.py);
+Every layer here acts on each batch element independently. `ElementwiseAffine`, `Reshape`,
+`Permute` and `Slice` are affine, so bound engines treat them as affine maps they can evaluate (see certify/chain_bounds.py);
 the graph front end (certify/trace.py) reads the others through the ATen operations they run.
 """
 
@@ -63,6 +63,28 @@ class Permute(nn.Module):
 
     def extra_repr(self) -> str:
         return f"perm={self.perm}"
+
+
+class Slice(nn.Module):
+    """Keep index ranges of non-batch axes (ONNX Slice with positive steps, and each output of Split):
+    a selection of coordinates, linear with 0/1 weights, so a box maps to the box of the kept
+    coordinates and bound engines pass centres and radii through it (rows go back by the transpose:
+    zeros where coordinates were dropped)."""
+
+    def __init__(self, ranges: tuple[tuple[int, int, int, int], ...]):
+        super().__init__()
+        self.ranges = tuple((int(a), int(b), int(e), int(st)) for a, b, e, st in ranges)
+        if any(a == 0 or st <= 0 for a, _, _, st in self.ranges):
+            raise ValueError(f"Slice keeps the batch axis whole and needs positive steps, got {self.ranges}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index: list[slice] = [slice(None)] * x.dim()
+        for axis, begin, end, step in self.ranges:
+            index[axis] = slice(begin, end, step)
+        return x[tuple(index)]
+
+    def extra_repr(self) -> str:
+        return f"ranges={self.ranges}"
 
 
 class Clip(nn.Module):

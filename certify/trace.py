@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape, Slice
 from robustcli.core.errors import InputError
 from robustcli.core.nn import Concat, Residual
 
@@ -265,6 +265,18 @@ class _Converter:
             return self._then(self._input(node, values, 1), lin, node)
         if op in ("t", "permute") and isinstance(args[0], torch.fx.Node) and args[0].name in self.tensors:
             return None  # a transposed weight, consumed by addmm
+        if op == "slice" and len(args) > 1 and int(args[1]) == 0 and (len(args) < 3 or args[2] in (None, 0)) and (
+                len(args) < 4 or args[3] is None or int(args[3]) >= 2**62) and (len(args) < 5 or args[4] in (None, 1)):
+            return self._input(node, values)  # x[:, ...] exports a whole-range slice of the batch axis first
+        if op == "slice" and len(args) > 1 and int(args[1]) != 0:  # a range of a non-batch axis (ONNX Slice, Split)
+            v = self._input(node, values)
+            rank = len(v.shape) + 1
+            axis = int(args[1]) % rank
+            begin, end, step = (list(args[2:5]) + [None] * 3)[:3]
+            begin, end, step = slice(begin, end, step or 1).indices(v.shape[axis - 1])
+            if step <= 0:
+                raise UnsupportedOperation(f"{_where(node)} slices with a non-positive step")
+            return _Value(v.layers + [Slice(((axis, begin, end, step),))], self._out_shape(node))
         if op == "permute" and list(args[1])[:1] == [0]:  # a layout change of a computed tensor (NHWC -> NCHW)
             v = self._input(node, values)
             return _Value(v.layers + [Permute(tuple(args[1]))], self._out_shape(node))

@@ -369,3 +369,24 @@ def test_exporter_no_ops_convert_and_their_unsafe_forms_are_refused(tmp_path):
         model.ir_version = 8
         with pytest.raises(InputError, match=why):
             onnx_to_torch(model)
+
+
+def test_slice_and_split_of_computed_tensors_match_onnxruntime(tmp_path):
+    # Slice in both forms (attributes before opset 10, inputs after) and Split: Slice layers.
+    nodes = [helper.make_node("Slice", ["x"], ["a"], starts=[1], ends=[4], axes=[1]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    path = save(tmp_path / "s9.onnx", nodes, [], (1, 6), (1, 3), opset=9)
+    assert_matches_onnxruntime(path, onnx_to_torch(path))
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+             helper.make_node("Slice", ["b", "st", "en", "ax", "sp"], ["c"]),
+             helper.make_node("Concat", ["c", "a"], ["y"], axis=1)]
+    inits = [tensor("sizes", np.array([2, 4], np.int64)), tensor("st", np.array([-1], np.int64)),
+             tensor("en", np.array([-100], np.int64)), tensor("ax", np.array([1], np.int64)),
+             tensor("sp", np.array([-2], np.int64))]
+    path = save(tmp_path / "neg.onnx", nodes, inits, (1, 6), (1, 4))
+    with pytest.raises(InputError, match="negative step"):
+        onnx_to_torch(path)
+    inits[-1] = tensor("sp", np.array([1], np.int64))
+    inits[1], inits[2] = tensor("st", np.array([1], np.int64)), tensor("en", np.array([2**62], np.int64))
+    path = save(tmp_path / "s13.onnx", nodes, inits, (1, 6), (1, 5))
+    assert_matches_onnxruntime(path, onnx_to_torch(path))

@@ -544,6 +544,33 @@ def rl_benchmarks(folder: Path, seed: int = 4) -> list[Lookalike]:
         w.add(path, f"rl{k}_pairs_violated", f"{decls}\n(assert (or\n{body}\n))\n", 3, "violated")
         body = "\n".join(f"  (and {_box_text(b)[5:-1]} {cond})" for b, cond in pairs[:1] * 2)
         w.add(path, f"rl{k}_pairs_holds", f"{decls}\n(assert (or\n{body}\n))\n", 3, "holds")
+    # dubinsrejoin / nn4sys style: the 8 inputs cut into parts (Split, and Slice) feeding two heads,
+    # concatenated before the last layer
+    heads = [_init(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU()), seed + 10 + h) for h in range(2)]
+    last = _init(nn.Linear(16, 2), seed + 12)
+    L = lipschitz(last) * max(lipschitz(h) for h in heads)
+    for k, cut in enumerate(("Split", "Slice")):
+        if cut == "Split":
+            nodes = [helper.make_node("Split", ["input", "sizes"], ["xa", "xb"], axis=1)]
+            inits = [t("sizes", np.array([4, 4], np.int64))]
+        else:
+            nodes = [helper.make_node("Slice", ["input", "s0", "e0", "ax"], ["xa"]),
+                     helper.make_node("Slice", ["input", "s1", "e1", "ax"], ["xb"])]
+            inits = [t("s0", np.array([0], np.int64)), t("e0", np.array([4], np.int64)), t("ax", np.array([1], np.int64)),
+                     t("s1", np.array([4], np.int64)), t("e1", np.array([2**62], np.int64))]  # an end past the axis, clamped
+        for h, src in enumerate(("xa", "xb")):
+            l1, l2 = heads[h][0], heads[h][2]
+            inits += [t(f"h{h}w1", np32(l1.weight)), t(f"h{h}b1", np32(l1.bias)), t(f"h{h}w2", np32(l2.weight)),
+                      t(f"h{h}b2", np32(l2.bias))]
+            nodes += [helper.make_node("Gemm", [src, f"h{h}w1", f"h{h}b1"], [f"h{h}z1"], transB=1),
+                      helper.make_node("Relu", [f"h{h}z1"], [f"h{h}r1"]),
+                      helper.make_node("Gemm", [f"h{h}r1", f"h{h}w2", f"h{h}b2"], [f"h{h}z2"], transB=1),
+                      helper.make_node("Relu", [f"h{h}z2"], [f"h{h}r2"])]
+        nodes += [helper.make_node("Concat", ["h0r2", "h1r2"], ["cat"], axis=1),
+                  helper.make_node("Gemm", ["cat", "lw", "lb"], ["output"], transB=1)]
+        inits += [t("lw", np32(last.weight)), t("lb", np32(last.bias))]
+        path = save_graph(folder / f"dubinsrejoin_{cut.lower()}.onnx", nodes, inits, (1, 8), (1, 2), opset=13)
+        w.robustness(path, L, w.rng.uniform(-1, 1, 8), -1.0, 1.0, f"dubins_{cut.lower()}", timeout=3)
     w.write_csv()
     return w.items
 
