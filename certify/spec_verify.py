@@ -10,10 +10,11 @@ Answers (VNN-COMP 2021 words):
   not chains are bounded by native IBP in float64 (certify/ibp.py) where it walks them; their
   CROWN stages run natively in float64 on ReLU graphs with residual adds, concatenations and max
   pooling (certify/dag_bounds.py; a case DeepPoly's max pooling lines leave open is bounded again
-  with the pooling's ReLU form too, certify/maxpool_forms.py), and through auto_LiRPA (certify/spec_lirpa.py) for graphs that
-  engine does not cover (smooth activations). Branch and bound runs on chains and on the ReLU
-  graphs of the native engine (certify/bab_network.py adapts either; ReLU splits take a max
-  pooling in its ReLU form, certify/maxpool_relus.py, from alpha-CROWN's intervals of both forms); graphs only auto_LiRPA bounds get no `bab` stage.
+  with the pooling's ReLU form too, certify/maxpool_forms.py), and through auto_LiRPA
+  (certify/spec_lirpa.py) for graphs that engine does not cover (smooth activations). Branch and
+  bound runs on chains and on the ReLU graphs of the native engine (certify/bab_network.py adapts
+  either; ReLU splits take a max pooling in its ReLU form, certify/maxpool_relus.py, from
+  alpha-CROWN's intervals of both forms); graphs only auto_LiRPA bounds get no `bab` stage.
 
 Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x the restarts, 2x
 the steps) before branching, because the bound stages leave open exactly the instances where a
@@ -33,12 +34,12 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
+from robustcli.certify import maxpool_forms as mf
 from robustcli.certify.bab import BabOutcome, bab_refute
 from robustcli.certify.bab_network import as_bab_network
 from robustcli.certify.bounders import spec_chain
 from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
-from robustcli.certify import maxpool_forms as mf
 from robustcli.certify.spec_lirpa import lirpa_box_lower
 from robustcli.certify.spec_attack import float32_box, spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
