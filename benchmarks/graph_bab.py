@@ -30,7 +30,7 @@ from torch import nn
 
 from clean_training import train_clean  # beside this script
 from robustcli.certify.spec_verify import verify_property
-from robustcli.certify.vnnlib import parse_vnnlib
+from robustcli.certify.vnnlib import parse_vnnlib, robustness_vnnlib
 from robustcli.core.nn import Residual
 from robustcli.data import load_digits
 
@@ -53,15 +53,6 @@ def poolcnn(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 32),
                          nn.ReLU(), nn.Linear(32, 10))
-
-
-def box_property(lo: torch.Tensor, hi: torch.Tensor, label: int, n_out: int) -> str:
-    lines = [f"(declare-const X_{i} Real)" for i in range(lo.numel())]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
-    for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
-        lines += [f"(assert (<= X_{i} {b!r}))", f"(assert (>= X_{i} {a!r}))"]
-    ors = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
-    return "\n".join(lines + [f"(assert (or {ors}))"]) + "\n"
 
 
 def main() -> None:
@@ -92,7 +83,7 @@ def main() -> None:
     notes: collections.Counter = collections.Counter()  # the bab stage's note where it decided nothing
     for i in correct[: args.n].tolist():
         lo, hi = (x[i] - args.eps).clamp(0, 1).flatten(), (x[i] + args.eps).clamp(0, 1).flatten()
-        prop = parse_vnnlib(box_property(lo, hi, int(y[i]), 10))
+        prop = parse_vnnlib(robustness_vnnlib(lo, hi, int(y[i]), 10))
         answers = {}
         for name, methods in (("cascade", ("attack", "ibp", "crown", "alpha-crown")),
                               ("with bab", ("attack", "ibp", "crown", "alpha-crown", "bab"))):

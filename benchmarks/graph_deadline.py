@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from robustcli.certify.spec_verify import verify_property
-from robustcli.certify.vnnlib import parse_vnnlib
+from robustcli.certify.vnnlib import parse_vnnlib, robustness_vnnlib
 from robustcli.core.nn import Residual
 
 
@@ -31,15 +31,6 @@ def res32(seed: int) -> nn.Module:
         Residual(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1))),
         nn.ReLU(), nn.Flatten(), nn.Linear(32 * 32 * 32, 10),
     ).eval()  # fmt: skip
-
-
-def box_property(lo: torch.Tensor, hi: torch.Tensor, label: int, n_out: int) -> str:
-    lines = [f"(declare-const X_{i} Real)" for i in range(lo.numel())]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
-    for i, (a, b) in enumerate(zip(lo.tolist(), hi.tolist())):
-        lines += [f"(assert (<= X_{i} {b!r}))", f"(assert (>= X_{i} {a!r}))"]
-    ors = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
-    return "\n".join(lines + [f"(assert (or {ors}))"]) + "\n"
 
 
 def main() -> None:
@@ -56,7 +47,7 @@ def main() -> None:
     with torch.no_grad():
         label = int(model(x).argmax())
     lo, hi = (x - args.eps).clamp(0, 1).flatten().cpu(), (x + args.eps).clamp(0, 1).flatten().cpu()
-    prop = parse_vnnlib(box_property(lo, hi, label, 10))
+    prop = parse_vnnlib(robustness_vnnlib(lo, hi, label, 10))
     verify_property(model, prop, (3, 32, 32), methods=("ibp",), timeout=600)  # imports, once per process
     for timeout in args.timeouts:
         t0 = time.monotonic()

@@ -418,3 +418,14 @@ def read_vnnlib(path: str | Path) -> VnnlibProperty:
     except UnicodeDecodeError:
         raise InputError(f"{path} is not a text file") from None
     return parse_vnnlib(text, path.name)
+
+
+def robustness_vnnlib(lower: torch.Tensor, upper: torch.Tensor, label: int, n_outputs: int) -> str:
+    """VNNLIB text of local robustness over a box (VNN-COMP's `mnistfc` / `cifar2020` shape): inputs
+    X_i in [lower_i, upper_i] (flattened), violated where some other output reaches the label's."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(lower.numel())]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_outputs)]
+    for i, (a, b) in enumerate(zip(lower.flatten().tolist(), upper.flatten().tolist())):
+        lines += [f"(assert (<= X_{i} {b!r}))", f"(assert (>= X_{i} {a!r}))"]
+    ors = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_outputs) if j != label)
+    return "\n".join(lines + [f"(assert (or {ors}))"]) + "\n"

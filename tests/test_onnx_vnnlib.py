@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustcli.certify.vnnlib import parse_vnnlib
+from robustcli.certify.vnnlib import parse_vnnlib, robustness_vnnlib
 from robustcli.core.errors import InputError
 
 HEAD = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n(declare-const Y_2 Real)\n"
@@ -89,3 +89,12 @@ def test_cli_names_the_bad_line(tmp_path, run_cli):
     r = run_cli("certify", "--model", net, "--spec", spec)
     assert r.exit_code == 2
     assert "bad.vnnlib:10:" in r.stderr and "Traceback" not in r.output
+
+
+def test_robustness_vnnlib_reads_back_as_the_box_and_one_disjunct_per_other_class():
+    lo, hi = torch.tensor([[0.1, 0.25], [0.0, 0.5]]), torch.tensor([[0.2, 0.5], [0.125, 1.0]])
+    (case,) = parse_vnnlib(robustness_vnnlib(lo, hi, 2, 4)).cases
+    assert torch.equal(case.lower, lo.flatten().double()) and torch.equal(case.upper, hi.flatten().double())
+    assert len(case.disjuncts) == 3
+    y = torch.tensor([[1.0, 0.0, 2.0, 0.5], [1.0, 0.0, 0.9, 0.5], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    assert case.violated_by(y).tolist() == [False, True, True]  # a tie counts as reaching the label
