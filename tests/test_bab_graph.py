@@ -95,38 +95,28 @@ def _assert_sound(out, should_hold: bool | None, model, shape, d, lo, hi):
             assert float(model(x) @ ROW.T + d) <= 0  # the point really violates
 
 
-@pytest.mark.parametrize("refresh", [True, False])
+def _search(split: str, dag: db.Dag, lo, hi, d: torch.Tensor, check):
+    if split == "input":
+        return input_bab_refute(dag, lo, hi, ROW[None], d[None], check=check, deadline=None, max_domains=200_000)
+    inter = db.crown_intermediate(dag, lo, hi)
+    return bab_refute(dag, lo, hi, ROW[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
+                      check=check, refresh=split == "relu-refresh")
+
+
+@pytest.mark.parametrize("split", ["relu-refresh", "relu-reuse", "input"])
 @pytest.mark.parametrize("name,seed", [(n, s) for n in NETS_2D for s in range(2)] +
                          [pytest.param(n, s, marks=pytest.mark.slow) for n in NETS_2D for s in (2, 3)])
-def test_relu_split_on_graphs_agrees_with_the_grid(name, seed, refresh):
-    """ReLU splitting on a residual / concatenating graph (beta-CROWN, FSB, LP closing): complete on
-    2-D inputs, so it proves the property with 3% to spare and finds a real counterexample with 3%
-    too little, with refreshed and with reused sub-problem bounds."""
+def test_branch_and_bound_on_graphs_agrees_with_the_grid(name, seed, split):
+    """ReLU splitting (beta-CROWN, FSB, LP closing; refreshed or reused sub-problem bounds) and input
+    splitting on a residual / concatenating graph: complete on 2-D inputs, so each proves the
+    property with 3% to spare and finds a real counterexample with 3% too little."""
     model = NETS_2D[name](seed)
     dag = db.Dag.of(model, (2,))
     lo, hi = _box2()
     true_min, spread = _grid_margin(model)
     for offset, should_hold in ((0.03, True), (-0.03, False)):
         d = torch.tensor([-true_min + offset * spread], dtype=torch.float64)
-        inter = db.crown_intermediate(dag, lo, hi)
-        out = bab_refute(dag, lo, hi, ROW[None], d[None], inter, deadline=None, max_domains=20_000, batch=256,
-                         check=_check_for(model, (2,), d), refresh=refresh)
-        _assert_sound(out, should_hold, model, (2,), d, lo, hi)
-        if not should_hold:
-            assert out.reason == "counterexample", out
-
-
-@pytest.mark.parametrize("name,seed", [(n, s) for n in NETS_2D for s in range(2)] +
-                         [pytest.param(n, s, marks=pytest.mark.slow) for n in NETS_2D for s in (2, 3)])
-def test_input_split_on_graphs_agrees_with_the_grid(name, seed):
-    model = NETS_2D[name](seed)
-    dag = db.Dag.of(model, (2,))
-    lo, hi = _box2()
-    true_min, spread = _grid_margin(model)
-    for offset, should_hold in ((0.03, True), (-0.03, False)):
-        d = torch.tensor([-true_min + offset * spread], dtype=torch.float64)
-        out = input_bab_refute(dag, lo, hi, ROW[None], d[None], check=_check_for(model, (2,), d), deadline=None,
-                               max_domains=200_000)
+        out = _search(split, dag, lo, hi, d, _check_for(model, (2,), d))
         _assert_sound(out, should_hold, model, (2,), d, lo, hi)
         if not should_hold:
             assert out.reason == "counterexample", out
