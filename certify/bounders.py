@@ -22,6 +22,7 @@ it is installed. The `lirpa-*` names always use auto_LiRPA.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -273,16 +274,19 @@ class CrownBounder:
             ball = None if part.l2_ball is None else tuple(t.to(g.device, g.dtype) for t in part.l2_ball)
             Cs = C[s : s + step].to(g.device, g.dtype)
             with torch.no_grad():
+                started = time.monotonic()
                 inter = db.crown_intermediate(g, lo, hi, ball, crown=self.relu_bounds != "ibp")
                 low, _ = db.crown_spec(g, lo, hi, Cs, None, inter, ball=ball)
                 crown_low = low
+                crown_seconds = (time.monotonic() - started) / len(lo)
                 if self.alpha_iterations > 0:
                     low = db.alpha_crown_spec(g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations,
                                               stop_when_positive=False, ball=ball)
                 if self.forms is not None:
                     ds = None if d is None else d[s : s + step].to(g.device, g.dtype)
                     if self.relu_form_pays is None:
-                        self.relu_form_pays = mf.relu_form_pays(self.forms, lo, hi, Cs, ds, crown_low, inter, ball=ball)
+                        self.relu_form_pays = mf.relu_form_pays(self.forms, lo, hi, Cs, ds, crown_low, inter, ball=ball,
+                                                                seconds_per_point=crown_seconds)
                     if self.relu_form_pays:
                         low = mf.tighten_open_points(self.forms, lo, hi, Cs, ds, low, inter, crown_low=crown_low,
                                                      alpha_iterations=self.alpha_iterations,

@@ -255,3 +255,20 @@ def test_bounder_uses_the_relu_form_only_where_it_wins_a_row(eps, pays):
     else:
         torch.testing.assert_close(low, dp, rtol=0, atol=0)
     assert bool((low <= empirical_min(model, x, spec, eps, "linf") + 1e-7).all())
+
+
+def test_bounder_probe_past_its_time_keeps_deeppoly_alone(monkeypatch):
+    """A probe that takes longer than its share (here: none) answers that the ReLU form does not
+    pay, and the bound is DeepPoly's alone."""
+    monkeypatch.setattr(mf, "PROBE_COST", 0.0)
+    monkeypatch.setattr(mf, "PROBE_FLOOR_SECONDS", 0.0)
+    model = residual_ceil_net()
+    x = grid_points(6, 6).double()
+    spec = predicted_margins(model, x).double()
+    s = InputSet.ball(x, 0.03, "linf")  # where the ReLU form wins when given the time
+    b = build_bounder("crown", model, x[:2])
+    alone = build_bounder("crown", model, x[:2])
+    alone.forms = None
+    low = b.lower(s, spec)
+    assert b.relu_form_pays is False
+    torch.testing.assert_close(low, alone.lower(s, spec), rtol=0, atol=0)
