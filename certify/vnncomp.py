@@ -113,6 +113,15 @@ def _instance(path: Path, lineno: int, row: list[str]) -> Instance | None:
     return Instance(net, prop, timeout, row[0].strip(), row[1].strip())
 
 
+def counterexample_name(network: Path, prop: Path) -> str:
+    """`<network>__<property>.counterexample`, each without its `.onnx` / `.vnnlib` (and `.gz`) suffix."""
+    def bare(p: Path) -> str:
+        name = p.name[:-3] if p.name.endswith(".gz") else p.name
+        return Path(name).stem
+
+    return f"{bare(network)}__{bare(prop)}.counterexample"
+
+
 def write_counterexample(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
     lines = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x.double().tolist())]
     lines += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y.double().tolist())]
@@ -168,7 +177,7 @@ def run_instance(
         )
         ce_path = None
         if res.status == "violated" and counterexample_dir is not None:
-            ce_path = counterexample_dir / f"{inst.network.stem}__{inst.property.stem}.counterexample"
+            ce_path = counterexample_dir / counterexample_name(inst.network, inst.property)
             write_counterexample(ce_path, res.counterexample, res.outputs)
     except Exception as e:  # noqa: BLE001
         err = _error(inst, t1, "verify", e)

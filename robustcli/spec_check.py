@@ -15,7 +15,7 @@ import click
 
 from robustcli.certify.spec_verify import SpecResult, verify_property
 from robustcli.certify.vnnlib import check_fits, read_vnnlib
-from robustcli.certify.vnncomp import write_counterexample
+from robustcli.certify.vnncomp import counterexample_name, write_counterexample
 from robustcli.archs import ARCHS
 from robustcli.core.errors import InputError
 from robustcli.core.device import resolve_device
@@ -74,7 +74,7 @@ def run_spec_check(
             reference, ref_name = onnxruntime_function(loaded.name, shape), "onnxruntime"
         except InputError:
             pass  # onnxruntime not installed: the converted model re-checks instead (reported)
-    ce_path = Path(counterexample or f"{Path(loaded.name).stem}__{Path(spec).stem}.counterexample")
+    ce_path = Path(counterexample or counterexample_name(Path(loaded.name), Path(spec)))
     if ce_path.parent and not ce_path.parent.exists():
         raise InputError(f"cannot write {ce_path}: folder {ce_path.parent} does not exist")
     methods = request.methods

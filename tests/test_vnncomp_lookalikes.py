@@ -155,6 +155,10 @@ def test_vnncomp_2022_layout_subfolders_and_gzip(tmp_path, run_cli):
     rows = [row for row in csv.reader(out.open()) if row]
     assert [(row[1], row[2], row[4]) for row in rows] == [
         ("./" + ln.split(",")[0], "./" + ln.split(",")[1], it.expected) for ln, it in zip(lines, items)]
+    # counterexample files are named without the .onnx / .vnnlib / .gz suffixes
+    names = sorted(p.name for p in (tmp_path / "results_counterexamples").iterdir())
+    assert names == sorted(f"{it.network.stem}__{it.property.stem}.counterexample" for it in items
+                           if it.expected == "violated")
 
 
 def test_transpose_of_the_input_in_a_residual_graph_bounds_like_nchw(tmp_path):

@@ -795,7 +795,9 @@ def judge(items: list[Lookalike], results_csv: Path, ce_dir: Path | None) -> lis
             if it.expected == "holds":
                 problems.append(f"{it.property.name}: UNSOUND violated where the property provably holds")
             if ce_dir is not None:
-                ce = ce_dir / f"{it.network.stem}__{it.property.stem}.counterexample"
+                from robustcli.certify.vnncomp import counterexample_name
+
+                ce = ce_dir / counterexample_name(it.network, it.property)
                 if not ce.exists():
                     problems.append(f"{it.property.name}: violated without a counterexample file")
                 else:
