@@ -133,16 +133,20 @@ def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, .
     lo = case.lower.to(dag.device, dag.dtype).reshape(1, *input_shape)
     hi = case.upper.to(dag.device, dag.dtype).reshape(1, *input_shape)
     with torch.no_grad():
+        started = time.monotonic()
         inter = bounds.get((ci, "dag-crown"))
         if inter is None:
             inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(dag, lo, hi, deadline=deadline)
         if method == "crown":
             low = db.crown_spec(dag, lo, hi, C, d, inter, deadline=deadline)[0]
             if forms is not None and not bool(refuted(low, case).all()):
-                # the ReLU form costs 10x-100x DeepPoly's CROWN: at most 30% of the time left, so
-                # the later stages keep theirs; stopped there, DeepPoly's bound stands
+                # the ReLU form costs 10x-200x DeepPoly's CROWN: at most 30% of the time left, so
+                # the later stages keep theirs, and at most mf.PROBE_COST DeepPoly passes (as the
+                # dataset bounder's probe); stopped there, DeepPoly's bound stands
                 now = time.monotonic()
-                until = now + 0.3 * (deadline - now) if deadline is not None else None
+                until = now + max(mf.PROBE_FLOOR_SECONDS, mf.PROBE_COST * (now - started))
+                if deadline is not None:
+                    until = min(until, now + 0.3 * (deadline - now))
                 try:
                     two = mf.crown_intermediate(forms, lo, hi, deadline=until, own=inter)
                     low = torch.maximum(low, mf.crown_spec(forms, lo, hi, C, d, two, deadline=until)[0])

@@ -272,3 +272,23 @@ def test_bounder_probe_past_its_time_keeps_deeppoly_alone(monkeypatch):
     low = b.lower(s, spec)
     assert b.relu_form_pays is False
     torch.testing.assert_close(low, alone.lower(s, spec), rtol=0, atol=0)
+
+
+def test_verifier_crown_stage_keeps_deeppoly_when_the_relu_form_runs_past_its_share(monkeypatch):
+    """The crown stage gives the ReLU form at most PROBE_COST DeepPoly passes (here none): the
+    property both forms prove stays open, answered `unknown` (no wrong answer, no timeout)."""
+    monkeypatch.setattr(mf, "PROBE_COST", 0.0)
+    monkeypatch.setattr(mf, "PROBE_FLOOR_SECONDS", 0.0)
+    model = pool_net("k3s2p1", 3)
+    x = grid_points(5, 1).double()
+    lo, hi = (x - 0.06).clamp(0, 1), (x + 0.06).clamp(0, 1)
+    dag = db.Dag.of(model, (1, 8, 8))
+    C = -torch.eye(5, dtype=torch.float64)
+    with torch.no_grad():
+        dp = -db.crown_spec(dag, lo, hi, C)[0][0]
+        both = -mf.crown_spec(mf.TwoForms.of(dag), lo, hi, C)[0][0]
+    j = int((dp - both).argmax())
+    prop = parse_vnnlib(threshold_property(lo, hi, j, float((dp[j] + both[j]) / 2), 5))
+    res = verify_property(model.float(), prop, (1, 8, 8), methods=("attack", "ibp", "crown"), timeout=60)
+    model.double()
+    assert res.status == "unknown"
