@@ -309,3 +309,25 @@ def predicted_margins(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = model(x)
     return margin_spec(out.argmax(1), out.shape[1])
 
+
+def node_values(dag, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every node's value at inputs x (N, *input), flat (N, n): a certify/dag_bounds.py graph evaluated node by
+    node (what sub-problem bounds are checked against)."""
+    vals: list[torch.Tensor] = []
+    for n in dag.nodes:
+        if n.kind == "input":
+            v = x
+        elif n.kind == "affine":
+            v = vals[n.parents[0]]
+            for m in n.layers:
+                v = m(v)
+        elif n.kind == "add":
+            v = sum(vals[q] for q in n.parents)
+        elif n.kind == "concat":
+            v = torch.cat([vals[q] for q in n.parents], n.axis + 1)
+        elif n.kind == "maxpool":
+            v = n.layers[0](vals[n.parents[0]])
+        else:
+            v = torch.relu(vals[n.parents[0]])
+        vals.append(v)
+    return [v.reshape(len(x), -1) for v in vals]

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from certify_nets import node_values
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bab import bab_refute, close_domain
 from robustcli.certify.bab_network import DagNetwork
@@ -209,28 +210,6 @@ def test_residual_cnn_branch_and_bound_proves_a_property_alpha_crown_cannot():
 
 
 # -- the sub-problem bounds ------------------------------------------------------------------------------
-def _node_values(dag: db.Dag, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every node's value at inputs x (N, *input), flat (N, n): the graph evaluated node by node."""
-    vals: list[torch.Tensor] = []
-    for n in dag.nodes:
-        if n.kind == "input":
-            v = x
-        elif n.kind == "affine":
-            v = vals[n.parents[0]]
-            for m in n.layers:
-                v = m(v)
-        elif n.kind == "add":
-            v = sum(vals[q] for q in n.parents)
-        elif n.kind == "concat":
-            v = torch.cat([vals[q] for q in n.parents], n.axis + 1)
-        elif n.kind == "maxpool":
-            v = n.layers[0](vals[n.parents[0]])
-        else:
-            v = torch.relu(vals[n.parents[0]])
-        vals.append(v)
-    return [v.reshape(len(x), -1) for v in vals]
-
-
 SUB_CASES = [("residual", residual_mlp(4), (2,), 1.0), ("concat", concat_mlp(5), (2,), 1.0),
              ("shared-relu", shared_relu_mlp(6), (2,), 1.0),
              ("pool-cnn", pool_cnn(3), (1, 4, 4), 0.15), ("residual-cnn", residual_cnn(3), (1, 4, 4), 0.15),
@@ -260,7 +239,7 @@ def test_refreshed_bounds_and_beta_bounds_hold_for_points_meeting_the_splits(nam
     base = [(l.reshape(1, -1), u.reshape(1, -1)) for l, u in net.carried(inter)]
     pts = lo + (hi - lo) * torch.rand(20_000, *shape, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        vals = _node_values(dag, pts)
+        vals = node_values(dag, pts)
         out_vals = vals[dag.output] @ ROW.T.squeeze(1)
     B = 16
     splits = []
@@ -317,7 +296,7 @@ def test_closed_domain_rows_are_the_network_on_the_domain(name, model, shape, ep
     x0 = torch.rand(1, *shape, generator=g, dtype=torch.float64)
     lo, hi = x0 - 1e-4, x0 + 1e-4
     with torch.no_grad():
-        vals = _node_values(dag, x0)
+        vals = node_values(dag, x0)
     sp = [torch.where(vals[q] >= 0, 1, -1).to(torch.int8) for q in net.split_nodes]
     bnd = net.intermediate(lo, hi, base=None, splits=sp)
     bnd = [(l.reshape(-1), u.reshape(-1)) for l, u in bnd]
@@ -475,7 +454,7 @@ def test_max_pooling_relu_form_is_the_same_function_and_bounded_soundly(pool):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(200, *shape, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(_node_values(relu_form, x)[relu_form.output], model(x), atol=1e-12, rtol=0)
+        torch.testing.assert_close(node_values(relu_form, x)[relu_form.output], model(x), atol=1e-12, rtol=0)
     lo, hi = x[:1] - 0.1, x[:1] + 0.1
     low = db.crown_spec(relu_form, lo, hi, ROW)[0]
     pts = lo + (hi - lo) * torch.rand(4000, *shape, generator=g, dtype=torch.float64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify_nets import empirical_min, grid_points, predicted_margins
+from certify_nets import empirical_min, grid_points, node_values, predicted_margins
 from onnx_helpers import vnnlib_box
 from robustcli.certify import dag_bounds as db
 from robustcli.certify import maxpool_forms as mf
@@ -23,26 +23,6 @@ def pool_net(pool: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), POOLS[pool](), nn.Flatten(), nn.Linear(64, 16),
                          nn.ReLU(), nn.Linear(16, 5)).double().eval()
-
-
-def node_values(dag: db.Dag, x: torch.Tensor) -> list[torch.Tensor]:
-    """Every node's value at inputs x (N, *input), flat (N, n)."""
-    vals: list[torch.Tensor] = []
-    for n in dag.nodes:
-        if n.kind == "input":
-            v = x
-        elif n.kind == "affine":
-            v = vals[n.parents[0]]
-            for m in n.layers:
-                v = m(v)
-        elif n.kind == "add":
-            v = sum(vals[q] for q in n.parents)
-        elif n.kind == "maxpool":
-            v = n.layers[0](vals[n.parents[0]])
-        else:
-            v = torch.relu(vals[n.parents[0]])
-        vals.append(v)
-    return [v.reshape(len(x), -1) for v in vals]
 
 
 def box_points(lo: torch.Tensor, hi: torch.Tensor, k: int, seed: int) -> torch.Tensor:
