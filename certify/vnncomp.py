@@ -4,7 +4,10 @@ The instances CSV has rows `network.onnx,property.vnnlib,timeout_seconds` (paths
 CSV's folder). Results use VNN-COMP 2021's results_csv columns:
 `benchmark,onnx,vnnlib,prepare_seconds,result,seconds` with result holds | violated | unknown |
 timeout | error. A violated answer's counterexample is written in the competition's format,
-`((X_0 v) (X_1 v) ... (Y_0 v) ...)`, with the outputs onnxruntime computed for it.
+`((X_0 v) (X_1 v) ... (Y_0 v) ...)`, with the outputs onnxruntime computed for it. VNN-COMP 2022
+on names the answers by the negated property the VNNLIB file states: `unsat` (no input violates:
+holds) and `sat` (violated); `RESULT_WORDS` maps them, and `result_file_text` writes a 2022+
+`run_instance.sh` results file: the word on the first line, then a `sat` answer's witness.
 
 A run keeps what it has: `run_benchmark` reports each result through `on_instance` the moment it
 is decided (the CLI appends and flushes its CSV line then), an instance that fails for any reason
@@ -122,10 +125,31 @@ def counterexample_name(network: Path, prop: Path) -> str:
     return f"{bare(network)}__{bare(prop)}.counterexample"
 
 
-def write_counterexample(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+def counterexample_text(x: torch.Tensor, y: torch.Tensor) -> str:
     lines = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x.double().tolist())]
     lines += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y.double().tolist())]
-    path.write_text("(" + "\n ".join(lines) + ")\n")
+    return "(" + "\n ".join(lines) + ")\n"
+
+
+def write_counterexample(path: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    path.write_text(counterexample_text(x, y))
+
+
+# The answer words of each competition year's results: 2021's name the property, 2022's the
+# satisfiability of the VNNLIB formula (which states the violation).
+RESULT_WORDS = {
+    "2021": {"holds": "holds", "violated": "violated", "unknown": "unknown", "timeout": "timeout", "error": "error"},
+    "2022": {"holds": "unsat", "violated": "sat", "unknown": "unknown", "timeout": "timeout", "error": "error"},
+}
+
+
+def result_file_text(result: str, counterexample: tuple[torch.Tensor, torch.Tensor] | None = None) -> str:
+    """A VNN-COMP 2022+ results file: `sat` / `unsat` / `unknown` / `timeout` / `error` on the first
+    line; after `sat`, the witness `((X_0 v) ... (Y_0 v) ...)`."""
+    word = RESULT_WORDS["2022"][result]
+    if result == "violated" and counterexample is not None:
+        return f"{word}\n{counterexample_text(*counterexample)}"
+    return f"{word}\n"
 
 
 def read_counterexample(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,11 +262,11 @@ def run_benchmark(
     return results
 
 
-def result_line(r: InstanceResult, benchmark: str) -> str:
-    """One VNN-COMP 2021 results_csv line."""
+def result_line(r: InstanceResult, benchmark: str, words: str = "2021") -> str:
+    """One results_csv line, the answer in the `words` year's words (`RESULT_WORDS`)."""
     net, prop = r.instance.csv_paths()
-    return f"{benchmark},{net},{prop},{r.prepare_seconds:.6f},{r.result},{r.seconds:.6f}"
+    return f"{benchmark},{net},{prop},{r.prepare_seconds:.6f},{RESULT_WORDS[words][r.result]},{r.seconds:.6f}"
 
 
-def result_lines(results: list[InstanceResult], benchmark: str) -> list[str]:
-    return [result_line(r, benchmark) for r in results]
+def result_lines(results: list[InstanceResult], benchmark: str, words: str = "2021") -> list[str]:
+    return [result_line(r, benchmark, words) for r in results]

@@ -15,7 +15,7 @@ import click
 
 from robustcli.certify.spec_verify import SpecResult, verify_property
 from robustcli.certify.vnnlib import check_fits, read_vnnlib
-from robustcli.certify.vnncomp import counterexample_name, write_counterexample
+from robustcli.certify.vnncomp import counterexample_name, result_file_text, write_counterexample
 from robustcli.archs import ARCHS
 from robustcli.core.errors import InputError
 from robustcli.core.device import resolve_device
@@ -61,8 +61,10 @@ def run_spec_check(
     *,
     input_shape: tuple[int, ...] = (),
     counterexample: str | None = None,
+    result_file: str | None = None,
 ) -> tuple[SpecResult, dict]:
-    """Verify `spec` on the loaded model; write the counterexample file when violated; return (result, report)."""
+    """Verify `spec` on the loaded model; write the counterexample file when violated, and the
+    VNN-COMP 2022+ `result_file` when given; return (result, report)."""
     prop = read_vnnlib(spec)
     shape = model_input_shape(loaded, prop.n_inputs, input_shape)
     check_fits(prop, prop.n_inputs, model_output_size(loaded.module, shape), Path(loaded.name).name)
@@ -75,8 +77,9 @@ def run_spec_check(
         except InputError:
             pass  # onnxruntime not installed: the converted model re-checks instead (reported)
     ce_path = Path(counterexample or counterexample_name(Path(loaded.name), Path(spec)))
-    if ce_path.parent and not ce_path.parent.exists():
-        raise InputError(f"cannot write {ce_path}: folder {ce_path.parent} does not exist")
+    for out in (ce_path, Path(result_file) if result_file else None):
+        if out is not None and out.parent and not out.parent.exists():
+            raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     methods = request.methods
     with progress_bar("verifying", len(methods)) as advance:
         started: list[str] = []
@@ -104,6 +107,11 @@ def run_spec_check(
         with atomic_path(ce_path) as tmp:
             write_counterexample(tmp, result.counterexample, result.outputs)
         report |= {"counterexample": str(ce_path), "confirmed_by": result.confirmed_by}
+    if result_file:
+        witness = (result.counterexample, result.outputs) if result.status == "violated" else None
+        with atomic_path(result_file) as tmp:
+            tmp.write_text(result_file_text(result.status, witness))
+        report["result_file"] = str(result_file)
     return result, report
 
 
@@ -127,13 +135,14 @@ def check_spec_combination(*, data: str | None, n: int | None, eps: tuple[float,
 
 
 def certify_spec(
-    model: str, request: VerifyRequest, *, arch, mean, std, allow_pickle, spec, counterexample, device, json_path,
+    model: str, request: VerifyRequest, *, arch, mean, std, allow_pickle, spec, counterexample, result_file, device,
+    json_path,
 ) -> None:  # fmt: skip
     """`robust certify --spec`: the property file gives the input box and the output condition."""
     dev = resolve_device(device)
     loaded = load_model(model, arch=arch, mean=list(mean) or None, std=list(std) or None,
                         allow_pickle=allow_pickle, device=dev)
-    _, report = run_spec_check(loaded, spec, request, counterexample=counterexample)
+    _, report = run_spec_check(loaded, spec, request, counterexample=counterexample, result_file=result_file)
     spec_tables(report)
     if json_path:
         write_json(json_path, {"command": "certify", **report, "methods": list(request.methods),

@@ -122,3 +122,36 @@ def test_jobs_run_in_parallel_processes_with_the_same_answers(tmp_path, run_cli)
     assert r.exit_code == 0, r.output
     assert [ln.split(",")[4] for ln in out.read_text().splitlines()] == ["holds"] * 3
     assert run_cli("vnncomp", tmp_path / "instances.csv", "--jobs", "0").exit_code == 2
+
+
+def test_vnncomp_2022_words_and_run_instance_results_file(tmp_path, run_cli):
+    """VNN-COMP 2022+ names answers by the VNNLIB formula: `unsat` (holds) and `sat` (violated), and a
+    run_instance.sh results file holds the word, then a sat answer's witness."""
+    from robustcli.certify.vnncomp import read_counterexample
+
+    mlp_onnx(tmp_path / "net.onnx")
+    never = tmp_path / "never.vnnlib"  # Y_0 <= -1e6 on a tiny box: no input violates (holds)
+    never.write_text(vnnlib_box([0.0] * 12, [1e-3] * 12, 0, 3, extra_outputs="(assert (<= Y_0 -1000000.0))"))
+    always = tmp_path / "always.vnnlib"  # Y_0 <= 1e6: every input violates
+    always.write_text(vnnlib_box([0.0] * 12, [1e-3] * 12, 0, 3, extra_outputs="(assert (<= Y_0 1000000.0))"))
+    (tmp_path / "instances.csv").write_text("net.onnx,never.vnnlib,5\nnet.onnx,always.vnnlib,5\n")
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", tmp_path / "instances.csv", "--out", out, "--result-words", "2022")
+    assert r.exit_code == 0, r.output
+    assert [ln.split(",")[4] for ln in out.read_text().splitlines()] == ["unsat", "sat"]
+
+    for spec, word in ((never, "unsat"), (always, "sat")):
+        res = tmp_path / f"{spec.stem}.result"
+        r = run_cli("certify", "--model", tmp_path / "net.onnx", "--spec", spec, "--timeout", "5",
+                    "--result-file", res, "--counterexample", tmp_path / f"{spec.stem}.counterexample")
+        assert r.exit_code == 0, r.output
+        first, *rest = res.read_text().splitlines()
+        assert first == word
+        assert rest == [] if word == "unsat" else rest[0].startswith("((X_0 ")
+    witness = tmp_path / "witness.txt"
+    witness.write_text("\n".join(res.read_text().splitlines()[1:]))
+    x, y = read_counterexample(witness)
+    assert len(x) == 12 and len(y) == 3 and bool(((x >= 0) & (x <= 1e-3)).all()) and float(y[0]) <= 1e6
+    r = run_cli("certify", "--model", tmp_path / "net.onnx", "--result-file", tmp_path / "r.txt")
+    assert r.exit_code == 2 and len(r.stderr.splitlines()) == 1 and "--result-file" in r.stderr
+    assert not (tmp_path / "r.txt").exists()

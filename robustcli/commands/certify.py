@@ -47,6 +47,9 @@ UNSOUND_EXIT = 3
 @click.option("--spec", type=click.Path(dir_okay=False), help="VNNLIB property: replaces --data and --eps.")
 @click.option("--timeout", type=float, default=SpecRequest.timeout, help="With --spec: seconds before answering timeout.")
 @click.option("--counterexample", type=click.Path(dir_okay=False), help="With --spec: counterexample file.")
+@click.option("--result-file", type=click.Path(dir_okay=False),
+              help="With --spec: a VNN-COMP 2022+ results file (sat / unsat / unknown / timeout, then a sat "
+              "answer's witness), as run_instance.sh writes it.")
 @click.option("--bab-split", type=click.Choice(BAB_SPLITS), default=SpecRequest.bab_split, show_default=True,
               help="With --spec: branch and bound splits the input box (input), ReLUs (relu), or input "
               "for at most 16 inputs (auto).")
@@ -59,7 +62,7 @@ UNSOUND_EXIT = 3
 @html_option
 def command(
     model, arch, mean, std, allow_pickle, data, n, eps, method, norm, pgd_steps, pgd_restarts, alpha_iterations,
-    spec, timeout, counterexample, bab_split, bab_bounds, device, batch_size, seed, json_path, html_path, **smoothing,
+    spec, timeout, counterexample, result_file, bab_split, bab_bounds, device, batch_size, seed, json_path, html_path, **smoothing,
 ) -> None:  # fmt: skip
     """Prove robustness: verified accuracy per eps and method, with PGD on the same points.
 
@@ -100,11 +103,11 @@ def command(
         )  # fmt: skip
         certify_spec(
             model, request, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, spec=spec,
-            counterexample=counterexample, device=device, json_path=json_path,
+            counterexample=counterexample, result_file=result_file, device=device, json_path=json_path,
         )
         return
-    if "bab" in method or timeout is not None or counterexample is not None:
-        raise InputError("--method bab, --timeout and --counterexample go with --spec prop.vnnlib")
+    if "bab" in method or timeout is not None or counterexample is not None or result_file is not None:
+        raise InputError("--method bab, --timeout, --counterexample and --result-file go with --spec prop.vnnlib")
     request = CertifyRequest(
         eps=tuple(eps), method=tuple(method), norm=norm, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
         alpha_iterations=alpha_iterations, batch_size=batch_size, seed=seed,

@@ -10,7 +10,7 @@ import os
 import click
 
 from robustcli.certify.spec_verify import BAB_BOUNDS, BAB_SPLITS, METHODS
-from robustcli.certify.vnncomp import read_instances, result_line, run_benchmark
+from robustcli.certify.vnncomp import RESULT_WORDS, read_instances, result_line, run_benchmark
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
 from robustcli.options import MultiOption, RobustCommand, config_option, device_option, json_option, seed_option
@@ -27,6 +27,8 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @click.option("--timeout", type=float, default=VnncompRequest.timeout,
               help="Seconds per instance (default: the CSV's column).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="VNN-COMP results CSV to write.")
+@click.option("--result-words", type=click.Choice(sorted(RESULT_WORDS)), default="2021", show_default=True,
+              help="Answer words of the results CSV: 2021's holds / violated or 2022+'s unsat / sat.")
 @click.option("--counterexamples", type=click.Path(file_okay=False),
               help="Folder for counterexample files (default: beside --out, else none written).")
 @click.option("--method", cls=MultiOption, type=click.Choice(METHODS),
@@ -46,7 +48,7 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
 @seed_option
 @json_option
 def command(
-    instances, timeout, out_path, counterexamples, method, limit, jobs, attack_steps, attack_restarts,
+    instances, timeout, out_path, result_words, counterexamples, method, limit, jobs, attack_steps, attack_restarts,
     alpha_iterations, bab_split, bab_bounds, device, seed, json_path,
 ) -> None:  # fmt: skip
     """Run a VNN-COMP benchmark: ONNX networks x VNNLIB properties from an instances CSV.
@@ -80,7 +82,7 @@ def command(
             def on_instance(r) -> None:
                 counts[r.result] += 1
                 if out_file is not None:
-                    out_file.write(result_line(r, benchmark) + "\n")
+                    out_file.write(result_line(r, benchmark, result_words) + "\n")
                     out_file.flush()
                     os.fsync(out_file.fileno())
                 if r.result == "error":
