@@ -296,6 +296,44 @@ def empirical_min(model: nn.Module, x: torch.Tensor, spec: torch.Tensor, eps: fl
     return torch.minimum(torch.minimum(sampled.min(0).values, corners.min(0).values), attacked)
 
 
+def sound_ball_lows(model: nn.Module, x: torch.Tensor, spec: torch.Tensor, eps: float, norm: str,
+                    methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Each method's lower bounds of `spec` over the ball (6 alpha-CROWN iterations), asserted finite
+    and never above the smallest margin found inside it (`empirical_min`)."""
+    from robustcli.certify.bounders import InputSet, build_bounder
+
+    s = InputSet.ball(x, eps, norm)
+    lows = {m: build_bounder(m, model, x[:2], alpha_iterations=6, norm=norm).lower(s, spec) for m in methods}
+    empirical = empirical_min(model, x, spec, eps, norm)
+    for m, low in lows.items():
+        assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{m} {norm}: bound above a point"
+        assert bool(torch.isfinite(low).all())
+    return lows
+
+
+def sound_box_lows(model: nn.Module, x: torch.Tensor, width: float, methods: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Each method's lower bounds (8 alpha-CROWN iterations) of random rows C f(x) + d over a
+    per-element box with an offset (what VNNLIB gives: lo = x - w, hi = x + w / 2, w up to `width`,
+    clipped to [0, 1]), asserted never above C f + d at 300 points of the box (60 of them corners)."""
+    from robustcli.certify.bounders import InputSet, build_bounder
+
+    g = torch.Generator().manual_seed(6)
+    w = width * torch.rand(x.shape, generator=g)
+    lo, hi = (x - w).clamp(0, 1), (x + 0.5 * w).clamp(0, 1)
+    with torch.no_grad():
+        C = torch.randn(len(x), 3, model(x).shape[1], generator=g)
+    d = torch.randn(len(x), 3, generator=g)
+    pts = lo + (hi - lo) * torch.rand(300, *x.shape, generator=g)
+    pts[:60] = torch.where(torch.rand(60, *x.shape, generator=g) < 0.5, lo, hi)
+    with torch.no_grad():
+        vals = torch.stack([torch.einsum("nsk,nk->ns", C, model(p)) + d for p in pts]).min(0).values
+    box = InputSet.box(lo, hi)
+    lows = {m: build_bounder(m, model, x[:2], alpha_iterations=8).lower(box, C, d) for m in methods}
+    for m, low in lows.items():
+        assert bool((low <= vals + 1e-5).all()), m
+    return lows
+
+
 def grid_points(seed: int, n: int = 3) -> torch.Tensor:
     """n random 1x8x8 inputs in [0, 1]."""
     return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))

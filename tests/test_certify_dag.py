@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from certify_nets import empirical_min, grid_points, predicted_margins, random_cnn, random_mlp, resnet_digits_cnn
+from certify_nets import (empirical_min, grid_points, predicted_margins, random_cnn, random_mlp, resnet_digits_cnn,
+                          sound_ball_lows, sound_box_lows)
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
 from robustcli.certify.bounders import CrownBounder, InputSet, build_bounder
@@ -91,10 +92,6 @@ LIRPA_NETS = {"resnet-conv": lambda: resnet_digits_cnn(fc_residual=False), "resi
               "concat-input": _concat_input_cnn, "concat-pool": _concat_pool_cnn, "concat-flat": _concat_flat_mlp}
 
 
-
-
-
-
 @pytest.mark.parametrize("name", list(NETS))
 def test_graph_models_are_bounded_natively(name):
     model = NETS[name]()
@@ -158,21 +155,12 @@ def test_dag_engine_equals_chain_engine_on_chains(name, norm, eps):
     torch.testing.assert_close(got_ibp, want_ibp, atol=1e-8, rtol=0)
 
 
-
-
 @pytest.mark.parametrize("name", list(NETS))
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.4)])
 def test_graph_bounds_are_sound_on_balls(name, norm, eps):
     model = NETS[name]()
     x = grid_points(4)
-    spec = predicted_margins(model, x)
-    s = InputSet.ball(x, eps, norm)
-    lows = {m: build_bounder(m, model, x[:2], alpha_iterations=6, norm=norm).lower(s, spec)
-            for m in ("crown-ibp", "crown", "alpha-crown")}
-    empirical = empirical_min(model, x, spec, eps, norm)
-    for m, low in lows.items():
-        assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{m} {norm}: bound above a point"
-        assert bool(torch.isfinite(low).all())
+    lows = sound_ball_lows(model, x, predicted_margins(model, x), eps, norm, ("crown-ibp", "crown", "alpha-crown"))
     assert bool((lows["alpha-crown"] >= lows["crown"] - 1e-9).all())
     assert bool((lows["crown"] >= lows["crown-ibp"] - 1e-9).all())
 
@@ -181,20 +169,8 @@ def test_graph_bounds_are_sound_on_balls(name, norm, eps):
 def test_graph_bounds_are_sound_on_boxes(name):
     """A per-element box with an offset d (what VNNLIB gives): auto_LiRPA is not asked."""
     model = NETS[name]()
-    x = grid_points(5)
-    g = torch.Generator().manual_seed(6)
-    width = 0.06 * torch.rand(x.shape, generator=g)
-    lo, hi = (x - width).clamp(0, 1), (x + 0.5 * width).clamp(0, 1)
-    C = torch.randn(len(x), 3, model(x).shape[1], generator=g)
-    d = torch.randn(len(x), 3, generator=g)
-    pts = lo + (hi - lo) * torch.rand(300, *x.shape, generator=g)
-    pts[:60] = torch.where(torch.rand(60, *x.shape, generator=g) < 0.5, lo, hi)
-    with torch.no_grad():
-        vals = torch.stack([torch.einsum("nsk,nk->ns", C, model(p)) + d for p in pts]).min(0).values
-    crown = build_bounder("crown", model, x[:2]).lower(InputSet.box(lo, hi), C, d)
-    alpha = build_bounder("alpha-crown", model, x[:2], alpha_iterations=8).lower(InputSet.box(lo, hi), C, d)
-    assert bool((crown <= vals + 1e-5).all()) and bool((alpha <= vals + 1e-5).all())
-    assert bool((alpha >= crown - 1e-9).all())
+    lows = sound_box_lows(model, grid_points(5), 0.06, ("crown", "alpha-crown"))
+    assert bool((lows["alpha-crown"] >= lows["crown"] - 1e-9).all())
 
 
 def test_alpha_crown_tightens_a_residual_model():
