@@ -111,6 +111,16 @@ def dag_to_relu(forms: TwoForms, dag_bounds: Intervals, relu_bounds: Intervals) 
     return out
 
 
+def _at_points(pick: torch.Tensor, B: int, lo, hi, C, d, ball, intervals: Intervals):
+    """The problem of `B` points restricted to the points `pick`: (lo, hi, C, d, ball, intervals). A
+    tensor whose first axis is not the points' (an input box of batch 1, margins C (K, n) shared by
+    every point) is kept whole."""
+    sub = lambda t: t[pick] if t.shape[0] == B else t  # noqa: E731
+    return (sub(lo), sub(hi), sub(C) if C.dim() == 3 else C, None if d is None else sub(d),
+            None if ball is None else (sub(ball[0]), sub(ball[1])),
+            {q: (sub(l), sub(u)) for q, (l, u) in intervals.items()})
+
+
 def crown_intermediate(forms: TwoForms, lo: torch.Tensor, hi: torch.Tensor,
                        ball: tuple[torch.Tensor, torch.Tensor] | None = None,
                        deadline: float | None = None, own: Intervals | None = None) -> TwoFormBounds:
@@ -165,14 +175,11 @@ def alpha_crown_spec(forms: TwoForms, lo, hi, C, d, bounds: TwoFormBounds, *, it
         return low
     # only the points with an open row: the ReLU form's passes cost most of the work
     pick = open_.nonzero().flatten()
-    sub = lambda t: t[pick] if t.shape[0] == low.shape[0] and t.shape[0] > 1 else t  # noqa: E731
+    lo_p, hi_p, C_p, d_p, ball_p, relu_p = _at_points(pick, low.shape[0], lo, hi, C, d, ball, relu_in)
     tr: Intervals = {}
     try:
-        low_r = db.alpha_crown_spec(forms.relu, sub(lo), sub(hi), sub(C) if C.dim() == 3 else C,
-                                    None if d is None else sub(d), {q: (sub(l), sub(u)) for q, (l, u) in relu_in.items()},
-                                    iterations=iterations, deadline=deadline,
-                                    stop_when_positive=stop_when_positive,
-                                    ball=None if ball is None else (sub(ball[0]), sub(ball[1])), tightened_out=tr)
+        low_r = db.alpha_crown_spec(forms.relu, lo_p, hi_p, C_p, d_p, relu_p, iterations=iterations, deadline=deadline,
+                                    stop_when_positive=stop_when_positive, ball=ball_p, tightened_out=tr)
     except DeadlineReached:
         return low
     low = low.clone()
@@ -197,12 +204,7 @@ def tighten_open_points(forms: TwoForms, lo, hi, C, d, low: torch.Tensor, own: I
     if not bool(open_.any()):
         return low
     pick = open_.nonzero().flatten()
-    sub = lambda t: t[pick]  # noqa: E731
-    lo_p, hi_p = sub(lo), sub(hi)
-    C_p = sub(C) if C.dim() == 3 else C
-    d_p = None if d is None else sub(d)
-    ball_p = None if ball is None else (sub(ball[0]), sub(ball[1]))
-    own_p = {q: (sub(l), sub(u)) for q, (l, u) in own.items()}
+    lo_p, hi_p, C_p, d_p, ball_p, own_p = _at_points(pick, low.shape[0], lo, hi, C, d, ball, own)
     with torch.no_grad():
         tb = crown_intermediate(forms, lo_p, hi_p, ball_p, own=own_p)
         if alpha_iterations > 0:
@@ -240,20 +242,16 @@ def relu_form_pays(forms: TwoForms, lo, hi, C, d, crown_low: torch.Tensor, own: 
     if not bool(open_.any()):
         return None
     pick = open_.nonzero().flatten()[:PROBE_POINTS]
-    sub = lambda t: t[pick]  # noqa: E731
-    lo_p, hi_p = sub(lo), sub(hi)
-    C_p = sub(C) if C.dim() == 3 else C
-    ball_p = None if ball is None else (sub(ball[0]), sub(ball[1]))
+    lo_p, hi_p, C_p, _, ball_p, own_p = _at_points(pick, crown_low.shape[0], lo, hi, C, None, ball, own)
     deadline = None
     if seconds_per_point is not None:
         deadline = time.monotonic() + max(PROBE_FLOOR_SECONDS, PROBE_COST * seconds_per_point * len(pick))
     try:
         with torch.no_grad():
-            tb = crown_intermediate(forms, lo_p, hi_p, ball_p, deadline,
-                                    own={q: (sub(l), sub(u)) for q, (l, u) in own.items()})
+            tb = crown_intermediate(forms, lo_p, hi_p, ball_p, deadline, own=own_p)
             relu = db.crown_spec(forms.relu, lo_p, hi_p, C_p, None, tb.relu, ball=ball_p, deadline=deadline)[0]
     except DeadlineReached:
         return False
     with torch.no_grad():
-        dp = torch.maximum(sub(crown_low), db.crown_spec(forms.dag, lo_p, hi_p, C_p, None, tb.dag, ball=ball_p)[0])
-    return bool(((relu > dp + 1e-9) & (sub(ref) <= 0)).any())
+        dp = torch.maximum(crown_low[pick], db.crown_spec(forms.dag, lo_p, hi_p, C_p, None, tb.dag, ball=ball_p)[0])
+    return bool(((relu > dp + 1e-9) & (ref[pick] <= 0)).any())
