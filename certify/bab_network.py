@@ -86,7 +86,7 @@ class ChainNetwork:
         return cb.crown_intermediate(self.chain, lo, hi, base=base, splits=splits, deadline=deadline)
 
     def clamp(self, base, splits) -> list[Interval]:
-        return [cb._clamp_split(l, u, s) for (l, u), s in zip(base, splits)]
+        return [cb.clamp_split(l, u, s) for (l, u), s in zip(base, splits)]
 
     def lower(self, A, lo, hi, bounds, alphas=None, split_terms=None, record=None) -> torch.Tensor:
         return cb.backward_lower(self.chain, len(self.chain.blocks) - 1, A, lo, hi, bounds, alphas, split_terms, record)

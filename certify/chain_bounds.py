@@ -391,7 +391,9 @@ def _ibp_exact(block: list[nn.Module]) -> bool:
     return len(mixing) <= 1
 
 
-def _clamp_split(bl, bu, s):
+def clamp_split(bl, bu, s):
+    """Bounds (l, u) with branch and bound's split neurons clamped: l >= 0 where s > 0 (fixed active),
+    u <= 0 where s < 0 (fixed inactive); s None: unchanged. Shared by the chain and graph engines."""
     if s is None:
         return bl, bu
     return torch.where(s > 0, bl.clamp(min=0), bl), torch.where(s < 0, bu.clamp(max=0), bu)
@@ -412,7 +414,7 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadlin
         bl, bu = bl.reshape(B, -1), bu.reshape(B, -1)
         s_i = None if splits is None else splits[i]
         if i <= first_split and splits is not None:
-            bl, bu = _clamp_split(bl, bu, s_i)
+            bl, bu = clamp_split(bl, bu, s_i)
             bounds.append((bl.reshape(B, *shape), bu.reshape(B, *shape)))
             continue
         if i > 0:  # IBP through block i from the (tighter) bounds of the ReLU before it
@@ -421,7 +423,7 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadlin
             for m in chain.blocks[i]:
                 c, r = ibp_affine(m, c, r)
             bl, bu = torch.maximum(bl, (c - r).reshape(B, -1)), torch.minimum(bu, (c + r).reshape(B, -1))
-        bl, bu = _clamp_split(bl, bu, s_i)
+        bl, bu = clamp_split(bl, bu, s_i)
         unstable = (bl < 0) & (bu > 0)
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
         if k == 0 or (i == 0 and ball is None and _ibp_exact(chain.blocks[0])):

@@ -629,10 +629,7 @@ def _clamp_split(bounds: tuple[torch.Tensor, torch.Tensor], s: torch.Tensor | No
     """A node's interval (B, ...) with its split neurons clamped: l >= 0 where s > 0 (active),
     u <= 0 where s < 0 (inactive); s (B, n) int8 or None."""
     l, u = bounds
-    if s is None:
-        return l, u
-    s = s.reshape(s.shape[0], *l.shape[1:])
-    return torch.where(s > 0, l.clamp(min=0), l), torch.where(s < 0, u.clamp(max=0), u)
+    return cb.clamp_split(l, u, None if s is None else s.reshape(s.shape[0], *l.shape[1:]))
 
 
 def crown_spec(dag: Dag, lo, hi, C, d=None, bounds=None, ball=None,
