@@ -234,8 +234,12 @@ def load_model(
     allow_pickle: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    onnx_precision: str = "float32",
 ) -> LoadedModel:
-    """A built-in model by name (trained and cached on first use) or a model file by path."""
+    """A built-in model by name (trained and cached on first use) or a model file by path.
+
+    `onnx_precision`: "float32" converts ONNX files to float32 modules (attacks, training);
+    "file" keeps a float64 file's float64 weights (what the spec verifier bounds)."""
     path = Path(spec)
     if spec in ARCHS and not path.exists():
         from robustcli.zoo import builtin_model
@@ -253,7 +257,7 @@ def load_model(
     elif path.suffix == ".onnx" or path.name.endswith(".onnx.gz"):
         from robustcli.certify.onnx_import import onnx_to_torch
 
-        conv = onnx_to_torch(path)
+        conv = onnx_to_torch(path, dtype=None if onnx_precision == "file" else torch.float32)
         meta = {"format": "onnx", "input_shape": json.dumps(list(conv.input_shape)), "onnx_input": conv.input_name}
         loaded = LoadedModel(conv.module, spec, arch="onnx", meta=meta)
     elif path.suffix == ".safetensors":
