@@ -103,6 +103,17 @@ def test_float64_file_violated_by_a_rounding_margin_is_never_holds(false_in_floa
         assert r.result == "violated" and r.confirmed_by == "onnxruntime", r.stages
 
 
+@pytest.mark.parametrize("split", ["input", "relu"])
+def test_branch_and_bound_finds_a_counterexample_that_exists_only_in_float64(tmp_path, split):
+    """On X_0 in [-1, 1] the ReLUs are unstable; the float64 output is < 0 for x > 1/2 only. The
+    attack runs the float32 copy (no candidate there); branch and bound checks its points on the
+    float64 model and onnxruntime confirms the one it returns, whichever it splits."""
+    net = _rounding_net(tmp_path / "neg.onnx", 1.0 + 2.0**-28, TINY)
+    spec = _y0_positive_spec(tmp_path / "wide.vnnlib", -1.0, 1.0)
+    r = run_instance(Instance(net, spec, 20.0), timeout=20.0, bab_split=split)
+    assert r.result == "violated" and r.method == "bab" and r.confirmed_by == "onnxruntime", r.stages
+
+
 def test_float64_graph_model_is_bounded_in_float64_by_native_ibp_and_auto_lirpa(tmp_path):
     """A sigmoid network is a graph model for the verifier (native IBP, auto_LiRPA or native graph
     CROWN bound it): on the point box X_0 = 1 its output is sigmoid(1) - sigmoid(1 + 2^-28) + 2^-32
