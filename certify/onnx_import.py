@@ -17,6 +17,16 @@ Choices (the ONNX spec leaves the batch open): the first axis of the graph input
 file that fixes it to 1 (as VNN-COMP's do) still accepts any batch: Reshape targets that repeat
 the fixed batch size keep the batch axis instead. The conversion runs the module on a batch of
 two and on each point alone and refuses a graph whose rows influence each other.
+
+Precision: the module computes in one dtype, float32 by default (attacks, training). Bound
+engines need the file's own numbers, since a bound proved for weights rounded to float32 is not
+a bound for a float64 file (a margin of -1e-9 rounds to +1e-9 as easily as not), so
+`onnx_to_torch(path, dtype=None)` keeps the file's precision: a float64 module whose parameters
+and constants are the file's float64 numbers bit for bit when the file holds any float64 number
+(`file_float_dtype`; that includes files that cast a float32 input to double before float64
+weights), else float32. Integer and boolean constants stay as they are. A Cast between floating
+types of a computed tensor is the identity: the module does not model the file's rounding of
+intermediate values, in either precision.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ class OnnxConversion:
     output_shape: tuple[int, ...]
     input_name: str
     chain: bool  # True when `module` is an nn.Sequential of standard layers
+    file_dtype: torch.dtype = torch.float32  # float64 when the file holds float64 numbers (`file_float_dtype`)
 
 
 def _require_onnx() -> Any:
@@ -99,9 +110,31 @@ def load_onnx(path: str | Path) -> Any:
     return model
 
 
+def file_float_dtype(model: Any) -> torch.dtype:
+    """torch.float64 when the file holds float64 numbers (a double input, initializer or Constant,
+    or a Cast to double), else torch.float32 (float32 and float16 files: float32 holds them exactly)."""
+    from onnx import TensorProto
+
+    double = TensorProto.DOUBLE
+    graph = model.graph
+    if any(i.type.tensor_type.elem_type == double for i in graph.input):
+        return torch.float64
+    if any(t.data_type == double for t in graph.initializer):
+        return torch.float64
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value" and a.t.data_type == double:
+                return torch.float64
+            if node.op_type == "Cast" and a.name == "to" and a.i == double:
+                return torch.float64
+    return torch.float32
+
+
 class _Converter:
-    def __init__(self, model: Any):
+    def __init__(self, model: Any, dtype: torch.dtype):
         from onnx import numpy_helper
+
+        self.dtype = dtype  # of the module's parameters, buffers and computed values
 
         self.numpy_helper = numpy_helper
         graph = model.graph
@@ -137,7 +170,8 @@ class _Converter:
         _check_dims([self.batch, *shape[1:]], f"the ONNX input {self.input_name!r}", allow_zero=False)
         self.input_shape = tuple(int(s) for s in shape[1:])
         # Shapes of computed tensors, traced with a zero input of the file's batch size.
-        self.values: dict[str, torch.Tensor] = {self.input_name: torch.zeros(self.batch, *self.input_shape)}
+        self.values: dict[str, torch.Tensor] = {
+            self.input_name: torch.zeros(self.batch, *self.input_shape, dtype=self.dtype)}
         self.steps: list[tuple[nn.Module, list[str], str]] = []
 
     # -- helpers ------------------------------------------------------------------------------
@@ -296,7 +330,10 @@ class _Converter:
         self.add(nn.ReLU(), inputs[:1], node.output[0])
 
     def _float(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(torch.float32).clone()
+        """A constant in the module's dtype: the file's own values when that is the file's precision
+        (float64 -> float64 and float32 -> float64 are exact), rounded when float32 is asked of a
+        float64 file."""
+        return t.detach().to(self.dtype).clone()
 
     def op_Gemm(self, i, node, inputs, a) -> None:
         if len(inputs) < 2 or inputs[0] in self.consts or inputs[1] not in self.consts:
@@ -308,8 +345,8 @@ class _Converter:
         w = self._float(self.consts[inputs[1]]) * float(a.get("alpha", 1.0))
         w = w if a.get("transB", 0) else w.t()
         out_f = w.shape[0]
-        lin = nn.Linear(w.shape[1], out_f, bias=True)
-        bias = torch.zeros(out_f)
+        lin = nn.Linear(w.shape[1], out_f, bias=True, dtype=self.dtype)
+        bias = torch.zeros(out_f, dtype=self.dtype)
         if len(inputs) > 2:
             c = self._float(self.consts[inputs[2]]) * float(a.get("beta", 1.0))
             try:
@@ -325,7 +362,7 @@ class _Converter:
         if inputs[0] in self.consts or inputs[1] not in self.consts or self.consts[inputs[1]].dim() != 2:
             raise self.fail(i, node, "only MatMul(input, constant 2-D matrix) is supported")
         w = self._float(self.consts[inputs[1]])
-        lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=False, dtype=self.dtype)
         with torch.no_grad():
             lin.weight.copy_(w.t())
         self.add(lin, inputs[:1], node.output[0])
@@ -354,7 +391,7 @@ class _Converter:
         if op == "Add":
             m = ElementwiseAffine(None, c)
         elif op == "Sub":
-            m = ElementwiseAffine(-torch.ones(()), c) if const_first else ElementwiseAffine(None, -c)
+            m = ElementwiseAffine(-torch.ones((), dtype=self.dtype), c) if const_first else ElementwiseAffine(None, -c)
         elif op == "Mul":
             m = ElementwiseAffine(c, None)
         else:
@@ -427,6 +464,7 @@ class _Converter:
         conv = nn.Conv2d(
             w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(a.get("strides", [1, 1])),
             padding=tuple(pads[:2]), dilation=tuple(a.get("dilations", [1, 1])), groups=groups, bias=len(inputs) > 2,
+            dtype=self.dtype,
         )
         with torch.no_grad():
             conv.weight.copy_(w)
@@ -441,7 +479,7 @@ class _Converter:
         if x.dim() not in (2, 3, 4):
             raise self.fail(i, node, f"input of shape {tuple(x.shape)}")
         scale, bias, mean, var = (self._float(self.consts[n]) for n in inputs[1:5])
-        bn = (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(x.shape[1], eps=float(a.get("epsilon", 1e-5)))
+        bn = (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(x.shape[1], eps=float(a.get("epsilon", 1e-5)), dtype=self.dtype)
         with torch.no_grad():
             bn.weight.copy_(scale)
             bn.bias.copy_(bias)
@@ -502,7 +540,7 @@ class _Converter:
         if abs(alpha - SELU_ALPHA) < 1e-6 and abs(gamma - SELU_GAMMA) < 1e-6:
             self.add(nn.SELU(), inputs[:1], node.output[0])
         else:  # gamma * elu(x, alpha)
-            self.add(nn.Sequential(nn.ELU(alpha), ElementwiseAffine(torch.tensor(gamma), None)), inputs[:1], node.output[0])
+            self.add(nn.Sequential(nn.ELU(alpha), ElementwiseAffine(torch.tensor(gamma, dtype=self.dtype), None)), inputs[:1], node.output[0])
 
     def op_Softplus(self, i, node, inputs, a) -> None:
         self.add(nn.Softplus(), inputs[:1], node.output[0])
@@ -515,7 +553,7 @@ class _Converter:
         if abs(alpha - 1 / 6) < 1e-6 and abs(beta - 0.5) < 1e-6:  # torch's hardsigmoid exports these
             self.add(nn.Hardsigmoid(), inputs[:1], node.output[0])
         else:  # max(0, min(1, alpha x + beta))
-            self.add(nn.Sequential(ElementwiseAffine(torch.tensor(alpha), torch.tensor(beta)), Clip(0.0, 1.0)),
+            self.add(nn.Sequential(ElementwiseAffine(torch.tensor(alpha, dtype=self.dtype), torch.tensor(beta, dtype=self.dtype)), Clip(0.0, 1.0)),
                      inputs[:1], node.output[0])
 
     def op_Gelu(self, i, node, inputs, a) -> None:
@@ -538,8 +576,9 @@ class _Converter:
         self.op_Identity(i, node, inputs, a)
 
     def op_Cast(self, i, node, inputs, a) -> None:
-        """A cast between floating types (exporters insert float -> float casts): the model runs in
-        float32 here, as it does for float64 files; casts to integers or booleans are refused."""
+        """A cast between floating types (exporters insert float -> float casts): the identity, the
+        module computing in its one dtype throughout (see `onnx_to_torch`); casts to integers or
+        booleans are refused."""
         from onnx import helper
 
         target = np.dtype(helper.tensor_dtype_to_np_dtype(a["to"]))
@@ -656,7 +695,7 @@ def _fold_affine(layers: list[nn.Module]) -> list[nn.Module]:
                 continue
             fused = copy.deepcopy(prev)
             view = (-1, 1) if isinstance(prev, nn.Linear) else (-1, 1, 1, 1)
-            bias = prev.bias.detach() if prev.bias is not None else torch.zeros(n)
+            bias = prev.bias.detach() if prev.bias is not None else torch.zeros(n, dtype=prev.weight.dtype)
             fused.weight = nn.Parameter(prev.weight.detach() * s.reshape(view))
             fused.bias = nn.Parameter(bias * s + t)
             out[-1] = fused
@@ -682,9 +721,9 @@ def _check_dims(dims: list, what: str, allow_zero: bool) -> None:
         raise InputError(f"{what} declares shape {list(dims)} ({total:,} elements), more than the {MAX_DECLARED_ELEMENTS:,} allowed")
 
 
-def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...]) -> None:
+def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(2, *input_shape, generator=g)
+    x = torch.rand(2, *input_shape, generator=g, dtype=dtype)
     with torch.no_grad():
         both = module(x)
         each = torch.cat([module(x[:1]), module(x[1:])])
@@ -692,11 +731,21 @@ def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...]) ->
         raise InputError("the ONNX graph mixes points of a batch (its reshapes use the batch axis); cannot convert")
 
 
-def onnx_to_torch(source: str | Path | Any) -> OnnxConversion:
-    """Convert an ONNX file (or loaded ModelProto) to an eval-mode torch module on the CPU."""
+def onnx_to_torch(source: str | Path | Any, dtype: torch.dtype | None = torch.float32) -> OnnxConversion:
+    """Convert an ONNX file (or loaded ModelProto) to an eval-mode torch module on the CPU.
+
+    `dtype`: of the module's parameters, buffers and computation. float32 (the default: attacks,
+    training) rounds a float64 file's numbers to float32; None keeps the file's precision
+    (`file_float_dtype`: float64 when the file holds any float64 number, so its weights are copied
+    bit for bit, else float32), which is what bound engines need: a bound proved for weights rounded
+    to float32 is not a bound for the file. torch.float64 builds a float64 module of any file."""
     model = load_onnx(source) if isinstance(source, (str, Path)) else source
+    file_dtype = file_float_dtype(model)
+    dtype = file_dtype if dtype is None else dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"onnx_to_torch builds float32 or float64 modules, not {dtype}")
     try:
-        conv = _Converter(model)
+        conv = _Converter(model, dtype)
         steps = conv.run()
     except InputError:
         raise
@@ -704,7 +753,8 @@ def onnx_to_torch(source: str | Path | Any) -> OnnxConversion:
         raise InputError(f"cannot convert the ONNX graph: {type(e).__name__}: {first_line(e)}") from None
     chain = _as_chain(steps, conv.input_name, conv.output_name)
     module: nn.Module = chain if chain is not None else OnnxGraph(conv.input_name, conv.output_name, steps)
-    module.eval()
+    module.to(dtype).eval()  # the layers' default constants (ones, zeros) to the module's dtype: exact
     out = conv.values[conv.output_name]
-    _check_batch_independent(module, conv.input_shape)
-    return OnnxConversion(module, conv.input_shape, tuple(out.shape[1:]), conv.input_name, chain is not None)
+    _check_batch_independent(module, conv.input_shape, dtype)
+    return OnnxConversion(module, conv.input_shape, tuple(out.shape[1:]), conv.input_name, chain is not None,
+                          file_dtype)

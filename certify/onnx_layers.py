@@ -18,8 +18,9 @@ class ElementwiseAffine(nn.Module):
 
     def __init__(self, scale: torch.Tensor | None, shift: torch.Tensor | None):
         super().__init__()
-        self.register_buffer("scale", scale if scale is not None else torch.ones(()))
-        self.register_buffer("shift", shift if shift is not None else torch.zeros(()))
+        dtype = scale.dtype if scale is not None else shift.dtype if shift is not None else torch.float32
+        self.register_buffer("scale", scale if scale is not None else torch.ones((), dtype=dtype))
+        self.register_buffer("shift", shift if shift is not None else torch.zeros((), dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift

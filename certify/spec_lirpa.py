@@ -4,15 +4,35 @@ concatenations are bounded natively by certify/dag_bounds.py).
 
 Uses certify/lirpa.py's compat shim and model rewrites, with the box as
 `PerturbationLpNorm(norm=inf, x_L=lower, x_U=upper)`; the methods are auto_LiRPA's IBP, CROWN and
-alpha-CROWN. auto_LiRPA computes in the model's float32.
+alpha-CROWN. auto_LiRPA computes in the model's dtype: a float64 model (an ONNX file of float64
+weights) is bounded in float64 with its own weights. auto_LiRPA 0.3 builds some of its constants
+(e.g. the lookup tables of its sigmoid/tanh relaxations) in torch's default dtype and then fails
+on a float64 model ("Index put requires the source and destination dtypes match"), so the bounds
+of a float64 model are computed with the default dtype set to float64 for the call
+(`default_dtype`), and set back after.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from robustcli.core.errors import InputError
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """torch's default floating dtype set to `dtype` inside the block, restored after."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
 
 def lirpa_box_lower(
     model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor, method: str,
@@ -20,12 +40,20 @@ def lirpa_box_lower(
 ) -> torch.Tensor:
     """Lower bound (1, K) of C f(x) + d for x in [lo, hi] (each (1, *input_shape)); raises
     InputError when auto_LiRPA is missing or cannot handle the model."""
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    if dtype == torch.float64:
+        with default_dtype(torch.float64):
+            return _lirpa_box_lower(model, lo, hi, C, d, method, dtype, alpha_iterations)
+    return _lirpa_box_lower(model, lo, hi, C, d, method, dtype, alpha_iterations)
+
+
+def _lirpa_box_lower(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
+                     method: str, dtype: torch.dtype, alpha_iterations: int) -> torch.Tensor:
     import numpy as np
 
     from robustcli.certify.lirpa import refuse_unsound_relaxations, auto_lirpa, lirpa_friendly
 
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None else torch.float32
     lo, hi = lo.to(dtype), hi.to(dtype)
     centre = (lo + hi) / 2
     lirpa = auto_lirpa(method)

@@ -80,10 +80,8 @@ def _native_ibp_model(model: nn.Module, input_shape: tuple[int, ...], device: to
     from robustcli.certify.graph import UnsupportedLayer
     from robustcli.certify.trace import UnsupportedOperation
 
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None else torch.float32
     try:
-        tree = walkable(model, torch.zeros(2, *input_shape, dtype=dtype, device=device))
+        tree = walkable(model, torch.zeros(2, *input_shape, dtype=model_float_dtype(model), device=device))
     except (UnsupportedLayer, UnsupportedOperation):
         return None
     return copy.deepcopy(tree).double().eval()
@@ -97,10 +95,8 @@ def _native_dag(model: nn.Module, input_shape: tuple[int, ...], device: torch.de
     from robustcli.certify.graph import UnsupportedLayer
     from robustcli.certify.trace import UnsupportedOperation
 
-    p = next(model.parameters(), None)
-    dtype = p.dtype if p is not None else torch.float32
     try:
-        tree = walkable(model, torch.zeros(2, *input_shape, dtype=dtype, device=device), "crown")
+        tree = walkable(model, torch.zeros(2, *input_shape, dtype=model_float_dtype(model), device=device), "crown")
         return db.Dag.of(tree, input_shape)
     except (UnsupportedLayer, UnsupportedOperation, db.NotADag):
         return None
@@ -206,6 +202,20 @@ def _relu_form_roots(forms: mf.TwoForms, lo, hi, C, d, bounds: dict, ci: int, al
     return both["relu"]
 
 
+def model_float_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype the model computes in: float64 when any parameter or buffer is, else float32."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def attack_copy(model: nn.Module) -> nn.Module:
+    """The model the attacks run (in float32, for speed): the model itself when it is float32, else a
+    float32 copy. Only candidates come from it; the reference re-checks each on the real model."""
+    if model_float_dtype(model) == torch.float32:
+        return model
+    return copy.deepcopy(model).float().eval()
+
+
 def _in_box(x: torch.Tensor, case: SpecCase) -> bool:
     xd = x.detach().cpu().double()
     return bool(((xd >= case.lower) & (xd <= case.upper)).all())
@@ -247,8 +257,12 @@ def verify_property(
 ) -> SpecResult:
     """Run `methods` in order until the property is decided or `timeout` seconds have passed.
 
+    `model` is what the bound stages bound, in its own precision: a float64 model (an ONNX file of
+    float64 weights converted with `onnx_to_torch(path, dtype=None)`) is bounded with its float64
+    weights by every bound stage, never rounded to float32; the attacks run on a float32 copy
+    (`attack_copy`) and only propose candidates.
     `reference(x)` maps flat inputs (B, n_inputs) to outputs (B, n_outputs); it re-checks
-    counterexamples (default: the model itself in float32).
+    counterexamples (default: the model itself, in its own precision).
     `bab_split`: what branch and bound splits: "input" (the input box; certify/input_bab.py),
     "relu" (ReLU phases; certify/bab.py) or "auto" (input for at most `input_split_max_dim` inputs).
     `bab_bounds`: the intermediate bounds of ReLU branch and bound's sub-problems: "reuse" the
@@ -267,12 +281,14 @@ def verify_property(
     deadline = start + timeout if timeout is not None else None
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
+    dtype = model_float_dtype(model)
+    attacked = attack_copy(model)
     if reference is None:
         reference_name = "torch"
 
         def reference(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return model.eval()(x.to(device).reshape(len(x), *input_shape)).reshape(len(x), -1).double().cpu()
+                return model.eval()(x.to(device, dtype).reshape(len(x), *input_shape)).reshape(len(x), -1).double().cpu()
 
     stages: list[dict] = []
     stopped_for_time = [False]
@@ -305,7 +321,7 @@ def verify_property(
     def attack(steps: int, restarts: int, until: float | None) -> tuple[SpecResult | None, str]:
         note = ""
         for case in prop.cases:
-            cands = spec_pgd(model, case, input_shape, steps=steps, restarts=restarts, generator=g, deadline=until)
+            cands = spec_pgd(attacked, case, input_shape, steps=steps, restarts=restarts, generator=g, deadline=until)
             if (hit := confirmed(cands, case)) is not None:
                 stages.append({"method": method, "seconds": time.monotonic() - t0, "note": "counterexample"})
                 return done("violated", method, counterexample=hit[0].detach().cpu(), outputs=hit[1][0],
@@ -427,11 +443,11 @@ def verify_property(
                             Cb[k, :n], d_pad[k, :n] = C[rows[j]], d[rows[j]]
                         def check(x: torch.Tensor, case=case) -> torch.Tensor:
                             with torch.no_grad():
-                                y = model(x.to(device, torch.float32).reshape(len(x), *input_shape))
+                                y = model(x.to(device, dtype).reshape(len(x), *input_shape))
                             return case.violated_by(y.reshape(len(x), -1).double().cpu()).to(x.device)
 
                         def search(starts: torch.Tensor, case=case) -> torch.Tensor | None:
-                            cands = spec_pgd(model, case, input_shape, steps=search_steps, generator=g,
+                            cands = spec_pgd(attacked, case, input_shape, steps=search_steps, generator=g,
                                              deadline=deadline, starts=starts.reshape(len(starts), *input_shape))
                             hit = confirmed(cands, case)
                             return None if hit is None else hit[0].to(engine.device, engine.dtype)

@@ -181,7 +181,7 @@ def run_instance(
     try:
         if inst.network not in models:
             try:
-                conv = onnx_to_torch(inst.network)
+                conv = onnx_to_torch(inst.network, dtype=None)  # a float64 file's own weights, for the bounds
                 models[inst.network] = (conv, conv.module.to(device), onnxruntime_function(inst.network, conv.input_shape))
             except Exception as e:  # noqa: BLE001 - kept, so the network's other instances fail fast with the same reason
                 models[inst.network] = e

@@ -140,8 +140,9 @@ def certify_spec(
 ) -> None:  # fmt: skip
     """`robust certify --spec`: the property file gives the input box and the output condition."""
     dev = resolve_device(device)
+    # a float64 ONNX file stays float64: the verifier bounds the file's own weights (attacks run a float32 copy)
     loaded = load_model(model, arch=arch, mean=list(mean) or None, std=list(std) or None,
-                        allow_pickle=allow_pickle, device=dev)
+                        allow_pickle=allow_pickle, device=dev, onnx_precision="file")
     _, report = run_spec_check(loaded, spec, request, counterexample=counterexample, result_file=result_file)
     spec_tables(report)
     if json_path:
