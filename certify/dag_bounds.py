@@ -53,7 +53,9 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_patches
-from robustcli.certify.activation_lines import Activation, Lines, activation_lines, activation_of, activation_range
+from robustcli.certify.activation_lines import (
+    Activation, Lines, activation_lines, activation_of, activation_range, exact_on,
+)
 from robustcli.certify.chain_bounds import (
     AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine,
     projected_adam_step_,
@@ -369,7 +371,7 @@ def _needs_rows(dag: "Dag", i: int, l: torch.Tensor, u: torch.Tensor) -> torch.T
         if c.kind == "relu":
             mask |= (l < 0) & (u > 0)
         elif c.kind == "act":
-            mask |= ~_act_lines(dag, c, (l, u)).exact & (u > l)
+            mask |= ~exact_on(_activation(c), l, u) & (u > l)
         elif c.kind == "maxpool":
             _, exact, _ = _maxpool_lines(c.window, l, u)
             k = c.window.shape[1]
