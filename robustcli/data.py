@@ -222,11 +222,20 @@ def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"cannot read {path.name} as safetensors: {first_line(e)}") from None
 
 
+# Names other tools save arrays under (Keras' x_test / y_test, torchvision's data / targets, ...),
+# tried in this order when 'x' and 'y' are absent.
+XY_ALIASES = (("x", "y"), ("images", "labels"), ("X", "Y"), ("x_test", "y_test"), ("X_test", "y_test"),
+              ("data", "targets"), ("inputs", "targets"), ("data", "labels"), ("inputs", "labels"))
+
+
 def _pick_xy(d: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    missing = [k for k in ("x", "y") if k not in d]
-    if missing:
-        raise InputError(f"{path.name} lacks {' and '.join(missing)}; it must hold 'x' (images) and 'y' (labels)")
-    x, y = d["x"], d["y"]
+    pair = next(((kx, ky) for kx, ky in XY_ALIASES if kx in d and ky in d), None)
+    if pair is None:
+        missing = " and ".join(k for k in ("x", "y") if k not in d)
+        found = ", ".join(sorted(map(str, d))[:8]) or "none"
+        raise InputError(f"{path.name} lacks {missing} (its arrays: {found}); it must hold 'x' (images) and "
+                         "'y' (labels)")
+    x, y = d[pair[0]], d[pair[1]]
     as_np = lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
     return as_np(x), as_np(y)
 
@@ -303,6 +312,11 @@ def _integer_scale(x: np.ndarray, source: str, pixel_scale: float | None) -> flo
     )
 
 
+def _one_hot(y: np.ndarray) -> bool:
+    """Rows of exactly one 1 and zeros elsewhere (labels saved as one-hot vectors)."""
+    return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(1) == 1))
+
+
 def _validated(
     x: np.ndarray, y: np.ndarray, source: str, pixel_scale: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, float | None]:
@@ -315,6 +329,8 @@ def _validated(
         raise InputError(f"{source}: labels must be integers, found {y.dtype}")
     if x.shape[0] == 0:
         raise InputError(f"{source} holds an empty dataset; it needs at least one image")
+    if y.ndim == 2 and y.shape[0] == x.shape[0] and y.shape[1] > 1 and _one_hot(y):
+        y = y.argmax(1)
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise InputError(f"{source}: y must be a vector of {x.shape[0]} labels, got shape {tuple(y.shape)}")
     if not np.issubdtype(y.dtype, np.integer):

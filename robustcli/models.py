@@ -135,18 +135,47 @@ def _load_state(model: nn.Module, state: dict, source: str) -> nn.Module:
 
 
 class ExportedModule(nn.Module):
-    """A torch.export program as a module; such programs reject .eval()/.train(), which are no-ops here."""
+    """A torch.export program as a module; such programs reject .eval()/.train(), which are no-ops here.
+
+    `torch.export.export(model, (x,))` without `dynamic_shapes` fixes the batch size to x's (often 1),
+    and the program then refuses any other batch. Such a program runs on chunks of its own batch size,
+    the last chunk padded with copies of its last point (the padding's outputs are dropped), so
+    attacks and evaluation work on it unchanged, only slower. A graph that normalises with batch
+    statistics would see the padding; exported graphs are traced in eval mode as a rule."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.program = module
+        self.fixed_batch = fixed_batch_size(module)
 
     def train(self, mode: bool = True) -> "ExportedModule":
         self.training = mode  # the exported graph was traced in its own mode; nothing to switch
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.program(x)
+        b = self.fixed_batch
+        if b is None or len(x) == b:
+            return self.program(x)
+        outs = []
+        for i in range(0, max(len(x), 1), b):
+            part = x[i : i + b]
+            n = len(part)
+            pad = part[-1:] if n else x.new_zeros(1, *x.shape[1:])
+            outs.append(self.program(torch.cat([part, pad.expand(b - n, *x.shape[1:])]))[:n])
+        return torch.cat(outs)
+
+
+def fixed_batch_size(program: nn.Module) -> int | None:
+    """The batch size an exported program's (first) input is fixed to, or None where it is symbolic."""
+    graph = getattr(program, "graph", None)
+    for node in graph.nodes if graph is not None else ():
+        if node.op == "placeholder":
+            val = node.meta.get("val")
+            shape = getattr(val, "shape", None)
+            if shape is not None and len(shape) > 0 and isinstance(shape[0], int):
+                return int(shape[0])
+            return None
+    return None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -188,7 +217,14 @@ def _warn_pickle(path: Path) -> None:
 
 def read_torch_file(path: Path, arch: str | None, allow_pickle: bool) -> tuple[nn.Module, str | None]:
     if path.suffix == ".pt2":
-        return ExportedModule(read_exported_program(path, allow_pickle)), None
+        module = ExportedModule(read_exported_program(path, allow_pickle))
+        if module.fixed_batch is not None and module.fixed_batch > 0:
+            import sys
+
+            print(f"note: {path.name} was exported with a fixed batch size of {module.fixed_batch}, so it runs "
+                  f"{module.fixed_batch} point(s) at a time; export with dynamic_shapes=({{0: "
+                  "torch.export.Dim('batch')}},) to run whole batches", file=sys.stderr)
+        return module, None
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu"), None

@@ -251,13 +251,16 @@ def model_formats(folder: Path, model: nn.Module, x: torch.Tensor) -> dict[str, 
 
 def model_files(folder: Path, model: nn.Module, x: torch.Tensor, arch: str) -> dict[str, list]:
     """The model saved the four ways a user hands `robust` a file, as its command-line arguments: a
-    state dict with `--arch`, a `.pt2` program exported for any batch size (as attacks need),
-    TorchScript and (when the onnx extra is installed) ONNX with a dynamic batch axis."""
+    state dict with `--arch`, a `.pt2` program exported for any batch size and one exported at a
+    fixed batch of 1 (`torch.export.export(model, (x[:1],))`, the shortest export), TorchScript and
+    (when the onnx extra is installed) ONNX with a dynamic batch axis."""
     torch.save(model.state_dict(), folder / "state.pt")
     batch = torch.export.Dim("batch", min=2)
     torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(folder / "m.pt2"))
+    torch.export.save(torch.export.export(model, (x[:1],)), str(folder / "m1.pt2"))
     torch.jit.save(torch.jit.trace(model, x), str(folder / "scripted.pt"))
     files = {"state": ["--model", folder / "state.pt", "--arch", arch], "pt2": ["--model", folder / "m.pt2"],
+             "pt2-batch1": ["--model", folder / "m1.pt2"],
              "torchscript": ["--model", folder / "scripted.pt"]}
     try:
         torch.onnx.export(model, (x,), str(folder / "m.onnx"), dynamo=False, input_names=["x"], output_names=["y"],

@@ -58,6 +58,26 @@ def test_uint8_nhwc_is_scaled_and_transposed(tmp_path):
     assert d.x.shape == (2, 3, 4, 4) and d.x.max() == 1.0
 
 
+@pytest.mark.parametrize("keys", [("images", "labels"), ("x_test", "y_test"), ("data", "targets")])
+def test_other_tools_array_names_are_read(tmp_path, keys):
+    x = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
+    y = np.array([3, 1, 4, 1])
+    np.savez(tmp_path / "d.npz", **{keys[0]: x, keys[1]: y})
+    d = load_dataset(str(tmp_path / "d.npz"))
+    assert d.y.tolist() == y.tolist() and torch.equal(d.x, torch.from_numpy(x))
+
+
+def test_one_hot_labels_become_class_indices(tmp_path):
+    y = np.array([3, 1, 4, 1, 9])
+    x = np.random.default_rng(0).random((5, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.eye(10, dtype=np.float32)[y])
+    assert load_dataset(str(tmp_path / "d.npz")).y.tolist() == y.tolist()
+    soft = np.full((5, 10), 0.1, dtype=np.float32)  # probabilities are not labels
+    np.savez(tmp_path / "soft.npz", x=x, y=soft)
+    with pytest.raises(InputError, match="vector of 5 labels"):
+        load_dataset(str(tmp_path / "soft.npz"))
+
+
 @pytest.mark.parametrize(
     "x,y,message",
     [
