@@ -20,6 +20,12 @@ Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x 
 the steps) before branching, because the bound stages leave open exactly the instances where a
 counterexample is most likely.
 - `unknown`: every stage ran and none decided; `timeout`: the time budget ran out first.
+
+Precision: every bound stage bounds the model in its own precision (float64 copies of a float32
+model are exact; a float64 model, such as an ONNX file of float64 weights converted with
+`onnx_to_torch(path, dtype=None)`, keeps its float64 weights), so a `holds` is about the file's
+weights and never about weights rounded to float32. The attacks run on a float32 copy
+(`attack_copy`) and only propose candidates for the reference to confirm.
 """
 
 from __future__ import annotations

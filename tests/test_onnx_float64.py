@@ -191,6 +191,29 @@ def test_float64_file_that_holds_only_in_float64_is_proved_not_violated(true_in_
     assert "not confirmed" in r.stages[0].get("note", ""), r.stages
 
 
+@pytest.mark.parametrize("second_weight, bias, want", [(1.0 + 2.0**-28, TINY, "violated"),
+                                                       (1.0 - 2.0**-28, -TINY, "holds")])
+def test_float64_torch_model_is_bounded_in_float64_and_attacked_in_float32(second_weight, bias, want):
+    """verify_property takes a float64 torch model as it is: bounds of its weights, attacks on a float32
+    copy, and the default reference (the model itself) in float64."""
+    from robustcli.certify.spec_verify import attack_copy, verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1)).double().eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [second_weight]], dtype=torch.float64))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[1.0, -1.0]], dtype=torch.float64))
+        model[2].bias.fill_(bias)
+    assert all(p.dtype == torch.float32 for p in attack_copy(model).parameters())
+    assert all(p.dtype == torch.float64 for p in model.parameters())  # the copy leaves the model alone
+    prop = parse_vnnlib("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+                        "(assert (>= X_0 0.75))\n(assert (<= X_0 1.0))\n(assert (<= Y_0 0.0))\n")
+    r = verify_property(model, prop, (1,), timeout=20)
+    assert r.status == want, r.stages
+    assert r.status != "violated" or (r.confirmed_by == "torch" and float(r.outputs[0]) <= 0)
+
+
 def test_certify_command_bounds_the_float64_file(false_in_float64, true_in_float64, tmp_path, run_cli):
     for (net, spec), want in ((false_in_float64, "violated"), (true_in_float64, "holds")):
         out = tmp_path / f"{net.stem}.json"
