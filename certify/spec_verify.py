@@ -94,14 +94,15 @@ def _native_ibp_model(model: nn.Module, input_shape: tuple[int, ...], device: to
 
 
 def _native_dag(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> db.Dag | None:
-    """The float64 graph that native CROWN bounds (ReLU networks with residual adds, concatenations
-    and max pooling: certify/dag_bounds.py), or None when it has other layers (auto_LiRPA is tried then)."""
+    """The float64 graph that native CROWN bounds (residual adds, concatenations, max pooling, ReLUs and
+    the activations of certify/activation_lines.py: certify/dag_bounds.py), or None when it has
+    other layers (auto_LiRPA is tried then)."""
     from robustcli.certify.bounders import walkable
     from robustcli.certify.graph import UnsupportedLayer
     from robustcli.certify.trace import UnsupportedOperation
 
     try:
-        tree = walkable(model, torch.zeros(2, *input_shape, dtype=model_float_dtype(model), device=device))
+        tree = walkable(model, torch.zeros(2, *input_shape, dtype=model_float_dtype(model), device=device), "crown")
         return db.Dag.of(tree, input_shape)
     except (UnsupportedLayer, UnsupportedOperation, db.NotADag):
         return None
