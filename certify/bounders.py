@@ -288,9 +288,10 @@ class CrownBounder:
                 low, _ = db.crown_spec(g, lo, hi, Cs, None, inter, ball=ball)
                 crown_low = low
                 crown_seconds = (time.monotonic() - started) / len(lo)
-                if self.alpha_iterations > 0:
-                    low = db.alpha_crown_spec(g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations,
-                                              stop_when_positive=False, ball=ball)
+                if self.alpha_iterations > 0:  # its first iterate is CROWN's up to the lines' grid: keep the better
+                    low = torch.maximum(crown_low, db.alpha_crown_spec(
+                        g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations, stop_when_positive=False,
+                        ball=ball))
                 if self.forms is not None:
                     ds = None if d is None else d[s : s + step].to(g.device, g.dtype)
                     if self.relu_form_pays is None:
