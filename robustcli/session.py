@@ -11,6 +11,7 @@ import torch
 from robustcli.data import DataFormat, Dataset, load_dataset
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError, first_line
+from robustcli.core.nn import LogProbabilities
 from robustcli.models import LoadedModel, load_model
 from robustcli.options import data_format
 
@@ -84,7 +85,23 @@ def open_workload(
     fit_declared_input(loaded, dataset)
     classes = check_model_on_data(loaded.module, dataset, dev)
     check_finite_logits(loaded.module, dataset, dev)
+    if outputs_probabilities(loaded.module, dataset, dev):
+        import sys
+
+        loaded.module = LogProbabilities(loaded.module).eval()
+        loaded.meta["outputs"] = "probabilities, attacked as log-probabilities"
+        print("note: the model outputs probabilities (non-negative rows summing to 1); attacks and reports use "
+              "their logarithm as logits (the same classifier; differences of probabilities saturate and "
+              "weaken attacks)", file=sys.stderr)
     return Workload(loaded, dataset, dev, classes)
+
+
+def outputs_probabilities(model: torch.nn.Module, data: Dataset, device: torch.device, n: int = 256) -> bool:
+    """Whether the model's outputs on the first n points are probabilities: at least two classes,
+    every output >= 0 and every row summing to 1 (to float32 rounding)."""
+    with torch.no_grad():
+        out = model.eval()(data.x[:n].to(device)).double()
+    return out.shape[1] >= 2 and bool((out >= 0).all()) and bool(((out.sum(1) - 1).abs() <= 1e-4).all())
 
 
 def fit_declared_input(loaded: LoadedModel, data: Dataset) -> None:
