@@ -8,20 +8,18 @@ import json
 import torch
 from torch import nn
 
-from robustcli.data import Dataset
-from robustcli.session import outputs_probabilities
-
-
-def _data() -> Dataset:
-    return Dataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 10, "rand")
+from robustcli.session import are_probabilities
 
 
 def test_probabilities_are_told_from_logits_and_log_probabilities(digits_mlp):
-    dev = torch.device("cpu")
-    assert outputs_probabilities(nn.Sequential(digits_mlp, nn.Softmax(1)), _data(), dev)
-    assert not outputs_probabilities(digits_mlp, _data(), dev)
-    assert not outputs_probabilities(nn.Sequential(digits_mlp, nn.LogSoftmax(1)), _data(), dev)
-    assert not outputs_probabilities(nn.Sequential(digits_mlp, nn.Sigmoid()), _data(), dev)
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        z = digits_mlp(x)
+    assert are_probabilities(z.softmax(1))
+    assert not are_probabilities(z)
+    assert not are_probabilities(z.log_softmax(1))
+    assert not are_probabilities(z.sigmoid())
+    assert not are_probabilities(torch.ones(8, 1))  # one class: nothing to compare
 
 
 def _robust(run_cli, path, out):
