@@ -14,8 +14,11 @@ is sound for any slopes in [0, 1]) and max pooling inputs are carried but never 
 A domain without unstable ReLUs is decided exactly by a linear program (bab.close_domain) when
 the network is affine on it: always on a chain, and on a graph when every max pooling window is
 decided by its bounds (one input's lower bound above every other's upper bound; DeepPoly's exact
-case, Singh et al. 2019 sec. 4). `affine_rows` gives those affine functions, from a backward pass
-whose relaxations are all exact there.
+case, Singh et al. 2019 sec. 4) and every other activation (sigmoid, GELU, leaky ReLU, ...:
+certify/activation_lines.py) is on one linear piece of a piecewise linear function; a smooth
+activation's lines are never exact, so such a domain is never closed as affine (its bound stays
+CROWN's, sound). `affine_rows` gives those affine functions, from a backward pass whose
+relaxations are all exact there. Only ReLUs are split.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
+from robustcli.certify.activation_lines import exact_on
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -184,6 +188,10 @@ class DagNetwork:
                 l, u = (t.reshape(1, -1) for t in self._dict(bounds)[n.parents[0]])
                 if not bool(db._maxpool_lines(n.window, l, u)[1].all()):
                     return False  # an undecided window: the max is not affine on the domain
+            elif n.kind == "act":
+                bl, bu = self._dict(bounds)[n.parents[0]]
+                if not bool(exact_on(db._activation(n), bl.reshape(-1), bu.reshape(-1)).all()):
+                    return False  # a smooth activation, or a kink inside the interval: not affine
         return True
 
     def affine_rows(self, target, rows, bounds, splits) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,9 @@ its modules are walkable, else the graph front end's rewrite (certify/trace.py),
 ONNX. IBP walks the tree directly (residual adds, BatchNorm in train mode, exact L2 ball through
 the first affine layer: certify/ibp.py); the CROWN family bounds chains of affine blocks and ReLUs
 with certify/chain_bounds.py and ReLU graphs with residual adds and concatenations with
-certify/dag_bounds.py (input boxes and balls alike; max pooling relaxed there, so a chain with a
-max pooling goes to the graph engine), and refuses smooth activations, naming them. A tree neither
+certify/dag_bounds.py (input boxes and balls alike; max pooling and the elementwise activations of
+certify/activation_lines.py (sigmoid, tanh, GELU, SiLU, leaky ReLU, ...) relaxed there, so a chain
+with either goes to the graph engine), and refuses other operations, naming them. A tree neither
 engine covers (BatchNorm with batch statistics) goes to auto_LiRPA behind the same interface when
 it is installed. The `lirpa-*` names always use auto_LiRPA.
 """
@@ -32,8 +33,10 @@ from torch import nn
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
 from robustcli.certify import maxpool_forms as mf
+from robustcli.certify.activation_lines import covered
 from robustcli.certify.graph import (
     IDENTITY,
+    LINE_METHODS,
     RESHAPE,
     UnsupportedLayer,
     describe,
@@ -125,10 +128,11 @@ def _numbered(bounds: list[tuple[torch.Tensor, torch.Tensor]]) -> list[ReluInput
     return [ReluInputBounds(f"ReLU {k}", l, u) for k, (l, u) in enumerate(bounds, 1)]
 
 
-def walkable(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """The model if the native engines can walk its modules, else its canonical rewrite (trace.py)."""
+def walkable(model: nn.Module, example: torch.Tensor, method: str = "ibp") -> nn.Module:
+    """The model if the native engines of `method` can walk its modules (graph.model_steps), else its
+    canonical rewrite (trace.py)."""
     try:
-        model_steps(model, "ibp")
+        model_steps(model, method)
         return model
     except UnsupportedLayer as layer_error:
         from robustcli.certify.trace import UnsupportedOperation, canonical_model
@@ -139,7 +143,12 @@ def walkable(model: nn.Module, example: torch.Tensor) -> nn.Module:
             if layer_error.leaf:  # e.g. nn.Tanh: the module's own name says more than its ATen op
                 raise layer_error from None
             raise
-        model_steps(canon, "ibp")  # e.g. a leaky_relu with a negative slope: refused here, before any bounding
+        try:
+            model_steps(canon, method)  # e.g. a leaky_relu with a negative slope (IBP): refused here, before any bounding
+        except UnsupportedLayer:
+            if layer_error.leaf:  # the same layer, refused again: its module name says more
+                raise layer_error from None
+            raise
         return canon
 
 
@@ -208,7 +217,7 @@ class CrownBounder:
     def __init__(self, model: nn.Module, example: torch.Tensor, *, intermediate: str = "crown",
                  alpha_iterations: int = 0, dtype: torch.dtype = torch.float64, max_elements: int = 2**27,
                  method: str = "crown"):
-        model = walkable(model, example)
+        model = walkable(model, example, method)
         refuse_monotone(model, method)
         self.dag: db.Dag | None = None
         try:
@@ -311,12 +320,13 @@ class CrownBounder:
 
 
 def refuse_monotone(model: nn.Module, method: str) -> None:
-    """The native CROWN engine relaxes ReLUs and max pooling (nn.MaxPool2d, nn.AdaptiveMaxPool2d:
-    certify/dag_bounds.py): any other monotone layer (smooth activations, clamps) is refused, named,
-    with only the methods that bound the model: native IBP, and auto_LiRPA's CROWN when installed
-    and every such layer, max pooling included, is one its 0.3 release bounds (`graph.lirpa_crown_bounds`)."""
-    every = monotone_layers(model_steps(model, "ibp"))
-    found = [s for s in every if not isinstance(s.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d))]
+    """The native CROWN engine relaxes ReLUs, max pooling (certify/dag_bounds.py) and every elementwise
+    activation certify/activation_lines.py covers: any other monotone layer (a clamp with low > high,
+    a softplus with beta <= 0) is refused, named, with only the methods that bound the model: native
+    IBP, and auto_LiRPA's CROWN when installed and every such layer, max pooling included, is one its
+    0.3 release bounds (`graph.lirpa_crown_bounds`)."""
+    every = monotone_layers(model_steps(model, method if method in LINE_METHODS else "crown"))
+    found = [s for s in every if not isinstance(s.module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and not covered(s.module)]
     if not found:
         return
     from robustcli.certify.lirpa import lirpa_available
@@ -324,7 +334,7 @@ def refuse_monotone(model: nn.Module, method: str) -> None:
     lirpa = lirpa_available() and all(lirpa_crown_bounds(s.module) for s in every)
     alternatives = "--method ibp" + (" or lirpa-crown (auto_LiRPA)" if lirpa else "")
     raise UnsupportedLayer(
-        f"native {method} relaxes ReLUs and max pooling only and cannot bound {describe(found[0])} of this model; use {alternatives}"
+        f"native {method} has no linear relaxation of {describe(found[0])} of this model; use {alternatives}"
     )
 
 
@@ -416,7 +426,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def _native_or_lirpa(name: str, intermediate: str, alpha: bool, lirpa_name: str):
     def build(model: nn.Module, example: torch.Tensor, alpha_iterations: int = 20, norm: str | None = None) -> Bounder:
-        tree = walkable(model, example)
+        tree = walkable(model, example, name)
         try:
             return CrownBounder(tree, example, intermediate=intermediate,
                                 alpha_iterations=alpha_iterations if alpha else 0, method=name)

@@ -53,6 +53,9 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_patches
+from robustcli.certify.activation_lines import (
+    Activation, Lines, activation_lines, activation_of, activation_range, exact_on,
+)
 from robustcli.certify.chain_bounds import (
     AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine,
     projected_adam_step_,
@@ -70,7 +73,8 @@ class NotADag(NotAChain):
 @dataclass
 class Node:
     """One value of the graph. kind: "input", "affine" (`layers` applied to the one parent), "add",
-    "concat" (parents joined along per-point axis `axis`), "relu", "maxpool" (`layers` = [the
+    "concat" (parents joined along per-point axis `axis`), "relu", "act" (an elementwise activation
+    other than ReLU, `layers` = [its module], relaxed by certify/activation_lines.py), "maxpool" (`layers` = [the
     nn.MaxPool2d or nn.AdaptiveMaxPool2d]; `window` (n_out, k): flat parent index of every output's window slots, padding
     slots = the parent's numel)."""
 
@@ -136,6 +140,10 @@ class Dag:
                     v = n.layers[0](p)
                     index = _adaptive_window_index if isinstance(n.layers[0], nn.AdaptiveMaxPool2d) else _window_index
                     n.window = index(n.layers[0], tuple(p.shape[1:]), tuple(v.shape[2:]), self.device)
+                elif n.kind == "act":
+                    if activation_of(n.layers[0]) is None:
+                        raise NotADag(f"layer {type(n.layers[0]).__name__} has no linear relaxation here")
+                    v = n.layers[0](vals[n.parents[0]])
                 else:
                     v = F.relu(vals[n.parents[0]])
                 n.shape = tuple(v.shape[1:])
@@ -143,8 +151,9 @@ class Dag:
 
     @property
     def pre(self) -> list[int]:
-        """Nodes that feed a ReLU or a max pooling (their relaxations need bounds), in topological order."""
-        return sorted({n.parents[0] for n in self.nodes if n.kind in ("relu", "maxpool")})
+        """Nodes that feed a ReLU, an activation or a max pooling (their relaxations need bounds), in
+        topological order."""
+        return sorted({n.parents[0] for n in self.nodes if n.kind in ("relu", "act", "maxpool")})
 
     @property
     def relu_inputs(self) -> list[int]:
@@ -217,6 +226,8 @@ class _Builder:
             if m.return_indices:
                 raise NotADag(f"{type(m).__name__} with return_indices=True")
             return self.add(Node("maxpool", (self.flush(src, run),), layers=[_as_dtype(m, self.dtype)])), []
+        if activation_of(m) is not None:  # sigmoid, tanh, GELU, leaky ReLU, ...: linear lines per neuron
+            return self.add(Node("act", (self.flush(src, run),), layers=[_as_dtype(m, self.dtype)])), []
         if isinstance(m, Residual):
             fork = self.flush(src, run)
             outs = [self.flush(*self.walk(b, fork, [])) for b in (m.body, m.shortcut)]
@@ -359,6 +370,8 @@ def _needs_rows(dag: "Dag", i: int, l: torch.Tensor, u: torch.Tensor) -> torch.T
             continue
         if c.kind == "relu":
             mask |= (l < 0) & (u > 0)
+        elif c.kind == "act":
+            mask |= ~exact_on(_activation(c), l, u) & (u > l)
         elif c.kind == "maxpool":
             _, exact, _ = _maxpool_lines(c.window, l, u)
             k = c.window.shape[1]
@@ -367,6 +380,80 @@ def _needs_rows(dag: "Dag", i: int, l: torch.Tensor, u: torch.Tensor) -> torch.T
             marks.scatter_reduce_(1, c.window.reshape(1, -1).expand(B, -1), loose, "amax")
             mask |= marks[:, :n] > 0
     return mask
+
+
+# -- elementwise activations ----------------------------------------------------------------------
+def _activation(n: Node) -> Activation:
+    act = activation_of(n.layers[0])
+    assert act is not None  # Dag._shapes refused the node otherwise
+    return act
+
+
+_ACT_CACHE = 64  # bound tensors whose lines a graph keeps
+
+
+def _act_lines(dag: "Dag", n: Node, bounds_parent: tuple[torch.Tensor, torch.Tensor]) -> Lines:
+    """certify/activation_lines.py's lines for node n's neurons over its input's bounds, flat (B, n),
+    computed once per bound tensors: every backward pass through n reads them, and passes in parts
+    of the points (chain_bounds.rows_in_parts) read row slices of the same tensors, which get the
+    matching rows of the cached lines (found by storage, checked by offset, strides and version;
+    crown_intermediate computes them on the whole batch first)."""
+    cache: dict = dag.__dict__.setdefault("_act_lines", {})
+    l, u = bounds_parent
+    key = (id(n), l.untyped_storage().data_ptr(), u.untyped_storage().data_ptr())
+    hit = cache.get(key)
+    if hit is not None:
+        fl, fu, versions, lines = hit
+        start = _row_offset(fl, l)
+        if start is not None and start == _row_offset(fu, u) and versions == (l._version, u._version):
+            if start == 0 and l.shape[0] == fl.shape[0]:
+                return lines
+            sl = slice(start, start + l.shape[0])
+            return Lines(lines.low_slope[sl], lines.low_icpt[sl], lines.up_slope[sl], lines.up_icpt[sl],
+                         lines.exact[sl])
+    lines = activation_lines(_activation(n), l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1))
+    cache.pop(key, None)
+    if len(cache) >= _ACT_CACHE:
+        del cache[next(iter(cache))]
+    cache[key] = (l, u, (l._version, u._version), lines)
+    return lines
+
+
+def _row_offset(full: torch.Tensor, part: torch.Tensor) -> int | None:
+    """The first row of `full` that `part` starts at, when `part` is full[s : s + k] (same storage,
+    same strides, whole rows), else None."""
+    if part.shape[1:] != full.shape[1:] or part.stride() != full.stride() or full.stride(0) == 0:
+        return None
+    off = part.data_ptr() - full.data_ptr()
+    row = full.stride(0) * full.element_size()
+    if off % row:
+        return None
+    start = off // row
+    return start if 0 <= start and start + part.shape[0] <= full.shape[0] else None
+
+
+def _act_back(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bias: torch.Tensor):
+    """Rows a (B, R, n) of an activation's output taken to its input: a positive coefficient takes
+    the lower line a_l x + b_l, a negative one the upper line (CROWN, Zhang et al. 2018, Thm 3.2);
+    the intercepts add to the constant. An infinite intercept (unbounded input) meets only zero
+    coefficients or gives the bound -inf, never NaN. As chain_bounds._relax_rows: the constant by
+    batched products, the rows in place where nothing needs gradients."""
+    lines = _act_lines(dag, n, bounds_parent)
+    low_s, low_t, up_s, up_t = (t.reshape(t.shape[0], 1, -1) for t in
+                                (lines.low_slope, lines.low_icpt, lines.up_slope, lines.up_icpt))
+    B = a.shape[0]
+    neg = a.clamp(max=0)
+    pos = a - neg
+    if bool(torch.isfinite(low_t).all()) and bool(torch.isfinite(up_t).all()):
+        bias = bias + torch.bmm(pos, low_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2) \
+            + torch.bmm(neg, up_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2)
+    else:
+        const_l = torch.where(pos == 0, torch.zeros_like(pos), pos * low_t)
+        const_u = torch.where(neg == 0, torch.zeros_like(neg), neg * up_t)
+        bias = bias + (const_l + const_u).sum(2)
+    if torch.is_grad_enabled() and a.requires_grad:
+        return bias, pos * low_s + neg * up_s
+    return bias, pos.mul_(low_s).add_(neg.mul_(up_s))
 
 
 # -- IBP --------------------------------------------------------------------------------------------
@@ -381,6 +468,8 @@ def _ibp_node(dag: Dag, i: int, box: dict[int, tuple[torch.Tensor, torch.Tensor]
     if n.kind == "maxpool":  # monotone in every input: exact on a box
         l, u = box[n.parents[0]]
         return n.layers[0](l), n.layers[0](u)
+    if n.kind == "act":
+        return activation_range(_activation(n), *box[n.parents[0]])
     if n.kind == "add":
         parts = [box[q] for q in n.parents]
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
@@ -488,6 +577,9 @@ def back_to_input(
         elif n.kind == "maxpool":
             weights = alphas.get(i) if alphas is not None else None
             bias, a = _maxpool_back(n, dag.nodes[n.parents[0]].numel, a, bounds[n.parents[0]], bias, weights)
+            send(n.parents[0], a)
+        elif n.kind == "act":
+            bias, a = _act_back(dag, n, a, bounds[n.parents[0]], bias)
             send(n.parents[0], a)
         else:  # relu
             q = n.parents[0]
@@ -602,10 +694,10 @@ def crown_intermediate(
         Bq = bl.shape[0]
         bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
         unstable = _needs_rows(dag, i, bl, bu)
-        if n.kind == "relu":
+        if n.kind in ("relu", "act"):
             # A ReLU's output (a max pooling's input): [relu(l), relu(u)] from its input's bounds is
             # what CROWN's lines give too (the upper line's maximum is u, the lower line's minimum
-            # is 0 or l), so no rows.
+            # is 0 or l), so no rows. An activation's output keeps its range over its input's bounds.
             unstable = torch.zeros_like(unstable)
         elif not intersect_ibp and crown and i != 0:  # every neuron gets CROWN's bound, nothing else
             unstable = torch.ones_like(unstable)
@@ -622,6 +714,9 @@ def crown_intermediate(
         if splits is not None and i in splits:
             bl, bu = _clamp_split((bl, bu), splits[i])
         out[i] = box[i] = (bl.reshape(Bq, *n.shape), bu.reshape(Bq, *n.shape))
+        for c in dag.nodes:  # the lines of activations on i, once for the whole batch (see _act_lines)
+            if c.kind == "act" and c.parents[0] == i:
+                _act_lines(dag, c, out[i])
     return out
 
 
@@ -682,7 +777,7 @@ def alpha_crown_spec(
     # Rows of each intermediate quantity: its neurons unstable under the CROWN bounds.
     rows_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for q in dag.pre if intermediate else []:
-        if q == 0 or dag.nodes[q].kind == "relu":  # a ReLU's output follows its input (_alpha_intermediate)
+        if q == 0 or dag.nodes[q].kind in ("relu", "act"):  # they follow their input (_alpha_intermediate)
             continue
         l, u = (t.reshape(t.shape[0], -1) for t in bounds[q])
         unstable = _needs_rows(dag, q, l, u)
@@ -758,6 +853,10 @@ def _alpha_intermediate(dag: Dag, lo, hi, rows_of, patched: set[int], inter, tig
         if dag.nodes[q].kind == "relu":  # from its input's bounds of this iteration (see crown_intermediate)
             pl, pu = bnd[dag.nodes[q].parents[0]]
             bnd[q] = (torch.maximum(F.relu(pl), bl), torch.minimum(F.relu(pu), bu))
+            continue
+        if dag.nodes[q].kind == "act":  # its range over its input's bounds of this iteration
+            al, au = activation_range(_activation(dag.nodes[q]), *bnd[dag.nodes[q].parents[0]])
+            bnd[q] = (torch.maximum(al, bl), torch.minimum(au, bu))
             continue
         if q not in rows_of:
             bnd[q] = (bl, bu)

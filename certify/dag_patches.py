@@ -66,7 +66,7 @@ def patchable(dag: "Dag", q: int) -> bool:
         ok = True
         for i in dag.ancestors(q):
             n = dag.nodes[i]
-            if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0) or n.kind == "maxpool":
+            if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0) or n.kind in ("maxpool", "act"):
                 ok = False
             elif n.kind == "affine" and not all(
                     conv_supported(m) or _pool_ok(m) or isinstance(m, (nn.BatchNorm2d, ElementwiseAffine, *_PASS))

@@ -7,8 +7,11 @@ AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
 (`MONOTONE`: max pooling, sigmoid, tanh, leaky ReLU with slope >= 0, hardtanh/ReLU6/clamp, ELU
 with alpha >= 0, CELU, SELU, softplus, log-sigmoid, hardsigmoid, softsign): nondecreasing in every input,
 so interval propagation maps [l, u] to [f(l), f(u)] (Gowal et al. 2018, sec. 3). The CROWN chain engine
-bounds only ReLU networks; `monotone_layers` lists what it must refuse. Anything else raises
-`UnsupportedLayer`, naming the layer and a method that can bound it.
+bounds only ReLU networks; the graph engine (certify/dag_bounds.py) also relaxes every elementwise
+activation certify/activation_lines.py covers, the non-monotone ones too (GELU, SiLU, Mish,
+Hardswish, LeakyReLU or ELU with a negative slope): `model_steps` with a CROWN method
+(`LINE_METHODS`) accepts those. Anything else raises `UnsupportedLayer`, naming the layer and a
+method that can bound it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from robustcli.certify.activation_lines import covered
 from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape, Slice
 from robustcli.core.nn import Concat, Residual
 from robustcli.core.nn import Normalized
@@ -38,6 +42,11 @@ MONOTONE = (
 NONLINEAR_ACTIVATIONS = (
     nn.GELU, nn.SiLU, nn.Softmax, nn.LogSoftmax, nn.Mish, nn.PReLU, nn.Hardswish, nn.Tanhshrink,
 )  # fmt: skip
+
+
+# Methods whose native engine relaxes every activation certify/activation_lines.py covers.
+LINE_METHODS = ("crown", "alpha-crown", "crown-ibp")
+NATIVE_CROWN = "--method crown or alpha-crown bound it natively (linear relaxations)"
 
 
 class UnsupportedLayer(InputError):
@@ -121,10 +130,13 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         return [Step(prefix, m)]
     if isinstance(m, MONOTONE):
         return [_monotone_step(prefix, m, method)]
+    if method in LINE_METHODS and covered(m):
+        return [Step(prefix, m)]
     if isinstance(m, NONLINEAR_ACTIVATIONS):
+        native = f"{NATIVE_CROWN}; " if covered(m) and method != "tightness" else ""
         raise UnsupportedLayer(
-            f"layer {_label(prefix, m)} is not monotone; native {method} handles ReLU and the monotone "
-            f"activations (Sigmoid, Tanh, LeakyReLU, ELU, Softplus, ...) and max pooling; {_alternative(method, m)}"
+            f"{describe(Step(prefix, m))} is not monotone; native {method} handles ReLU and the monotone "
+            f"activations (Sigmoid, Tanh, LeakyReLU, ELU, Softplus, ...) and max pooling; {native}{_alternative(method, m)}"
         )
     err = UnsupportedLayer(
         f"{method} cannot bound layer {_label(prefix, m)}; it supports Sequential, Linear, Conv2d, ReLU, "
@@ -140,10 +152,10 @@ def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
     if method == "tightness":
         raise UnsupportedLayer(f"{what} is not a ReLU; {_alternative(method)}")
     slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else m.alpha if isinstance(m, nn.ELU) else 0.0
-    if slope < 0:
+    if slope < 0 and not (method in LINE_METHODS and covered(m)):
         raise UnsupportedLayer(
             f"{what} has a negative slope ({slope}), so it is not monotone and native {method} cannot bound it; "
-            "use a slope >= 0"
+            f"use a slope >= 0{' or --method crown' if covered(m) else ''}"
         )
     if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and m.return_indices:
         raise UnsupportedLayer(f"{what} returns indices; bounding needs it to return values only")

@@ -20,6 +20,12 @@ Stage `bab` spends up to a quarter of the remaining time on a longer attack (5x 
 the steps) before branching, because the bound stages leave open exactly the instances where a
 counterexample is most likely.
 - `unknown`: every stage ran and none decided; `timeout`: the time budget ran out first.
+
+Precision: every bound stage bounds the model in its own precision (float64 copies of a float32
+model are exact; a float64 model, such as an ONNX file of float64 weights converted with
+`onnx_to_torch(path, dtype=None)`, keeps its float64 weights), so a `holds` is about the file's
+weights and never about weights rounded to float32. The attacks run on a float32 copy
+(`attack_copy`) and only propose candidates for the reference to confirm.
 """
 
 from __future__ import annotations
@@ -88,14 +94,15 @@ def _native_ibp_model(model: nn.Module, input_shape: tuple[int, ...], device: to
 
 
 def _native_dag(model: nn.Module, input_shape: tuple[int, ...], device: torch.device) -> db.Dag | None:
-    """The float64 graph that native CROWN bounds (ReLU networks with residual adds, concatenations
-    and max pooling: certify/dag_bounds.py), or None when it has other layers (auto_LiRPA is tried then)."""
+    """The float64 graph that native CROWN bounds (residual adds, concatenations, max pooling, ReLUs and
+    the activations of certify/activation_lines.py: certify/dag_bounds.py), or None when it has
+    other layers (auto_LiRPA is tried then)."""
     from robustcli.certify.bounders import walkable
     from robustcli.certify.graph import UnsupportedLayer
     from robustcli.certify.trace import UnsupportedOperation
 
     try:
-        tree = walkable(model, torch.zeros(2, *input_shape, dtype=model_float_dtype(model), device=device))
+        tree = walkable(model, torch.zeros(2, *input_shape, dtype=model_float_dtype(model), device=device), "crown")
         return db.Dag.of(tree, input_shape)
     except (UnsupportedLayer, UnsupportedOperation, db.NotADag):
         return None
@@ -202,15 +209,18 @@ def _relu_form_roots(forms: mf.TwoForms, lo, hi, C, d, bounds: dict, ci: int, al
 
 
 def model_float_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype the model computes in: float64 when any parameter or buffer is, else float32."""
-    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    """The floating dtype the model takes its input in: its first floating parameter's (its first
+    floating buffer's when it has no parameters), float32 when it has neither."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 def attack_copy(model: nn.Module) -> nn.Module:
     """The model the attacks run (in float32, for speed): the model itself when it is float32, else a
     float32 copy. Only candidates come from it; the reference re-checks each on the real model."""
-    if model_float_dtype(model) == torch.float32:
+    if model_float_dtype(model) != torch.float64:
         return model
     return copy.deepcopy(model).float().eval()
 

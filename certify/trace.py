@@ -12,7 +12,8 @@ The ATen graph is rewritten into the canonical tree the bound engines walk (cert
 certify/chain_bounds.py): `nn.Sequential` of Linear, Conv2d, ReLU, BatchNorm1d/2d, Flatten,
 `Reshape`, AvgPool2d, AdaptiveAvgPool2d, the monotone max pooling and activations
 (MaxPool2d, AdaptiveMaxPool2d, Sigmoid, Tanh, LeakyReLU, `Clip` for hardtanh/clamp, ReLU6, ELU, CELU,
-SELU, Softplus, LogSigmoid, Hardsigmoid; each carries `origin`, the ATen operation it came from, so an engine that cannot bound it names that), `ElementwiseAffine` (add/sub/mul/div by constants:
+SELU, Softplus, LogSigmoid, Hardsigmoid, and the non-monotone GELU, SiLU, Mish and Hardswish that
+native CROWN relaxes with certify/activation_lines.py; each carries `origin`, the ATen operation it came from, so an engine that cannot bound it names that), `ElementwiseAffine` (add/sub/mul/div by constants:
 normalisation layers), `Residual` (an add of two computed tensors that fork from one value) and
 `Concat` (a torch.cat of computed tensors that fork from one value, along a feature axis).
 Parameters are copied (bounds are functions of the weights at the time of the call; training
@@ -43,6 +44,8 @@ _MONOTONE = {"max_pool2d", "max_pool2d_with_indices", "adaptive_max_pool2d", "si
              "leaky_relu", "leaky_relu_", "hardtanh", "hardtanh_", "relu6", "clamp", "clamp_", "elu", "elu_", "celu",
              "celu_", "selu", "selu_", "softplus", "log_sigmoid", "hardsigmoid", "hardsigmoid_", "clamp_min",
              "clamp_min_", "clamp_max", "clamp_max_"}
+# Elementwise but not monotone: native CROWN bounds them (certify/activation_lines.py), IBP refuses them.
+_ELEMENTWISE = {"gelu", "gelu_", "silu", "silu_", "mish", "mish_", "hardswish", "hardswish_"}
 _SHAPE_ONLY = {"sym_size", "size", "sym_numel", "_assert_tensor_metadata", "_assert_scalar", "sym_constrain_range",
                "sym_constrain_range_for_size", "_assert_async"}
 
@@ -282,7 +285,7 @@ class _Converter:
             return _Value(v.layers + [Permute(tuple(args[1]))], self._out_shape(node))
         if op in ("conv2d", "convolution"):
             return self._conv(node, op, values)
-        if op in _MONOTONE:
+        if op in _MONOTONE or op in _ELEMENTWISE:
             return self._monotone(node, op, values)
         if op in ("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional"):
             return self._batch_norm(node, op, values)
@@ -321,8 +324,8 @@ class _Converter:
             return self._then(v, nn.LogSoftmax(dim=1), node)
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
-            "batch_norm, view/reshape/flatten, avg/max pooling, monotone activations (sigmoid, tanh, leaky_relu, "
-            "hardtanh/clamp, elu, softplus, ...), residual add, concatenation (cat) and add/sub/mul/div by constants"
+            "batch_norm, view/reshape/flatten, avg/max pooling, elementwise activations (sigmoid, tanh, leaky_relu, "
+            "hardtanh/clamp, elu, softplus, gelu, silu, ...), residual add, concatenation (cat) and add/sub/mul/div by constants"
         )
 
     def _conv(self, node, op: str, values) -> _Value:
@@ -344,7 +347,7 @@ class _Converter:
         return self._then(self._input(node, values), conv, node)
 
     def _monotone(self, node, op: str, values) -> _Value:
-        """Max pooling and the monotone activations: one module each, labelled with the graph operation."""
+        """Max pooling and the elementwise activations: one module each, labelled with the graph operation."""
         arg = lambda i, name, default: node.args[i] if len(node.args) > i else node.kwargs.get(name, default)  # noqa: E731
         op = op.rstrip("_")
         if op.startswith("max_pool2d"):
@@ -375,11 +378,13 @@ class _Converter:
             layer = nn.ELU(alpha)
         elif op == "celu":
             layer = nn.CELU(float(arg(1, "alpha", 1.0)))
+        elif op == "gelu":
+            layer = nn.GELU(str(node.kwargs.get("approximate", "none")))
         elif op == "softplus":
             layer = nn.Softplus(float(arg(1, "beta", 1.0)), float(arg(2, "threshold", 20.0)))
         else:
             simple = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "selu": nn.SELU, "log_sigmoid": nn.LogSigmoid,
-                      "hardsigmoid": nn.Hardsigmoid}
+                      "hardsigmoid": nn.Hardsigmoid, "silu": nn.SiLU, "mish": nn.Mish, "hardswish": nn.Hardswish}
             layer = simple[op]()
         layer.origin = _where(node)
         return self._then(self._input(node, values), layer, node)

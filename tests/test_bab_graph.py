@@ -509,19 +509,30 @@ def test_verifier_relu_splits_a_max_pooling_graph_in_its_relu_form():
     assert "domains (ReLU split)" in res.stages[-1]["note"]
 
 
-def test_verifier_bab_stage_names_why_a_smooth_graph_gets_none():
-    """A graph with a Tanh (only auto_LiRPA bounds it): the bab stage says it needs a chain or a ReLU
-    graph, and the answer stays open."""
+def test_verifier_bab_stage_names_why_a_graph_without_lines_gets_none():
+    """A graph with a PReLU (no native lines): the bab stage says it needs a chain or a graph the
+    native engine bounds, and the answer stays open. A Tanh graph is branched on (its max pooling's
+    ReLU form split, the tanh's lines kept; never closed by the LP as if affine)."""
     from onnx_helpers import vnnlib_box
     from robustcli.certify.spec_verify import verify_property
     from robustcli.certify.vnnlib import parse_vnnlib
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)).eval()
     x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    label = int(model(x).argmax(1))
     lo, hi = (x - 0.3).clamp(0, 1).flatten(), (x + 0.3).clamp(0, 1).flatten()
-    res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 3)), (1, 4, 4),
-                          methods=("bab",), bab_split="relu", attack_steps=1, attack_restarts=1)
-    if res.status != "violated":  # the attack before branching may find a counterexample
-        assert res.status == "unknown" and "needs a chain or a ReLU graph" in res.stages[-1]["note"], res.stages
+    for act in (nn.PReLU(), nn.Tanh()):
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), act, nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 3)).eval()
+        label = int(model(x).argmax(1))
+        res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 3)), (1, 4, 4),
+                              methods=("bab",), bab_split="relu", attack_steps=1, attack_restarts=1)
+        if res.status == "violated":  # the attack before branching may find a counterexample
+            continue
+        if isinstance(act, nn.PReLU):
+            assert res.status == "unknown" and "needs a chain or a ReLU graph" in res.stages[-1]["note"], res.stages
+        else:
+            assert "domains (ReLU split)" in res.stages[-1]["note"], res.stages
+            if res.status == "holds":  # then no sampled point of the box violates it
+                pts = lo + (hi - lo) * torch.rand(4000, 16, generator=torch.Generator().manual_seed(1))
+                with torch.no_grad():
+                    y = model(pts.reshape(-1, 1, 4, 4))
+                assert bool((y.argmax(1) == label).all())

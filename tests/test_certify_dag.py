@@ -303,10 +303,9 @@ def test_alpha_crown_with_patch_slopes_equals_dense_slopes(name):
     torch.testing.assert_close(lows[0], lows[1], atol=1e-10, rtol=0)
 
 
-@LIRPA
-def test_spec_verification_keeps_auto_lirpa_for_smooth_activations():
-    """A graph the native CROWN engines do not cover (tanh before a max pooling) still gets its
-    CROWN stage from auto_LiRPA."""
+def test_spec_verification_bounds_smooth_activation_graphs_natively():
+    """A graph with a tanh before a max pooling gets its CROWN stage from the native graph engine
+    (the tanh's lines: certify/activation_lines.py)."""
     from robustcli.certify.spec_verify import verify_property
     from robustcli.certify.vnnlib import parse_vnnlib
 
@@ -317,5 +316,5 @@ def test_spec_verification_keeps_auto_lirpa_for_smooth_activations():
     lo, hi = (x - 0.002).clamp(0, 1).flatten(), (x + 0.002).clamp(0, 1).flatten()
     res = verify_property(model, parse_vnnlib(vnnlib_box(lo.tolist(), hi.tolist(), label, 10)), (1, 8, 8),
                           methods=("crown",))
-    assert res.stages[0]["note"] == "auto_LiRPA (graph model)"
+    assert res.stages[0]["note"] == "native CROWN (graph model)"
     assert res.status in ("holds", "unknown")

@@ -1,7 +1,8 @@
 """Native IBP through monotone layers (max pooling, sigmoid, tanh, leaky ReLU): sound against
 sampled, corner and PGD points of Linf and L2 balls; the same bounds from a module, .pt2,
-TorchScript and ONNX; certified at the CLI; the native CROWN family refuses such a model in one
-line that names the operation and points only at methods that bound it."""
+TorchScript and ONNX; certified at the CLI; the native CROWN family bounds such a model through
+the linear lines of certify/activation_lines.py, and refuses an operation it has no lines for in
+one line that names it and points only at methods that bound it."""
 
 from __future__ import annotations
 
@@ -86,14 +87,16 @@ def test_monotone_cnn_bounds_the_same_from_every_format(tmp_path, norm, eps):
 
 
 @pytest.mark.parametrize("method", ["crown", "crown-ibp", "alpha-crown"])
-def test_native_crown_refuses_monotone_layers_naming_the_operation(method):
+def test_native_crown_bounds_monotone_layers_soundly(method):
+    """The functional CNN (tanh, max pooling with padding, sigmoid, leaky ReLU) gets native CROWN
+    bounds: never above a sampled, corner or PGD point, and finite."""
     model = monotone_digits_cnn().eval()
-    with pytest.raises(UnsupportedLayer) as e:
-        build_bounder(method, model, torch.rand(2, 1, 8, 8))
-    msg = str(e.value)
-    assert "aten.tanh" in msg and "--method ibp" in msg and "\n" not in msg
-    # auto_LiRPA 0.3 fails on this model (max pooling with padding): it is never suggested.
-    assert "lirpa" not in msg
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    spec = margin_spec(model(x).argmax(1), 10)
+    low = build_bounder(method, model, x[:2], alpha_iterations=5).lower(InputSet.ball(x, 0.03, "linf"), spec)
+    empirical = _empirical_min(model, x, spec, 0.03, "linf")
+    assert bool(torch.isfinite(low).all()) and bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all())
+    # auto_LiRPA 0.3 fails on this model (max pooling with padding).
     if lirpa_available():
         x = torch.rand(2, 1, 8, 8)
         with pytest.raises(Exception, match="failed|cannot"):
@@ -101,16 +104,29 @@ def test_native_crown_refuses_monotone_layers_naming_the_operation(method):
 
 
 @pytest.mark.skipif(not lirpa_available(), reason="auto_LiRPA not installed")
-def test_crown_refusal_points_at_lirpa_crown_only_where_it_bounds_the_model():
-    # Max pooling is bounded natively; the tanh before it is not, and auto_LiRPA bounds both.
+def test_native_crown_on_tanh_and_max_pooling_is_as_tight_as_auto_lirpa():
+    """Tanh before a max pooling: native CROWN (tanh lines, DeepPoly pooling) and auto_LiRPA's CROWN
+    are both sound; the native bound is within 1e-3 of auto_LiRPA's or above it on every row."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10)).eval()
     x = torch.rand(3, 1, 8, 8)
-    with pytest.raises(UnsupportedLayer, match=r"'1' \(Tanh\).*--method ibp or lirpa-crown"):
-        build_bounder("crown", model, x[:2])
     spec = margin_spec(model(x).argmax(1), 10)
-    low = build_bounder("lirpa-crown", model, x[:2]).lower(InputSet.ball(x, 0.02, "linf"), spec)
-    assert bool((low <= _empirical_min(model, x, spec, 0.02, "linf") + 1e-5).all())
+    s = InputSet.ball(x, 0.02, "linf")
+    native = build_bounder("crown", model, x[:2]).lower(s, spec)
+    lirpa = build_bounder("lirpa-crown", model, x[:2]).lower(s, spec)
+    empirical = _empirical_min(model, x, spec, 0.02, "linf")
+    assert bool((native <= empirical + 1e-5).all()) and bool((lirpa <= empirical + 1e-5).all())
+    assert bool((native >= lirpa - 1e-3).all()), (native - lirpa).min()
+
+
+def test_native_crown_refuses_an_activation_without_lines_in_one_line():
+    """PReLU (a learned slope per channel) has no lines here: refused, named, one line."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.PReLU(), nn.Linear(8, 3)).eval()
+    for method in ("crown", "alpha-crown"):
+        with pytest.raises(UnsupportedLayer) as e:
+            build_bounder(method, model, torch.rand(2, 1, 4, 4))
+        msg = str(e.value)
+        assert "PReLU" in msg and "'2'" in msg and "\n" not in msg
 
 
 def test_leaky_relu_with_a_negative_slope_is_refused():
@@ -133,7 +149,7 @@ def test_tightness_refuses_monotone_layers_by_name():
         tightness(model, torch.rand(2, 1, 6, 6), margin_spec(torch.zeros(2, dtype=torch.long), 3))
 
 
-def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown_refuses_in_one_line(tmp_path, run_cli):
+def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown(tmp_path, run_cli):
     """`robust certify --method ibp` on the CNN saved the four usual ways: exit 0, equal margins."""
     model = monotone_digits_cnn().eval()
     x = torch.rand(2, 1, 8, 8)
@@ -150,10 +166,14 @@ def test_cli_certifies_a_monotone_cnn_with_ibp_and_crown_refuses_in_one_line(tmp
         margins[name] = row["mean_margin_lower_bound"]
     for name, m in margins.items():
         assert m == pytest.approx(margins["state"], abs=1e-4), name
+    # native CROWN bounds the same file (tanh, sigmoid, leaky ReLU lines), at least as tight on average
     out = tmp_path / "crown.json"
-    line = only_error_line(run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "8",
-                                   "--method", "crown", "--json", out))
-    assert "aten.tanh" in line and "--method ibp" in line and not out.exists()
+    r = run_cli("certify", "--model", tmp_path / "m.pt2", "--data", "digits", "--n", "8", "--eps", "0.01",
+                "--method", "crown", "--pgd-steps", "2", "--json", out)
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["results"][0]
+    assert 0.0 <= row["verified_accuracy"] <= row["pgd_accuracy"] <= row["clean_accuracy"]
+    assert row["mean_margin_lower_bound"] >= margins["pt2"] - 1e-6
 
 ACTIVATIONS = {
     "hardtanh": (nn.Hardtanh(-0.5, 0.7), lambda x: torch.nn.functional.hardtanh(x, -0.5, 0.7)),

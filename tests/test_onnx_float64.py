@@ -114,6 +114,39 @@ def test_branch_and_bound_finds_a_counterexample_that_exists_only_in_float64(tmp
     assert r.result == "violated" and r.method == "bab" and r.confirmed_by == "onnxruntime", r.stages
 
 
+def _two_branch_net(path: Path, second_weight: float, bias: float, join: str) -> Path:
+    """relu(x) and relu(w x) on two branches joined by `join`: "Add" of relu(x) and -relu(w x) (a
+    residual add: native graph IBP, CROWN and branch and bound) or "Sub" of the two (a subtraction
+    of computed tensors: auto_LiRPA bounds it), then + bias; the same function as `_rounding_net`."""
+    nodes = [helper.make_node("Gemm", ["x", "wa", "z"], ["a"], transB=1), helper.make_node("Relu", ["a"], ["ha"]),
+             helper.make_node("Gemm", ["x", "wb", "z"], ["b"], transB=1), helper.make_node("Relu", ["b"], ["hb"])]
+    if join == "Add":
+        nodes += [helper.make_node("Gemm", ["hb", "minus", "z"], ["nb"], transB=1),
+                  helper.make_node("Add", ["ha", "nb"], ["d"])]
+    else:
+        nodes.append(helper.make_node("Sub", ["ha", "hb"], ["d"]))
+    nodes.append(helper.make_node("Add", ["d", "c"], ["y"]))
+    inits = [_t("wa", np.array([[1.0]])), _t("wb", np.array([[second_weight]])), _t("z", np.zeros(1)),
+             _t("minus", np.array([[-1.0]])), _t("c", np.array([bias]))]
+    return _save(path, nodes, inits, (1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("join", ["Add", "Sub"])
+def test_float64_relu_graph_models_are_bounded_with_their_float64_weights(tmp_path, join):
+    neg = _two_branch_net(tmp_path / "neg.onnx", 1.0 + 2.0**-28, TINY, join)
+    pos = _two_branch_net(tmp_path / "pos.onnx", 1.0 - 2.0**-28, -TINY, join)
+    assert not onnx_to_torch(neg).chain  # a graph model
+    spec = _y0_positive_spec(tmp_path / "p.vnnlib", 0.75, 1.0)
+    assert _ort(neg, 1.0) == -TINY and _ort(pos, 1.0) == TINY
+    for methods in (("ibp", "crown", "alpha-crown"), ("attack", "ibp", "crown", "alpha-crown", "bab")):
+        r = _vnncomp(neg, spec, methods)
+        assert r.result != "holds", (methods, r.stages)
+        if join == "Add" and "bab" in methods:  # branch and bound on the native graph checks in float64
+            assert r.result == "violated" and r.confirmed_by == "onnxruntime", r.stages
+    r = _vnncomp(pos, spec)
+    assert r.result == "holds", r.stages
+
+
 def test_float64_graph_model_is_bounded_in_float64_by_native_ibp_and_auto_lirpa(tmp_path):
     """A sigmoid network is a graph model for the verifier (native IBP, auto_LiRPA or native graph
     CROWN bound it): on the point box X_0 = 1 its output is sigmoid(1) - sigmoid(1 + 2^-28) + 2^-32
@@ -156,6 +189,29 @@ def test_float64_file_that_holds_only_in_float64_is_proved_not_violated(true_in_
     assert r.result == "holds", r.stages  # float64 CROWN is exact here (every ReLU is active)
     # the float32 model's attack candidates were refused by onnxruntime on the file
     assert "not confirmed" in r.stages[0].get("note", ""), r.stages
+
+
+@pytest.mark.parametrize("second_weight, bias, want", [(1.0 + 2.0**-28, TINY, "violated"),
+                                                       (1.0 - 2.0**-28, -TINY, "holds")])
+def test_float64_torch_model_is_bounded_in_float64_and_attacked_in_float32(second_weight, bias, want):
+    """verify_property takes a float64 torch model as it is: bounds of its weights, attacks on a float32
+    copy, and the default reference (the model itself) in float64."""
+    from robustcli.certify.spec_verify import attack_copy, verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1)).double().eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0], [second_weight]], dtype=torch.float64))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[1.0, -1.0]], dtype=torch.float64))
+        model[2].bias.fill_(bias)
+    assert all(p.dtype == torch.float32 for p in attack_copy(model).parameters())
+    assert all(p.dtype == torch.float64 for p in model.parameters())  # the copy leaves the model alone
+    prop = parse_vnnlib("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n"
+                        "(assert (>= X_0 0.75))\n(assert (<= X_0 1.0))\n(assert (<= Y_0 0.0))\n")
+    r = verify_property(model, prop, (1,), timeout=20)
+    assert r.status == want, r.stages
+    assert r.status != "violated" or (r.confirmed_by == "torch" and float(r.outputs[0]) <= 0)
 
 
 def test_certify_command_bounds_the_float64_file(false_in_float64, true_in_float64, tmp_path, run_cli):
