@@ -719,11 +719,20 @@ class _Converter:
     def op_Softmax(self, i, node, inputs, a) -> None:
         self._softmax(i, node, inputs, a, log=False)
 
+    def _clip_bounds(self, node, a) -> tuple[float | None, float | None]:
+        """(min, max): attributes before opset 11, optional inputs by position after (Clip(x, '', max)
+        is how exporters write clamp(max=...))."""
+        names = list(node.input[1:3]) + ["", ""]
+        if any(n and n not in self.consts for n in names[:2]):
+            raise ValueError("Clip bounds must be constants")
+        bound = lambda n, key: float(self.consts[n].item()) if n else a.get(key)  # noqa: E731
+        return bound(names[0], "min"), bound(names[1], "max")
+
     def op_Clip(self, i, node, inputs, a) -> None:
-        lo = self.consts[inputs[1]].item() if len(inputs) > 1 else a.get("min", None)
-        hi = self.consts[inputs[2]].item() if len(inputs) > 2 else a.get("max", None)
-        if (len(inputs) > 1 and inputs[1] not in self.consts) or (len(inputs) > 2 and inputs[2] not in self.consts):
-            raise self.fail(i, node, "Clip bounds must be constants")
+        try:
+            lo, hi = self._clip_bounds(node, a)
+        except ValueError as e:
+            raise self.fail(i, node, str(e)) from None
         self.add(Clip(lo, hi), inputs[:1], node.output[0])
 
     def op_Pad(self, i, node, inputs, a) -> None:
@@ -810,8 +819,8 @@ class _Converter:
             return "pos" if all(s == "pos" for s in signs) else "nonneg"
         if op == "Max" and signs:
             return "pos" if "pos" in signs else "nonneg" if "nonneg" in signs else None
-        if op == "Clip" and (len(inputs) > 1 or "min" in a):
-            low = self.consts[inputs[1]].item() if len(inputs) > 1 and inputs[1] in self.consts else a.get("min")
+        if op == "Clip":
+            low = self._clip_bounds(node, a)[0]
             return None if low is None else "pos" if low > 0 else "nonneg" if low >= 0 else None
         return None
 

@@ -337,3 +337,11 @@ def test_an_operator_still_outside_the_set_is_one_line_exit_2(tmp_path, run_cli)
     assert r.exit_code == 2
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "'mix' (Einsum, node 1)" in err and "Traceback" not in r.output
+
+
+def test_clip_with_only_a_maximum_and_clip_as_a_positive_divisor(tmp_path):
+    """Clip's bounds are optional inputs by position from opset 11: Clip(x, '', max) clamps from above
+    only; a Clip with a positive minimum is a divisor positive by construction (max(norm, eps))."""
+    check(build(tmp_path / "hi.onnx", [node("Clip", ["x", "", "hi"])], [tensor("hi", np.float32(0.5))], (1, 6), 13))
+    nodes = [node("ReduceL2", ["x"], "n", axes=[1], keepdims=1), node("Clip", ["n", "eps"], "c"), node("Div", ["x", "c"])]
+    check(build(tmp_path / "normalize.onnx", nodes, [tensor("eps", np.float32(1e-6))], (1, 6), 13))
