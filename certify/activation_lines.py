@@ -23,9 +23,11 @@ and b_l = its minimum. They are computed on a grid holding l, u, every breakpoin
   cell, c the chord of g through the cell's endpoints. (e = g - c vanishes at both ends and
   |e''| <= M almost everywhere, so |e(x)| <= M (x - x_i)(x_i + h - x) / 2 <= M h^2 / 8.)
 
-g'' = f'' away from breakpoints, so on cell i, g <= max(g(x_i), g(x_{i+1})) + M h_i^2 / 8 and
-g >= min(...) - M h_i^2 / 8; a relative margin covers float64 rounding of f and of a x. Any slope
-gives sound lines; a stable tiny interval (u - l ~ 0) gets a tangent with a margin of order h^2.
+g'' = f'' away from breakpoints, so on cell i, g <= max(g(x_i), g(x_{i+1})) + M h_i^2 / 8; every
+cell is at most h = (u - l) / cells wide (breakpoints only split cells), so b_u = max of g on the
+grid + M h^2 / 8 and b_l = min - M h^2 / 8 are sound; a relative margin covers float64 rounding of
+f and of a x. Any slope gives sound lines; a stable tiny interval (u - l ~ 0) gets a tangent with
+a margin of order h^2.
 
 Piecewise linear activations (LeakyReLU of any slope, Hardtanh / ReLU6 / clamp, Hardsigmoid)
 have M = 0: the grid's extreme values are exact, so lines touch f (ReLU's triangle for one kink),
@@ -168,6 +170,16 @@ def _clamp(name: str, lo: float, hi: float) -> Activation | None:
                       tuple(points), pieces=tuple(pieces), monotone=True, lowest=lo, highest=hi)
 
 
+def exact_on(act: Activation, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Where `activation_lines` gives exact lines (`Lines.exact`), without computing them: [l, u]
+    inside one linear piece of a piecewise linear f (never for a smooth f)."""
+    if not act.piecewise_linear:
+        return torch.zeros_like(l, dtype=torch.bool)
+    b = torch.tensor((*act.breakpoints, math.inf), dtype=l.dtype, device=l.device)
+    piece = torch.bucketize(l, b[:-1], right=True)
+    return (u <= b[piece]) & torch.isfinite(l) & torch.isfinite(u) & (u - l <= WIDE)
+
+
 def covered(m: nn.Module) -> bool:
     """Whether `activation_lines` bounds this module (native CROWN then bounds it)."""
     return activation_of(m) is not None
@@ -258,7 +270,7 @@ def _lines_flat(act: Activation, l: torch.Tensor, u: torch.Tensor, cells: int):
         # inside one linear piece both lines are that piece, exactly
         b = torch.tensor((*act.breakpoints, math.inf), dtype=l.dtype, device=l.device)
         piece = torch.bucketize(ls, b[:-1], right=True)  # the piece holding l (a breakpoint: the one right of it)
-        inside = (us <= b[piece]) & ok
+        inside = exact_on(act, l, u)
         piece_slope = torch.tensor([p[0] for p in act.pieces], dtype=l.dtype, device=l.device)[piece]
         piece_icpt = torch.tensor([p[1] for p in act.pieces], dtype=l.dtype, device=l.device)[piece]
     x = _grid(act, ls, us, cells)  # (n, G)
@@ -271,13 +283,14 @@ def _lines_flat(act: Activation, l: torch.Tensor, u: torch.Tensor, cells: int):
     fl, fu = y[:, 0], y[:, -1]
     chord = torch.where(w > 0, (fu - fl) / torch.where(w > 0, w, torch.ones_like(w)), tangents[:, 2])
     slopes = torch.cat([chord.unsqueeze(1), tangents, torch.zeros_like(chord).unsqueeze(1)], 1)
-    # g = f - a x on the grid, per candidate: (n, S, G)
+    # g = f - a x on the grid, per candidate: (n, S, G). Every cell is at most (u - l) / cells wide
+    # (breakpoints only split cells), so max g <= max over the grid + M h^2 / 8 with that h.
     g = y.unsqueeze(1) - slopes.unsqueeze(2) * x.unsqueeze(1)
-    h2 = ((x[:, 1:] - x[:, :-1]) ** 2 * (act.curvature / 8)).unsqueeze(1)  # (n, 1, G-1)
+    h2 = ((w / cells) ** 2 * (act.curvature / 8)).unsqueeze(1)  # (n, 1)
     scale = y.abs().amax(1, keepdim=True) + slopes.abs() * torch.maximum(ls.abs(), us.abs()).unsqueeze(1)
-    margin = _ROUNDING * (1 + scale) + act.jump  # (n, S)
-    up = (torch.maximum(g[:, :, 1:], g[:, :, :-1]) + h2).amax(2) + margin
-    low = (torch.minimum(g[:, :, 1:], g[:, :, :-1]) - h2).amin(2) - margin
+    margin = _ROUNDING * (1 + scale) + act.jump + h2  # (n, S)
+    up = g.amax(2) + margin
+    low = g.amin(2) - margin
     # the constant candidate takes the range's exact values where they are tighter
     up[:, -1] = torch.minimum(up[:, -1], rhi)
     low[:, -1] = torch.maximum(low[:, -1], rlo)

@@ -30,6 +30,7 @@ import torch
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
+from robustcli.certify.activation_lines import exact_on
 
 Interval = tuple[torch.Tensor, torch.Tensor]
 
@@ -189,7 +190,7 @@ class DagNetwork:
                     return False  # an undecided window: the max is not affine on the domain
             elif n.kind == "act":
                 bl, bu = self._dict(bounds)[n.parents[0]]
-                if not bool(db._act_lines(self.dag, n, (bl.reshape(1, -1), bu.reshape(1, -1))).exact.all()):
+                if not bool(exact_on(db._activation(n), bl.reshape(-1), bu.reshape(-1)).all()):
                     return False  # a smooth activation, or a kink inside the interval: not affine
         return True
 

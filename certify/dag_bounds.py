@@ -53,7 +53,9 @@ from torch import nn
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_patches
-from robustcli.certify.activation_lines import Activation, Lines, activation_lines, activation_of, activation_range
+from robustcli.certify.activation_lines import (
+    Activation, Lines, activation_lines, activation_of, activation_range, exact_on,
+)
 from robustcli.certify.chain_bounds import (
     AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine,
     projected_adam_step_,
@@ -369,7 +371,7 @@ def _needs_rows(dag: "Dag", i: int, l: torch.Tensor, u: torch.Tensor) -> torch.T
         if c.kind == "relu":
             mask |= (l < 0) & (u > 0)
         elif c.kind == "act":
-            mask |= ~_act_lines(dag, c, (l, u)).exact & (u > l)
+            mask |= ~exact_on(_activation(c), l, u) & (u > l)
         elif c.kind == "maxpool":
             _, exact, _ = _maxpool_lines(c.window, l, u)
             k = c.window.shape[1]
@@ -387,35 +389,71 @@ def _activation(n: Node) -> Activation:
     return act
 
 
+_ACT_CACHE = 64  # bound tensors whose lines a graph keeps
+
+
 def _act_lines(dag: "Dag", n: Node, bounds_parent: tuple[torch.Tensor, torch.Tensor]) -> Lines:
     """certify/activation_lines.py's lines for node n's neurons over its input's bounds, flat (B, n),
-    computed once per pair of bound tensors: a backward pass in parts reads them once per part."""
-    cache = dag.__dict__.setdefault("_act_lines", {})
+    computed once per bound tensors: every backward pass through n reads them, and passes in parts
+    of the points (chain_bounds.rows_in_parts) read row slices of the same tensors, which get the
+    matching rows of the cached lines (found by storage, checked by offset, strides and version;
+    crown_intermediate computes them on the whole batch first)."""
+    cache: dict = dag.__dict__.setdefault("_act_lines", {})
     l, u = bounds_parent
-    hit = cache.get(id(n))
-    if hit is not None and hit[0] is l and hit[1] is u:
-        return hit[2]
+    key = (id(n), l.untyped_storage().data_ptr(), u.untyped_storage().data_ptr())
+    hit = cache.get(key)
+    if hit is not None:
+        fl, fu, versions, lines = hit
+        start = _row_offset(fl, l)
+        if start is not None and start == _row_offset(fu, u) and versions == (l._version, u._version):
+            if start == 0 and l.shape[0] == fl.shape[0]:
+                return lines
+            sl = slice(start, start + l.shape[0])
+            return Lines(lines.low_slope[sl], lines.low_icpt[sl], lines.up_slope[sl], lines.up_icpt[sl],
+                         lines.exact[sl])
     lines = activation_lines(_activation(n), l.reshape(l.shape[0], -1), u.reshape(u.shape[0], -1))
-    cache[id(n)] = (l, u, lines)
+    cache.pop(key, None)
+    if len(cache) >= _ACT_CACHE:
+        del cache[next(iter(cache))]
+    cache[key] = (l, u, (l._version, u._version), lines)
     return lines
+
+
+def _row_offset(full: torch.Tensor, part: torch.Tensor) -> int | None:
+    """The first row of `full` that `part` starts at, when `part` is full[s : s + k] (same storage,
+    same strides, whole rows), else None."""
+    if part.shape[1:] != full.shape[1:] or part.stride() != full.stride() or full.stride(0) == 0:
+        return None
+    off = part.data_ptr() - full.data_ptr()
+    row = full.stride(0) * full.element_size()
+    if off % row:
+        return None
+    start = off // row
+    return start if 0 <= start and start + part.shape[0] <= full.shape[0] else None
 
 
 def _act_back(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bias: torch.Tensor):
     """Rows a (B, R, n) of an activation's output taken to its input: a positive coefficient takes
     the lower line a_l x + b_l, a negative one the upper line (CROWN, Zhang et al. 2018, Thm 3.2);
     the intercepts add to the constant. An infinite intercept (unbounded input) meets only zero
-    coefficients or gives the bound -inf, never NaN."""
+    coefficients or gives the bound -inf, never NaN. As chain_bounds._relax_rows: the constant by
+    batched products, the rows in place where nothing needs gradients."""
     lines = _act_lines(dag, n, bounds_parent)
     low_s, low_t, up_s, up_t = (t.reshape(t.shape[0], 1, -1) for t in
                                 (lines.low_slope, lines.low_icpt, lines.up_slope, lines.up_icpt))
+    B = a.shape[0]
     neg = a.clamp(max=0)
     pos = a - neg
-    const_l, const_u = pos * low_t, neg * up_t
-    if not (bool(torch.isfinite(low_t).all()) and bool(torch.isfinite(up_t).all())):
-        const_l = torch.where(pos == 0, torch.zeros_like(const_l), const_l)
-        const_u = torch.where(neg == 0, torch.zeros_like(const_u), const_u)
-    bias = bias + (const_l + const_u).sum(2)
-    return bias, pos * low_s + neg * up_s
+    if bool(torch.isfinite(low_t).all()) and bool(torch.isfinite(up_t).all()):
+        bias = bias + torch.bmm(pos, low_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2) \
+            + torch.bmm(neg, up_t.expand(B, 1, -1).transpose(1, 2)).squeeze(2)
+    else:
+        const_l = torch.where(pos == 0, torch.zeros_like(pos), pos * low_t)
+        const_u = torch.where(neg == 0, torch.zeros_like(neg), neg * up_t)
+        bias = bias + (const_l + const_u).sum(2)
+    if torch.is_grad_enabled() and a.requires_grad:
+        return bias, pos * low_s + neg * up_s
+    return bias, pos.mul_(low_s).add_(neg.mul_(up_s))
 
 
 # -- IBP --------------------------------------------------------------------------------------------
@@ -676,6 +714,9 @@ def crown_intermediate(
         if splits is not None and i in splits:
             bl, bu = _clamp_split((bl, bu), splits[i])
         out[i] = box[i] = (bl.reshape(Bq, *n.shape), bu.reshape(Bq, *n.shape))
+        for c in dag.nodes:  # the lines of activations on i, once for the whole batch (see _act_lines)
+            if c.kind == "act" and c.parents[0] == i:
+                _act_lines(dag, c, out[i])
     return out
 
 

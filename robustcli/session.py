@@ -11,6 +11,7 @@ import torch
 from robustcli.data import DataFormat, Dataset, load_dataset
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError, first_line
+from robustcli.core.nn import LogProbabilities
 from robustcli.models import LoadedModel, load_model
 from robustcli.options import data_format
 
@@ -83,8 +84,22 @@ def open_workload(
         raise InputError(f"data {data!r} is empty; it needs at least one image")
     fit_declared_input(loaded, dataset)
     classes = check_model_on_data(loaded.module, dataset, dev)
-    check_finite_logits(loaded.module, dataset, dev)
+    if check_finite_logits(loaded.module, dataset, dev):
+        import sys
+
+        loaded.module = LogProbabilities(loaded.module).eval()
+        loaded.meta["outputs"] = "probabilities, attacked as log-probabilities"
+        print("note: the model outputs probabilities (non-negative rows summing to 1); attacks and reports use "
+              "their logarithm as logits (the same classifier; differences of probabilities saturate and "
+              "weaken attacks)", file=sys.stderr)
     return Workload(loaded, dataset, dev, classes)
+
+
+def are_probabilities(out: torch.Tensor) -> bool:
+    """Whether outputs (N, classes) are probabilities: at least two classes, every output >= 0 and
+    every row summing to 1 (to float32 rounding)."""
+    out = out.double()
+    return out.shape[1] >= 2 and bool((out >= 0).all()) and bool(((out.sum(1) - 1).abs() <= 1e-4).all())
 
 
 def fit_declared_input(loaded: LoadedModel, data: Dataset) -> None:
@@ -114,12 +129,14 @@ def fit_declared_input(loaded: LoadedModel, data: Dataset) -> None:
     )
 
 
-def check_finite_logits(model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 256) -> None:
-    """Refuse a model whose logits on the clean data hold NaN or inf, before any attack runs.
+def check_finite_logits(model: torch.nn.Module, data: Dataset, device: torch.device, batch_size: int = 256) -> bool:
+    """Refuse a model whose logits on the clean data hold NaN or inf, before any attack runs; return
+    whether its outputs on all of the data are probabilities (`are_probabilities`).
 
     A NaN logit makes argmax (and so every accuracy, robust or not) an arbitrary number, not a
     measurement; this is the one place every command's model passes through.
     """
+    probabilities = True
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             try:
@@ -137,3 +154,5 @@ def check_finite_logits(model: torch.nn.Module, data: Dataset, device: torch.dev
                     "a prediction from such logits is arbitrary, so no accuracy can be measured. "
                     "Check its weights and --mean/--std"
                 )
+            probabilities = probabilities and are_probabilities(out)
+    return probabilities

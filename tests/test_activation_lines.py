@@ -214,3 +214,39 @@ def test_an_operation_without_lines_is_refused_in_one_line():
         build_bounder("crown", model, torch.rand(2, 1, 4, 4))
     msg = str(e.value)
     assert "Softmax" in msg and "\n" not in msg
+
+
+def test_branch_and_bound_closes_a_domain_only_where_every_activation_is_affine():
+    """DagNetwork.closable: a leaky ReLU on one linear piece is affine (the LP may close the domain),
+    across its kink or a tanh anywhere is not."""
+    from robustcli.certify.bab_network import DagNetwork
+
+    for act, cases in ((nn.LeakyReLU(0.2), [((0.5, 2.0), True), ((-2.0, -0.5), True), ((-1.0, 1.0), False)]),
+                       (nn.Tanh(), [((0.5, 2.0), False)])):
+        model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2)).eval()
+        net = DagNetwork(db.Dag.of(model, (3,)))
+        for (a, b), closable in cases:
+            bounds = [(torch.full((4,), a, dtype=torch.float64), torch.full((4,), b, dtype=torch.float64))]
+            assert net.closable(bounds) == closable, (act, a, b)
+
+
+@pytest.mark.parametrize("split", ["input", "relu"])
+def test_verifier_never_proves_a_property_sampled_points_violate(split):
+    """GELU and leaky ReLU (negative slope) graphs with ReLUs: over the box [-4, 4]^4 some sampled point
+    changes the class, so the verifier answers violated or unknown, never holds."""
+    from onnx_helpers import vnnlib_box
+    from robustcli.certify.spec_verify import verify_property
+    from robustcli.certify.vnnlib import parse_vnnlib
+
+    for act in (nn.GELU(), nn.LeakyReLU(-0.3)):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Linear(4, 12), act, nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+        pts = torch.rand(4000, 4, generator=torch.Generator().manual_seed(4)) * 8 - 4
+        with torch.no_grad():
+            classes = model(pts).argmax(1)
+        label = int(classes[0])
+        assert bool((classes != label).any())  # the property is false
+        lo, hi = [-4.0] * 4, [4.0] * 4
+        res = verify_property(model, parse_vnnlib(vnnlib_box(lo, hi, label, 3)), (4,), methods=("crown", "bab"),
+                              bab_split=split, timeout=3)
+        assert res.status in ("violated", "unknown", "timeout"), (act, res.status, res.stages)

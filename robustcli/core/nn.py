@@ -79,3 +79,18 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)
+
+
+class LogProbabilities(nn.Module):
+    """log p of a model whose outputs are class probabilities (a final softmax): logits of the same
+    classifier (argmax and softmax unchanged, softmax(log p) = p) whose cross-entropy and margins do
+    not saturate the way differences of probabilities do. Probabilities that underflowed to 0 map to
+    log of the smallest normal number instead of -inf."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.model(x)
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
