@@ -8,10 +8,28 @@ Supported: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv (2-D),
 (inference), Constant, Identity, Transpose that keeps the batch axis first (a reshape when it only
 moves size-1 axes, else a `Permute`: NHWC inputs moved to NCHW), and constant folding
 of Shape/Gather/Unsqueeze/Squeeze/Concat/Cast as exporters emit for `x.view(x.size(0), -1)`; and,
-for attacks (forward and backward passes only), pooling, Concat, Pad, the common activations
-(the list in `run`'s refusal) and Mul of two computed tensors (GELU as exporters before opset 20
-write it, x * 0.5 * (1 + erf(x / sqrt 2))), each as the torch module of the same function.
-Anything else is an `InputError` naming the node.
+for attacks (forward and backward passes only), pooling, Concat, Pad, the common activations, Mul
+of two computed tensors (GELU as exporters before opset 20 write it, x * 0.5 * (1 + erf(x / sqrt
+2))), elementwise functions (Abs, Neg, Exp, Log, Sqrt, Reciprocal, Pow, Min, Max, Sum, Mean, PRelu,
+Where with a constant condition), reductions over non-batch axes (ReduceMean, ReduceSum, ...),
+normalisations computed per point (LayerNormalization, InstanceNormalization,
+GroupNormalization), MatMul of two computed tensors (attention), ConvTranspose, Resize, Expand,
+Tile and Gather with constant indices, each as the torch module of the same function
+(`supported_operators()` lists them). Anything else is an `InputError` naming the node.
+
+Exactly ONNX's semantics, per opset where they changed: Softmax before opset 13 normalises the
+axes from `axis` on together; Reduce* take their axes as an attribute before opset 18 (13 for
+ReduceSum) and as an input after; GroupNormalization's scale and bias are per group at opset 18
+and per channel at 21. Division by a computed tensor (Div, Reciprocal) is accepted only where the
+divisor is positive by construction in exact arithmetic (exp, sigmoid, softplus, softmax,
+sqrt(variance + eps), max(norm, eps): a small sign analysis over the nodes), as in the
+normalisations exporters decompose; a divisor that can be zero is refused by name.
+
+x * sigmoid(x) (SiLU as every exporter writes it) and x * hardsigmoid(x) with torch's constants
+(Hardswish before opset 14) become one nn.SiLU / nn.Hardswish layer where the gate is read by the
+product alone: the same function computed the same way, so a chain stays a chain of standard
+layers that native CROWN bounds (certify/activation_lines.py) instead of a product of two
+computed tensors, which no bound engine reads.
 
 Choices (the ONNX spec leaves the batch open): the first axis of the graph input is the batch. A
 file that fixes it to 1 (as VNN-COMP's do) still accepts any batch: Reshape targets that repeat
@@ -41,12 +59,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Binary, Clip, Concat, ElementwiseAffine, Erf, OnnxGraph, Pad, Permute, Reshape, Slice
+from robustcli.certify.onnx_layers import (
+    Binary, Clip, Concat, ElementwiseAffine, Erf, Expand, FlatSoftmax, Gather, MatMul, OnnxGraph, Pad, Permute, Pointwise,
+    Reduce, Reshape, Resize, Slice, UNARY,
+)
 from robustcli.core.errors import InputError, first_line
 
 SELU_ALPHA, SELU_GAMMA = 1.6732632423543772, 1.0507009873554805  # ONNX's (and torch's) SELU constants
 
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div"}
+# Nodes whose inputs are all constants (shape arithmetic, masks, weights built in the graph), folded
+# with numpy's function of the same ONNX semantics.
+FOLD_FUNCTIONS = {
+    "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Reciprocal": np.reciprocal,
+    "Pow": lambda a, b: np.power(a, b).astype(a.dtype), "Equal": np.equal, "Less": np.less, "Greater": np.greater,
+    "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal, "Not": np.logical_not, "And": np.logical_and,
+    "Or": np.logical_or, "Floor": np.floor, "Ceil": np.ceil, "MatMul": np.matmul,
+}
 
 
 @dataclass
@@ -173,6 +202,15 @@ class _Converter:
         self.values: dict[str, torch.Tensor] = {
             self.input_name: torch.zeros(self.batch, *self.input_shape, dtype=self.dtype)}
         self.steps: list[tuple[nn.Module, list[str], str]] = []
+        # The default domain's opset: attributes moved to inputs and semantics changed across opsets.
+        self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+        # How often each tensor is read (by nodes and as the graph output): a pattern may be fused only
+        # where its inner values are read by nothing else.
+        self.uses: dict[str, int] = {}
+        for n in [*(x for node in graph.node for x in node.input), self.output_name]:
+            self.uses[n] = self.uses.get(n, 0) + 1
+        self.signs: dict[str, str] = {}  # "pos" / "nonneg": computed tensors of that sign in exact arithmetic
+        self.gates: dict[str, tuple[str, str]] = {}  # sigmoid-like output -> (fused layer, its input)
 
     # -- helpers ------------------------------------------------------------------------------
     def fail(self, i: int, node: Any, why: str) -> InputError:
@@ -200,18 +238,19 @@ class _Converter:
             if all(n in self.consts for n in inputs) and node.op_type != "Shape":
                 self.fold(i, node, inputs)
                 continue
-            handler = getattr(self, f"op_{node.op_type}", None)
+            handler = getattr(self, f"op_{node.op_type}", None) if node.domain in ("", "ai.onnx") else None
             if handler is None:
-                raise self.fail(i, node, f"operator {node.op_type} is outside the supported feed-forward set "
-                                "(Gemm, MatMul, Add, Sub, Mul, Div, Relu, Flatten, Reshape, Conv, "
-                                "BatchNormalization, Constant, Identity, Transpose, MaxPool, AveragePool, "
-                                "GlobalAveragePool, Sigmoid, Tanh, Softmax, LogSoftmax, LeakyRelu, Elu, Celu, Selu, "
-                                "Softplus, Softsign, HardSigmoid, HardSwish, Gelu, Erf, Clip, Pad, Concat, Dropout, "
-                                "Cast, Squeeze, Unsqueeze, Slice, Split)")
+                domain = f" of domain {node.domain!r}" if node.domain not in ("", "ai.onnx") else ""
+                raise self.fail(i, node, f"operator {node.op_type}{domain} is outside the supported feed-forward set "
+                                f"({', '.join(supported_operators())})")
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
-            handler(i, node, inputs, self.attrs(node))
+            a = self.attrs(node)
+            handler(i, node, inputs, a)
+            sign = self._output_sign(node, inputs, a)
+            if sign is not None:
+                self.signs[node.output[0]] = sign
         if self.output_name not in self.values:
             raise InputError(f"the ONNX output {self.output_name!r} is not computed from the input")
         return self.steps
@@ -223,15 +262,29 @@ class _Converter:
         op = node.op_type
         try:
             if op == "Constant":
-                if "value" not in a:
-                    raise ValueError("only Constant nodes with a tensor `value` are supported")
-                out = np.array(self.numpy_helper.to_array(a["value"]))
+                out = self._constant_value(a)
             elif op == "Identity":
                 out = x[0]
             elif op in ELEMENTWISE:
                 out = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}.get(op, np.divide)(x[0], x[1])
-                if op == "Div" and np.issubdtype(x[0].dtype, np.integer):
-                    out = x[0] // x[1]
+                if op == "Div" and np.issubdtype(x[0].dtype, np.integer):  # ONNX truncates toward zero
+                    out = (np.sign(x[0]) * np.sign(x[1]) * (np.abs(x[0]) // np.abs(x[1]))).astype(x[0].dtype)
+            elif op in FOLD_FUNCTIONS:
+                out = FOLD_FUNCTIONS[op](*x)
+            elif op == "Expand":
+                out = np.broadcast_to(x[0], np.broadcast_shapes(x[0].shape, tuple(int(d) for d in x[1].tolist()))).copy()
+            elif op == "Tile":
+                out = np.tile(x[0], [int(r) for r in x[1].tolist()])
+            elif op == "Where":
+                out = np.where(x[0], x[1], x[2])
+            elif op in ("Max", "Min", "Sum"):
+                out = x[0]
+                for y in x[1:]:
+                    out = {"Max": np.maximum, "Min": np.minimum, "Sum": np.add}[op](out, y)
+            elif op == "Range":
+                out = np.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype)
+            elif op == "Size":
+                out = np.array(x[0].size, dtype=np.int64)
             elif op == "Transpose":
                 out = np.transpose(x[0], a.get("perm"))
             elif op == "Reshape":
@@ -265,6 +318,16 @@ class _Converter:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise self.fail(i, node, str(e)) from None
         self.consts[node.output[0]] = torch.from_numpy(np.array(out))
+
+    def _constant_value(self, a: dict[str, Any]) -> np.ndarray:
+        """A Constant node's value: a tensor, or (opset >= 12) one float / int or a list of them."""
+        if "value" in a:
+            return np.array(self.numpy_helper.to_array(a["value"]))
+        for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                           ("value_ints", np.int64)):
+            if key in a:
+                return np.array(a[key], dtype=dtype)
+        raise ValueError(f"Constant nodes with {', '.join(a) or 'no value'} are not supported (only value, value_float(s), value_int(s))")
 
     def _slice_params(self, node, inputs, a, rank: int) -> list[tuple[int, int, int, int]]:
         """(axis, start, end, step) per sliced axis, from inputs (opset >= 10) or attributes (before)."""
@@ -320,6 +383,8 @@ class _Converter:
     def op_Shape(self, i, node, inputs, a) -> None:
         src = self.values.get(inputs[0])
         shape = list(src.shape) if src is not None else list(self.consts[inputs[0]].shape)
+        start, end = int(a.get("start", 0)), a.get("end")  # opset 15: a slice of the shape
+        shape = shape[start:] if end is None else shape[start:int(end)]
         self.consts[node.output[0]] = torch.tensor(shape, dtype=torch.int64)
 
     def op_Identity(self, i, node, inputs, a) -> None:
@@ -359,8 +424,23 @@ class _Converter:
         self.add(lin, inputs[:1], node.output[0])
 
     def op_MatMul(self, i, node, inputs, a) -> None:
-        if inputs[0] in self.consts or inputs[1] not in self.consts or self.consts[inputs[1]].dim() != 2:
-            raise self.fail(i, node, "only MatMul(input, constant 2-D matrix) is supported")
+        """x @ W with a constant matrix: a Linear layer; for attacks also W @ x (W a constant matrix, x of
+        rank >= 3) and the product of two computed tensors of equal rank >= 3 (attention), whose leading
+        axis is a batch axis of torch.matmul, so points stay apart."""
+        left, right = (self.consts.get(n) for n in inputs[:2])
+        if left is None and right is None:
+            ra, rb = self.values[inputs[0]].dim(), self.values[inputs[1]].dim()
+            if ra != rb or ra < 3:
+                raise self.fail(i, node, f"MatMul of computed tensors of ranks {ra} and {rb}; only equal ranks >= 3 "
+                                "(the batch axis a matmul batch axis) are supported")
+            self.add(MatMul(), inputs[:2], node.output[0])
+            return
+        if left is not None and right is None and left.dim() == 2 and self.values[inputs[1]].dim() >= 3:
+            self.add(MatMul(left=self._float(left)), inputs[1:2], node.output[0])
+            return
+        if left is not None or right.dim() != 2:
+            raise self.fail(i, node, "only MatMul(input, constant 2-D matrix), MatMul(constant 2-D matrix, input of "
+                            "rank >= 3) and MatMul of two computed tensors of equal rank >= 3 are supported")
         w = self._float(self.consts[inputs[1]])
         lin = nn.Linear(w.shape[0], w.shape[1], bias=False, dtype=self.dtype)
         with torch.no_grad():
@@ -370,9 +450,14 @@ class _Converter:
     def _elementwise(self, i, node, inputs, a) -> None:
         op = node.op_type
         dyn = [n for n in inputs if n not in self.consts]
+        if op == "Div" and inputs[1] in dyn:
+            self._require_positive(i, node, inputs[1])
         if len(dyn) == 2:
+            if op == "Mul" and self._fuse_gate(inputs, node.output[0]):
+                return
             if op == "Div":
-                raise self.fail(i, node, "division by a computed tensor is outside the supported set")
+                self._pointwise(i, node, inputs, "Div")
+                return
             self.add(Binary(op), inputs, node.output[0])
             return
         c = self._float(self.consts[inputs[1] if inputs[0] in dyn else inputs[0]])
@@ -381,8 +466,9 @@ class _Converter:
             out_shape = torch.broadcast_shapes(x_shape, c.shape)
         except RuntimeError:
             raise self.fail(i, node, f"constant of shape {tuple(c.shape)} does not broadcast to {tuple(x_shape)}") from None
-        if tuple(out_shape) != tuple(x_shape):
-            raise self.fail(i, node, f"constant of shape {tuple(c.shape)} changes the shape {tuple(x_shape)}")
+        if tuple(out_shape) != tuple(x_shape) or (op == "Div" and inputs[0] not in dyn):
+            self._pointwise(i, node, inputs, op)  # the constant widens each point, or c / x: attacks only
+            return
         if c.dim() == len(x_shape) and c.shape[0] != 1:
             raise self.fail(i, node, "the constant varies along the batch axis")
         if c.dim() == len(x_shape):
@@ -395,8 +481,6 @@ class _Converter:
         elif op == "Mul":
             m = ElementwiseAffine(c, None)
         else:
-            if const_first:
-                raise self.fail(i, node, "division by a computed tensor is not piecewise linear")
             m = ElementwiseAffine(1.0 / c, None)
         self.add(m, dyn, node.output[0])
 
@@ -522,6 +606,7 @@ class _Converter:
 
     def op_Sigmoid(self, i, node, inputs, a) -> None:
         self.add(nn.Sigmoid(), inputs[:1], node.output[0])
+        self.gates[node.output[0]] = ("SiLU", inputs[0])
 
     def op_Tanh(self, i, node, inputs, a) -> None:
         self.add(nn.Tanh(), inputs[:1], node.output[0])
@@ -552,6 +637,7 @@ class _Converter:
         alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
         if abs(alpha - 1 / 6) < 1e-6 and abs(beta - 0.5) < 1e-6:  # torch's hardsigmoid exports these
             self.add(nn.Hardsigmoid(), inputs[:1], node.output[0])
+            self.gates[node.output[0]] = ("Hardswish", inputs[0])
         else:  # max(0, min(1, alpha x + beta))
             self.add(nn.Sequential(ElementwiseAffine(torch.tensor(alpha, dtype=self.dtype), torch.tensor(beta, dtype=self.dtype)), Clip(0.0, 1.0)),
                      inputs[:1], node.output[0])
@@ -614,24 +700,39 @@ class _Converter:
             shape.insert(d, 1)
         self._reshape_to(i, node, x, shape, inputs[0])
 
+    def _softmax(self, i, node, inputs, a, log: bool) -> None:
+        """Over one axis (default the last) from opset 13; before, over the axes from `axis` (default 1)
+        on, taken together (the input coerced to 2-D)."""
+        x = self.values[inputs[0]]
+        what = "log-softmax" if log else "softmax"
+        axis = int(a.get("axis", -1 if self.opset >= 13 else 1))
+        if axis % x.dim() == 0:
+            raise self.fail(i, node, f"{what} over the batch axis")
+        if self.opset >= 13 or axis % x.dim() == x.dim() - 1:
+            self.add((nn.LogSoftmax if log else nn.Softmax)(dim=axis if self.opset >= 13 else -1), inputs[:1], node.output[0])
+        else:
+            self.add(FlatSoftmax(axis % x.dim(), log), inputs[:1], node.output[0])
+
     def op_LogSoftmax(self, i, node, inputs, a) -> None:
-        axis = int(a.get("axis", -1))
-        if (axis % self.values[inputs[0]].dim()) == 0:
-            raise self.fail(i, node, "log-softmax over the batch axis")
-        self.add(nn.LogSoftmax(dim=axis), inputs[:1], node.output[0])
+        self._softmax(i, node, inputs, a, log=True)
 
     def op_Softmax(self, i, node, inputs, a) -> None:
-        axis = int(a.get("axis", -1))
-        x = self.values[inputs[0]]
-        if (axis % x.dim()) == 0:
-            raise self.fail(i, node, "softmax over the batch axis")
-        self.add(nn.Softmax(dim=axis), inputs[:1], node.output[0])
+        self._softmax(i, node, inputs, a, log=False)
+
+    def _clip_bounds(self, node, a) -> tuple[float | None, float | None]:
+        """(min, max): attributes before opset 11, optional inputs by position after (Clip(x, '', max)
+        is how exporters write clamp(max=...))."""
+        names = list(node.input[1:3]) + ["", ""]
+        if any(n and n not in self.consts for n in names[:2]):
+            raise ValueError("Clip bounds must be constants")
+        bound = lambda n, key: float(self.consts[n].item()) if n else a.get(key)  # noqa: E731
+        return bound(names[0], "min"), bound(names[1], "max")
 
     def op_Clip(self, i, node, inputs, a) -> None:
-        lo = self.consts[inputs[1]].item() if len(inputs) > 1 else a.get("min", None)
-        hi = self.consts[inputs[2]].item() if len(inputs) > 2 else a.get("max", None)
-        if (len(inputs) > 1 and inputs[1] not in self.consts) or (len(inputs) > 2 and inputs[2] not in self.consts):
-            raise self.fail(i, node, "Clip bounds must be constants")
+        try:
+            lo, hi = self._clip_bounds(node, a)
+        except ValueError as e:
+            raise self.fail(i, node, str(e)) from None
         self.add(Clip(lo, hi), inputs[:1], node.output[0])
 
     def op_Pad(self, i, node, inputs, a) -> None:
@@ -659,6 +760,320 @@ class _Converter:
         if any(n in self.consts for n in inputs):
             raise self.fail(i, node, "concatenation with constant tensors")
         self.add(Concat(axis), inputs, node.output[0])
+
+    # -- attack-only operations beyond activations: elementwise functions and arithmetic of computed
+    # tensors, reductions, normalisations, attention products, upsampling. The bound engines meet
+    # them through the ATen operations they run or by layer type and refuse them by name, except the
+    # fused SiLU / Hardswish, which native CROWN bounds (certify/activation_lines.py).
+    def _used_elsewhere(self, name: str, times: int = 1) -> bool:
+        return self.uses.get(name, 0) > times
+
+    def _fuse_gate(self, inputs: list[str], out: str) -> bool:
+        """x * sigmoid(x) -> one SiLU layer, x * hardsigmoid(x) (torch's constants) -> one Hardswish layer,
+        as exporters write them (Hardswish before opset 14, SiLU always): the same function, computed the
+        same way, which the bound engines see as one activation instead of a product of two computed
+        tensors. Only where the gate's output is read by this product alone."""
+        for gate, x in (inputs, inputs[::-1]):
+            kind = self.gates.get(gate)
+            if kind is None or kind[1] != x or gate == x or self._used_elsewhere(gate):
+                continue
+            self.steps = [step for step in self.steps if step[2] != gate]
+            del self.values[gate]
+            self.add(nn.SiLU() if kind[0] == "SiLU" else nn.Hardswish(), [x], out)
+            return True
+        return False
+
+    def _sign(self, name: str) -> str | None:
+        """"pos" / "nonneg" when the tensor is positive / nonnegative in exact arithmetic, else None."""
+        c = self.consts.get(name)
+        if c is None:
+            return self.signs.get(name)
+        if c.dtype == torch.bool or c.numel() == 0:
+            return None
+        return "pos" if bool((c > 0).all()) else "nonneg" if bool((c >= 0).all()) else None
+
+    def _output_sign(self, node: Any, inputs: list[str], a: dict[str, Any]) -> str | None:
+        """The sign of a node's output that division needs (a divisor positive by construction, as in
+        normalisations: sqrt(mean((x - mu)^2) + eps), sum(exp(x)), max(norm, eps))."""
+        op = node.op_type
+        signs = [self._sign(n) for n in inputs]
+        if op in ("Exp", "Sigmoid", "Softplus", "Softmax"):
+            return "pos"
+        if op in ("Abs", "Relu", "ReduceL1", "ReduceL2", "ReduceSumSquare"):
+            return "nonneg"
+        if op == "Mul" and len(inputs) == 2 and inputs[0] == inputs[1]:  # x * x
+            return "nonneg"
+        if op == "Pow" and len(inputs) == 2:
+            e = self.consts.get(inputs[1])
+            if signs[0] == "pos":
+                return "pos"
+            if e is not None and e.numel() and bool((e == e.round()).all()) and bool((e.round() % 2 == 0).all()):
+                return "nonneg"
+            return "nonneg" if signs[0] == "nonneg" else None
+        if op in ("Identity", "Cast", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Tile",
+                  "Gather", "Slice", "Sqrt", "Reciprocal", "Dropout", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
+            return signs[0] if signs else None
+        if op in ("Add", "Sum", "Mean", "Mul", "Div", "Min") and signs and all(s is not None for s in signs):
+            if op in ("Add", "Sum", "Mean"):
+                return "pos" if "pos" in signs else "nonneg"
+            return "pos" if all(s == "pos" for s in signs) else "nonneg"
+        if op == "Max" and signs:
+            return "pos" if "pos" in signs else "nonneg" if "nonneg" in signs else None
+        if op == "Clip":
+            low = self._clip_bounds(node, a)[0]
+            return None if low is None else "pos" if low > 0 else "nonneg" if low >= 0 else None
+        return None
+
+    def _require_positive(self, i, node, divisor: str) -> None:
+        if self._sign(divisor) != "pos":
+            raise self.fail(i, node, f"division by a computed tensor ({divisor!r}) that can be zero; only divisors "
+                            "positive by construction (an exp, a sigmoid, sqrt(variance + eps), max(norm, eps)) are supported")
+
+    def _pointwise(self, i, node, inputs: list[str], op: str) -> None:
+        """An elementwise operation of computed tensors and constants with numpy broadcasting, where
+        broadcasting keeps each point's values apart: every computed operand has the output's rank
+        (its batch axis first), no constant has a larger rank or a batch axis longer than 1."""
+        dyn = [n for n in inputs if n not in self.consts]
+        shapes = [tuple(self.values[n].shape) if n in dyn else tuple(self.consts[n].shape) for n in inputs]
+        try:
+            out = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            raise self.fail(i, node, f"operand shapes {shapes} do not broadcast") from None
+        if any(len(shapes[k]) != len(out) for k, n in enumerate(inputs) if n in dyn) or out[0] != self.batch:
+            raise self.fail(i, node, f"operand shapes {shapes} broadcast the batch axis into another axis")
+        constants = {}
+        for k, n in enumerate(inputs):
+            if n in dyn:
+                continue
+            c = self.consts[n]
+            if len(shapes[k]) == len(out) and shapes[k][0] != 1:
+                raise self.fail(i, node, f"the constant {n!r} of shape {shapes[k]} varies along the batch axis")
+            constants[k] = c if c.dtype == torch.bool else self._float(c)
+        self.add(Pointwise(op, len(inputs), constants), dyn, node.output[0])
+
+    def _unary(self, i, node, inputs, a) -> None:
+        self.add(UNARY[node.op_type](), inputs[:1], node.output[0])
+
+    op_Abs = op_Exp = op_Log = op_Sqrt = _unary
+
+    def op_Reciprocal(self, i, node, inputs, a) -> None:
+        self._require_positive(i, node, inputs[0])
+        self._unary(i, node, inputs, a)
+
+    def op_Neg(self, i, node, inputs, a) -> None:
+        self.add(ElementwiseAffine(-torch.ones((), dtype=self.dtype), None), inputs[:1], node.output[0])
+
+    def op_Pow(self, i, node, inputs, a) -> None:
+        self._pointwise(i, node, inputs, "Pow")
+
+    def op_PRelu(self, i, node, inputs, a) -> None:
+        self._pointwise(i, node, inputs, "PRelu")
+
+    def _variadic(self, i, node, inputs, a) -> None:
+        self._pointwise(i, node, inputs, node.op_type)
+
+    op_Max = op_Min = op_Sum = op_Mean = _variadic
+
+    def op_Where(self, i, node, inputs, a) -> None:
+        if inputs[0] not in self.consts:
+            raise self.fail(i, node, "the condition is computed from the input; only a constant condition (a mask) is supported")
+        self._pointwise(i, node, inputs, "Where")
+
+    def op_Mish(self, i, node, inputs, a) -> None:
+        self.add(nn.Mish(), inputs[:1], node.output[0])
+
+    def _reduce(self, i, node, inputs, a) -> None:
+        """Reduce* over non-batch axes: the axes an attribute before opset 18 (13 for ReduceSum), an
+        input after; none given reduces every axis (refused: the batch too) unless noop_with_empty_axes."""
+        x = self.values[inputs[0]]
+        if len(inputs) > 1 and inputs[1] not in self.consts:
+            raise self.fail(i, node, "the axes must be a constant")
+        axes = self.consts[inputs[1]].reshape(-1).tolist() if len(inputs) > 1 else list(a.get("axes") or [])
+        if not axes and a.get("noop_with_empty_axes", 0):
+            self.op_Identity(i, node, inputs, a)
+            return
+        dims = sorted({int(d) % x.dim() for d in axes})
+        if not dims or 0 in dims:
+            raise self.fail(i, node, f"it reduces over the batch axis (axes {axes or 'all'} of shape {tuple(x.shape)})")
+        self.add(Reduce(node.op_type[len("Reduce"):], tuple(dims), bool(a.get("keepdims", 1))), inputs[:1], node.output[0])
+
+    op_ReduceMean = op_ReduceSum = op_ReduceMax = op_ReduceMin = op_ReduceProd = _reduce
+    op_ReduceL1 = op_ReduceL2 = op_ReduceSumSquare = op_ReduceLogSumExp = _reduce
+
+    def _extra_outputs_unused(self, i, node, what: str) -> None:
+        if any(n and self.uses.get(n, 0) for n in node.output[1:]):
+            raise self.fail(i, node, f"its {what} outputs are used; only the normalised output is supported")
+
+    def _constants(self, i, node, names: list[str], what: str) -> list[torch.Tensor]:
+        if any(n not in self.consts for n in names):
+            raise self.fail(i, node, f"the {what} must be constants")
+        return [self._float(self.consts[n]) for n in names]
+
+    def op_LayerNormalization(self, i, node, inputs, a) -> None:
+        """Normalise over the axes from `axis` (default -1) on, biased variance, then scale and bias (which
+        broadcast to those axes): nn.LayerNorm over the same axes."""
+        x = self.values[inputs[0]]
+        axis = int(a.get("axis", -1)) % x.dim()
+        if axis == 0:
+            raise self.fail(i, node, "it normalises over the batch axis")
+        self._extra_outputs_unused(i, node, "Mean / InvStdDev")
+        shape = tuple(x.shape[axis:])
+        params = self._constants(i, node, inputs[1:3], "scale and bias")
+        ln = nn.LayerNorm(shape, eps=float(a.get("epsilon", 1e-5)), dtype=self.dtype)
+        try:
+            with torch.no_grad():
+                ln.weight.copy_(torch.broadcast_to(params[0], shape))
+                ln.bias.copy_(torch.broadcast_to(params[1], shape) if len(params) > 1 else torch.zeros(shape, dtype=self.dtype))
+        except RuntimeError:
+            raise self.fail(i, node, f"scale / bias of shapes {[tuple(p.shape) for p in params]} do not broadcast to {shape}") from None
+        self.add(ln, inputs[:1], node.output[0])
+
+    def _group_norm(self, i, node, x: torch.Tensor, groups: int, scale: torch.Tensor, bias: torch.Tensor, eps: float, inputs) -> None:
+        if x.dim() < 3:
+            raise self.fail(i, node, f"input of shape {tuple(x.shape)}; expected (N, C, D1, ...)")
+        channels = x.shape[1]
+        if groups < 1 or channels % groups:
+            raise self.fail(i, node, f"{channels} channels do not split into {groups} groups")
+        if scale.numel() != channels or bias.numel() != channels:
+            raise self.fail(i, node, f"scale / bias of {scale.numel()} / {bias.numel()} values for {channels} channels")
+        gn = nn.GroupNorm(groups, channels, eps=eps, dtype=self.dtype)
+        with torch.no_grad():
+            gn.weight.copy_(scale.reshape(-1))
+            gn.bias.copy_(bias.reshape(-1))
+        self.add(gn, inputs[:1], node.output[0])
+
+    def op_InstanceNormalization(self, i, node, inputs, a) -> None:
+        """Per point and channel over the spatial axes: GroupNorm with one group per channel."""
+        x = self.values[inputs[0]]
+        scale, bias = self._constants(i, node, inputs[1:3], "scale and bias")
+        self._group_norm(i, node, x, x.shape[1] if x.dim() > 1 else 1, scale, bias, float(a.get("epsilon", 1e-5)), inputs)
+
+    def op_GroupNormalization(self, i, node, inputs, a) -> None:
+        """GroupNorm. Opset 18 gives scale and bias per group, opset 21 per channel (18's definition was
+        withdrawn for that reason): per-group values are repeated over each group's channels."""
+        x = self.values[inputs[0]]
+        groups = int(a["num_groups"])
+        scale, bias = self._constants(i, node, inputs[1:3], "scale and bias")
+        if self.opset < 21 and x.dim() > 1 and scale.numel() == groups and groups and x.shape[1] % groups == 0:
+            per = x.shape[1] // groups
+            scale, bias = scale.reshape(-1).repeat_interleave(per), bias.reshape(-1).repeat_interleave(per)
+        self._group_norm(i, node, x, groups, scale, bias, float(a.get("epsilon", 1e-5)), inputs)
+
+    def op_ConvTranspose(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        if x.dim() != 4 or inputs[1] not in self.consts or (len(inputs) > 2 and inputs[2] not in self.consts):
+            raise self.fail(i, node, "only 2-D transposed convolutions with constant weights are supported")
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
+        if "output_shape" in a:
+            raise self.fail(i, node, "output_shape is not supported; export with pads and output_padding")
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+        if pads[:2] != pads[2:]:
+            raise self.fail(i, node, f"asymmetric pads {pads}")
+        w = self._float(self.consts[inputs[1]])  # (C_in, C_out / group, kH, kW), as torch's
+        groups = int(a.get("group", 1))
+        conv = nn.ConvTranspose2d(
+            w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), stride=tuple(a.get("strides", [1, 1])),
+            padding=tuple(pads[:2]), output_padding=tuple(a.get("output_padding", [0, 0])), groups=groups,
+            bias=len(inputs) > 2, dilation=tuple(a.get("dilations", [1, 1])), dtype=self.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if len(inputs) > 2:
+                conv.bias.copy_(self._float(self.consts[inputs[2]]))
+        self.add(conv, inputs[:1], node.output[0])
+
+    def op_Resize(self, i, node, inputs, a) -> None:
+        """Resize of the spatial axes in the modes F.interpolate computes alike: nearest with asymmetric
+        coordinates rounded down (torch's 'nearest' export), nearest with half_pixel rounded half up
+        ('nearest-exact'), (bi/tri)linear and bicubic (a = -0.75) with half_pixel / pytorch_half_pixel
+        (align_corners=False) or align_corners. The output size is floor(input size * scale)."""
+        x = self.values[inputs[0]]
+        text = lambda k, d: (lambda v: v.decode() if isinstance(v, bytes) else v)(a.get(k, d))  # noqa: E731
+        if self.opset < 11:
+            raise self.fail(i, node, "Resize before opset 11 is not supported; export with opset >= 11")
+        mode, ctm = text("mode", "nearest"), text("coordinate_transformation_mode", "half_pixel")
+        nearest = text("nearest_mode", "round_prefer_floor")
+        if a.get("antialias", 0) or text("keep_aspect_ratio_policy", "stretch") != "stretch" or "axes" in a:
+            raise self.fail(i, node, "antialias, keep_aspect_ratio_policy and axes are not supported")
+        rank = x.dim()
+        if mode == "nearest" and ctm == "asymmetric" and nearest == "floor":
+            torch_mode, corners = "nearest", None
+        elif mode == "nearest" and ctm == "half_pixel" and nearest == "round_prefer_ceil":
+            torch_mode, corners = "nearest-exact", None
+        elif mode in ("linear", "cubic") and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners") and (
+                mode == "linear" or (rank == 4 and abs(float(a.get("cubic_coeff_a", -0.75)) + 0.75) < 1e-6
+                                     and not a.get("exclude_outside", 0))):
+            torch_mode = "bicubic" if mode == "cubic" else {3: "linear", 4: "bilinear", 5: "trilinear"}.get(rank)
+            corners = ctm == "align_corners"
+            if torch_mode is None:
+                raise self.fail(i, node, f"linear resizing of a rank-{rank} tensor")
+        else:
+            raise self.fail(i, node, f"mode={mode!r} with coordinate_transformation_mode={ctm!r}, nearest_mode={nearest!r} "
+                            "has no torch equivalent here (supported: nearest asymmetric/floor, nearest half_pixel/"
+                            "round_prefer_ceil, linear and cubic with half_pixel or align_corners)")
+        names = list(node.input) + [""] * 4
+        scales_name, sizes_name = names[2], names[3]
+        if any(n and n not in self.consts for n in (scales_name, sizes_name)):
+            raise self.fail(i, node, "the scales / sizes must be constants")
+        scales = self.consts[scales_name].reshape(-1).tolist() if scales_name else []
+        sizes = self.consts[sizes_name].reshape(-1).tolist() if sizes_name else []
+        if sizes:
+            if len(sizes) != rank or list(sizes[:2]) != list(x.shape[:2]):
+                raise self.fail(i, node, f"sizes {sizes} resize the batch or channel axis of shape {tuple(x.shape)}")
+            module = Resize(tuple(int(s) for s in sizes[2:]), None, torch_mode, corners)
+        elif scales:
+            if len(scales) != rank or scales[:2] != [1.0, 1.0]:
+                raise self.fail(i, node, f"scales {scales} resize the batch or channel axis")
+            module = Resize(None, tuple(float(s) for s in scales[2:]), torch_mode, corners)
+        else:
+            raise self.fail(i, node, "neither scales nor sizes are given")
+        if rank < 3 or (torch_mode.startswith("nearest") and rank > 5):
+            raise self.fail(i, node, f"resizing a rank-{rank} tensor")
+        self.add(module, inputs[:1], node.output[0])
+
+    def op_Expand(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        if inputs[1] not in self.consts:
+            raise self.fail(i, node, "the target shape must be a constant")
+        shape = [int(d) for d in self.consts[inputs[1]].reshape(-1).tolist()]
+        try:
+            out = tuple(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))
+        except RuntimeError:
+            raise self.fail(i, node, f"shape {shape} does not broadcast with {tuple(x.shape)}") from None
+        if len(out) != x.dim() or out[0] != x.shape[0]:
+            raise self.fail(i, node, f"expanding {tuple(x.shape)} to {shape} moves or widens the batch axis")
+        if out == tuple(x.shape):
+            self.op_Identity(i, node, inputs, a)
+        else:
+            self.add(Expand(shape=out[1:]), inputs[:1], node.output[0])
+
+    def op_Tile(self, i, node, inputs, a) -> None:
+        x = self.values[inputs[0]]
+        if inputs[1] not in self.consts:
+            raise self.fail(i, node, "the repeats must be a constant")
+        repeats = [int(r) for r in self.consts[inputs[1]].reshape(-1).tolist()]
+        if len(repeats) != x.dim() or repeats[0] != 1 or min(repeats) < 1:
+            raise self.fail(i, node, f"repeats {repeats} tile the batch axis (or do not match rank {x.dim()})")
+        self.add(Expand(repeats=tuple(repeats[1:])), inputs[:1], node.output[0])
+
+    def op_Gather(self, i, node, inputs, a) -> None:
+        """Gather of a computed tensor with constant indices along a non-batch axis (token or channel picks)."""
+        x = self.values[inputs[0]]
+        if inputs[1] not in self.consts:
+            raise self.fail(i, node, "the indices are computed from the input; only constant indices are supported")
+        axis = int(a.get("axis", 0)) % x.dim()
+        if axis == 0:
+            raise self.fail(i, node, "gathering along the batch axis")
+        idx, n = self.consts[inputs[1]].to(torch.int64), x.shape[axis]
+        if idx.numel() and bool(((idx < -n) | (idx >= n)).any()):
+            raise self.fail(i, node, f"indices outside [-{n}, {n - 1}] along axis {axis}")
+        self.add(Gather(axis, torch.where(idx < 0, idx + n, idx)), inputs[:1], node.output[0])
+
+
+def supported_operators() -> list[str]:
+    """The ONNX operators the converter reads (the `op_` handlers), for refusals and docs."""
+    return sorted(["Constant", *(name[3:] for name in dir(_Converter) if name.startswith("op_"))])
 
 
 def _as_chain(steps: list[tuple[nn.Module, list[str], str]], input_name: str, output_name: str) -> nn.Sequential | None:

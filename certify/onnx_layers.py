@@ -167,3 +167,213 @@ class OnnxGraph(nn.Module):
         for layer, (ins, out) in zip(self.layers, self.wiring):
             env[out] = layer(*[env[i] for i in ins])
         return env[self.output_name]
+
+
+# -- layers for attacks only (forward and backward passes): the bound engines meet them through the
+# ATen operations they run (certify/trace.py) or by type (certify/graph.py) and refuse them by name.
+
+
+class Unary(nn.Module):
+    """An elementwise ONNX function of one computed tensor with no torch.nn module of its own; one
+    subclass per function, so an engine that refuses it names it (Abs, Exp, Log, Sqrt, Reciprocal).
+    Values outside a function's domain give what ONNX and torch both give (NaN, inf); the converter
+    accepts Reciprocal only of tensors positive by construction."""
+
+    @staticmethod
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Abs(Unary):
+    fn = staticmethod(torch.abs)
+
+
+class Exp(Unary):
+    fn = staticmethod(torch.exp)
+
+
+class Log(Unary):
+    fn = staticmethod(torch.log)
+
+
+class Sqrt(Unary):
+    fn = staticmethod(torch.sqrt)
+
+
+class Reciprocal(Unary):
+    fn = staticmethod(torch.reciprocal)
+
+
+UNARY = {cls.__name__: cls for cls in (Abs, Exp, Log, Sqrt, Reciprocal)}
+
+
+def _prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < 0, x * slope, x)
+
+
+def _sum(*xs: torch.Tensor) -> torch.Tensor:
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+def _fold(fn):
+    def run(*xs: torch.Tensor) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = fn(out, x)
+        return out
+    return run
+
+
+class Pointwise(nn.Module):
+    """An ONNX elementwise operation with multidirectional (numpy) broadcasting over computed tensors
+    and constants (buffers, at their positions among the operands): Add, Sub, Mul and Div where a
+    constant widens each point, division by a computed tensor, Pow, PRelu, Where (constant
+    condition), and the variadic Max, Min, Sum and Mean. The converter checks that broadcasting
+    keeps every point's values apart (constants carry no batch axis of their own)."""
+
+    OPS = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow, "PRelu": _prelu,
+           "Where": torch.where, "Max": _fold(torch.maximum), "Min": _fold(torch.minimum), "Sum": _sum,
+           "Mean": lambda *xs: _sum(*xs) / len(xs)}
+
+    def __init__(self, op: str, arity: int, constants: dict[int, torch.Tensor]):
+        super().__init__()
+        if op not in self.OPS:
+            raise ValueError(f"Pointwise supports {', '.join(self.OPS)}, not {op}")
+        self.op, self.arity = op, int(arity)
+        self.positions = sorted(int(k) for k in constants)
+        for k in self.positions:
+            self.register_buffer(f"c{k}", constants[k])
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        computed = iter(xs)
+        args = [getattr(self, f"c{k}") if k in self.positions else next(computed) for k in range(self.arity)]
+        return self.OPS[self.op](*args)
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, constants at {self.positions}"
+
+
+class Reduce(nn.Module):
+    """An ONNX Reduce* over non-batch axes (Mean, Sum, Max, Min, Prod, L1, L2, SumSquare, LogSumExp)."""
+
+    def __init__(self, op: str, dims: tuple[int, ...], keepdim: bool):
+        super().__init__()
+        self.op, self.dims, self.keepdim = op, tuple(int(d) for d in dims), bool(keepdim)
+        if not self.dims or 0 in self.dims:
+            raise ValueError(f"Reduce keeps the batch axis and needs axes, got {self.dims}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, k = self.dims, self.keepdim
+        if self.op == "Mean":
+            return x.mean(d, keepdim=k)
+        if self.op == "Sum":
+            return x.sum(d, keepdim=k)
+        if self.op == "Max":
+            return x.amax(d, keepdim=k)
+        if self.op == "Min":
+            return x.amin(d, keepdim=k)
+        if self.op == "L1":
+            return x.abs().sum(d, keepdim=k)
+        if self.op == "L2":
+            return x.square().sum(d, keepdim=k).sqrt()
+        if self.op == "SumSquare":
+            return x.square().sum(d, keepdim=k)
+        if self.op == "LogSumExp":
+            return torch.logsumexp(x, d, keepdim=k)
+        if self.op == "Prod":
+            for axis in sorted(d, reverse=True):
+                x = x.prod(axis, keepdim=k)
+            return x
+        raise ValueError(f"unknown reduction {self.op}")
+
+    def extra_repr(self) -> str:
+        return f"{self.op}, dims={self.dims}, keepdim={self.keepdim}"
+
+
+class MatMul(nn.Module):
+    """torch.matmul of two computed tensors of equal rank >= 3 (attention scores and their use), or of a
+    constant matrix on the left of a computed tensor of rank >= 3; the batch axis is a matmul batch axis."""
+
+    def __init__(self, left: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("left", left)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.matmul(self.left, a) if self.left is not None else torch.matmul(a, b)
+
+
+class FlatSoftmax(nn.Module):
+    """Softmax / LogSoftmax before opset 13: over the axes from `axis` on, taken together (the input
+    coerced to 2-D), then reshaped back."""
+
+    def __init__(self, axis: int, log: bool):
+        super().__init__()
+        self.axis, self.log = int(axis), bool(log)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(self.axis)
+        out = torch.log_softmax(flat, -1) if self.log else torch.softmax(flat, -1)
+        return out.reshape(x.shape)
+
+
+class Expand(nn.Module):
+    """ONNX Expand / Tile of a computed tensor over non-batch axes: broadcast each point to `shape`, or
+    repeat it `repeats` times along each axis."""
+
+    def __init__(self, shape: tuple[int, ...] | None = None, repeats: tuple[int, ...] | None = None):
+        super().__init__()
+        self.shape = None if shape is None else tuple(int(s) for s in shape)
+        self.repeats = None if repeats is None else tuple(int(r) for r in repeats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shape is not None:
+            return x.expand(x.shape[0], *self.shape)
+        return x.repeat(1, *self.repeats)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}" if self.shape is not None else f"repeats={self.repeats}"
+
+
+class Gather(nn.Module):
+    """ONNX Gather of a computed tensor with constant indices along a non-batch axis: the output's
+    shape replaces that axis by the indices' shape (a scalar index drops it)."""
+
+    def __init__(self, axis: int, indices: torch.Tensor):
+        super().__init__()
+        self.axis = int(axis)
+        self.register_buffer("indices", indices.to(torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        picked = torch.index_select(x, self.axis, self.indices.reshape(-1))
+        shape = x.shape[: self.axis] + self.indices.shape + x.shape[self.axis + 1:]
+        return picked.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, indices={tuple(self.indices.shape)}"
+
+
+class Resize(nn.Module):
+    """F.interpolate over the spatial axes (ONNX Resize in the modes torch shares with it: nearest with
+    asymmetric coordinates rounding down, linear and cubic with half_pixel or align_corners)."""
+
+    def __init__(self, size: tuple[int, ...] | None, scale: tuple[float, ...] | None, mode: str,
+                 align_corners: bool | None):
+        super().__init__()
+        self.size, self.scale, self.mode, self.align_corners = size, scale, mode, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if self.size is not None:
+            return F.interpolate(x, size=self.size, mode=self.mode, align_corners=self.align_corners)
+        return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=self.align_corners,
+                             recompute_scale_factor=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale={self.scale}, mode={self.mode}, align_corners={self.align_corners}"
