@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--eps", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04])
     p.add_argument("--steps", type=int, default=300, help="full-batch Adam steps (0: the random network)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", nargs="+", default=["ibp", "crown-ibp", "crown", "alpha-crown", "lirpa-crown"])
+    p.add_argument("--methods", nargs="+", default=["ibp", "crown-ibp", "crown", "alpha-crown", "lirpa-crown", "lirpa-alpha-crown"])
     p.add_argument("--json", default=None)
     args = p.parse_args()
     warnings.filterwarnings("ignore")

@@ -309,3 +309,61 @@ def _lines_flat(act: Activation, l: torch.Tensor, u: torch.Tensor, cells: int):
     a_l, a_u = torch.where(ok, a_l, zero), torch.where(ok, a_u, zero)
     b_l, b_u = torch.where(ok, b_l, rlo), torch.where(ok, b_u, rhi)
     return a_l, b_l, a_u, b_u, exact
+
+
+# -- optimised slopes (alpha-CROWN) -----------------------------------------------------------------
+@dataclass
+class SlopeGrid:
+    """What optimised slopes need per neuron, from the bounds alone (computed once per bounds):
+    the grid points x and f(x) (B, n, G), the slope span [lo, hi] (B, n) that the parameters
+    t in [0, 1] map onto (a = lo + t (hi - lo): the smallest and largest of f' on the grid and the
+    chord), the margin terms, and `fixed` (B, n): neurons whose lines stay CROWN's (exact lines,
+    or bounds outside the grid's reach)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    curvature_margin: torch.Tensor  # M h^2 / 8 + jump, (B, n)
+    reach: torch.Tensor  # max |x| on the interval, (B, n), for the rounding margin of a x
+    y_scale: torch.Tensor  # max |f| on the grid, (B, n)
+    fixed: torch.Tensor
+
+
+def slope_grid(act: Activation, l: torch.Tensor, u: torch.Tensor, cells: int = 32) -> SlopeGrid:
+    """The `SlopeGrid` of f over [l, u] (B, n)."""
+    with torch.no_grad():
+        l, u = l.detach().to(torch.float64), u.detach().to(torch.float64)
+        B, n = l.shape
+        ok = torch.isfinite(l) & torch.isfinite(u) & (u - l <= WIDE)
+        fixed = ~ok | exact_on(act, l, u)
+        ls, us = torch.where(ok, l, torch.zeros_like(l)), torch.where(ok, u, torch.zeros_like(u))
+        x = _grid(act, ls.reshape(-1), us.reshape(-1), cells)
+        y = act.f(x)
+        d = _derivative(act, x)
+        w = (us - ls).reshape(-1)
+        chord = torch.where(w > 0, (y[:, -1] - y[:, 0]) / torch.where(w > 0, w, torch.ones_like(w)), d[:, 0])
+        lo = torch.minimum(d.amin(1), chord)
+        hi = torch.maximum(d.amax(1), chord)
+        G = x.shape[1]
+        return SlopeGrid(x.reshape(B, n, G), y.reshape(B, n, G), lo.reshape(B, n), hi.reshape(B, n),
+                         ((w / cells) ** 2 * (act.curvature / 8)).reshape(B, n) + act.jump,
+                         torch.maximum(ls.abs(), us.abs()), y.abs().amax(1).reshape(B, n), fixed)
+
+
+def slopes_to_params(grid: SlopeGrid, slopes: torch.Tensor) -> torch.Tensor:
+    """Parameters t in [0, 1] (any leading shape ending in n) whose slopes are `slopes` (clamped)."""
+    span = grid.hi - grid.lo
+    t = (slopes - grid.lo.unsqueeze(1)) / torch.where(span > 0, span, torch.ones_like(span)).unsqueeze(1)
+    return t.clamp(0, 1)
+
+
+def intercepts(grid: SlopeGrid, t: torch.Tensor, upper: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slopes a = lo + t (hi - lo) and their sound intercepts, each (B, R, n) for t (B, R, n):
+    b = max (upper) or min of f(x) - a x on the grid, widened by the lemma's margin and rounding
+    (see the module docstring); differentiable in t (a subgradient through the max)."""
+    a = grid.lo.unsqueeze(1) + t * (grid.hi - grid.lo).unsqueeze(1)
+    g = grid.y.unsqueeze(1) - a.unsqueeze(-1) * grid.x.unsqueeze(1)  # (B, R, n, G)
+    margin = grid.curvature_margin.unsqueeze(1) + _ROUNDING * (
+        1 + grid.y_scale.unsqueeze(1) + a.detach().abs() * grid.reach.unsqueeze(1))
+    return a, (g.amax(-1) + margin if upper else g.amin(-1) - margin)

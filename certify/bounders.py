@@ -51,6 +51,19 @@ from robustcli.core.errors import InputError
 from robustcli.core.nn import Concat, eval_mode
 
 
+def _outward(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x - e and x + e in x's dtype, rounded outward: the nearest float32 to x - eps can lie inside
+    the ball, and a box that misses its edge is not the set the certificate speaks of."""
+    if x.dtype == torch.float64:
+        return x - e, x + e
+    xd, ed = x.double(), e.double()
+    lo, hi = (xd - ed).to(x.dtype), (xd + ed).to(x.dtype)
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    lo = torch.where(lo.double() > xd - ed, torch.nextafter(lo, -inf), lo)
+    hi = torch.where(hi.double() < xd + ed, torch.nextafter(hi, inf), hi)
+    return lo, hi
+
+
 @dataclass
 class InputSet:
     """x with lower <= x <= upper elementwise (N, *shape), and, when it came from a ball, that ball:
@@ -77,7 +90,8 @@ class InputSet:
         e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
         e = e.expand(len(x)) if e.dim() == 0 else e
         eb = e.view(-1, *([1] * (x.dim() - 1)))
-        return cls((x - eb).clamp(*domain), (x + eb).clamp(*domain), x, e, norm)
+        lower, upper = _outward(x, eb)
+        return cls(lower.clamp(*domain), upper.clamp(*domain), x, e, norm)
 
     @property
     def l2_ball(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -288,9 +302,10 @@ class CrownBounder:
                 low, _ = db.crown_spec(g, lo, hi, Cs, None, inter, ball=ball)
                 crown_low = low
                 crown_seconds = (time.monotonic() - started) / len(lo)
-                if self.alpha_iterations > 0:
-                    low = db.alpha_crown_spec(g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations,
-                                              stop_when_positive=False, ball=ball)
+                if self.alpha_iterations > 0:  # its first iterate is CROWN's up to the lines' grid: keep the better
+                    low = torch.maximum(crown_low, db.alpha_crown_spec(
+                        g, lo, hi, Cs, None, inter, iterations=self.alpha_iterations, stop_when_positive=False,
+                        ball=ball))
                 if self.forms is not None:
                     ds = None if d is None else d[s : s + step].to(g.device, g.dtype)
                     if self.relu_form_pays is None:
@@ -479,11 +494,56 @@ def build_bounder(method: str, model: nn.Module, example: torch.Tensor, **option
     from robustcli.certify.trace import UnsupportedOperation
 
     try:
-        return METHODS[method].build(model, example, **options)
+        logits = without_final_log_softmax(model, example)
+        bounder = METHODS[method].build(logits if logits is not None else model, example, **options)
     except UnsupportedOperation as e:
         if METHODS[method].needs_lirpa:
             raise
         raise UnsupportedOperation(f"{e}{_lirpa_verdict(model, example)}") from None
+    return bounder if logits is None else MarginRows(bounder)
+
+
+def without_final_log_softmax(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
+    """The layer tree of a model that ends in a log-softmax over its classes, without it (None for any
+    other model). PyTorch's own MNIST example ends so. The margins are unchanged:
+    log_softmax(z)_i - log_softmax(z)_j = z_i - z_j, i.e. C log_softmax(z) = C z for every C whose rows
+    sum to zero; see MarginRows."""
+    def strip(tree: nn.Module) -> nn.Module | None:
+        if isinstance(tree, nn.Sequential) and len(tree) > 1:
+            last = tree[-1]
+            if isinstance(last, nn.LogSoftmax) and last.dim in (1, -1):
+                return nn.Sequential(*list(tree)[:-1])
+            inner = strip(last)
+            return None if inner is None else nn.Sequential(*list(tree)[:-1], inner)
+        return None
+
+    stripped = strip(model)
+    if stripped is not None or isinstance(model, nn.Sequential):
+        return stripped
+    from robustcli.certify.trace import UnsupportedOperation, canonical_model
+
+    try:  # a functional F.log_softmax: the graph front end writes it as the tree's last layer
+        return strip(canonical_model(model, example))
+    except UnsupportedOperation:
+        return None  # the method's own front end says what it cannot read
+
+
+class MarginRows:
+    """A bounder of a model's logits z standing for the same model with a final log-softmax: rows C
+    that sum to zero (margins between classes) have C log_softmax(z) = C z exactly, so their bounds
+    are the logits' bounds; any other row is refused (log-sum-exp would need its own relaxation)."""
+
+    def __init__(self, logits: Bounder):
+        self.logits = logits
+
+    def lower(self, inputs: InputSet, C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
+        if bool((C.sum(-1).abs() > 1e-9 * C.abs().amax(-1).clamp_min(1.0)).any()):
+            raise InputError("the model ends with a log-softmax, which is bounded only for specifications whose "
+                             "rows sum to zero (margins between classes); export the logits before it")
+        return self.logits.lower(inputs, C, d)
+
+    def intermediate(self, inputs: InputSet) -> list[ReluInputBounds]:
+        return self.logits.intermediate(inputs)
 
 
 def _lirpa_verdict(model: nn.Module, example: torch.Tensor) -> str:

@@ -54,7 +54,8 @@ from torch import nn
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_patches
 from robustcli.certify.activation_lines import (
-    Activation, Lines, activation_lines, activation_of, activation_range, exact_on,
+    Activation, Lines, activation_lines, activation_of, activation_range, exact_on, intercepts, slope_grid,
+    slopes_to_params,
 )
 from robustcli.certify.chain_bounds import (
     AFFINE, NotAChain, _ibp_exact, _relax_rows, _relu_lines, back_affine, ibp_affine,
@@ -419,6 +420,51 @@ def _act_lines(dag: "Dag", n: Node, bounds_parent: tuple[torch.Tensor, torch.Ten
     return lines
 
 
+def _act_back_optimised(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bias: torch.Tensor,
+                        params: torch.Tensor):
+    lines = _act_lines(dag, n, bounds_parent)
+    l, u = (t.reshape(t.shape[0], -1) for t in bounds_parent)
+    grid = slope_grid(_activation(n), l, u, cells=64)
+    a_l, b_l = intercepts(grid, params[..., 0], upper=False)
+    a_u, b_u = intercepts(grid, params[..., 1], upper=True)
+    fixed = grid.fixed.unsqueeze(1)
+    one = lambda t: t.reshape(t.shape[0], 1, -1)  # noqa: E731
+    low_s, low_t = torch.where(fixed, one(lines.low_slope), a_l), torch.where(fixed, one(lines.low_icpt), b_l)
+    up_s, up_t = torch.where(fixed, one(lines.up_slope), a_u), torch.where(fixed, one(lines.up_icpt), b_u)
+    neg = a.clamp(max=0)
+    pos = a - neg
+    const = torch.where(pos == 0, torch.zeros_like(pos), pos * low_t) + torch.where(neg == 0, torch.zeros_like(neg), neg * up_t)
+    return bias + const.sum(2), pos * low_s + neg * up_s
+
+
+# alpha-CROWN's activation slopes for the specification: at most this many grid values per pass
+# (points x rows x neurons x grid points, summed over the activations; autograd keeps them)
+_ACT_ALPHA_ELEMENTS = 2**24
+
+
+def _act_params(dag: "Dag", bounds: dict, B: int, K: int) -> dict[int, torch.Tensor]:
+    """alpha-CROWN's parameters (B, K, n, 2) of every activation the output depends on, started at
+    CROWN's slopes, while their grids stay under _ACT_ALPHA_ELEMENTS (the rest keep CROWN's lines)."""
+    out: dict[int, torch.Tensor] = {}
+    used = 0
+    for p, node in enumerate(dag.nodes):
+        if node.kind != "act" or p not in dag.ancestors(dag.output):
+            continue
+        act = _activation(node)
+        bq = bounds[node.parents[0]]
+        l, u = (t.reshape(t.shape[0], -1) for t in bq)
+        size = B * K * l.shape[1] * (65 + len(act.breakpoints))
+        if used + size > _ACT_ALPHA_ELEMENTS:
+            continue
+        used += size
+        lines = _act_lines(dag, node, bq)
+        grid = slope_grid(act, l, u, cells=64)
+        t_low = slopes_to_params(grid, lines.low_slope.reshape(l.shape[0], 1, -1))
+        t_up = slopes_to_params(grid, lines.up_slope.reshape(l.shape[0], 1, -1))
+        out[p] = torch.stack([t_low, t_up], -1).expand(B, K, -1, 2).clone().requires_grad_(True)
+    return out
+
+
 def _row_offset(full: torch.Tensor, part: torch.Tensor) -> int | None:
     """The first row of `full` that `part` starts at, when `part` is full[s : s + k] (same storage,
     same strides, whole rows), else None."""
@@ -432,12 +478,19 @@ def _row_offset(full: torch.Tensor, part: torch.Tensor) -> int | None:
     return start if 0 <= start and start + part.shape[0] <= full.shape[0] else None
 
 
-def _act_back(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bias: torch.Tensor):
+def _act_back(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bias: torch.Tensor,
+              params: torch.Tensor | None = None):
     """Rows a (B, R, n) of an activation's output taken to its input: a positive coefficient takes
     the lower line a_l x + b_l, a negative one the upper line (CROWN, Zhang et al. 2018, Thm 3.2);
     the intercepts add to the constant. An infinite intercept (unbounded input) meets only zero
     coefficients or gives the bound -inf, never NaN. As chain_bounds._relax_rows: the constant by
-    batched products, the rows in place where nothing needs gradients."""
+    batched products, the rows in place where nothing needs gradients.
+
+    `params` (B, R, n, 2) in [0, 1] (alpha-CROWN's, per row): the lower and upper slopes as points of
+    each neuron's slope span, with intercepts made sound on the grid for every slope
+    (activation_lines.intercepts); neurons with exact lines or unbounded inputs keep CROWN's."""
+    if params is not None:
+        return _act_back_optimised(dag, n, a, bounds_parent, bias, params)
     lines = _act_lines(dag, n, bounds_parent)
     low_s, low_t, up_s, up_t = (t.reshape(t.shape[0], 1, -1) for t in
                                 (lines.low_slope, lines.low_icpt, lines.up_slope, lines.up_icpt))
@@ -579,7 +632,8 @@ def back_to_input(
             bias, a = _maxpool_back(n, dag.nodes[n.parents[0]].numel, a, bounds[n.parents[0]], bias, weights)
             send(n.parents[0], a)
         elif n.kind == "act":
-            bias, a = _act_back(dag, n, a, bounds[n.parents[0]], bias)
+            params = alphas.get(i) if alphas is not None else None
+            bias, a = _act_back(dag, n, a, bounds[n.parents[0]], bias, params)
             send(n.parents[0], a)
         else:  # relu
             q = n.parents[0]
@@ -748,7 +802,9 @@ def alpha_crown_spec(
     tightened_out: dict | None = None,
     intermediate: bool = True,
 ) -> torch.Tensor:
-    """alpha-CROWN: optimise the lower slopes of every (ReLU, bounded quantity) pair.
+    """alpha-CROWN: optimise the lower slopes of every (ReLU, bounded quantity) pair, and for the
+    specification also both slopes of every other activation (`_act_params`; their intercepts are
+    recomputed soundly for each slope, certify/activation_lines.py).
 
     Bounded quantities: the specification, and (`intermediate`) each node feeding a ReLU, for the
     neurons that are unstable under `bounds` (the CROWN intermediate bounds, kept as a floor).
@@ -802,6 +858,8 @@ def alpha_crown_spec(
         jstar = _maxpool_lines(dag.nodes[p].window, l, u)[0]
         onehot = (dag.nodes[p].window.unsqueeze(0) == jstar.unsqueeze(-1)).to(dag.dtype)
         final[p] = onehot.unsqueeze(1).expand(B, K, *onehot.shape[1:]).clone().requires_grad_(True)
+    # and the specification's activation slopes (every slope is sound: activation_lines.intercepts)
+    final.update(_act_params(dag, bounds, B, K))
     params = [a for per in inter.values() for a in per.values()] + list(final.values())
     if not params and not patched or K == 0:
         with torch.no_grad():

@@ -317,6 +317,11 @@ class _Converter:
             return self._arith(node, op.rstrip("_"), values)
         if op in ("cat", "concat", "concatenate"):
             return self._concat(node, values)
+        if op in ("log_softmax", "_log_softmax"):  # over the class axis of flat logits: bounders drop a final one
+            v = self._input(node, values)
+            if len(v.shape) != 1 or int(args[1]) not in (1, -1):
+                raise UnsupportedOperation(f"{_where(node)} is a log-softmax over a feature map, not over class logits")
+            return self._then(v, nn.LogSoftmax(dim=1), node)
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
             "batch_norm, view/reshape/flatten, avg/max pooling, elementwise activations (sigmoid, tanh, leaky_relu, "

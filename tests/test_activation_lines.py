@@ -250,3 +250,41 @@ def test_verifier_never_proves_a_property_sampled_points_violate(split):
         res = verify_property(model, parse_vnnlib(vnnlib_box(lo, hi, label, 3)), (4,), methods=("crown", "bab"),
                               bab_split=split, timeout=3)
         assert res.status in ("violated", "unknown", "timeout"), (act, res.status, res.stages)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "gelu", "leaky-0.5", "hardswish", "softplus2", "elu"])
+def test_any_optimised_slope_gets_sound_intercepts(name):
+    """alpha-CROWN's slopes: for random points t of each neuron's slope span, the grid intercepts
+    (activation_lines.intercepts) give lines that hold on dense samples."""
+    from robustcli.certify.activation_lines import intercepts, slope_grid
+
+    m = ACTIVATIONS[name]()
+    act = activation_of(m)
+    l, u = _intervals(200, seed=3)
+    grid = slope_grid(act, l.reshape(1, -1), u.reshape(1, -1), cells=64)
+    t = torch.rand(1, 3, 200, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    a_l, b_l = intercepts(grid, t, upper=False)
+    a_u, b_u = intercepts(grid, t, upper=True)
+    x = _dense(l, u, 800, torch.Generator().manual_seed(5))  # (200, 800)
+    y = m(x)
+    free = ~grid.fixed[0]
+    for r in range(3):
+        low = a_l[0, r].unsqueeze(1) * x + b_l[0, r].unsqueeze(1)
+        up = a_u[0, r].unsqueeze(1) * x + b_u[0, r].unsqueeze(1)
+        assert float((low - y)[free].max()) <= 1e-9 and float((y - up)[free].max()) <= 1e-9, name
+
+
+def test_alpha_crown_optimises_activation_slopes():
+    """On a leaky ReLU and a GELU MLP (no ReLU slopes to optimise) alpha-CROWN's bound is CROWN's
+    or better on every row and better on some (measured: +0.001 mean margin at eps 0.1)."""
+    for make in (lambda: nn.LeakyReLU(0.1), nn.GELU):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), make(), nn.Linear(32, 32), make(), nn.Linear(32, 5)).eval()
+        x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(7))
+        spec = margin_spec(model(x).argmax(1), 5)
+        s = InputSet.ball(x, 0.1, "linf")
+        crown = build_bounder("crown", model, x[:2]).lower(s, spec)
+        alpha = build_bounder("alpha-crown", model, x[:2], alpha_iterations=20).lower(s, spec)
+        empirical = empirical_min(model, x, spec, 0.1, "linf")
+        assert bool((alpha <= empirical + 1e-5).all())
+        assert bool((alpha >= crown - 1e-6).all()) and bool((alpha > crown + 1e-5).any())

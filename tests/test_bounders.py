@@ -283,3 +283,14 @@ def test_intermediate_bounds_contain_every_sampled_relu_input(kind, depth, bn, r
         crown, ibp = got["crown"][k], got["ibp"][k]
         assert bool((crown.lower >= ibp.lower - 1e-5 * (1 + ibp.lower.abs())).all()), k
         assert bool((crown.upper <= ibp.upper + 1e-5 * (1 + ibp.upper.abs())).all()), k
+
+
+def test_ball_box_is_rounded_outward():
+    """The float32 box of an eps ball contains the real ball: x - eps rounded to nearest lies inside
+    it for about half of the points, which the box then would not cover."""
+    x = torch.rand(2000, 3, generator=torch.Generator().manual_seed(0))
+    s = InputSet.ball(x, 0.1, "linf")
+    xd = x.double()
+    assert bool((s.lower.double() <= (xd - 0.1).clamp(0, 1)).all())
+    assert bool((s.upper.double() >= (xd + 0.1).clamp(0, 1)).all())
+    assert float((s.upper - s.lower).max()) <= 0.2 + 1e-6  # and not wider than one float32 step each side
