@@ -74,7 +74,8 @@ FOLD_FUNCTIONS = {
     "Neg": np.negative, "Abs": np.abs, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log, "Reciprocal": np.reciprocal,
     "Pow": lambda a, b: np.power(a, b).astype(a.dtype), "Equal": np.equal, "Less": np.less, "Greater": np.greater,
     "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal, "Not": np.logical_not, "And": np.logical_and,
-    "Or": np.logical_or, "Floor": np.floor, "Ceil": np.ceil, "MatMul": np.matmul,
+    "Or": np.logical_or, "Floor": np.floor, "Ceil": np.ceil, "MatMul": np.matmul, "Sin": np.sin, "Cos": np.cos,
+    "Round": np.round, "Sign": np.sign,  # np.round rounds half to even, as ONNX Round
 }
 
 

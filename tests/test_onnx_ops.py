@@ -345,3 +345,81 @@ def test_clip_with_only_a_maximum_and_clip_as_a_positive_divisor(tmp_path):
     check(build(tmp_path / "hi.onnx", [node("Clip", ["x", "", "hi"])], [tensor("hi", np.float32(0.5))], (1, 6), 13))
     nodes = [node("ReduceL2", ["x"], "n", axes=[1], keepdims=1), node("Clip", ["n", "eps"], "c"), node("Div", ["x", "c"])]
     check(build(tmp_path / "normalize.onnx", nodes, [tensor("eps", np.float32(1e-6))], (1, 6), 13))
+
+
+class _RMSNormMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Linear(12, 16), nn.RMSNorm(16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+
+
+class _UpsamplingCNN(nn.Module):
+    """ConvTranspose2d, GroupNorm, InstanceNorm2d and GELU, as a decoder-ish block."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.up = nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1)
+        self.gn, self.inorm, self.fc = nn.GroupNorm(1, 2), nn.InstanceNorm2d(2, affine=True), nn.Linear(2 * 12 * 12, 3)
+
+    def forward(self, x):
+        return self.fc(nn.functional.gelu(self.inorm(self.gn(self.up(self.conv(x))))).flatten(1))
+
+
+def test_rmsnorm_as_exporters_decompose_it(tmp_path):
+    """x * 1 / sqrt(mean(x^2) + eps) * w (opset 18: ReduceMean's axes an input): the reciprocal of a
+    divisor positive by construction."""
+    nodes = [node("Pow", ["x", "two"], "sq"), node("ReduceMean", ["sq", "ax"], "ms"), node("Add", ["ms", "eps"], "v"),
+             node("Sqrt", ["v"], "r"), node("Reciprocal", ["r"], "inv"), node("Mul", ["x", "inv"], "n"),
+             node("Mul", ["n", "w"])]
+    inits = [tensor("two", np.float32(2)), tensor("ax", np.array([-1], np.int64)), tensor("eps", np.float32(1e-6)),
+             tensor("w", rand(6, seed=1))]
+    check(build(tmp_path / "rms.onnx", nodes, inits, (1, 3, 6), 18))
+
+
+@pytest.mark.slow  # the default exporter takes seconds per model
+@pytest.mark.parametrize("kind", ["rmsnorm", "upsampling"])
+def test_default_exporter_files_convert(tmp_path, kind):
+    """torch.onnx.export's default (dynamo) exporter writes opset 18+ graphs (RMSNorm as Pow /
+    ReduceMean / Add / Sqrt / Reciprocal, normalisations as their nodes or decomposed)."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    model, shape = (_RMSNormMLP(), (1, 12)) if kind == "rmsnorm" else (_UpsamplingCNN(), (1, 1, 8, 8))
+    path = tmp_path / f"{kind}.onnx"
+    torch.onnx.export(model.eval(), (torch.rand(*shape),), str(path), dynamo=True, verbose=False)
+    conv = check(path)
+    x = torch.rand(4, *shape[1:])
+    torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_new_layers_keep_a_float64_file_in_float64(tmp_path):
+    """dtype=None (what the spec verifier asks for) keeps a float64 file's numbers in the new layers."""
+    import onnx
+
+    graph = helper.make_graph(
+        [node("LayerNormalization", ["x", "s", "b"], "n"), node("Pow", ["n", "e"], "p"), node("Max", ["p", "c"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [1, 5])],
+        initializer=[tensor("s", rand(5, seed=1).astype(np.float64)), tensor("b", rand(5, seed=2).astype(np.float64)),
+                     tensor("e", np.float64(3.0)), tensor("c", np.float64(1e-300))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    conv = onnx_to_torch(model, dtype=None)
+    assert all(t.dtype == torch.float64 for t in [*conv.module.parameters(), *conv.module.buffers()])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 5))
+    np.testing.assert_allclose(conv.module(torch.from_numpy(x)).detach().numpy(), session.run(None, {"x": x})[0],
+                               rtol=1e-9, atol=1e-300)  # far below float32 rounding (6e-8)
+
+
+def test_constant_sin_cos_fold_while_sin_of_the_input_stays_refused(tmp_path):
+    """Position tables computed from constants (sin / cos of a Range) fold; Sin of a computed tensor
+    is still outside the set."""
+    nodes = [node("Range", ["a", "b", "d"], "r"), node("Sin", ["r"], "s"), node("Cos", ["r"], "c"),
+             node("Add", ["s", "c"], "t"), node("Add", ["x", "t"])]
+    inits = [tensor("a", np.float32(0)), tensor("b", np.float32(4)), tensor("d", np.float32(1))]
+    check(build(tmp_path / "pos.onnx", nodes, inits, (1, 4), 13))
