@@ -331,24 +331,29 @@ class SlopeGrid:
 
 
 def slope_grid(act: Activation, l: torch.Tensor, u: torch.Tensor, cells: int = 32) -> SlopeGrid:
-    """The `SlopeGrid` of f over [l, u] (B, n)."""
+    """The `SlopeGrid` of f over [l, u] (B, n). The grid, f on it and the margin are differentiable
+    in l and u (alpha-CROWN's gradient reaches the intermediate bounds through them); the span and
+    `fixed` are not (any span gives sound lines)."""
+    B, n = l.shape
     with torch.no_grad():
-        l, u = l.detach().to(torch.float64), u.detach().to(torch.float64)
-        B, n = l.shape
         ok = torch.isfinite(l) & torch.isfinite(u) & (u - l <= WIDE)
         fixed = ~ok | exact_on(act, l, u)
-        ls, us = torch.where(ok, l, torch.zeros_like(l)), torch.where(ok, u, torch.zeros_like(u))
-        x = _grid(act, ls.reshape(-1), us.reshape(-1), cells)
-        y = act.f(x)
-        d = _derivative(act, x)
-        w = (us - ls).reshape(-1)
-        chord = torch.where(w > 0, (y[:, -1] - y[:, 0]) / torch.where(w > 0, w, torch.ones_like(w)), d[:, 0])
-        lo = torch.minimum(d.amin(1), chord)
-        hi = torch.maximum(d.amax(1), chord)
-        G = x.shape[1]
-        return SlopeGrid(x.reshape(B, n, G), y.reshape(B, n, G), lo.reshape(B, n), hi.reshape(B, n),
-                         ((w / cells) ** 2 * (act.curvature / 8)).reshape(B, n) + act.jump,
-                         torch.maximum(ls.abs(), us.abs()), y.abs().amax(1).reshape(B, n), fixed)
+    zero = torch.zeros((), dtype=l.dtype, device=l.device)
+    ls, us = torch.where(ok, l, zero), torch.where(ok, u, zero)
+    x = _grid(act, ls.reshape(-1), us.reshape(-1), cells)
+    y = act.f(x)
+    w = (us - ls).reshape(-1)
+    with torch.no_grad():
+        d = _derivative(act, x.detach())
+        wd, yd = w.detach(), y.detach()
+        chord = torch.where(wd > 0, (yd[:, -1] - yd[:, 0]) / torch.where(wd > 0, wd, torch.ones_like(wd)), d[:, 0])
+        # 0 too: CROWN's lines may be constant (a candidate of `activation_lines`)
+        lo = torch.minimum(torch.minimum(d.amin(1), chord), torch.zeros_like(chord))
+        hi = torch.maximum(torch.maximum(d.amax(1), chord), torch.zeros_like(chord))
+        reach, y_scale = torch.maximum(ls.abs(), us.abs()), yd.abs().amax(1).reshape(B, n)
+    G = x.shape[1]
+    return SlopeGrid(x.reshape(B, n, G), y.reshape(B, n, G), lo.reshape(B, n), hi.reshape(B, n),
+                     ((w / cells) ** 2 * (act.curvature / 8)).reshape(B, n) + act.jump, reach, y_scale, fixed)
 
 
 def slopes_to_params(grid: SlopeGrid, slopes: torch.Tensor) -> torch.Tensor:

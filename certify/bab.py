@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from robustcli.certify.domain_pool import DomainPool
 from robustcli.certify.bab_network import BabNetwork, as_bab_network
 from robustcli.certify.chain_bounds import Chain
 from robustcli.certify.dag_bounds import Dag
@@ -66,15 +67,6 @@ class RoundClock:
         if done > max_domains:
             return "limit"
         return None
-
-
-def worst_first(score: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next round's domains, the `batch` with the lowest bound (worst first), and a mask of
-    the domains that wait."""
-    order = score.argsort()[:batch]
-    rest = torch.ones(len(score), dtype=torch.bool, device=score.device)
-    rest[order] = False
-    return order, rest
 
 
 @dataclass
@@ -182,23 +174,21 @@ def bab_refute(
     alphas = [(flat[k][1] > -flat[k][0]).to(dt).reshape(1, 1, -1).expand(D, R, -1).clone() for k in slots]
     betas = [torch.zeros(D, R, n, dtype=dt, device=dev) for n in sizes]
     scores_lb = torch.full((D,), float("-inf"), dtype=dt, device=dev)
+    F_ = len(flat)
+    pool = DomainPool([scores_lb, roots, *splits, *alphas, *betas, *lows, *ups], score=0)
     done = 0
     out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     rounds = RoundClock(deadline)
     started, searched = time.monotonic(), 0.0
-    while len(scores_lb):
+    while len(pool):
         stop = rounds.stop_reason(done, max_domains)
         if stop is not None:
             return BabOutcome(False, done, stop)
-        order, rest = worst_first(scores_lb, batch)
-        take = lambda ts: [t[order] for t in ts]  # noqa: E731
-        keep = lambda ts: [t[rest] for t in ts]  # noqa: E731
-        sp, al, be, rt = take(splits), take(alphas), take(betas), roots[order]
-        pl, pu, inherited = take(lows), take(ups), scores_lb[order]
-        splits, alphas, betas, roots = keep(splits), keep(alphas), keep(betas), roots[rest]
-        lows, ups, scores_lb = keep(lows), keep(ups), scores_lb[rest]
+        inherited, rt, *rest = pool.pop_worst(batch)
+        sp, al, be = rest[:L], rest[L : 2 * L], rest[2 * L : 3 * L]
+        pl, pu = rest[3 * L : 3 * L + F_], rest[3 * L + F_ :]
         A0, d0 = A_roots[rt], d[rt]
-        B = len(order)
+        B = len(rt)
         with torch.no_grad():
             try:
                 if refresh:
@@ -291,13 +281,8 @@ def bab_refute(
                 in_j = (pick >= offsets[j]) & (pick < offsets[j + 1])
                 rows = in_j.nonzero().flatten()
                 new_sp[j][rows, pick[rows] - offsets[j]] = sign
-            splits = [torch.cat([s, c]) for s, c in zip(splits, new_sp)]
-            alphas = [torch.cat([a, c[idx]]) for a, c in zip(alphas, best_al)]
-            betas = [torch.cat([b, c[idx]]) for b, c in zip(betas, best_be)]
-            lows = [torch.cat([t, c[0][idx]]) for t, c in zip(lows, bnd)]
-            ups = [torch.cat([t, c[1][idx]]) for t, c in zip(ups, bnd)]
-            scores_lb = torch.cat([scores_lb, best[idx]])
-            roots = torch.cat([roots, rt[idx]])
+            pool.push([best[idx], rt[idx], *new_sp, *(c[idx] for c in best_al), *(c[idx] for c in best_be),
+                       *(c[0][idx] for c in bnd), *(c[1][idx] for c in bnd)])
     return BabOutcome(True, done, "proved")
 
 

@@ -425,8 +425,13 @@ def _act_back_optimised(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bia
     lines = _act_lines(dag, n, bounds_parent)
     l, u = (t.reshape(t.shape[0], -1) for t in bounds_parent)
     grid = slope_grid(_activation(n), l, u, cells=64)
-    a_l, b_l = intercepts(grid, params[..., 0], upper=False)
-    a_u, b_u = intercepts(grid, params[..., 1], upper=True)
+    halves = params.dim() == 5  # (B, 2, 1, n, 2): one slope pair for the +rows, one for the -rows
+    t = params[:, :, 0] if halves else params
+    a_l, b_l = intercepts(grid, t[..., 0], upper=False)
+    a_u, b_u = intercepts(grid, t[..., 1], upper=True)
+    if halves:
+        k = a.shape[1] // 2
+        a_l, b_l, a_u, b_u = (v.repeat_interleave(k, dim=1) for v in (a_l, b_l, a_u, b_u))
     fixed = grid.fixed.unsqueeze(1)
     one = lambda t: t.reshape(t.shape[0], 1, -1)  # noqa: E731
     low_s, low_t = torch.where(fixed, one(lines.low_slope), a_l), torch.where(fixed, one(lines.low_icpt), b_l)
@@ -440,28 +445,39 @@ def _act_back_optimised(dag: "Dag", n: Node, a: torch.Tensor, bounds_parent, bia
 # alpha-CROWN's activation slopes for the specification: at most this many grid values per pass
 # (points x rows x neurons x grid points, summed over the activations; autograd keeps them)
 _ACT_ALPHA_ELEMENTS = 2**24
+# A smooth activation's Adam step is this fraction of the ReLU slopes' (a point of the slope span moves the line's
+# contact point; measured on GELU MLPs and the digits sigmoid MLP of benchmarks/activation_crown.py:
+# full steps of 0.1 overshoot and stay at CROWN's bound, 0.2x gains less than 0.1x, 0.05x as much)
+_ACT_LR = 0.1
 
 
-def _act_params(dag: "Dag", bounds: dict, B: int, K: int) -> dict[int, torch.Tensor]:
-    """alpha-CROWN's parameters (B, K, n, 2) of every activation the output depends on, started at
-    CROWN's slopes, while their grids stay under _ACT_ALPHA_ELEMENTS (the rest keep CROWN's lines)."""
+def _act_params(dag: "Dag", bounds: dict, B: int, K: int, target: int | None = None) -> dict[int, torch.Tensor]:
+    """alpha-CROWN's parameters of every activation `target` (default: the output) depends on,
+    started at CROWN's slopes: (B, K, n, 2), one slope pair per row, while the grids stay under
+    _ACT_ALPHA_ELEMENTS (the rest keep CROWN's lines); for an intermediate quantity (`target`
+    given, K its 2k rows) (B, 2, 1, n, 2): one pair for its lower-bound rows, one for its upper."""
     out: dict[int, torch.Tensor] = {}
     used = 0
     for p, node in enumerate(dag.nodes):
-        if node.kind != "act" or p not in dag.ancestors(dag.output):
+        if node.kind != "act" or p not in dag.ancestors(dag.output if target is None else target):
             continue
         act = _activation(node)
         bq = bounds[node.parents[0]]
         l, u = (t.reshape(t.shape[0], -1) for t in bq)
-        size = B * K * l.shape[1] * (65 + len(act.breakpoints))
+        size = B * (2 if target is not None else K) * l.shape[1] * (65 + len(act.breakpoints))
         if used + size > _ACT_ALPHA_ELEMENTS:
             continue
         used += size
         lines = _act_lines(dag, node, bq)
-        grid = slope_grid(act, l, u, cells=64)
+        with torch.no_grad():
+            grid = slope_grid(act, l.detach(), u.detach(), cells=64)
         t_low = slopes_to_params(grid, lines.low_slope.reshape(l.shape[0], 1, -1))
         t_up = slopes_to_params(grid, lines.up_slope.reshape(l.shape[0], 1, -1))
-        out[p] = torch.stack([t_low, t_up], -1).expand(B, K, -1, 2).clone().requires_grad_(True)
+        pair = torch.stack([t_low, t_up], -1)  # (B, 1, n, 2)
+        if target is None:
+            out[p] = pair.expand(B, K, -1, 2).clone().requires_grad_(True)
+        else:
+            out[p] = pair.unsqueeze(1).expand(B, 2, 1, -1, 2).clone().requires_grad_(True)
     return out
 
 
@@ -838,7 +854,7 @@ def alpha_crown_spec(
         l, u = (t.reshape(t.shape[0], -1) for t in bounds[q])
         unstable = _needs_rows(dag, q, l, u)
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
-        if k > 0 and any(r in dag.ancestors(q) for r in relus):  # else CROWN is exact for q
+        if k > 0 and any(dag.nodes[r].kind in ("relu", "act") for r in dag.ancestors(q) - {q}):  # else CROWN is exact for q
             idx = torch.argsort(unstable.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
             rows_of[q] = (idx, unstable.gather(1, idx))
     pairs = B * sum(2 * idx.shape[1] * sum(dag.nodes[r].numel for r in relus if r in dag.ancestors(q))
@@ -851,6 +867,9 @@ def alpha_crown_spec(
     inter: dict[int, dict[int, torch.Tensor]] = {
         q: {} if q in patched else {r: init(2 * idx.shape[1], r) for r in relus if r in dag.ancestors(q)}
         for q, (idx, _) in rows_of.items()}
+    for q in rows_of:  # the activations below an intermediate quantity: a slope pair per side
+        if q not in patched:
+            inter[q].update(_act_params(dag, bounds, B, 2 * rows_of[q][0].shape[1], target=q))
     final = {r: init(K, r) for r in relus if r in dag.ancestors(dag.output)}
     # the specification's max pooling lower lines too (intermediate quantities keep x_jstar)
     for p in (i for i, n in enumerate(dag.nodes) if n.kind == "maxpool" and i in dag.ancestors(dag.output)):
@@ -861,6 +880,8 @@ def alpha_crown_spec(
     # and the specification's activation slopes (every slope is sound: activation_lines.intercepts)
     final.update(_act_params(dag, bounds, B, K))
     params = [a for per in inter.values() for a in per.values()] + list(final.values())
+    act_ids = {id(a) for per in (*inter.values(), final) for p, a in per.items()  # smooth activations' (_ACT_LR)
+               if dag.nodes[p].kind == "act" and not _activation(dag.nodes[p]).piecewise_linear}
     if not params and not patched or K == 0:
         with torch.no_grad():
             low = backward_lower(dag, dag.output, A, lo, hi, bounds, ball=ball) + d
@@ -892,7 +913,7 @@ def alpha_crown_spec(
             for a, g in zip(params, grads):
                 if g is not None:
                     v1, v2 = moments.setdefault(id(a), (torch.zeros_like(a), torch.zeros_like(a)))
-                    cb.projected_adam_step_(a, g, v1, v2, it, lr)
+                    cb.projected_adam_step_(a, g, v1, v2, it, lr * _ACT_LR if id(a) in act_ids else lr)
     if tightened_out is not None:
         tightened_out.update(tightened)
     return best

@@ -28,7 +28,8 @@ import torch
 
 from robustcli.certify import chain_bounds as cb
 from robustcli.certify import dag_bounds as db
-from robustcli.certify.bab import RoundClock, worst_first
+from robustcli.certify.bab import RoundClock
+from robustcli.certify.domain_pool import DomainPool
 from robustcli.certify.bab_network import BabNetwork, as_bab_network
 from robustcli.certify.deadline import DeadlineReached
 
@@ -69,16 +70,15 @@ def input_bab_refute(
     box_hi = hi.reshape(1, -1).expand(D, -1).clone()
     roots = torch.arange(D, device=dev)
     score = torch.full((D,), float("-inf"), dtype=dt, device=dev)
+    pool = DomainPool([score, roots, box_lo, box_hi], score=0)
     done = 0
     rounds = RoundClock(deadline)
-    while len(score):
+    while len(pool):
         stop = rounds.stop_reason(done, max_domains)
         if stop is not None:
             return InputBabOutcome(False, done, stop)
-        order, rest = worst_first(score, batch)
-        blo, bhi, rt = box_lo[order], box_hi[order], roots[order]
-        box_lo, box_hi, roots, score = box_lo[rest], box_hi[rest], roots[rest], score[rest]
-        B = len(order)
+        _, rt, blo, bhi = pool.pop_worst(batch)
+        B = len(rt)
         lo_b, hi_b = blo.reshape(B, *shape), bhi.reshape(B, *shape)
         with torch.no_grad():
             try:
@@ -110,8 +110,6 @@ def input_bab_refute(
         mid = ((olo + ohi) / 2).gather(1, dim[:, None])
         left_hi = ohi.scatter(1, dim[:, None], mid)
         right_lo = olo.scatter(1, dim[:, None], mid)
-        box_lo = torch.cat([box_lo, olo, right_lo])
-        box_hi = torch.cat([box_hi, left_hi, ohi])
-        roots = torch.cat([roots, rt[idx], rt[idx]])
-        score = torch.cat([score, top[idx], top[idx]])
+        pool.push([torch.cat([top[idx], top[idx]]), torch.cat([rt[idx], rt[idx]]), torch.cat([olo, right_lo]),
+                   torch.cat([left_hi, ohi])])
     return InputBabOutcome(True, done, "proved")

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from robustcli.certify import chain_bounds as cb
-from robustcli.certify.bab import RoundClock, _primal_points, bab_refute, worst_first
+from robustcli.certify.bab import RoundClock, _primal_points, bab_refute
+from robustcli.certify.domain_pool import worst_first
 from robustcli.certify.input_bab import input_bab_refute
 
 
