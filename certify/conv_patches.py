@@ -228,6 +228,28 @@ class PatchRows:
         return bias
 
 
+    def back_lines(self, low_s: torch.Tensor, low_t: torch.Tensor, up_s: torch.Tensor, up_t: torch.Tensor) -> torch.Tensor:
+        """Through an elementwise activation's lines a_l x + b_l <= f(x) <= a_u x + b_u (each (B, C, H, W),
+        certify/activation_lines.py; finite intercepts); returns the constant it adds. As `back_relu`
+        with a lower intercept too: P takes (low_s, low_t) where P > 0 and (up_s, up_t) where P < 0,
+        -P the other way round."""
+        g = self.gather(torch.cat([low_s, up_s, low_t, up_t], 1))
+        c = low_s.shape[1]
+        low, up, lt, ut = g[:, :, :c], g[:, :, c : 2 * c], g[:, :, 2 * c : 3 * c], g[:, :, 3 * c :]
+        neg = self.coef.clamp(max=0)
+        pos = self.coef - neg
+        self.outside_zeroed = True
+        if self.paired:
+            bias = torch.cat([(pos * lt + neg * ut).flatten(2).sum(2), -(neg * lt + pos * ut).flatten(2).sum(2)], 1)
+            self.flat = torch.cat([self.flat, self.flat], 1)
+            self.paired = False
+            self.coef = torch.cat([pos * low + neg * up, -(neg * low + pos * up)], 1)
+            return bias
+        bias = (pos * lt + neg * ut).flatten(2).sum(2)
+        self.coef = pos * low + neg * up
+        return bias
+
+
 def conv_input_vjp(a: torch.Tensor, m: nn.Conv2d, in_size: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
     """a (N, O, H', W') times the matrix of the convolution (with `padding`, input (C, *in_size))
     transposed: the vector-Jacobian product, (N, C, *in_size).

@@ -58,7 +58,8 @@ def _pool_ok(m: nn.Module) -> bool:
 
 def patchable(dag: "Dag", q: int) -> bool:
     """Every node from the input to node q is a (C, H, W) map reached through convolutions, average
-    pooling, elementwise affine maps, ReLUs, adds and channel concatenations (strides are checked on
+    pooling, elementwise affine maps, ReLUs and other elementwise activations (fixed lines), adds and
+    channel concatenations (strides are checked on
     the way); a max pooling's relaxation gathers one input per window (not a window-shaped map),
     so rows through it are dense."""
     cache = dag.__dict__.setdefault("_patchable", {})
@@ -66,7 +67,7 @@ def patchable(dag: "Dag", q: int) -> bool:
         ok = True
         for i in dag.ancestors(q):
             n = dag.nodes[i]
-            if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0) or n.kind in ("maxpool", "act"):
+            if len(n.shape) != 3 or (n.kind == "concat" and n.axis != 0) or n.kind == "maxpool":
                 ok = False
             elif n.kind == "affine" and not all(
                     conv_supported(m) or _pool_ok(m) or isinstance(m, (nn.BatchNorm2d, ElementwiseAffine, *_PASS))
@@ -196,6 +197,17 @@ def patch_rows_lower(dag: "Dag", q: int, idx: torch.Tensor, lo: torch.Tensor, hi
                 c.coef = part
                 c.map_shape = tuple(dag.nodes[parent].shape)
                 send(parent, c)
+        elif n.kind == "act":
+            from robustcli.certify.dag_bounds import _act_lines
+
+            lines = _act_lines(dag, n, bounds[n.parents[0]])
+            shape = (-1, *dag.nodes[n.parents[0]].shape)
+            maps = [t.reshape(shape) for t in (lines.low_slope, lines.low_icpt, lines.up_slope, lines.up_icpt)]
+            if not all(bool(torch.isfinite(t).all()) for t in maps[1::2]):
+                raise NoPatches("an activation's input is unbounded")  # dense rows keep 0 * inf out
+            bias = bias + p.back_lines(*maps)
+            p.map_shape = tuple(dag.nodes[n.parents[0]].shape)
+            send(n.parents[0], p)
         else:  # relu
             lines = _relu_lines(*bounds[n.parents[0]])
             if alphas is not None:

@@ -288,3 +288,21 @@ def test_alpha_crown_optimises_activation_slopes():
         empirical = empirical_min(model, x, spec, 0.1, "linf")
         assert bool((alpha <= empirical + 1e-5).all())
         assert bool((alpha >= crown - 1e-6).all()) and bool((alpha > crown + 1e-5).any())
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "gelu", "leaky-0.5"])
+def test_convolutional_rows_through_activations_as_patches_equal_dense_rows(name):
+    """The intermediate bounds of a CNN with activations: rows kept as patches (certify/dag_patches.py,
+    PatchRows.back_lines) give the dense rows' bounds."""
+    model = _act_cnn(ACTIVATIONS[name], seed=5)
+    x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(6)).double()
+    lo, hi = (x - 0.1).clamp(0, 1), (x + 0.1).clamp(0, 1)
+    patched = db.Dag.of(model, (1, 4, 4))
+    dense = db.Dag.of(model, (1, 4, 4))
+    dense.__dict__["_patchable"] = {q: False for q in range(len(dense.nodes))}
+    a = db.crown_intermediate(patched, lo, hi)
+    b = db.crown_intermediate(dense, lo, hi)
+    assert any(patched.__dict__["_patchable"].values())  # the patch path ran
+    for q in a:
+        torch.testing.assert_close(a[q][0], b[q][0], atol=1e-6, rtol=1e-6)  # rounding, amplified by later lines
+        torch.testing.assert_close(a[q][1], b[q][1], atol=1e-6, rtol=1e-6)
