@@ -34,7 +34,13 @@ computed tensors, which no bound engine reads.
 Choices (the ONNX spec leaves the batch open): the first axis of the graph input is the batch. A
 file that fixes it to 1 (as VNN-COMP's do) still accepts any batch: Reshape targets that repeat
 the fixed batch size keep the batch axis instead. The conversion runs the module on a batch of
-two and on each point alone and refuses a graph whose rows influence each other.
+two and on each point alone and refuses a graph whose rows influence each other. Where that
+batch-first reading fails on a file that fixes its batch to 1 (torch's nn.MultiheadAttention
+export transposes to (tokens, batch, features) and merges batch and heads), the graph is read
+literally for its one point and run on each point of a batch (`PerPoint`, vectorised with
+torch.func.vmap): exactly the file's computation for a batch of one, for attacks; the bound
+engines do not read such a module. A file with a symbolic batch keeps the refusal: there the
+axis moves would really mix points.
 
 Precision: the module computes in one dtype, float32 by default (attacks, training). Bound
 engines need the file's own numbers, since a bound proved for weights rounded to float32 is not
@@ -60,8 +66,8 @@ import torch
 from torch import nn
 
 from robustcli.certify.onnx_layers import (
-    Binary, Clip, Concat, ElementwiseAffine, Erf, Expand, FlatSoftmax, Gather, MatMul, OnnxGraph, Pad, Permute, Pointwise,
-    Reduce, Reshape, Resize, Slice, UNARY,
+    Binary, Clip, Concat, ElementwiseAffine, Erf, Expand, FlatSoftmax, Gather, MatMul, OnnxGraph, Pad, Permute, PerPoint,
+    Pointwise, Reduce, Reshape, Resize, Slice, Transpose, UNARY, View,
 )
 from robustcli.core.errors import InputError, first_line
 
@@ -161,10 +167,13 @@ def file_float_dtype(model: Any) -> torch.dtype:
 
 
 class _Converter:
-    def __init__(self, model: Any, dtype: torch.dtype):
+    def __init__(self, model: Any, dtype: torch.dtype, per_point: bool = False):
         from onnx import numpy_helper
 
         self.dtype = dtype  # of the module's parameters, buffers and computed values
+        # True: the graph is read literally for a batch of one (the file fixes it to 1) and run on each
+        # point by `PerPoint`; reshapes and transposes may then move the first axis.
+        self.per_point = per_point
 
         self.numpy_helper = numpy_helper
         graph = model.graph
@@ -197,6 +206,8 @@ class _Converter:
         if shape[0] is not None and shape[0] < 0:
             raise InputError(f"the ONNX input {self.input_name!r} declares a negative batch size {shape[0]}")
         self.batch = shape[0] or 1
+        if per_point and shape[0] != 1:
+            raise InputError(f"the ONNX input {self.input_name!r} does not fix its batch to 1")
         _check_dims([self.batch, *shape[1:]], f"the ONNX input {self.input_name!r}", allow_zero=False)
         self.input_shape = tuple(int(s) for s in shape[1:])
         # Shapes of computed tensors, traced with a zero input of the file's batch size.
@@ -284,6 +295,8 @@ class _Converter:
                     out = {"Max": np.maximum, "Min": np.minimum, "Sum": np.add}[op](out, y)
             elif op == "Range":
                 out = np.arange(x[0].item(), x[1].item(), x[2].item(), dtype=x[0].dtype)
+            elif op == "Mod":  # fmod=0: the sign of the divisor (numpy's mod), fmod=1: of the dividend
+                out = (np.fmod if a.get("fmod", 0) else np.mod)(x[0], x[1])
             elif op == "Size":
                 out = np.array(x[0].size, dtype=np.int64)
             elif op == "Transpose":
@@ -431,7 +444,7 @@ class _Converter:
         left, right = (self.consts.get(n) for n in inputs[:2])
         if left is None and right is None:
             ra, rb = self.values[inputs[0]].dim(), self.values[inputs[1]].dim()
-            if ra != rb or ra < 3:
+            if (ra != rb or ra < 3) and not self.per_point:
                 raise self.fail(i, node, f"MatMul of computed tensors of ranks {ra} and {rb}; only equal ranks >= 3 "
                                 "(the batch axis a matmul batch axis) are supported")
             self.add(MatMul(), inputs[:2], node.output[0])
@@ -470,9 +483,9 @@ class _Converter:
         if tuple(out_shape) != tuple(x_shape) or (op == "Div" and inputs[0] not in dyn):
             self._pointwise(i, node, inputs, op)  # the constant widens each point, or c / x: attacks only
             return
-        if c.dim() == len(x_shape) and c.shape[0] != 1:
+        if c.dim() == len(x_shape) and c.shape[0] != 1 and not self.per_point:
             raise self.fail(i, node, "the constant varies along the batch axis")
-        if c.dim() == len(x_shape):
+        if c.dim() == len(x_shape) and not self.per_point:
             c = c[0]  # drop the batch axis so any batch size broadcasts
         const_first = inputs[0] not in dyn
         if op == "Add":
@@ -491,11 +504,17 @@ class _Converter:
         x = self.values[inputs[0]]
         axis = a.get("axis", 1)
         axis = axis + x.dim() if axis < 0 else axis
+        if self.per_point:
+            self._reshape_to(i, node, x, [int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))], inputs[0])
+            return
         if axis < 1 or any(s != 1 for s in x.shape[1:axis]):
             raise self.fail(i, node, f"Flatten axis={axis} on shape {tuple(x.shape)} would merge the batch axis")
         self.add(nn.Flatten(), inputs[:1], node.output[0])
 
     def _reshape_to(self, i, node, x: torch.Tensor, target: list[int], src: str) -> None:
+        if self.per_point and tuple(target) != tuple(x.shape):
+            self.add(View(tuple(target)), [src], node.output[0])
+            return
         if target[0] != x.shape[0]:
             raise self.fail(i, node, f"reshape {tuple(x.shape)} -> {tuple(target)} merges the batch axis")
         target_t = tuple(target[1:])
@@ -527,7 +546,9 @@ class _Converter:
         if sorted(perm) != list(range(x.dim())):
             raise self.fail(i, node, f"perm={perm} is not a permutation of the {x.dim()} axes of shape {tuple(x.shape)}")
         kept = [p for p in perm if x.shape[p] != 1]
-        if perm[0] == 0 and kept == sorted(kept):
+        if self.per_point and perm[0] != 0:
+            self.add(Transpose(tuple(perm)), inputs[:1], node.output[0])
+        elif perm[0] == 0 and kept == sorted(kept):
             # moves only size-1 axes: a reshape, which keeps chain models chains of standard layers
             self._reshape_to(i, node, x, list(x.permute(perm).shape), inputs[0])
         elif perm[0] == 0:
@@ -680,7 +701,7 @@ class _Converter:
         if axes is None:
             return None
         axes = sorted(int(ax) % rank for ax in axes)
-        if 0 in axes:
+        if 0 in axes and not self.per_point:
             raise self.fail(i, node, "the batch axis cannot be squeezed or unsqueezed")
         return axes
 
@@ -840,14 +861,14 @@ class _Converter:
             out = torch.broadcast_shapes(*shapes)
         except RuntimeError:
             raise self.fail(i, node, f"operand shapes {shapes} do not broadcast") from None
-        if any(len(shapes[k]) != len(out) for k, n in enumerate(inputs) if n in dyn) or out[0] != self.batch:
+        if not self.per_point and (any(len(shapes[k]) != len(out) for k, n in enumerate(inputs) if n in dyn) or out[0] != self.batch):
             raise self.fail(i, node, f"operand shapes {shapes} broadcast the batch axis into another axis")
         constants = {}
         for k, n in enumerate(inputs):
             if n in dyn:
                 continue
             c = self.consts[n]
-            if len(shapes[k]) == len(out) and shapes[k][0] != 1:
+            if len(shapes[k]) == len(out) and shapes[k][0] != 1 and not self.per_point:
                 raise self.fail(i, node, f"the constant {n!r} of shape {shapes[k]} varies along the batch axis")
             constants[k] = c if c.dtype == torch.bool else self._float(c)
         self.add(Pointwise(op, len(inputs), constants), dyn, node.output[0])
@@ -1064,7 +1085,7 @@ class _Converter:
         if inputs[1] not in self.consts:
             raise self.fail(i, node, "the indices are computed from the input; only constant indices are supported")
         axis = int(a.get("axis", 0)) % x.dim()
-        if axis == 0:
+        if axis == 0 and not self.per_point:
             raise self.fail(i, node, "gathering along the batch axis")
         idx, n = self.consts[inputs[1]].to(torch.int64), x.shape[axis]
         if idx.numel() and bool(((idx < -n) | (idx >= n)).any()):
@@ -1161,16 +1182,48 @@ def onnx_to_torch(source: str | Path | Any, dtype: torch.dtype | None = torch.fl
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"onnx_to_torch builds float32 or float64 modules, not {dtype}")
     try:
-        conv = _Converter(model, dtype)
-        steps = conv.run()
+        conv, steps = _convert(model, dtype, per_point=False)
+        chain = _as_chain(steps, conv.input_name, conv.output_name)
+        module: nn.Module = chain if chain is not None else OnnxGraph(conv.input_name, conv.output_name, steps)
+        module.to(dtype).eval()  # the layers' default constants (ones, zeros) to the module's dtype: exact
+        _check_batch_independent(module, conv.input_shape, dtype)
+    except InputError as refusal:
+        # A file that fixes its batch to 1 may move that axis (attention exports); read literally, run per point.
+        conv, module = _per_point(model, dtype, refusal)
+        chain = None
+    out = conv.values[conv.output_name]
+    out_shape = tuple(out.shape[1:])
+    return OnnxConversion(module, conv.input_shape, out_shape, conv.input_name, chain is not None, file_dtype)
+
+
+def _convert(model: Any, dtype: torch.dtype, per_point: bool) -> tuple[_Converter, list]:
+    try:
+        conv = _Converter(model, dtype, per_point)
+        return conv, conv.run()
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - a malformed graph the checker let through: still bad input
         raise InputError(f"cannot convert the ONNX graph: {type(e).__name__}: {first_line(e)}") from None
-    chain = _as_chain(steps, conv.input_name, conv.output_name)
-    module: nn.Module = chain if chain is not None else OnnxGraph(conv.input_name, conv.output_name, steps)
-    module.to(dtype).eval()  # the layers' default constants (ones, zeros) to the module's dtype: exact
+
+
+def _per_point(model: Any, dtype: torch.dtype, refusal: InputError) -> tuple[_Converter, nn.Module]:
+    """The graph read literally for its batch of one and run on each point (`PerPoint`); `refusal` (the
+    batch-first reading's error) when the file does not fix its batch to 1, the literal reading fails
+    too, or its output does not keep the one point first."""
+    try:
+        conv, steps = _convert(model, dtype, per_point=True)
+    except InputError:
+        raise refusal from None
     out = conv.values[conv.output_name]
-    _check_batch_independent(module, conv.input_shape, dtype)
-    return OnnxConversion(module, conv.input_shape, tuple(out.shape[1:]), conv.input_name, chain is not None,
-                          file_dtype)
+    if out.dim() < 1 or out.shape[0] != 1:
+        raise refusal from None
+    graph = OnnxGraph(conv.input_name, conv.output_name, steps).to(dtype).eval()
+    x = torch.rand(2, *conv.input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    with torch.no_grad():
+        each = torch.cat([graph(x[:1]), graph(x[1:])])
+        module = PerPoint(graph, vectorised=True)
+        try:
+            ok = torch.allclose(module(x), each, rtol=1e-5, atol=1e-6, equal_nan=True)
+        except Exception:  # noqa: BLE001 - an operation without a vmap batching rule
+            ok = False
+    return conv, module if ok else PerPoint(graph, vectorised=False)

@@ -377,3 +377,57 @@ class Resize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, scale={self.scale}, mode={self.mode}, align_corners={self.align_corners}"
+
+
+class View(nn.Module):
+    """Reshape to a literal shape, first axis included: the layers of a graph written for a batch of
+    one that `PerPoint` runs on each point (torch's attention export moves that axis around)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class Transpose(nn.Module):
+    """Any permutation of the axes, the first included (inside `PerPoint` only)."""
+
+    def __init__(self, perm: tuple[int, ...]):
+        super().__init__()
+        self.perm = tuple(int(p) for p in perm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.perm)
+
+    def extra_repr(self) -> str:
+        return f"perm={self.perm}"
+
+
+class PerPoint(nn.Module):
+    """Runs a graph written for a batch of exactly one on each point of a batch: x[i:i+1] through the
+    graph, the results stacked. For files that fix their batch to 1 and move that axis (torch's
+    nn.MultiheadAttention export works in (tokens, batch, features) and merges batch and heads), where
+    no axis of the graph's tensors is a batch axis the other layers could keep first. Vectorised with
+    torch.func.vmap where every operation has a batching rule, else a loop over the points."""
+
+    def __init__(self, graph: nn.Module, vectorised: bool = True):
+        super().__init__()
+        self.graph = graph
+        self.vectorised = vectorised
+
+    def _one(self, point: torch.Tensor) -> torch.Tensor:
+        return self.graph(point.unsqueeze(0)).squeeze(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting():  # the graph front end of the bound engines (certify/trace.py)
+            raise NotImplementedError(
+                "the ONNX graph runs point by point (the file fixes its batch to 1 and moves that axis, as "
+                "attention exports do), which the bound engines do not read")
+        if self.vectorised:
+            return torch.func.vmap(self._one)(x)
+        return torch.stack([self._one(p) for p in x])

@@ -423,3 +423,53 @@ def test_constant_sin_cos_fold_while_sin_of_the_input_stays_refused(tmp_path):
              node("Add", ["s", "c"], "t"), node("Add", ["x", "t"])]
     inits = [tensor("a", np.float32(0)), tensor("b", np.float32(4)), tensor("d", np.float32(1))]
     check(build(tmp_path / "pos.onnx", nodes, inits, (1, 4), 13))
+
+
+class _Encoder(nn.Module):
+    """nn.TransformerEncoderLayer (nn.MultiheadAttention inside) on 8 tokens of 8 features, mean-pooled."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.layer(x.reshape(x.shape[0], 8, 8)).mean(1))
+
+
+def test_multihead_attention_export_runs_per_point(tmp_path, run_cli):
+    """torch's nn.MultiheadAttention export moves the batch axis ((tokens, batch, features), batch and
+    heads merged): a file that fixes its batch to 1 is read literally and run on each point (`PerPoint`),
+    equal to onnxruntime and to the torch module, with gradients; `robust attack` runs on it and the
+    bound engines refuse it in one line."""
+    from robustcli.certify.onnx_layers import PerPoint
+
+    torch.manual_seed(0)
+    model = _Encoder().eval()
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(model, torch.rand(1, 64), str(path), dynamo=False, opset_version=17)
+    conv = check(path)
+    assert isinstance(conv.module, PerPoint) and conv.module.vectorised
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+    r = run_cli("attack", "--model", path, "--data", "digits", "--n", "8", "--attack", "pgd", "--eps", "0.1",
+                "--steps", "3")
+    assert r.exit_code == 0, r.output
+    r = run_cli("certify", "--model", path, "--data", "digits", "--n", "4", "--eps", "0.01", "--method", "crown")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+
+
+def test_a_batch_moving_graph_with_a_symbolic_batch_stays_refused(tmp_path):
+    """Only a file that fixes its batch to 1 is read per point: with a symbolic batch the transpose
+    would really mix points."""
+    import onnx
+
+    graph = helper.make_graph([node("Transpose", ["x"], perm=[1, 0, 2], name="swap")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "n", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    with pytest.raises(InputError, match="'swap'.*moves the batch axis"):
+        onnx_to_torch(model)
