@@ -1,10 +1,13 @@
-"""Lower bounds of C f(x) + d for ReLU networks with residual adds and concatenations: CROWN and
+"""Lower bounds of C f(x) + d for networks with residual adds and concatenations: CROWN and
 alpha-CROWN on a computation graph.
 
 The canonical layer tree (nn.Sequential, `Residual(body, shortcut)`, `Concat(branches, dim)`,
 `Normalized`, and the affine leaves of certify/chain_bounds.py with ReLUs) becomes a DAG of nodes:
 the input, an affine run (consecutive affine layers of one branch), an add, a concatenation along a
-per-point feature axis, a ReLU, and a max pooling (nn.MaxPool2d: padding, dilation and ceil_mode
+per-point feature axis, a ReLU, an elementwise activation ("act": sigmoid, tanh, GELU, SiLU, leaky
+ReLU, ... relaxed by the per-neuron lines of certify/activation_lines.py: positive coefficients take
+the lower line, negative ones the upper, the intercepts add to the constant; `_act_back`), and a
+max pooling (nn.MaxPool2d: padding, dilation and ceil_mode
 read as windows of input positions, see `_window_index`; nn.AdaptiveMaxPool2d likewise). Nodes are numbered in a topological order (every node after
 its parents).
 
@@ -21,7 +24,7 @@ its parents).
   of DeepPoly (Singh et al. 2019, sec. 4, max pooling; `_maxpool_lines`): the window's value
   y = max_j x_j is exactly x_{j*} when one input's lower bound is at least every other input's
   upper bound; otherwise y >= x_{j*} (j* the input of largest lower bound) and y <= max_j u_j.
-- Intermediate bounds: every node that feeds a ReLU or a max pooling is bounded, in topological order, by IBP from
+- Intermediate bounds: every node that feeds a ReLU, an activation or a max pooling is bounded, in topological order, by IBP from
   the (already tightened) bounds of the ReLUs before it (Gowal et al. 2018, eq. 6), then by CROWN
   for the neurons IBP leaves unstable only (a stable neuron's relaxation is exact whatever its
   bounds; for a max pooling's input: the inputs of windows not decided by their bounds), each
@@ -36,7 +39,11 @@ its parents).
   iterations start from the tightest intermediate bounds seen. For the specification, a max
   pooling's lower line where the window is not exact becomes a convex combination of the window's
   inputs with optimised weights (y >= every x_j, so y >= sum_j lambda_j x_j; auto_LiRPA 0.3
-  optimises the same line); the intermediate quantities keep x_{j*}.
+  optimises the same line); the intermediate quantities keep x_{j*}. An activation's two slopes
+  are variables too (`_act_params`: per specification row and neuron; per intermediate quantity
+  one pair for its lower-bound rows and one for its upper-bound rows), each a point of the span of
+  f' on the neuron's interval, with intercepts recomputed soundly for every slope
+  (activation_lines.intercepts), so every iterate stays sound.
 
 Computed in float64 by default; the engine runs on the device of the model's parameters.
 """

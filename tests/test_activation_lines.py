@@ -165,8 +165,9 @@ def test_native_crown_is_sound_on_balls_and_boxes_and_beats_ibp(name, arch):
         assert bool((low <= empirical + 1e-5 + 1e-5 * empirical.abs()).all()), f"{name} {arch} {m}: bound above a point"
     ibp = _ibp_dag_lower(model, x, s, spec)
     assert bool((ibp <= empirical + 1e-5).all())
+    # measured: 100% of rows for every net here (mean gain 0.003-0.41); asserted with room
     wins = float((lows["crown"] >= ibp - 1e-6).double().mean())
-    assert wins >= 0.5, f"{name} {arch}: CROWN at least as tight as IBP on only {wins:.0%} of rows"
+    assert wins >= 0.9, f"{name} {arch}: CROWN at least as tight as IBP on only {wins:.0%} of rows"
     assert bool((lows["alpha-crown"] >= lows["crown"] - 1e-5).all())
     sound_box_lows(model, x, 0.1, ("crown", "alpha-crown"))
 
