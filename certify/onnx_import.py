@@ -67,7 +67,7 @@ from torch import nn
 
 from robustcli.certify.onnx_layers import (
     Binary, Clip, Concat, ElementwiseAffine, Erf, Expand, FlatSoftmax, Gather, MatMul, OnnxGraph, Pad, Permute, PerPoint,
-    Pointwise, Reduce, Reshape, Resize, Slice, Transpose, UNARY, View,
+    Pointwise, Reduce, Reshape, Resize, Slice, ToFloat, Transpose, UNARY, View,
 )
 from robustcli.core.errors import InputError, first_line
 
@@ -558,8 +558,11 @@ class _Converter:
 
     def op_Conv(self, i, node, inputs, a) -> None:
         x = self.values[inputs[0]]
+        if x.dim() == 3 and inputs[1] in self.consts and all(n in self.consts for n in inputs[2:3]):
+            self._conv1d(i, node, inputs, a)
+            return
         if x.dim() != 4 or inputs[1] not in self.consts or (len(inputs) > 2 and inputs[2] not in self.consts):
-            raise self.fail(i, node, "only 2-D convolutions with constant weights are supported")
+            raise self.fail(i, node, "only 1-D and 2-D convolutions with constant weights are supported")
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
         w = self._float(self.consts[inputs[1]])
@@ -572,6 +575,24 @@ class _Converter:
             padding=tuple(pads[:2]), dilation=tuple(a.get("dilations", [1, 1])), groups=groups, bias=len(inputs) > 2,
             dtype=self.dtype,
         )
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if len(inputs) > 2:
+                conv.bias.copy_(self._float(self.consts[inputs[2]]))
+        self.add(conv, inputs[:1], node.output[0])
+
+    def _conv1d(self, i, node, inputs, a) -> None:
+        """A 1-D convolution (sequences, audio): nn.Conv1d, for attacks (the bound engines read Conv2d)."""
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+            raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
+        pads = list(a.get("pads", [0, 0]))
+        if pads[0] != pads[1]:
+            raise self.fail(i, node, f"asymmetric pads {pads}")
+        w = self._float(self.consts[inputs[1]])
+        groups = int(a.get("group", 1))
+        conv = nn.Conv1d(w.shape[1] * groups, w.shape[0], int(w.shape[2]), stride=int(a.get("strides", [1])[0]),
+                         padding=int(pads[0]), dilation=int(a.get("dilations", [1])[0]), groups=groups,
+                         bias=len(inputs) > 2, dtype=self.dtype)
         with torch.no_grad():
             conv.weight.copy_(w)
             if len(inputs) > 2:
@@ -597,34 +618,46 @@ class _Converter:
     # -- operations attacks need (forward and backward passes); the ReLU bound engines refuse the
     # non-piecewise-linear ones by name, auto_LiRPA's methods bound several of them.
     def _pool_args(self, i, node, a, x: torch.Tensor) -> tuple[tuple, tuple, tuple]:
-        if x.dim() != 4:
-            raise self.fail(i, node, f"only 2-D pooling is supported, got input shape {tuple(x.shape)}")
+        """(kernel, stride, padding) of 2-D pooling, or of 1-D pooling (for attacks) on a 3-D input."""
+        if x.dim() not in (3, 4):
+            raise self.fail(i, node, f"only 1-D and 2-D pooling is supported, got input shape {tuple(x.shape)}")
+        n = x.dim() - 2
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
             raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
         k = tuple(a["kernel_shape"])
-        pads = list(a.get("pads", [0, 0, 0, 0]))
-        if pads[:2] != pads[2:]:
+        pads = list(a.get("pads", [0] * 2 * n))
+        if pads[:n] != pads[n:]:
             raise self.fail(i, node, f"asymmetric pads {pads}")
-        if any(d != 1 for d in a.get("dilations", [1, 1])):
+        if any(d != 1 for d in a.get("dilations", [1] * n)):
             raise self.fail(i, node, "dilated pooling")
-        return k, tuple(a.get("strides", [1, 1])), tuple(pads[:2])
+        return k, tuple(a.get("strides", [1] * n)), tuple(pads[:n])
 
     def op_MaxPool(self, i, node, inputs, a) -> None:
         if len(node.output) > 1 and node.output[1]:
             raise self.fail(i, node, "the Indices output is not supported")
-        k, stride, pad = self._pool_args(i, node, a, self.values[inputs[0]])
-        self.add(nn.MaxPool2d(k, stride, pad, ceil_mode=bool(a.get("ceil_mode", 0))), inputs[:1], node.output[0])
+        x = self.values[inputs[0]]
+        k, stride, pad = self._pool_args(i, node, a, x)
+        pool = nn.MaxPool2d if x.dim() == 4 else nn.MaxPool1d
+        self.add(pool(k, stride, pad, ceil_mode=bool(a.get("ceil_mode", 0))), inputs[:1], node.output[0])
 
     def op_AveragePool(self, i, node, inputs, a) -> None:
-        k, stride, pad = self._pool_args(i, node, a, self.values[inputs[0]])
-        pool = nn.AvgPool2d(k, stride, pad, ceil_mode=bool(a.get("ceil_mode", 0)),
-                            count_include_pad=bool(a.get("count_include_pad", 0)))
+        x = self.values[inputs[0]]
+        k, stride, pad = self._pool_args(i, node, a, x)
+        pool = (nn.AvgPool2d if x.dim() == 4 else nn.AvgPool1d)(k, stride, pad, ceil_mode=bool(a.get("ceil_mode", 0)),
+                                                                count_include_pad=bool(a.get("count_include_pad", 0)))
         self.add(pool, inputs[:1], node.output[0])
 
     def op_GlobalAveragePool(self, i, node, inputs, a) -> None:
-        if self.values[inputs[0]].dim() != 4:
-            raise self.fail(i, node, "only 2-D global pooling is supported")
-        self.add(nn.AdaptiveAvgPool2d(1), inputs[:1], node.output[0])
+        rank = self.values[inputs[0]].dim()
+        if rank not in (3, 4):
+            raise self.fail(i, node, "only 1-D and 2-D global pooling is supported")
+        self.add(nn.AdaptiveAvgPool2d(1) if rank == 4 else nn.AdaptiveAvgPool1d(1), inputs[:1], node.output[0])
+
+    def op_GlobalMaxPool(self, i, node, inputs, a) -> None:
+        rank = self.values[inputs[0]].dim()
+        if rank not in (3, 4):
+            raise self.fail(i, node, "only 1-D and 2-D global pooling is supported")
+        self.add(nn.AdaptiveMaxPool2d(1) if rank == 4 else nn.AdaptiveMaxPool1d(1), inputs[:1], node.output[0])
 
     def op_Sigmoid(self, i, node, inputs, a) -> None:
         self.add(nn.Sigmoid(), inputs[:1], node.output[0])
@@ -692,6 +725,9 @@ class _Converter:
         target = np.dtype(helper.tensor_dtype_to_np_dtype(a["to"]))
         if target.kind != "f":
             raise self.fail(i, node, f"cast of a computed tensor to {target.name} (only float types are supported)")
+        if self.values[inputs[0]].dtype == torch.bool:  # a comparison's mask as 0 / 1 numbers
+            self.add(ToFloat(), inputs[:1], node.output[0])
+            return
         self.op_Identity(i, node, inputs, a)
 
     def _axes(self, i, node, inputs, a, rank: int) -> list[int] | None:
@@ -897,9 +933,16 @@ class _Converter:
     op_Max = op_Min = op_Sum = op_Mean = _variadic
 
     def op_Where(self, i, node, inputs, a) -> None:
-        if inputs[0] not in self.consts:
-            raise self.fail(i, node, "the condition is computed from the input; only a constant condition (a mask) is supported")
+        """Where with a constant condition (a mask) or one computed by comparisons (piecewise functions
+        such as torch.where(x > 0, x, 0.1 * x)); the gradient flows through the branch taken."""
         self._pointwise(i, node, inputs, "Where")
+
+    def _logical(self, i, node, inputs, a) -> None:
+        """Comparisons and logic of computed tensors: boolean masks for Where / Cast (no gradient of their own)."""
+        self._pointwise(i, node, inputs, node.op_type)
+
+    op_Greater = op_Less = op_Equal = op_GreaterOrEqual = op_LessOrEqual = _logical
+    op_Not = op_And = op_Or = op_Xor = _logical
 
     def op_Mish(self, i, node, inputs, a) -> None:
         self.add(nn.Mish(), inputs[:1], node.output[0])

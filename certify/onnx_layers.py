@@ -233,13 +233,15 @@ def _fold(fn):
 class Pointwise(nn.Module):
     """An ONNX elementwise operation with multidirectional (numpy) broadcasting over computed tensors
     and constants (buffers, at their positions among the operands): Add, Sub, Mul and Div where a
-    constant widens each point, division by a computed tensor, Pow, PRelu, Where (constant
-    condition), and the variadic Max, Min, Sum and Mean. The converter checks that broadcasting
+    constant widens each point, division by a computed tensor, Pow, PRelu, Where, comparisons and
+    logic (boolean masks), and the variadic Max, Min, Sum and Mean. The converter checks that broadcasting
     keeps every point's values apart (constants carry no batch axis of their own)."""
 
     OPS = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow, "PRelu": _prelu,
            "Where": torch.where, "Max": _fold(torch.maximum), "Min": _fold(torch.minimum), "Sum": _sum,
-           "Mean": lambda *xs: _sum(*xs) / len(xs)}
+           "Mean": lambda *xs: _sum(*xs) / len(xs), "Greater": torch.gt, "Less": torch.lt, "Equal": torch.eq,
+           "GreaterOrEqual": torch.ge, "LessOrEqual": torch.le, "Not": torch.logical_not, "And": torch.logical_and,
+           "Or": torch.logical_or, "Xor": torch.logical_xor}
 
     def __init__(self, op: str, arity: int, constants: dict[int, torch.Tensor]):
         super().__init__()
@@ -257,6 +259,18 @@ class Pointwise(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.op}, constants at {self.positions}"
+
+
+class ToFloat(nn.Module):
+    """A boolean mask as 0 / 1 in the module's float dtype (ONNX Cast of a comparison's result); the
+    empty buffer follows the module's dtype and device."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("like", torch.zeros(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.like.dtype)
 
 
 class Reduce(nn.Module):

@@ -246,10 +246,27 @@ def test_layout_operators_match_onnxruntime(tmp_path, case):
     check(build(tmp_path / f"{name}.onnx", nodes, inits, shape, opset))
 
 
+class _WhereActivation(nn.Module):
+    """Piecewise functions written with comparisons: torch.where on a mask, and a mask used as numbers."""
+
+    def forward(self, x):
+        y = torch.where(x > 0, x, 0.1 * x)
+        return y * (x.abs() <= 1).float() + torch.where((x < -1) | (x > 2), 0.5 * x, torch.zeros_like(x))
+
+
+def test_comparisons_masks_and_where_of_computed_tensors(tmp_path):
+    path = tmp_path / "where.onnx"
+    torch.onnx.export(_WhereActivation(), torch.rand(1, 6), str(path), dynamo=False, opset_version=13)
+    conv = check(path)
+    x = torch.randn(5, 6) * 2
+    torch.testing.assert_close(conv.module(x), _WhereActivation()(x))
+    nodes = [node("Relu", ["x"], "r"), node("Equal", ["r", "z"], "e"), node("Not", ["e"], "n"),
+             node("Cast", ["n"], "f", to=TensorProto.FLOAT), node("Mul", ["x", "f"])]
+    check(build(tmp_path / "mask.onnx", nodes, [tensor("z", np.float32(0))], (1, 6), 13))
+
+
 def test_computed_conditions_indices_and_zero_divisors_are_refused_by_node(tmp_path):
     bad = {
-        "compare": ([node("Relu", ["x"], "r"), node("Greater", ["r", "z"], "m", name="n"), node("Where", ["m", "x", "r"])],
-                    [tensor("z", np.float32(0))], "Greater is outside"),
         "recip": ([node("Relu", ["x"], "r"), node("Reciprocal", ["r"], name="n")], [], "can be zero"),
         "div": ([node("Tanh", ["x"], "t"), node("Div", ["c", "t"], name="n")], [tensor("c", np.float32(1))], "can be zero"),
         "expand": ([node("Expand", ["x", "s"], name="n")], [tensor("s", np.array([2, 1, 4], np.int64))], "batch axis"),
@@ -473,3 +490,29 @@ def test_a_batch_moving_graph_with_a_symbolic_batch_stays_refused(tmp_path):
     onnx.checker.check_model(model)
     with pytest.raises(InputError, match="'swap'.*moves the batch axis"):
         onnx_to_torch(model)
+
+
+class _SequenceCNN(nn.Module):
+    """A 1-D CNN over a sequence (audio / time series): Conv1d, max and average pooling, global pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv1d(2, 4, 5, padding=2), nn.Conv1d(4, 6, 3, stride=2, dilation=2, groups=2)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        x = nn.functional.max_pool1d(torch.relu(self.c1(x)), 2)
+        x = nn.functional.avg_pool1d(self.c2(x), 2, padding=1)
+        return self.fc(torch.cat([x.mean(-1), x.amax(-1)], 1))
+
+
+def test_one_dimensional_convolution_and_pooling(tmp_path):
+    torch.manual_seed(0)
+    model = _SequenceCNN().eval()
+    path = tmp_path / "seq.onnx"
+    torch.onnx.export(model, torch.rand(1, 2, 32), str(path), dynamo=False, opset_version=13)
+    conv = check(path)
+    x = torch.randn(4, 2, 32)
+    torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+    check(build(tmp_path / "gmp.onnx", [node("GlobalMaxPool", ["x"])], [], (1, 3, 4, 4), 13))
+    check(build(tmp_path / "gap.onnx", [node("GlobalAveragePool", ["x"])], [], (1, 3, 5), 13))
