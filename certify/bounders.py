@@ -46,6 +46,7 @@ from robustcli.certify.graph import (
     monotone_layers,
 )
 from robustcli.certify.bounds import Bounds
+from robustcli.certify.rounding import round_down, round_up
 from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds, propagate
 from robustcli.core.errors import InputError
 from robustcli.core.nn import Concat, eval_mode
@@ -57,11 +58,7 @@ def _outward(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     if x.dtype == torch.float64:
         return x - e, x + e
     xd, ed = x.double(), e.double()
-    lo, hi = (xd - ed).to(x.dtype), (xd + ed).to(x.dtype)
-    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-    lo = torch.where(lo.double() > xd - ed, torch.nextafter(lo, -inf), lo)
-    hi = torch.where(hi.double() < xd + ed, torch.nextafter(hi, inf), hi)
-    return lo, hi
+    return round_down(xd - ed, x.dtype), round_up(xd + ed, x.dtype)
 
 
 @dataclass

@@ -27,7 +27,6 @@ own clean forward pass does that). Gradients flow through the batch statistics, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -37,6 +36,7 @@ from torch import nn
 
 from robustcli.certify.activation_lines import activation_of, activation_range, covered
 from robustcli.certify.bounds import Bounds, IBPResult
+from robustcli.certify.rounding import round_down, round_up
 from robustcli.certify.graph import (
     CONSTANT_AFFINE,
     ELEMENTWISE_AFFINE,
@@ -198,20 +198,9 @@ def _activation(state: _State, f: nn.Module) -> _State:
     state = state.collapse()
     lo, hi = activation_range(activation_of(f), state.box.lower.double(), state.box.upper.double())
     dt = state.box.lower.dtype
-    box = Bounds.from_interval(_down(lo, dt), _up(hi, dt))
+    box = Bounds.from_interval(round_down(lo, dt), round_up(hi, dt))
     clean = None if state.clean is None else f(state.clean)
     return _State(box, clean, None, state.relu_mode)
-
-
-def _down(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """float64 lower bounds in `dtype`, rounded down."""
-    r = t.to(dtype)
-    return torch.where(r.double() > t, torch.nextafter(r, torch.tensor(-math.inf, dtype=dtype, device=r.device)), r)
-
-
-def _up(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    r = t.to(dtype)
-    return torch.where(r.double() < t, torch.nextafter(r, torch.tensor(math.inf, dtype=dtype, device=r.device)), r)
 
 
 def _same(state: _State, f) -> _State:

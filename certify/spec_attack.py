@@ -24,16 +24,14 @@ import time
 import torch
 from torch import nn
 
+from robustcli.certify.rounding import round_down, round_up
 from robustcli.certify.vnnlib import SpecCase
 from robustcli.core.nn import eval_mode
 
 
 def float32_box(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The box rounded inward to float32, so every float32 point in it lies in the real box."""
-    lo, hi = lower.to(torch.float32), upper.to(torch.float32)
-    lo = torch.where(lo.double() < lower, torch.nextafter(lo, torch.full_like(lo, float("inf"))), lo)
-    hi = torch.where(hi.double() > upper, torch.nextafter(hi, torch.full_like(hi, float("-inf"))), hi)
-    return lo, hi
+    return round_up(lower, torch.float32), round_down(upper, torch.float32)
 
 
 def spec_pgd(
