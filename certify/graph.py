@@ -6,7 +6,9 @@ concatenated), Linear, Conv2d (zero padding), ReLU, BatchNorm1d/2d, Flatten, Avg
 AdaptiveAvgPool2d, Identity and Dropout (eval mode), and the monotone layers
 (`MONOTONE`: max pooling, sigmoid, tanh, leaky ReLU with slope >= 0, hardtanh/ReLU6/clamp, ELU
 with alpha >= 0, CELU, SELU, softplus, log-sigmoid, hardsigmoid, softsign): nondecreasing in every input,
-so interval propagation maps [l, u] to [f(l), f(u)] (Gowal et al. 2018, sec. 3). The CROWN chain engine
+so interval propagation maps [l, u] to [f(l), f(u)] (Gowal et al. 2018, sec. 3); IBP maps the
+other activations certify/activation_lines.py covers through `activation_range` (sound [min f, max f]
+over [l, u]). The CROWN chain engine
 bounds only ReLU networks; the graph engine (certify/dag_bounds.py) also relaxes every elementwise
 activation certify/activation_lines.py covers, the non-monotone ones too (GELU, SiLU, Mish,
 Hardswish, LeakyReLU or ELU with a negative slope): `model_steps` with a CROWN method
@@ -130,7 +132,7 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         return [Step(prefix, m)]
     if isinstance(m, MONOTONE):
         return [_monotone_step(prefix, m, method)]
-    if method in LINE_METHODS and covered(m):
+    if method in LINE_METHODS + ("ibp",) and covered(m):
         return [Step(prefix, m)]
     if isinstance(m, NONLINEAR_ACTIVATIONS):
         native = f"{NATIVE_CROWN}; " if covered(m) and method != "tightness" else ""
@@ -151,8 +153,8 @@ def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
     what = describe(Step(name, m))
     if method == "tightness":
         raise UnsupportedLayer(f"{what} is not a ReLU; {_alternative(method)}")
-    slope = m.negative_slope if isinstance(m, nn.LeakyReLU) else m.alpha if isinstance(m, nn.ELU) else 0.0
-    if slope < 0 and not (method in LINE_METHODS and covered(m)):
+    slope = _slope(m)
+    if slope < 0 and not (method in LINE_METHODS + ("ibp",) and covered(m)):
         raise UnsupportedLayer(
             f"{what} has a negative slope ({slope}), so it is not monotone and native {method} cannot bound it; "
             f"use a slope >= 0{' or --method crown' if covered(m) else ''}"
@@ -160,6 +162,15 @@ def _monotone_step(name: str, m: nn.Module, method: str) -> Step:
     if isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) and m.return_indices:
         raise UnsupportedLayer(f"{what} returns indices; bounding needs it to return values only")
     return Step(name, m)
+
+
+def _slope(m: nn.Module) -> float:
+    return m.negative_slope if isinstance(m, nn.LeakyReLU) else m.alpha if isinstance(m, nn.ELU) else 0.0
+
+
+def nondecreasing(m: nn.Module) -> bool:
+    """A MONOTONE layer as configured: LeakyReLU and ELU with a negative slope are not."""
+    return isinstance(m, MONOTONE) and _slope(m) >= 0
 
 
 def layers_of(steps: list[Step], kinds: tuple[type, ...]) -> list[Step]:

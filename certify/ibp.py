@@ -27,6 +27,7 @@ own clean forward pass does that). Gradients flow through the batch statistics, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -34,19 +35,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustcli.certify.activation_lines import activation_of, activation_range, covered
 from robustcli.certify.bounds import Bounds, IBPResult
 from robustcli.certify.graph import (
     CONSTANT_AFFINE,
     ELEMENTWISE_AFFINE,
     IDENTITY,
-    MONOTONE,
     POSITIVE_LINEAR,
     RESHAPE,
     SELECT,
     Step,
     UnsupportedLayer,
+    describe,
+    layers_of,
     model_steps,
     needs_clean_pass,
+    nondecreasing,
     uses_batch_stats,
 )
 from robustcli.core.nn import Concat, Normalized
@@ -186,6 +190,30 @@ def _monotone(state: _State, f: nn.Module) -> _State:
     return _State(box, clean, None, state.relu_mode)
 
 
+def _activation(state: _State, f: nn.Module) -> _State:
+    """Any other elementwise activation certify/activation_lines.py covers (GELU, SiLU, Mish,
+    Hardswish, LeakyReLU with a negative slope): [l, u] -> a sound [min f, max f] over it. That range
+    is computed on a grid without gradients: certify/training.py refuses to train through such a layer
+    (`refuse_untrainable`) rather than train on zero gradients."""
+    state = state.collapse()
+    lo, hi = activation_range(activation_of(f), state.box.lower.double(), state.box.upper.double())
+    dt = state.box.lower.dtype
+    box = Bounds.from_interval(_down(lo, dt), _up(hi, dt))
+    clean = None if state.clean is None else f(state.clean)
+    return _State(box, clean, None, state.relu_mode)
+
+
+def _down(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64 lower bounds in `dtype`, rounded down."""
+    r = t.to(dtype)
+    return torch.where(r.double() > t, torch.nextafter(r, torch.tensor(-math.inf, dtype=dtype, device=r.device)), r)
+
+
+def _up(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    r = t.to(dtype)
+    return torch.where(r.double() < t, torch.nextafter(r, torch.tensor(math.inf, dtype=dtype, device=r.device)), r)
+
+
 def _same(state: _State, f) -> _State:
     """A linear map with nonnegative weights or a reshape: apply it to centre and radius."""
     ball = None
@@ -214,8 +242,10 @@ def _step(step: Step, state: _State, record, method: str) -> _State:
         return _affine(state, m)
     if isinstance(m, nn.ReLU):
         return _relu(state, step.name, record)
-    if isinstance(m, MONOTONE):
+    if nondecreasing(m):
         return _monotone(state, m)
+    if covered(m):
+        return _activation(state, m)
     if isinstance(m, ELEMENTWISE_AFFINE):
         a, b = _bn_affine(m, state.clean, state.box.centre.dim())
         return _elementwise_affine(state, a, b)
@@ -348,3 +378,13 @@ def ibp_box_bounds(
     box = Bounds.from_interval(lower, upper)
     out, _ = propagate(model, box.centre, 0.0, "linf", spec, box=box)
     return out.lower, out.upper
+
+
+def refuse_untrainable(model: nn.Module) -> None:
+    """Certified training differentiates IBP's bounds; the range of a non-monotone activation
+    (`_activation`) has no gradient, so such a layer is refused, named, before any training."""
+    for s in layers_of(model_steps(model, "ibp"), (nn.Module,)):
+        if covered(s.module) and not nondecreasing(s.module) and not isinstance(s.module, nn.ReLU):
+            raise UnsupportedLayer(f"{describe(s)} is not monotone, and IBP training needs gradients through its "
+                                   "bounds, which its range on each interval does not give; train with ReLU or a "
+                                   "monotone activation")

@@ -563,41 +563,65 @@ class _Converter:
             return
         if x.dim() != 4 or inputs[1] not in self.consts or (len(inputs) > 2 and inputs[2] not in self.consts):
             raise self.fail(i, node, "only 1-D and 2-D convolutions with constant weights are supported")
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-            raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
         w = self._float(self.consts[inputs[1]])
-        pads = list(a.get("pads", [0, 0, 0, 0]))
-        if pads[:2] != pads[2:]:
-            raise self.fail(i, node, f"asymmetric pads {pads}")
+        padding, source = self._conv_padding(i, node, inputs, a, x, w)
         groups = int(a.get("group", 1))
         conv = nn.Conv2d(
             w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=tuple(a.get("strides", [1, 1])),
-            padding=tuple(pads[:2]), dilation=tuple(a.get("dilations", [1, 1])), groups=groups, bias=len(inputs) > 2,
+            padding=padding, dilation=tuple(a.get("dilations", [1, 1])), groups=groups, bias=len(inputs) > 2,
             dtype=self.dtype,
         )
         with torch.no_grad():
             conv.weight.copy_(w)
             if len(inputs) > 2:
                 conv.bias.copy_(self._float(self.consts[inputs[2]]))
-        self.add(conv, inputs[:1], node.output[0])
+        self.add(conv, [source], node.output[0])
+
+    def _conv_padding(self, i, node, inputs, a, x: torch.Tensor, w: torch.Tensor) -> tuple[tuple[int, ...], str]:
+        """The convolution's symmetric padding and the name of its input. Explicit pads or auto_pad
+        SAME_UPPER / SAME_LOWER (output size ceil(input / stride); the odd pixel of padding at the end /
+        the beginning, as Keras / tf2onnx files ask); padding that differs between the two ends of an axis
+        becomes a zero `Pad` layer before a convolution without padding (for attacks: bound engines do not
+        read Pad)."""
+        n = x.dim() - 2
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        strides, dilations = list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n))
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            begins, ends = [], []
+            for d in range(n):
+                size, stride, k = x.shape[2 + d], strides[d], (w.shape[2 + d] - 1) * dilations[d] + 1
+                total = max(0, (-(-size // stride) - 1) * stride + k - size)
+                small, large = total // 2, total - total // 2
+                begins.append(small if auto == "SAME_UPPER" else large)
+                ends.append(large if auto == "SAME_UPPER" else small)
+        elif auto in ("NOTSET", "VALID"):
+            pads = [int(p) for p in a.get("pads", [0] * 2 * n)] if auto == "NOTSET" else [0] * 2 * n
+            begins, ends = pads[:n], pads[n:]
+        else:
+            raise self.fail(i, node, f"auto_pad={auto!r}")
+        if begins == ends:
+            return tuple(begins), inputs[0]
+        torch_pads: list[int] = []
+        for d in reversed(range(n)):  # F.pad wants (last_begin, last_end, ...)
+            torch_pads += [begins[d], ends[d]]
+        padded = f"{node.output[0]}/pad"
+        self.add(Pad(tuple(torch_pads), "constant", 0.0), inputs[:1], padded)
+        return (0,) * n, padded
 
     def _conv1d(self, i, node, inputs, a) -> None:
         """A 1-D convolution (sequences, audio): nn.Conv1d, for attacks (the bound engines read Conv2d)."""
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-            raise self.fail(i, node, f"auto_pad={a['auto_pad']!r}; export with explicit pads")
-        pads = list(a.get("pads", [0, 0]))
-        if pads[0] != pads[1]:
-            raise self.fail(i, node, f"asymmetric pads {pads}")
         w = self._float(self.consts[inputs[1]])
+        padding, source = self._conv_padding(i, node, inputs, a, self.values[inputs[0]], w)
         groups = int(a.get("group", 1))
         conv = nn.Conv1d(w.shape[1] * groups, w.shape[0], int(w.shape[2]), stride=int(a.get("strides", [1])[0]),
-                         padding=int(pads[0]), dilation=int(a.get("dilations", [1])[0]), groups=groups,
+                         padding=padding[0], dilation=int(a.get("dilations", [1])[0]), groups=groups,
                          bias=len(inputs) > 2, dtype=self.dtype)
         with torch.no_grad():
             conv.weight.copy_(w)
             if len(inputs) > 2:
                 conv.bias.copy_(self._float(self.consts[inputs[2]]))
-        self.add(conv, inputs[:1], node.output[0])
+        self.add(conv, [source], node.output[0])
 
     def op_BatchNormalization(self, i, node, inputs, a) -> None:
         x = self.values[inputs[0]]

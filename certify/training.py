@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustcli.certify.ibp import ibp_bounds
+from robustcli.certify.ibp import ibp_bounds, refuse_untrainable
 from robustcli.certify.regularizers import input_radius, relu_balance_loss, tightness_loss
 from robustcli.certify.schedule import SmoothedEpsSchedule, step_lr
 from robustcli.certify.spec import margin_spec, verified
@@ -220,6 +220,7 @@ def train_ibp(
     """
     if config.method == "crown-ibp" and crown_ibp_bounds is None:
         raise ValueError("method crown-ibp needs crown_ibp_bounds")
+    refuse_untrainable(model)
     device = next(model.parameters()).device
     n = len(y)
     if n < 2:

@@ -112,12 +112,12 @@ def tanh_digits_mlp() -> nn.Module:
 
 
 def silu_digits_mlp() -> nn.Module:
-    """A digits-shaped MLP with a SiLU: not monotone, so native IBP must refuse it (auto_LiRPA bounds it)."""
+    """A digits-shaped MLP with a SiLU (not monotone: IBP bounds it through its range on each interval)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.SiLU(), nn.Linear(16, 10))
 
 
 def tanhshrink_digits_cnn() -> nn.Module:
-    """A digits CNN with a Tanhshrink (x - tanh x, not monotone): native IBP refuses it, auto_LiRPA bounds it."""
+    """A digits CNN with a Tanhshrink (x - tanh x)."""
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Tanhshrink(), nn.Flatten(), nn.Linear(256, 10))
 
 

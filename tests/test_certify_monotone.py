@@ -129,16 +129,22 @@ def test_native_crown_refuses_an_activation_without_lines_in_one_line():
         assert "PReLU" in msg and "'2'" in msg and "\n" not in msg
 
 
-def test_leaky_relu_with_a_negative_slope_is_refused():
+def test_leaky_relu_with_a_negative_slope_is_bounded_through_its_range():
+    """Not monotone, so not [f(l), f(u)]: IBP takes f's range on each interval (certify/ibp.py)."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.LeakyReLU(-0.5), nn.Linear(3, 2))
-    with pytest.raises(UnsupportedLayer, match="negative slope"):
-        ibp_bounds(model, torch.rand(2, 4), 0.1)
-    # Written functionally: refused when the bounder is built (before any bounding), naming the ATen op.
+    x = torch.rand(2, 4)
+    lower, upper = ibp_bounds(model, x, 0.1)
+    pts = (x[:, None] + (torch.rand(2, 500, 4) * 2 - 1) * 0.1).clamp(0, 1)
+    with torch.no_grad():
+        y = model(pts.reshape(-1, 4)).reshape(2, 500, 2)
+    assert bool((y >= lower[:, None] - 1e-6).all() and (y <= upper[:, None] + 1e-6).all())
+    # Written functionally, the graph front end reads it the same way.
     functional = _Functional(nn.Conv2d(1, 2, 3), nn.Linear(8, 2), lambda x: torch.nn.functional.leaky_relu(x, -0.1))
-    with pytest.raises(UnsupportedLayer) as e:
-        build_bounder("ibp", functional.eval(), torch.rand(2, 1, 4, 4))
-    msg = str(e.value)
-    assert "aten.leaky_relu" in msg and "negative slope" in msg and "lirpa" not in msg and "\n" not in msg
+    xf = torch.rand(2, 1, 4, 4)
+    low = build_bounder("ibp", functional.eval(), xf).lower(InputSet.ball(xf, 0.05, "linf"), torch.eye(2).expand(2, 2, 2))
+    with torch.no_grad():
+        assert bool((low <= functional(xf) + 1e-6).all())
 
 
 def test_tightness_refuses_monotone_layers_by_name():
@@ -220,18 +226,16 @@ def test_every_monotone_activation_is_sound_and_traces_to_the_same_bounds(name):
 
 
 @pytest.mark.parametrize("factory,layer,lirpa_works", [("gelu_digits_mlp", "GELU", False), ("silu_digits_mlp", "SiLU", True)])
-def test_ibp_refusal_points_at_auto_lirpa_only_where_it_bounds_the_layer(factory, layer, lirpa_works):
+def test_native_ibp_bounds_non_monotone_layers_auto_lirpa_only_some(factory, layer, lirpa_works):
     import certify_nets
 
     model = getattr(certify_nets, factory)().eval()
     x = torch.rand(2, 1, 8, 8)
-    with pytest.raises(UnsupportedLayer) as e:
-        build_bounder("ibp", model, x)
-    msg = str(e.value)
-    assert layer in msg and "\n" not in msg
-    assert ("--method lirpa-crown" in msg) == lirpa_works
+    spec = margin_spec(model(x).argmax(1), 10)
+    low = build_bounder("ibp", model, x).lower(InputSet.ball(x, 0.01, "linf"), spec)
+    with torch.no_grad():
+        assert bool((low <= torch.einsum("nsk,nk->ns", spec, model(x)) + 1e-6).all())
     if lirpa_available():
-        spec = margin_spec(model(x).argmax(1), 10)
         if lirpa_works:
             build_bounder("lirpa-crown", model, x).lower(InputSet.ball(x, 0.01, "linf"), spec)
         else:

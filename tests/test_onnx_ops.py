@@ -516,3 +516,18 @@ def test_one_dimensional_convolution_and_pooling(tmp_path):
     torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
     check(build(tmp_path / "gmp.onnx", [node("GlobalMaxPool", ["x"])], [], (1, 3, 4, 4), 13))
     check(build(tmp_path / "gap.onnx", [node("GlobalAveragePool", ["x"])], [], (1, 3, 5), 13))
+
+
+@pytest.mark.parametrize("auto_pad,strides,kernel", [("SAME_UPPER", [2, 2], [3, 3]), ("SAME_LOWER", [2, 1], [4, 3]),
+                                                     ("SAME_UPPER", [1, 1], [3, 3]), ("NOTSET", [1, 2], [3, 3])])
+def test_same_and_asymmetric_convolution_padding(tmp_path, auto_pad, strides, kernel):
+    """Keras / tf2onnx files: auto_pad SAME_UPPER / SAME_LOWER and explicit pads that differ between the
+    ends of an axis (a zero Pad before the convolution); symmetric SAME stays one Conv2d."""
+    attrs = {"auto_pad": auto_pad} if auto_pad != "NOTSET" else {"pads": [0, 1, 1, 2]}
+    nodes = [node("Conv", ["x", "w", "b"], strides=strides, kernel_shape=kernel, **attrs)]
+    inits = [tensor("w", rand(3, 2, *kernel, seed=1)), tensor("b", rand(3, seed=2))]
+    conv = check(build(tmp_path / "same.onnx", nodes, inits, (1, 2, 7, 6), 13))
+    if strides == [1, 1]:
+        assert conv.chain and [type(m) for m in conv.module] == [nn.Conv2d]
+    nodes = [node("Conv", ["x", "w"], strides=[2], kernel_shape=[4], auto_pad=auto_pad if auto_pad != "NOTSET" else "SAME_LOWER")]
+    check(build(tmp_path / "same1d.onnx", nodes, [tensor("w", rand(3, 2, 4, seed=1))], (1, 2, 9), 13))

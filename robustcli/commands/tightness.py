@@ -8,6 +8,7 @@ import click
 import torch
 
 from robustcli.certify.bounders import walkable
+from robustcli.certify.graph import model_steps
 from robustcli.certify.spec import margin_spec
 from robustcli.certify.tightness import at_initialisation, tightness
 from robustcli.core.errors import InputError
@@ -42,6 +43,7 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, at_init, device,
     w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     example = w.data.x[:2].to(w.device)
     net = walkable(w.model.module, example)  # the canonical layer tree the bound engines walk
+    model_steps(net, "tightness")  # a layer the metric cannot read is refused, named, before any work
     summary = {"eps": eps} | _measure(w, net, eps, batch_size, "measuring tightness")
     report = base_report("tightness", w, seed) | summary
     rows = [[report["model"], *_cells(summary)]]
