@@ -56,6 +56,7 @@ intermediate values, in either precision.
 from __future__ import annotations
 
 import copy
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -467,7 +468,7 @@ class _Converter:
         if op == "Div" and inputs[1] in dyn:
             self._require_positive(i, node, inputs[1])
         if len(dyn) == 2:
-            if op == "Mul" and self._fuse_gate(inputs, node.output[0]):
+            if op == "Mul" and (self._fuse_gate(inputs, node.output[0]) or self._fuse_gelu(inputs, node.output[0])):
                 return
             if op == "Div":
                 self._pointwise(i, node, inputs, "Div")
@@ -862,6 +863,38 @@ class _Converter:
             self.steps = [step for step in self.steps if step[2] != gate]
             del self.values[gate]
             self.add(nn.SiLU() if kind[0] == "SiLU" else nn.Hardswish(), [x], out)
+            return True
+        return False
+
+    def _producer(self, name: str) -> tuple[nn.Module, list[str], str] | None:
+        return next((step for step in reversed(self.steps) if step[2] == name), None)
+
+    def _fuse_gelu(self, inputs: list[str], out: str) -> bool:
+        """x * (1 + erf(x / sqrt 2)) -> 2 GELU(x): GELU as exporters write it before opset 20 (torch:
+        Div by sqrt 2, Erf, Add 1, Mul by x, Mul by 0.5), so the bound engines see one GELU, which they
+        relax (certify/activation_lines.py), instead of a product of two computed tensors. Only where
+        the inner values are read by this chain alone; the 0.5 stays a constant scaling after it."""
+        def scalar(t: torch.Tensor, value: float) -> bool:
+            return t.numel() == 1 and abs(float(t.reshape(())) - value) <= 1e-6 * abs(value)
+
+        for gate, x in (inputs, inputs[::-1]):
+            add = self._producer(gate)
+            if add is None or not isinstance(add[0], ElementwiseAffine) or not (
+                    scalar(add[0].scale, 1.0) and scalar(add[0].shift, 1.0)) or self._used_elsewhere(gate):
+                continue
+            erf = self._producer(add[1][0])
+            if erf is None or not isinstance(erf[0], Erf) or self._used_elsewhere(erf[2]):
+                continue
+            div = self._producer(erf[1][0])
+            if div is None or not isinstance(div[0], ElementwiseAffine) or div[1][0] != x or not (
+                    scalar(div[0].scale, 1 / math.sqrt(2)) and scalar(div[0].shift, 0.0)) or self._used_elsewhere(div[2]):
+                continue
+            dropped = {gate, erf[2], div[2]}
+            self.steps = [step for step in self.steps if step[2] not in dropped]
+            for name in dropped:
+                del self.values[name]
+            self.add(nn.GELU(), [x], f"{out}/gelu")
+            self.add(ElementwiseAffine(torch.tensor(2.0, dtype=self.dtype), None), [f"{out}/gelu"], out)
             return True
         return False
 

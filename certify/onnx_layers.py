@@ -422,6 +422,11 @@ class Transpose(nn.Module):
         return f"perm={self.perm}"
 
 
+class NotBoundable(NotImplementedError):
+    """Raised by a layer while the graph front end traces it: the layer says itself why the bound
+    engines cannot read it (certify/trace.py passes the reason on as it is)."""
+
+
 class PerPoint(nn.Module):
     """Runs a graph written for a batch of exactly one on each point of a batch: x[i:i+1] through the
     graph, the results stacked. For files that fix their batch to 1 and move that axis (torch's
@@ -439,7 +444,7 @@ class PerPoint(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_exporting():  # the graph front end of the bound engines (certify/trace.py)
-            raise NotImplementedError(
+            raise NotBoundable(
                 "the ONNX graph runs point by point (the file fixes its batch to 1 and moves that axis, as "
                 "attention exports do), which the bound engines do not read")
         if self.vectorised:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, Permute, Reshape, Slice
+from robustcli.certify.onnx_layers import Clip, ElementwiseAffine, NotBoundable, Permute, Reshape, Slice
 from robustcli.core.errors import InputError
 from robustcli.core.nn import Concat, Residual
 
@@ -86,6 +86,8 @@ def export_program(model, example: torch.Tensor):
                 raise UnsupportedOperation(f"cannot read the TorchScript graph for bounding: {_first(e)}") from None
         try:
             return torch.export.export(model, (example,), strict=False)
+        except NotBoundable as e:
+            raise UnsupportedOperation(_first(e)) from None
         except Exception as e:  # noqa: BLE001 - export raises many types on data-dependent control flow
             raise UnsupportedOperation(
                 f"cannot trace the model into an operation graph for bounding ({type(e).__name__}: {_first(e)}); "

@@ -274,8 +274,9 @@ def _gelu_mlp(tmp_path, form: str, in_features: int = 6):
     rng = np.random.default_rng(1)
     w0, w1 = rng.standard_normal((8, in_features)).astype(np.float32), rng.standard_normal((10, 8)).astype(np.float32)
     inits = [tensor("w0", w0), tensor("w1", w1)]
-    if form == "decomposed":
-        inits += [tensor("sqrt2", np.array(np.sqrt(2.0), np.float32)), tensor("one", np.array(1.0, np.float32)),
+    if form in ("decomposed", "scaled-erf"):  # scaled-erf: x * 0.5 * (1 + erf(x / 1.5)), not a GELU
+        divisor = np.sqrt(2.0) if form == "decomposed" else 1.5
+        inits += [tensor("sqrt2", np.array(divisor, np.float32)), tensor("one", np.array(1.0, np.float32)),
                   tensor("half", np.array(0.5, np.float32))]
         act = [helper.make_node("Div", ["h", "sqrt2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
                helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["h", "e1"], ["p"], name="gate"),
@@ -311,26 +312,28 @@ def test_unknown_gelu_approximation_and_division_by_a_computed_tensor_are_refuse
         onnx_to_torch(save(tmp_path / "d.onnx", nodes, [], (1, 4), (1, 4)))
 
 
-@pytest.mark.parametrize("form", ["none", "decomposed"])
+@pytest.mark.parametrize("form", ["none", "decomposed", "scaled-erf"])
 def test_gelu_model_attacks_and_certify_refuses_without_pointing_to_a_failing_method(tmp_path, run_cli, form):
-    """A GELU network attacks; native IBP and CROWN bound the GELU node (certify/activation_lines.py);
-    the methods that cannot (auto_LiRPA 0.3, and the native ones on the Erf / Mul form) refuse in one
+    """A GELU network attacks; native IBP and CROWN bound the GELU node (certify/activation_lines.py),
+    also as exporters before opset 20 write it (fused into one GELU by the importer); the methods that
+    cannot (auto_LiRPA 0.3; the native ones on an Erf / Mul product that is not a GELU) refuse in one
     line (exit 2) that names what is missing and never suggests a method that fails too."""
     path = _gelu_mlp(tmp_path, form, in_features=64)
     r = run_cli("attack", "--model", path, "--data", "digits", "--n", "8", "--attack", "pgd", "--eps", "0.1",
                 "--steps", "3")
     assert r.exit_code == 0, r.output
-    if form == "none":
+    gelu = form != "scaled-erf"
+    if gelu:
         for method in ("ibp", "crown"):
             r = run_cli("certify", "--model", path, "--data", "digits", "--n", "4", "--eps", "0.01", "--method", method)
             assert r.exit_code == 0, r.output
-    for method in ("lirpa-crown",) if form == "none" else ("ibp", "crown", "lirpa-crown"):
+    for method in ("lirpa-crown",) if gelu else ("ibp", "crown", "lirpa-crown"):
         r = run_cli("certify", "--model", path, "--data", "digits", "--n", "4", "--eps", "0.01", "--method", method)
         assert r.exit_code == 2, (method, r.output)
         err = r.stderr.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in r.output, (method, r.output)
         assert "ERROR" not in r.output  # auto_LiRPA's own log lines stay out of the terminal
-        if form == "none":  # native IBP bounds the GELU node, so pointing there is right
+        if gelu:  # native IBP bounds the GELU node, so pointing there is right
             assert "--method ibp" in err, (method, err)
             continue
         assert "try --method ibp" not in err and "lirpa-crown (auto_LiRPA) bounds" not in err, (method, err)
@@ -398,3 +401,27 @@ def test_slice_and_split_of_computed_tensors_match_onnxruntime(tmp_path):
     inits[1], inits[2] = tensor("st", np.array([1], np.int64)), tensor("en", np.array([2**62], np.int64))
     path = save(tmp_path / "s13.onnx", nodes, inits, (1, 6), (1, 5))
     assert_matches_onnxruntime(path, onnx_to_torch(path))
+
+
+def test_exported_gelu_is_fused_only_where_its_inner_values_are_read_by_it_alone(tmp_path):
+    """x * 0.5 * (1 + erf(x / sqrt 2)) becomes one GELU (bounds engines read it); if the erf is
+    also an output of the graph's arithmetic elsewhere, the product stays (attack-only)."""
+    import onnxruntime as ort
+
+    conv = onnx_to_torch(_gelu_mlp(tmp_path, "decomposed", in_features=6))
+    assert any(isinstance(m, torch.nn.GELU) for m in conv.module.modules())
+    x = torch.randn(5, 6)
+    sess = ort.InferenceSession(str(tmp_path / "gelu_decomposed.onnx"))
+    want = np.concatenate([sess.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(5)])
+    np.testing.assert_allclose(conv.module(x).detach().numpy(), want, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.GELU) for m in onnx_to_torch(_gelu_mlp(tmp_path, "scaled-erf")).module.modules())
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Div", ["x", "sqrt2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["x", "e1"], ["p"]),
+             helper.make_node("Add", ["p", "e"], ["y"])]  # the erf read twice: no fusion
+    inits = [tensor("sqrt2", np.array(np.sqrt(2.0), np.float32)), tensor("one", np.array(1.0, np.float32))]
+    shared = onnx_to_torch(save(tmp_path / "shared.onnx", nodes, inits, (1, 4), (1, 4)))
+    xs = torch.from_numpy(rng.standard_normal((1, 4)).astype(np.float32))
+    e = torch.erf(xs / np.sqrt(2.0))
+    torch.testing.assert_close(shared.module(xs), xs * (1 + e) + e)
+    assert not any(isinstance(m, torch.nn.GELU) for m in shared.module.modules())
