@@ -870,31 +870,42 @@ class _Converter:
         return next((step for step in reversed(self.steps) if step[2] == name), None)
 
     def _fuse_gelu(self, inputs: list[str], out: str) -> bool:
-        """x * (1 + erf(x / sqrt 2)) -> 2 GELU(x): GELU as exporters write it before opset 20 (torch:
-        Div by sqrt 2, Erf, Add 1, Mul by x, Mul by 0.5), so the bound engines see one GELU, which they
-        relax (certify/activation_lines.py), instead of a product of two computed tensors. Only where
-        the inner values are read by this chain alone; the 0.5 stays a constant scaling after it."""
-        def scalar(t: torch.Tensor, value: float) -> bool:
-            return t.numel() == 1 and abs(float(t.reshape(())) - value) <= 1e-6 * abs(value)
+        """x * (c erf(x / sqrt 2) + c) -> 2c GELU(x), c > 0: GELU as exporters write it before opset 20
+        (torch: Div by sqrt 2, Erf, Add 1, Mul by x, Mul by 0.5; others scale by 0.5 before the product),
+        so the bound engines see one GELU, which they relax (certify/activation_lines.py), instead of a
+        product of two computed tensors. Only where the inner values are read by this chain alone."""
+        def scalar(t: torch.Tensor) -> float | None:
+            return float(t.reshape(())) if t.numel() == 1 else None
 
         for gate, x in (inputs, inputs[::-1]):
-            add = self._producer(gate)
-            if add is None or not isinstance(add[0], ElementwiseAffine) or not (
-                    scalar(add[0].scale, 1.0) and scalar(add[0].shift, 1.0)) or self._used_elsewhere(gate):
+            dropped, scale, shift, name = [], 1.0, 0.0, gate
+            step = self._producer(name)
+            # scalar affine steps after the erf, composed: gate = scale * erf + shift
+            while step is not None and isinstance(step[0], ElementwiseAffine) and not self._used_elsewhere(name):
+                a, b = scalar(step[0].scale), scalar(step[0].shift)
+                if a is None or b is None:
+                    break
+                scale, shift = scale * a, scale * b + shift  # gate = scale (a w + b) + shift
+                dropped.append(name)
+                name = step[1][0]
+                step = self._producer(name)
+            if step is None or not isinstance(step[0], Erf) or self._used_elsewhere(name) or not (
+                    scale > 0 and abs(shift - scale) <= 1e-6 * scale):
                 continue
-            erf = self._producer(add[1][0])
-            if erf is None or not isinstance(erf[0], Erf) or self._used_elsewhere(erf[2]):
+            dropped.append(name)
+            name = step[1][0]
+            div = self._producer(name)
+            if div is None or not isinstance(div[0], ElementwiseAffine) or div[1][0] != x or self._used_elsewhere(name):
                 continue
-            div = self._producer(erf[1][0])
-            if div is None or not isinstance(div[0], ElementwiseAffine) or div[1][0] != x or not (
-                    scalar(div[0].scale, 1 / math.sqrt(2)) and scalar(div[0].shift, 0.0)) or self._used_elsewhere(div[2]):
+            a, b = scalar(div[0].scale), scalar(div[0].shift)
+            if a is None or b != 0.0 or abs(a - 1 / math.sqrt(2)) > 1e-6:
                 continue
-            dropped = {gate, erf[2], div[2]}
-            self.steps = [step for step in self.steps if step[2] not in dropped]
-            for name in dropped:
-                del self.values[name]
+            dropped.append(name)
+            self.steps = [st for st in self.steps if st[2] not in set(dropped)]
+            for n in dropped:
+                del self.values[n]
             self.add(nn.GELU(), [x], f"{out}/gelu")
-            self.add(ElementwiseAffine(torch.tensor(2.0, dtype=self.dtype), None), [f"{out}/gelu"], out)
+            self.add(ElementwiseAffine(torch.tensor(2 * scale, dtype=self.dtype), None), [f"{out}/gelu"], out)
             return True
         return False
 

@@ -415,6 +415,16 @@ def test_exported_gelu_is_fused_only_where_its_inner_values_are_read_by_it_alone
     want = np.concatenate([sess.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(5)])
     np.testing.assert_allclose(conv.module(x).detach().numpy(), want, atol=1e-5)
     assert not any(isinstance(m, torch.nn.GELU) for m in onnx_to_torch(_gelu_mlp(tmp_path, "scaled-erf")).module.modules())
+    # the other order: 0.5 * (1 + erf(x / sqrt 2)) first, then the product with x (x times 0.7071 for the division)
+    nodes = [helper.make_node("Mul", ["x", "rsqrt2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["e1", "half"], ["g"]),
+             helper.make_node("Mul", ["g", "x"], ["y"])]
+    inits = [tensor("rsqrt2", np.array(1 / np.sqrt(2.0), np.float32)), tensor("one", np.array(1.0, np.float32)),
+             tensor("half", np.array(0.5, np.float32))]
+    other = onnx_to_torch(save(tmp_path / "other.onnx", nodes, inits, (1, 4), (1, 4)))
+    assert any(isinstance(m, torch.nn.GELU) for m in other.module.modules())
+    xo = torch.randn(3, 4)
+    torch.testing.assert_close(other.module(xo), torch.nn.functional.gelu(xo), atol=1e-6, rtol=1e-5)
     rng = np.random.default_rng(0)
     nodes = [helper.make_node("Div", ["x", "sqrt2"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
              helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["x", "e1"], ["p"]),
