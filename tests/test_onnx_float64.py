@@ -19,7 +19,8 @@ from torch import nn
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
+from vnncomp_lookalikes import save_graph, t  # noqa: E402
 
 from robustcli.certify.onnx_import import onnx_to_torch  # noqa: E402
 from robustcli.certify.spec_lirpa import lirpa_box_lower  # noqa: E402
@@ -30,17 +31,9 @@ TINY = 2.0**-29  # the float64 output's size; 2^-28 is below half of float32's s
 
 def _save(path: Path, nodes, inits, in_shape, out_shape, in_type=TensorProto.DOUBLE,
           out_type=TensorProto.DOUBLE) -> Path:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", in_type, list(in_shape))],
-                              [helper.make_tensor_value_info("y", out_type, list(out_shape))], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def _t(name: str, a) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(a), name)
+    """A float64 (by default) graph from input x to output y."""
+    return save_graph(path, nodes, inits, in_shape, out_shape, dtype=in_type, out_dtype=out_type, in_name="x",
+                      out_name="y")
 
 
 def _rounding_net(path: Path, second_weight: float, bias: float, activation: str = "Relu") -> Path:
@@ -53,7 +46,7 @@ def _rounding_net(path: Path, second_weight: float, bias: float, activation: str
         helper.make_node(activation, ["z"], ["h"]),
         helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transB=1),
     ]
-    inits = [_t("w1", w1), _t("b1", np.zeros(2)), _t("w2", np.array([[1.0, -1.0]])), _t("b2", np.array([bias]))]
+    inits = [t("w1", w1), t("b1", np.zeros(2)), t("w2", np.array([[1.0, -1.0]])), t("b2", np.array([bias]))]
     return _save(path, nodes, inits, (1, 1), (1, 1))
 
 
@@ -126,8 +119,8 @@ def _two_branch_net(path: Path, second_weight: float, bias: float, join: str) ->
     else:
         nodes.append(helper.make_node("Sub", ["ha", "hb"], ["d"]))
     nodes.append(helper.make_node("Add", ["d", "c"], ["y"]))
-    inits = [_t("wa", np.array([[1.0]])), _t("wb", np.array([[second_weight]])), _t("z", np.zeros(1)),
-             _t("minus", np.array([[-1.0]])), _t("c", np.array([bias]))]
+    inits = [t("wa", np.array([[1.0]])), t("wb", np.array([[second_weight]])), t("z", np.zeros(1)),
+             t("minus", np.array([[-1.0]])), t("c", np.array([bias]))]
     return _save(path, nodes, inits, (1, 1), (1, 1))
 
 
@@ -245,7 +238,7 @@ def test_float64_mlp_parameters_are_the_files_arrays_bit_for_bit(tmp_path):
     nodes = [helper.make_node("Gemm", ["x", "w0", "b0"], ["z0"], transB=1), helper.make_node("Relu", ["z0"], ["h0"]),
              helper.make_node("Gemm", ["h0", "w1", "b1"], ["z1"]), helper.make_node("Relu", ["z1"], ["h1"]),
              helper.make_node("MatMul", ["h1", "w2"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["y"])]
-    inits = [_t(n, a) for n, a in (("w0", w0), ("b0", b0), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
+    inits = [t(n, a) for n, a in (("w0", w0), ("b0", b0), ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
     net = _save(tmp_path / "mlp64.onnx", nodes, inits, (1, 4), (1, 3))
     conv = onnx_to_torch(net, dtype=None)
     assert conv.file_dtype == torch.float64 and conv.chain
@@ -278,8 +271,8 @@ def test_float64_conv_batchnorm_and_constants_keep_their_values(tmp_path):
              helper.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["n"], epsilon=1e-5),
              helper.make_node("Sub", ["n", "sub"], ["r"]), helper.make_node("Relu", ["r"], ["h"]),
              helper.make_node("Reshape", ["h", "shape"], ["y"])]  # an int64 constant: untouched
-    inits = [_t("wc", wc), _t("bc", bc), _t("s", scale), _t("t", shift), _t("m", mean), _t("v", var), _t("sub", sub),
-             _t("shape", np.array([1, 48], dtype=np.int64))]
+    inits = [t("wc", wc), t("bc", bc), t("s", scale), t("t", shift), t("m", mean), t("v", var), t("sub", sub),
+             t("shape", np.array([1, 48], dtype=np.int64))]
     net = _save(tmp_path / "conv64.onnx", nodes, inits, (1, 2, 4, 4), (1, 48))
     module = onnx_to_torch(net, dtype=None).module
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
@@ -299,13 +292,13 @@ def test_mixed_file_float32_input_cast_to_float64_weights_is_converted_in_float6
     w, b = _random_float64(rng, 2, 3), _random_float64(rng, 2)
     nodes = [helper.make_node("Cast", ["x"], ["xd"], to=TensorProto.DOUBLE),
              helper.make_node("Gemm", ["xd", "w", "b"], ["y"], transB=1)]
-    net = _save(tmp_path / "mixed.onnx", nodes, [_t("w", w), _t("b", b)], (1, 3), (1, 2), in_type=TensorProto.FLOAT)
+    net = _save(tmp_path / "mixed.onnx", nodes, [t("w", w), t("b", b)], (1, 3), (1, 2), in_type=TensorProto.FLOAT)
     conv = onnx_to_torch(net, dtype=None)
     assert conv.file_dtype == torch.float64
     lin = next(m for m in conv.module.modules() if isinstance(m, nn.Linear))
     assert _exact(lin.weight, w) and _exact(lin.bias, b)
     f32 = _save(tmp_path / "f32.onnx", [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)],
-                [_t("w", w.astype(np.float32)), _t("b", b.astype(np.float32))], (1, 3), (1, 2),
+                [t("w", w.astype(np.float32)), t("b", b.astype(np.float32))], (1, 3), (1, 2),
                 in_type=TensorProto.FLOAT, out_type=TensorProto.FLOAT)
     conv = onnx_to_torch(f32, dtype=None)
     assert conv.file_dtype == torch.float32

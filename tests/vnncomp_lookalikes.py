@@ -151,9 +151,11 @@ def export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int, **k
 
 
 def save_graph(path: Path, nodes, inits, in_shape, out_shape, opset: int = 13, dtype=TensorProto.FLOAT,
-               in_name: str = "input", out_name: str = "output") -> Path:
+               in_name: str = "input", out_name: str = "output", out_dtype=None) -> Path:
+    """One input and one output (`out_dtype` defaults to the input's `dtype`), checked by onnx."""
+    out_dtype = dtype if out_dtype is None else out_dtype
     graph = helper.make_graph(nodes, "lookalike", [helper.make_tensor_value_info(in_name, dtype, list(in_shape))],
-                              [helper.make_tensor_value_info(out_name, dtype, list(out_shape))], initializer=inits)
+                              [helper.make_tensor_value_info(out_name, out_dtype, list(out_shape))], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
