@@ -50,7 +50,7 @@ from robustcli.certify.rounding import round_down, round_up
 from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds, propagate
 from robustcli.certify.softmax_head import SoftmaxRows
 from robustcli.core.errors import InputError
-from robustcli.core.nn import Concat, eval_mode
+from robustcli.core.nn import Concat, LogProbabilities, eval_mode
 
 
 def _outward(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -500,7 +500,11 @@ def build_bounder(method: str, model: nn.Module, example: torch.Tensor, **option
         raise UnsupportedOperation(f"{e}{_lirpa_verdict(model, example)}") from None
     if stripped is None:
         return bounder
-    return MarginRows(bounder) if stripped[1] == "log_softmax" else SoftmaxRows(bounder)
+    if stripped[1] == "log_softmax":
+        return MarginRows(bounder)
+    if stripped[1] == "log_probabilities":
+        return SoftmaxRows(bounder, log_tiny=torch.finfo(example.dtype).tiny)
+    return SoftmaxRows(bounder)
 
 
 _HEADS = {nn.LogSoftmax: "log_softmax", nn.Softmax: "softmax"}
@@ -508,12 +512,17 @@ _HEADS = {nn.LogSoftmax: "log_softmax", nn.Softmax: "softmax"}
 
 def without_final_head(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str] | None:
     """(the layer tree of the model without its final log-softmax or softmax over its classes, which
-    head it was: "log_softmax" or "softmax"), or None for any other model. PyTorch's own MNIST
-    example ends in a log-softmax; Keras and many exporters write a final softmax. The bounders
-    bound the logits and answer the rows over the head from them (MarginRows; SoftmaxRows in
-    certify/softmax_head.py). A functional `F.softmax` / `F.log_softmax` and an ONNX Softmax node
-    reach here as the graph front end's last layer (certify/trace.py), a softmax anywhere else is
-    refused by the engines, naming it."""
+    head it was: "log_softmax", "softmax", or "log_probabilities" for core.nn.LogProbabilities
+    around a model ending in a softmax, as the CLI wraps such models), or None for any other model.
+    PyTorch's own MNIST example ends in a log-softmax; Keras and many exporters write a final
+    softmax. The bounders bound the logits and answer the rows over the head from them
+    (MarginRows; SoftmaxRows in certify/softmax_head.py). A functional `F.softmax` /
+    `F.log_softmax` and an ONNX Softmax node reach here as the graph front end's last layer
+    (certify/trace.py); a softmax anywhere else is refused by the engines, naming it."""
+    if isinstance(model, LogProbabilities):
+        inner = without_final_head(model.model, example)
+        return (inner[0], "log_probabilities") if inner is not None and inner[1] == "softmax" else None
+
     def strip(tree: nn.Module) -> tuple[nn.Module, str] | None:
         if isinstance(tree, nn.Sequential) and len(tree) > 1:
             last = tree[-1]

@@ -27,6 +27,14 @@ A final log-softmax: log p_j = -logsumexp_k (z_k - z_j), so log p_j lies in
 [-logsumexp_k U_kj, -logsumexp_k L_kj], and rows summing to zero are exact on the logits:
 C log_softmax(z) + d = C z + d (the log-sum-exp cancels).
 
+Clamped log-probabilities g_k = log max(p_k, t) (core.nn.LogProbabilities, t the dtype's smallest
+normal number: how the CLI attacks and reports a softmax model): g_k = max(log p_k, c) with
+c = log t, so g_k lies in [max(log p_k_low, c), max(log p_k_up, c)]. For a margin row, with
+a = log p_i, b = log p_j and a - b = z_i - z_j >= L: max is nondecreasing and 1-Lipschitz, so
+g_i - g_j >= min(0, a - b) >= min(0, L); and when a > c, g_i - g_j = min(a - b, a - c)
+>= min(L, log p_i_low - c). The bound is > 0 exactly when L > 0 and log p_i_low > c, which holds
+for a certified point's margins (its class beats every other, so p_i_low >= 1/K).
+
 Rounding: everything is computed in float64 from the (sound) logit bounds, with outward slack
 far above float64's error of these few operations (exp, log1p, logsumexp over K terms: a few K
 units in the last place), relative on the factors (so a positive margin bound stays positive) and
@@ -153,6 +161,23 @@ def _plus(low: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
     return torch.where(d != 0, torch.nextafter(s, torch.full_like(s, float("-inf"))), s)
 
 
+def log_probability_rows_lower(C: torch.Tensor, d: torch.Tensor | None, L: torch.Tensor, tiny: float) -> torch.Tensor:
+    """(N, S) float64 lower bound of C g + d, g = log max(softmax(z), tiny) (module docstring)."""
+    c = torch.log(torch.tensor(tiny, dtype=torch.float64))
+    c_low, c_up = c - _REL * c.abs(), c + _REL * c.abs()
+    lp_low, lp_up = log_softmax_intervals(L)
+    low = interval_rows(C, lp_low.clamp(min=c_low), lp_up.clamp(min=c_up))
+    mask, i, j, a = margin_rows(C)
+    if bool(mask.any()):
+        m = L.gather(1, i[:, :, None].expand(-1, -1, L.shape[2])).gather(2, j[:, :, None]).squeeze(2)  # L_ij
+        above = lp_low.gather(1, i) - c_up  # log p_i_low - c (a lower bound of it)
+        best = torch.where(m < 0, m, torch.minimum(m, above).clamp(min=0.0))
+        best = a.double() * best
+        best = best - _REL * best.abs()
+        low = torch.where(mask, torch.maximum(low, best), low)
+    return _plus(low, d)
+
+
 def rows_lower(head: str, C: torch.Tensor, d: torch.Tensor | None, L: torch.Tensor) -> torch.Tensor:
     if head == "softmax":
         return softmax_rows_lower(C, d, L)
@@ -164,15 +189,17 @@ def rows_lower(head: str, C: torch.Tensor, d: torch.Tensor | None, L: torch.Tens
 class SoftmaxRows:
     """A bounder of a model's logits z standing for the same model with a final softmax: every row
     C p + d is bounded from the pairwise logit margins (module docstring), a real lower bound, > 0
-    for a margin row exactly where the logits' margin bound is.
+    for a margin row exactly where the logits' margin bound is. With `log_tiny` (t), rows over
+    g = log max(p, t) instead (the CLI's LogProbabilities wrapper of a softmax model).
 
     The logits bounder bounds every ordered pair of classes for up to ALL_PAIRS_UP_TO classes
     (K (K - 1) rows: 90 for 10 classes, bounded in one backward pass of that many rows); above,
     only the pairs (i, k) for the classes i with a positive coefficient in the point's rows (form 2
     and p_i_low need no more), the rest counting as unbounded."""
 
-    def __init__(self, logits: "Bounder"):
+    def __init__(self, logits: "Bounder", log_tiny: float | None = None):
         self.logits = logits
+        self.log_tiny = log_tiny
 
     def _pairs(self, C: torch.Tensor) -> torch.Tensor:
         N, _, K = C.shape
@@ -187,8 +214,10 @@ class SoftmaxRows:
     def lower(self, inputs: "InputSet", C: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
         K = C.shape[-1]
         pairs = self._pairs(C)
-        low = self.logits.lower(inputs, pair_spec(pairs, K, C.dtype))
+        low = self.logits.lower(inputs, pair_spec(pairs, K, C.dtype)).detach()
         L = margin_matrix(low.to(C.device), pairs, K)
+        if self.log_tiny is not None:
+            return round_down(log_probability_rows_lower(C, d, L, self.log_tiny), C.dtype)
         return round_down(softmax_rows_lower(C, d, L), C.dtype)
 
     def intermediate(self, inputs: "InputSet") -> list["ReluInputBounds"]:
