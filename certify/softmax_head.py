@@ -44,6 +44,7 @@ absolute on sums of mixed signs; the result is rounded down to the caller's dtyp
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -251,7 +252,8 @@ class SpecRows:
             self.direct = torch.zeros(0, dtype=torch.bool, device=C.device)
             dz = d
         elif head == "log_softmax":
-            self.direct = C.sum(-1).abs() <= 1e-12 * C.abs().amax(-1).clamp_min(1.0)
+            # exactly zero sums only (math.fsum: no rounding), so the log-sum-exp cancels exactly
+            self.direct = torch.tensor([math.fsum(row) == 0 for row in C.tolist()], dtype=torch.bool, device=C.device)
             dz = d
         else:
             mask, _, _, _ = margin_rows(C[None])
@@ -266,13 +268,14 @@ class SpecRows:
     def certificates(self, low_z: torch.Tensor) -> torch.Tensor:
         """(B, S) from the bounds `low_z` (B, len(logit_C)) of the logit rows."""
         B = low_z.shape[0]
+        direct = self.direct.to(low_z.device)
         out = torch.empty(B, len(self.C), dtype=torch.float64, device=low_z.device)
-        out[:, self.direct] = low_z[:, : self.n_direct].double()
+        out[:, direct] = low_z[:, : self.n_direct].double()
         if len(self.pairs):
             L = margin_matrix(low_z[:, self.n_direct :], self.pairs.to(low_z.device), self.K)
-            rest = ~self.direct
-            C = self.C[rest].to(low_z.device)
-            out[:, rest] = rows_lower(self.head, C[None].expand(B, -1, -1), self.d[rest].to(low_z.device)[None], L)
+            rest = ~direct
+            C, d = self.C.to(low_z.device)[rest], self.d.to(low_z.device)[rest]
+            out[:, rest] = rows_lower(self.head, C[None].expand(B, -1, -1), d[None], L)
         return out
 
     def direct_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
