@@ -48,8 +48,9 @@ from robustcli.certify.graph import (
 from robustcli.certify.bounds import Bounds
 from robustcli.certify.rounding import round_down, round_up
 from robustcli.certify.ibp import ibp_bounds, ibp_box_bounds, propagate
+from robustcli.certify.softmax_head import SoftmaxRows
 from robustcli.core.errors import InputError
-from robustcli.core.nn import Concat, eval_mode
+from robustcli.core.nn import Concat, LogProbabilities, eval_mode
 
 
 def _outward(x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -491,36 +492,62 @@ def build_bounder(method: str, model: nn.Module, example: torch.Tensor, **option
     from robustcli.certify.trace import UnsupportedOperation
 
     try:
-        logits = without_final_log_softmax(model, example)
-        bounder = METHODS[method].build(logits if logits is not None else model, example, **options)
+        stripped = without_final_head(model, example)
+        bounder = METHODS[method].build(stripped[0] if stripped is not None else model, example, **options)
     except UnsupportedOperation as e:
         if METHODS[method].needs_lirpa:
             raise
         raise UnsupportedOperation(f"{e}{_lirpa_verdict(model, example)}") from None
-    return bounder if logits is None else MarginRows(bounder)
+    if stripped is None:
+        return bounder
+    if stripped[1] == "log_softmax":
+        return MarginRows(bounder)
+    if stripped[1] == "log_probabilities":
+        return SoftmaxRows(bounder, log_tiny=torch.finfo(example.dtype).tiny)
+    return SoftmaxRows(bounder)
 
 
-def without_final_log_softmax(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
-    """The layer tree of a model that ends in a log-softmax over its classes, without it (None for any
-    other model). PyTorch's own MNIST example ends so. The margins are unchanged:
-    log_softmax(z)_i - log_softmax(z)_j = z_i - z_j, i.e. C log_softmax(z) = C z for every C whose rows
-    sum to zero; see MarginRows."""
-    def strip(tree: nn.Module) -> nn.Module | None:
+_HEADS = {nn.LogSoftmax: "log_softmax", nn.Softmax: "softmax"}
+
+
+def without_final_head(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, str] | None:
+    """(the layer tree of the model without its final log-softmax or softmax over its classes, which
+    head it was: "log_softmax", "softmax", or "log_probabilities" for core.nn.LogProbabilities
+    around a model ending in a softmax, as the CLI wraps such models), or None for any other model.
+    PyTorch's own MNIST example ends in a log-softmax; Keras and many exporters write a final
+    softmax. The bounders bound the logits and answer the rows over the head from them
+    (MarginRows; SoftmaxRows in certify/softmax_head.py). A functional `F.softmax` /
+    `F.log_softmax` and an ONNX Softmax node reach here as the graph front end's last layer
+    (certify/trace.py); a softmax anywhere else is refused by the engines, naming it."""
+    if isinstance(model, LogProbabilities):
+        inner = without_final_head(model.model, example)
+        return (inner[0], "log_probabilities") if inner is not None and inner[1] == "softmax" else None
+
+    def strip(tree: nn.Module) -> tuple[nn.Module, str] | None:
         if isinstance(tree, nn.Sequential) and len(tree) > 1:
             last = tree[-1]
-            if isinstance(last, nn.LogSoftmax) and last.dim in (1, -1):
-                return nn.Sequential(*list(tree)[:-1])
+            head = _HEADS.get(type(last))
+            if head is not None and last.dim in (1, -1):
+                return nn.Sequential(*list(tree)[:-1]), head
             inner = strip(last)
-            return None if inner is None else nn.Sequential(*list(tree)[:-1], inner)
+            return None if inner is None else (nn.Sequential(*list(tree)[:-1], inner[0]), inner[1])
         return None
+
+    def over_classes(found: tuple[nn.Module, str] | None) -> tuple[nn.Module, str] | None:
+        """Only a head over flat logits (N, K): a softmax over a feature map's channels is not one."""
+        if found is None:
+            return None
+        with torch.no_grad(), eval_mode(found[0]):
+            z = found[0](example[:1])
+        return found if z.dim() == 2 else None
 
     stripped = strip(model)
     if stripped is not None or isinstance(model, nn.Sequential):
-        return stripped
+        return over_classes(stripped)
     from robustcli.certify.trace import UnsupportedOperation, canonical_model
 
-    try:  # a functional F.log_softmax: the graph front end writes it as the tree's last layer
-        return strip(canonical_model(model, example))
+    try:  # a functional head: the graph front end writes it as the tree's last layer
+        return over_classes(strip(canonical_model(model, example)))
     except UnsupportedOperation:
         return None  # the method's own front end says what it cannot read
 

@@ -134,6 +134,13 @@ def model_steps(model: nn.Module, method: str = "ibp", prefix: str = "") -> list
         return [_monotone_step(prefix, m, method)]
     if method in LINE_METHODS + ("ibp",) and covered(m):
         return [Step(prefix, m)]
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)):  # a final one over the classes never reaches here
+        what = "log-softmax" if isinstance(m, nn.LogSoftmax) else "softmax"
+        raise UnsupportedLayer(
+            f"{describe(Step(prefix, m))} is a {what} before the model's output (or over a feature map); the bound "
+            f"engines read a {what} only as the model's last layer, over its class logits; move it there, export "
+            "the logits, or replace it with a ReLU or a monotone layer"
+        )
     if isinstance(m, NONLINEAR_ACTIVATIONS):
         native = f"{NATIVE_CROWN}; " if covered(m) and method != "tightness" else ""
         raise UnsupportedLayer(

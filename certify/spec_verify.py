@@ -47,6 +47,7 @@ from robustcli.certify.bounders import spec_chain
 from robustcli.certify.deadline import DeadlineReached
 from robustcli.certify.input_bab import input_bab_refute
 from robustcli.certify.spec_lirpa import lirpa_box_lower
+from robustcli.certify.softmax_head import SpecRows
 from robustcli.certify.spec_attack import float32_box, spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
 from robustcli.core.errors import InputError
@@ -125,13 +126,15 @@ def _native_ibp_box_lower(tree: nn.Module, case: SpecCase, input_shape: tuple[in
 def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, ...], C: torch.Tensor, d: torch.Tensor,
                           method: str, bounds: dict, ci: int, alpha_iterations: int, t0: float,
                           deadline: float | None, bab_follows: bool,
-                          forms: mf.TwoForms | None = None) -> torch.Tensor:
+                          forms: mf.TwoForms | None = None,
+                          view: Callable[[torch.Tensor], torch.Tensor] = lambda low: low) -> torch.Tensor:
     """(1, S) lower bound of C f(x) + d over the case's box by native CROWN / alpha-CROWN on the
     graph; the case's CROWN intermediate bounds are computed once and kept in `bounds`. On a max
     pooling graph (`forms`), a case DeepPoly's lines leave open is bounded again with both max
     pooling relaxations (certify/maxpool_forms.py); alpha-CROWN's intervals of the pooling's ReLU
     form are kept for branch and bound. Past `deadline` the CROWN passes raise DeadlineReached (the
-    verifier answers `timeout`)."""
+    verifier answers `timeout`). `view` maps the bounds of the rows C to the case's rows (a softmax
+    head's `SpecRows.certificates`), to see whether the case is decided."""
     C, d = C.to(dag.device, dag.dtype), d.to(dag.device, dag.dtype)
     lo = case.lower.to(dag.device, dag.dtype).reshape(1, *input_shape)
     hi = case.upper.to(dag.device, dag.dtype).reshape(1, *input_shape)
@@ -142,7 +145,7 @@ def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, .
             inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(dag, lo, hi, deadline=deadline)
         if method == "crown":
             low = db.crown_spec(dag, lo, hi, C, d, inter, deadline=deadline)[0]
-            if forms is not None and not bool(refuted(low, case).all()):
+            if forms is not None and not bool(refuted(view(low), case).all()):
                 # the ReLU form costs 10x-200x DeepPoly's CROWN: at most 30% of the time left, so
                 # the later stages keep theirs, and at most mf.PROBE_COST DeepPoly passes (as the
                 # dataset bounder's probe); stopped there, DeepPoly's bound stands
@@ -164,7 +167,7 @@ def _native_dag_box_lower(dag: db.Dag, case: SpecCase, input_shape: tuple[int, .
         low = db.alpha_crown_spec(dag, lo, hi, C, d[None], inter, iterations=alpha_iterations, deadline=until,
                                   tightened_out=tight)
         bounds[(ci, "dag-alpha")] = tight  # branch and bound starts from them
-        if forms is not None and not bool(refuted(low, case).all()):
+        if forms is not None and not bool(refuted(view(low), case).all()):
             # both relaxations from alpha-CROWN's tightened intervals; its share of the time is
             # what the DeepPoly form left of the 40%
             both: dict = {}
@@ -206,6 +209,37 @@ def _relu_form_roots(forms: mf.TwoForms, lo, hi, C, d, bounds: dict, ci: int, al
         return two.relu
     bounds[(ci, "two-form-alpha")] = both
     return both["relu"]
+
+
+def logits_and_head(model: nn.Module, input_shape: tuple[int, ...], device: torch.device,
+                    box: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[nn.Module, str | None]:
+    """(the model the bound stages bound, the head they answer through): a model whose output is a
+    final softmax or log-softmax over its classes is bounded as its logits (bounders.without_final_head)
+    and its property rows are answered through certify/softmax_head.py (`SpecRows`); any other
+    model is bounded as it is. Only outputs that look like (log-)probabilities at the centre of
+    `box` (one forward pass) are looked at further, so other models are never traced twice."""
+    from robustcli.certify.bounders import without_final_head
+
+    dtype = model_float_dtype(model)
+    x = torch.zeros(2, *input_shape, dtype=dtype, device=device)
+    if box is not None:
+        x = ((box[0] + box[1]) / 2).to(device, dtype).reshape(1, *input_shape).expand(2, *input_shape)
+    try:
+        with torch.no_grad():
+            y = model.eval()(x).double()
+    except Exception:  # noqa: BLE001 - a model that does not run here is for the stages to refuse
+        return model, None
+    if y.dim() != 2:
+        return model, None
+    probabilities = bool((y >= 0).all()) and bool(((y.sum(1) - 1).abs() < 1e-3).all())
+    log_probabilities = bool((y <= 0).all()) and bool((torch.logsumexp(y, 1).abs() < 1e-3).all())
+    if not (probabilities or log_probabilities):
+        return model, None
+    try:
+        found = without_final_head(model, x)
+    except InputError:
+        return model, None
+    return (model, None) if found is None else found
 
 
 def model_float_dtype(model: nn.Module) -> torch.dtype:
@@ -292,6 +326,21 @@ def verify_property(
     device = p.device if p is not None else torch.device("cpu")
     dtype = model_float_dtype(model)
     attacked = attack_copy(model)
+    # The bound stages bound `bounded`: the logits of a model with a final (log-)softmax, whose rows
+    # `heads` maps (certify/softmax_head.py); attacks, searches and confirmations use the model itself.
+    first_box = (prop.cases[0].lower, prop.cases[0].upper) if prop.cases else None
+    bounded, head = logits_and_head(model, input_shape, device, first_box)
+    heads: dict[int, SpecRows] = {}
+
+    def rows_of(ci: int, case: SpecCase) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(C, d) the stages bound on `bounded` for case ci, and the map of their bounds to the case's rows."""
+        C, d, _ = case.stacked()
+        if head is None or len(d) == 0:
+            return C, d, lambda low: low
+        if ci not in heads:
+            heads[ci] = SpecRows(head, C, d)
+        h = heads[ci]
+        return h.logit_C, h.logit_d, h.certificates
     if reference is None:
         reference_name = "torch"
 
@@ -370,52 +419,53 @@ def verify_property(
                     continue
                 if not chains:  # one float64 copy of the model serves every case
                     try:
-                        chains[0] = spec_chain(model, input_shape, device)
+                        chains[0] = spec_chain(bounded, input_shape, device)
                     except cb.NotAChain as e:
                         chains[0] = None
                         not_chain = str(e)
                 chain = chains[0]
                 if chain is None and method == "bab":  # a graph model: branch and bound on the native graph
                     if 0 not in dags:
-                        dags[0] = _native_dag(model, input_shape, device)
+                        dags[0] = _native_dag(bounded, input_shape, device)
                     if dags[0] is None:
                         note = f"branch and bound needs a chain or a ReLU graph the native engine bounds ({not_chain})"
                         break
                 elif chain is None:  # a graph model: native CROWN or auto_LiRPA bounds it if it can
-                    C, d, _ = case.stacked()
+                    C, d, view = rows_of(ci, case)
                     if method in ("crown", "alpha-crown"):
                         if 0 not in dags:
-                            dags[0] = _native_dag(model, input_shape, device)
+                            dags[0] = _native_dag(bounded, input_shape, device)
                         if (dag := dags[0]) is not None:
                             if 0 not in forms:
                                 forms[0] = mf.TwoForms.of(dag)
                             lower = _native_dag_box_lower(dag, case, input_shape, C, d, method, bounds, ci,
-                                                          alpha_iterations, t0, deadline, "bab" in methods, forms[0])
+                                                          alpha_iterations, t0, deadline, "bab" in methods, forms[0],
+                                                          view)
                             note = "native CROWN (graph model)"
-                            proved[ci] |= refuted(lower, case)[0].cpu()
+                            proved[ci] |= refuted(view(lower), case)[0].cpu()
                             if out_of_time():
                                 break
                             continue
                     if method == "ibp":
                         if 0 not in natives:
-                            natives[0] = _native_ibp_model(model, input_shape, device)
+                            natives[0] = _native_ibp_model(bounded, input_shape, device)
                         if natives[0] is not None:  # native IBP walks graphs the chain engine does not
                             lower = _native_ibp_box_lower(natives[0], case, input_shape, C, d)
                             note = "native IBP (graph model)"
-                            proved[ci] |= refuted(lower, case)[0].cpu()
+                            proved[ci] |= refuted(view(lower), case)[0].cpu()
                             continue
                     try:
-                        lower = lirpa_box_lower(model, case.lower.reshape(1, *input_shape).to(device),
+                        lower = lirpa_box_lower(bounded, case.lower.reshape(1, *input_shape).to(device),
                                                 case.upper.reshape(1, *input_shape).to(device), C.to(device),
                                                 d.to(device), method, alpha_iterations=alpha_iterations)
                     except InputError as e:
                         note = f"{not_chain}; {e}"
                         break
                     note = "auto_LiRPA (graph model)"
-                    proved[ci] |= refuted(lower, case)[0].cpu()
+                    proved[ci] |= refuted(view(lower), case)[0].cpu()
                     continue
                 engine = chain if chain is not None else dags[0]  # graph models reach here for `bab` only
-                C, d, _ = case.stacked()
+                C, d, view = rows_of(ci, case)
                 C, d = C.to(engine.device, engine.dtype), d.to(engine.device, engine.dtype)
                 lo = case.lower.to(engine.device, engine.dtype).reshape(1, *input_shape)
                 hi = case.upper.to(engine.device, engine.dtype).reshape(1, *input_shape)
@@ -440,16 +490,25 @@ def verify_property(
                         net = as_bab_network(engine)
                         _, _, rows = case.stacked()
                         open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]
-                        R = max(rows[j].stop - rows[j].start for j in open_)
+                        if ci in heads:
+                            # rows over a (log-)softmax: branch on the ones the logits answer exactly
+                            # (SpecRows.direct); refuting one row of a disjunct refutes it
+                            parts = [tuple(t.to(C.device, C.dtype) for t in heads[ci].direct_rows(rows[j])) for j in open_]
+                            if any(len(dj) == 0 and rows[j].stop > rows[j].start for (_, dj), j in zip(parts, open_)):
+                                note = (f"branch and bound splits only margin rows (Y_i - Y_j) of a {head} output; "
+                                        "a disjunct with only other rows stays open")
+                                break
+                        else:
+                            parts = [(C[rows[j]], d[rows[j]]) for j in open_]
+                        R = max(len(dj) for _, dj in parts)
                         if R == 0 or not net.slots:
                             # no output condition (any input violates), or no ReLU (CROWN is exact)
                             note = "nothing to branch on"
                             break
                         Cb = torch.zeros(len(open_), R, C.shape[1], dtype=C.dtype, device=C.device)
                         d_pad = torch.full((len(open_), R), -1.0, dtype=d.dtype, device=d.device)  # padding rows never > 0
-                        for k, j in enumerate(open_):
-                            n = rows[j].stop - rows[j].start
-                            Cb[k, :n], d_pad[k, :n] = C[rows[j]], d[rows[j]]
+                        for k, (Cj, dj) in enumerate(parts):
+                            Cb[k, : len(dj)], d_pad[k, : len(dj)] = Cj, dj
                         def check(x: torch.Tensor, case=case) -> torch.Tensor:
                             with torch.no_grad():
                                 y = model(x.to(device, dtype).reshape(len(x), *input_shape))
@@ -503,7 +562,7 @@ def verify_property(
                         lower = cb.alpha_crown_spec(chain, lo, hi, C, d, inter, iterations=alpha_iterations,
                                                     deadline=until, tightened_out=tight)
                         bounds[(ci, "alpha")] = tight
-                proved[ci] |= refuted(lower, case)[0].cpu()
+                proved[ci] |= refuted(view(lower), case)[0].cpu()
                 if out_of_time():
                     break
             total = sum(len(p_) for p_ in proved)

@@ -319,11 +319,15 @@ class _Converter:
             return self._arith(node, op.rstrip("_"), values)
         if op in ("cat", "concat", "concatenate"):
             return self._concat(node, values)
-        if op in ("log_softmax", "_log_softmax"):  # over the class axis of flat logits: bounders drop a final one
+        if op in ("log_softmax", "_log_softmax", "softmax", "_softmax"):
+            # over the class axis of flat logits: bounders drop a final one (bounders.without_final_head)
             v = self._input(node, values)
+            what = "log-softmax" if "log" in op else "softmax"
             if len(v.shape) != 1 or int(args[1]) not in (1, -1):
-                raise UnsupportedOperation(f"{_where(node)} is a log-softmax over a feature map, not over class logits")
-            return self._then(v, nn.LogSoftmax(dim=1), node)
+                raise UnsupportedOperation(f"{_where(node)} is a {what} over a feature map, not over class logits; "
+                                           f"the bound engines read a {what} only as the model's last operation, "
+                                           "over its class logits")
+            return self._then(v, (nn.LogSoftmax if "log" in op else nn.Softmax)(dim=1), node)
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
             "batch_norm, view/reshape/flatten, avg/max pooling, elementwise activations (sigmoid, tanh, leaky_relu, "
