@@ -161,6 +161,26 @@ def test_softmax_model_bounds_hold_on_sampled_and_attacked_points(method, arch, 
     worst = _worst_in_ball(model, x, eps, C, d, g)
     assert bool((low <= worst + 1e-6).all()), float((worst - low).min())
     assert bool((low[:, : K - 1] > -1).all()) and bool(torch.isfinite(low).all())
+    # margin rows alone: only the logit margins of each point's class are bounded (as for the logits)
+    margins = bounder.lower(InputSet.ball(x, eps, "linf"), C[:, : K - 1])
+    assert bool((margins <= worst[:, : K - 1] + 1e-6).all())
+
+
+def test_many_classes_bound_only_the_margins_of_the_rows_classes_and_hold():
+    torch.manual_seed(12)
+    classes = 40  # above ALL_PAIRS_UP_TO: pairs (i, k) of the classes with a positive coefficient only
+    logits = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, classes)).eval()
+    model = nn.Sequential(logits, nn.Softmax(dim=1)).eval()
+    g = torch.Generator().manual_seed(13)
+    x = torch.rand(3, 6, generator=g)
+    C = torch.cat([margin_spec(logits(x).argmax(1), classes)[:, :5], torch.randn(3, 3, classes, generator=g)], 1)
+    d = torch.rand(3, 8, generator=g) - 0.5
+    low = build_bounder("crown", model, x[:2]).lower(InputSet.ball(x, 0.02, "linf"), C, d)
+    lo, hi = (x - 0.02).clamp(0, 1), (x + 0.02).clamp(0, 1)
+    with torch.no_grad():
+        for _ in range(20):
+            pts = lo + (hi - lo) * torch.rand((3, 6), generator=g)
+            assert bool((low <= torch.einsum("nsk,nk->ns", C, model(pts)) + d + 1e-6).all())
 
 
 @pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown"])
@@ -266,10 +286,12 @@ def _confident_point(model: nn.Module, dim: int, g: torch.Generator) -> torch.Te
     return xs[int(p.max(1).values.argmax())]
 
 
-@pytest.mark.parametrize("head", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("head", ["softmax", "functional softmax", "log_softmax"])
 def test_properties_over_a_softmax_model_are_decided_soundly(head):
     logits = _mlp(5)
     model = nn.Sequential(logits, nn.Softmax(dim=1) if head == "softmax" else nn.LogSoftmax(dim=1)).eval()
+    if head == "functional softmax":
+        model = FunctionalSoftmax(logits).eval()
     g = torch.Generator().manual_seed(6)
     x0 = _confident_point(model, 6, g)
     for text, want in _properties(model, x0, log=head == "log_softmax"):
@@ -325,18 +347,19 @@ def test_margin_rows_over_softmax_branch_on_the_logits():
     assert rows.direct.tolist() == [True, False] and len(rows.logit_C) == 1 + K * (K - 1)
 
 
-def _onnx_softmax_mlp(path, opset: int, seed: int = 0):
+def _onnx_softmax_mlp(path, opset: int, seed: int = 0, float64: bool = False):
     pytest.importorskip("onnxruntime")
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     from vnncomp_lookalikes import save_graph, t
 
     rng = np.random.default_rng(seed)
+    kind = np.float64 if float64 else np.float32
     sizes = (6, 24, 24, K)
     nodes, inits, h = [], [], "input"
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        inits += [t(f"w{i}", (rng.standard_normal((b, a)) / np.sqrt(a)).astype(np.float32)),
-                  t(f"b{i}", (0.1 * rng.standard_normal(b)).astype(np.float32))]
+        inits += [t(f"w{i}", (rng.standard_normal((b, a)) / np.sqrt(a)).astype(kind)),
+                  t(f"b{i}", (0.1 * rng.standard_normal(b)).astype(kind))]
         nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"z{i}"], transB=1))
         h = f"z{i}"
         if i < len(sizes) - 2:
@@ -344,7 +367,8 @@ def _onnx_softmax_mlp(path, opset: int, seed: int = 0):
             h = f"h{i}"
     axis = {"axis": 1} if opset < 13 else {}
     nodes.append(helper.make_node("Softmax", [h], ["output"], **axis))
-    return save_graph(path, nodes, inits, (1, 6), (1, K), opset=opset)
+    return save_graph(path, nodes, inits, (1, 6), (1, K), opset=opset,
+                      dtype=TensorProto.DOUBLE if float64 else TensorProto.FLOAT)
 
 
 @pytest.mark.parametrize("opset", [11, 13])
@@ -408,3 +432,22 @@ def test_certify_spec_command_proves_a_property_of_an_onnx_softmax_file(tmp_path
     r = run_cli("certify", "--model", path, "--spec", tmp_path / "p.vnnlib", "--timeout", "30", "--json", out)
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["status"] == "holds"
+
+
+def test_vnncomp_runs_a_float64_onnx_softmax_file(tmp_path, run_cli):
+    """The runner converts the file in its own precision (float64 here): the head is found on the
+    float64 graph, a property that holds is proved and a violated one answered with a counterexample."""
+    path = _onnx_softmax_mlp(tmp_path / "net.onnx", 13, seed=2, float64=True)
+    from robustcli.certify.onnx_import import onnx_to_torch
+
+    model = onnx_to_torch(path, dtype=None).module
+    assert next(model.parameters()).dtype == torch.float64
+    x0 = _confident_point(model.float(), 6, torch.Generator().manual_seed(11))
+    props = _properties(onnx_to_torch(path).module, x0)
+    (tmp_path / "holds.vnnlib").write_text(props[0][0])
+    (tmp_path / "violated.vnnlib").write_text(props[1][0])
+    (tmp_path / "instances.csv").write_text("net.onnx,holds.vnnlib,30\nnet.onnx,violated.vnnlib,30\n")
+    out = tmp_path / "results.csv"
+    r = run_cli("vnncomp", tmp_path / "instances.csv", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert [line.split(",")[4] for line in out.read_text().splitlines()] == ["holds", "violated"]
