@@ -175,7 +175,10 @@ def bab_refute(
     betas = [torch.zeros(D, R, n, dtype=dt, device=dev) for n in sizes]
     scores_lb = torch.full((D,), float("-inf"), dtype=dt, device=dev)
     F_ = len(flat)
-    pool = DomainPool([scores_lb, roots, *splits, *alphas, *betas, *lows, *ups], score=0)
+    # Per domain, the last split layer whose carried intervals are already its sub-problem's (a
+    # child's are its parent's refreshed ones up to the layer of its newest split); roots: all.
+    settled = torch.full((D,), L, dtype=torch.long, device=dev)
+    pool = DomainPool([scores_lb, roots, settled, *splits, *alphas, *betas, *lows, *ups], score=0)
     done = 0
     out_of_time = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     rounds = RoundClock(deadline)
@@ -184,7 +187,7 @@ def bab_refute(
         stop = rounds.stop_reason(done, max_domains)
         if stop is not None:
             return BabOutcome(False, done, stop)
-        inherited, rt, *rest = pool.pop_worst(batch)
+        inherited, rt, fresh, *rest = pool.pop_worst(batch)
         sp, al, be = rest[:L], rest[L : 2 * L], rest[2 * L : 3 * L]
         pl, pu = rest[3 * L : 3 * L + F_], rest[3 * L + F_ :]
         A0, d0 = A_roots[rt], d[rt]
@@ -192,7 +195,7 @@ def bab_refute(
         with torch.no_grad():
             try:
                 if refresh:
-                    bnd = net.intermediate(lo, hi, base=list(zip(pl, pu)), splits=sp, deadline=deadline)
+                    bnd = net.intermediate(lo, hi, base=list(zip(pl, pu)), splits=sp, deadline=deadline, settled=fresh)
                 else:
                     bnd = net.clamp(list(zip(pl, pu)), sp)
             except DeadlineReached:  # a large network's refresh reached the deadline mid-round
@@ -275,13 +278,14 @@ def bab_refute(
         pick = _fsb(net, lo, hi, A0[idx], d0[idx], [(t[0][idx], t[1][idx]) for t in bnd],
                     [s[idx] for s in sp], scores, sizes, fsb_candidates)
         offsets = torch.tensor([0] + sizes, device=dev).cumsum(0)
+        pick_layer = torch.searchsorted(offsets[1:], pick, right=True)
         for sign in (1, -1):
             new_sp = [s[idx].clone() for s in sp]
             for j in range(L):
                 in_j = (pick >= offsets[j]) & (pick < offsets[j + 1])
                 rows = in_j.nonzero().flatten()
                 new_sp[j][rows, pick[rows] - offsets[j]] = sign
-            pool.push([best[idx], rt[idx], *new_sp, *(c[idx] for c in best_al), *(c[idx] for c in best_be),
+            pool.push([best[idx], rt[idx], pick_layer, *new_sp, *(c[idx] for c in best_al), *(c[idx] for c in best_be),
                        *(c[0][idx] for c in bnd), *(c[1][idx] for c in bnd)])
     return BabOutcome(True, done, "proved")
 

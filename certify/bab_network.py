@@ -48,11 +48,14 @@ class BabNetwork(Protocol):
         """The engine's intermediate bounds (as its crown_intermediate returns them) as the carried list."""
 
     def intermediate(self, lo: torch.Tensor, hi: torch.Tensor, base: list[Interval] | None = None,
-                     splits: list[torch.Tensor] | None = None, deadline: float | None = None) -> list[Interval]:
+                     splits: list[torch.Tensor] | None = None, deadline: float | None = None,
+                     settled: torch.Tensor | None = None) -> list[Interval]:
         """CROWN intervals of the carried quantities (flat (B, n)) over the box(es) lo, hi, each
         intersected with `base` (flat, per domain) and with the split neurons (`splits[j]` (B, n_j)
-        int8, per split layer) clamped before any later quantity is bounded. Past `deadline` it
-        raises DeadlineReached (certify/deadline.py)."""
+        int8, per split layer) clamped before any later quantity is bounded. `settled` (B,): per
+        domain, the last split layer up to which `base` already holds the sub-problem's intervals
+        (an engine may skip recomputing them). Past `deadline` it raises DeadlineReached
+        (certify/deadline.py)."""
 
     def clamp(self, base: list[Interval], splits: list[torch.Tensor]) -> list[Interval]:
         """`base` with the split neurons clamped (l = max(l, 0) active, u = min(u, 0) inactive)."""
@@ -86,8 +89,8 @@ class ChainNetwork:
     def carried(self, bounds) -> list[Interval]:
         return list(bounds)
 
-    def intermediate(self, lo, hi, base=None, splits=None, deadline=None) -> list[Interval]:
-        return cb.crown_intermediate(self.chain, lo, hi, base=base, splits=splits, deadline=deadline)
+    def intermediate(self, lo, hi, base=None, splits=None, deadline=None, settled=None) -> list[Interval]:
+        return cb.crown_intermediate(self.chain, lo, hi, base=base, splits=splits, deadline=deadline, settled=settled)
 
     def clamp(self, base, splits) -> list[Interval]:
         return [cb.clamp_split(l, u, s) for (l, u), s in zip(base, splits)]
@@ -145,7 +148,9 @@ class DagNetwork:
     def carried(self, bounds) -> list[Interval]:
         return [bounds[q] for q in self.keys]
 
-    def intermediate(self, lo, hi, base=None, splits=None, deadline=None) -> list[Interval]:
+    def intermediate(self, lo, hi, base=None, splits=None, deadline=None, settled=None) -> list[Interval]:
+        # `settled` is not used: every node is re-bounded (a graph's split layers are not a chain's
+        # order, so "after the newest split" would need the nodes downstream of it).
         sp = None if splits is None else dict(zip(self.split_nodes, splits))
         out = db.crown_intermediate(self.dag, lo, hi, base=None if base is None else self._shaped(base), splits=sp,
                                     deadline=deadline)

@@ -352,13 +352,17 @@ def crown_intermediate(
     ball: tuple[torch.Tensor, torch.Tensor] | None = None,
     splits: list[torch.Tensor] | None = None,
     deadline: float | None = None,
+    settled: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """CROWN bounds of every ReLU input, each intersected with `base` (IBP unless given).
 
     `splits[j]` (B, n_j) int8: +1 / -1 where branch and bound fixed neuron j active (z >= 0) /
     inactive (z <= 0) in that domain; its bounds are clamped before the next layer is bounded, so
     every later layer's bounds are those of the sub-problem (beta-CROWN's refreshed bounds,
-    without multipliers on the intermediate objectives).
+    without multipliers on the intermediate objectives). `settled` (B,) int: per point, the last
+    layer whose `base` bounds already are the sub-problem's (branch and bound's child domain: the
+    parent's refreshed bounds hold for every layer up to the one of its newest split, since a split
+    at layer k changes only the bounds of layers after k); those layers are only clamped.
 
     Without `alphas`, only neurons that are unstable under the IBP bound (refreshed from the
     tighter bounds of the layer before) get a backward pass: a stable neuron's relaxation is exact
@@ -367,7 +371,7 @@ def crown_intermediate(
     (time.monotonic()) it raises DeadlineReached (certify/deadline.py), checked between parts."""
     base = base if base is not None else ibp_intermediate(chain, lo, hi)
     if alphas is None:
-        return _crown_intermediate_unstable(chain, lo, hi, base, ball, splits, deadline)
+        return _crown_intermediate_unstable(chain, lo, hi, base, ball, splits, deadline, settled)
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     for i in range(len(chain.blocks) - 1):
         check_deadline(deadline)
@@ -399,7 +403,7 @@ def clamp_split(bl, bu, s):
     return torch.where(s > 0, bl.clamp(min=0), bl), torch.where(s < 0, bu.clamp(max=0), bu)
 
 
-def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadline=None):
+def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadline=None, settled=None):
     bounds: list[tuple[torch.Tensor, torch.Tensor]] = []
     # With splits, layers up to the first split layer keep their (clamped) base bounds: nothing
     # before them changed, so recomputing would give the base bounds again.
@@ -407,6 +411,8 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadlin
     if splits is not None:
         split_layers = [j for j, s in enumerate(splits) if bool((s != 0).any())]
         first_split = split_layers[0] if split_layers else len(splits)
+    if settled is not None:
+        first_split = max(first_split, int(settled.min()))
     for i in range(len(chain.blocks) - 1):
         shape = chain.out_shapes[i]
         bl, bu = base[i]
@@ -425,6 +431,8 @@ def _crown_intermediate_unstable(chain, lo, hi, base, ball, splits=None, deadlin
             bl, bu = torch.maximum(bl, (c - r).reshape(B, -1)), torch.minimum(bu, (c + r).reshape(B, -1))
         bl, bu = clamp_split(bl, bu, s_i)
         unstable = (bl < 0) & (bu > 0)
+        if settled is not None:  # points whose bounds of this layer are already the sub-problem's
+            unstable &= (settled < i).unsqueeze(1)
         k = int(unstable.sum(1).max()) if unstable.numel() else 0
         if k == 0 or (i == 0 and ball is None and _ibp_exact(chain.blocks[0])):
             bounds.append((bl.reshape(B, *shape), bu.reshape(B, *shape)))

@@ -209,3 +209,63 @@ def test_auto_sub_problem_bounds_reuse_first_then_refresh(monkeypatch):
     spec_verify.relu_bab(None, None, None, None, None, None, now + 10.0, "reuse")
     spec_verify.relu_bab(None, None, None, None, None, None, None, "refresh")
     assert calls == [False, True]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_child_refresh_after_its_newest_split_layer_holds_for_points_meeting_the_splits(seed):
+    """A child domain's intervals refreshed only after the layer of its newest split, from its
+    parent's refreshed ones: up to that layer they are the parent's (the new neuron clamped), after
+    it inside the parent's, and every sampled point meeting the child's splits lies inside them.
+    (They need not equal a refresh of every layer from the root's: CROWN's adaptive lower slopes
+    make a later bound non-monotone in the earlier intervals; both are sound.)"""
+    model = _net(seed, width=12, depth=4)
+    chain = cb.Chain.of(model, (2,))
+    lo, hi = _box()
+    root = cb.crown_intermediate(chain, lo, hi)
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(20_000, 2, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # every ReLU input at the samples
+        zs, h = [], x
+        for block in chain.blocks[:-1]:
+            for m in block:
+                h = m(h)
+            zs.append(h)
+            h = torch.relu(h)
+    L = len(root)
+    checked = 0
+    for trial in range(12):
+        # the activation pattern of one sample on a few unstable neurons per layer (so the domain is
+        # not empty); the child fixes one more neuron of layer k the same way
+        p = int(torch.randint(len(x), (1,), generator=g))
+        k = trial % (L - 1)
+        picks = []
+        for j in range(L):
+            unstable = ((root[j][0][0] < 0) & (root[j][1][0] > 0)).nonzero().flatten()
+            picks.append(unstable[torch.randperm(len(unstable), generator=g)].tolist())
+        if not picks[k]:
+            continue
+        parent_sp = [torch.zeros(1, root[j][0].shape[1], dtype=torch.int8) for j in range(L)]
+        for j in range(L):
+            for n in picks[j][1:3]:
+                parent_sp[j][0, n] = 1 if zs[j][p, n] >= 0 else -1
+        child_sp = [s.clone() for s in parent_sp]
+        n = picks[k][0]
+        child_sp[k][0, n] = 1 if zs[k][p, n] >= 0 else -1
+        parent = cb.crown_intermediate(chain, lo, hi, base=root, splits=parent_sp)
+        child = cb.crown_intermediate(chain, lo, hi, base=parent, splits=child_sp, settled=torch.tensor([k]))
+        meets = torch.ones(len(x), dtype=torch.bool)
+        for j in range(L):
+            s = child_sp[j][0]
+            meets &= ((zs[j] >= 0) | (s <= 0)).all(1) & ((zs[j] <= 0) | (s >= 0)).all(1)
+        assert bool(meets[p])
+        for j in range(L):
+            (pl, pu), (cl, cu) = parent[j], child[j]
+            if j <= k:
+                ql, qu = cb.clamp_split(pl, pu, child_sp[j])
+                assert torch.equal(cl, ql) and torch.equal(cu, qu)
+            else:
+                assert bool((cl >= pl).all()) and bool((cu <= pu).all())
+            z = zs[j][meets]
+            assert bool((z >= cl[0] - 1e-9).all()) and bool((z <= cu[0] + 1e-9).all())
+        checked += 1
+    assert checked >= 8
