@@ -68,7 +68,7 @@ from torch import nn
 
 from robustcli.certify.onnx_layers import (
     Binary, Clip, Concat, ElementwiseAffine, Erf, Expand, FlatSoftmax, Gather, MatMul, OnnxGraph, Pad, Permute, PerPoint,
-    Pointwise, Reduce, Reshape, Resize, Slice, ToFloat, Transpose, UNARY, View,
+    Pointwise, PReLU, Reduce, Reshape, Resize, Slice, ToFloat, Transpose, UNARY, View,
 )
 from robustcli.core.errors import InputError, first_line
 
@@ -956,9 +956,15 @@ class _Converter:
                             "positive by construction (an exp, a sigmoid, sqrt(variance + eps), max(norm, eps)) are supported")
 
     def _pointwise(self, i, node, inputs: list[str], op: str) -> None:
-        """An elementwise operation of computed tensors and constants with numpy broadcasting, where
-        broadcasting keeps each point's values apart: every computed operand has the output's rank
-        (its batch axis first), no constant has a larger rank or a batch axis longer than 1."""
+        """An elementwise operation of computed tensors and constants with numpy broadcasting."""
+        dyn, constants = self._broadcast_operands(i, node, inputs)
+        self.add(Pointwise(op, len(inputs), constants), dyn, node.output[0])
+
+    def _broadcast_operands(self, i, node, inputs: list[str]) -> tuple[list[str], dict[int, torch.Tensor]]:
+        """The computed operands and the constants (by position) of an elementwise operation with
+        numpy broadcasting, checked to keep each point's values apart: every computed operand has
+        the output's rank (its batch axis first), no constant has a larger rank or a batch axis
+        longer than 1."""
         dyn = [n for n in inputs if n not in self.consts]
         shapes = [tuple(self.values[n].shape) if n in dyn else tuple(self.consts[n].shape) for n in inputs]
         try:
@@ -975,7 +981,7 @@ class _Converter:
             if len(shapes[k]) == len(out) and shapes[k][0] != 1 and not self.per_point:
                 raise self.fail(i, node, f"the constant {n!r} of shape {shapes[k]} varies along the batch axis")
             constants[k] = c if c.dtype == torch.bool else self._float(c)
-        self.add(Pointwise(op, len(inputs), constants), dyn, node.output[0])
+        return dyn, constants
 
     def _unary(self, i, node, inputs, a) -> None:
         self.add(UNARY[node.op_type](), inputs[:1], node.output[0])
@@ -993,7 +999,11 @@ class _Converter:
         self._pointwise(i, node, inputs, "Pow")
 
     def op_PRelu(self, i, node, inputs, a) -> None:
-        self._pointwise(i, node, inputs, "PRelu")
+        dyn, constants = self._broadcast_operands(i, node, inputs)
+        if dyn == inputs[:1]:  # a constant slope: the form the bound engines read (onnx_layers.PReLU)
+            self.add(PReLU(constants[1]), dyn, node.output[0])
+        else:
+            self.add(Pointwise("PRelu", len(inputs), constants), dyn, node.output[0])
 
     def _variadic(self, i, node, inputs, a) -> None:
         self._pointwise(i, node, inputs, node.op_type)

@@ -210,6 +210,20 @@ class Reciprocal(Unary):
 UNARY = {cls.__name__: cls for cls in (Abs, Exp, Log, Sqrt, Reciprocal)}
 
 
+class PReLU(nn.Module):
+    """ONNX PRelu with a constant slope of any shape that broadcasts over one point (per channel,
+    shared, or per element as Keras writes it): relu(x) + slope * min(x, 0). That equals PRelu bit
+    for bit (one of the two terms is exactly 0) and is written with a ReLU, so the bound engines
+    read it as a residual of a ReLU and a clamp (certify/trace.py) and bound it exactly as a ReLU."""
+
+    def __init__(self, slope: torch.Tensor):
+        super().__init__()
+        self.register_buffer("slope", slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) + self.slope * x.clamp(max=0)
+
+
 def _prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return torch.where(x < 0, x * slope, x)
 

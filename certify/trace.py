@@ -15,7 +15,8 @@ certify/chain_bounds.py): `nn.Sequential` of Linear, Conv2d, ReLU, BatchNorm1d/2
 SELU, Softplus, LogSigmoid, Hardsigmoid, and the non-monotone GELU, SiLU, Mish and Hardswish that
 native CROWN relaxes with certify/activation_lines.py; each carries `origin`, the ATen operation it came from, so an engine that cannot bound it names that), `ElementwiseAffine` (add/sub/mul/div by constants:
 normalisation layers), `Residual` (an add of two computed tensors that fork from one value) and
-`Concat` (a torch.cat of computed tensors that fork from one value, along a feature axis).
+`Concat` (a torch.cat of computed tensors that fork from one value, along a feature axis); PReLU and
+abs are written with a ReLU as such a residual (`_relu_split_form`).
 Parameters are copied (bounds are functions of the weights at the time of the call; training
 bounds the user's module directly, never this copy). Any other operation raises
 `UnsupportedOperation` naming the ATen op and the graph node, e.g. "aten.sin (node 'sin')".
@@ -319,6 +320,8 @@ class _Converter:
             return self._arith(node, op.rstrip("_"), values)
         if op in ("cat", "concat", "concatenate"):
             return self._concat(node, values)
+        if op in ("prelu", "_prelu_kernel", "abs", "abs_"):
+            return self._relu_split_form(node, op.rstrip("_"), values)
         if op in ("log_softmax", "_log_softmax", "softmax", "_softmax"):
             # over the class axis of flat logits: bounders drop a final one (bounders.without_final_head)
             v = self._input(node, values)
@@ -331,7 +334,7 @@ class _Converter:
         raise UnsupportedOperation(
             f"the native bound engines do not support {_where(node)} of this model; they bound linear, conv2d, relu, "
             "batch_norm, view/reshape/flatten, avg/max pooling, elementwise activations (sigmoid, tanh, leaky_relu, "
-            "hardtanh/clamp, elu, softplus, gelu, silu, ...), residual add, concatenation (cat) and add/sub/mul/div by constants"
+            "hardtanh/clamp, elu, softplus, gelu, silu, ...), residual add, concatenation (cat), prelu, abs and add/sub/mul/div by constants"
         )
 
     def _conv(self, node, op: str, values) -> _Value:
@@ -394,6 +397,31 @@ class _Converter:
             layer = simple[op]()
         layer.origin = _where(node)
         return self._then(self._input(node, values), layer, node)
+
+    def _relu_split_form(self, node, op: str, values) -> _Value:
+        """PReLU and abs as the same function written with a ReLU: prelu(x) = relu(x) + a min(x, 0)
+        and |x| = relu(x) - min(x, 0), a `Residual` of a ReLU and a clamp at 0 times a constant. Both
+        are exact rewrites (piecewise linear with one kink at 0), so every engine bounds them with
+        its ReLU relaxation (IBP is exact on PReLU with 0 <= a <= 1) and branch and bound splits
+        that ReLU, which decides the kink for both branches."""
+        v = self._input(node, values)
+        if op == "abs":
+            scale = -torch.ones((), dtype=self.example.dtype)
+        else:
+            a = self.const(node.args[1])
+            if a is None:
+                raise UnsupportedOperation(f"{_where(node)} has a computed slope; only a constant slope is supported")
+            a = a.to(self.example.dtype).reshape(-1)
+            if a.numel() == 1:
+                scale = a.reshape(())
+            elif not v.shape or a.numel() != v.shape[0]:
+                raise UnsupportedOperation(f"{_where(node)} has {a.numel()} slopes for {v.shape[0] if v.shape else 1} "
+                                           "channels")
+            else:  # one slope per channel: axis 1 of (N, C, ...)
+                scale = a.reshape(-1, *([1] * (len(v.shape) - 1)))
+        res = Residual(nn.Sequential(nn.ReLU()), nn.Sequential(Clip(None, 0.0), ElementwiseAffine(scale.clone(), None)))
+        res.origin = _where(node)
+        return self._then(v, res, node)
 
     def _batch_norm(self, node, op: str, values) -> _Value:
         a = list(node.args)

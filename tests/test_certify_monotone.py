@@ -120,13 +120,13 @@ def test_native_crown_on_tanh_and_max_pooling_is_as_tight_as_auto_lirpa():
 
 
 def test_native_crown_refuses_an_activation_without_lines_in_one_line():
-    """PReLU (a learned slope per channel) has no lines here: refused, named, one line."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.PReLU(), nn.Linear(8, 3)).eval()
+    """Hardshrink (a jump at +-lambda) has no lines here: refused, named, one line."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Hardshrink(), nn.Linear(8, 3)).eval()
     for method in ("crown", "alpha-crown"):
         with pytest.raises(UnsupportedLayer) as e:
             build_bounder(method, model, torch.rand(2, 1, 4, 4))
         msg = str(e.value)
-        assert "PReLU" in msg and "'2'" in msg and "\n" not in msg
+        assert "Hardshrink" in msg and "'2'" in msg and "\n" not in msg
 
 
 def test_leaky_relu_with_a_negative_slope_is_bounded_through_its_range():
