@@ -217,11 +217,16 @@ class _Converter:
         self.steps: list[tuple[nn.Module, list[str], str]] = []
         # The default domain's opset: attributes moved to inputs and semantics changed across opsets.
         self.opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=1)
+        newest = _require_onnx().defs.onnx_opset_version()
+        if self.opset > newest:  # operator semantics of an opset this tool has never seen: unknown
+            raise InputError(f"the ONNX file imports opset {self.opset} of the default domain, newer than the {newest} "
+                             f"this tool knows; export it with opset {newest} or lower")
         # How often each tensor is read (by nodes and as the graph output): a pattern may be fused only
         # where its inner values are read by nothing else.
         self.uses: dict[str, int] = {}
         for n in [*(x for node in graph.node for x in node.input), self.output_name]:
             self.uses[n] = self.uses.get(n, 0) + 1
+        self.node: tuple[int, Any] = (-1, graph)  # the node being converted (its index and proto)
         self.signs: dict[str, str] = {}  # "pos" / "nonneg": computed tensors of that sign in exact arithmetic
         self.gates: dict[str, tuple[str, str]] = {}  # sigmoid-like output -> (fused layer, its input)
 
@@ -240,8 +245,13 @@ class _Converter:
 
     def add(self, module: nn.Module, ins: list[str], out: str) -> None:
         module.eval()
+        args = [self.values[i] for i in ins]
+        shape = _meta_shape(module, args)
+        if shape is not None and math.prod(shape) > MAX_DECLARED_ELEMENTS:
+            raise self.fail(*self.node, f"its output would have shape {list(shape)} ({math.prod(shape):,} elements), "
+                            f"more than the {MAX_DECLARED_ELEMENTS:,} allowed")
         with torch.no_grad():
-            self.values[out] = module(*[self.values[i] for i in ins])
+            self.values[out] = module(*args)
         self.steps.append((module, ins, out))
 
     # -- conversion ----------------------------------------------------------------------------
@@ -259,6 +269,8 @@ class _Converter:
             missing = [n for n in inputs if n not in self.consts and n not in self.values]
             if missing:
                 raise self.fail(i, node, f"input {missing[0]!r} is not computed before it (graph not sorted?)")
+            self.node = (i, node)  # for add()'s refusals
+            self._check_finite_constants(i, node, inputs)
             a = self.attrs(node)
             handler(i, node, inputs, a)
             sign = self._output_sign(node, inputs, a)
@@ -268,11 +280,26 @@ class _Converter:
             raise InputError(f"the ONNX output {self.output_name!r} is not computed from the input")
         return self.steps
 
+    def _check_finite_constants(self, i: int, node: Any, inputs: list[str]) -> None:
+        """Refuse a constant operand holding NaN, or inf outside the ops where infinity is a bound or a
+        mask value: an infinite weight makes outputs inf or NaN (inf * 0) and bound arithmetic inf - inf,
+        so nothing certified about it would mean anything."""
+        for n in inputs:
+            t = self.consts.get(n)
+            if t is None or not t.is_floating_point() or bool(torch.isfinite(t).all()):
+                continue
+            if bool(torch.isnan(t).any()):
+                raise self.fail(i, node, f"its constant operand {n!r} holds NaN values; the model cannot be evaluated")
+            if node.op_type not in INFINITY_OPERANDS:
+                raise self.fail(i, node, f"its constant operand {n!r} holds infinite values; a network with infinite "
+                                "weights cannot be evaluated or bounded (re-export it with finite weights)")
+
     def fold(self, i: int, node: Any, inputs: list[str]) -> None:
         """Evaluate a node whose inputs are all constants (weights transposed by a node, shape arithmetic)."""
         a = self.attrs(node)
         x = [self.consts[n].numpy() for n in inputs]
         op = node.op_type
+        self._check_fold_size(i, node, op, x)
         try:
             if op == "Constant":
                 out = self._constant_value(a)
@@ -333,6 +360,35 @@ class _Converter:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise self.fail(i, node, str(e)) from None
         self.consts[node.output[0]] = torch.from_numpy(np.array(out))
+
+    def _check_fold_size(self, i: int, node: Any, op: str, x: list[np.ndarray]) -> None:
+        """Refuse a folded constant past MAX_DECLARED_ELEMENTS (or a constant MatMul past MAX_FOLD_PRODUCTS
+        multiply-adds) from its inputs' shapes, before numpy allocates or computes it."""
+        try:
+            if op == "Expand":
+                shape = np.broadcast_shapes(x[0].shape, tuple(int(d) for d in x[1].reshape(-1).tolist()))
+            elif op == "Tile":
+                shape = tuple(int(d) * int(r) for d, r in zip(x[0].shape, x[1].reshape(-1).tolist()))
+            elif op == "Range":
+                start, limit, delta = (float(v.item()) for v in x[:3])
+                shape = (max(math.ceil((limit - start) / delta), 0),) if delta else (0,)
+            elif op == "MatMul" and len(x) == 2 and x[0].ndim and x[1].ndim:
+                batch = math.prod(np.broadcast_shapes(x[0].shape[:-2], x[1].shape[:-2]))
+                rows, cols = (x[0].shape[-2] if x[0].ndim > 1 else 1), (x[1].shape[-1] if x[1].ndim > 1 else 1)
+                products = batch * rows * x[0].shape[-1] * cols
+                if products > MAX_FOLD_PRODUCTS:
+                    raise self.fail(i, node, f"multiplying constants of shapes {list(x[0].shape)} and {list(x[1].shape)} "
+                                    f"takes {products:,} multiply-adds, more than the {MAX_FOLD_PRODUCTS:,} allowed")
+                return
+            elif len(x) > 1:
+                shape = np.broadcast_shapes(*(v.shape for v in x))
+            else:
+                return
+        except (ValueError, TypeError, OverflowError):
+            return  # shapes that do not combine: the operation itself says so
+        if math.prod(shape) > MAX_DECLARED_ELEMENTS:
+            raise self.fail(i, node, f"its constant output would have shape {list(shape)} ({math.prod(shape):,} "
+                            f"elements), more than the {MAX_DECLARED_ELEMENTS:,} allowed")
 
     def _constant_value(self, a: dict[str, Any]) -> np.ndarray:
         """A Constant node's value: a tensor, or (opset >= 12) one float / int or a list of them."""
@@ -1277,6 +1333,27 @@ def _check_dims(dims: list, what: str, allow_zero: bool) -> None:
         total *= d
     if total > MAX_DECLARED_ELEMENTS:
         raise InputError(f"{what} declares shape {list(dims)} ({total:,} elements), more than the {MAX_DECLARED_ELEMENTS:,} allowed")
+
+
+# Multiply-adds of a MatMul of two constants folded at conversion (2**33: seconds of numpy).
+MAX_FOLD_PRODUCTS = 1 << 33
+# Ops whose constant operands may be infinite: bounds (Clip), fill values (Pad) and mask values (Where,
+# Max, Min and comparisons) -- infinity selects or clamps there, it is never multiplied.
+INFINITY_OPERANDS = {"Clip", "Pad", "Where", "Max", "Min", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+
+
+def _meta_shape(module: nn.Module, args: list[torch.Tensor]) -> tuple[int, ...] | None:
+    """The shape `module(*args)` would have, from a run on the meta device (shapes only: nothing is
+    allocated or computed); None when the module does not run there (then only the real run tells)."""
+    from torch.func import functional_call
+
+    try:
+        state = {k: v.to("meta") for k, v in [*module.named_parameters(), *module.named_buffers()]}
+        with torch.no_grad():
+            out = functional_call(module, state, tuple(a.to("meta") for a in args))
+    except Exception:  # noqa: BLE001 - data-dependent or meta-less operations
+        return None
+    return tuple(out.shape) if isinstance(out, torch.Tensor) else None
 
 
 def _check_batch_independent(module: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype) -> None:

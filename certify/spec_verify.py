@@ -71,10 +71,13 @@ class SpecResult:
 
 
 def refuted(lower: torch.Tensor, case: SpecCase) -> torch.Tensor:
-    """(B, D) bool: disjunct j is impossible in domain b (one of its margins is bounded above 0)."""
+    """(B, D) bool: disjunct j is impossible in domain b (one of its margins is bounded above 0). A
+    lower bound of +inf is no proof: finite weights over a finite box give finite bounds, so +inf is
+    float overflow, whose true value may be anything."""
     _, _, rows = case.stacked()
     if not rows:
         return torch.ones(lower.shape[0], 0, dtype=torch.bool)
+    lower = torch.where(torch.isfinite(lower), lower, torch.zeros((), dtype=lower.dtype, device=lower.device))
     return torch.stack(
         [(lower[:, sl] > 0).any(1) if sl.stop > sl.start else torch.zeros(lower.shape[0], dtype=torch.bool, device=lower.device)
          for sl in rows], 1)

@@ -122,6 +122,11 @@ class _Atom:
     strict: bool
     line: int
 
+    def __post_init__(self) -> None:
+        # A variable whose coefficient cancelled (X_0 - X_0, 0 * X_0) is not in the comparison: an
+        # input bound c X_i <= k with c = 0 is the constant comparison 0 <= k.
+        self.margin = _Linear({k: v for k, v in self.margin.coeffs.items() if v != 0.0}, self.margin.const)
+
 
 def _parse_sexprs(text: str, source: str) -> list[_Node]:
     """The top-level forms of `text`. Atoms are kept as interned strings (no per-token line
@@ -193,7 +198,8 @@ class _Reader:
                 continue
             values = results[len(results) - len(args) :]
             del results[len(results) - len(args) :]
-            results.append(self._combine_term(item, op, values) if mode == "term" else self._combine_formula(item, op, values))
+            results.append(self._finite(item, op, self._combine_term(item, op, values)) if mode == "term"
+                           else self._combine_formula(item, op, values))
         return results[0]
 
     def _child_mode(self, item: _Node, op: str | None, args: list, mode: str) -> str:
@@ -250,6 +256,14 @@ class _Reader:
             return parts[0].scaled(1.0 / parts[1].const)
         raise self.err(item.line, f"unsupported term ({op} ...)")
 
+    def _finite(self, item: _Node, op: str, value: _Linear) -> _Linear:
+        """`value` unless its arithmetic overflowed float64: an inf or NaN coefficient would make the
+        bound engines refute margins with inf - inf, so such a term is refused, not evaluated."""
+        if math.isfinite(value.const) and all(math.isfinite(c) for c in value.coeffs.values()):
+            return value
+        raise self.err(item.line, f"({op} ...) overflows double precision (a coefficient or constant is "
+                       "not finite); rescale its numbers")
+
     def _combine_formula(self, item: _Node, op: str, subs) -> list[list[_Atom]]:
         if op == "and":
             terms: list[list[_Atom]] = [[]]
@@ -263,11 +277,11 @@ class _Reader:
             _check_expansion(len(out), sum(map(len, out)), f"{self.source}:{item.line}")
             return out
         a, b = subs
+        diff = self._finite(item, op, a.plus(b.scaled(-1.0)))  # the margin a - b of the comparison
         if op in ("<=", "<"):
-            return [[_Atom(a.plus(b.scaled(-1.0)), op == "<", item.line)]]
+            return [[_Atom(diff, op == "<", item.line)]]
         if op in (">=", ">"):
-            return [[_Atom(b.plus(a.scaled(-1.0)), op == ">", item.line)]]
-        diff = a.plus(b.scaled(-1.0))
+            return [[_Atom(diff.scaled(-1.0), op == ">", item.line)]]
         return [[_Atom(diff, False, item.line), _Atom(diff.scaled(-1.0), False, item.line)]]
 
 
@@ -295,6 +309,9 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
         if op == "declare-const":
             if len(node.items) != 3 or not isinstance(node.items[1], str):
                 raise r.err(node.line, "malformed declare-const")
+            if node.items[2] != "Real":  # an Int or Bool variable would need integer reasoning this tool does not do
+                raise r.err(node.line, f"{node.items[1]} is declared of sort "
+                            f"{node.items[2] if isinstance(node.items[2], str) else '(...)'}; only Real variables are supported")
             name = node.items[1]
             if not _VAR.match(name):
                 raise r.err(node.line, f"variable {name!r} is not named X_<i> (input) or Y_<j> (output)")

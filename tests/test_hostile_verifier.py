@@ -1,0 +1,168 @@
+"""Attacker-made inputs to the verifier surface (`certify --spec`, `vnncomp`): properties whose
+arithmetic overflows or cancels, networks with infinite weights, graphs whose intermediate tensors
+or folded constants would exhaust memory. Each is refused in one line with exit 2 (or parsed for
+what it means), never answered `holds` from inf / NaN arithmetic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hostile_files import one_error_line
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_helpers import mlp_onnx, tensor, vnnlib_box  # noqa: E402
+
+from robustcli.certify.onnx_import import onnx_to_torch  # noqa: E402
+from robustcli.certify.vnnlib import parse_vnnlib  # noqa: E402
+from robustcli.core.errors import InputError  # noqa: E402
+
+W = np.random.default_rng(0).standard_normal((3, 12)).astype(np.float32)
+BOX = vnnlib_box([0.0] * 12, [0.1] * 12, 0, 3)
+HEAD = "".join(f"(declare-const X_{i} Real)\n" for i in range(12)) + "".join(f"(declare-const Y_{j} Real)\n" for j in range(3))
+BOUNDS = "".join(f"(assert (<= X_{i} 0.1))\n(assert (>= X_{i} 0.0))\n" for i in range(12))
+
+
+def _raw(path: Path, nodes, inits=(), in_shape=(1, 12), out_shape=(1, 3), opset: int = 13) -> Path:
+    """An ONNX file (1, 12) -> (1, 3) written without the checker's shape inference."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], initializer=list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _gemm(path: Path, w=W, b=None, **kw) -> Path:
+    inits = [tensor("w", w)] + ([tensor("b", b)] if b is not None else [])
+    return _raw(path, [helper.make_node("Gemm", ["x", "w", *(["b"] if b is not None else [])], ["y"], transB=1)], inits, **kw)
+
+
+# -- VNNLIB arithmetic ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line", [
+    "(assert (<= (* 1e300 1e300 Y_0) Y_1))",  # coefficient inf
+    "(assert (<= (- (* 1e300 1e300 Y_0) (* 1e300 1e300 Y_0)) Y_1))",  # inf - inf: NaN, once read as `holds`
+    "(assert (<= (/ Y_0 1e-320) Y_1))",  # division by a subnormal
+    "(assert (<= Y_0 (+ 1e308 1e308)))",  # constant overflow
+    "(assert (<= (* 1e308 Y_0) (* -1e308 Y_0)))",  # the comparison's margin a - b overflows
+])
+def test_property_arithmetic_that_overflows_is_refused(line):
+    with pytest.raises(InputError, match=r"p.vnnlib:\d+: .*overflows double precision"):
+        parse_vnnlib(BOX + line + "\n", "p.vnnlib")
+
+
+def test_cancelled_input_coefficients_are_constant_comparisons():
+    """0 * X_0 and X_0 - X_0 used to divide by zero reading the input box; they compare constants."""
+    true_ = parse_vnnlib(BOX + "(assert (<= (- X_0 X_0) 1))\n(assert (<= (* 0 X_1) 0))\n")
+    assert len(true_.cases) == 1 and float(true_.cases[0].upper[0]) == 0.1
+    assert parse_vnnlib(BOX + "(assert (<= (* 0 X_0) -1))\n").cases == []  # 0 <= -1: no input, the property holds
+    assert parse_vnnlib(BOX + "(assert (< (- X_0 X_0) 0))\n").cases == []
+
+
+@pytest.mark.parametrize("sort", ["Int", "Bool", "(Array Int Real)"])
+def test_variables_of_other_sorts_are_refused(sort):
+    text = BOX.replace("(declare-const X_3 Real)", f"(declare-const X_3 {sort})")
+    with pytest.raises(InputError, match="X_3 is declared of sort .*only Real"):
+        parse_vnnlib(text, "p.vnnlib")
+
+
+def test_cli_refuses_a_nan_property_instead_of_proving_it(tmp_path, run_cli):
+    net = mlp_onnx(tmp_path / "net.onnx")
+    spec = tmp_path / "nan.vnnlib"
+    spec.write_text(BOX + "(assert (<= (- (* 1e300 1e300 Y_0) (* 1e300 1e300 Y_0)) Y_1))\n")
+    res = tmp_path / "result.txt"
+    r = run_cli("certify", "--model", net, "--spec", spec, "--result-file", res)
+    assert "overflows double precision" in one_error_line(r)
+    assert "holds" not in r.output and not res.exists()
+
+
+# -- ONNX weights ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, build", [
+    ("inf-bias", lambda p: _gemm(p, b=np.array([np.inf, 0, 0], np.float32))),  # was `holds (by ibp)`
+    ("inf-weight", lambda p: _gemm(p, w=np.where(np.arange(36).reshape(3, 12) == 5, np.inf, W).astype(np.float32))),
+    ("inf-scale", lambda p: _raw(p, [helper.make_node("Mul", ["x", "s"], ["xs"]), helper.make_node("Gemm", ["xs", "w"], ["y"], transB=1)],
+                                 [tensor("s", np.full((1, 12), -np.inf, np.float32)), tensor("w", W)])),
+    ("folded-nan", lambda p: _raw(p, [helper.make_node("Mul", ["i", "z"], ["n"]), helper.make_node("Gemm", ["x", "n"], ["y"], transB=1)],
+                                  [tensor("i", np.full((3, 12), np.inf, np.float32)), tensor("z", np.zeros((3, 12), np.float32))])),
+])
+def test_infinite_weights_are_refused_by_certify(tmp_path, run_cli, name, build):
+    net = build(tmp_path / f"{name}.onnx")
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(BOX)
+    line = one_error_line(run_cli("certify", "--model", net, "--spec", spec, "--timeout", "20"))
+    assert ("infinite values" if name != "folded-nan" else "NaN values") in line, line
+
+
+def test_infinite_clip_bound_is_still_a_clip(tmp_path):
+    """Infinity as a bound (Clip max = inf) is no weight: the network converts and computes relu."""
+    net = _raw(tmp_path / "clip.onnx", [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), helper.make_node("Gemm", ["c", "w"], ["y"], transB=1)],
+               [tensor("lo", np.array(0, np.float32)), tensor("hi", np.array(np.inf, np.float32)), tensor("w", W)])
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        assert torch.allclose(onnx_to_torch(net).module(x), x.clamp(min=0) @ torch.from_numpy(W).T, atol=1e-6)
+
+
+def test_spec_refutation_needs_a_finite_lower_bound():
+    from robustcli.certify.spec_verify import refuted
+
+    (case,) = parse_vnnlib(HEAD + BOUNDS + "(assert (>= Y_1 Y_0))\n").cases
+    low = torch.tensor([[float("inf")], [float("nan")], [0.5]], dtype=torch.float64)
+    assert refuted(low, case)[:, 0].tolist() == [False, False, True]
+
+
+# -- ONNX tensors that would exhaust memory -------------------------------------------------------
+
+
+def _one(value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array([value], np.float32))
+
+
+BOMBS = {
+    "tile": ([helper.make_node("Tile", ["x", "r"], ["t"]), helper.make_node("Gemm", ["t", "w"], ["y"], transB=1)],
+             [tensor("r", np.array([1, 1 << 30], np.int64)), tensor("w", W)], "output would have shape"),
+    "pad": ([helper.make_node("Pad", ["x", "p"], ["t"]), helper.make_node("Gemm", ["t", "w"], ["y"], transB=1)],
+            [tensor("p", np.array([0, 0, 0, 1 << 34], np.int64)), tensor("w", W)], "output would have shape"),
+    "conv-transpose-stride": ([helper.make_node("Reshape", ["x", "s"], ["r"]),
+                               helper.make_node("ConvTranspose", ["r", "k"], ["c"], strides=[1 << 16, 1 << 16]),
+                               helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)],
+                              [tensor("s", np.array([1, 1, 3, 4], np.int64)), tensor("k", np.ones((1, 1, 1, 1), np.float32)), tensor("w", W)],
+                              "output would have shape"),
+    "folded-expand": ([helper.make_node("Expand", ["c", "s"], ["e"]), helper.make_node("Add", ["x", "e"], ["t"]),
+                       helper.make_node("Gemm", ["t", "w"], ["y"], transB=1)],
+                      [tensor("c", np.ones((1, 12), np.float32)), tensor("s", np.array([1 << 20, 1 << 20, 12], np.int64)), tensor("w", W)],
+                      "constant output would have shape"),
+    "folded-range": ([helper.make_node("Range", ["a", "b", "d"], ["r"]), helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+                     [tensor("a", np.array(0, np.int64)), tensor("b", np.array(1 << 40, np.int64)), tensor("d", np.array(1, np.int64)), tensor("w", W)],
+                     "constant output would have shape"),
+    "folded-broadcast": ([helper.make_node("Add", ["c1", "c2"], ["r"]), helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+                         [tensor("c1", np.ones((1 << 16, 1), np.float32)), tensor("c2", np.ones((1, 1 << 16), np.float32)), tensor("w", W)],
+                         "constant output would have shape"),
+    "folded-matmul": ([helper.make_node("ConstantOfShape", ["s"], ["c"], value=_one(1.0)), helper.make_node("MatMul", ["c", "c"], ["cc"]),
+                       helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)],
+                      [tensor("s", np.array([1, 4096, 4096], np.int64)), tensor("w", W)], "multiply-adds"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_tensors_past_the_size_limit_are_refused_before_they_are_built(tmp_path, name):
+    nodes, inits, words = BOMBS[name]
+    with pytest.raises(InputError, match=words):
+        onnx_to_torch(_raw(tmp_path / f"{name}.onnx", nodes, inits))
+
+
+def test_an_opset_from_the_future_is_refused(tmp_path, run_cli):
+    """Operator semantics change across opsets; one this tool's onnx does not know is not guessed."""
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(BOX)
+    line = one_error_line(run_cli("certify", "--model", _gemm(tmp_path / "future.onnx", opset=99), "--spec", spec))
+    assert "opset 99" in line and "export it with opset" in line
