@@ -523,8 +523,11 @@ def without_final_head(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
         inner = without_final_head(model.model, example)
         return (inner[0], "log_probabilities") if inner is not None and inner[1] == "softmax" else None
 
+    def plain(tree: nn.Module) -> bool:  # a Sequential subclass with its own forward may compute anything
+        return isinstance(tree, nn.Sequential) and type(tree).forward is nn.Sequential.forward
+
     def strip(tree: nn.Module) -> tuple[nn.Module, str] | None:
-        if isinstance(tree, nn.Sequential) and len(tree) > 1:
+        if plain(tree) and len(tree) > 1:
             last = tree[-1]
             head = _HEADS.get(type(last))
             if head is not None and last.dim in (1, -1):
@@ -542,7 +545,7 @@ def without_final_head(model: nn.Module, example: torch.Tensor) -> tuple[nn.Modu
         return found if z.dim() == 2 else None
 
     stripped = strip(model)
-    if stripped is not None or isinstance(model, nn.Sequential):
+    if stripped is not None or plain(model):
         return over_classes(stripped)
     from robustcli.certify.trace import UnsupportedOperation, canonical_model
 

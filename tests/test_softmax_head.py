@@ -232,6 +232,22 @@ def test_a_softmax_before_the_output_is_refused_in_one_line():
             assert "softmax" in msg and "\n" not in msg, msg
 
 
+class Doubled(nn.Sequential):
+    """A Sequential whose own forward does more than its layers: its softmax is not its last step."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_a_sequential_with_its_own_forward_is_read_from_its_graph():
+    net = _mlp()
+    x = torch.rand(2, 6)
+    model = Doubled(*net, nn.Softmax(dim=1)).eval()
+    assert without_final_head(model, x) is None
+    with pytest.raises(InputError, match="softmax"):
+        build_bounder("crown", model, x)
+
+
 def test_the_head_removed_is_named():
     net = _mlp()
     x = torch.rand(2, 6)
