@@ -57,6 +57,7 @@ from robustcli.certify.softmax_head import SpecRows
 from robustcli.certify.spec_attack import float32_box, spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
 from robustcli.core.errors import InputError
+from robustcli.core.nn import model_float_dtype
 
 METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 BAB_SPLITS = ("auto", "input", "relu")
@@ -246,15 +247,6 @@ def logits_and_head(model: nn.Module, input_shape: tuple[int, ...], device: torc
     except InputError:
         return model, None
     return (model, None) if found is None else found
-
-
-def model_float_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype the model takes its input in: its first floating parameter's (its first
-    floating buffer's when it has no parameters), float32 when it has neither."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
 
 
 def attack_copy(model: nn.Module) -> nn.Module:
