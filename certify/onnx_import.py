@@ -142,8 +142,11 @@ def load_onnx(path: str | Path) -> Any:
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - protobuf or checker failure: a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot read {path.name} as an ONNX model: {first}") from None
+        # The checker spreads one sentence over lines ("... input 'b' of node:\nname: ... OpType: Add\n is
+        # not output of any previous nodes."): joined, it stays one line and says which node.
+        said = " ".join(str(e).split())
+        said = (said[:300] + " ...") if len(said) > 300 else (said or type(e).__name__)
+        raise InputError(f"cannot read {path.name} as an ONNX model: {said}") from None
     return model
 
 

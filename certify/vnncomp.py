@@ -112,7 +112,7 @@ def _instance(path: Path, lineno: int, row: list[str]) -> Instance | None:
         raise InputError(f"{path.name}:{lineno}: timeout {row[2].strip()!r} must be a positive number of seconds")
     for p in (net, prop):
         if not p.is_file():
-            raise InputError(f"{path.name}:{lineno}: {p} does not exist")
+            raise InputError(f"{path.name}:{lineno}: {p} {'is not a regular file' if p.exists() else 'does not exist'}")
     return Instance(net, prop, timeout, row[0].strip(), row[1].strip())
 
 
@@ -237,6 +237,9 @@ def run_benchmark(
 ) -> list[InstanceResult]:
     """Run every instance; results come back in the order they are decided (input order for jobs=1)."""
     results = []
+    # Each worker process holds its own torch and networks: more workers than instances or CPU cores
+    # only cost memory (an executor of 10,000 spawned processes would exhaust it).
+    jobs = min(jobs, len(instances), os.cpu_count() or 1)
     if jobs <= 1:
         models: dict = {}
         for inst in instances:

@@ -80,6 +80,8 @@ def run_spec_check(
     for out in (ce_path, Path(result_file) if result_file else None):
         if out is not None and out.parent and not out.parent.exists():
             raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    _refuse_overwriting_inputs({"--counterexample": ce_path, "--result-file": result_file},
+                               {"the property": Path(spec), "the model": Path(loaded.name)})
     methods = request.methods
     with progress_bar("verifying", len(methods)) as advance:
         started: list[str] = []
@@ -113,6 +115,18 @@ def run_spec_check(
             tmp.write_text(result_file_text(result.status, witness))
         report["result_file"] = str(result_file)
     return result, report
+
+
+def _refuse_overwriting_inputs(outputs: dict[str, str | Path | None], inputs: dict[str, Path]) -> None:
+    """An output naming the property, the model or the other output would overwrite it with a result."""
+    seen = {p.resolve(): what for what, p in inputs.items() if p.exists()}
+    for flag, out in outputs.items():
+        if out is None:
+            continue
+        where = Path(out).resolve()
+        if where in seen:
+            raise InputError(f"{flag} {out} is {seen[where]} file too; write it to another file")
+        seen[where] = f"the {flag}"
 
 
 def spec_tables(report: dict) -> None:

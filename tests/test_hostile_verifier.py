@@ -166,3 +166,74 @@ def test_an_opset_from_the_future_is_refused(tmp_path, run_cli):
     spec.write_text(BOX)
     line = one_error_line(run_cli("certify", "--model", _gemm(tmp_path / "future.onnx", opset=99), "--spec", spec))
     assert "opset 99" in line and "export it with opset" in line
+
+
+# -- outputs that would destroy inputs, file-system failures, worker counts ----------------------
+
+
+@pytest.fixture()
+def bench(tmp_path) -> Path:
+    mlp_onnx(tmp_path / "net.onnx")
+    (tmp_path / "p.vnnlib").write_text(BOX)
+    (tmp_path / "i.csv").write_text("net.onnx,p.vnnlib,10\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("flag, target", [("--counterexample", "p.vnnlib"), ("--result-file", "net.onnx"), ("--result-file", "ce")])
+def test_certify_outputs_never_overwrite_the_inputs(bench, run_cli, flag, target):
+    before = {p.name: p.read_bytes() for p in bench.iterdir()}
+    args = ["certify", "--model", bench / "net.onnx", "--spec", bench / "p.vnnlib", "--counterexample", bench / "ce", flag, bench / target]
+    line = one_error_line(run_cli(*args))
+    assert f"{flag} {bench / target} is the" in line and "another file" in line
+    assert {p.name: p.read_bytes() for p in bench.iterdir()} == before
+
+
+@pytest.mark.parametrize("flag, target", [("--out", "i.csv"), ("--json", "net.onnx"), ("--out", "p.vnnlib")])
+def test_vnncomp_outputs_never_overwrite_the_inputs(bench, run_cli, flag, target):
+    before = {p.name: p.read_bytes() for p in bench.iterdir()}
+    line = one_error_line(run_cli("vnncomp", bench / "i.csv", flag, bench / target))
+    assert "one of the benchmark's input files" in line
+    assert {p.name: p.read_bytes() for p in bench.iterdir()} == before
+
+
+def test_vnncomp_results_file_on_a_read_only_disk_is_one_line(bench, run_cli, monkeypatch):
+    """Simulated (the tests run as root, which ignores folder permissions)."""
+    import errno
+    import os
+
+    import robustcli.commands.vnncomp as command
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(command, "open", read_only, raising=False)
+    line = one_error_line(run_cli("vnncomp", bench / "i.csv", "--out", bench / "r.csv"))
+    assert line == f"error: cannot write {bench / 'r.csv'}: the file system is read-only"
+    assert not (bench / "r_counterexamples").exists()
+
+
+def test_a_folder_named_as_a_network_is_not_a_missing_file(bench, run_cli):
+    (bench / "d.onnx").mkdir()
+    (bench / "i.csv").write_text("d.onnx,p.vnnlib,10\n")
+    assert "d.onnx is not a regular file" in one_error_line(run_cli("vnncomp", bench / "i.csv"))
+
+
+def test_worker_processes_are_capped_by_instances_and_cores(bench, monkeypatch):
+    from robustcli.certify import vnncomp
+
+    asked = []
+
+    class NoPool:
+        def __init__(self, workers, **kw):
+            asked.append(workers)
+            raise RuntimeError("stop")
+
+    monkeypatch.setattr(vnncomp, "ProcessPoolExecutor", NoPool)
+    monkeypatch.setattr(vnncomp.os, "cpu_count", lambda: 4)
+    insts = vnncomp.read_instances(bench / "i.csv") * 3
+    for jobs, workers in ((100_000, 3), (2, 2)):
+        with pytest.raises(RuntimeError, match="stop"):
+            vnncomp.run_benchmark(insts, jobs=jobs, methods=("attack",))
+        assert asked.pop() == workers
+    monkeypatch.setattr(vnncomp.os, "cpu_count", lambda: 1)  # one core: in this process, no pool
+    assert [r.result for r in vnncomp.run_benchmark(insts[:1], jobs=8, methods=("attack",))] == ["violated"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import errno
 import os
+from typing import Callable, TypeVar
 
 import click
 
@@ -19,6 +21,24 @@ from robustcli.report import print_table, write_json
 from robustcli.verify_requests import VnncompRequest
 
 RESULTS = ("holds", "violated", "unknown", "timeout", "error")
+T = TypeVar("T")
+
+
+def writable(path, act: Callable[[], T]) -> T:
+    """`act()`, with a file-system failure (read-only folder, full disk) as one line naming `path`."""
+    try:
+        return act()
+    except OSError as e:
+        why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only"}.get(e.errno, e.strerror)
+        raise InputError(f"cannot write {path}: {why or type(e).__name__}") from None
+
+
+def refuse_overwriting_inputs(instances: str, todo: list, outputs: dict[str, str | None]) -> None:
+    """An output path naming the instances CSV, a network or a property would empty that input."""
+    inputs = {Path(instances).resolve()} | {p.resolve() for inst in todo for p in (inst.network, inst.property)}
+    for flag, out in outputs.items():
+        if out and Path(out).resolve() in inputs:
+            raise InputError(f"{flag} {out} is one of the benchmark's input files; write the results to another file")
 
 
 @click.command("vnncomp", cls=RobustCommand)
@@ -35,7 +55,8 @@ RESULTS = ("holds", "violated", "unknown", "timeout", "error")
               help=f"Stages in order (default all: {' '.join(VnncompRequest().methods)}).")
 @click.option("--limit", type=int, default=VnncompRequest.limit, help="Run only the first N instances.")
 @click.option("--jobs", type=int, default=VnncompRequest.jobs, show_default=True,
-              help="Instances run in parallel worker processes (CPU threads are split between them).")
+              help="Instances run in parallel worker processes (CPU threads are split between them; at most one per "
+              "instance and per CPU core).")
 @click.option("--attack-steps", type=int, default=VnncompRequest.attack_steps, show_default=True)
 @click.option("--attack-restarts", type=int, default=VnncompRequest.attack_restarts, show_default=True)
 @click.option("--alpha-iterations", type=int, default=VnncompRequest.alpha_iterations, show_default=True)
@@ -71,20 +92,24 @@ def command(
     for p in (Path(out_path).parent if out_path else None, json_path and Path(json_path).parent):
         if p and not p.exists():
             raise InputError(f"folder {p} does not exist")
-    if ce_dir is not None:
-        ce_dir.mkdir(parents=True, exist_ok=True)
+    refuse_overwriting_inputs(instances, todo, {"--out": out_path, "--json": json_path})
     benchmark = Path(instances).resolve().parent.name
     counts: Counter = Counter()
     # Opened (and emptied) before any work: each finished instance's line is appended and flushed.
-    out_file = open(out_path, "w") if out_path else None  # noqa: SIM115 - closed in the finally below
+    out_file = writable(out_path, lambda: open(out_path, "w")) if out_path else None  # noqa: SIM115 - closed below
     try:
+        if ce_dir is not None:
+            writable(ce_dir, lambda: ce_dir.mkdir(parents=True, exist_ok=True))
         with progress_bar("instances", len(todo)) as advance:
             def on_instance(r) -> None:
                 counts[r.result] += 1
                 if out_file is not None:
-                    out_file.write(result_line(r, benchmark, result_words) + "\n")
-                    out_file.flush()
-                    os.fsync(out_file.fileno())
+                    def append() -> None:
+                        out_file.write(result_line(r, benchmark, result_words) + "\n")
+                        out_file.flush()
+                        os.fsync(out_file.fileno())
+
+                    writable(out_path, append)
                 if r.result == "error":
                     click.echo(f"error: {r.instance.network.name} {r.instance.property.name}: "
                                f"{r.stages[0]['note'] if r.stages else 'failed'}", err=True)
