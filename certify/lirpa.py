@@ -16,6 +16,10 @@ Choices, documented because auto_LiRPA 0.3 needs them:
   input's rank (with fewer axes 0.3's backward bounds fail on batches of more than one point).
 - alpha-CROWN uses bound_opts `sparse_features_alpha: False` (shape mismatch on CNNs) and
   `sparse_spec_alpha: False` (assertion when a spec C is given).
+- A float64 model (a float64 ONNX file kept in its precision) is bounded in float64, with torch's
+  default dtype set to float64 around the build and every bound (`spec_lirpa.default_dtype`):
+  0.3 builds its sigmoid/tanh lookup tables and max pooling's masks in the default dtype and
+  fails on a float64 model otherwise ("Index put requires the source and destination dtypes match").
 - L2 balls: auto_LiRPA bounds the whole L2 ball (its x_L/x_U apply to Linf only), a superset of
   ball n [0, 1], so its bounds stay sound but can be looser than native IBP's near the box faces.
 """
@@ -32,7 +36,8 @@ from torch import nn
 
 from robustcli.certify.lirpa_compat import import_auto_lirpa
 from robustcli.certify.onnx_layers import ElementwiseAffine
-from robustcli.core.nn import Normalized, eval_mode
+from robustcli.certify.spec_lirpa import default_dtype
+from robustcli.core.nn import Normalized, eval_mode, model_float_dtype
 from robustcli.core.errors import InputError
 
 # CLI name -> auto_LiRPA method name.
@@ -140,10 +145,14 @@ class LirpaBounder:
         if method == "alpha-crown":
             opts["optimize_bound_args"] = {"iteration": alpha_iterations}
         friendly = lirpa_friendly(model, example)
+        # A float64 model is bounded in float64 with its own weights; 0.3 builds some constants (its
+        # sigmoid/tanh lookup tables, max pooling's masks) in torch's default dtype and fails on a
+        # float64 model unless that default is float64 while it builds and bounds.
+        self.float64 = model_float_dtype(model) == torch.float64
         try:
             # Its tracer goes through torch.onnx, which warns about modes and in-place ops it rewrites;
             # the CLI prints one line per outcome, and a failure is reported below.
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), self._precision():
                 warnings.simplefilter("ignore")
                 self.module = lirpa.BoundedModule(friendly, example[:1], bound_opts=opts, device=str(example.device))
         except Exception as e:  # noqa: BLE001 - auto_LiRPA's tracer raises anything on a model it cannot parse
@@ -155,6 +164,10 @@ class LirpaBounder:
         self.module.train(model.training)
         if method != "lirpa-ibp":
             refuse_unsound_relaxations(self.module, method)
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """torch's default dtype for auto_LiRPA's calls: float64 for a float64 model, else unchanged."""
+        return default_dtype(torch.float64) if self.float64 else contextlib.nullcontext()
 
     def bounds(
         self,
@@ -179,7 +192,7 @@ class LirpaBounder:
         try:
             # alpha-CROWN optimises its slopes by gradient descent, also when the caller bounds
             # under torch.no_grad (the returned bounds are detached either way).
-            with torch.enable_grad() if self.method == "alpha-crown" else contextlib.nullcontext():
+            with torch.enable_grad() if self.method == "alpha-crown" else contextlib.nullcontext(), self._precision():
                 lower, up = self.module.compute_bounds(
                     x=(bt,), C=spec, method=method, bound_lower=True, bound_upper=bound_upper
                 )

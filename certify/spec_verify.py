@@ -21,6 +21,12 @@ the steps) before branching, because the bound stages leave open exactly the ins
 counterexample is most likely.
 - `unknown`: every stage ran and none decided; `timeout`: the time budget ran out first.
 
+Output heads: a model whose output is a final softmax or log-softmax over its classes (an ONNX
+file ending in a Softmax node) is bounded by every stage as its logits, and the property's rows
+over its outputs are answered from the logits' bounds (`logits_and_head`; certify/softmax_head.py,
+`SpecRows`: margin rows exactly by sign, branch and bound on them; other rows through intervals
+of p). Attacks, searches and the reference see the model itself.
+
 Precision: every bound stage bounds the model in its own precision (float64 copies of a float32
 model are exact; a float64 model, such as an ONNX file of float64 weights converted with
 `onnx_to_torch(path, dtype=None)`, keeps its float64 weights), so a `holds` is about the file's
@@ -51,6 +57,7 @@ from robustcli.certify.softmax_head import SpecRows
 from robustcli.certify.spec_attack import float32_box, spec_pgd
 from robustcli.certify.vnnlib import SpecCase, VnnlibProperty
 from robustcli.core.errors import InputError
+from robustcli.core.nn import model_float_dtype
 
 METHODS = ("attack", "ibp", "crown", "alpha-crown", "bab")
 BAB_SPLITS = ("auto", "input", "relu")
@@ -240,15 +247,6 @@ def logits_and_head(model: nn.Module, input_shape: tuple[int, ...], device: torc
     except InputError:
         return model, None
     return (model, None) if found is None else found
-
-
-def model_float_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype the model takes its input in: its first floating parameter's (its first
-    floating buffer's when it has no parameters), float32 when it has neither."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
 
 
 def attack_copy(model: nn.Module) -> nn.Module:

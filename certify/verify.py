@@ -24,6 +24,7 @@ from robustcli.attacks.pgd import PGDL2, PGDLinf
 from robustcli.certify.bounders import METHODS as BOUND_METHODS
 from robustcli.certify.bounders import Bounder, InputSet, build_bounder
 from robustcli.certify.spec import margin_spec
+from robustcli.core.nn import model_float_dtype
 
 METHODS = tuple(BOUND_METHODS)
 
@@ -135,7 +136,14 @@ def certify_dataset(
     PGD's random starts come from the seed and each batch's first index in the full data set
     (`offset` + position, `attacks.evaluate.batch_generator`), so a shard of whole batches
     (`offset` a multiple of `batch_size`) reproduces the full run's points; see `merge_shards`.
+
+    A float64 model (a float64 ONNX file kept in its precision) takes x in float64: clean accuracy,
+    PGD and every bound then run in the model's own arithmetic, so a certificate and a PGD break are
+    both about the model's weights. A float32 x is refused rather than mixed in (cast it with
+    `x.double()`: exact).
     """
+    if model_float_dtype(model) == torch.float64 and x.dtype != torch.float64:
+        raise ValueError(f"the model computes in float64 but x is {x.dtype}; pass x.double() (exact for float32 data)")
     if offset % batch_size:
         raise ValueError(f"offset {offset} must be a multiple of batch_size {batch_size}")
     unknown = [m for m in methods if m not in METHODS]

@@ -17,7 +17,7 @@ from torch import nn
 
 from robustcli.core import distributed
 from robustcli.archs import ARCHS, build_arch
-from robustcli.core.nn import Normalized
+from robustcli.core.nn import Normalized, model_float_dtype
 from robustcli.core.errors import InputError, first_line
 from robustcli.core.files import atomic_path
 from robustcli.core.torchload import is_pickle_refusal
@@ -45,7 +45,9 @@ def wrap_normalization(model: nn.Module, mean: list[float] | None, std: list[flo
         raise InputError("--mean and --std must be finite numbers (not nan or inf)")
     if any(s <= 0 for s in std):
         raise InputError("--std values must be positive")
-    return Normalized(model, mean, std)
+    # A float64 model (a float64 ONNX file kept in its precision) normalises in float64 too.
+    dtype = torch.float64 if model_float_dtype(model) == torch.float64 else torch.float32
+    return Normalized(model, mean, std, dtype=dtype)
 
 
 def save_model(model: nn.Module, path: str | Path, arch: str, extra: dict[str, str] | None = None) -> None:
@@ -275,7 +277,7 @@ def load_model(
     """A built-in model by name (trained and cached on first use) or a model file by path.
 
     `onnx_precision`: "float32" converts ONNX files to float32 modules (attacks, training);
-    "file" keeps a float64 file's float64 weights (what the spec verifier bounds)."""
+    "file" keeps a float64 file's float64 weights (what `certify` bounds, with --spec or --data)."""
     path = Path(spec)
     if spec in ARCHS and not path.exists():
         from robustcli.zoo import builtin_model

@@ -25,6 +25,7 @@ from robustcli.certify.smoothing import (
 )
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
+from robustcli.core.nn import model_float_dtype
 from robustcli.options import MultiOption
 from robustcli.report import pct
 
@@ -233,7 +234,9 @@ def certify_smoothing_command(
     )
     radii, sigma = request.radii, request.sigma
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
-        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+        # the model's own precision, as the bound methods use it: a float64 ONNX file's own classifier
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
+                          precision="model")
     part = distributed.shard(len(w.data), max(1, batch_size // samples))
     total = (part.stop - part.start) * (n0 + samples) * len(sigma)
     with progress_bar("smoothing: noise samples", total) as advance:
@@ -245,6 +248,7 @@ def certify_smoothing_command(
         return
     report = base_report("certify", w, seed) | {
         "method": "smoothing",
+        "model_dtype": str(model_float_dtype(w.model.module)).removeprefix("torch."),
         "norm": "l2",
         "classifier": "smoothed (Cohen et al. 2019); not the base model",
         "samples": samples,

@@ -9,6 +9,7 @@ from robustcli.certify.spec_verify import BAB_BOUNDS, BAB_SPLITS
 from robustcli.certify.verify import METHODS, SoundnessError, certify_dataset, merge_shards
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
+from robustcli.core.nn import model_float_dtype
 from robustcli.html_report import check_output, html_option, write_certify_output
 from robustcli.options import MultiOption, RobustCommand, config_option, data_options, eps_option, json_option, model_options, runtime_options
 from robustcli.progress import progress_bar, shows_shard
@@ -114,7 +115,10 @@ def command(
     )  # fmt: skip
     methods, eps = request.methods, request.budgets
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
-        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+        # A float64 ONNX file is certified with its own weights (and the data cast to float64), never a
+        # float32-rounded copy: a certificate of other weights says nothing about the file.
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
+                          precision="model")
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     # Bounders are built (graph traced, unsupported operations named) before any work starts.
     built = request.check_model(w.model.module, w.data.x[:2].to(w.device) if len(w.data) else None)
@@ -130,6 +134,7 @@ def command(
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     report = base_report("certify", w, seed) | {
+        "model_dtype": str(model_float_dtype(w.model.module)).removeprefix("torch."),
         "norm": norm,
         "pgd": {"steps": pgd_steps, "restarts": pgd_restarts, "time_s": result.pgd_time_s},
         "clean_accuracy": result.clean_accuracy,

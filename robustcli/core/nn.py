@@ -1,5 +1,6 @@
 """Small modules that engines and loaders share: input normalisation, a residual block, a
-concatenation of branches, and the one way to run a model in eval mode for a while.
+concatenation of branches, the one way to run a model in eval mode for a while, and the floating
+dtype a model computes in.
 
 Plain modules (no functional tricks inside `forward`) so bound engines can walk them."""
 
@@ -26,6 +27,15 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def model_float_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype the model takes its input in: its first floating parameter's (its first
+    floating buffer's when it has no parameters), float32 when it has neither."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 class Residual(nn.Module):
@@ -68,14 +78,17 @@ class Concat(nn.Module):
 
 
 class Normalized(nn.Module):
-    """Applies (x - mean) / std before the wrapped model, so attacks work in [0, 1] pixel space."""
+    """Applies (x - mean) / std before the wrapped model, so attacks work in [0, 1] pixel space.
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+    `dtype`: of mean and std; a float64 model gets them in float64, straight from the given numbers,
+    so the network bounded is the one the numbers define, not one with mean/std rounded to float32."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model = model
         shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+        self.register_buffer("mean", torch.tensor(mean, dtype=dtype).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=dtype).view(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)
