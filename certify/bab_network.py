@@ -149,11 +149,13 @@ class DagNetwork:
         return [bounds[q] for q in self.keys]
 
     def intermediate(self, lo, hi, base=None, splits=None, deadline=None, settled=None) -> list[Interval]:
-        # `settled` is not used: every node is re-bounded (a graph's split layers are not a chain's
-        # order, so "after the newest split" would need the nodes downstream of it).
         sp = None if splits is None else dict(zip(self.split_nodes, splits))
+        newest = None
+        if settled is not None:  # split layer -> its node; a root (settled past the last layer) has none
+            nodes = torch.tensor(self.split_nodes + [-1], device=settled.device)
+            newest = nodes[settled.clamp(max=len(self.split_nodes))]
         out = db.crown_intermediate(self.dag, lo, hi, base=None if base is None else self._shaped(base), splits=sp,
-                                    deadline=deadline)
+                                    deadline=deadline, newest_split=newest)
         return self.carried(out)
 
     def clamp(self, base, splits) -> list[Interval]:

@@ -730,6 +730,7 @@ def crown_intermediate(
     base: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None, crown: bool = True,
     intersect_ibp: bool = True, deadline: float | None = None,
     splits: dict[int, torch.Tensor] | None = None,
+    newest_split: torch.Tensor | None = None,
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Intervals (B, *shape) of every node feeding a ReLU or a max pooling: IBP from the bounds
     before it, intersected with `base` when given, then CROWN for the neurons whose bounds can still
@@ -741,7 +742,10 @@ def crown_intermediate(
     (beta-CROWN's refreshed intermediate bounds, Wang et al. 2021, without multipliers on the
     intermediate objectives). With splits and `base`, a node with no split node among its strict
     ancestors keeps `base` (clamped): nothing below it changed, so recomputing would give it again.
-    A clamped lower bound above its upper bound means the domain holds no input.
+    A clamped lower bound above its upper bound means the domain holds no input. `newest_split`
+    (B,) node ids (-1: none): per domain, the node of its newest split when `base` holds its
+    parent's refreshed bounds (branch and bound's child domain); only nodes downstream of it get
+    rows for that domain, the others already are the sub-problem's.
 
     `intersect_ibp=False`: CROWN's bounds alone, for every neuron (what auto_LiRPA 0.3's CROWN
     computes; for comparisons). The adaptive lower slope depends on the bounds, so tighter
@@ -754,6 +758,8 @@ def crown_intermediate(
     out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     B = lo.shape[0]
     split_nodes = {q for q, s in (splits or {}).items() if bool((s != 0).any())}
+    if newest_split is not None and base is not None:
+        split_nodes &= set(newest_split.tolist())
     for i, n in enumerate(dag.nodes):
         if splits is not None and base is not None and i in pre and not (split_nodes & (dag.ancestors(i) - {i})):
             bl, bu = _clamp_split(base[i], splits.get(i))
@@ -771,6 +777,9 @@ def crown_intermediate(
         Bq = bl.shape[0]
         bl, bu = bl.reshape(Bq, -1), bu.reshape(Bq, -1)
         unstable = _needs_rows(dag, i, bl, bu)
+        if newest_split is not None and base is not None:  # domains whose newest split is not below i
+            below = torch.tensor([int(q) in dag.ancestors(i) - {i} for q in newest_split.tolist()], device=bl.device)
+            unstable &= below.unsqueeze(1)
         if n.kind in ("relu", "act"):
             # A ReLU's output (a max pooling's input): [relu(l), relu(u)] from its input's bounds is
             # what CROWN's lines give too (the upper line's maximum is u, the lower line's minimum

@@ -227,7 +227,8 @@ def _graph(name: str, model: nn.Module, shape: tuple[int, ...]) -> db.Dag:
 def test_refreshed_bounds_and_beta_bounds_hold_for_points_meeting_the_splits(name, model, shape, eps):
     """Random split assignments (half of them the activation pattern of a sampled point, so that the
     domain is not empty; half random signs): every sampled point of the box that meets a domain's
-    splits lies inside the domain's refreshed and reused intervals and is never below the domain's
+    splits lies inside the domain's refreshed, reused and child-refreshed (from a parent with one
+    split fewer, only downstream of that split) intervals and is never below the domain's
     beta-CROWN bound with random betas and slopes; a domain found empty holds no sampled point."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
@@ -257,7 +258,20 @@ def test_refreshed_bounds_and_beta_bounds_hold_for_points_meeting_the_splits(nam
         splits.append(sp)
     sp = [torch.stack([s[j] for s in splits]) for j in range(len(net.split_nodes))]
     rep = [(l.expand(B, -1).clone(), u.expand(B, -1).clone()) for l, u in base]
-    for bnd in (net.intermediate(lo, hi, base=rep, splits=sp), net.clamp(rep, sp)):
+    # a parent per domain: one split of a random split layer undone; the child refreshes from the
+    # parent's refreshed intervals only downstream of that layer's node (`settled`)
+    L = len(net.split_nodes)
+    parent_sp, settled = [s.clone() for s in sp], torch.full((B,), L, dtype=torch.long)
+    for b in range(B):
+        layers = [j for j in range(L) if bool((sp[j][b] != 0).any())]
+        if layers:
+            j = layers[int(torch.randint(len(layers), (1,), generator=g))]
+            parent_sp[j][b, (sp[j][b] != 0).nonzero().flatten()[0]] = 0
+            settled[b] = j
+    parent = net.intermediate(lo, hi, base=rep, splits=parent_sp)
+    child = net.intermediate(lo, hi, base=[(l.reshape(B, -1), u.reshape(B, -1)) for l, u in parent], splits=sp,
+                             settled=settled)
+    for bnd in (net.intermediate(lo, hi, base=rep, splits=sp), net.clamp(rep, sp), child):
         bnd = [(l.reshape(B, -1), u.reshape(B, -1)) for l, u in bnd]
         R = 1
         alphas = [torch.rand(B, R, s.shape[1], dtype=torch.float64, generator=g) for s in sp]
