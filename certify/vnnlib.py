@@ -40,7 +40,7 @@ MAX_TOKENS = 10_000_000  # tokens of the file (the parse tree costs about 100 by
 # its disjuncts x margin rows (a row-ownership mask) -- 2**28 cells is 256 MB of bools, 2 GB of float64.
 MAX_CASE_CELLS = 1 << 28
 _TOKEN = re.compile(r";[^\n]*|\(|\)|[^\s()]+")
-_VAR = re.compile(r"^([XY])_(\d+)$")
+_VAR = re.compile(r"^([XY])_(\d{1,9})$")  # a billion inputs is past any network; longer indices are not numbers to read
 
 
 @dataclass
@@ -314,7 +314,8 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
                             f"{node.items[2] if isinstance(node.items[2], str) else '(...)'}; only Real variables are supported")
             name = node.items[1]
             if not _VAR.match(name):
-                raise r.err(node.line, f"variable {name!r} is not named X_<i> (input) or Y_<j> (output)")
+                shown = name if len(name) <= 40 else name[:40] + "..."
+                raise r.err(node.line, f"variable {shown!r} is not named X_<i> (input) or Y_<j> (output, i, j < 10^9)")
             r.vars.add(name)
         elif op == "assert":
             if len(node.items) != 2:
@@ -340,17 +341,31 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
         terms = [t + s for t in terms for s in dnf]
     n_in, n_out = len(xs), len(ys)
     base_box = _box(base, n_in, r)
+    base_lo, base_hi = base_box[0].tolist(), base_box[1].tolist()
+    unbounded = (~(torch.isfinite(base_box[0]) & torch.isfinite(base_box[1]))).nonzero().flatten().tolist()
+    base_empty = bool((base_box[0] > base_box[1]).any())
     base_out = [a for a in base if a.margin.coeffs and next(iter(a.margin.coeffs))[0] == "Y"]
     cases: dict[tuple, SpecCase] = {}
     sizes: dict[tuple, tuple[int, int]] = {}  # per box: (disjuncts, margin rows)
     for term in terms:
-        lo, hi = _box(term, n_in, r, start=base_box)
-        missing = (~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()
-        if len(missing):
-            raise InputError(f"{source}: input X_{int(missing[0])} has no finite lower and upper bound; "
+        # A term's box is the base box with the few inputs its own atoms tighten: work on those only,
+        # so a wide input times many output disjuncts costs the atoms, not inputs x disjuncts.
+        changes = _tightened(term, base_lo, base_hi, r)
+        if changes is None:
+            continue  # a false constant comparison: this case cannot be violated
+        missing = [i for i in unbounded if not (i in changes and math.isfinite(changes[i][0]) and math.isfinite(changes[i][1]))]
+        missing += [i for i, (a, b) in changes.items() if not (math.isfinite(a) and math.isfinite(b))]
+        if missing:
+            raise InputError(f"{source}: input X_{min(missing)} has no finite lower and upper bound; "
                              "VNNLIB properties must bound every input")
-        if bool((lo > hi).any()):
+        if base_empty or any(a > b for a, b in changes.values()):
             continue  # empty input region: this case cannot be violated
+        key = tuple(sorted((i, a, b) for i, (a, b) in changes.items() if (a, b) != (base_lo[i], base_hi[i])))
+        if key not in cases:
+            lo, hi = base_box[0].clone(), base_box[1].clone()
+            for i, a, b in key:
+                lo[i], hi[i] = a, b
+            cases[key] = SpecCase(lo, hi, [])
         outs = base_out + [a for a in term if a.margin.coeffs and next(iter(a.margin.coeffs))[0] == "Y"]
         C = torch.zeros(len(outs), n_out, dtype=torch.float64)
         d = torch.zeros(len(outs), dtype=torch.float64)
@@ -359,8 +374,7 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
                 C[k, int(v[2:])] += c
             d[k] = a.margin.const
         strict = torch.tensor([a.strict for a in outs], dtype=torch.bool)
-        key = (lo.numpy().tobytes(), hi.numpy().tobytes())
-        case = cases.setdefault(key, SpecCase(lo, hi, []))
+        case = cases[key]
         case.disjuncts.append(OutputConstraints(C, d, strict))
         rows = sizes.get(key, (0, 0))
         rows = sizes[key] = (rows[0] + 1, rows[1] + len(outs))
@@ -396,6 +410,29 @@ def _box(atoms: list[_Atom], n_in: int, r: _Reader,
         else:
             lo[i] = max(lo[i], bound)
     return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+
+
+def _tightened(atoms: list[_Atom], base_lo: list[float], base_hi: list[float], r: _Reader) -> dict[int, tuple[float, float]] | None:
+    """{i: (lower, upper)} of the inputs `atoms` bound, starting from the base box; None when a
+    constant comparison among them is false (the region is empty)."""
+    out: dict[int, tuple[float, float]] = {}
+    empty = False
+    for a in atoms:
+        kinds = {v[0] for v in a.margin.coeffs}
+        if not kinds:
+            empty |= a.margin.const > 0 or (a.strict and a.margin.const == 0)
+            continue
+        if kinds == {"Y"}:
+            continue
+        if kinds != {"X"}:
+            raise r.err(a.line, "a comparison mixes inputs X_i and outputs Y_j")
+        if len(a.margin.coeffs) != 1:
+            raise r.err(a.line, "input constraints must bound a single X_i by a constant")
+        ((v, c),) = a.margin.coeffs.items()
+        i, bound = int(v[2:]), -a.margin.const / c
+        lo, hi = out.get(i, (base_lo[i], base_hi[i]))
+        out[i] = (lo, min(hi, bound)) if c > 0 else (max(lo, bound), hi)  # c x + k <= 0  ->  x <= -k / c
+    return None if empty else out
 
 
 def check_fits(prop: VnnlibProperty, n_inputs: int, n_outputs: int, network: str) -> None:

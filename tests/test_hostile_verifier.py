@@ -67,6 +67,28 @@ def test_cancelled_input_coefficients_are_constant_comparisons():
     assert parse_vnnlib(BOX + "(assert (< (- X_0 X_0) 0))\n").cases == []
 
 
+def test_term_boxes_are_the_base_box_with_their_own_bounds():
+    """Each disjunct's box is the base box tightened by its own input atoms (computed from those atoms
+    alone, so a wide input times many disjuncts stays cheap); equal boxes share a case, empty ones drop."""
+    head = HEAD + "".join(f"(assert (<= X_{i} 0.1))\n(assert (>= X_{i} 0.0))\n" for i in range(1, 12))
+    prop = parse_vnnlib(head + "(assert (<= X_0 0.1))\n(assert (or "
+                        "(and (>= X_0 0.0) (<= X_0 0.05) (>= Y_1 Y_0)) "
+                        "(and (>= X_0 0.0) (<= X_0 0.07) (<= X_0 0.05) (>= Y_2 Y_0)) "  # the same box as the first
+                        "(and (>= X_0 0.0) (>= X_1 0.2) (>= Y_2 Y_0)) "  # X_1 in [0.2, 0.1]: empty
+                        "(and (>= X_0 -1.0) (>= Y_1 Y_2))))\n")
+    assert [len(c.disjuncts) for c in prop.cases] == [2, 1]
+    assert prop.cases[0].upper[0] == 0.05 and prop.cases[0].lower[0] == 0.0 and prop.cases[1].lower[0] == -1.0
+    assert torch.equal(prop.cases[0].upper[1:], torch.full((11,), 0.1, dtype=torch.float64))
+    with pytest.raises(InputError, match="X_0 has no finite lower"):  # one disjunct leaves X_0 unbounded below
+        parse_vnnlib(head + "(assert (<= X_0 0.1))\n(assert (or (and (>= X_0 0.0) (>= Y_1 Y_0)) (>= Y_2 Y_0)))\n")
+
+
+def test_huge_variable_indices_are_names_not_numbers_to_convert():
+    """int() of a 5,000-digit index raised ValueError (Python's digit limit): the name is refused."""
+    with pytest.raises(InputError, match=r"variable 'X_1{38}\.\.\.' is not named"):
+        parse_vnnlib(BOX + "(declare-const X_" + "1" * 5000 + " Real)\n")
+
+
 @pytest.mark.parametrize("sort", ["Int", "Bool", "(Array Int Real)"])
 def test_variables_of_other_sorts_are_refused(sort):
     text = BOX.replace("(declare-const X_3 Real)", f"(declare-const X_3 {sort})")
