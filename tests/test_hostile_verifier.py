@@ -6,6 +6,7 @@ what it means), never answered `holds` from inf / NaN arithmetic.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,23 @@ def test_infinite_weights_are_refused_by_certify(tmp_path, run_cli, name, build)
     spec.write_text(BOX)
     line = one_error_line(run_cli("certify", "--model", net, "--spec", spec, "--timeout", "20"))
     assert ("infinite values" if name != "folded-nan" else "NaN values") in line, line
+
+
+def _normalised(path: Path, node, inits, opset: int = 13) -> Path:
+    return _raw(path, [helper.make_node("Gemm", ["x", "w"], ["g"], transB=1), node], [tensor("w", W), *inits], opset=opset)
+
+
+@pytest.mark.parametrize("var, eps, words", [(-1.0, 1e-5, "variance + epsilon is -0.99"), (-1e-5, 1e-5, "variance + epsilon is 0.0"),
+                                             (1.0, float("nan"), "epsilon nan must be >= 0")])
+def test_normalisations_that_divide_by_zero_or_a_negative_root_are_refused(tmp_path, var, eps, words):
+    """These used to convert into a network of NaN / inf outputs, which the verifier answered `unknown`."""
+    stats = [tensor(n, np.array(v, np.float32)) for n, v in (("s", [1, 1, 1]), ("b", [0, 0, 0]), ("m", [0, 0, 0]), ("v", [var, 1, 1]))]
+    bn = helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["y"], epsilon=eps)
+    with pytest.raises(InputError, match=re.escape("BatchNormalization, node 1) is not supported: " + words)):
+        onnx_to_torch(_normalised(tmp_path / "bn.onnx", bn, stats))
+    ln = helper.make_node("LayerNormalization", ["g", "s", "b"], ["y"], epsilon=-1.0)
+    with pytest.raises(InputError, match="epsilon -1.0 must be >= 0"):
+        onnx_to_torch(_normalised(tmp_path / "ln.onnx", ln, stats[:2], opset=17))
 
 
 def test_infinite_clip_bound_is_still_a_clip(tmp_path):
