@@ -152,6 +152,35 @@ def test_infinite_clip_bound_is_still_a_clip(tmp_path):
         assert torch.allclose(onnx_to_torch(net).module(x), x.clamp(min=0) @ torch.from_numpy(W).T, atol=1e-6)
 
 
+def test_a_box_beyond_the_network_precision_is_refused(tmp_path, run_cli):
+    """X in [-1e300, 1e300] for a float32 network was `holds (by bab)` for a label that a float64 sample
+    of the box violates 98% of the time (the box became +-inf in float32; NaN bounds read as proofs)."""
+    spec = tmp_path / "wide.vnnlib"
+    spec.write_text(vnnlib_box([-1e300] * 12, [1e300] * 12, 1, 3))
+    line = one_error_line(run_cli("certify", "--model", mlp_onnx(tmp_path / "net.onnx"), "--spec", spec, "--timeout", "20"))
+    assert "X_0 ranges over [-1e+300, 1e+300], beyond the largest float32 number" in line
+
+
+@pytest.mark.parametrize("split", ["input", "relu"])
+def test_overflowing_bounds_prove_nothing(split):
+    """A float64 network whose hidden values overflow (weights 1e200 twice): ReLU branch and bound
+    answered `holds` for all three labels at once (NaN margins counted as refuted), though a sample
+    has label 0 on top at most points. Now branch and bound declines and nothing is proved."""
+    from torch import nn
+
+    from robustcli.certify.spec_verify import verify_property
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(1e200)
+        model[2].weight.mul_(1e200)
+    for label in range(3):
+        r = verify_property(model, parse_vnnlib(vnnlib_box([-1.0] * 4, [1.0] * 4, label, 3)), (4,), timeout=20, bab_split=split)
+        assert r.status != "holds", (label, r.stages)
+        assert "not finite" in r.stages[-1].get("note", ""), r.stages
+
+
 def test_spec_refutation_needs_a_finite_lower_bound():
     from robustcli.certify.spec_verify import refuted
 
