@@ -89,7 +89,7 @@ def input_bab_refute(
             low = net.lower(A_roots[rt], lo_b, hi_b, inter, record=rec) + d[rt]
         done += B
         top, row = low.max(1)  # refuted if any row of the disjunct is > 0; `row` is the closest to it
-        open_ = top <= 0
+        open_ = ~(top > 0)  # NaN (overflowed arithmetic) leaves a domain open, never refuted
         if not bool(open_.any()):
             continue
         idx = open_.nonzero().flatten()

@@ -275,6 +275,8 @@ class _Converter:
             self.node = (i, node)  # for add()'s refusals
             self._check_finite_constants(i, node, inputs)
             a = self.attrs(node)
+            if "epsilon" in a and not float(a["epsilon"]) >= 0:  # sqrt(var + eps) of a constant row: NaN
+                raise self.fail(i, node, f"epsilon {a['epsilon']!r} must be >= 0")
             handler(i, node, inputs, a)
             sign = self._output_sign(node, inputs, a)
             if sign is not None:
@@ -690,7 +692,12 @@ class _Converter:
         if x.dim() not in (2, 3, 4):
             raise self.fail(i, node, f"input of shape {tuple(x.shape)}")
         scale, bias, mean, var = (self._float(self.consts[n]) for n in inputs[1:5])
-        bn = (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(x.shape[1], eps=float(a.get("epsilon", 1e-5)), dtype=self.dtype)
+        eps = float(a.get("epsilon", 1e-5))
+        bad = (~(var.double() + eps > 0)).nonzero().flatten()
+        if len(bad):  # the layer divides by sqrt(var + eps): a NaN or infinite scale, not a normalisation
+            raise self.fail(i, node, f"variance + epsilon is {float(var.reshape(-1)[bad[0]]) + eps!r} for channel "
+                            f"{int(bad[0])}; it must be > 0")
+        bn = (nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm1d)(x.shape[1], eps=eps, dtype=self.dtype)
         with torch.no_grad():
             bn.weight.copy_(scale)
             bn.bias.copy_(bias)

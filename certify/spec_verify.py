@@ -280,6 +280,31 @@ def relu_bab(chain, lo, hi, C, d, inter, deadline: float | None, bounds: str, **
     return second
 
 
+def _all_finite(bounds) -> bool:
+    """Whether every tensor in `bounds` (tensors in lists, tuples and dicts, as the engines return
+    intermediate bounds) is finite."""
+    if isinstance(bounds, torch.Tensor):
+        return bool(torch.isfinite(bounds).all())
+    if isinstance(bounds, dict):
+        return all(_all_finite(v) for v in bounds.values())
+    if isinstance(bounds, (list, tuple)):
+        return all(_all_finite(v) for v in bounds)
+    return True
+
+
+def _check_box_range(prop: VnnlibProperty, dtype: torch.dtype) -> None:
+    """InputError for an input bound beyond the largest finite number of the model's precision: such an
+    input cannot be fed to the network, and the stages would bound it as +-inf (inf - inf = NaN)."""
+    big = torch.finfo(dtype).max
+    for case in prop.cases:
+        out = ((case.lower.abs() > big) | (case.upper.abs() > big)).nonzero().flatten()
+        if len(out):
+            i = int(out[0])
+            raise InputError(f"{prop.source}: input X_{i} ranges over [{float(case.lower[i])!r}, {float(case.upper[i])!r}], "
+                             f"beyond the largest {str(dtype).removeprefix('torch.')} number ({big:.4g}) the network "
+                             "computes with; bound the inputs within it")
+
+
 def verify_property(
     model: nn.Module,
     prop: VnnlibProperty,
@@ -326,6 +351,7 @@ def verify_property(
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
     dtype = model_float_dtype(model)
+    _check_box_range(prop, dtype)
     attacked = attack_copy(model)
     # The bound stages bound `bounded`: the logits of a model with a final (log-)softmax, whose rows
     # `heads` maps (certify/softmax_head.py); attacks, searches and confirmations use the model itself.
@@ -488,6 +514,11 @@ def verify_property(
                             inter = bounds.get((ci, "dag-alpha")) or bounds.get((ci, "dag-crown"))
                             if inter is None:
                                 inter = bounds[(ci, "dag-crown")] = db.crown_intermediate(engine, lo, hi, deadline=deadline)
+                        if not _all_finite(inter):
+                            # overflowed intermediate bounds (huge weights or box): a split of an inf or NaN
+                            # interval proves nothing, and its LPs and emptiness tests would read as proofs
+                            note = "intermediate bounds are not finite (float overflow); nothing to branch on"
+                            break
                         net = as_bab_network(engine)
                         _, _, rows = case.stacked()
                         open_ = [j for j in range(len(rows)) if not bool(proved[ci][j])]

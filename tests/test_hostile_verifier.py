@@ -6,6 +6,7 @@ what it means), never answered `holds` from inf / NaN arithmetic.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,23 @@ def test_infinite_weights_are_refused_by_certify(tmp_path, run_cli, name, build)
     assert ("infinite values" if name != "folded-nan" else "NaN values") in line, line
 
 
+def _normalised(path: Path, node, inits, opset: int = 13) -> Path:
+    return _raw(path, [helper.make_node("Gemm", ["x", "w"], ["g"], transB=1), node], [tensor("w", W), *inits], opset=opset)
+
+
+@pytest.mark.parametrize("var, eps, words", [(-1.0, 1e-5, "variance + epsilon is -0.99"), (-1e-5, 1e-5, "variance + epsilon is 0.0"),
+                                             (1.0, float("nan"), "epsilon nan must be >= 0")])
+def test_normalisations_that_divide_by_zero_or_a_negative_root_are_refused(tmp_path, var, eps, words):
+    """These used to convert into a network of NaN / inf outputs, which the verifier answered `unknown`."""
+    stats = [tensor(n, np.array(v, np.float32)) for n, v in (("s", [1, 1, 1]), ("b", [0, 0, 0]), ("m", [0, 0, 0]), ("v", [var, 1, 1]))]
+    bn = helper.make_node("BatchNormalization", ["g", "s", "b", "m", "v"], ["y"], epsilon=eps)
+    with pytest.raises(InputError, match=re.escape("BatchNormalization, node 1) is not supported: " + words)):
+        onnx_to_torch(_normalised(tmp_path / "bn.onnx", bn, stats))
+    ln = helper.make_node("LayerNormalization", ["g", "s", "b"], ["y"], epsilon=-1.0)
+    with pytest.raises(InputError, match="epsilon -1.0 must be >= 0"):
+        onnx_to_torch(_normalised(tmp_path / "ln.onnx", ln, stats[:2], opset=17))
+
+
 def test_infinite_clip_bound_is_still_a_clip(tmp_path):
     """Infinity as a bound (Clip max = inf) is no weight: the network converts and computes relu."""
     net = _raw(tmp_path / "clip.onnx", [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), helper.make_node("Gemm", ["c", "w"], ["y"], transB=1)],
@@ -132,6 +150,35 @@ def test_infinite_clip_bound_is_still_a_clip(tmp_path):
     x = torch.randn(4, 12)
     with torch.no_grad():
         assert torch.allclose(onnx_to_torch(net).module(x), x.clamp(min=0) @ torch.from_numpy(W).T, atol=1e-6)
+
+
+def test_a_box_beyond_the_network_precision_is_refused(tmp_path, run_cli):
+    """X in [-1e300, 1e300] for a float32 network was `holds (by bab)` for a label that a float64 sample
+    of the box violates 98% of the time (the box became +-inf in float32; NaN bounds read as proofs)."""
+    spec = tmp_path / "wide.vnnlib"
+    spec.write_text(vnnlib_box([-1e300] * 12, [1e300] * 12, 1, 3))
+    line = one_error_line(run_cli("certify", "--model", mlp_onnx(tmp_path / "net.onnx"), "--spec", spec, "--timeout", "20"))
+    assert "X_0 ranges over [-1e+300, 1e+300], beyond the largest float32 number" in line
+
+
+@pytest.mark.parametrize("split", ["input", "relu"])
+def test_overflowing_bounds_prove_nothing(split):
+    """A float64 network whose hidden values overflow (weights 1e200 twice): ReLU branch and bound
+    answered `holds` for all three labels at once (NaN margins counted as refuted), though a sample
+    has label 0 on top at most points. Now branch and bound declines and nothing is proved."""
+    from torch import nn
+
+    from robustcli.certify.spec_verify import verify_property
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(1e200)
+        model[2].weight.mul_(1e200)
+    for label in range(3):
+        r = verify_property(model, parse_vnnlib(vnnlib_box([-1.0] * 4, [1.0] * 4, label, 3)), (4,), timeout=20, bab_split=split)
+        assert r.status != "holds", (label, r.stages)
+        assert "not finite" in r.stages[-1].get("note", ""), r.stages
 
 
 def test_spec_refutation_needs_a_finite_lower_bound():
