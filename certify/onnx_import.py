@@ -182,6 +182,9 @@ class _Converter:
         self.numpy_helper = numpy_helper
         graph = model.graph
         self.graph = graph
+        if len(graph.sparse_initializer):
+            raise InputError(f"the ONNX graph stores {graph.sparse_initializer[0].values.name!r} as a sparse initializer, "
+                             "which this tool does not read; save the model with dense initializers")
         for t in graph.initializer:  # declared sizes are checked before numpy allocates them
             _check_dims(list(t.dims), f"ONNX initializer {t.name!r}", allow_zero=True)
         try:
