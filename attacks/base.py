@@ -45,7 +45,7 @@ class AttackResult:
         return self._size
 
     def __post_init__(self) -> None:
-        self._size = torch.zeros(len(self.success), device=self.x_adv.device)
+        self._size = torch.zeros(len(self.success), dtype=self.x_adv.dtype, device=self.x_adv.device)
 
     def with_clean(self, x: torch.Tensor) -> "AttackResult":
         self._size = flat_norm(self.x_adv - x, self.norm)

@@ -124,7 +124,9 @@ def evaluate(
     broken_so_far: dict[tuple[str, float], torch.Tensor] = {}  # (norm, eps) -> bool (N,)
     for attack, eps_list in attacks:
         budgets = [None] if attack.minimization else list(eps_list)
-        per_budget = {b: (torch.zeros(n, dtype=torch.bool), torch.full((n,), math.nan), x.clone()) for b in budgets}
+        # sizes in the data's precision: a float64 model's attacks return float64 perturbations
+        per_budget = {b: (torch.zeros(n, dtype=torch.bool), torch.full((n,), math.nan, dtype=x.dtype), x.clone())
+                      for b in budgets}
         elapsed = {b: 0.0 for b in budgets}
         attacked_per_budget = {b: 0 for b in budgets}
         unbroken = {b: torch.ones(n, dtype=torch.bool) for b in budgets}

@@ -19,6 +19,7 @@ from rich.table import Table
 from robustcli.core import distributed
 from robustcli.core.errors import InputError
 from robustcli.core.files import atomic_path
+from robustcli.core.nn import model_float_dtype
 
 PIPE_WIDTH = 100  # columns of a table written to a pipe or file (a log, a CI job), unless COLUMNS says
 
@@ -121,12 +122,19 @@ def data_source(name: str) -> str:
     return DESCRIPTIONS.get(name.split(":")[0], f"file {name}")
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32: how reports spell a dtype."""
+    return str(dtype).removeprefix("torch.")
+
+
 def base_report(command: str, workload, seed: int) -> dict:
-    """The fields every report starts with."""
+    """The fields every report starts with; `model_dtype` is the precision the model ran in
+    ("float64" for a float64 model opened at its own precision, see `open_workload`)."""
     return {
         "command": command,
         "model": workload.model.name,
         "arch": workload.model.arch,
+        "model_dtype": dtype_name(model_float_dtype(workload.model.module)),
         "data": workload.data.name,
         "data_source": data_source(workload.data.name),
         "n": len(workload.data),

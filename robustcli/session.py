@@ -36,6 +36,14 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
         if not isinstance(e, Exception):  # sys.exit and the like: the model's code, not a shape problem
             raise InputError(f"the model's forward raised {type(e).__name__}({first_line(e)}) on two data points") from None
         first = first_line(e)
+        dtype = model_float_dtype(model)
+        if dtype != probe.dtype and probe.is_floating_point():
+            # the usual cause is a float64 model (`model.double()` saved) in a command that runs float32
+            raise InputError(
+                f"the model computes in {str(dtype).removeprefix('torch.')} and fails on this command's "
+                f"{str(probe.dtype).removeprefix('torch.')} data; save it in float32 (model.float()) to use it "
+                "here (attack, certify, eval, tightness and analyze scaling run a float64 model in float64)"
+            ) from None
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
             f"(batch shape {tuple(probe.shape)}): {first}"
@@ -73,9 +81,10 @@ def open_workload(
     """Model and data of a command, checked together. `fmt` defaults to the command's
     `--classes` / `--pixel-scale` options.
 
-    `precision`: "float32" converts ONNX files to float32 and keeps the data float32 (attacks,
-    training: a float64 model of another format is refused by the checks below). "model" runs the
-    model in its own precision, as `certify` bounds it: an ONNX file keeps a float64 file's weights
+    `precision`: "float32" converts ONNX files to float32 and keeps the data float32 (training,
+    analyze, threshold: a float64 model of another format whose forward fails on float32 data is
+    refused by the checks below, in a line that names the dtypes). "model" runs the model in its own
+    precision (certify, attack, eval, tightness): an ONNX file keeps a float64 file's weights
     (`load_model`'s onnx_precision="file"), and the data (float32, as every loader returns it)
     follows a float64 model: it is cast to float64 here, once, for every step after (the checks
     below, clean accuracy, PGD, the bounds, the reports). The cast is exact, so the points are the

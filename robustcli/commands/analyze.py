@@ -141,7 +141,9 @@ def scaling(
     )  # fmt: skip
     attacks = [make_attack(a, steps=request.steps, restarts=request.restarts) for a in request.attacks]
     grids = request.grids()
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+    # attacks run in the model's own precision, as `robust attack` and eval's scaling check run them
+    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
+                      precision="model")
     # every (point, budget) of every attack, then one gradient pass over the points
     total = evaluate_units([(a, grids[a.norm]) for a in attacks], len(w.data)) + len(w.data)
     with progress_bar("scaling", total) as advance:

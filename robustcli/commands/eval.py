@@ -15,7 +15,8 @@ from robustcli.github import append_step_summary, error_annotations, on_github_a
 from robustcli.html_report import check_output, html_option, write_eval_output
 from robustcli.options import RobustCommand, json_option
 from robustcli.progress import progress_bar
-from robustcli.report import print_table, write_json
+from robustcli.core.nn import model_float_dtype
+from robustcli.report import dtype_name, print_table, write_json
 from robustcli.data import DataFormat
 from robustcli.session import open_workload
 
@@ -29,8 +30,8 @@ def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | N
         w = open_workload(
             config.model, config.data, arch=config.arch, mean=config.mean, std=config.std,
             allow_pickle=config.allow_pickle, device=config.device, n=config.n,
-            fmt=DataFormat(pixel_scale=config.pixel_scale, classes=config.classes),
-        )  # fmt: skip
+            fmt=DataFormat(pixel_scale=config.pixel_scale, classes=config.classes), precision="model",
+        )  # fmt: skip  (every check runs on the model as given: a float64 file's certify gates bound its own weights)
     except InputError as e:
         raise InputError(f"{config.path}:{config.model_line}: {e}") from None
 
@@ -78,6 +79,7 @@ def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | N
         "name": config.name,
         "config": str(config.path),
         "model": w.model.name,
+        "model_dtype": dtype_name(model_float_dtype(w.model.module)),
         "data": w.data.name,
         **({"data_format": w.data.provenance} if w.data.provenance else {}),
         "n": len(w.data),
