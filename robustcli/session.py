@@ -41,8 +41,8 @@ def check_model_on_data(model: torch.nn.Module, data: Dataset, device: torch.dev
             # the usual cause is a float64 model (`model.double()` saved) in a command that runs float32
             raise InputError(
                 f"the model computes in {str(dtype).removeprefix('torch.')} and fails on this command's "
-                f"{str(probe.dtype).removeprefix('torch.')} data; save it in float32 (model.float()) to use it "
-                "here (attack, certify, eval, tightness and analyze scaling run a float64 model in float64)"
+                f"{str(probe.dtype).removeprefix('torch.')} data; save it in "
+                f"{str(probe.dtype).removeprefix('torch.')} to use it here"
             ) from None
         raise InputError(
             f"the model does not accept the data's input shape {tuple(data.input_shape)} "
@@ -81,14 +81,14 @@ def open_workload(
     """Model and data of a command, checked together. `fmt` defaults to the command's
     `--classes` / `--pixel-scale` options.
 
-    `precision`: "float32" converts ONNX files to float32 and keeps the data float32 (training,
-    analyze, threshold: a float64 model of another format whose forward fails on float32 data is
-    refused by the checks below, in a line that names the dtypes). "model" runs the model in its own
-    precision (certify, attack, eval, tightness): an ONNX file keeps a float64 file's weights
+    `precision`: "model" (what every command passes) runs the model in its own precision: an ONNX
+    file keeps a float64 file's weights
     (`load_model`'s onnx_precision="file"), and the data (float32, as every loader returns it)
     follows a float64 model: it is cast to float64 here, once, for every step after (the checks
     below, clean accuracy, PGD, the bounds, the reports). The cast is exact, so the points are the
-    same ones; only the arithmetic is the model's."""
+    same ones; only the arithmetic is the model's. "float32" converts ONNX files to float32 and keeps
+    the data float32; a float64 model of another format whose forward fails on float32 data is then
+    refused by the checks below in a line that names the two dtypes."""
     if precision not in ("float32", "model"):
         raise ValueError(f"precision must be 'float32' or 'model', got {precision!r}")
     dev = resolve_device(device)
@@ -116,6 +116,14 @@ def open_workload(
               "their logarithm as logits (the same classifier; differences of probabilities saturate and "
               "weaken attacks)", file=sys.stderr)
     return Workload(loaded, dataset, dev, classes)
+
+
+def in_model_precision(w: Workload, data: Dataset) -> Dataset:
+    """`data` (another split or file a command reads beside the workload's) with its points cast to
+    the workload's precision, as `open_workload` cast the workload's own (exact: the same points)."""
+    if data.x.dtype == w.data.x.dtype:
+        return data
+    return Dataset(data.x.to(w.data.x.dtype), data.y, data.name, data.provenance)
 
 
 def are_probabilities(out: torch.Tensor) -> bool:

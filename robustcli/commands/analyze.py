@@ -14,6 +14,7 @@ from robustcli.attacks.registry import ATTACKS, make_attack
 from robustcli.data import BUILTIN_DATASETS, Dataset, load_dataset
 from robustcli.core.device import resolve_device
 from robustcli.core.errors import InputError
+from robustcli.core.nn import model_float_dtype
 from robustcli.options import (
     MultiOption,
     RobustGroup,
@@ -26,7 +27,7 @@ from robustcli.options import (
     runtime_options,
 )
 from robustcli.progress import evaluate_units, progress_bar
-from robustcli.report import base_report, fmt, pct, print_table, write_json
+from robustcli.report import base_report, dtype_name, fmt, pct, print_table, write_json
 from robustcli.requests import ScalingRequest, TiltingRequest
 from robustcli.session import open_workload
 
@@ -249,7 +250,8 @@ def tilting(
 
 
 def _local_tilting(model, arch, allow_pickle, data, device, batch_size, classes, x_tr, t_tr, x_te, t_te, base) -> dict:
-    w = open_workload(model, data, arch=arch, allow_pickle=allow_pickle, device=device, n=1)
+    w = open_workload(model, data, arch=arch, allow_pickle=allow_pickle, device=device, n=1, precision="model")
+    x_te = x_te.to(w.data.x.dtype)  # the model's precision (exact cast): a float64 model's gradients in float64
     if max(classes) >= w.num_classes:
         raise InputError(f"--classes {classes[0]} {classes[1]}: the model has classes 0..{w.num_classes - 1}")
     nc = nearest_centroid(x_tr.to(w.device), t_tr.to(w.device))
@@ -259,6 +261,7 @@ def _local_tilting(model, arch, allow_pickle, data, device, batch_size, classes,
     report = base | {
         "mode": "local",
         "model": w.model.name,
+        "model_dtype": dtype_name(model_float_dtype(w.model.module)),
         "device": str(w.device),
         "pair_accuracy": local.correct.double().mean().item(),
         "angle_deg": {"q10": q(angle, 0.1), "median": q(angle, 0.5), "q90": q(angle, 0.9)},

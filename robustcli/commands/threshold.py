@@ -21,7 +21,7 @@ from robustcli.options import MultiOption, RobustCommand, config_option, data_op
 from robustcli.progress import progress_bar
 from robustcli.report import atomic_path, base_report, print_table, write_json
 from robustcli.requests import ThresholdRequest
-from robustcli.session import check_model_on_data, open_workload
+from robustcli.session import check_model_on_data, in_model_precision, open_workload
 
 SPLIT_SEED = 0  # the calibration/test split of one file never depends on --seed
 
@@ -131,10 +131,12 @@ def command(
         confidence=confidence, attack=attack, eps=eps, steps=steps, restarts=restarts, plot=plot,
         batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
+    # the model's own precision: a float64 model's probabilities and attacks are computed in float64
+    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
+                      precision="model")
     request.check_classes(w.num_classes)
     if calibration_data:
-        cal = load_dataset(calibration_data)
+        cal = in_model_precision(w, load_dataset(calibration_data))
         check_model_on_data(w.model.module, cal, w.device)
         test = w.data
     else:
