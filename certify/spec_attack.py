@@ -97,7 +97,10 @@ def spec_pgd(
             xr = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 obj, loss = objective(xr)
-                grad = torch.autograd.grad(loss.sum(), xr)[0] if it < steps else None
+                # a model whose outputs do not depend differentiably on the input (a comparison cast
+                # to float) has no gradient: the starts are still evaluated, they just do not move
+                grad = None if it == steps else (
+                    torch.autograd.grad(loss.sum(), xr)[0] if loss.requires_grad else torch.zeros_like(xr))
             hit = obj.detach() < 0
             if hit.any():
                 for i in hit.nonzero().flatten().tolist():

@@ -229,6 +229,32 @@ def test_tensors_past_the_size_limit_are_refused_before_they_are_built(tmp_path,
         onnx_to_torch(_raw(tmp_path / f"{name}.onnx", nodes, inits))
 
 
+def test_a_sparse_initializer_is_named(tmp_path):
+    """It used to read as "input 'w' is not computed before it (graph not sorted?)"."""
+    values, index = numpy_helper.from_array(np.array([1.0], np.float32), "w"), numpy_helper.from_array(np.array([0], np.int64), "i")
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              sparse_initializer=[helper.make_sparse_tensor(values, index, [3, 12])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with pytest.raises(InputError, match="stores 'w' as a sparse initializer"):
+        onnx_to_torch(model)
+
+
+def test_outputs_without_a_gradient_are_attacked_not_crashed(tmp_path, run_cli):
+    """A comparison cast to float as the output: the property attack took the gradient of a tensor
+    without one (RuntimeError traceback, exit 1). Its starts are still checked, and one violates."""
+    net = _raw(tmp_path / "step.onnx", [helper.make_node("Gemm", ["x", "w"], ["g"], transB=1), helper.make_node("Greater", ["g", "z"], ["b"]),
+                                        helper.make_node("Cast", ["b"], ["y"], to=TensorProto.FLOAT)],
+               [tensor("w", W), tensor("z", np.zeros(3, np.float32))])
+    spec = tmp_path / "p.vnnlib"
+    spec.write_text(BOX)
+    r = run_cli("certify", "--model", net, "--spec", spec, "--counterexample", tmp_path / "ce")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "result: violated (by attack)" in r.output and "confirmed by onnxruntime" in r.output
+
+
 def test_an_opset_from_the_future_is_refused(tmp_path, run_cli):
     """Operator semantics change across opsets; one this tool's onnx does not know is not guessed."""
     spec = tmp_path / "p.vnnlib"
