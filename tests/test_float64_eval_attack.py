@@ -350,3 +350,12 @@ def test_distill_takes_a_float64_teacher(twins, tmp_path, run_cli):
     a = soft_labels(load_model(str(twins["f64.pt"])).module, x, 20.0)
     b = soft_labels(load_model(str(twins["f32.pt"])).module, x, 20.0)
     assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-6)
+
+
+def test_attack_foolbox_backend_on_a_float64_model(twins, tmp_path, run_cli):
+    pytest.importorskip("foolbox")
+    args = ("--attack", "pgd", "--eps", "0.1", "--steps", "10")
+    ours = _attack(run_cli, twins["f64.pt"], tmp_path / "ours.json", *args)
+    fb = _attack(run_cli, twins["f64.pt"], tmp_path / "fb.json", *args, "--backend", "foolbox")
+    assert fb["model_dtype"] == "float64"
+    assert abs(fb["results"][0]["robust_accuracy"] - ours["results"][0]["robust_accuracy"]) <= 0.05
