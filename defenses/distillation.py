@@ -32,6 +32,7 @@ from robustcli.attacks.fgsm import FGSM
 from robustcli.attacks.losses import cross_entropy
 from robustcli.attacks.pgd import PGDLinf
 from robustcli.core.checkpoint import Checkpointer
+from robustcli.core.nn import model_float_dtype
 from robustcli.core.training_loop import StepContext, descend, train_loop
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -78,11 +79,15 @@ def train_at_temperature(
 
 @torch.no_grad()
 def soft_labels(teacher: nn.Module, x: torch.Tensor, temperature: float, batch_size: int = 500) -> torch.Tensor:
-    """softmax(teacher(x) / T) in eval mode, on the teacher's device."""
-    device = next(teacher.parameters()).device
+    """softmax(teacher(x) / T) in eval mode, on the teacher's device, in x's dtype.
+
+    The teacher runs in its own precision (a float64 teacher on exact float64 copies of x); its soft
+    labels are targets for a student trained on x, so they come back in x's dtype."""
+    device, dtype = next(teacher.parameters()).device, model_float_dtype(teacher)
     with eval_mode(teacher):
-        out = torch.cat([F.softmax(teacher(x[i : i + batch_size].to(device)) / temperature, 1) for i in range(0, len(x), batch_size)])
-    return out
+        out = torch.cat([F.softmax(teacher(x[i : i + batch_size].to(device, dtype)) / temperature, 1)
+                         for i in range(0, len(x), batch_size)])
+    return out.to(x.dtype)
 
 
 @torch.no_grad()

@@ -330,3 +330,23 @@ def test_a_model_failing_on_data_of_another_dtype_is_named_for_its_dtype(twins, 
     with pytest.raises(InputError, match="computes in float64 and fails on this command's float32 data") as e:
         check_model_on_data(module, digits_test.head(4), torch.device("cpu"))
     assert "input shape" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_distill_takes_a_float64_teacher(twins, tmp_path, run_cli):
+    """The teacher runs in float64 on float64 copies of the training points; its soft labels (targets)
+    come back in float32, so the float32 student learns what it learns from the float32 twin."""
+    from robustcli.defenses.distillation import soft_labels
+    from robustcli.models import load_model
+
+    reports = {}
+    for name in ("f32.pt", "f64.pt"):
+        r = run_cli("distill", "--data", "digits", "--teacher", twins[name], "--arch", "digits-mlp", "--epochs", 1,
+                    "--n-train", 200, "--no-evaluate", "--out", tmp_path / f"{name}.safetensors",
+                    "--json", tmp_path / f"{name}.json")
+        assert r.exit_code == 0, r.output
+        reports[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert abs(reports["f64.pt"]["test_accuracy"] - reports["f32.pt"]["test_accuracy"]) <= 0.03
+    x = torch.rand(16, 1, 8, 8)
+    a = soft_labels(load_model(str(twins["f64.pt"])).module, x, 20.0)
+    b = soft_labels(load_model(str(twins["f32.pt"])).module, x, 20.0)
+    assert a.dtype == torch.float32 and torch.allclose(a, b, atol=1e-6)

@@ -21,6 +21,8 @@ from robustcli.core import distributed
 from robustcli.core.checkpoint import Checkpointer
 from robustcli.commands._training import apply_options, epoch_progress, new_model, train_test_data, training_options
 from robustcli.core.device import resolve_device
+from robustcli.core.nn import model_float_dtype
+from robustcli.data import Dataset
 from robustcli.models import load_model, save_model
 from robustcli.options import RobustCommand, config_option, json_option, points_option
 from robustcli.progress import progress_bar
@@ -111,9 +113,12 @@ def run(request: DistillRequest, device: str | None, json_path: str | None) -> N
     kw = dict(epochs=epochs, lr=r.lr, batch_size=r.batch_size, seed=seed)
     histories: dict[str, list[dict]] = {}  # per trained model, for the HTML page's curve
     if teacher is not None:
-        teacher_model = load_model(teacher, device=dev).module
-        check_model_on_data(teacher_model, train, dev)
-        check_finite_logits(teacher_model, train, dev)
+        # the teacher runs in its own precision (a float64 file keeps its weights): checked on the
+        # training points cast to it, as `soft_labels` feeds them
+        teacher_model = load_model(teacher, device=dev, onnx_precision="file").module
+        teacher_view = Dataset(train.x.to(model_float_dtype(teacher_model)), train.y, train.name, train.provenance)
+        check_model_on_data(teacher_model, teacher_view, dev)
+        check_finite_logits(teacher_model, teacher_view, dev)
         teacher_source = teacher
         student, arch_name = new_model(arch, data, train, dev, seed + 1)
     else:
