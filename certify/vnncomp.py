@@ -34,6 +34,7 @@ from robustcli.certify.onnx_import import onnx_to_torch
 from robustcli.certify.spec_verify import METHODS, SpecResult, verify_property
 from robustcli.certify.vnnlib import check_fits, read_vnnlib
 from robustcli.core.errors import InputError
+from robustcli.core.files import atomic_path
 
 
 @dataclass
@@ -202,7 +203,8 @@ def run_instance(
         ce_path = None
         if res.status == "violated" and counterexample_dir is not None:
             ce_path = counterexample_dir / counterexample_name(inst.network, inst.property)
-            write_counterexample(ce_path, res.counterexample, res.outputs)
+            with atomic_path(ce_path) as tmp:  # complete or absent, even if the run is stopped mid-write
+                write_counterexample(tmp, res.counterexample, res.outputs)
     except Exception as e:  # noqa: BLE001
         err = _error(inst, t1, "verify", e)
         err.prepare_seconds = prepare
