@@ -241,7 +241,7 @@ def bab_refute(
         done += B
         # A sub-domain's minimum is at least its parent's: keep the better of the two bounds.
         best = torch.maximum(best, inherited)
-        open_ = (best <= 0) & ~empty
+        open_ = ~(best > 0) & ~empty  # a NaN bound proves nothing
         if not bool(open_.any()):
             continue
         idx = open_.nonzero().flatten()

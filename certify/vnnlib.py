@@ -387,28 +387,16 @@ def parse_vnnlib(text: str, source: str = "<string>") -> VnnlibProperty:
     return prop
 
 
-def _box(atoms: list[_Atom], n_in: int, r: _Reader,
-         start: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    lo = start[0].tolist() if start else [float("-inf")] * n_in
-    hi = start[1].tolist() if start else [float("inf")] * n_in
-    for a in atoms:
-        kinds = {v[0] for v in a.margin.coeffs}
-        if not kinds:
-            if a.margin.const > 0 or (a.strict and a.margin.const == 0):
-                lo, hi = [1.0] * n_in, [0.0] * n_in  # a false constant comparison: the region is empty
-            continue
-        if kinds == {"Y"}:
-            continue
-        if kinds != {"X"}:
-            raise r.err(a.line, "a comparison mixes inputs X_i and outputs Y_j")
-        if len(a.margin.coeffs) != 1:
-            raise r.err(a.line, "input constraints must bound a single X_i by a constant")
-        ((v, c),) = a.margin.coeffs.items()
-        i, bound = int(v[2:]), -a.margin.const / c
-        if c > 0:  # c x + k <= 0  ->  x <= -k / c
-            hi[i] = min(hi[i], bound)
-        else:
-            lo[i] = max(lo[i], bound)
+def _box(atoms: list[_Atom], n_in: int, r: _Reader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input box (lower, upper) the atoms bound, unbounded where they say nothing; an empty box
+    (lower 1 > upper 0) when a constant comparison among them is false."""
+    lo, hi = [float("-inf")] * n_in, [float("inf")] * n_in
+    changes = _tightened(atoms, lo, hi, r)
+    if changes is None:
+        lo, hi = [1.0] * n_in, [0.0] * n_in
+    else:
+        for i, (a, b) in changes.items():
+            lo[i], hi[i] = a, b
     return torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
 
 
