@@ -189,7 +189,7 @@ class _Converter:
             _check_dims(list(t.dims), f"ONNX initializer {t.name!r}", allow_zero=True)
         try:
             self.consts: dict[str, torch.Tensor] = {
-                t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in graph.initializer
+                t.name: torch.from_numpy(_torch_readable(np.array(numpy_helper.to_array(t)))) for t in graph.initializer
             }
         except Exception as e:  # noqa: BLE001 - data that does not match its declared dims or type
             raise InputError(f"an ONNX initializer cannot be read: {first_line(e)}") from None
@@ -367,7 +367,7 @@ class _Converter:
                 raise ValueError(f"operator {op} on constants is outside the supported set")
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise self.fail(i, node, str(e)) from None
-        self.consts[node.output[0]] = torch.from_numpy(np.array(out))
+        self.consts[node.output[0]] = torch.from_numpy(_torch_readable(np.array(out)))
 
     def _check_fold_size(self, i: int, node: Any, op: str, x: list[np.ndarray]) -> None:
         """Refuse a folded constant past MAX_DECLARED_ELEMENTS (or a constant MatMul past MAX_FOLD_PRODUCTS
@@ -1346,6 +1346,14 @@ def _check_dims(dims: list, what: str, allow_zero: bool) -> None:
         total *= d
     if total > MAX_DECLARED_ELEMENTS:
         raise InputError(f"{what} declares shape {list(dims)} ({total:,} elements), more than the {MAX_DECLARED_ELEMENTS:,} allowed")
+
+
+def _torch_readable(a: np.ndarray) -> np.ndarray:
+    """`a`, with bfloat16 and float8 values (ml_dtypes arrays, which torch.from_numpy refuses) as
+    float32: every such number is a float32 number, so nothing is rounded."""
+    if a.dtype.name == "bfloat16" or a.dtype.name.startswith(("float8_", "float6_", "float4_")):  # ml_dtypes names
+        return a.astype(np.float32)
+    return a
 
 
 # Multiply-adds of a MatMul of two constants folded at conversion (2**33: seconds of numpy).

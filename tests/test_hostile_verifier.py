@@ -143,6 +143,21 @@ def test_normalisations_that_divide_by_zero_or_a_negative_root_are_refused(tmp_p
         onnx_to_torch(_normalised(tmp_path / "ln.onnx", ln, stats[:2], opset=17))
 
 
+def test_bfloat16_weights_are_read_exactly(tmp_path):
+    """bfloat16 initializers (ml_dtypes arrays) used to be refused as "can't convert np.ndarray of type
+    ml_dtypes.bfloat16"; every bfloat16 number is a float32 number, so they convert exactly."""
+    bits = (W.view(np.uint32) >> 16).astype(np.uint16)  # W truncated to bfloat16
+    w = TensorProto()
+    w.name, w.data_type, w.raw_data = "w", TensorProto.BFLOAT16, bits.tobytes()
+    w.dims.extend([3, 12])
+    net = _raw(tmp_path / "bf16.onnx", [helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+                                        helper.make_node("Gemm", ["x", "wf"], ["y"], transB=1)], [w])
+    exact = torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32))
+    x = torch.randn(4, 12)
+    with torch.no_grad():
+        assert torch.allclose(onnx_to_torch(net).module(x), x @ exact.T, rtol=1e-6, atol=1e-6)
+
+
 def test_infinite_clip_bound_is_still_a_clip(tmp_path):
     """Infinity as a bound (Clip max = inf) is no weight: the network converts and computes relu."""
     net = _raw(tmp_path / "clip.onnx", [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]), helper.make_node("Gemm", ["c", "w"], ["y"], transB=1)],
