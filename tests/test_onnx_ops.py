@@ -56,6 +56,16 @@ def check(path, n: int = 6, scale: float = 2.0, grad: bool = True):
     return conv
 
 
+def exported(model: nn.Module, path, example_shape: tuple[int, ...], opset: int, x: torch.Tensor):
+    """`model` written by torch's legacy (TorchScript) exporter at `opset`, converted and checked
+    against onnxruntime (`check`), and equal to the module itself at the points x."""
+    torch.onnx.export(model, torch.rand(*example_shape), str(path), dynamo=False, opset_version=opset)
+    conv = check(path)
+    with torch.no_grad():
+        torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+    return conv
+
+
 def rand(*shape, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -138,11 +148,7 @@ def test_exported_layernorm_mlp_both_as_node_and_decomposed(tmp_path, opset):
     division by sqrt(variance + eps) is accepted (a divisor positive by construction)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 3)).eval()
-    path = tmp_path / "ln.onnx"
-    torch.onnx.export(model, torch.rand(1, 12), str(path), dynamo=False, opset_version=opset)
-    conv = check(path)
-    x = torch.randn(4, 12)
-    torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+    exported(model, tmp_path / "ln.onnx", (1, 12), opset, torch.randn(4, 12))
 
 
 def test_instance_and_group_normalization_per_opset(tmp_path):
@@ -189,11 +195,7 @@ class _Attention(nn.Module):
 def test_attention_matmul_of_computed_tensors(tmp_path):
     torch.manual_seed(0)
     model = _Attention().eval()
-    path = tmp_path / "att.onnx"
-    torch.onnx.export(model, torch.rand(1, 4, 6), str(path), dynamo=False, opset_version=17)
-    conv = check(path)
-    x = torch.randn(5, 4, 6)
-    torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+    exported(model, tmp_path / "att.onnx", (1, 4, 6), 17, torch.randn(5, 4, 6))
     # a constant matrix on the left, and a product whose ranks would broadcast the batch axis (refused)
     check(build(tmp_path / "left.onnx", [node("MatMul", ["w", "x"])], [tensor("w", rand(3, 2, seed=1))], (1, 2, 4), 13))
     path = build(tmp_path / "bad.onnx", [node("Relu", ["x"], "r"), node("MatMul", ["x", "r"], name="mm")], [], (1, 4), 13,
@@ -464,12 +466,8 @@ def test_multihead_attention_export_runs_per_point(tmp_path, run_cli):
     torch.manual_seed(0)
     model = _Encoder().eval()
     path = tmp_path / "enc.onnx"
-    torch.onnx.export(model, torch.rand(1, 64), str(path), dynamo=False, opset_version=17)
-    conv = check(path)
+    conv = exported(model, path, (1, 64), 17, torch.randn(5, 64))
     assert isinstance(conv.module, PerPoint) and conv.module.vectorised
-    x = torch.randn(5, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
     r = run_cli("attack", "--model", path, "--data", "digits", "--n", "8", "--attack", "pgd", "--eps", "0.1",
                 "--steps", "3")
     assert r.exit_code == 0, r.output
@@ -509,11 +507,7 @@ class _SequenceCNN(nn.Module):
 def test_one_dimensional_convolution_and_pooling(tmp_path):
     torch.manual_seed(0)
     model = _SequenceCNN().eval()
-    path = tmp_path / "seq.onnx"
-    torch.onnx.export(model, torch.rand(1, 2, 32), str(path), dynamo=False, opset_version=13)
-    conv = check(path)
-    x = torch.randn(4, 2, 32)
-    torch.testing.assert_close(conv.module(x), model(x), rtol=1e-5, atol=1e-5)
+    exported(model, tmp_path / "seq.onnx", (1, 2, 32), 13, torch.randn(4, 2, 32))
     check(build(tmp_path / "gmp.onnx", [node("GlobalMaxPool", ["x"])], [], (1, 3, 4, 4), 13))
     check(build(tmp_path / "gap.onnx", [node("GlobalAveragePool", ["x"])], [], (1, 3, 5), 13))
 
