@@ -76,25 +76,20 @@ def open_workload(
     n: int | None = None,
     split: str = "test",
     fmt: DataFormat | None = None,
-    precision: str = "float32",
 ) -> Workload:
     """Model and data of a command, checked together. `fmt` defaults to the command's
     `--classes` / `--pixel-scale` options.
 
-    `precision`: "model" (what every command passes) runs the model in its own precision: an ONNX
-    file keeps a float64 file's weights
-    (`load_model`'s onnx_precision="file"), and the data (float32, as every loader returns it)
-    follows a float64 model: it is cast to float64 here, once, for every step after (the checks
-    below, clean accuracy, PGD, the bounds, the reports). The cast is exact, so the points are the
-    same ones; only the arithmetic is the model's. "float32" converts ONNX files to float32 and keeps
-    the data float32; a float64 model of another format whose forward fails on float32 data is then
-    refused by the checks below in a line that names the two dtypes."""
-    if precision not in ("float32", "model"):
-        raise ValueError(f"precision must be 'float32' or 'model', got {precision!r}")
+    The model runs in its own precision: an ONNX file keeps a float64 file's weights (`load_model`'s
+    onnx_precision="file"), and the data (float32, as every loader returns it) follows a float64
+    model: it is cast to float64 here, once, for every step after (the checks below, clean accuracy,
+    PGD, the bounds, the reports), so a broken or certified point is one of the model as given, not
+    of a rounded copy. The cast is exact, so the points are the same ones; only the arithmetic is the
+    model's."""
     dev = resolve_device(device)
     loaded = load_model(
         model, arch=arch, mean=list(mean) or None, std=list(std) or None, allow_pickle=allow_pickle, device=dev,
-        onnx_precision="file" if precision == "model" else "float32",
+        onnx_precision="file",
     )
     if data is None:
         data = loaded.dataset or loaded.meta.get("trained_on", "").split(":")[0] or None
@@ -103,7 +98,7 @@ def open_workload(
     dataset = load_dataset(data, split, fmt if fmt is not None else data_format()).head(n)
     if len(dataset) == 0:
         raise InputError(f"data {data!r} is empty; it needs at least one image")
-    if precision == "model" and model_float_dtype(loaded.module) == torch.float64 and dataset.x.dtype != torch.float64:
+    if model_float_dtype(loaded.module) == torch.float64 and dataset.x.dtype != torch.float64:
         dataset = Dataset(dataset.x.double(), dataset.y, dataset.name, dataset.provenance)
     fit_declared_input(loaded, dataset)
     classes = check_model_on_data(loaded.module, dataset, dev)

@@ -234,9 +234,7 @@ def certify_smoothing_command(
     )
     radii, sigma = request.radii, request.sigma
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
-        # the model's own precision, as the bound methods use it: a float64 ONNX file's own classifier
-        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
-                          precision="model")
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     part = distributed.shard(len(w.data), max(1, batch_size // samples))
     total = (part.stop - part.start) * (n0 + samples) * len(sigma)
     with progress_bar("smoothing: noise samples", total) as advance:

@@ -320,8 +320,8 @@ def test_threshold_and_tilting_run_a_float64_model(twins, tmp_path, run_cli, dig
 
 
 def test_a_model_failing_on_data_of_another_dtype_is_named_for_its_dtype(twins, digits_test):
-    """Where a model meets data of another precision (`open_workload(..., precision="float32")`), the
-    one line names the two dtypes instead of blaming the input shape."""
+    """Where a model meets data of another precision (a float64 model on float32 data), the one line
+    names the two dtypes instead of blaming the input shape."""
     from robustcli.core.errors import InputError
     from robustcli.models import load_model
     from robustcli.session import check_model_on_data

@@ -142,9 +142,7 @@ def scaling(
     )  # fmt: skip
     attacks = [make_attack(a, steps=request.steps, restarts=request.restarts) for a in request.attacks]
     grids = request.grids()
-    # attacks run in the model's own precision, as `robust attack` and eval's scaling check run them
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
-                      precision="model")
+    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     # every (point, budget) of every attack, then one gradient pass over the points
     total = evaluate_units([(a, grids[a.norm]) for a in attacks], len(w.data)) + len(w.data)
     with progress_bar("scaling", total) as advance:
@@ -250,7 +248,7 @@ def tilting(
 
 
 def _local_tilting(model, arch, allow_pickle, data, device, batch_size, classes, x_tr, t_tr, x_te, t_te, base) -> dict:
-    w = open_workload(model, data, arch=arch, allow_pickle=allow_pickle, device=device, n=1, precision="model")
+    w = open_workload(model, data, arch=arch, allow_pickle=allow_pickle, device=device, n=1)
     x_te = x_te.to(w.data.x.dtype)  # the model's precision (exact cast): a float64 model's gradients in float64
     if max(classes) >= w.num_classes:
         raise InputError(f"--classes {classes[0]} {classes[1]}: the model has classes 0..{w.num_classes - 1}")

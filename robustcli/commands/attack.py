@@ -162,10 +162,7 @@ def command(
                 flag = "--eps-l2" if norm == "l2" else "--eps"
                 click.echo(f"note: {names} ({norm}) run at the default {norm} budgets {values}; set {flag} to choose", err=True)
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
-        # attacks run in the model's own precision: a float64 model is attacked in float64 on float64
-        # copies of the data, so a broken point is one of the model as given, not of a rounded copy
-        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
-                          precision="model")
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     targets = resolve_targets(request, w.data.y, w.num_classes)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     result = None

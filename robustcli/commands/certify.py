@@ -115,10 +115,7 @@ def command(
     )  # fmt: skip
     methods, eps = request.methods, request.budgets
     with distributed.main_first():  # rank 0 fills the model/data cache before the other ranks read it
-        # A float64 ONNX file is certified with its own weights (and the data cast to float64), never a
-        # float32-rounded copy: a certificate of other weights says nothing about the file.
-        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
-                          precision="model")
+        w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     part = distributed.shard(len(w.data), batch_size)  # all points in one process; whole batches per rank
     # Bounders are built (graph traced, unsupported operations named) before any work starts.
     built = request.check_model(w.model.module, w.data.x[:2].to(w.device) if len(w.data) else None)

@@ -30,8 +30,8 @@ def run_config(config: EvalConfig, show_progress: bool = True, samples: dict | N
         w = open_workload(
             config.model, config.data, arch=config.arch, mean=config.mean, std=config.std,
             allow_pickle=config.allow_pickle, device=config.device, n=config.n,
-            fmt=DataFormat(pixel_scale=config.pixel_scale, classes=config.classes), precision="model",
-        )  # fmt: skip  (every check runs on the model as given: a float64 file's certify gates bound its own weights)
+            fmt=DataFormat(pixel_scale=config.pixel_scale, classes=config.classes),
+        )  # fmt: skip
     except InputError as e:
         raise InputError(f"{config.path}:{config.model_line}: {e}") from None
 

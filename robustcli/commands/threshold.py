@@ -131,9 +131,7 @@ def command(
         confidence=confidence, attack=attack, eps=eps, steps=steps, restarts=restarts, plot=plot,
         batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    # the model's own precision: a float64 model's probabilities and attacks are computed in float64
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
-                      precision="model")
+    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     request.check_classes(w.num_classes)
     if calibration_data:
         cal = in_model_precision(w, load_dataset(calibration_data))

@@ -40,9 +40,7 @@ def command(model, arch, mean, std, allow_pickle, data, n, eps, at_init, device,
     """
     request = TightnessRequest(eps=eps, at_init=at_init, batch_size=batch_size, seed=seed)
     eps, batch_size = request.eps, request.batch_size
-    # at the model's own precision: a float64 file's tau is that of its own weights, not a rounded copy's
-    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n,
-                      precision="model")
+    w = open_workload(model, data, arch=arch, mean=mean, std=std, allow_pickle=allow_pickle, device=device, n=n)
     example = w.data.x[:2].to(w.device)
     net = walkable(w.model.module, example)  # the canonical layer tree the bound engines walk
     model_steps(net, "tightness")  # a layer the metric cannot read is refused, named, before any work
