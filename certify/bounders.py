@@ -23,6 +23,8 @@ it is installed. The `lirpa-*` names always use auto_LiRPA.
 
 from __future__ import annotations
 
+import warnings
+
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -582,10 +584,13 @@ def _lirpa_verdict(model: nn.Module, example: torch.Tensor) -> str:
     if not lirpa_available():
         return ""
     x = example[:1]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            spec = torch.zeros(1, 1, model(x).shape[1], dtype=x.dtype, device=x.device)
-        LirpaBounder(model, x, "crown").bounds(x, 1e-3, "linf", spec, bound_upper=False)
-    except Exception:  # noqa: BLE001 - any failure of auto_LiRPA means it is no alternative here
-        return "; auto_LiRPA 0.3 (the lirpa-* methods) cannot bound it either"
+    # a probe whose only result is this verdict: the library's warnings on the way are not the user's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with torch.no_grad(), eval_mode(model):
+                spec = torch.zeros(1, 1, model(x).shape[1], dtype=x.dtype, device=x.device)
+            LirpaBounder(model, x, "crown").bounds(x, 1e-3, "linf", spec, bound_upper=False)
+        except Exception:  # noqa: BLE001 - any failure of auto_LiRPA means it is no alternative here
+            return "; auto_LiRPA 0.3 (the lirpa-* methods) cannot bound it either"
     return "; --method lirpa-crown (auto_LiRPA) bounds it"

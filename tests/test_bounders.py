@@ -294,3 +294,19 @@ def test_ball_box_is_rounded_outward():
     assert bool((s.lower.double() <= (xd - 0.1).clamp(0, 1)).all())
     assert bool((s.upper.double() >= (xd + 0.1).clamp(0, 1)).all())
     assert float((s.upper - s.lower).max()) <= 0.2 + 1e-6  # and not wider than one float32 step each side
+
+
+def test_refusal_of_an_unsupported_pt2_is_one_line_on_stderr(tmp_path):
+    """The auto_LiRPA probe behind a refusal runs quietly: the user reads the refusal alone (torch
+    warned on stderr from inside the probe's copy of an exported program)."""
+    import subprocess
+    import sys
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Hardshrink(), nn.Linear(16, 10)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    path = tmp_path / "h.pt2"
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("b", min=2)},)), str(path))
+    r = subprocess.run([sys.executable, "-m", "robustcli", "certify", "--model", str(path), "--data", "digits", "--n",
+                        "4", "--eps", "0.01", "--method", "crown"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "hardshrink" in r.stderr, r.stderr
